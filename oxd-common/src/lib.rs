@@ -1,0 +1,216 @@
+//! Types shared by oxd's kernel programs (`oxd-ebpf`) and its user-space side (`oxd`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding and fixed-width integers only, so the
+//! layout is the same on both sides of the kernel boundary. Enumerations are plain `u32`
+//! constants; the user side converts them with `TryFrom`.
+#![no_std]
+
+/// Size of the buffer the kernel side resolves a path into (the kernel's `PATH_MAX`).
+pub const PATH_BUF_LEN: usize = 4096;
+
+/// Bytes of path data in a path-rule key. This is the kernel's limit for LPM trie keys
+/// (`LPM_DATA_SIZE_MAX`), so a resolved path (with its terminating NUL) longer than this cannot
+/// be matched exactly and is denied (fail closed).
+pub const PATH_KEY_LEN: usize = 256;
+
+/// Longest path, in bytes and without the terminating NUL, that a path rule can name.
+pub const MAX_RULE_PATH_LEN: usize = PATH_KEY_LEN - 1;
+
+/// Capacity of each path-rule trie (exec rules).
+pub const MAX_PATH_RULES: u32 = 4096;
+
+/// Capacity of the network rule table.
+pub const MAX_NET_RULES: u32 = 256;
+
+/// How many cgroups one oxd instance can confine.
+pub const MAX_CONFINED_CGROUPS: u32 = 1024;
+
+/// How deep below the root cgroup an agent's cgroup (or one it creates) may sit and still be
+/// recognised as confined.
+pub const MAX_CGROUP_DEPTH: i32 = 32;
+
+/// Size of the decision ring buffer in bytes (a power of two, a multiple of the page size).
+pub const RING_BUF_BYTES: u32 = 4 << 20;
+
+/// Operations the kernel side decides.
+pub mod op {
+    /// `execve`/`execveat`, decided in `bprm_check_security`.
+    pub const EXEC: u32 = 1;
+    /// `connect` on an IPv4 socket (cgroup `connect4`).
+    pub const CONNECT4: u32 = 2;
+    /// `connect` on an IPv6 socket (cgroup `connect6`).
+    pub const CONNECT6: u32 = 3;
+}
+
+/// Rule actions and decisions.
+pub mod action {
+    pub const ALLOW: u32 = 1;
+    pub const DENY: u32 = 2;
+}
+
+/// Why the kernel decided as it did.
+pub mod reason {
+    /// A rule matched; `rule_id` names it.
+    pub const RULE: u32 = 0;
+    /// No rule matched; the category's default decided.
+    pub const DEFAULT: u32 = 1;
+    /// The resolved path is longer than a rule key can hold: denied, fail closed.
+    pub const PATH_TOO_LONG: u32 = 2;
+    /// The kernel could not resolve the path (`bpf_d_path` failed): denied, fail closed.
+    pub const PATH_UNRESOLVED: u32 = 3;
+    /// The policy configuration map could not be read: denied, fail closed.
+    pub const NO_CONFIG: u32 = 4;
+}
+
+/// Policy modes.
+pub mod mode {
+    /// Deny what the policy denies.
+    pub const ENFORCE: u32 = 0;
+    /// Deny nothing; record what would have been denied.
+    pub const AUDIT: u32 = 1;
+}
+
+/// Protocol bits of a network rule.
+pub mod proto {
+    pub const TCP: u32 = 1;
+    pub const UDP: u32 = 2;
+    pub const ANY: u32 = TCP | UDP;
+}
+
+/// `rule_id` of a decision made by a category's default.
+pub const RULE_DEFAULT: u32 = u32::MAX;
+
+/// Per-policy settings, element 0 of the `CONFIG` array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// [`mode::ENFORCE`] or [`mode::AUDIT`].
+    pub mode: u32,
+    /// Default [`action`] for exec.
+    pub exec_default: u32,
+    /// Default [`action`] for network.
+    pub net_default: u32,
+    /// Number of valid entries at the start of the `NET_RULES` array.
+    pub net_rule_count: u32,
+}
+
+/// Key data of a path rule in an LPM trie: the path bytes, NUL-padded. Subtree rules end with
+/// `/` and their prefix length stops there; exact rules include the terminating NUL in their
+/// prefix length, so `/bin/sh` never matches `/bin/shred`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathKey {
+    pub path: [u8; PATH_KEY_LEN],
+}
+
+/// Value of a path rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleValue {
+    /// Index of the rule in the compiled policy's rule table.
+    pub rule_id: u32,
+    /// [`action::ALLOW`] or [`action::DENY`].
+    pub action: u32,
+}
+
+/// A network rule. Addresses are IPv6, IPv4 ones as IPv4-mapped (`::ffff:a.b.c.d`), so an
+/// IPv4-mapped IPv6 destination is judged exactly as its IPv4 address. The user side sorts the
+/// table from most to least specific (deny first among equals); the first match decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRule {
+    /// Network address, already masked, in network byte order.
+    pub addr: [u8; 16],
+    /// Prefix mask, in network byte order.
+    pub mask: [u8; 16],
+    /// First port of the range, host byte order.
+    pub port_lo: u16,
+    /// Last port of the range (inclusive), host byte order.
+    pub port_hi: u16,
+    /// [`proto`] bits.
+    pub proto: u32,
+    /// [`action::ALLOW`] or [`action::DENY`].
+    pub action: u32,
+    /// Index of the rule in the compiled policy's rule table.
+    pub rule_id: u32,
+}
+
+/// One decision, sent from the kernel to user space through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns()` at the decision.
+    pub boot_ns: u64,
+    /// cgroup v2 id of the acting task.
+    pub cgroup_id: u64,
+    /// Thread group id (the process id).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// [`op`].
+    pub op: u32,
+    /// [`action::ALLOW`] or [`action::DENY`]: what the policy decided.
+    pub decision: u32,
+    /// [`reason`].
+    pub reason: u32,
+    /// Rule that decided, or [`RULE_DEFAULT`].
+    pub rule_id: u32,
+    /// [`mode`] in force: under [`mode::AUDIT`] a deny was recorded but not enforced.
+    pub mode: u32,
+    /// Network: [`proto`] bit of the socket (0 for exec).
+    pub proto: u32,
+    /// Exec: bytes of `path` used, including the NUL; 0 when the path could not be resolved.
+    pub path_len: u32,
+    /// Network: destination port, host byte order.
+    pub port: u16,
+    pub _pad0: u16,
+    /// Network: destination address (IPv4 as IPv4-mapped IPv6), network byte order.
+    pub addr: [u8; 16],
+    /// `comm` of the acting task.
+    pub comm: [u8; 16],
+    /// Exec: the resolved path of the file being executed, NUL-terminated.
+    pub path: [u8; PATH_BUF_LEN],
+}
+
+/// Indexes of the `COUNTERS` per-CPU array.
+pub mod counter {
+    /// Ring buffer reservations that failed: decisions made but not recorded.
+    pub const RINGBUF_LOST: u32 = 0;
+    /// Number of counters.
+    pub const COUNT: u32 = 1;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{Config, Event, NetRule, PathKey, RuleValue};
+
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have no
+    // implicit padding, so every bit pattern is valid and they can be copied to and from maps.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for PathKey {}
+    unsafe impl aya::Pod for RuleValue {}
+    unsafe impl aya::Pod for NetRule {}
+    unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use core::mem::{align_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<RuleValue>(), 8);
+        assert_eq!(size_of::<PathKey>(), PATH_KEY_LEN);
+        assert_eq!(size_of::<NetRule>(), 16 + 16 + 2 + 2 + 4 + 4 + 4);
+        let event_fields = 8 * 2 + 4 * 11 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
+        assert_eq!(size_of::<Event>(), event_fields);
+        assert_eq!(align_of::<Event>(), 8);
+    }
+}

@@ -1,0 +1,423 @@
+//! oxd's kernel programs.
+//!
+//! - `exec_check` (BPF-LSM, `bprm_check_security`): decides every exec of a confined task on
+//!   the path of the file the kernel is about to execute.
+//! - `connect4` / `connect6` (cgroup `sock_addr` hooks, attached to the agent's cgroup): decide
+//!   every `connect` of a confined task on the destination address, port and protocol.
+//!
+//! Every decision is sent to user space through the `EVENTS` ring buffer. A failed reservation
+//! does not change the decision; it is counted in `COUNTERS[RINGBUF_LOST]`.
+//! Whatever cannot be decided exactly (unresolvable or over-long path, missing configuration) is
+//! denied and recorded with its reason: fail closed.
+#![no_std]
+#![no_main]
+
+use core::{
+    ffi::c_void,
+    ptr::{addr_of_mut, read_volatile},
+};
+
+use aya_ebpf::{
+    bindings::path,
+    helpers::{
+        bpf_d_path, bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_loop, bpf_probe_read_kernel_buf,
+    },
+    macros::{cgroup_sock_addr, lsm, map},
+    maps::{lpm_trie::Key, ring_buf::RingBufEntry, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    programs::{LsmContext, SockAddrContext},
+};
+use oxd_common::{
+    action, counter, mode, op, proto, reason, Config, Event, NetRule, PathKey, RuleValue,
+    MAX_CGROUP_DEPTH, MAX_CONFINED_CGROUPS, MAX_NET_RULES, MAX_PATH_RULES, PATH_BUF_LEN,
+    PATH_KEY_LEN, RING_BUF_BYTES, RULE_DEFAULT,
+};
+
+const EPERM: i32 = 1;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+
+/// Offset of `file` in `struct linux_binprm`, read from the running kernel's BTF and set before
+/// load, so the verifier sees a constant.
+#[no_mangle]
+static BPRM_FILE_OFFSET: u32 = 0;
+
+/// Offset of `f_path` in `struct file`, read from the running kernel's BTF and set before load.
+#[no_mangle]
+static FILE_F_PATH_OFFSET: u32 = 0;
+
+/// Policy settings (element 0).
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// cgroup ids of the confined agents (and so of every cgroup below them).
+#[map]
+static CONFINED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CONFINED_CGROUPS, 0);
+
+/// Exec rules: longest matching prefix of the executed file's resolved path.
+#[map]
+static EXEC_RULES: LpmTrie<PathKey, RuleValue> = LpmTrie::with_max_entries(MAX_PATH_RULES, 0);
+
+/// Network rules, most specific first; `CONFIG.net_rule_count` entries are valid.
+#[map]
+static NET_RULES: Array<NetRule> = Array::with_max_entries(MAX_NET_RULES, 0);
+
+/// Decisions for the audit log.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
+
+/// Counters, see `oxd_common::counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[repr(C)]
+struct Scratch {
+    key: Key<PathKey>,
+    buf: [u8; PATH_BUF_LEN],
+}
+
+/// Per-CPU scratch space: paths do not fit on the 512-byte stack.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Outcome of a policy lookup.
+struct Verdict {
+    decision: u32,
+    reason: u32,
+    rule_id: u32,
+}
+
+impl Verdict {
+    const fn deny(reason: u32) -> Self {
+        Self { decision: action::DENY, reason, rule_id: RULE_DEFAULT }
+    }
+}
+
+/// Whether the current task belongs to a confined cgroup or to a cgroup below one.
+#[inline(always)]
+fn current_is_confined() -> Option<u64> {
+    // SAFETY: helper calls without pointer arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the key is a plain integer; the value is only tested for presence.
+    if unsafe { CONFINED.get(&cgroup_id) }.is_some() {
+        return Some(cgroup_id);
+    }
+    let mut level = 1;
+    while level < MAX_CGROUP_DEPTH {
+        // SAFETY: helper call without pointer arguments.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if ancestor == 0 || ancestor == cgroup_id {
+            break;
+        }
+        // SAFETY: as above.
+        if unsafe { CONFINED.get(&ancestor) }.is_some() {
+            return Some(cgroup_id);
+        }
+        level += 1;
+    }
+    None
+}
+
+fn count(index: u32) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, only touched by this CPU with preemption disabled.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Reserves an event, fills the fields every operation has, and returns it to be completed and
+/// submitted; counts the loss if the ring buffer is full.
+#[inline(always)]
+fn start_event(
+    op: u32,
+    cgroup_id: u64,
+    verdict: &Verdict,
+    mode: u32,
+) -> Option<RingBufEntry<Event>> {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(counter::RINGBUF_LOST);
+        return None;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: bpf helpers without pointer arguments, and writes into memory we reserved.
+    unsafe {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let uid_gid = bpf_get_current_uid_gid();
+        (*event).boot_ns = bpf_ktime_get_boot_ns();
+        (*event).cgroup_id = cgroup_id;
+        (*event).pid = (pid_tgid >> 32) as u32;
+        (*event).tid = pid_tgid as u32;
+        (*event).uid = uid_gid as u32;
+        (*event).gid = (uid_gid >> 32) as u32;
+        (*event).op = op;
+        (*event).decision = verdict.decision;
+        (*event).reason = verdict.reason;
+        (*event).rule_id = verdict.rule_id;
+        (*event).mode = mode;
+        (*event).proto = 0;
+        (*event).path_len = 0;
+        (*event).port = 0;
+        (*event)._pad0 = 0;
+        (*event).addr = [0; 16];
+        (*event).path[0] = 0;
+        (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+    Some(entry)
+}
+
+/// The value an enforcing hook returns for a verdict, given the mode.
+#[inline(always)]
+fn enforced(verdict: &Verdict, mode: u32) -> bool {
+    verdict.decision == action::DENY && mode != mode::AUDIT
+}
+
+#[lsm(hook = "bprm_check_security")]
+pub fn exec_check(ctx: LsmContext) -> i32 {
+    // Respect an earlier LSM's verdict.
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(cgroup_id) = current_is_confined() else {
+        return 0;
+    };
+    let config = CONFIG.get(0).copied();
+    let current_mode = config.map_or(mode::ENFORCE, |c| c.mode);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        // Cannot happen for a one-element per-CPU array; deny if it ever does.
+        return -EPERM;
+    };
+    let (verdict, path_len) = match config {
+        Some(config) => decide_exec(&ctx, scratch, &config),
+        None => (Verdict::deny(reason::NO_CONFIG), 0),
+    };
+    if let Some(mut entry) = start_event(op::EXEC, cgroup_id, &verdict, current_mode) {
+        let event = entry.as_mut_ptr();
+        // SAFETY: both buffers are PATH_BUF_LEN bytes; the event is ours until submitted.
+        unsafe {
+            if path_len > 0 {
+                let dst = &mut *addr_of_mut!((*event).path);
+                if bpf_probe_read_kernel_buf((*scratch).buf.as_ptr(), dst).is_ok() {
+                    (*event).path_len = path_len;
+                }
+            }
+        }
+        entry.submit(0);
+    }
+    if enforced(&verdict, current_mode) {
+        -EPERM
+    } else {
+        0
+    }
+}
+
+/// Resolves the path of the file being executed into `scratch.buf` and looks it up in the exec
+/// rules. Returns the verdict and the resolved path's length including its NUL (0 if unresolved).
+#[inline(always)]
+fn decide_exec(ctx: &LsmContext, scratch: *mut Scratch, config: &Config) -> (Verdict, u32) {
+    let bprm: *const u8 = ctx.arg(0);
+    // SAFETY: the offsets come from this kernel's BTF; the verifier checks both loads against
+    // BTF and only accepts them if they land on `linux_binprm.file` and `file.f_path`.
+    let len = unsafe {
+        let file_offset = read_volatile(&BPRM_FILE_OFFSET) as usize;
+        let path_offset = read_volatile(&FILE_F_PATH_OFFSET) as usize;
+        let file = *(bprm.add(file_offset).cast::<*const u8>());
+        let file_path = file.add(path_offset).cast::<path>().cast_mut();
+        bpf_d_path(file_path, (*scratch).buf.as_mut_ptr().cast(), PATH_BUF_LEN as u32)
+    };
+    if len <= 0 {
+        return (Verdict::deny(reason::PATH_UNRESOLVED), 0);
+    }
+    let len = len as u32;
+    if len as usize > PATH_KEY_LEN {
+        return (Verdict::deny(reason::PATH_TOO_LONG), len);
+    }
+    // SAFETY: copying PATH_KEY_LEN bytes between two per-CPU scratch buffers of ours.
+    let copied = unsafe {
+        let src = (*scratch).buf.as_ptr();
+        let dst = &mut *addr_of_mut!((*scratch).key.data.path);
+        bpf_probe_read_kernel_buf(src, dst)
+    };
+    if copied.is_err() {
+        return (Verdict::deny(reason::PATH_UNRESOLVED), len);
+    }
+    // SAFETY: the key lives in our scratch map and is not aliased elsewhere.
+    let key = unsafe {
+        (*scratch).key.prefix_len = len * 8;
+        &(*scratch).key
+    };
+    let verdict = match EXEC_RULES.get(key) {
+        Some(rule) => Verdict { decision: rule.action, reason: reason::RULE, rule_id: rule.rule_id },
+        None => Verdict { decision: config.exec_default, reason: reason::DEFAULT, rule_id: RULE_DEFAULT },
+    };
+    (verdict, len)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context is a valid `bpf_sock_addr`; the verifier checks each field access.
+    let (ip4, port, protocol) = unsafe {
+        let sa = ctx.sock_addr;
+        ((*sa).user_ip4, (*sa).user_port, (*sa).protocol)
+    };
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    let ip = ip4.to_ne_bytes();
+    addr[12] = ip[0];
+    addr[13] = ip[1];
+    addr[14] = ip[2];
+    addr[15] = ip[3];
+    decide_connect(op::CONNECT4, &addr, port, protocol)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    let mut addr = [0u8; 16];
+    // SAFETY: as in `connect4`; `user_ip6` must be read one 32-bit word at a time.
+    let (port, protocol) = unsafe {
+        let sa = ctx.sock_addr;
+        let mut i = 0;
+        while i < 4 {
+            let word = read_volatile(&(*sa).user_ip6[i]).to_ne_bytes();
+            addr[i * 4] = word[0];
+            addr[i * 4 + 1] = word[1];
+            addr[i * 4 + 2] = word[2];
+            addr[i * 4 + 3] = word[3];
+            i += 1;
+        }
+        ((*sa).user_port, (*sa).protocol)
+    };
+    decide_connect(op::CONNECT6, &addr, port, protocol)
+}
+
+/// Decides a connect to `addr` (IPv6 or IPv4-mapped) and `port_be` (network byte order in the
+/// low 16 bits). Returns 1 to allow and 0 to deny with EPERM.
+#[inline(always)]
+fn decide_connect(operation: u32, addr: &[u8; 16], port_be: u32, protocol: u32) -> i32 {
+    let Some(cgroup_id) = current_is_confined() else {
+        // The programs are attached to the agent's cgroup, so this only happens if the agent
+        // was released while a connect was in flight.
+        return 1;
+    };
+    let port = u16::from_be(port_be as u16);
+    let proto_bit = match protocol {
+        IPPROTO_TCP => proto::TCP,
+        IPPROTO_UDP => proto::UDP,
+        _ => 0,
+    };
+    let config = CONFIG.get(0).copied();
+    let current_mode = config.map_or(mode::ENFORCE, |c| c.mode);
+    let verdict = match config {
+        Some(config) => match_net_rules(&config, addr, port, proto_bit),
+        None => Verdict::deny(reason::NO_CONFIG),
+    };
+    if let Some(mut entry) = start_event(operation, cgroup_id, &verdict, current_mode) {
+        let event = entry.as_mut_ptr();
+        // SAFETY: the event is ours until submitted.
+        unsafe {
+            (*event).proto = proto_bit;
+            (*event).port = port;
+            (*event).addr = *addr;
+        }
+        entry.submit(0);
+    }
+    if enforced(&verdict, current_mode) {
+        0
+    } else {
+        1
+    }
+}
+
+/// State shared with [`net_rule_step`] across `bpf_loop` iterations.
+#[repr(C)]
+struct NetMatch {
+    hi: u64,
+    lo: u64,
+    port: u32,
+    proto_bit: u32,
+    count: u32,
+    matched: u32,
+    decision: u32,
+    rule_id: u32,
+}
+
+/// Walks the network rules with `bpf_loop`, so the verifier checks one iteration rather than
+/// every one of `MAX_NET_RULES`.
+#[inline(always)]
+fn match_net_rules(config: &Config, addr: &[u8; 16], port: u16, proto_bit: u32) -> Verdict {
+    let mut state = NetMatch {
+        hi: u64::from_ne_bytes([
+            addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+        ]),
+        lo: u64::from_ne_bytes([
+            addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+        ]),
+        port: port as u32,
+        proto_bit,
+        count: config.net_rule_count,
+        matched: 0,
+        decision: 0,
+        rule_id: 0,
+    };
+    let step: extern "C" fn(u64, *mut c_void) -> i64 = net_rule_step;
+    // SAFETY: `state` outlives the call; the callback only touches it through the pointer.
+    let ret = unsafe {
+        bpf_loop(
+            MAX_NET_RULES,
+            step as *mut c_void,
+            (&mut state as *mut NetMatch).cast(),
+            0,
+        )
+    };
+    if ret < 0 {
+        return Verdict::deny(reason::NO_CONFIG);
+    }
+    if state.matched != 0 {
+        Verdict { decision: state.decision, reason: reason::RULE, rule_id: state.rule_id }
+    } else {
+        Verdict { decision: config.net_default, reason: reason::DEFAULT, rule_id: RULE_DEFAULT }
+    }
+}
+
+/// One `bpf_loop` iteration: returns 1 to stop (a match, or past the last rule), 0 to go on.
+#[inline(never)]
+extern "C" fn net_rule_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `NetMatch` that `match_net_rules` passed to `bpf_loop`.
+    let state = unsafe { &mut *ctx.cast::<NetMatch>() };
+    let index = index as u32;
+    if index >= state.count {
+        return 1;
+    }
+    let Some(rule) = NET_RULES.get(index) else {
+        return 1;
+    };
+    let half = |bytes: &[u8; 16], start: usize| {
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&bytes[start..start + 8]);
+        u64::from_ne_bytes(out)
+    };
+    let port_ok = state.port >= rule.port_lo as u32 && state.port <= rule.port_hi as u32;
+    let matches = rule.proto & state.proto_bit != 0
+        && port_ok
+        && state.hi & half(&rule.mask, 0) == half(&rule.addr, 0)
+        && state.lo & half(&rule.mask, 8) == half(&rule.addr, 8);
+    if matches {
+        state.matched = 1;
+        state.decision = rule.action;
+        state.rule_id = rule.rule_id;
+        return 1;
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,260 @@
+//! Audit records: one JSON object per line for every decision the kernel reports.
+//!
+//! Schema (every record):
+//! - `time`: RFC 3339 UTC timestamp of the decision, nanoseconds;
+//! - `policy`, `policy_sha256`: the policy that decided;
+//! - `op`: `exec` or `connect`;
+//! - `target`: the resolved path of the executed file, or `ip:port` (`[ipv6]:port`);
+//! - `protocol` (connect only): `tcp`, `udp` or `other`;
+//! - `decision`: `allow` or `deny`; `enforced`: false when the policy is in audit mode (a
+//!   `deny` that was recorded but not enforced);
+//! - `rule`: the rule that decided (`exec.allow[0]`, ...) or `default`; `rule_text`: the rule as
+//!   written; `reason`: `rule`, `default`, or why the kernel failed closed;
+//! - `pid`, `tid`, `uid`, `gid`, `comm`, `cgroup_id`: who acted.
+//!
+//! A record with `"op": "lost"` reports decisions that were made but could not be recorded
+//! because the ring buffer was full (`count`).
+
+use std::{
+    io::Write,
+    net::{Ipv6Addr, SocketAddr, SocketAddrV6},
+    time::{Duration, SystemTime},
+};
+
+use nix::time::{clock_gettime, ClockId};
+use oxd_common::{action, mode, op, proto, reason, Event, PATH_BUF_LEN, RULE_DEFAULT};
+use serde::Serialize;
+
+use crate::policy::Policy;
+
+/// Converts `bpf_ktime_get_boot_ns` timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock time at boot.
+    boot: SystemTime,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let boot_elapsed = clock_gettime(ClockId::CLOCK_BOOTTIME)
+            .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+            .unwrap_or_default();
+        Self { boot: SystemTime::now() - boot_elapsed }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        self.boot + Duration::from_nanos(boot_ns)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One audit record.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Record {
+    pub time: String,
+    pub policy: String,
+    pub policy_sha256: String,
+    pub op: String,
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub protocol: Option<String>,
+    pub decision: String,
+    pub enforced: bool,
+    pub rule: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rule_text: Option<String>,
+    pub reason: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+impl Record {
+    pub fn from_event(event: &Event, policy: &Policy, clock: &Clock) -> Self {
+        let ip = Ipv6Addr::from(event.addr);
+        let (op_name, target) = match event.op {
+            op::EXEC => {
+                let len = (event.path_len as usize).min(PATH_BUF_LEN);
+                let target = if len == 0 {
+                    "<unresolved>".to_owned()
+                } else {
+                    c_string(&event.path[..len])
+                };
+                ("exec", target)
+            }
+            op::CONNECT4 => {
+                let addr = ip.to_ipv4_mapped().map_or_else(
+                    || SocketAddr::V6(SocketAddrV6::new(ip, event.port, 0, 0)),
+                    |v4| SocketAddr::new(v4.into(), event.port),
+                );
+                ("connect", addr.to_string())
+            }
+            op::CONNECT6 => ("connect", SocketAddrV6::new(ip, event.port, 0, 0).to_string()),
+            _ => ("unknown", String::new()),
+        };
+        let protocol = (event.op != op::EXEC).then(|| {
+            match event.proto {
+                proto::TCP => "tcp",
+                proto::UDP => "udp",
+                _ => "other",
+            }
+            .to_owned()
+        });
+        let (rule, rule_text) = if event.rule_id == RULE_DEFAULT {
+            ("default".to_owned(), None)
+        } else {
+            match policy.rule(event.rule_id) {
+                Some(info) => (info.id.clone(), Some(info.text.clone())),
+                None => (format!("#{}", event.rule_id), None),
+            }
+        };
+        let reason = match event.reason {
+            reason::RULE => "rule",
+            reason::DEFAULT => "default",
+            reason::PATH_TOO_LONG => "path too long for the kernel's rule keys (fail closed)",
+            reason::PATH_UNRESOLVED => "path could not be resolved (fail closed)",
+            reason::NO_CONFIG => "policy configuration missing (fail closed)",
+            _ => "unknown",
+        };
+        Self {
+            time: humantime::format_rfc3339_nanos(clock.wall(event.boot_ns)).to_string(),
+            policy: policy.name.clone(),
+            policy_sha256: policy.sha256.clone(),
+            op: op_name.to_owned(),
+            target,
+            protocol,
+            decision: if event.decision == action::ALLOW { "allow" } else { "deny" }.to_owned(),
+            enforced: event.mode != mode::AUDIT,
+            rule,
+            rule_text,
+            reason: reason.to_owned(),
+            pid: event.pid,
+            tid: event.tid,
+            uid: event.uid,
+            gid: event.gid,
+            comm: c_string(&event.comm),
+            cgroup_id: event.cgroup_id,
+        }
+    }
+}
+
+/// Record of decisions lost to a full ring buffer.
+#[derive(Debug, Serialize)]
+struct LostRecord<'a> {
+    time: String,
+    policy: &'a str,
+    policy_sha256: &'a str,
+    op: &'static str,
+    count: u64,
+}
+
+/// Writes audit records as JSON lines.
+pub struct AuditLog {
+    out: Box<dyn Write + Send>,
+}
+
+impl AuditLog {
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self { out }
+    }
+
+    pub fn write(&mut self, record: &Record) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")
+    }
+
+    pub fn write_lost(&mut self, policy: &Policy, count: u64) -> std::io::Result<()> {
+        let record = LostRecord {
+            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            policy: &policy.name,
+            policy_sha256: &policy.sha256,
+            op: "lost",
+            count,
+        };
+        serde_json::to_writer(&mut self.out, &record)?;
+        self.out.write_all(b"\n")
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn event() -> Event {
+        Event {
+            boot_ns: 0,
+            cgroup_id: 42,
+            pid: 10,
+            tid: 11,
+            uid: 0,
+            gid: 0,
+            op: op::CONNECT4,
+            decision: action::DENY,
+            reason: reason::RULE,
+            rule_id: 0,
+            mode: mode::ENFORCE,
+            proto: proto::TCP,
+            path_len: 0,
+            port: 8080,
+            _pad0: 0,
+            addr: "::ffff:127.0.0.2".parse::<Ipv6Addr>().unwrap().octets(),
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            path: [0; PATH_BUF_LEN],
+        }
+    }
+
+    #[test]
+    fn connect_record_names_rule_and_target() {
+        let policy = Policy::parse(
+            Path::new("p.toml"),
+            "[network]\n[[network.deny]]\ncidr = \"127.0.0.2\"\n",
+        )
+        .unwrap();
+        let record = Record::from_event(&event(), &policy, &Clock::new());
+        assert_eq!(record.op, "connect");
+        assert_eq!(record.target, "127.0.0.2:8080");
+        assert_eq!(record.decision, "deny");
+        assert_eq!(record.rule, "network.deny[0]");
+        assert_eq!(record.protocol.as_deref(), Some("tcp"));
+        assert_eq!(record.comm, "curl");
+        assert!(record.enforced);
+    }
+
+    #[test]
+    fn exec_record_uses_resolved_path() {
+        let policy = Policy::parse(Path::new("p.toml"), "[exec]\n").unwrap();
+        let mut e = event();
+        e.op = op::EXEC;
+        e.rule_id = RULE_DEFAULT;
+        e.reason = reason::DEFAULT;
+        e.mode = mode::AUDIT;
+        e.path[..9].copy_from_slice(b"/bin/ls\0\0");
+        e.path_len = 8;
+        let record = Record::from_event(&e, &policy, &Clock::new());
+        assert_eq!(record.target, "/bin/ls");
+        assert_eq!(record.rule, "default");
+        assert!(record.protocol.is_none());
+        assert!(!record.enforced);
+        let line = serde_json::to_string(&record).unwrap();
+        assert!(line.contains("\"op\":\"exec\""), "{line}");
+    }
+}

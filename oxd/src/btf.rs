@@ -1,0 +1,299 @@
+//! Reads struct member offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! Rust eBPF has no CO-RE field relocations, so the kernel programs take the offsets of the few
+//! kernel struct fields they touch as load-time constants, read here from the kernel they will
+//! run on. Only what that needs is parsed: the type and string sections, struct and union
+//! members (descending into anonymous members), and the modifiers between them.
+//!
+//! (aya-obj parses BTF too, but keeps member access crate-private.)
+
+use std::path::{Path, PathBuf};
+
+/// Where the running kernel exposes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+const BTF_MAGIC: u16 = 0xeb9f;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read kernel BTF from {path} (oxd needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed BTF: {0}")]
+    Malformed(&'static str),
+    #[error("kernel BTF has no struct `{0}`")]
+    NoStruct(String),
+    #[error("kernel BTF struct `{strukt}` has no member `{member}`")]
+    NoMember { strukt: String, member: String },
+}
+
+mod kind {
+    pub const INT: u32 = 1;
+    pub const PTR: u32 = 2;
+    pub const ARRAY: u32 = 3;
+    pub const STRUCT: u32 = 4;
+    pub const UNION: u32 = 5;
+    pub const ENUM: u32 = 6;
+    pub const FWD: u32 = 7;
+    pub const TYPEDEF: u32 = 8;
+    pub const VOLATILE: u32 = 9;
+    pub const CONST: u32 = 10;
+    pub const RESTRICT: u32 = 11;
+    pub const FUNC: u32 = 12;
+    pub const FUNC_PROTO: u32 = 13;
+    pub const VAR: u32 = 14;
+    pub const DATASEC: u32 = 15;
+    pub const FLOAT: u32 = 16;
+    pub const DECL_TAG: u32 = 17;
+    pub const TYPE_TAG: u32 = 18;
+    pub const ENUM64: u32 = 19;
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Member {
+    name_off: u32,
+    type_id: u32,
+    /// Offset in bits.
+    bit_offset: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Type {
+    name_off: u32,
+    kind: u32,
+    /// For modifiers, typedefs and pointers: the referenced type.
+    ref_type: u32,
+    members: Vec<Member>,
+}
+
+/// A parsed BTF blob.
+pub struct Btf {
+    strings: Vec<u8>,
+    /// Index = type id; id 0 is `void`.
+    types: Vec<Type>,
+}
+
+impl Btf {
+    /// Parses the running kernel's BTF.
+    pub fn from_kernel() -> Result<Self, BtfError> {
+        Self::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = std::fs::read(path)
+            .map_err(|source| BtfError::Read { path: path.to_owned(), source })?;
+        Self::parse(&data)
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        let u16_at = |off: usize| -> Result<u16, BtfError> {
+            data.get(off..off + 2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .ok_or(BtfError::Malformed("truncated"))
+        };
+        let u32_at = |off: usize| -> Result<u32, BtfError> {
+            data.get(off..off + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .ok_or(BtfError::Malformed("truncated"))
+        };
+        if u16_at(0)? != BTF_MAGIC {
+            return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
+        }
+        let hdr_len = u32_at(4)? as usize;
+        let type_off = u32_at(8)? as usize;
+        let type_len = u32_at(12)? as usize;
+        let str_off = u32_at(16)? as usize;
+        let str_len = u32_at(20)? as usize;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(BtfError::Malformed("string section out of bounds"))?
+            .to_vec();
+        let start = hdr_len + type_off;
+        let end = start + type_len;
+        if end > data.len() {
+            return Err(BtfError::Malformed("type section out of bounds"));
+        }
+        let mut types = vec![Type { name_off: 0, kind: 0, ref_type: 0, members: Vec::new() }];
+        let mut off = start;
+        while off < end {
+            let name_off = u32_at(off)?;
+            let info = u32_at(off + 4)?;
+            let size_or_type = u32_at(off + 8)?;
+            off += 12;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let mut members = Vec::new();
+            let extra = match kind {
+                kind::INT | kind::VAR | kind::DECL_TAG => 4,
+                kind::PTR | kind::FWD | kind::TYPEDEF | kind::VOLATILE | kind::CONST
+                | kind::RESTRICT | kind::FUNC | kind::FLOAT | kind::TYPE_TAG => 0,
+                kind::ARRAY => 12,
+                kind::STRUCT | kind::UNION => {
+                    for i in 0..vlen {
+                        let m = off + i * 12;
+                        let raw_offset = u32_at(m + 8)?;
+                        members.push(Member {
+                            name_off: u32_at(m)?,
+                            type_id: u32_at(m + 4)?,
+                            bit_offset: if kind_flag { raw_offset & 0x00ff_ffff } else { raw_offset },
+                        });
+                    }
+                    vlen * 12
+                }
+                kind::ENUM | kind::FUNC_PROTO => vlen * 8,
+                kind::DATASEC | kind::ENUM64 => vlen * 12,
+                _ => return Err(BtfError::Malformed("unknown type kind")),
+            };
+            off += extra;
+            types.push(Type { name_off, kind, ref_type: size_or_type, members });
+        }
+        Ok(Self { strings, types })
+    }
+
+    fn name(&self, off: u32) -> &[u8] {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    /// Follows typedefs and modifiers to the underlying type id.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.types.get(id as usize) {
+                Some(t)
+                    if matches!(
+                        t.kind,
+                        kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG
+                    ) =>
+                {
+                    id = t.ref_type
+                }
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// Byte offset of `member` in `struct strukt`, looking inside anonymous struct and union
+    /// members (as in `struct file` on recent kernels).
+    pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let id = self
+            .types
+            .iter()
+            .position(|t| {
+                t.kind == kind::STRUCT && !t.members.is_empty() && self.name(t.name_off) == strukt.as_bytes()
+            })
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let bits = self.find_member(id as u32, member.as_bytes(), 0).ok_or_else(|| {
+            BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() }
+        })?;
+        if bits % 8 != 0 {
+            return Err(BtfError::Malformed("member is a bitfield"));
+        }
+        Ok(bits / 8)
+    }
+
+    fn find_member(&self, id: u32, member: &[u8], depth: u32) -> Option<u32> {
+        if depth > 8 {
+            return None;
+        }
+        let t = self.types.get(id as usize)?;
+        for m in &t.members {
+            let name = self.name(m.name_off);
+            if name == member {
+                return Some(m.bit_offset);
+            }
+            if name.is_empty() {
+                let inner = self.resolve(m.type_id);
+                let is_aggregate = self
+                    .types
+                    .get(inner as usize)
+                    .is_some_and(|t| matches!(t.kind, kind::STRUCT | kind::UNION));
+                if is_aggregate {
+                    if let Some(off) = self.find_member(inner, member, depth + 1) {
+                        return Some(m.bit_offset + off);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Offsets of the kernel struct fields oxd's programs read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `offsetof(struct linux_binprm, file)`.
+    pub bprm_file: u32,
+    /// `offsetof(struct file, f_path)`.
+    pub file_f_path: u32,
+}
+
+impl KernelOffsets {
+    pub fn read(btf: &Btf) -> Result<Self, BtfError> {
+        Ok(Self {
+            bprm_file: btf.member_offset("linux_binprm", "file")?,
+            file_f_path: btf.member_offset("file", "f_path")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob with: 1 int, 2 struct path {int a; int b;}, 3 anon union {path p;},
+    /// 4 struct file {int x; int y; union {...};}.
+    fn sample() -> Vec<u8> {
+        let strings = b"\0int\0path\0a\0b\0p\0file\0x\0y\0".to_vec();
+        let s = |name: &str| -> u32 {
+            let needle = format!("\0{name}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .map(|p| p as u32 + 1)
+                .unwrap()
+        };
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| {
+            for w in words {
+                types.extend_from_slice(&w.to_le_bytes());
+            }
+        };
+        push(&[s("int"), 1 << 24, 4, 32]);
+        push(&[s("path"), (4 << 24) | 2, 8, s("a"), 1, 0, s("b"), 1, 32]);
+        push(&[0, (5 << 24) | 1, 8, s("p"), 2, 0]);
+        push(&[s("file"), (4 << 24) | 3, 16, s("x"), 1, 0, s("y"), 1, 32, 0, 3, 64]);
+        let mut out = Vec::new();
+        out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&types);
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(btf.member_offset("path", "b").unwrap(), 4);
+        assert_eq!(btf.member_offset("file", "y").unwrap(), 4);
+        assert_eq!(btf.member_offset("file", "p").unwrap(), 8);
+        assert!(matches!(btf.member_offset("file", "zz"), Err(BtfError::NoMember { .. })));
+        assert!(matches!(btf.member_offset("nope", "a"), Err(BtfError::NoStruct(_))));
+    }
+
+    #[test]
+    fn reads_this_kernels_offsets() {
+        let btf = Btf::from_kernel().expect("this kernel exposes BTF");
+        let offsets = KernelOffsets::read(&btf).expect("linux_binprm.file and file.f_path");
+        assert!(offsets.file_f_path > 0 && offsets.file_f_path < 512, "{offsets:?}");
+        assert!(offsets.bprm_file < 1024, "{offsets:?}");
+    }
+}

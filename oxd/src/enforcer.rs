@@ -1,0 +1,221 @@
+//! Loads oxd's kernel programs, writes a compiled policy into their maps, and attaches them.
+
+use std::{fs, path::Path};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, Lsm},
+    Ebpf, EbpfLoader,
+};
+use oxd_common::{counter, Config, PathKey, RuleValue, PATH_KEY_LEN};
+
+use crate::{
+    btf::{Btf, BtfError, KernelOffsets},
+    cgroup::AgentCgroup,
+    policy::{Action, Policy},
+};
+
+/// The eBPF object built by build.rs from `oxd-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxd"));
+
+const LSM_FILE: &str = "/sys/kernel/security/lsm";
+
+const LSM_FIX: &str = "oxd decides execs with BPF-LSM: it needs a kernel built with \
+     CONFIG_BPF_LSM=y and booted with `bpf` in its `lsm=` boot parameter (for example \
+     lsm=lockdown,capability,landlock,bpf). A policy with only a [network] section runs without \
+     BPF-LSM.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforcerError {
+    #[error("BPF-LSM is not active on this kernel (active LSMs: {active}). {LSM_FIX}")]
+    LsmInactive { active: String },
+    #[error("the kernel refused oxd's BPF-LSM exec program (bprm_check_security): {cause}. This kernel does not run BPF-LSM programs (active LSMs: {active}). {LSM_FIX}")]
+    LsmRefused { active: String, cause: String },
+    #[error("cannot read the kernel's struct layout")]
+    Btf(#[from] BtfError),
+    #[error("cannot load oxd's eBPF object")]
+    Load(#[from] aya::EbpfError),
+    #[error("cannot {what}")]
+    Program {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot {what}")]
+    Map {
+        what: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("oxd's eBPF object has no {0}; the build is broken")]
+    Missing(&'static str),
+}
+
+type Result<T, E = EnforcerError> = std::result::Result<T, E>;
+
+fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> EnforcerError {
+    let what = what.into();
+    move |source| EnforcerError::Map { what, source }
+}
+
+fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError) -> EnforcerError {
+    let what = what.into();
+    move |source| EnforcerError::Program { what, source }
+}
+
+fn active_lsms() -> Option<String> {
+    fs::read_to_string(LSM_FILE).ok().map(|s| s.trim().to_owned())
+}
+
+fn describe_active_lsms() -> String {
+    active_lsms().unwrap_or_else(|| format!("unknown, {LSM_FILE} is not readable"))
+}
+
+/// The kernel side of one policy: loaded programs and filled maps.
+pub struct Enforcer {
+    ebpf: Ebpf,
+    needs_lsm: bool,
+    enforces_network: bool,
+}
+
+impl Enforcer {
+    /// Loads the object and writes `policy` into its maps. Attaches nothing yet.
+    pub fn load(policy: &Policy) -> Result<Self> {
+        let needs_lsm = policy.needs_lsm();
+        let offsets = if needs_lsm {
+            if let Some(active) = active_lsms() {
+                if !active.split(',').any(|l| l == "bpf") {
+                    return Err(EnforcerError::LsmInactive { active });
+                }
+            }
+            KernelOffsets::read(&Btf::from_kernel()?)?
+        } else {
+            // Never read: the exec program is not loaded.
+            KernelOffsets { bprm_file: 0, file_f_path: 0 }
+        };
+        let ebpf = EbpfLoader::new()
+            .override_global("BPRM_FILE_OFFSET", &offsets.bprm_file, true)
+            .override_global("FILE_F_PATH_OFFSET", &offsets.file_f_path, true)
+            .load(OBJECT)?;
+        let mut enforcer = Self { ebpf, needs_lsm, enforces_network: policy.network.is_some() };
+        enforcer.write_policy(policy)?;
+        Ok(enforcer)
+    }
+
+    fn write_policy(&mut self, policy: &Policy) -> Result<()> {
+        let config = Config {
+            mode: policy.mode.to_kernel(),
+            exec_default: policy.exec.as_ref().map_or(Action::Allow, |e| e.default).to_kernel(),
+            net_default: policy.network.as_ref().map_or(Action::Allow, |n| n.default).to_kernel(),
+            net_rule_count: policy.network.as_ref().map_or(0, |n| n.rules.len() as u32),
+        };
+        if let Some(exec) = &policy.exec {
+            let mut trie: LpmTrie<_, PathKey, RuleValue> = LpmTrie::try_from(
+                self.ebpf.map_mut("EXEC_RULES").ok_or(EnforcerError::Missing("EXEC_RULES map"))?,
+            )
+            .map_err(map_err("open the exec rule map"))?;
+            for rule in &exec.rules {
+                let (bytes, bits) = rule.pattern.key();
+                let mut data = PathKey { path: [0; PATH_KEY_LEN] };
+                data.path[..bytes.len()].copy_from_slice(&bytes);
+                let value = RuleValue { rule_id: rule.rule, action: rule.action.to_kernel() };
+                trie.insert(&Key::new(bits, data), value, 0)
+                    .map_err(map_err(format!("insert exec rule {}", rule.pattern)))?;
+            }
+        }
+        if let Some(network) = &policy.network {
+            let mut table: Array<_, oxd_common::NetRule> = Array::try_from(
+                self.ebpf.map_mut("NET_RULES").ok_or(EnforcerError::Missing("NET_RULES map"))?,
+            )
+            .map_err(map_err("open the network rule map"))?;
+            for (i, rule) in network.rules.iter().enumerate() {
+                table
+                    .set(i as u32, rule.to_kernel(), 0)
+                    .map_err(map_err(format!("insert network rule {i}")))?;
+            }
+        }
+        // The configuration goes last: until it is there, confined actions fail closed.
+        let mut config_map: Array<_, Config> =
+            Array::try_from(self.ebpf.map_mut("CONFIG").ok_or(EnforcerError::Missing("CONFIG map"))?)
+                .map_err(map_err("open the configuration map"))?;
+        config_map.set(0, config, 0).map_err(map_err("write the policy configuration"))?;
+        Ok(())
+    }
+
+    /// Attaches the BPF-LSM exec program, if the policy decides execs. Done before any agent
+    /// starts, so a kernel without BPF-LSM stops `oxd run` before the command runs.
+    pub fn attach_lsm(&mut self) -> Result<()> {
+        if !self.needs_lsm {
+            return Ok(());
+        }
+        let active = describe_active_lsms();
+        let btf = aya::Btf::from_sys_fs().map_err(|e| {
+            EnforcerError::Btf(BtfError::Read {
+                path: Path::new(crate::btf::VMLINUX_BTF).to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
+        let program: &mut Lsm = self
+            .ebpf
+            .program_mut("exec_check")
+            .ok_or(EnforcerError::Missing("exec_check program"))?
+            .try_into()
+            .map_err(prog_err("open the exec program"))?;
+        program
+            .load("bprm_check_security", &btf)
+            .map_err(|source| lsm_error(source, &active))?;
+        program.attach().map_err(|source| lsm_error(source, &active))?;
+        Ok(())
+    }
+
+    /// Marks `cgroup` as confined and attaches the cgroup programs to it.
+    pub fn confine(&mut self, cgroup: &AgentCgroup) -> Result<()> {
+        let mut confined: HashMap<_, u64, u32> = HashMap::try_from(
+            self.ebpf.map_mut("CONFINED").ok_or(EnforcerError::Missing("CONFINED map"))?,
+        )
+        .map_err(map_err("open the confined-cgroup map"))?;
+        confined
+            .insert(cgroup.id(), 1, 0)
+            .map_err(map_err(format!("confine cgroup {}", cgroup.path().display())))?;
+        if self.enforces_network {
+            let dir = cgroup.open_dir()?;
+            for name in ["connect4", "connect6"] {
+                let program: &mut CgroupSockAddr = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or(EnforcerError::Missing("connect program"))?
+                    .try_into()
+                    .map_err(prog_err(format!("open the {name} program")))?;
+                program.load().map_err(prog_err(format!("load the {name} program")))?;
+                program
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .map_err(prog_err(format!("attach the {name} program to {}", cgroup.path().display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the decision ring buffer out, for the reader.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(EnforcerError::Missing("EVENTS map"))?;
+        RingBuf::try_from(map).map_err(map_err("open the decision ring buffer"))
+    }
+
+    /// Decisions that could not be recorded because the ring buffer was full.
+    pub fn lost_events(&self) -> Result<u64> {
+        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf.map("COUNTERS").ok_or(EnforcerError::Missing("COUNTERS map"))?,
+        )
+        .map_err(map_err("open the counters"))?;
+        let values = counters
+            .get(&counter::RINGBUF_LOST, 0)
+            .map_err(map_err("read the lost-decision counter"))?;
+        Ok(values.iter().sum())
+    }
+}
+
+fn lsm_error(source: aya::programs::ProgramError, active: &str) -> EnforcerError {
+    EnforcerError::LsmRefused { active: active.to_owned(), cause: source.to_string() }
+}

@@ -1,0 +1,207 @@
+//! `oxd run`: confine one command under a policy, from start to exit.
+//!
+//! Order matters: the policy is compiled and the programs are loaded and attached before the
+//! command starts, so a policy that cannot be enforced never lets the command run unconfined.
+//! The command joins its cgroup between fork and exec, so its own exec is already decided by
+//! the policy. When it exits, whatever it left running in its cgroup is killed, the remaining
+//! decisions are drained from the ring buffer, and oxd exits with the command's status.
+
+use std::{
+    ffi::OsString,
+    fs::OpenOptions,
+    io::{self, BufWriter},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::PathBuf,
+    process::ExitStatus,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use oxd_common::Event;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    audit::{AuditLog, Clock, Record},
+    cgroup::AgentCgroup,
+    enforcer::Enforcer,
+    policy::Policy,
+};
+
+/// Exit status when oxd itself fails before or around the command (as `env` and `timeout` do).
+pub const EXIT_OXD_FAILED: i32 = 125;
+/// Exit status when the command could not be executed.
+pub const EXIT_CANNOT_EXEC: i32 = 126;
+/// Exit status when the command was not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Policy file (TOML) to enforce.
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// Append audit records (JSON lines) to this file instead of writing them to stderr.
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
+    /// The command to confine, and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// Runs the command and returns the exit code oxd should exit with.
+pub fn run(args: RunArgs) -> Result<i32> {
+    let policy = Policy::load(&args.policy)?;
+    let out: Box<dyn io::Write + Send> = match &args.audit_log {
+        Some(path) => Box::new(BufWriter::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open audit log {}", path.display()))?,
+        )),
+        None => Box::new(io::stderr()),
+    };
+    let mut audit = AuditLog::new(out);
+
+    let mut enforcer = Enforcer::load(&policy)?;
+    enforcer.attach_lsm()?;
+    let cgroup = AgentCgroup::create(&format!("run-{}", std::process::id()))
+        .context("cannot create the agent's cgroup")?;
+    enforcer.confine(&cgroup)?;
+    let events = enforcer.take_events()?;
+    tracing::info!(
+        policy = %policy.name,
+        cgroup = %cgroup.path().display(),
+        cgroup_id = cgroup.id(),
+        "confining {:?}",
+        args.command
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(supervise(&args.command, &cgroup, events, &policy, &mut audit));
+
+    // Nothing the agent started may outlive its confinement.
+    let removed = cgroup.remove();
+    let lost = enforcer.lost_events()?;
+    if lost > 0 {
+        tracing::warn!("{lost} decisions were made but not recorded: the ring buffer was full");
+        audit.write_lost(&policy, lost).context("cannot write the audit log")?;
+    }
+    audit.flush().context("cannot write the audit log")?;
+    drop(enforcer);
+    removed.context("cannot remove the agent's cgroup")?;
+    outcome
+}
+
+async fn supervise(
+    command: &[OsString],
+    cgroup: &AgentCgroup,
+    events: RingBuf<MapData>,
+    policy: &Policy,
+    audit: &mut AuditLog,
+) -> Result<i32> {
+    let clock = Clock::new();
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as the
+    // `AsyncFd` lives.
+    let mut events = unsafe { AsyncFd::register(events) }
+        .map_err(|e| e.into_parts().1)
+        .context("cannot watch the decision ring buffer")?;
+    let procs = cgroup.open_procs()?;
+    let procs_fd = procs.as_raw_fd();
+
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    // SAFETY: the closure only makes async-signal-safe system calls (write, prctl, getppid).
+    unsafe {
+        let parent = libc::getpid();
+        cmd.pre_exec(move || {
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            // If oxd dies, its agent dies too rather than running on unconfined.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let mut cmd = tokio::process::Command::from(cmd);
+    let spawned = cmd.spawn();
+    drop(procs);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            drain(events.get_mut(), policy, &clock, audit)?;
+            let name = command[0].to_string_lossy();
+            let code = if e.kind() == io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_EXEC };
+            let hint = if e.raw_os_error() == Some(libc::EPERM) {
+                " (denied by the policy's exec rules? see the audit log)"
+            } else {
+                ""
+            };
+            eprintln!("oxd: cannot run `{name}`: {e}{hint}");
+            return Ok(code);
+        }
+    };
+    let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let forward = |sig: nix::sys::signal::Signal| {
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(pid, sig);
+        }
+    };
+    let status: ExitStatus = loop {
+        tokio::select! {
+            status = child.wait() => break status.context("cannot wait for the command")?,
+            guard = events.readable_mut() => {
+                let mut guard = guard.context("cannot poll the decision ring buffer")?;
+                drain(guard.get_inner_mut(), policy, &clock, audit)?;
+                guard.clear_ready();
+            }
+            _ = sigint.recv() => forward(nix::sys::signal::Signal::SIGINT),
+            _ = sigterm.recv() => forward(nix::sys::signal::Signal::SIGTERM),
+            _ = sighup.recv() => forward(nix::sys::signal::Signal::SIGHUP),
+        }
+    };
+    // Decisions are in the ring buffer before the system call that caused them returns, so once
+    // the command has been reaped everything it did is there.
+    drain(events.get_mut(), policy, &clock, audit)?;
+    Ok(exit_code(status))
+}
+
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    policy: &Policy,
+    clock: &Clock,
+    audit: &mut AuditLog,
+) -> Result<()> {
+    while let Some(item) = ring.next() {
+        if item.len() < size_of::<Event>() {
+            tracing::error!("short ring buffer record ({} bytes), skipped", item.len());
+            continue;
+        }
+        // SAFETY: the kernel wrote a whole `Event` (same #[repr(C)] definition); the read does
+        // not assume alignment.
+        let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        let record = Record::from_event(&event, policy, clock);
+        audit.write(&record).context("cannot write the audit log")?;
+    }
+    audit.flush().context("cannot write the audit log")
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => EXIT_OXD_FAILED,
+    }
+}
