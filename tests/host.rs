@@ -1,0 +1,158 @@
+//! Integration tests run directly on the host, as root. The host's kernel refuses BPF-LSM
+//! programs but runs cgroup hooks, so network-only policies are enforced here, and a policy that
+//! needs BPF-LSM must be refused before the command starts.
+
+mod common;
+
+use std::{
+    fs,
+    io::BufReader,
+    net::{TcpListener, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+fn net_policy(port: u16) -> String {
+    format!(
+        r#"
+name = "host-net"
+[network]
+default = "deny"
+[[network.allow]]
+cidr = "127.0.0.1"
+ports = {port}
+"#
+    )
+}
+
+#[test]
+fn network_only_policy_is_enforced_without_bpf_lsm() {
+    let scratch = Scratch::new("host-net");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    let denied_port = if port == u16::MAX { port - 1 } else { port + 1 };
+    let policy = scratch.policy(&net_policy(port));
+    let log = scratch.path("audit.jsonl");
+    let probe = probe_bin();
+    let allowed = format!("connect:127.0.0.1:{port}");
+    let denied = format!("connect:127.0.0.1:{denied_port}");
+    let output = oxd_run(&policy, &log, &[probe.to_str().expect("utf-8"), &allowed, &denied]);
+    assert!(output.status.success(), "oxd run failed: {:?}", output.status);
+    let results = probe_results(&output);
+    assert_ok(&results, &allowed);
+    assert_eperm(&results, &denied);
+    let records = audit_records(&log);
+    assert_record(&records, "connect", &format!("127.0.0.1:{port}"), "allow", "network.allow[0]");
+    assert_record(&records, "connect", &format!("127.0.0.1:{denied_port}"), "deny", "default");
+    assert!(records.iter().all(|r| r["policy"] == "host-net" && r["protocol"] == "tcp"), "{records:#?}");
+}
+
+#[test]
+fn connects_outside_the_agent_cgroup_are_not_affected() {
+    let scratch = Scratch::new("host-outside");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    let other = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let other_port = other.local_addr().expect("local addr").port();
+    let policy = scratch.policy(&net_policy(port));
+    let log = scratch.path("audit.jsonl");
+    let go = scratch.path("go");
+    let denied = format!("connect:127.0.0.1:{other_port}");
+    let wait = format!("wait:{}", go.display());
+    let probe = probe_bin();
+    let mut child = oxd_run_spawn(&policy, &log, &[probe.to_str().expect("utf-8"), &denied, &wait]);
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let confined = next_probe_line(&mut stdout);
+    assert_eq!(confined["ok"], false, "the confined connect must be denied: {confined}");
+    assert_eq!(confined["errno"], EPERM, "{confined}");
+    // The programs are attached now; this process is outside the agent's cgroup.
+    let outside = TcpStream::connect(("127.0.0.1", other_port));
+    fs::write(&go, b"").expect("release the probe");
+    let status = child.wait().expect("wait for oxd run");
+    assert!(outside.is_ok(), "connect outside the agent's cgroup must succeed: {outside:?}");
+    assert!(status.success(), "{status:?}");
+    let records = audit_records(&log);
+    assert_eq!(
+        records_for(&records, "connect", &format!("127.0.0.1:{other_port}")).len(),
+        1,
+        "only the confined connect is recorded: {records:#?}"
+    );
+}
+
+#[test]
+fn exec_policy_on_a_kernel_without_bpf_lsm_stops_before_the_command() {
+    let scratch = Scratch::new("host-nolsm");
+    let marker = scratch.path("ran");
+    let log = scratch.path("audit.jsonl");
+    let policy = repo().join("policies/example.toml");
+    let output = oxd_run(&policy, &log, &["/usr/bin/touch", marker.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(125), "oxd must fail itself: {stderr}");
+    assert!(!marker.exists(), "the command must not have run");
+    assert!(stderr.contains("BPF-LSM"), "{stderr}");
+    assert!(stderr.contains("CONFIG_BPF_LSM"), "the error names the kernel option: {stderr}");
+    assert!(stderr.contains("lsm="), "the error names the boot parameter: {stderr}");
+}
+
+#[test]
+fn exit_status_of_the_command_is_oxds_exit_status() {
+    let scratch = Scratch::new("host-status");
+    let policy = scratch.policy(&net_policy(9));
+    let log = scratch.path("audit.jsonl");
+    let output = oxd_run(&policy, &log, &["/bin/sh", "-c", "exit 7"]);
+    assert_eq!(output.status.code(), Some(7));
+    let output = oxd_run(&policy, &log, &["/bin/sh", "-c", "kill -TERM $$"]);
+    assert_eq!(output.status.code(), Some(128 + 15));
+    let output = oxd_run(&policy, &log, &["/nonexistent/agent"]);
+    assert_eq!(output.status.code(), Some(127));
+}
+
+#[test]
+fn nothing_the_agent_started_outlives_oxd_run() {
+    let scratch = Scratch::new("host-leftover");
+    let policy = scratch.policy(&net_policy(9));
+    let log = scratch.path("audit.jsonl");
+    let pidfile = scratch.path("pid");
+    let script = format!("sleep 300 & echo $! > {}", pidfile.display());
+    let output = oxd_run(&policy, &log, &["/bin/sh", "-c", &script]);
+    assert!(output.status.success(), "{:?}", output.status);
+    let pid = fs::read_to_string(&pidfile).expect("the agent wrote its child's pid");
+    let proc_dir = Path::new("/proc").join(pid.trim());
+    // Killed means gone, or a zombie waiting for its new parent to reap it.
+    let alive = || {
+        fs::read_to_string(proc_dir.join("stat")).is_ok_and(|stat| {
+            let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+            !matches!(state, Some("Z" | "X"))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(), "the agent's background process {} survived oxd run", pid.trim());
+}
+
+#[test]
+fn check_points_at_file_line_and_column() {
+    let scratch = Scratch::new("host-check");
+    let policy = scratch.policy("name = \"bad\"\n[exec]\nallow = [\"/usr/bin/**\", \"bin/ls\"]\n");
+    let output = std::process::Command::new(oxd_bin())
+        .arg("check")
+        .arg(&policy)
+        .output()
+        .expect("run oxd check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    let location = format!("{}:3:25:", policy.display());
+    assert!(stderr.contains(&location), "expected {location} in: {stderr}");
+    assert!(stderr.contains("absolute path"), "{stderr}");
+
+    let output = std::process::Command::new(oxd_bin())
+        .arg("check")
+        .arg(repo().join("policies/example.toml"))
+        .output()
+        .expect("run oxd check");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
