@@ -178,8 +178,10 @@ pub struct Event {
 pub mod counter {
     /// Ring buffer reservations that failed: decisions made but not recorded.
     pub const RINGBUF_LOST: u32 = 0;
+    /// Actions denied (and enforced).
+    pub const DENIED: u32 = 1;
     /// Number of counters.
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 #[cfg(feature = "user")]

@@ -205,11 +205,13 @@ pub fn exec_check(ctx: LsmContext) -> i32 {
         }
         entry.submit(0);
     }
+    // The denial is counted inside the branch: a side effect keeps the compiler from folding
+    // the two returns into arithmetic the verifier cannot bound to [-4095, 0].
     if enforced(&verdict, current_mode) {
-        -EPERM
-    } else {
-        0
+        count(counter::DENIED);
+        return -EPERM;
     }
+    0
 }
 
 /// Resolves the path of the file being executed into `scratch.buf` and looks it up in the exec
@@ -324,10 +326,10 @@ fn decide_connect(operation: u32, addr: &[u8; 16], port_be: u32, protocol: u32) 
         entry.submit(0);
     }
     if enforced(&verdict, current_mode) {
-        0
-    } else {
-        1
+        count(counter::DENIED);
+        return 0;
     }
+    1
 }
 
 /// State shared with [`net_rule_step`] across `bpf_loop` iterations.
