@@ -38,15 +38,40 @@ fn network_only_policy_is_enforced_without_bpf_lsm() {
     let probe = probe_bin();
     let allowed = format!("connect:127.0.0.1:{port}");
     let denied = format!("connect:127.0.0.1:{denied_port}");
-    let output = oxd_run(&policy, &log, &[probe.to_str().expect("utf-8"), &allowed, &denied]);
-    assert!(output.status.success(), "oxd run failed: {:?}", output.status);
+    let output = oxd_run(
+        &policy,
+        &log,
+        &[probe.to_str().expect("utf-8"), &allowed, &denied],
+    );
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}",
+        output.status
+    );
     let results = probe_results(&output);
     assert_ok(&results, &allowed);
     assert_eperm(&results, &denied);
     let records = audit_records(&log);
-    assert_record(&records, "connect", &format!("127.0.0.1:{port}"), "allow", "network.allow[0]");
-    assert_record(&records, "connect", &format!("127.0.0.1:{denied_port}"), "deny", "default");
-    assert!(records.iter().all(|r| r["policy"] == "host-net" && r["protocol"] == "tcp"), "{records:#?}");
+    assert_record(
+        &records,
+        "connect",
+        &format!("127.0.0.1:{port}"),
+        "allow",
+        "network.allow[0]",
+    );
+    assert_record(
+        &records,
+        "connect",
+        &format!("127.0.0.1:{denied_port}"),
+        "deny",
+        "default",
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r["policy"] == "host-net" && r["protocol"] == "tcp"),
+        "{records:#?}"
+    );
 }
 
 #[test]
@@ -62,16 +87,26 @@ fn connects_outside_the_agent_cgroup_are_not_affected() {
     let denied = format!("connect:127.0.0.1:{other_port}");
     let wait = format!("wait:{}", go.display());
     let probe = probe_bin();
-    let mut child = oxd_run_spawn(&policy, &log, &[probe.to_str().expect("utf-8"), &denied, &wait]);
+    let mut child = oxd_run_spawn(
+        &policy,
+        &log,
+        &[probe.to_str().expect("utf-8"), &denied, &wait],
+    );
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let confined = next_probe_line(&mut stdout);
-    assert_eq!(confined["ok"], false, "the confined connect must be denied: {confined}");
+    assert_eq!(
+        confined["ok"], false,
+        "the confined connect must be denied: {confined}"
+    );
     assert_eq!(confined["errno"], EPERM, "{confined}");
     // The programs are attached now; this process is outside the agent's cgroup.
     let outside = TcpStream::connect(("127.0.0.1", other_port));
     fs::write(&go, b"").expect("release the probe");
     let status = child.wait().expect("wait for oxd run");
-    assert!(outside.is_ok(), "connect outside the agent's cgroup must succeed: {outside:?}");
+    assert!(
+        outside.is_ok(),
+        "connect outside the agent's cgroup must succeed: {outside:?}"
+    );
     assert!(status.success(), "{status:?}");
     let records = audit_records(&log);
     assert_eq!(
@@ -87,13 +122,27 @@ fn exec_policy_on_a_kernel_without_bpf_lsm_stops_before_the_command() {
     let marker = scratch.path("ran");
     let log = scratch.path("audit.jsonl");
     let policy = repo().join("policies/example.toml");
-    let output = oxd_run(&policy, &log, &["/usr/bin/touch", marker.to_str().expect("utf-8")]);
+    let output = oxd_run(
+        &policy,
+        &log,
+        &["/usr/bin/touch", marker.to_str().expect("utf-8")],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(125), "oxd must fail itself: {stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(125),
+        "oxd must fail itself: {stderr}"
+    );
     assert!(!marker.exists(), "the command must not have run");
     assert!(stderr.contains("BPF-LSM"), "{stderr}");
-    assert!(stderr.contains("CONFIG_BPF_LSM"), "the error names the kernel option: {stderr}");
-    assert!(stderr.contains("lsm="), "the error names the boot parameter: {stderr}");
+    assert!(
+        stderr.contains("CONFIG_BPF_LSM"),
+        "the error names the kernel option: {stderr}"
+    );
+    assert!(
+        stderr.contains("lsm="),
+        "the error names the boot parameter: {stderr}"
+    );
 }
 
 #[test]
@@ -123,7 +172,10 @@ fn nothing_the_agent_started_outlives_oxd_run() {
     // Killed means gone, or a zombie waiting for its new parent to reap it.
     let alive = || {
         fs::read_to_string(proc_dir.join("stat")).is_ok_and(|stat| {
-            let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
             !matches!(state, Some("Z" | "X"))
         })
     };
@@ -131,7 +183,11 @@ fn nothing_the_agent_started_outlives_oxd_run() {
     while alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!alive(), "the agent's background process {} survived oxd run", pid.trim());
+    assert!(
+        !alive(),
+        "the agent's background process {} survived oxd run",
+        pid.trim()
+    );
 }
 
 #[test]
@@ -146,7 +202,10 @@ fn check_points_at_file_line_and_column() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     let location = format!("{}:3:25:", policy.display());
-    assert!(stderr.contains(&location), "expected {location} in: {stderr}");
+    assert!(
+        stderr.contains(&location),
+        "expected {location} in: {stderr}"
+    );
     assert!(stderr.contains("absolute path"), "{stderr}");
 
     let output = std::process::Command::new(oxd_bin())
@@ -154,5 +213,9 @@ fn check_points_at_file_line_and_column() {
         .arg(repo().join("policies/example.toml"))
         .output()
         .expect("run oxd check");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

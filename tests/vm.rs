@@ -4,12 +4,7 @@
 
 mod common;
 
-use std::{
-    fs,
-    io::BufReader,
-    net::TcpListener,
-    process::Command,
-};
+use std::{fs, io::BufReader, net::TcpListener, process::Command};
 
 use common::*;
 
@@ -45,8 +40,21 @@ fn exec_of_allowed_binary_succeeds_and_of_other_binary_fails_with_eperm() {
     let probe = probe_bin();
     let probe = probe.to_str().expect("utf-8 path");
 
-    let output = oxd_run(&policy, &log, &[probe, "exec:/usr/bin/true", "exec:/usr/bin/id", "exec:/bin/true"]);
-    assert!(output.status.success(), "oxd run failed: {:?}", output.status);
+    let output = oxd_run(
+        &policy,
+        &log,
+        &[
+            probe,
+            "exec:/usr/bin/true",
+            "exec:/usr/bin/id",
+            "exec:/bin/true",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}",
+        output.status
+    );
     let results = probe_results(&output);
     assert_ok(&results, "exec:/usr/bin/true");
     assert_eq!(result_of(&results, "exec:/usr/bin/true")["status"], 0);
@@ -58,7 +66,11 @@ fn exec_of_allowed_binary_succeeds_and_of_other_binary_fails_with_eperm() {
     assert_record(&records, "exec", probe, "allow", "exec.allow[0]");
     assert_record(&records, "exec", "/usr/bin/id", "deny", "default");
     let true_records = records_for(&records, "exec", "/usr/bin/true");
-    assert_eq!(true_records.len(), 2, "both execs of true are recorded under the resolved path: {records:#?}");
+    assert_eq!(
+        true_records.len(),
+        2,
+        "both execs of true are recorded under the resolved path: {records:#?}"
+    );
     for r in true_records {
         assert_eq!(r["decision"], "allow", "{r}");
         assert_eq!(r["rule"], "exec.allow[1]", "{r}");
@@ -82,8 +94,16 @@ deny = ["/usr/bin/id"]
     let log = scratch.path("audit.jsonl");
     let probe = probe_bin();
     let probe = probe.to_str().expect("utf-8 path");
-    let output = oxd_run(&policy, &log, &[probe, "exec:/usr/bin/id", "exec:/usr/bin/true"]);
-    assert!(output.status.success(), "oxd run failed: {:?}", output.status);
+    let output = oxd_run(
+        &policy,
+        &log,
+        &[probe, "exec:/usr/bin/id", "exec:/usr/bin/true"],
+    );
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}",
+        output.status
+    );
     let results = probe_results(&output);
     assert_eperm(&results, "exec:/usr/bin/id");
     assert_ok(&results, "exec:/usr/bin/true");
@@ -108,18 +128,30 @@ fn exec_outside_the_agent_cgroup_is_not_affected_while_oxd_runs() {
     // The confined exec has been decided (and denied): the programs are attached right now.
     let confined = next_probe_line(&mut stdout);
     assert_eq!(confined["action"], "exec:/usr/bin/id");
-    assert_eq!(confined["ok"], false, "confined exec of id must be denied: {confined}");
+    assert_eq!(
+        confined["ok"], false,
+        "confined exec of id must be denied: {confined}"
+    );
     assert_eq!(confined["errno"], EPERM, "{confined}");
 
-    let outside = Command::new("/usr/bin/id").output().expect("exec id outside the cgroup");
+    let outside = Command::new("/usr/bin/id")
+        .output()
+        .expect("exec id outside the cgroup");
     fs::write(&go, b"").expect("release the probe");
     let status = child.wait().expect("wait for oxd run");
-    assert!(outside.status.success(), "id outside the agent's cgroup must run: {outside:?}");
+    assert!(
+        outside.status.success(),
+        "id outside the agent's cgroup must run: {outside:?}"
+    );
     assert!(status.success(), "oxd run failed: {status:?}");
 
     let records = audit_records(&log);
     let id_records = records_for(&records, "exec", "/usr/bin/id");
-    assert_eq!(id_records.len(), 1, "only the confined exec is decided and recorded: {records:#?}");
+    assert_eq!(
+        id_records.len(),
+        1,
+        "only the confined exec is decided and recorded: {records:#?}"
+    );
     assert_eq!(id_records[0]["decision"], "deny");
 }
 
@@ -155,8 +187,16 @@ protocol = "tcp"
     let v6 = format!("connect:[::1]:{port6}");
     let mapped = format!("connect:[::ffff:127.0.0.1]:{port}");
 
-    let output = oxd_run(&policy, &log, &[probe, &allowed, &other_port, &other_addr, &v6, &mapped]);
-    assert!(output.status.success(), "oxd run failed: {:?}", output.status);
+    let output = oxd_run(
+        &policy,
+        &log,
+        &[probe, &allowed, &other_port, &other_addr, &v6, &mapped],
+    );
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}",
+        output.status
+    );
     let results = probe_results(&output);
     assert_ok(&results, &allowed);
     assert_eperm(&results, &other_port);
@@ -166,11 +206,41 @@ protocol = "tcp"
     assert_ok(&results, &mapped);
 
     let records = audit_records(&log);
-    assert_record(&records, "connect", &format!("127.0.0.1:{port}"), "allow", "network.allow[0]");
-    assert_record(&records, "connect", &format!("127.0.0.1:{}", port.wrapping_add(1).max(1)), "deny", "default");
-    assert_record(&records, "connect", &format!("127.0.0.2:{port}"), "deny", "default");
-    assert_record(&records, "connect", &format!("[::1]:{port6}"), "deny", "default");
-    assert_record(&records, "connect", &format!("[::ffff:127.0.0.1]:{port}"), "allow", "network.allow[0]");
+    assert_record(
+        &records,
+        "connect",
+        &format!("127.0.0.1:{port}"),
+        "allow",
+        "network.allow[0]",
+    );
+    assert_record(
+        &records,
+        "connect",
+        &format!("127.0.0.1:{}", port.wrapping_add(1).max(1)),
+        "deny",
+        "default",
+    );
+    assert_record(
+        &records,
+        "connect",
+        &format!("127.0.0.2:{port}"),
+        "deny",
+        "default",
+    );
+    assert_record(
+        &records,
+        "connect",
+        &format!("[::1]:{port6}"),
+        "deny",
+        "default",
+    );
+    assert_record(
+        &records,
+        "connect",
+        &format!("[::ffff:127.0.0.1]:{port}"),
+        "allow",
+        "network.allow[0]",
+    );
 
     // Outside the agent's cgroup the same connects are not decided.
     let outside = std::net::TcpStream::connect(("127.0.0.2", port));
@@ -191,14 +261,28 @@ fn example_policy_confines_a_real_shell() {
     let output = oxd_run(
         &policy,
         &log,
-        &["/usr/bin/bash", "-c", "ls / >/dev/null && echo ls-ok; /usr/bin/su -c true; echo su-exit=$?"],
+        &[
+            "/usr/bin/bash",
+            "-c",
+            "ls / >/dev/null && echo ls-ok; /usr/bin/su -c true; echo su-exit=$?",
+        ],
     );
-    assert!(output.status.success(), "oxd run failed: {:?}", output.status);
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}",
+        output.status
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("ls-ok"), "{stdout}");
-    assert!(stdout.contains("su-exit=126"), "su must be denied (exit 126 from bash): {stdout}");
+    assert!(
+        stdout.contains("su-exit=126"),
+        "su must be denied (exit 126 from bash): {stdout}"
+    );
     let records = audit_records(&log);
     assert_record(&records, "exec", "/usr/bin/bash", "allow", "exec.allow[0]");
     assert_record(&records, "exec", "/usr/bin/su", "deny", "exec.deny[1]");
-    assert!(records.iter().all(|r| r["policy"] == "example"), "{records:#?}");
+    assert!(
+        records.iter().all(|r| r["policy"] == "example"),
+        "{records:#?}"
+    );
 }

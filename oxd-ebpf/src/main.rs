@@ -90,7 +90,11 @@ struct Verdict {
 
 impl Verdict {
     const fn deny(reason: u32) -> Self {
-        Self { decision: action::DENY, reason, rule_id: RULE_DEFAULT }
+        Self {
+            decision: action::DENY,
+            reason,
+            rule_id: RULE_DEFAULT,
+        }
     }
 }
 
@@ -226,7 +230,11 @@ fn decide_exec(ctx: &LsmContext, scratch: *mut Scratch, config: &Config) -> (Ver
         let path_offset = read_volatile(&FILE_F_PATH_OFFSET) as usize;
         let file = *(bprm.add(file_offset).cast::<*const u8>());
         let file_path = file.add(path_offset).cast::<path>().cast_mut();
-        bpf_d_path(file_path, (*scratch).buf.as_mut_ptr().cast(), PATH_BUF_LEN as u32)
+        bpf_d_path(
+            file_path,
+            (*scratch).buf.as_mut_ptr().cast(),
+            PATH_BUF_LEN as u32,
+        )
     };
     if len <= 0 {
         return (Verdict::deny(reason::PATH_UNRESOLVED), 0);
@@ -250,8 +258,16 @@ fn decide_exec(ctx: &LsmContext, scratch: *mut Scratch, config: &Config) -> (Ver
         &(*scratch).key
     };
     let verdict = match EXEC_RULES.get(key) {
-        Some(rule) => Verdict { decision: rule.action, reason: reason::RULE, rule_id: rule.rule_id },
-        None => Verdict { decision: config.exec_default, reason: reason::DEFAULT, rule_id: RULE_DEFAULT },
+        Some(rule) => Verdict {
+            decision: rule.action,
+            reason: reason::RULE,
+            rule_id: rule.rule_id,
+        },
+        None => Verdict {
+            decision: config.exec_default,
+            reason: reason::DEFAULT,
+            rule_id: RULE_DEFAULT,
+        },
     };
     (verdict, len)
 }
@@ -377,9 +393,17 @@ fn match_net_rules(config: &Config, addr: &[u8; 16], port: u16, proto_bit: u32) 
         return Verdict::deny(reason::NO_CONFIG);
     }
     if state.matched != 0 {
-        Verdict { decision: state.decision, reason: reason::RULE, rule_id: state.rule_id }
+        Verdict {
+            decision: state.decision,
+            reason: reason::RULE,
+            rule_id: state.rule_id,
+        }
     } else {
-        Verdict { decision: config.net_default, reason: reason::DEFAULT, rule_id: RULE_DEFAULT }
+        Verdict {
+            decision: config.net_default,
+            reason: reason::DEFAULT,
+            rule_id: RULE_DEFAULT,
+        }
     }
 }
 

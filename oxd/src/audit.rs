@@ -39,7 +39,9 @@ impl Clock {
         let boot_elapsed = clock_gettime(ClockId::CLOCK_BOOTTIME)
             .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
             .unwrap_or_default();
-        Self { boot: SystemTime::now() - boot_elapsed }
+        Self {
+            boot: SystemTime::now() - boot_elapsed,
+        }
     }
 
     pub fn wall(&self, boot_ns: u64) -> SystemTime {
@@ -102,7 +104,10 @@ impl Record {
                 );
                 ("connect", addr.to_string())
             }
-            op::CONNECT6 => ("connect", SocketAddrV6::new(ip, event.port, 0, 0).to_string()),
+            op::CONNECT6 => (
+                "connect",
+                SocketAddrV6::new(ip, event.port, 0, 0).to_string(),
+            ),
             _ => ("unknown", String::new()),
         };
         let protocol = (event.op != op::EXEC).then(|| {
@@ -136,7 +141,12 @@ impl Record {
             op: op_name.to_owned(),
             target,
             protocol,
-            decision: if event.decision == action::ALLOW { "allow" } else { "deny" }.to_owned(),
+            decision: if event.decision == action::ALLOW {
+                "allow"
+            } else {
+                "deny"
+            }
+            .to_owned(),
             enforced: event.mode != mode::AUDIT,
             rule,
             rule_text,

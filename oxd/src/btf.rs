@@ -83,8 +83,10 @@ impl Btf {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path)
-            .map_err(|source| BtfError::Read { path: path.to_owned(), source })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&data)
     }
 
@@ -116,7 +118,12 @@ impl Btf {
         if end > data.len() {
             return Err(BtfError::Malformed("type section out of bounds"));
         }
-        let mut types = vec![Type { name_off: 0, kind: 0, ref_type: 0, members: Vec::new() }];
+        let mut types = vec![Type {
+            name_off: 0,
+            kind: 0,
+            ref_type: 0,
+            members: Vec::new(),
+        }];
         let mut off = start;
         while off < end {
             let name_off = u32_at(off)?;
@@ -129,8 +136,15 @@ impl Btf {
             let mut members = Vec::new();
             let extra = match kind {
                 kind::INT | kind::VAR | kind::DECL_TAG => 4,
-                kind::PTR | kind::FWD | kind::TYPEDEF | kind::VOLATILE | kind::CONST
-                | kind::RESTRICT | kind::FUNC | kind::FLOAT | kind::TYPE_TAG => 0,
+                kind::PTR
+                | kind::FWD
+                | kind::TYPEDEF
+                | kind::VOLATILE
+                | kind::CONST
+                | kind::RESTRICT
+                | kind::FUNC
+                | kind::FLOAT
+                | kind::TYPE_TAG => 0,
                 kind::ARRAY => 12,
                 kind::STRUCT | kind::UNION => {
                     for i in 0..vlen {
@@ -139,7 +153,11 @@ impl Btf {
                         members.push(Member {
                             name_off: u32_at(m)?,
                             type_id: u32_at(m + 4)?,
-                            bit_offset: if kind_flag { raw_offset & 0x00ff_ffff } else { raw_offset },
+                            bit_offset: if kind_flag {
+                                raw_offset & 0x00ff_ffff
+                            } else {
+                                raw_offset
+                            },
                         });
                     }
                     vlen * 12
@@ -149,7 +167,12 @@ impl Btf {
                 _ => return Err(BtfError::Malformed("unknown type kind")),
             };
             off += extra;
-            types.push(Type { name_off, kind, ref_type: size_or_type, members });
+            types.push(Type {
+                name_off,
+                kind,
+                ref_type: size_or_type,
+                members,
+            });
         }
         Ok(Self { strings, types })
     }
@@ -167,7 +190,11 @@ impl Btf {
                 Some(t)
                     if matches!(
                         t.kind,
-                        kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG
+                        kind::TYPEDEF
+                            | kind::VOLATILE
+                            | kind::CONST
+                            | kind::RESTRICT
+                            | kind::TYPE_TAG
                     ) =>
                 {
                     id = t.ref_type
@@ -185,12 +212,17 @@ impl Btf {
             .types
             .iter()
             .position(|t| {
-                t.kind == kind::STRUCT && !t.members.is_empty() && self.name(t.name_off) == strukt.as_bytes()
+                t.kind == kind::STRUCT
+                    && !t.members.is_empty()
+                    && self.name(t.name_off) == strukt.as_bytes()
             })
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
-        let bits = self.find_member(id as u32, member.as_bytes(), 0).ok_or_else(|| {
-            BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() }
-        })?;
+        let bits = self
+            .find_member(id as u32, member.as_bytes(), 0)
+            .ok_or_else(|| BtfError::NoMember {
+                strukt: strukt.to_owned(),
+                member: member.to_owned(),
+            })?;
         if bits % 8 != 0 {
             return Err(BtfError::Malformed("member is a bitfield"));
         }
@@ -267,11 +299,30 @@ mod tests {
         push(&[s("int"), 1 << 24, 4, 32]);
         push(&[s("path"), (4 << 24) | 2, 8, s("a"), 1, 0, s("b"), 1, 32]);
         push(&[0, (5 << 24) | 1, 8, s("p"), 2, 0]);
-        push(&[s("file"), (4 << 24) | 3, 16, s("x"), 1, 0, s("y"), 1, 32, 0, 3, 64]);
+        push(&[
+            s("file"),
+            (4 << 24) | 3,
+            16,
+            s("x"),
+            1,
+            0,
+            s("y"),
+            1,
+            32,
+            0,
+            3,
+            64,
+        ]);
         let mut out = Vec::new();
         out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&w.to_le_bytes());
         }
         out.extend_from_slice(&types);
@@ -285,15 +336,24 @@ mod tests {
         assert_eq!(btf.member_offset("path", "b").unwrap(), 4);
         assert_eq!(btf.member_offset("file", "y").unwrap(), 4);
         assert_eq!(btf.member_offset("file", "p").unwrap(), 8);
-        assert!(matches!(btf.member_offset("file", "zz"), Err(BtfError::NoMember { .. })));
-        assert!(matches!(btf.member_offset("nope", "a"), Err(BtfError::NoStruct(_))));
+        assert!(matches!(
+            btf.member_offset("file", "zz"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("nope", "a"),
+            Err(BtfError::NoStruct(_))
+        ));
     }
 
     #[test]
     fn reads_this_kernels_offsets() {
         let btf = Btf::from_kernel().expect("this kernel exposes BTF");
         let offsets = KernelOffsets::read(&btf).expect("linux_binprm.file and file.f_path");
-        assert!(offsets.file_f_path > 0 && offsets.file_f_path < 512, "{offsets:?}");
+        assert!(
+            offsets.file_f_path > 0 && offsets.file_f_path < 512,
+            "{offsets:?}"
+        );
         assert!(offsets.bprm_file < 1024, "{offsets:?}");
     }
 }

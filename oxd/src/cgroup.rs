@@ -40,8 +40,10 @@ pub enum CgroupError {
 /// `/sys/fs/cgroup/unified` on hybrid systems).
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     let path = Path::new("/proc/self/mountinfo");
-    let text = fs::read_to_string(path)
-        .map_err(|source| CgroupError::Read { path: path.to_owned(), source })?;
+    let text = fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse_cgroup2_mount(&text).ok_or(CgroupError::NoCgroup2)
 }
 
@@ -62,7 +64,12 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -86,14 +93,26 @@ impl AgentCgroup {
     /// Creates `<cgroup2 mount>/oxd/<name>`.
     pub fn create(name: &str) -> Result<Self, CgroupError> {
         let parent = cgroup2_mount()?.join("oxd");
-        fs::create_dir_all(&parent)
-            .map_err(|source| CgroupError::Create { path: parent.clone(), source })?;
+        fs::create_dir_all(&parent).map_err(|source| CgroupError::Create {
+            path: parent.clone(),
+            source,
+        })?;
         let path = parent.join(name);
-        fs::create_dir(&path).map_err(|source| CgroupError::Create { path: path.clone(), source })?;
+        fs::create_dir(&path).map_err(|source| CgroupError::Create {
+            path: path.clone(),
+            source,
+        })?;
         let id = fs::metadata(&path)
-            .map_err(|source| CgroupError::Read { path: path.clone(), source })?
+            .map_err(|source| CgroupError::Read {
+                path: path.clone(),
+                source,
+            })?
             .ino();
-        Ok(Self { path, id, removed: false })
+        Ok(Self {
+            path,
+            id,
+            removed: false,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -107,7 +126,10 @@ impl AgentCgroup {
 
     /// The directory, for attaching cgroup programs.
     pub fn open_dir(&self) -> Result<File, CgroupError> {
-        File::open(&self.path).map_err(|source| CgroupError::Read { path: self.path.clone(), source })
+        File::open(&self.path).map_err(|source| CgroupError::Read {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// `cgroup.procs`, opened for writing: writing "0" to it moves the writer into this cgroup.
@@ -140,7 +162,9 @@ impl AgentCgroup {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(CgroupError::NotEmpty { path: self.path.clone() });
+                return Err(CgroupError::NotEmpty {
+                    path: self.path.clone(),
+                });
             }
             // cgroup.kill (Linux 5.14) kills the whole subtree atomically, including processes
             // forked while we look; fall back to signalling each pid.
@@ -200,7 +224,12 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
                 attempts += 1;
                 thread::sleep(Duration::from_millis(10));
             }
-            Err(source) => return Err(CgroupError::Remove { path: dir.to_owned(), source }),
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    path: dir.to_owned(),
+                    source,
+                })
+            }
         }
     }
 }
@@ -219,8 +248,14 @@ mod tests {
     fn finds_cgroup2_in_mountinfo() {
         let info = "24 31 0:22 / /sys rw,nosuid shared:7 - sysfs sysfs rw\n\
                     35 24 0:30 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw\n";
-        assert_eq!(parse_cgroup2_mount(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(parse_cgroup2_mount("24 31 0:22 / /sys rw - sysfs sysfs rw\n"), None);
+        assert_eq!(
+            parse_cgroup2_mount(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("24 31 0:22 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
         assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
     }
 }

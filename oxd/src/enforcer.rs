@@ -66,7 +66,9 @@ fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError)
 }
 
 fn active_lsms() -> Option<String> {
-    fs::read_to_string(LSM_FILE).ok().map(|s| s.trim().to_owned())
+    fs::read_to_string(LSM_FILE)
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 fn describe_active_lsms() -> String {
@@ -93,13 +95,20 @@ impl Enforcer {
             KernelOffsets::read(&Btf::from_kernel()?)?
         } else {
             // Never read: the exec program is not loaded.
-            KernelOffsets { bprm_file: 0, file_f_path: 0 }
+            KernelOffsets {
+                bprm_file: 0,
+                file_f_path: 0,
+            }
         };
         let ebpf = EbpfLoader::new()
             .override_global("BPRM_FILE_OFFSET", &offsets.bprm_file, true)
             .override_global("FILE_F_PATH_OFFSET", &offsets.file_f_path, true)
             .load(OBJECT)?;
-        let mut enforcer = Self { ebpf, needs_lsm, enforces_network: policy.network.is_some() };
+        let mut enforcer = Self {
+            ebpf,
+            needs_lsm,
+            enforces_network: policy.network.is_some(),
+        };
         enforcer.write_policy(policy)?;
         Ok(enforcer)
     }
@@ -107,27 +116,44 @@ impl Enforcer {
     fn write_policy(&mut self, policy: &Policy) -> Result<()> {
         let config = Config {
             mode: policy.mode.to_kernel(),
-            exec_default: policy.exec.as_ref().map_or(Action::Allow, |e| e.default).to_kernel(),
-            net_default: policy.network.as_ref().map_or(Action::Allow, |n| n.default).to_kernel(),
+            exec_default: policy
+                .exec
+                .as_ref()
+                .map_or(Action::Allow, |e| e.default)
+                .to_kernel(),
+            net_default: policy
+                .network
+                .as_ref()
+                .map_or(Action::Allow, |n| n.default)
+                .to_kernel(),
             net_rule_count: policy.network.as_ref().map_or(0, |n| n.rules.len() as u32),
         };
         if let Some(exec) = &policy.exec {
             let mut trie: LpmTrie<_, PathKey, RuleValue> = LpmTrie::try_from(
-                self.ebpf.map_mut("EXEC_RULES").ok_or(EnforcerError::Missing("EXEC_RULES map"))?,
+                self.ebpf
+                    .map_mut("EXEC_RULES")
+                    .ok_or(EnforcerError::Missing("EXEC_RULES map"))?,
             )
             .map_err(map_err("open the exec rule map"))?;
             for rule in &exec.rules {
                 let (bytes, bits) = rule.pattern.key();
-                let mut data = PathKey { path: [0; PATH_KEY_LEN] };
+                let mut data = PathKey {
+                    path: [0; PATH_KEY_LEN],
+                };
                 data.path[..bytes.len()].copy_from_slice(&bytes);
-                let value = RuleValue { rule_id: rule.rule, action: rule.action.to_kernel() };
+                let value = RuleValue {
+                    rule_id: rule.rule,
+                    action: rule.action.to_kernel(),
+                };
                 trie.insert(&Key::new(bits, data), value, 0)
                     .map_err(map_err(format!("insert exec rule {}", rule.pattern)))?;
             }
         }
         if let Some(network) = &policy.network {
             let mut table: Array<_, oxd_common::NetRule> = Array::try_from(
-                self.ebpf.map_mut("NET_RULES").ok_or(EnforcerError::Missing("NET_RULES map"))?,
+                self.ebpf
+                    .map_mut("NET_RULES")
+                    .ok_or(EnforcerError::Missing("NET_RULES map"))?,
             )
             .map_err(map_err("open the network rule map"))?;
             for (i, rule) in network.rules.iter().enumerate() {
@@ -137,10 +163,15 @@ impl Enforcer {
             }
         }
         // The configuration goes last: until it is there, confined actions fail closed.
-        let mut config_map: Array<_, Config> =
-            Array::try_from(self.ebpf.map_mut("CONFIG").ok_or(EnforcerError::Missing("CONFIG map"))?)
-                .map_err(map_err("open the configuration map"))?;
-        config_map.set(0, config, 0).map_err(map_err("write the policy configuration"))?;
+        let mut config_map: Array<_, Config> = Array::try_from(
+            self.ebpf
+                .map_mut("CONFIG")
+                .ok_or(EnforcerError::Missing("CONFIG map"))?,
+        )
+        .map_err(map_err("open the configuration map"))?;
+        config_map
+            .set(0, config, 0)
+            .map_err(map_err("write the policy configuration"))?;
         Ok(())
     }
 
@@ -166,19 +197,24 @@ impl Enforcer {
         program
             .load("bprm_check_security", &btf)
             .map_err(|source| lsm_error(source, &active))?;
-        program.attach().map_err(|source| lsm_error(source, &active))?;
+        program
+            .attach()
+            .map_err(|source| lsm_error(source, &active))?;
         Ok(())
     }
 
     /// Marks `cgroup` as confined and attaches the cgroup programs to it.
     pub fn confine(&mut self, cgroup: &AgentCgroup) -> Result<()> {
         let mut confined: HashMap<_, u64, u32> = HashMap::try_from(
-            self.ebpf.map_mut("CONFINED").ok_or(EnforcerError::Missing("CONFINED map"))?,
+            self.ebpf
+                .map_mut("CONFINED")
+                .ok_or(EnforcerError::Missing("CONFINED map"))?,
         )
         .map_err(map_err("open the confined-cgroup map"))?;
-        confined
-            .insert(cgroup.id(), 1, 0)
-            .map_err(map_err(format!("confine cgroup {}", cgroup.path().display())))?;
+        confined.insert(cgroup.id(), 1, 0).map_err(map_err(format!(
+            "confine cgroup {}",
+            cgroup.path().display()
+        )))?;
         if self.enforces_network {
             let dir = cgroup.open_dir()?;
             for name in ["connect4", "connect6"] {
@@ -188,10 +224,15 @@ impl Enforcer {
                     .ok_or(EnforcerError::Missing("connect program"))?
                     .try_into()
                     .map_err(prog_err(format!("open the {name} program")))?;
-                program.load().map_err(prog_err(format!("load the {name} program")))?;
+                program
+                    .load()
+                    .map_err(prog_err(format!("load the {name} program")))?;
                 program
                     .attach(&dir, CgroupAttachMode::Single)
-                    .map_err(prog_err(format!("attach the {name} program to {}", cgroup.path().display())))?;
+                    .map_err(prog_err(format!(
+                        "attach the {name} program to {}",
+                        cgroup.path().display()
+                    )))?;
             }
         }
         Ok(())
@@ -199,14 +240,19 @@ impl Enforcer {
 
     /// Moves the decision ring buffer out, for the reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(EnforcerError::Missing("EVENTS map"))?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(EnforcerError::Missing("EVENTS map"))?;
         RingBuf::try_from(map).map_err(map_err("open the decision ring buffer"))
     }
 
     /// Decisions that could not be recorded because the ring buffer was full.
     pub fn lost_events(&self) -> Result<u64> {
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf.map("COUNTERS").ok_or(EnforcerError::Missing("COUNTERS map"))?,
+            self.ebpf
+                .map("COUNTERS")
+                .ok_or(EnforcerError::Missing("COUNTERS map"))?,
         )
         .map_err(map_err("open the counters"))?;
         let values = counters
@@ -217,5 +263,8 @@ impl Enforcer {
 }
 
 fn lsm_error(source: aya::programs::ProgramError, active: &str) -> EnforcerError {
-    EnforcerError::LsmRefused { active: active.to_owned(), cause: source.to_string() }
+    EnforcerError::LsmRefused {
+        active: active.to_owned(),
+        cause: source.to_string(),
+    }
 }

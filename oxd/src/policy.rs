@@ -41,7 +41,10 @@ fn render_located(path: &Path, text: &str, span: &Range<usize>, message: &str) -
     let (line, col) = line_col(text, span.start);
     let mut out = format!("{}:{line}:{col}: {message}", path.display());
     if let Some(source_line) = text.lines().nth(line - 1) {
-        let width = text[span.clone()].lines().next().map_or(1, |l| l.chars().count().max(1));
+        let width = text[span.clone()]
+            .lines()
+            .next()
+            .map_or(1, |l| l.chars().count().max(1));
         let width = width.min(source_line.chars().count().saturating_sub(col - 1).max(1));
         out.push_str(&format!(
             "\n{line:>5} | {source_line}\n      | {}{}",
@@ -322,8 +325,10 @@ pub struct Policy {
 impl Policy {
     /// Reads, parses, validates and compiles the policy at `path`.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -340,7 +345,9 @@ impl Policy {
             let span = e.span().unwrap_or(0..0);
             invalid(span, e.message().trim_end().to_owned())
         })?;
-        Compiler::default().compile(path, text, raw).map_err(|(span, message)| invalid(span, message))
+        Compiler::default()
+            .compile(path, text, raw)
+            .map_err(|(span, message)| invalid(span, message))
     }
 
     /// Whether enforcing this policy needs BPF-LSM hooks.
@@ -368,7 +375,10 @@ impl Compiler {
                 let span = name.span();
                 let name = name.into_inner();
                 if name.is_empty() || name.chars().any(|c| c.is_control()) {
-                    return Err((span, "a policy name must be non-empty printable text".into()));
+                    return Err((
+                        span,
+                        "a policy name must be non-empty printable text".into(),
+                    ));
                 }
                 name
             }
@@ -377,12 +387,22 @@ impl Compiler {
                 .map_or_else(|| "policy".to_owned(), |s| s.to_string_lossy().into_owned()),
         };
         let exec = raw.exec.map(|section| self.exec(section)).transpose()?;
-        let network = raw.network.map(|section| self.network(section)).transpose()?;
+        let network = raw
+            .network
+            .map(|section| self.network(section))
+            .transpose()?;
         let sha256 = Sha256::digest(text.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        Ok(Policy { name, sha256, mode: raw.mode, exec, network, rules: self.rules })
+        Ok(Policy {
+            name,
+            sha256,
+            mode: raw.mode,
+            exec,
+            network,
+            rules: self.rules,
+        })
     }
 
     fn add_rule(&mut self, id: String, text: String, action: Action) -> u32 {
@@ -413,10 +433,17 @@ impl Compiler {
                 }
                 let id = format!("exec.{}[{index}]", action.as_str());
                 let rule = self.add_rule(id, pattern.to_string(), action);
-                rules.push(PathRule { pattern, action, rule });
+                rules.push(PathRule {
+                    pattern,
+                    action,
+                    rule,
+                });
             }
         }
-        Ok(ExecPolicy { default: section.default.unwrap_or(Action::Deny), rules })
+        Ok(ExecPolicy {
+            default: section.default.unwrap_or(Action::Deny),
+            rules,
+        })
     }
 
     fn network(&mut self, section: RawNetSection) -> CompileResult<NetworkPolicy> {
@@ -452,7 +479,13 @@ impl Compiler {
                 );
                 let id = format!("network.{}[{index}]", action.as_str());
                 let rule = self.add_rule(id, text, action);
-                rules.push(NetworkRule { net, ports, protocol: raw.protocol, action, rule });
+                rules.push(NetworkRule {
+                    net,
+                    ports,
+                    protocol: raw.protocol,
+                    action,
+                    rule,
+                });
             }
         }
         // Most specific first: longer prefix, then narrower port range, then single protocol;
@@ -465,7 +498,10 @@ impl Compiler {
                 r.action != Action::Deny,
             )
         });
-        Ok(NetworkPolicy { default: section.default.unwrap_or(Action::Deny), rules })
+        Ok(NetworkPolicy {
+            default: section.default.unwrap_or(Action::Deny),
+            rules,
+        })
     }
 }
 
@@ -579,7 +615,9 @@ fn parse_ports(ports: &RawPorts) -> Result<(u16, u16), String> {
                 }
             };
             if lo > hi {
-                return Err(format!("port range `{text}` is empty: write it as `{hi}-{lo}`"));
+                return Err(format!(
+                    "port range `{text}` is empty: write it as `{hi}-{lo}`"
+                ));
             }
             Ok((lo, hi))
         }
@@ -605,10 +643,27 @@ mod tests {
 
     #[test]
     fn path_patterns() {
-        assert_eq!(parse_path_pattern("/usr/bin/git"), Ok(PathPattern::Exact("/usr/bin/git".into())));
-        assert_eq!(parse_path_pattern("/usr/bin/**"), Ok(PathPattern::Subtree("/usr/bin/".into())));
-        assert_eq!(parse_path_pattern("/**"), Ok(PathPattern::Subtree("/".into())));
-        for bad in ["usr/bin", "/usr/bin/", "/usr/*/git", "/usr//bin", "/usr/../bin", "/", "/a/./b"] {
+        assert_eq!(
+            parse_path_pattern("/usr/bin/git"),
+            Ok(PathPattern::Exact("/usr/bin/git".into()))
+        );
+        assert_eq!(
+            parse_path_pattern("/usr/bin/**"),
+            Ok(PathPattern::Subtree("/usr/bin/".into()))
+        );
+        assert_eq!(
+            parse_path_pattern("/**"),
+            Ok(PathPattern::Subtree("/".into()))
+        );
+        for bad in [
+            "usr/bin",
+            "/usr/bin/",
+            "/usr/*/git",
+            "/usr//bin",
+            "/usr/../bin",
+            "/",
+            "/a/./b",
+        ] {
             assert!(parse_path_pattern(bad).is_err(), "{bad} should be rejected");
         }
         let long = format!("/{}", "a".repeat(MAX_RULE_PATH_LEN));
@@ -629,10 +684,8 @@ mod tests {
 
     #[test]
     fn deny_wins_on_the_same_pattern() {
-        let policy = parse(
-            "[exec]\nallow = [\"/usr/bin/curl\"]\ndeny = [\"/usr/bin/curl\"]\n",
-        )
-        .unwrap();
+        let policy =
+            parse("[exec]\nallow = [\"/usr/bin/curl\"]\ndeny = [\"/usr/bin/curl\"]\n").unwrap();
         let exec = policy.exec.unwrap();
         assert_eq!(exec.rules.len(), 1);
         assert_eq!(exec.rules[0].action, Action::Deny);
@@ -653,8 +706,8 @@ mod tests {
         assert!(err.starts_with("test.toml:3:8: "), "{err}");
         assert!(err.contains("10.0.0.0/8"), "{err}");
 
-        let err = parse("[network]\n[[network.allow]]\ncidr = \"::1\"\nports = \"90-80\"\n")
-            .unwrap_err();
+        let err =
+            parse("[network]\n[[network.allow]]\ncidr = \"::1\"\nports = \"90-80\"\n").unwrap_err();
         assert!(err.starts_with("test.toml:4:9: "), "{err}");
     }
 
@@ -678,8 +731,20 @@ cidr = "10.1.0.0/16"
         )
         .unwrap();
         let net = policy.network.unwrap();
-        let ids: Vec<_> = net.rules.iter().map(|r| policy.rules[r.rule as usize].id.as_str()).collect();
-        assert_eq!(ids, ["network.deny[0]", "network.allow[1]", "network.deny[1]", "network.allow[0]"]);
+        let ids: Vec<_> = net
+            .rules
+            .iter()
+            .map(|r| policy.rules[r.rule as usize].id.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "network.deny[0]",
+                "network.allow[1]",
+                "network.deny[1]",
+                "network.allow[0]"
+            ]
+        );
         assert_eq!(net.default, Action::Allow);
     }
 
@@ -687,7 +752,10 @@ cidr = "10.1.0.0/16"
     fn ipv4_rules_are_ipv4_mapped() {
         let net = parse_cidr("127.0.0.0/8").unwrap();
         assert_eq!(net.prefix_len(), 104);
-        assert_eq!(net.network(), "::ffff:127.0.0.0".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            net.network(),
+            "::ffff:127.0.0.0".parse::<Ipv6Addr>().unwrap()
+        );
         assert_eq!(parse_cidr("192.0.2.7").unwrap().prefix_len(), 128);
     }
 

@@ -83,14 +83,22 @@ pub fn run(args: RunArgs) -> Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = runtime.block_on(supervise(&args.command, &cgroup, events, &policy, &mut audit));
+    let outcome = runtime.block_on(supervise(
+        &args.command,
+        &cgroup,
+        events,
+        &policy,
+        &mut audit,
+    ));
 
     // Nothing the agent started may outlive its confinement.
     let removed = cgroup.remove();
     let lost = enforcer.lost_events()?;
     if lost > 0 {
         tracing::warn!("{lost} decisions were made but not recorded: the ring buffer was full");
-        audit.write_lost(&policy, lost).context("cannot write the audit log")?;
+        audit
+            .write_lost(&policy, lost)
+            .context("cannot write the audit log")?;
     }
     audit.flush().context("cannot write the audit log")?;
     drop(enforcer);
@@ -124,7 +132,8 @@ async fn supervise(
                 return Err(io::Error::last_os_error());
             }
             // If oxd dies, its agent dies too rather than running on unconfined.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent
+            {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
@@ -138,7 +147,11 @@ async fn supervise(
         Err(e) => {
             drain(events.get_mut(), policy, &clock, audit)?;
             let name = command[0].to_string_lossy();
-            let code = if e.kind() == io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_EXEC };
+            let code = if e.kind() == io::ErrorKind::NotFound {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_CANNOT_EXEC
+            };
             let hint = if e.raw_os_error() == Some(libc::EPERM) {
                 " (denied by the policy's exec rules? see the audit log)"
             } else {

@@ -47,8 +47,10 @@ pub fn probe_bin() -> PathBuf {
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    std::env::var_os("OXD_REPO")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."), PathBuf::from)
+    std::env::var_os("OXD_REPO").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+        PathBuf::from,
+    )
 }
 
 /// A scratch directory removed when dropped.
@@ -79,7 +81,9 @@ impl Scratch {
 
 /// `oxd run --policy POLICY --audit-log LOG -- ARGS...`, waited for.
 pub fn oxd_run(policy: &Path, log: &Path, args: &[&str]) -> Output {
-    let output = oxd_run_command(policy, log, args).output().expect("spawn oxd run");
+    let output = oxd_run_command(policy, log, args)
+        .output()
+        .expect("spawn oxd run");
     eprintln!(
         "oxd run {args:?}: {}\n--- stdout\n{}--- stderr\n{}",
         output.status,
@@ -91,7 +95,12 @@ pub fn oxd_run(policy: &Path, log: &Path, args: &[&str]) -> Output {
 
 pub fn oxd_run_command(policy: &Path, log: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(oxd_bin());
-    cmd.arg("run").arg("--policy").arg(policy).arg("--audit-log").arg(log).arg("--");
+    cmd.arg("run")
+        .arg("--policy")
+        .arg(policy)
+        .arg("--audit-log")
+        .arg(log)
+        .arg("--");
     cmd.args(args);
     cmd.stdin(Stdio::null());
     cmd
@@ -152,18 +161,34 @@ pub fn audit_records(log: &Path) -> Vec<Value> {
 
 /// The audit records for `op` on `target`.
 pub fn records_for<'a>(records: &'a [Value], op: &str, target: &str) -> Vec<&'a Value> {
-    records.iter().filter(|r| r["op"] == op && r["target"] == target).collect()
+    records
+        .iter()
+        .filter(|r| r["op"] == op && r["target"] == target)
+        .collect()
 }
 
 /// Asserts exactly one record for (op, target), with the given decision and rule.
 pub fn assert_record(records: &[Value], op: &str, target: &str, decision: &str, rule: &str) {
     let found = records_for(records, op, target);
-    assert_eq!(found.len(), 1, "expected one {op} record for {target}, got {found:#?}\nall: {records:#?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {op} record for {target}, got {found:#?}\nall: {records:#?}"
+    );
     let r = found[0];
     assert_eq!(r["decision"], decision, "decision for {op} {target}: {r}");
     assert_eq!(r["rule"], rule, "rule for {op} {target}: {r}");
     assert_eq!(r["enforced"], true, "{r}");
-    for field in ["time", "pid", "uid", "comm", "cgroup_id", "policy", "policy_sha256", "reason"] {
+    for field in [
+        "time",
+        "pid",
+        "uid",
+        "comm",
+        "cgroup_id",
+        "policy",
+        "policy_sha256",
+        "reason",
+    ] {
         assert!(!r[field].is_null(), "record lacks {field}: {r}");
     }
 }
