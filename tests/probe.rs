@@ -3,15 +3,21 @@
 //!
 //! Actions (any number, in order):
 //! - `exec:PATH` runs PATH (no arguments) and waits for it;
+//! - `read:PATH` / `write:PATH` / `readwrite:PATH` opens PATH for reading, writing (creating it
+//!   if missing, never truncating) or both, and closes it;
 //! - `connect:IP:PORT` / `connect:[IPV6]:PORT` opens a TCP connection;
+//! - `udp:IP:PORT` sends one datagram from an unconnected UDP socket;
+//! - `subcgroup:NAME` creates cgroup NAME below the probe's own cgroup and moves the probe into
+//!   it;
 //! - `wait:FILE` waits (up to 120 s) until FILE exists.
 //!
 //! Output: `{"action":"exec:/usr/bin/id","ok":false,"errno":1}` or
 //! `{"action":"exec:/usr/bin/true","ok":true,"status":0}`.
 
 use std::{
+    fs::OpenOptions,
     io::Write as _,
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpStream, UdpSocket},
     path::Path,
     process::{Command, ExitCode, Stdio},
     time::{Duration, Instant},
@@ -32,10 +38,33 @@ fn report(action: &str, result: Result<Option<i32>, std::io::Error>) {
     let _ = out.flush();
 }
 
+/// Creates a cgroup below the probe's own and moves the probe into it.
+fn join_subcgroup(name: &str) -> std::io::Result<()> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| std::io::Error::other("no cgroup v2 entry in /proc/self/cgroup"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mount = mountinfo
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right.starts_with("cgroup2 ").then(|| left.split(' ').nth(4).map(str::to_owned))?
+        })
+        .ok_or_else(|| std::io::Error::other("no cgroup2 mount"))?;
+    let dir = Path::new(&mount).join(rel.trim_start_matches('/')).join(name);
+    std::fs::create_dir(&dir)?;
+    std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+}
+
 fn main() -> ExitCode {
     let actions: Vec<String> = std::env::args().skip(1).collect();
     if actions.is_empty() {
-        eprintln!("usage: oxd-probe exec:PATH | connect:ADDR:PORT | wait:FILE ...");
+        eprintln!(
+            "usage: oxd-probe exec:PATH | read:PATH | write:PATH | readwrite:PATH | \
+             connect:ADDR:PORT | udp:ADDR:PORT | subcgroup:NAME | wait:FILE ..."
+        );
         return ExitCode::from(2);
     }
     for action in &actions {
@@ -46,7 +75,20 @@ fn main() -> ExitCode {
                 .status()
                 .map(|s| s.code());
             report(action, result);
-        } else if let Some(addr) = action.strip_prefix("connect:") {
+        } else if let Some((mode, path)) = action.split_once(':').filter(|(m, _)| {
+            matches!(*m, "read" | "write" | "readwrite")
+        }) {
+            let mut options = OpenOptions::new();
+            match mode {
+                "read" => options.read(true),
+                "write" => options.write(true).create(true),
+                _ => options.read(true).write(true).create(true),
+            };
+            report(action, options.open(path).map(|_| None));
+        } else if let Some((kind, addr)) = action
+            .split_once(':')
+            .filter(|(k, _)| matches!(*k, "connect" | "udp"))
+        {
             let addr: SocketAddr = match addr.parse() {
                 Ok(a) => a,
                 Err(e) => {
@@ -54,8 +96,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let result = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map(|_| None);
+            let result = if kind == "connect" {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map(|_| None)
+            } else {
+                let local = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                UdpSocket::bind(local)
+                    .and_then(|s| s.send_to(b"oxd", addr))
+                    .map(|_| None)
+            };
             report(action, result);
+        } else if let Some(name) = action.strip_prefix("subcgroup:") {
+            report(action, join_subcgroup(name).map(|_| None));
         } else if let Some(file) = action.strip_prefix("wait:") {
             let deadline = Instant::now() + Duration::from_secs(120);
             while !Path::new(file).exists() {

@@ -16,7 +16,7 @@ pub const PATH_KEY_LEN: usize = 256;
 /// Longest path, in bytes and without the terminating NUL, that a path rule can name.
 pub const MAX_RULE_PATH_LEN: usize = PATH_KEY_LEN - 1;
 
-/// Capacity of each path-rule trie (exec rules).
+/// Capacity of each path-rule trie (exec rules, file read rules, file write rules).
 pub const MAX_PATH_RULES: u32 = 4096;
 
 /// Capacity of the network rule table.
@@ -40,6 +40,26 @@ pub mod op {
     pub const CONNECT4: u32 = 2;
     /// `connect` on an IPv6 socket (cgroup `connect6`).
     pub const CONNECT6: u32 = 3;
+    /// `sendmsg`/`sendto` with a destination on an IPv4 UDP socket (cgroup `sendmsg4`).
+    pub const SENDMSG4: u32 = 4;
+    /// `sendmsg`/`sendto` with a destination on an IPv6 UDP socket (cgroup `sendmsg6`).
+    pub const SENDMSG6: u32 = 5;
+    /// Opening a file, decided in `file_open`.
+    pub const OPEN: u32 = 6;
+}
+
+/// Access bits of a file open.
+pub mod access {
+    pub const READ: u32 = 1;
+    pub const WRITE: u32 = 2;
+}
+
+/// `fmode_t` bits of `struct file` (stable kernel ABI since 2.6).
+pub mod fmode {
+    pub const READ: u32 = 0x1;
+    pub const WRITE: u32 = 0x2;
+    /// Opened by the kernel to execute it: governed by the exec rules, not the file rules.
+    pub const EXEC: u32 = 0x20;
 }
 
 /// Rule actions and decisions.
@@ -92,6 +112,10 @@ pub struct Config {
     pub net_default: u32,
     /// Number of valid entries at the start of the `NET_RULES` array.
     pub net_rule_count: u32,
+    /// Default [`action`] for opening a file for reading.
+    pub file_read_default: u32,
+    /// Default [`action`] for opening a file for writing.
+    pub file_write_default: u32,
 }
 
 /// Key data of a path rule in an LPM trie: the path bytes, NUL-padded. Subtree rules end with
@@ -161,8 +185,12 @@ pub struct Event {
     pub mode: u32,
     /// Network: [`proto`] bit of the socket (0 for exec).
     pub proto: u32,
-    /// Exec: bytes of `path` used, including the NUL; 0 when the path could not be resolved.
+    /// Exec and open: bytes of `path` used, including the NUL; 0 when the path could not be
+    /// resolved.
     pub path_len: u32,
+    /// Open: the [`access`] bits requested.
+    pub access: u32,
+    pub _pad1: u32,
     /// Network: destination port, host byte order.
     pub port: u16,
     pub _pad0: u16,
@@ -170,7 +198,7 @@ pub struct Event {
     pub addr: [u8; 16],
     /// `comm` of the acting task.
     pub comm: [u8; 16],
-    /// Exec: the resolved path of the file being executed, NUL-terminated.
+    /// Exec and open: the resolved path of the file, NUL-terminated.
     pub path: [u8; PATH_BUF_LEN],
 }
 
@@ -207,11 +235,11 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<Config>(), 24);
         assert_eq!(size_of::<RuleValue>(), 8);
         assert_eq!(size_of::<PathKey>(), PATH_KEY_LEN);
         assert_eq!(size_of::<NetRule>(), 16 + 16 + 2 + 2 + 4 + 4 + 4);
-        let event_fields = 8 * 2 + 4 * 11 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
+        let event_fields = 8 * 2 + 4 * 13 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
         assert_eq!(size_of::<Event>(), event_fields);
         assert_eq!(align_of::<Event>(), 8);
     }

@@ -2,8 +2,11 @@
 //!
 //! - `exec_check` (BPF-LSM, `bprm_check_security`): decides every exec of a confined task on
 //!   the path of the file the kernel is about to execute.
-//! - `connect4` / `connect6` (cgroup `sock_addr` hooks, attached to the agent's cgroup): decide
-//!   every `connect` of a confined task on the destination address, port and protocol.
+//! - `file_open` (BPF-LSM, `file_open`): decides every open of a confined task, for reading
+//!   and for writing, on the resolved path of the file being opened.
+//! - `connect4` / `connect6` / `sendmsg4` / `sendmsg6` (cgroup `sock_addr` hooks, attached to
+//!   the agent's cgroup): decide every `connect`, and every UDP send with a destination, of a
+//!   confined task on the destination address, port and protocol.
 //!
 //! Every decision is sent to user space through the `EVENTS` ring buffer. A failed reservation
 //! does not change the decision; it is counted in `COUNTERS[RINGBUF_LOST]`.
@@ -29,7 +32,8 @@ use aya_ebpf::{
     programs::{LsmContext, SockAddrContext},
 };
 use oxd_common::{
-    action, counter, mode, op, proto, reason, Config, Event, NetRule, PathKey, RuleValue,
+    access, action, counter, fmode, mode, op, proto, reason, Config, Event, NetRule, PathKey,
+    RuleValue,
     MAX_CGROUP_DEPTH, MAX_CONFINED_CGROUPS, MAX_NET_RULES, MAX_PATH_RULES, PATH_BUF_LEN,
     PATH_KEY_LEN, RING_BUF_BYTES, RULE_DEFAULT,
 };
@@ -47,6 +51,10 @@ static BPRM_FILE_OFFSET: u32 = 0;
 #[no_mangle]
 static FILE_F_PATH_OFFSET: u32 = 0;
 
+/// Offset of `f_mode` in `struct file`, read from the running kernel's BTF and set before load.
+#[no_mangle]
+static FILE_F_MODE_OFFSET: u32 = 0;
+
 /// Policy settings (element 0).
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -58,6 +66,15 @@ static CONFINED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CONFINED_CGRO
 /// Exec rules: longest matching prefix of the executed file's resolved path.
 #[map]
 static EXEC_RULES: LpmTrie<PathKey, RuleValue> = LpmTrie::with_max_entries(MAX_PATH_RULES, 0);
+
+/// File rules for opening to read: longest matching prefix of the resolved path.
+#[map]
+static FILE_READ_RULES: LpmTrie<PathKey, RuleValue> = LpmTrie::with_max_entries(MAX_PATH_RULES, 0);
+
+/// File rules for opening to write: longest matching prefix of the resolved path.
+#[map]
+static FILE_WRITE_RULES: LpmTrie<PathKey, RuleValue> =
+    LpmTrie::with_max_entries(MAX_PATH_RULES, 0);
 
 /// Network rules, most specific first; `CONFIG.net_rule_count` entries are valid.
 #[map]
@@ -82,6 +99,7 @@ struct Scratch {
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Outcome of a policy lookup.
+#[derive(Clone, Copy)]
 struct Verdict {
     decision: u32,
     reason: u32,
@@ -161,6 +179,8 @@ fn start_event(
         (*event).mode = mode;
         (*event).proto = 0;
         (*event).path_len = 0;
+        (*event).access = 0;
+        (*event)._pad1 = 0;
         (*event).port = 0;
         (*event)._pad0 = 0;
         (*event).addr = [0; 16];
@@ -174,6 +194,21 @@ fn start_event(
 #[inline(always)]
 fn enforced(verdict: &Verdict, mode: u32) -> bool {
     verdict.decision == action::DENY && mode != mode::AUDIT
+}
+
+/// Copies the resolved path from the scratch buffer into a reserved event.
+#[inline(always)]
+fn record_path(event: *mut Event, scratch: *mut Scratch, path_len: u32) {
+    if path_len == 0 {
+        return;
+    }
+    // SAFETY: both buffers are PATH_BUF_LEN bytes; the event is ours until submitted.
+    unsafe {
+        let dst = &mut *addr_of_mut!((*event).path);
+        if bpf_probe_read_kernel_buf((*scratch).buf.as_ptr(), dst).is_ok() {
+            (*event).path_len = path_len;
+        }
+    }
 }
 
 #[lsm(hook = "bprm_check_security")]
@@ -192,21 +227,24 @@ pub fn exec_check(ctx: LsmContext) -> i32 {
         // Cannot happen for a one-element per-CPU array; deny if it ever does.
         return -EPERM;
     };
+    let bprm: *const u8 = ctx.arg(0);
+    // SAFETY: the offsets come from this kernel's BTF; the verifier checks both loads against
+    // BTF and only accepts them if they land on `linux_binprm.file` and `file.f_path`.
+    let file_path = unsafe {
+        let file_offset = read_volatile(&BPRM_FILE_OFFSET) as usize;
+        let path_offset = read_volatile(&FILE_F_PATH_OFFSET) as usize;
+        let file = *(bprm.add(file_offset).cast::<*const u8>());
+        file.add(path_offset).cast::<path>().cast_mut()
+    };
     let (verdict, path_len) = match config {
-        Some(config) => decide_exec(&ctx, scratch, &config),
+        Some(config) => match resolve_path(file_path, scratch) {
+            Ok(len) => (lookup_path(&EXEC_RULES, scratch, len, config.exec_default), len),
+            Err(failed) => failed,
+        },
         None => (Verdict::deny(reason::NO_CONFIG), 0),
     };
     if let Some(mut entry) = start_event(op::EXEC, cgroup_id, &verdict, current_mode) {
-        let event = entry.as_mut_ptr();
-        // SAFETY: both buffers are PATH_BUF_LEN bytes; the event is ours until submitted.
-        unsafe {
-            if path_len > 0 {
-                let dst = &mut *addr_of_mut!((*event).path);
-                if bpf_probe_read_kernel_buf((*scratch).buf.as_ptr(), dst).is_ok() {
-                    (*event).path_len = path_len;
-                }
-            }
-        }
+        record_path(entry.as_mut_ptr(), scratch, path_len);
         entry.submit(0);
     }
     // The denial is counted inside the branch: a side effect keeps the compiler from folding
@@ -218,18 +256,90 @@ pub fn exec_check(ctx: LsmContext) -> i32 {
     0
 }
 
-/// Resolves the path of the file being executed into `scratch.buf` and looks it up in the exec
-/// rules. Returns the verdict and the resolved path's length including its NUL (0 if unresolved).
-#[inline(always)]
-fn decide_exec(ctx: &LsmContext, scratch: *mut Scratch, config: &Config) -> (Verdict, u32) {
-    let bprm: *const u8 = ctx.arg(0);
-    // SAFETY: the offsets come from this kernel's BTF; the verifier checks both loads against
-    // BTF and only accepts them if they land on `linux_binprm.file` and `file.f_path`.
-    let len = unsafe {
-        let file_offset = read_volatile(&BPRM_FILE_OFFSET) as usize;
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(cgroup_id) = current_is_confined() else {
+        return 0;
+    };
+    let file: *const u8 = ctx.arg(0);
+    // SAFETY: offsets from this kernel's BTF, checked by the verifier against `struct file`.
+    let (f_mode, file_path) = unsafe {
+        let mode_offset = read_volatile(&FILE_F_MODE_OFFSET) as usize;
         let path_offset = read_volatile(&FILE_F_PATH_OFFSET) as usize;
-        let file = *(bprm.add(file_offset).cast::<*const u8>());
-        let file_path = file.add(path_offset).cast::<path>().cast_mut();
+        (
+            *(file.add(mode_offset).cast::<u32>()),
+            file.add(path_offset).cast::<path>().cast_mut(),
+        )
+    };
+    // The kernel opening a file to execute it (the program, its interpreter): exec rules
+    // decide that, in bprm_check_security.
+    if f_mode & fmode::EXEC != 0 {
+        return 0;
+    }
+    let mut wanted = 0;
+    if f_mode & fmode::READ != 0 {
+        wanted |= access::READ;
+    }
+    if f_mode & fmode::WRITE != 0 {
+        wanted |= access::WRITE;
+    }
+    if wanted == 0 {
+        // Neither read nor write (e.g. opened for ioctl only): judged as a read.
+        wanted = access::READ;
+    }
+    let config = CONFIG.get(0).copied();
+    let current_mode = config.map_or(mode::ENFORCE, |c| c.mode);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return -EPERM;
+    };
+    let (verdict, path_len) = match config {
+        Some(config) => match resolve_path(file_path, scratch) {
+            Ok(len) => (decide_open(&config, scratch, len, wanted), len),
+            Err(failed) => failed,
+        },
+        None => (Verdict::deny(reason::NO_CONFIG), 0),
+    };
+    if let Some(mut entry) = start_event(op::OPEN, cgroup_id, &verdict, current_mode) {
+        let event = entry.as_mut_ptr();
+        // SAFETY: the event is ours until submitted.
+        unsafe { (*event).access = wanted };
+        record_path(event, scratch, path_len);
+        entry.submit(0);
+    }
+    if enforced(&verdict, current_mode) {
+        count(counter::DENIED);
+        return -EPERM;
+    }
+    0
+}
+
+/// An open is allowed only if every access it asks for is allowed. A deny decides (the write
+/// check first); otherwise the write rule, else the read rule, is the one reported.
+#[inline(always)]
+fn decide_open(config: &Config, scratch: *mut Scratch, len: u32, wanted: u32) -> Verdict {
+    let read = (wanted & access::READ != 0)
+        .then(|| lookup_path(&FILE_READ_RULES, scratch, len, config.file_read_default));
+    let write = (wanted & access::WRITE != 0)
+        .then(|| lookup_path(&FILE_WRITE_RULES, scratch, len, config.file_write_default));
+    match (read, write) {
+        (_, Some(w)) if w.decision == action::DENY => w,
+        (Some(r), _) if r.decision == action::DENY => r,
+        (_, Some(w)) => w,
+        (Some(r), None) => r,
+        (None, None) => Verdict::deny(reason::NO_CONFIG),
+    }
+}
+
+/// Resolves `file_path` into `scratch.buf` and prepares `scratch.key` for a lookup. Returns the
+/// path's length including its NUL, or the fail-closed verdict (with the length to record).
+#[inline(always)]
+fn resolve_path(file_path: *mut path, scratch: *mut Scratch) -> Result<u32, (Verdict, u32)> {
+    // SAFETY: `file_path` is a BTF-checked `struct path *`; the buffer is PATH_BUF_LEN bytes.
+    let len = unsafe {
         bpf_d_path(
             file_path,
             (*scratch).buf.as_mut_ptr().cast(),
@@ -237,11 +347,11 @@ fn decide_exec(ctx: &LsmContext, scratch: *mut Scratch, config: &Config) -> (Ver
         )
     };
     if len <= 0 {
-        return (Verdict::deny(reason::PATH_UNRESOLVED), 0);
+        return Err((Verdict::deny(reason::PATH_UNRESOLVED), 0));
     }
     let len = len as u32;
     if len as usize > PATH_KEY_LEN {
-        return (Verdict::deny(reason::PATH_TOO_LONG), len);
+        return Err((Verdict::deny(reason::PATH_TOO_LONG), len));
     }
     // SAFETY: copying PATH_KEY_LEN bytes between two per-CPU scratch buffers of ours.
     let copied = unsafe {
@@ -250,30 +360,60 @@ fn decide_exec(ctx: &LsmContext, scratch: *mut Scratch, config: &Config) -> (Ver
         bpf_probe_read_kernel_buf(src, dst)
     };
     if copied.is_err() {
-        return (Verdict::deny(reason::PATH_UNRESOLVED), len);
+        return Err((Verdict::deny(reason::PATH_UNRESOLVED), len));
     }
+    Ok(len)
+}
+
+/// Looks the prepared path up in a rule trie; the longest matching rule decides.
+#[inline(always)]
+fn lookup_path(
+    rules: &LpmTrie<PathKey, RuleValue>,
+    scratch: *mut Scratch,
+    len: u32,
+    default: u32,
+) -> Verdict {
     // SAFETY: the key lives in our scratch map and is not aliased elsewhere.
     let key = unsafe {
         (*scratch).key.prefix_len = len * 8;
         &(*scratch).key
     };
-    let verdict = match EXEC_RULES.get(key) {
+    match rules.get(key) {
         Some(rule) => Verdict {
             decision: rule.action,
             reason: reason::RULE,
             rule_id: rule.rule_id,
         },
         None => Verdict {
-            decision: config.exec_default,
+            decision: default,
             reason: reason::DEFAULT,
             rule_id: RULE_DEFAULT,
         },
-    };
-    (verdict, len)
+    }
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
+    decide_sock_addr4(&ctx, op::CONNECT4)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    decide_sock_addr4(&ctx, op::SENDMSG4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    decide_sock_addr6(&ctx, op::CONNECT6)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    decide_sock_addr6(&ctx, op::SENDMSG6)
+}
+
+#[inline(always)]
+fn decide_sock_addr4(ctx: &SockAddrContext, operation: u32) -> i32 {
     // SAFETY: the context is a valid `bpf_sock_addr`; the verifier checks each field access.
     let (ip4, port, protocol) = unsafe {
         let sa = ctx.sock_addr;
@@ -287,11 +427,11 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     addr[13] = ip[1];
     addr[14] = ip[2];
     addr[15] = ip[3];
-    decide_connect(op::CONNECT4, &addr, port, protocol)
+    decide_connect(operation, &addr, port, protocol)
 }
 
-#[cgroup_sock_addr(connect6)]
-pub fn connect6(ctx: SockAddrContext) -> i32 {
+#[inline(always)]
+fn decide_sock_addr6(ctx: &SockAddrContext, operation: u32) -> i32 {
     let mut addr = [0u8; 16];
     // SAFETY: as in `connect4`; `user_ip6` must be read one 32-bit word at a time.
     let (port, protocol) = unsafe {
@@ -307,7 +447,7 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
         }
         ((*sa).user_port, (*sa).protocol)
     };
-    decide_connect(op::CONNECT6, &addr, port, protocol)
+    decide_connect(operation, &addr, port, protocol)
 }
 
 /// Decides a connect to `addr` (IPv6 or IPv4-mapped) and `port_be` (network byte order in the

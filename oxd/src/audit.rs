@@ -3,9 +3,10 @@
 //! Schema (every record):
 //! - `time`: RFC 3339 UTC timestamp of the decision, nanoseconds;
 //! - `policy`, `policy_sha256`: the policy that decided;
-//! - `op`: `exec` or `connect`;
-//! - `target`: the resolved path of the executed file, or `ip:port` (`[ipv6]:port`);
-//! - `protocol` (connect only): `tcp`, `udp` or `other`;
+//! - `op`: `exec`, `open`, `connect` or `sendmsg` (a UDP send with a destination);
+//! - `target`: the resolved path of the executed or opened file, or `ip:port` (`[ipv6]:port`);
+//! - `access` (open only): `read`, `write` or `read,write`;
+//! - `protocol` (connect and sendmsg only): `tcp`, `udp` or `other`;
 //! - `decision`: `allow` or `deny`; `enforced`: false when the policy is in audit mode (a
 //!   `deny` that was recorded but not enforced);
 //! - `rule`: the rule that decided (`exec.allow[0]`, ...) or `default`; `rule_text`: the rule as
@@ -22,7 +23,7 @@ use std::{
 };
 
 use nix::time::{clock_gettime, ClockId};
-use oxd_common::{action, mode, op, proto, reason, Event, PATH_BUF_LEN, RULE_DEFAULT};
+use oxd_common::{access, action, mode, op, proto, reason, Event, PATH_BUF_LEN, RULE_DEFAULT};
 use serde::Serialize;
 
 use crate::policy::Policy;
@@ -64,6 +65,8 @@ pub struct Record {
     pub op: String,
     pub target: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub access: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub protocol: Option<String>,
     pub decision: String,
     pub enforced: bool,
@@ -87,34 +90,47 @@ fn c_string(bytes: &[u8]) -> String {
 impl Record {
     pub fn from_event(event: &Event, policy: &Policy, clock: &Clock) -> Self {
         let ip = Ipv6Addr::from(event.addr);
+        let path = || {
+            let len = (event.path_len as usize).min(PATH_BUF_LEN);
+            if len == 0 {
+                "<unresolved>".to_owned()
+            } else {
+                c_string(&event.path[..len])
+            }
+        };
+        let socket = |v4_socket: bool| {
+            let addr = match ip.to_ipv4_mapped() {
+                Some(v4) if v4_socket => SocketAddr::new(v4.into(), event.port),
+                _ => SocketAddr::V6(SocketAddrV6::new(ip, event.port, 0, 0)),
+            };
+            addr.to_string()
+        };
         let (op_name, target) = match event.op {
-            op::EXEC => {
-                let len = (event.path_len as usize).min(PATH_BUF_LEN);
-                let target = if len == 0 {
-                    "<unresolved>".to_owned()
-                } else {
-                    c_string(&event.path[..len])
-                };
-                ("exec", target)
-            }
-            op::CONNECT4 => {
-                let addr = ip.to_ipv4_mapped().map_or_else(
-                    || SocketAddr::V6(SocketAddrV6::new(ip, event.port, 0, 0)),
-                    |v4| SocketAddr::new(v4.into(), event.port),
-                );
-                ("connect", addr.to_string())
-            }
-            op::CONNECT6 => (
-                "connect",
-                SocketAddrV6::new(ip, event.port, 0, 0).to_string(),
-            ),
+            op::EXEC => ("exec", path()),
+            op::OPEN => ("open", path()),
+            op::CONNECT4 => ("connect", socket(true)),
+            op::CONNECT6 => ("connect", socket(false)),
+            op::SENDMSG4 => ("sendmsg", socket(true)),
+            op::SENDMSG6 => ("sendmsg", socket(false)),
             _ => ("unknown", String::new()),
         };
-        let protocol = (event.op != op::EXEC).then(|| {
+        let is_network = matches!(
+            event.op,
+            op::CONNECT4 | op::CONNECT6 | op::SENDMSG4 | op::SENDMSG6
+        );
+        let protocol = is_network.then(|| {
             match event.proto {
                 proto::TCP => "tcp",
                 proto::UDP => "udp",
                 _ => "other",
+            }
+            .to_owned()
+        });
+        let access = (event.op == op::OPEN).then(|| {
+            match (event.access & access::READ != 0, event.access & access::WRITE != 0) {
+                (true, true) => "read,write",
+                (false, true) => "write",
+                _ => "read",
             }
             .to_owned()
         });
@@ -140,6 +156,7 @@ impl Record {
             policy_sha256: policy.sha256.clone(),
             op: op_name.to_owned(),
             target,
+            access,
             protocol,
             decision: if event.decision == action::ALLOW {
                 "allow"
@@ -224,6 +241,8 @@ mod tests {
             mode: mode::ENFORCE,
             proto: proto::TCP,
             path_len: 0,
+            access: 0,
+            _pad1: 0,
             port: 8080,
             _pad0: 0,
             addr: "::ffff:127.0.0.2".parse::<Ipv6Addr>().unwrap().octets(),

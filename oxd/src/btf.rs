@@ -263,6 +263,8 @@ pub struct KernelOffsets {
     pub bprm_file: u32,
     /// `offsetof(struct file, f_path)`.
     pub file_f_path: u32,
+    /// `offsetof(struct file, f_mode)`.
+    pub file_f_mode: u32,
 }
 
 impl KernelOffsets {
@@ -270,6 +272,7 @@ impl KernelOffsets {
         Ok(Self {
             bprm_file: btf.member_offset("linux_binprm", "file")?,
             file_f_path: btf.member_offset("file", "f_path")?,
+            file_f_mode: btf.member_offset("file", "f_mode")?,
         })
     }
 }

@@ -12,7 +12,7 @@ use oxd_common::{counter, Config, PathKey, RuleValue, PATH_KEY_LEN};
 use crate::{
     btf::{Btf, BtfError, KernelOffsets},
     cgroup::AgentCgroup,
-    policy::{Action, Policy},
+    policy::{Action, PathRule, Policy},
 };
 
 /// The eBPF object built by build.rs from `oxd-ebpf`.
@@ -20,8 +20,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ox
 
 const LSM_FILE: &str = "/sys/kernel/security/lsm";
 
-const LSM_FIX: &str = "oxd decides execs with BPF-LSM: it needs a kernel built with \
-     CONFIG_BPF_LSM=y and booted with `bpf` in its `lsm=` boot parameter (for example \
+const LSM_FIX: &str = "oxd decides execs and file opens with BPF-LSM: it needs a kernel built \
+     with CONFIG_BPF_LSM=y and booted with `bpf` in its `lsm=` boot parameter (for example \
      lsm=lockdown,capability,landlock,bpf). A policy with only a [network] section runs without \
      BPF-LSM.";
 
@@ -29,8 +29,12 @@ const LSM_FIX: &str = "oxd decides execs with BPF-LSM: it needs a kernel built w
 pub enum EnforcerError {
     #[error("BPF-LSM is not active on this kernel (active LSMs: {active}). {LSM_FIX}")]
     LsmInactive { active: String },
-    #[error("the kernel refused oxd's BPF-LSM exec program (bprm_check_security): {cause}. This kernel does not run BPF-LSM programs (active LSMs: {active}). {LSM_FIX}")]
-    LsmRefused { active: String, cause: String },
+    #[error("the kernel refused oxd's BPF-LSM program for {hook}: {cause}. This kernel does not run BPF-LSM programs (active LSMs: {active}). {LSM_FIX}")]
+    LsmRefused {
+        hook: &'static str,
+        active: String,
+        cause: String,
+    },
     #[error("cannot read the kernel's struct layout")]
     Btf(#[from] BtfError),
     #[error("cannot load oxd's eBPF object")]
@@ -78,7 +82,8 @@ fn describe_active_lsms() -> String {
 /// The kernel side of one policy: loaded programs and filled maps.
 pub struct Enforcer {
     ebpf: Ebpf,
-    needs_lsm: bool,
+    /// The BPF-LSM programs the policy needs: (program, hook).
+    lsm_programs: Vec<(&'static str, &'static str)>,
     enforces_network: bool,
 }
 
@@ -98,15 +103,23 @@ impl Enforcer {
             KernelOffsets {
                 bprm_file: 0,
                 file_f_path: 0,
+                file_f_mode: 0,
             }
         };
         let ebpf = EbpfLoader::new()
             .override_global("BPRM_FILE_OFFSET", &offsets.bprm_file, true)
             .override_global("FILE_F_PATH_OFFSET", &offsets.file_f_path, true)
+            .override_global("FILE_F_MODE_OFFSET", &offsets.file_f_mode, true)
             .load(OBJECT)?;
         let mut enforcer = Self {
             ebpf,
-            needs_lsm,
+            lsm_programs: [
+                policy.exec.as_ref().map(|_| ("exec_check", "bprm_check_security")),
+                policy.file.as_ref().map(|_| ("file_open", "file_open")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             enforces_network: policy.network.is_some(),
         };
         enforcer.write_policy(policy)?;
@@ -127,27 +140,23 @@ impl Enforcer {
                 .map_or(Action::Allow, |n| n.default)
                 .to_kernel(),
             net_rule_count: policy.network.as_ref().map_or(0, |n| n.rules.len() as u32),
+            file_read_default: policy
+                .file
+                .as_ref()
+                .map_or(Action::Allow, |f| f.read_default)
+                .to_kernel(),
+            file_write_default: policy
+                .file
+                .as_ref()
+                .map_or(Action::Allow, |f| f.write_default)
+                .to_kernel(),
         };
         if let Some(exec) = &policy.exec {
-            let mut trie: LpmTrie<_, PathKey, RuleValue> = LpmTrie::try_from(
-                self.ebpf
-                    .map_mut("EXEC_RULES")
-                    .ok_or(EnforcerError::Missing("EXEC_RULES map"))?,
-            )
-            .map_err(map_err("open the exec rule map"))?;
-            for rule in &exec.rules {
-                let (bytes, bits) = rule.pattern.key();
-                let mut data = PathKey {
-                    path: [0; PATH_KEY_LEN],
-                };
-                data.path[..bytes.len()].copy_from_slice(&bytes);
-                let value = RuleValue {
-                    rule_id: rule.rule,
-                    action: rule.action.to_kernel(),
-                };
-                trie.insert(&Key::new(bits, data), value, 0)
-                    .map_err(map_err(format!("insert exec rule {}", rule.pattern)))?;
-            }
+            self.fill_path_rules("EXEC_RULES", &exec.rules)?;
+        }
+        if let Some(file) = &policy.file {
+            self.fill_path_rules("FILE_READ_RULES", &file.read)?;
+            self.fill_path_rules("FILE_WRITE_RULES", &file.write)?;
         }
         if let Some(network) = &policy.network {
             let mut table: Array<_, oxd_common::NetRule> = Array::try_from(
@@ -175,10 +184,30 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Attaches the BPF-LSM exec program, if the policy decides execs. Done before any agent
+    fn fill_path_rules(&mut self, map: &'static str, rules: &[PathRule]) -> Result<()> {
+        let mut trie: LpmTrie<_, PathKey, RuleValue> =
+            LpmTrie::try_from(self.ebpf.map_mut(map).ok_or(EnforcerError::Missing(map))?)
+                .map_err(map_err(format!("open the rule map {map}")))?;
+        for rule in rules {
+            let (bytes, bits) = rule.pattern.key();
+            let mut data = PathKey {
+                path: [0; PATH_KEY_LEN],
+            };
+            data.path[..bytes.len()].copy_from_slice(&bytes);
+            let value = RuleValue {
+                rule_id: rule.rule,
+                action: rule.action.to_kernel(),
+            };
+            trie.insert(&Key::new(bits, data), value, 0)
+                .map_err(map_err(format!("insert rule {} into {map}", rule.pattern)))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the BPF-LSM programs the policy needs (exec, file open). Done before any agent
     /// starts, so a kernel without BPF-LSM stops `oxd run` before the command runs.
     pub fn attach_lsm(&mut self) -> Result<()> {
-        if !self.needs_lsm {
+        if self.lsm_programs.is_empty() {
             return Ok(());
         }
         let active = describe_active_lsms();
@@ -188,18 +217,20 @@ impl Enforcer {
                 source: std::io::Error::other(e.to_string()),
             })
         })?;
-        let program: &mut Lsm = self
-            .ebpf
-            .program_mut("exec_check")
-            .ok_or(EnforcerError::Missing("exec_check program"))?
-            .try_into()
-            .map_err(prog_err("open the exec program"))?;
-        program
-            .load("bprm_check_security", &btf)
-            .map_err(|source| lsm_error(source, &active))?;
-        program
-            .attach()
-            .map_err(|source| lsm_error(source, &active))?;
+        for &(name, hook) in &self.lsm_programs {
+            let program: &mut Lsm = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(EnforcerError::Missing("BPF-LSM program"))?
+                .try_into()
+                .map_err(prog_err(format!("open the {name} program")))?;
+            program
+                .load(hook, &btf)
+                .map_err(|source| lsm_error(source, hook, &active))?;
+            program
+                .attach()
+                .map_err(|source| lsm_error(source, hook, &active))?;
+        }
         Ok(())
     }
 
@@ -217,11 +248,11 @@ impl Enforcer {
         )))?;
         if self.enforces_network {
             let dir = cgroup.open_dir()?;
-            for name in ["connect4", "connect6"] {
+            for name in ["connect4", "connect6", "sendmsg4", "sendmsg6"] {
                 let program: &mut CgroupSockAddr = self
                     .ebpf
                     .program_mut(name)
-                    .ok_or(EnforcerError::Missing("connect program"))?
+                    .ok_or(EnforcerError::Missing("cgroup sock_addr program"))?
                     .try_into()
                     .map_err(prog_err(format!("open the {name} program")))?;
                 program
@@ -262,8 +293,13 @@ impl Enforcer {
     }
 }
 
-fn lsm_error(source: aya::programs::ProgramError, active: &str) -> EnforcerError {
+fn lsm_error(
+    source: aya::programs::ProgramError,
+    hook: &'static str,
+    active: &str,
+) -> EnforcerError {
     EnforcerError::LsmRefused {
+        hook,
         active: active.to_owned(),
         cause: source.to_string(),
     }

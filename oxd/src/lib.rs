@@ -1,12 +1,14 @@
 //! oxd: execution authorization for AI agents, enforced by the Linux kernel.
 //!
 //! The library holds everything the `oxd` binary does, by stage: [`policy`] (parse, validate,
-//! compile), [`btf`] (kernel struct layout), [`enforcer`] (load, fill maps, attach),
+//! compile), [`evaluate`] (the reference semantics, used by [`explain`]), [`btf`] (kernel struct layout), [`enforcer`] (load, fill maps, attach),
 //! [`cgroup`] (the agent's cgroup), [`audit`] (decision records), and [`run`] (`oxd run`).
 
 pub mod audit;
 pub mod btf;
 pub mod cgroup;
 pub mod enforcer;
+pub mod evaluate;
+pub mod explain;
 pub mod policy;
 pub mod run;

@@ -2,6 +2,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use oxd::{
+    explain::ExplainArgs,
     policy::Policy,
     run::{self, RunArgs},
 };
@@ -19,6 +20,9 @@ struct Cli {
 enum Command {
     /// Run a command confined by a policy: its execs and connects are decided in the kernel.
     Run(RunArgs),
+    /// Show what a policy decides for one action, and which rule decides it (exit status 0 if
+    /// the action would happen, 1 if it would be denied).
+    Explain(ExplainArgs),
     /// Validate a policy file; print where and why it is wrong.
     Check {
         /// Policy file (TOML).
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Check { policy } => check(&policy),
+        Command::Explain(args) => oxd::explain::explain(&args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -53,12 +58,24 @@ fn check(path: &std::path::Path) -> anyhow::Result<i32> {
         || "not decided".to_owned(),
         |e| format!("{} rules, default {}", e.rules.len(), e.default.as_str()),
     );
+    let file = policy.file.as_ref().map_or_else(
+        || "not decided".to_owned(),
+        |f| {
+            format!(
+                "{} read rules, default {}, {} write rules, default {}",
+                f.read.len(),
+                f.read_default.as_str(),
+                f.write.len(),
+                f.write_default.as_str()
+            )
+        },
+    );
     let network = policy.network.as_ref().map_or_else(
         || "not decided".to_owned(),
         |n| format!("{} rules, default {}", n.rules.len(), n.default.as_str()),
     );
     println!(
-        "{}: ok: policy `{}` (sha256 {}), mode {}; exec: {exec}; network: {network}",
+        "{}: ok: policy `{}` (sha256 {}), mode {}; exec: {exec}; file: {file}; network: {network}",
         path.display(),
         policy.name,
         &policy.sha256[..16],

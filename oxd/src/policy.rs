@@ -124,7 +124,20 @@ struct RawPolicy {
     #[serde(default)]
     mode: Mode,
     exec: Option<RawPathSection>,
+    file: Option<RawFileSection>,
     network: Option<RawNetSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileSection {
+    /// `"allow"`, `"deny"`, or `{ read = ..., write = ... }`.
+    default: Option<Spanned<toml::Value>>,
+    /// Each a path (read and write) or `{ path = ..., access = [...] }`.
+    #[serde(default)]
+    allow: Vec<Spanned<toml::Value>>,
+    #[serde(default)]
+    deny: Vec<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,6 +311,28 @@ pub struct ExecPolicy {
     pub rules: Vec<PathRule>,
 }
 
+/// A compiled file rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRule {
+    pub pattern: PathPattern,
+    pub read: bool,
+    pub write: bool,
+    pub action: Action,
+    /// Index into [`Policy::rules`].
+    pub rule: u32,
+}
+
+/// The file category: one rule set per access, as the kernel holds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilePolicy {
+    pub read_default: Action,
+    pub write_default: Action,
+    /// Rules governing opens for reading, at most one per pattern (deny kept on a tie).
+    pub read: Vec<PathRule>,
+    /// Rules governing opens for writing, at most one per pattern (deny kept on a tie).
+    pub write: Vec<PathRule>,
+}
+
 /// The network category.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkPolicy {
@@ -316,6 +351,8 @@ pub struct Policy {
     pub mode: Mode,
     /// Absent when the policy has no `[exec]` section: execs are not decided at all.
     pub exec: Option<ExecPolicy>,
+    /// Absent when the policy has no `[file]` section: opens are not decided at all.
+    pub file: Option<FilePolicy>,
     /// Absent when the policy has no `[network]` section: connects are not decided at all.
     pub network: Option<NetworkPolicy>,
     /// Every rule, indexed by the ids the kernel reports.
@@ -352,7 +389,7 @@ impl Policy {
 
     /// Whether enforcing this policy needs BPF-LSM hooks.
     pub fn needs_lsm(&self) -> bool {
-        self.exec.is_some()
+        self.exec.is_some() || self.file.is_some()
     }
 
     /// The rule named by a kernel rule id.
@@ -387,6 +424,7 @@ impl Compiler {
                 .map_or_else(|| "policy".to_owned(), |s| s.to_string_lossy().into_owned()),
         };
         let exec = raw.exec.map(|section| self.exec(section)).transpose()?;
+        let file = raw.file.map(|section| self.file(section)).transpose()?;
         let network = raw
             .network
             .map(|section| self.network(section))
@@ -400,6 +438,7 @@ impl Compiler {
             sha256,
             mode: raw.mode,
             exec,
+            file,
             network,
             rules: self.rules,
         })
@@ -444,6 +483,48 @@ impl Compiler {
             default: section.default.unwrap_or(Action::Deny),
             rules,
         })
+    }
+
+    fn file(&mut self, section: RawFileSection) -> CompileResult<FilePolicy> {
+        let (read_default, write_default) = match section.default {
+            None => (Action::Deny, Action::Deny),
+            Some(value) => parse_file_default(value.get_ref()).map_err(|m| (value.span(), m))?,
+        };
+        let total = section.allow.len() + section.deny.len();
+        let mut policy = FilePolicy { read_default, write_default, read: Vec::new(), write: Vec::new() };
+        for (list, action) in [(section.deny, Action::Deny), (section.allow, Action::Allow)] {
+            for (index, entry) in list.into_iter().enumerate() {
+                let span = entry.span();
+                if total > MAX_PATH_RULES as usize {
+                    return Err((
+                        span,
+                        format!(
+                            "too many file rules ({total}); oxd supports at most \
+                             {MAX_PATH_RULES}: use a directory rule (`/dir/**`) to cover many files"
+                        ),
+                    ));
+                }
+                let (path, read, write) =
+                    parse_file_rule(entry.get_ref()).map_err(|m| (span.clone(), m))?;
+                let pattern = parse_path_pattern(&path).map_err(|m| (span.clone(), m))?;
+                let mut access = Vec::new();
+                if read {
+                    access.push("read");
+                }
+                if write {
+                    access.push("write");
+                }
+                let id = format!("file.{}[{index}]", action.as_str());
+                let text = format!("{pattern} ({})", access.join(", "));
+                let rule = self.add_rule(id, text, action);
+                for (wanted, rules) in [(read, &mut policy.read), (write, &mut policy.write)] {
+                    if wanted && !rules.iter().any(|r: &PathRule| r.pattern == pattern) {
+                        rules.push(PathRule { pattern: pattern.clone(), action, rule });
+                    }
+                }
+            }
+        }
+        Ok(policy)
     }
 
     fn network(&mut self, section: RawNetSection) -> CompileResult<NetworkPolicy> {
@@ -593,6 +674,102 @@ pub fn parse_cidr(text: &str) -> Result<ipnet::Ipv6Net, String> {
         }
         IpNet::V6(v6) => v6,
     })
+}
+
+fn parse_action(value: &toml::Value) -> Result<Action, String> {
+    match value.as_str() {
+        Some("allow") => Ok(Action::Allow),
+        Some("deny") => Ok(Action::Deny),
+        _ => Err(format!("expected \"allow\" or \"deny\", found {value}")),
+    }
+}
+
+/// `"allow"`, `"deny"`, or `{ read = "...", write = "..." }` (an absent access defaults to deny).
+fn parse_file_default(value: &toml::Value) -> Result<(Action, Action), String> {
+    if let Some(table) = value.as_table() {
+        let mut read = Action::Deny;
+        let mut write = Action::Deny;
+        for (key, v) in table {
+            match key.as_str() {
+                "read" => read = parse_action(v)?,
+                "write" => write = parse_action(v)?,
+                other => {
+                    return Err(format!(
+                        "unknown key `{other}` in the file default: use `read` and `write`"
+                    ))
+                }
+            }
+        }
+        return Ok((read, write));
+    }
+    parse_action(value).map(|a| (a, a)).map_err(|_| {
+        format!(
+            "expected \"allow\", \"deny\" or {{ read = \"allow\", write = \"deny\" }}, found {value}"
+        )
+    })
+}
+
+/// A file rule: `"/path"` (read and write) or `{ path = "/path", access = ["read"] }`.
+fn parse_file_rule(value: &toml::Value) -> Result<(String, bool, bool), String> {
+    if let Some(path) = value.as_str() {
+        return Ok((path.to_owned(), true, true));
+    }
+    let Some(table) = value.as_table() else {
+        return Err(format!(
+            "a file rule is a path or {{ path = \"/dir/**\", access = [\"read\"] }}, found {value}"
+        ));
+    };
+    let mut path = None;
+    let mut access = (true, true);
+    for (key, v) in table {
+        match key.as_str() {
+            "path" => {
+                path = Some(
+                    v.as_str()
+                        .ok_or_else(|| format!("`path` must be a string, found {v}"))?
+                        .to_owned(),
+                )
+            }
+            "access" => {
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| format!("`access` must be a list such as [\"read\"], found {v}"))?;
+                let names = list
+                    .iter()
+                    .map(|a| a.as_str().map(str::to_owned).ok_or_else(|| format!("`access` entries are strings, found {a}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                access = parse_access(&names)?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown key `{other}` in a file rule: use `path` and `access`"
+                ))
+            }
+        }
+    }
+    let path = path.ok_or("a file rule needs a `path`")?;
+    Ok((path, access.0, access.1))
+}
+
+fn parse_access(access: &[String]) -> Result<(bool, bool), String> {
+    let mut read = false;
+    let mut write = false;
+    for a in access {
+        match a.as_str() {
+            "read" => read = true,
+            "write" => write = true,
+            other => {
+                return Err(format!(
+                    "unknown access `{other}`: write `access = [\"read\"]`, `[\"write\"]` or \
+                     `[\"read\", \"write\"]`"
+                ))
+            }
+        }
+    }
+    if !read && !write {
+        return Err("`access` is empty: name `read`, `write` or both".into());
+    }
+    Ok((read, write))
 }
 
 fn parse_ports(ports: &RawPorts) -> Result<(u16, u16), String> {

@@ -1,0 +1,229 @@
+//! The reference evaluator: the documented decision semantics, in user space.
+//!
+//! It decides exactly what the kernel programs decide for the same policy and action (the
+//! differential tests check that on real kernels), and `oxd explain` uses it. It works on
+//! resolved paths: callers that start from a name resolve it first, as the kernel does.
+
+use std::net::{IpAddr, SocketAddr};
+
+use oxd_common::PATH_KEY_LEN;
+
+use crate::policy::{Action, NetworkRule, PathRule, Policy, Protocol};
+
+/// An action a confined agent attempts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Executing the file at this resolved path.
+    Exec { path: String },
+    /// Opening the file at this resolved path.
+    Open { path: String, read: bool, write: bool },
+    /// Connecting (or, with `send`, sending a UDP datagram) to an address.
+    Connect {
+        addr: SocketAddr,
+        udp: bool,
+        send: bool,
+    },
+}
+
+/// Why a decision was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A rule matched.
+    Rule(u32),
+    /// No rule matched; the category's default decided.
+    Default,
+    /// The path is too long for the kernel's rule keys: denied, fail closed.
+    PathTooLong,
+    /// The policy has no section for this category: nothing is decided, the action happens.
+    NotDecided,
+}
+
+/// A decision, as the kernel would make it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    pub reason: Reason,
+}
+
+impl Decision {
+    const fn new(action: Action, reason: Reason) -> Self {
+        Self { action, reason }
+    }
+
+    /// The audit record's `rule` field for this decision.
+    pub fn rule_label(&self, policy: &Policy) -> String {
+        match self.reason {
+            Reason::Rule(id) => policy
+                .rule(id)
+                .map_or_else(|| format!("#{id}"), |r| r.id.clone()),
+            _ => "default".to_owned(),
+        }
+    }
+}
+
+impl Policy {
+    /// Decides `request` under this policy (before the mode: in audit mode a deny is recorded
+    /// but not enforced).
+    pub fn evaluate(&self, request: &Request) -> Decision {
+        match request {
+            Request::Exec { path } => match &self.exec {
+                None => Decision::new(Action::Allow, Reason::NotDecided),
+                Some(exec) => decide_path(&exec.rules, exec.default, path),
+            },
+            Request::Open { path, read, write } => match &self.file {
+                None => Decision::new(Action::Allow, Reason::NotDecided),
+                Some(file) => {
+                    // Neither read nor write is judged as a read, as in the kernel.
+                    let read = *read || !*write;
+                    let r = read.then(|| decide_path(&file.read, file.read_default, path));
+                    let w = write.then(|| decide_path(&file.write, file.write_default, path));
+                    match (r, w) {
+                        (_, Some(w)) if w.action == Action::Deny => w,
+                        (Some(r), _) if r.action == Action::Deny => r,
+                        (_, Some(w)) => w,
+                        (Some(r), None) => r,
+                        (None, None) => unreachable!("read is forced when write is not"),
+                    }
+                }
+            },
+            Request::Connect { addr, udp, .. } => match &self.network {
+                None => Decision::new(Action::Allow, Reason::NotDecided),
+                Some(network) => decide_network(&network.rules, network.default, *addr, *udp),
+            },
+        }
+    }
+}
+
+fn decide_path(rules: &[PathRule], default: Action, path: &str) -> Decision {
+    if path.len() + 1 > PATH_KEY_LEN {
+        return Decision::new(Action::Deny, Reason::PathTooLong);
+    }
+    // The kernel's longest-prefix match: at most one rule per pattern, and the longest key
+    // among the matching ones is the most specific.
+    rules
+        .iter()
+        .filter(|r| r.pattern.matches(path))
+        .max_by_key(|r| r.pattern.specificity())
+        .map_or(Decision::new(default, Reason::Default), |r| {
+            Decision::new(r.action, Reason::Rule(r.rule))
+        })
+}
+
+fn decide_network(rules: &[NetworkRule], default: Action, addr: SocketAddr, udp: bool) -> Decision {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let port = addr.port();
+    // Rules are sorted most specific first: the first match decides.
+    rules
+        .iter()
+        .find(|r| {
+            let proto_ok = match r.protocol {
+                Protocol::Any => true,
+                Protocol::Tcp => !udp,
+                Protocol::Udp => udp,
+            };
+            proto_ok && r.ports.0 <= port && port <= r.ports.1 && r.net.contains(&ip)
+        })
+        .map_or(Decision::new(default, Reason::Default), |r| {
+            Decision::new(r.action, Reason::Rule(r.rule))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn policy(text: &str) -> Policy {
+        Policy::parse(Path::new("t.toml"), text).expect("valid policy")
+    }
+
+    fn exec(p: &Policy, path: &str) -> (Action, String) {
+        let d = p.evaluate(&Request::Exec { path: path.into() });
+        (d.action, d.rule_label(p))
+    }
+
+    #[test]
+    fn most_specific_path_wins_and_deny_wins_ties() {
+        let p = policy(
+            r#"
+[exec]
+default = "deny"
+allow = ["/usr/bin/**", "/usr/bin/tools/**", "/opt/x"]
+deny = ["/usr/bin/tools/**", "/usr/bin/curl", "/usr/**"]
+"#,
+        );
+        assert_eq!(exec(&p, "/usr/bin/ls"), (Action::Allow, "exec.allow[0]".into()));
+        assert_eq!(exec(&p, "/usr/bin/curl"), (Action::Deny, "exec.deny[1]".into()));
+        assert_eq!(exec(&p, "/usr/bin/tools/a"), (Action::Deny, "exec.deny[0]".into()));
+        assert_eq!(exec(&p, "/usr/sbin/x"), (Action::Deny, "exec.deny[2]".into()));
+        assert_eq!(exec(&p, "/opt/x"), (Action::Allow, "exec.allow[2]".into()));
+        assert_eq!(exec(&p, "/opt/xy"), (Action::Deny, "default".into()));
+        assert_eq!(exec(&p, "/usr/binx"), (Action::Deny, "exec.deny[2]".into()));
+        let long = format!("/usr/bin/{}", "a".repeat(300));
+        let d = p.evaluate(&Request::Exec { path: long });
+        assert_eq!(d, Decision::new(Action::Deny, Reason::PathTooLong));
+    }
+
+    #[test]
+    fn open_needs_every_access_it_asks_for() {
+        let p = policy(
+            r#"
+[file]
+default = { read = "allow", write = "deny" }
+allow = [{ path = "/work/**", access = ["write"] }]
+deny = [{ path = "/root/.ssh/**", access = ["read"] }, "/etc/shadow"]
+"#,
+        );
+        let open = |path: &str, read, write| {
+            let d = p.evaluate(&Request::Open { path: path.into(), read, write });
+            (d.action, d.rule_label(&p))
+        };
+        assert_eq!(open("/etc/passwd", true, false), (Action::Allow, "default".into()));
+        assert_eq!(open("/etc/passwd", true, true), (Action::Deny, "default".into()));
+        assert_eq!(open("/work/a", true, true), (Action::Allow, "file.allow[0]".into()));
+        assert_eq!(open("/work/a", false, true), (Action::Allow, "file.allow[0]".into()));
+        assert_eq!(open("/root/.ssh/id", true, false), (Action::Deny, "file.deny[0]".into()));
+        assert_eq!(open("/etc/shadow", true, false), (Action::Deny, "file.deny[1]".into()));
+        assert_eq!(open("/etc/shadow", false, false), (Action::Deny, "file.deny[1]".into()));
+    }
+
+    #[test]
+    fn network_first_match_and_ipv4_mapped() {
+        let p = policy(
+            r#"
+[network]
+default = "deny"
+[[network.allow]]
+cidr = "10.0.0.0/8"
+ports = 443
+protocol = "tcp"
+[[network.deny]]
+cidr = "10.1.0.0/16"
+[[network.allow]]
+cidr = "::1"
+protocol = "udp"
+"#,
+        );
+        let connect = |addr: &str, udp| {
+            let d = p.evaluate(&Request::Connect { addr: addr.parse().unwrap(), udp, send: false });
+            (d.action, d.rule_label(&p))
+        };
+        assert_eq!(connect("10.2.3.4:443", false), (Action::Allow, "network.allow[0]".into()));
+        assert_eq!(connect("[::ffff:10.2.3.4]:443", false), (Action::Allow, "network.allow[0]".into()));
+        assert_eq!(connect("10.2.3.4:443", true), (Action::Deny, "default".into()));
+        assert_eq!(connect("10.1.3.4:443", false), (Action::Deny, "network.deny[0]".into()));
+        assert_eq!(connect("[::1]:53", true), (Action::Allow, "network.allow[1]".into()));
+        assert_eq!(connect("[::1]:53", false), (Action::Deny, "default".into()));
+    }
+
+    #[test]
+    fn absent_categories_decide_nothing() {
+        let p = policy("[network]\n");
+        let d = p.evaluate(&Request::Exec { path: "/usr/bin/id".into() });
+        assert_eq!(d, Decision::new(Action::Allow, Reason::NotDecided));
+    }
+}
