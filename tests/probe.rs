@@ -50,10 +50,14 @@ fn join_subcgroup(name: &str) -> std::io::Result<()> {
         .lines()
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
-            right.starts_with("cgroup2 ").then(|| left.split(' ').nth(4).map(str::to_owned))?
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split(' ').nth(4).map(str::to_owned))?
         })
         .ok_or_else(|| std::io::Error::other("no cgroup2 mount"))?;
-    let dir = Path::new(&mount).join(rel.trim_start_matches('/')).join(name);
+    let dir = Path::new(&mount)
+        .join(rel.trim_start_matches('/'))
+        .join(name);
     std::fs::create_dir(&dir)?;
     std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
 }
@@ -75,9 +79,10 @@ fn main() -> ExitCode {
                 .status()
                 .map(|s| s.code());
             report(action, result);
-        } else if let Some((mode, path)) = action.split_once(':').filter(|(m, _)| {
-            matches!(*m, "read" | "write" | "readwrite")
-        }) {
+        } else if let Some((mode, path)) = action
+            .split_once(':')
+            .filter(|(m, _)| matches!(*m, "read" | "write" | "readwrite"))
+        {
             let mut options = OpenOptions::new();
             match mode {
                 "read" => options.read(true),
@@ -99,7 +104,11 @@ fn main() -> ExitCode {
             let result = if kind == "connect" {
                 TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map(|_| None)
             } else {
-                let local = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                let local = if addr.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                };
                 UdpSocket::bind(local)
                     .and_then(|s| s.send_to(b"oxd", addr))
                     .map(|_| None)

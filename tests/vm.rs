@@ -3,6 +3,8 @@
 //! they fail, by design, rather than being skipped.
 
 mod common;
+#[path = "semantics.rs"]
+mod semantics;
 
 use std::{fs, io::BufReader, net::TcpListener, process::Command};
 

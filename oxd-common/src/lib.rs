@@ -60,6 +60,9 @@ pub mod fmode {
     pub const WRITE: u32 = 0x2;
     /// Opened by the kernel to execute it: governed by the exec rules, not the file rules.
     pub const EXEC: u32 = 0x20;
+    /// `__FMODE_EXEC` in `f_flags`: the open flag the kernel's exec path uses (user space
+    /// cannot pass it to open(2)).
+    pub const EXEC_OPEN_FLAG: u32 = 0x20;
 }
 
 /// Rule actions and decisions.

@@ -33,8 +33,7 @@ use aya_ebpf::{
 };
 use oxd_common::{
     access, action, counter, fmode, mode, op, proto, reason, Config, Event, NetRule, PathKey,
-    RuleValue,
-    MAX_CGROUP_DEPTH, MAX_CONFINED_CGROUPS, MAX_NET_RULES, MAX_PATH_RULES, PATH_BUF_LEN,
+    RuleValue, MAX_CGROUP_DEPTH, MAX_CONFINED_CGROUPS, MAX_NET_RULES, MAX_PATH_RULES, PATH_BUF_LEN,
     PATH_KEY_LEN, RING_BUF_BYTES, RULE_DEFAULT,
 };
 
@@ -55,6 +54,10 @@ static FILE_F_PATH_OFFSET: u32 = 0;
 #[no_mangle]
 static FILE_F_MODE_OFFSET: u32 = 0;
 
+/// Offset of `f_flags` in `struct file`, read from the running kernel's BTF and set before load.
+#[no_mangle]
+static FILE_F_FLAGS_OFFSET: u32 = 0;
+
 /// Policy settings (element 0).
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -73,8 +76,7 @@ static FILE_READ_RULES: LpmTrie<PathKey, RuleValue> = LpmTrie::with_max_entries(
 
 /// File rules for opening to write: longest matching prefix of the resolved path.
 #[map]
-static FILE_WRITE_RULES: LpmTrie<PathKey, RuleValue> =
-    LpmTrie::with_max_entries(MAX_PATH_RULES, 0);
+static FILE_WRITE_RULES: LpmTrie<PathKey, RuleValue> = LpmTrie::with_max_entries(MAX_PATH_RULES, 0);
 
 /// Network rules, most specific first; `CONFIG.net_rule_count` entries are valid.
 #[map]
@@ -238,7 +240,10 @@ pub fn exec_check(ctx: LsmContext) -> i32 {
     };
     let (verdict, path_len) = match config {
         Some(config) => match resolve_path(file_path, scratch) {
-            Ok(len) => (lookup_path(&EXEC_RULES, scratch, len, config.exec_default), len),
+            Ok(len) => (
+                lookup_path(&EXEC_RULES, scratch, len, config.exec_default),
+                len,
+            ),
             Err(failed) => failed,
         },
         None => (Verdict::deny(reason::NO_CONFIG), 0),
@@ -267,17 +272,19 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     };
     let file: *const u8 = ctx.arg(0);
     // SAFETY: offsets from this kernel's BTF, checked by the verifier against `struct file`.
-    let (f_mode, file_path) = unsafe {
+    let (f_mode, f_flags, file_path) = unsafe {
         let mode_offset = read_volatile(&FILE_F_MODE_OFFSET) as usize;
+        let flags_offset = read_volatile(&FILE_F_FLAGS_OFFSET) as usize;
         let path_offset = read_volatile(&FILE_F_PATH_OFFSET) as usize;
         (
             *(file.add(mode_offset).cast::<u32>()),
+            *(file.add(flags_offset).cast::<u32>()),
             file.add(path_offset).cast::<path>().cast_mut(),
         )
     };
-    // The kernel opening a file to execute it (the program, its interpreter): exec rules
-    // decide that, in bprm_check_security.
-    if f_mode & fmode::EXEC != 0 {
+    // The kernel opening a file to execute it (the program, its ELF interpreter, a script's
+    // interpreter): exec rules decide that, in bprm_check_security.
+    if f_mode & fmode::EXEC != 0 || f_flags & fmode::EXEC_OPEN_FLAG != 0 {
         return 0;
     }
     let mut wanted = 0;

@@ -127,7 +127,10 @@ impl Record {
             .to_owned()
         });
         let access = (event.op == op::OPEN).then(|| {
-            match (event.access & access::READ != 0, event.access & access::WRITE != 0) {
+            match (
+                event.access & access::READ != 0,
+                event.access & access::WRITE != 0,
+            ) {
                 (true, true) => "read,write",
                 (false, true) => "write",
                 _ => "read",

@@ -265,6 +265,8 @@ pub struct KernelOffsets {
     pub file_f_path: u32,
     /// `offsetof(struct file, f_mode)`.
     pub file_f_mode: u32,
+    /// `offsetof(struct file, f_flags)`.
+    pub file_f_flags: u32,
 }
 
 impl KernelOffsets {
@@ -273,6 +275,7 @@ impl KernelOffsets {
             bprm_file: btf.member_offset("linux_binprm", "file")?,
             file_f_path: btf.member_offset("file", "f_path")?,
             file_f_mode: btf.member_offset("file", "f_mode")?,
+            file_f_flags: btf.member_offset("file", "f_flags")?,
         })
     }
 }

@@ -104,17 +104,22 @@ impl Enforcer {
                 bprm_file: 0,
                 file_f_path: 0,
                 file_f_mode: 0,
+                file_f_flags: 0,
             }
         };
         let ebpf = EbpfLoader::new()
             .override_global("BPRM_FILE_OFFSET", &offsets.bprm_file, true)
             .override_global("FILE_F_PATH_OFFSET", &offsets.file_f_path, true)
             .override_global("FILE_F_MODE_OFFSET", &offsets.file_f_mode, true)
+            .override_global("FILE_F_FLAGS_OFFSET", &offsets.file_f_flags, true)
             .load(OBJECT)?;
         let mut enforcer = Self {
             ebpf,
             lsm_programs: [
-                policy.exec.as_ref().map(|_| ("exec_check", "bprm_check_security")),
+                policy
+                    .exec
+                    .as_ref()
+                    .map(|_| ("exec_check", "bprm_check_security")),
                 policy.file.as_ref().map(|_| ("file_open", "file_open")),
             ]
             .into_iter()

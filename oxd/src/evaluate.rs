@@ -16,7 +16,11 @@ pub enum Request {
     /// Executing the file at this resolved path.
     Exec { path: String },
     /// Opening the file at this resolved path.
-    Open { path: String, read: bool, write: bool },
+    Open {
+        path: String,
+        read: bool,
+        write: bool,
+    },
     /// Connecting (or, with `send`, sending a UDP datagram) to an address.
     Connect {
         addr: SocketAddr,
@@ -156,10 +160,22 @@ allow = ["/usr/bin/**", "/usr/bin/tools/**", "/opt/x"]
 deny = ["/usr/bin/tools/**", "/usr/bin/curl", "/usr/**"]
 "#,
         );
-        assert_eq!(exec(&p, "/usr/bin/ls"), (Action::Allow, "exec.allow[0]".into()));
-        assert_eq!(exec(&p, "/usr/bin/curl"), (Action::Deny, "exec.deny[1]".into()));
-        assert_eq!(exec(&p, "/usr/bin/tools/a"), (Action::Deny, "exec.deny[0]".into()));
-        assert_eq!(exec(&p, "/usr/sbin/x"), (Action::Deny, "exec.deny[2]".into()));
+        assert_eq!(
+            exec(&p, "/usr/bin/ls"),
+            (Action::Allow, "exec.allow[0]".into())
+        );
+        assert_eq!(
+            exec(&p, "/usr/bin/curl"),
+            (Action::Deny, "exec.deny[1]".into())
+        );
+        assert_eq!(
+            exec(&p, "/usr/bin/tools/a"),
+            (Action::Deny, "exec.deny[0]".into())
+        );
+        assert_eq!(
+            exec(&p, "/usr/sbin/x"),
+            (Action::Deny, "exec.deny[2]".into())
+        );
         assert_eq!(exec(&p, "/opt/x"), (Action::Allow, "exec.allow[2]".into()));
         assert_eq!(exec(&p, "/opt/xy"), (Action::Deny, "default".into()));
         assert_eq!(exec(&p, "/usr/binx"), (Action::Deny, "exec.deny[2]".into()));
@@ -179,16 +195,41 @@ deny = [{ path = "/root/.ssh/**", access = ["read"] }, "/etc/shadow"]
 "#,
         );
         let open = |path: &str, read, write| {
-            let d = p.evaluate(&Request::Open { path: path.into(), read, write });
+            let d = p.evaluate(&Request::Open {
+                path: path.into(),
+                read,
+                write,
+            });
             (d.action, d.rule_label(&p))
         };
-        assert_eq!(open("/etc/passwd", true, false), (Action::Allow, "default".into()));
-        assert_eq!(open("/etc/passwd", true, true), (Action::Deny, "default".into()));
-        assert_eq!(open("/work/a", true, true), (Action::Allow, "file.allow[0]".into()));
-        assert_eq!(open("/work/a", false, true), (Action::Allow, "file.allow[0]".into()));
-        assert_eq!(open("/root/.ssh/id", true, false), (Action::Deny, "file.deny[0]".into()));
-        assert_eq!(open("/etc/shadow", true, false), (Action::Deny, "file.deny[1]".into()));
-        assert_eq!(open("/etc/shadow", false, false), (Action::Deny, "file.deny[1]".into()));
+        assert_eq!(
+            open("/etc/passwd", true, false),
+            (Action::Allow, "default".into())
+        );
+        assert_eq!(
+            open("/etc/passwd", true, true),
+            (Action::Deny, "default".into())
+        );
+        assert_eq!(
+            open("/work/a", true, true),
+            (Action::Allow, "file.allow[0]".into())
+        );
+        assert_eq!(
+            open("/work/a", false, true),
+            (Action::Allow, "file.allow[0]".into())
+        );
+        assert_eq!(
+            open("/root/.ssh/id", true, false),
+            (Action::Deny, "file.deny[0]".into())
+        );
+        assert_eq!(
+            open("/etc/shadow", true, false),
+            (Action::Deny, "file.deny[1]".into())
+        );
+        assert_eq!(
+            open("/etc/shadow", false, false),
+            (Action::Deny, "file.deny[1]".into())
+        );
     }
 
     #[test]
@@ -209,21 +250,42 @@ protocol = "udp"
 "#,
         );
         let connect = |addr: &str, udp| {
-            let d = p.evaluate(&Request::Connect { addr: addr.parse().unwrap(), udp, send: false });
+            let d = p.evaluate(&Request::Connect {
+                addr: addr.parse().unwrap(),
+                udp,
+                send: false,
+            });
             (d.action, d.rule_label(&p))
         };
-        assert_eq!(connect("10.2.3.4:443", false), (Action::Allow, "network.allow[0]".into()));
-        assert_eq!(connect("[::ffff:10.2.3.4]:443", false), (Action::Allow, "network.allow[0]".into()));
-        assert_eq!(connect("10.2.3.4:443", true), (Action::Deny, "default".into()));
-        assert_eq!(connect("10.1.3.4:443", false), (Action::Deny, "network.deny[0]".into()));
-        assert_eq!(connect("[::1]:53", true), (Action::Allow, "network.allow[1]".into()));
+        assert_eq!(
+            connect("10.2.3.4:443", false),
+            (Action::Allow, "network.allow[0]".into())
+        );
+        assert_eq!(
+            connect("[::ffff:10.2.3.4]:443", false),
+            (Action::Allow, "network.allow[0]".into())
+        );
+        assert_eq!(
+            connect("10.2.3.4:443", true),
+            (Action::Deny, "default".into())
+        );
+        assert_eq!(
+            connect("10.1.3.4:443", false),
+            (Action::Deny, "network.deny[0]".into())
+        );
+        assert_eq!(
+            connect("[::1]:53", true),
+            (Action::Allow, "network.allow[1]".into())
+        );
         assert_eq!(connect("[::1]:53", false), (Action::Deny, "default".into()));
     }
 
     #[test]
     fn absent_categories_decide_nothing() {
         let p = policy("[network]\n");
-        let d = p.evaluate(&Request::Exec { path: "/usr/bin/id".into() });
+        let d = p.evaluate(&Request::Exec {
+            path: "/usr/bin/id".into(),
+        });
         assert_eq!(d, Decision::new(Action::Allow, Reason::NotDecided));
     }
 }

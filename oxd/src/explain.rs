@@ -14,6 +14,7 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "open", "connect"])))]
+#[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
 pub struct ExplainArgs {
     /// Policy file (TOML).
     #[arg(long, value_name = "FILE")]
@@ -25,10 +26,10 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "PATH", requires = "access")]
     pub open: Option<PathBuf>,
     /// The open is for reading.
-    #[arg(long, group = "access")]
+    #[arg(long, requires = "open")]
     pub read: bool,
     /// The open is for writing.
-    #[arg(long, group = "access")]
+    #[arg(long, requires = "open")]
     pub write: bool,
     /// Connecting to this address (IP:PORT, or [IPV6]:PORT).
     #[arg(long, value_name = "ADDR")]
@@ -71,7 +72,12 @@ pub fn explain(args: &ExplainArgs) -> Result<i32> {
     let policy = Policy::load(&args.policy)?;
     let (request, what) = if let Some(path) = &args.exec {
         let real = resolve(path)?;
-        (Request::Exec { path: path_string(&real)? }, describe("exec", path, &real))
+        (
+            Request::Exec {
+                path: path_string(&real)?,
+            },
+            describe("exec", path, &real),
+        )
     } else if let Some(path) = &args.open {
         let real = resolve(path)?;
         let access = match (args.read, args.write) {
@@ -80,12 +86,23 @@ pub fn explain(args: &ExplainArgs) -> Result<i32> {
             _ => "read",
         };
         (
-            Request::Open { path: path_string(&real)?, read: args.read, write: args.write },
+            Request::Open {
+                path: path_string(&real)?,
+                read: args.read,
+                write: args.write,
+            },
             format!("{} for {access}", describe("open", path, &real)),
         )
     } else if let Some(addr) = args.connect {
         let proto = if args.udp { "udp" } else { "tcp" };
-        (Request::Connect { addr, udp: args.udp, send: false }, format!("connect {addr} ({proto})"))
+        (
+            Request::Connect {
+                addr,
+                udp: args.udp,
+                send: false,
+            },
+            format!("connect {addr} ({proto})"),
+        )
     } else {
         bail!("name an action: --exec PATH, --open PATH --read|--write, or --connect ADDR");
     };
@@ -94,7 +111,9 @@ pub fn explain(args: &ExplainArgs) -> Result<i32> {
     let verdict = match (decision.action, policy.mode) {
         (Action::Allow, _) => "allow".to_owned(),
         (Action::Deny, Mode::Enforce) => "deny (fails with EPERM)".to_owned(),
-        (Action::Deny, Mode::Audit) => "deny, not enforced (audit mode: recorded, allowed)".to_owned(),
+        (Action::Deny, Mode::Audit) => {
+            "deny, not enforced (audit mode: recorded, allowed)".to_owned()
+        }
     };
     println!("{what}: {verdict}");
     let why = match decision.reason {

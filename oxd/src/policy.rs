@@ -491,7 +491,12 @@ impl Compiler {
             Some(value) => parse_file_default(value.get_ref()).map_err(|m| (value.span(), m))?,
         };
         let total = section.allow.len() + section.deny.len();
-        let mut policy = FilePolicy { read_default, write_default, read: Vec::new(), write: Vec::new() };
+        let mut policy = FilePolicy {
+            read_default,
+            write_default,
+            read: Vec::new(),
+            write: Vec::new(),
+        };
         for (list, action) in [(section.deny, Action::Deny), (section.allow, Action::Allow)] {
             for (index, entry) in list.into_iter().enumerate() {
                 let span = entry.span();
@@ -519,7 +524,11 @@ impl Compiler {
                 let rule = self.add_rule(id, text, action);
                 for (wanted, rules) in [(read, &mut policy.read), (write, &mut policy.write)] {
                     if wanted && !rules.iter().any(|r: &PathRule| r.pattern == pattern) {
-                        rules.push(PathRule { pattern: pattern.clone(), action, rule });
+                        rules.push(PathRule {
+                            pattern: pattern.clone(),
+                            action,
+                            rule,
+                        });
                     }
                 }
             }
@@ -731,12 +740,16 @@ fn parse_file_rule(value: &toml::Value) -> Result<(String, bool, bool), String> 
                 )
             }
             "access" => {
-                let list = v
-                    .as_array()
-                    .ok_or_else(|| format!("`access` must be a list such as [\"read\"], found {v}"))?;
+                let list = v.as_array().ok_or_else(|| {
+                    format!("`access` must be a list such as [\"read\"], found {v}")
+                })?;
                 let names = list
                     .iter()
-                    .map(|a| a.as_str().map(str::to_owned).ok_or_else(|| format!("`access` entries are strings, found {a}")))
+                    .map(|a| {
+                        a.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| format!("`access` entries are strings, found {a}"))
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 access = parse_access(&names)?;
             }
