@@ -219,3 +219,27 @@ fn check_points_at_file_line_and_column() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn no_network_example_policy_runs_without_bpf_lsm_and_denies_loopback() {
+    let scratch = Scratch::new("host-no-network");
+    let log = scratch.path("audit.jsonl");
+    let policy = repo().join("policies/no-network.toml");
+    let probe = probe_bin();
+    let output = oxd_run(
+        &policy,
+        &log,
+        &[
+            probe.to_str().expect("utf-8"),
+            "udp:127.0.0.1:9",
+            "connect:[::1]:9",
+        ],
+    );
+    assert!(output.status.success(), "{:?}", output.status);
+    let results = probe_results(&output);
+    assert_eperm(&results, "udp:127.0.0.1:9");
+    assert_eperm(&results, "connect:[::1]:9");
+    let records = audit_records(&log);
+    assert_record(&records, "sendmsg", "127.0.0.1:9", "deny", "default");
+    assert_record(&records, "connect", "[::1]:9", "deny", "default");
+}

@@ -490,3 +490,127 @@ default = "deny"
         "the exec came from the sub-cgroup, and was still decided"
     );
 }
+
+#[test]
+fn hard_links_and_symlinks_to_a_denied_binary_are_denied() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("links");
+    let denied = scratch.path("bin/tool");
+    make_executable_copy("/usr/bin/true", &denied);
+    let allowed_dir = scratch.path("allowed");
+    fs::create_dir_all(&allowed_dir).expect("mkdir");
+    let hard = allowed_dir.join("hard-link");
+    fs::hard_link(&denied, &hard).expect("hard link (same file system)");
+    let soft = allowed_dir.join("symlink");
+    std::os::unix::fs::symlink(&denied, &soft).expect("symlink");
+    let other = allowed_dir.join("other");
+    make_executable_copy("/usr/bin/true", &other);
+    let policy = scratch.policy(&format!(
+        r#"
+[exec]
+default = "deny"
+allow = ["{probe}", "{allowed}/**", "{denied}"]
+deny = ["{denied}"]
+"#,
+        probe = probe(),
+        allowed = allowed_dir.display(),
+        denied = denied.display(),
+    ));
+    let log = scratch.path("audit.jsonl");
+    let run_denied = format!("exec:{}", denied.display());
+    let run_hard = format!("exec:{}", hard.display());
+    let run_soft = format!("exec:{}", soft.display());
+    let run_other = format!("exec:{}", other.display());
+    let output = oxd_run(
+        &policy,
+        &log,
+        &[&probe(), &run_denied, &run_hard, &run_soft, &run_other],
+    );
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}",
+        output.status
+    );
+    let results = probe_results(&output);
+    assert_eperm(&results, &run_denied);
+    assert_eperm(&results, &run_hard);
+    assert_eperm(&results, &run_soft);
+    assert_ok(&results, &run_other);
+    let records = audit_records(&log);
+    // The symlink resolves to the denied path itself; the hard link is another name of the same
+    // file, denied by the same exact rule.
+    let at_denied = records_for(&records, "exec", &denied.display().to_string());
+    assert_eq!(
+        at_denied.len(),
+        2,
+        "direct and through the symlink: {records:#?}"
+    );
+    assert!(at_denied
+        .iter()
+        .all(|r| r["decision"] == "deny" && r["rule"] == "exec.deny[0]"));
+    assert_record(
+        &records,
+        "exec",
+        &hard.display().to_string(),
+        "deny",
+        "exec.deny[0]",
+    );
+    assert_record(
+        &records,
+        "exec",
+        &other.display().to_string(),
+        "allow",
+        "exec.allow[1]",
+    );
+    assert!(!explain_allows(
+        &policy,
+        &["--exec", &hard.display().to_string()]
+    ));
+    assert!(!explain_allows(
+        &policy,
+        &["--exec", &soft.display().to_string()]
+    ));
+    assert!(explain_allows(
+        &policy,
+        &["--exec", &other.display().to_string()]
+    ));
+}
+
+#[test]
+fn running_a_denied_binary_through_the_dynamic_loader_is_denied() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("loader");
+    let loader = fs::canonicalize("/lib64/ld-linux-x86-64.so.2").expect("the dynamic loader");
+    let loader = loader.to_str().expect("utf-8").to_owned();
+    let policy = scratch.policy(
+        r#"
+[exec]
+default = "allow"
+deny = ["/usr/bin/id"]
+"#,
+    );
+    let log = scratch.path("audit.jsonl");
+    // The loader itself may run (default allow), and maps allowed programs as usual...
+    let output = oxd_run(&policy, &log, &[&loader, "/usr/bin/true"]);
+    assert!(
+        output.status.success(),
+        "ld.so /usr/bin/true must work: {:?}",
+        output.status
+    );
+    // ...but cannot map a denied one executable.
+    let output = oxd_run(&policy, &log, &[&loader, "/usr/bin/id"]);
+    assert!(!output.status.success(), "ld.so /usr/bin/id must fail");
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("uid="),
+        "id must not have run"
+    );
+    let records = audit_records(&log);
+    let mapped = records_for(&records, "mmap-exec", "/usr/bin/id");
+    assert!(!mapped.is_empty(), "{records:#?}");
+    assert!(mapped
+        .iter()
+        .all(|r| r["decision"] == "deny" && r["rule"] == "exec.deny[0]"));
+    // And exec'ing it directly is denied as before.
+    let output = oxd_run(&policy, &log, &["/usr/bin/id"]);
+    assert_eq!(output.status.code(), Some(126));
+}

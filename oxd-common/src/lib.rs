@@ -46,6 +46,9 @@ pub mod op {
     pub const SENDMSG6: u32 = 5;
     /// Opening a file, decided in `file_open`.
     pub const OPEN: u32 = 6;
+    /// Mapping a file executable (`mmap` with `PROT_EXEC`), decided in `mmap_file`: how a
+    /// dynamic loader run as a command (`ld.so BINARY`) loads its program.
+    pub const MMAP_EXEC: u32 = 7;
 }
 
 /// Access bits of a file open.
@@ -102,6 +105,30 @@ pub mod proto {
 
 /// `rule_id` of a decision made by a category's default.
 pub const RULE_DEFAULT: u32 = u32::MAX;
+
+/// In [`InodeRules`]: no rule for this category.
+pub const RULE_NONE: u32 = u32::MAX - 1;
+
+/// Identity of a file: the kernel's `sb->s_dev` (`MKDEV(major, minor)`, major in the top 12
+/// bits) and `inode->i_ino`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// Exact deny rules that name a file, by the file's identity, so every name of the file (hard
+/// links) is denied too. Each field is a rule id, or [`RULE_NONE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InodeRules {
+    pub exec: u32,
+    pub read: u32,
+    pub write: u32,
+    pub _pad: u32,
+}
 
 /// Per-policy settings, element 0 of the `CONFIG` array map.
 #[repr(C)]
@@ -217,7 +244,7 @@ pub mod counter {
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{Config, Event, NetRule, PathKey, RuleValue};
+    use super::{Config, Event, InodeKey, InodeRules, NetRule, PathKey, RuleValue};
 
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have no
     // implicit padding, so every bit pattern is valid and they can be copied to and from maps.
@@ -226,6 +253,8 @@ mod user {
     unsafe impl aya::Pod for RuleValue {}
     unsafe impl aya::Pod for NetRule {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for InodeKey {}
+    unsafe impl aya::Pod for InodeRules {}
 }
 
 #[cfg(test)]

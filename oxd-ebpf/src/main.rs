@@ -32,12 +32,13 @@ use aya_ebpf::{
     programs::{LsmContext, SockAddrContext},
 };
 use oxd_common::{
-    access, action, counter, fmode, mode, op, proto, reason, Config, Event, NetRule, PathKey,
-    RuleValue, MAX_CGROUP_DEPTH, MAX_CONFINED_CGROUPS, MAX_NET_RULES, MAX_PATH_RULES, PATH_BUF_LEN,
-    PATH_KEY_LEN, RING_BUF_BYTES, RULE_DEFAULT,
+    access, action, counter, fmode, mode, op, proto, reason, Config, Event, InodeKey, InodeRules,
+    NetRule, PathKey, RuleValue, MAX_CGROUP_DEPTH, MAX_CONFINED_CGROUPS, MAX_NET_RULES,
+    MAX_PATH_RULES, PATH_BUF_LEN, PATH_KEY_LEN, RING_BUF_BYTES, RULE_DEFAULT, RULE_NONE,
 };
 
 const EPERM: i32 = 1;
+const PROT_EXEC: u64 = 4;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 
@@ -58,6 +59,23 @@ static FILE_F_MODE_OFFSET: u32 = 0;
 #[no_mangle]
 static FILE_F_FLAGS_OFFSET: u32 = 0;
 
+/// Offset of `f_inode` in `struct file`, read from the running kernel's BTF and set before load.
+#[no_mangle]
+static FILE_F_INODE_OFFSET: u32 = 0;
+
+/// Offset of `i_ino` in `struct inode`, read from the running kernel's BTF and set before load.
+#[no_mangle]
+static INODE_I_INO_OFFSET: u32 = 0;
+
+/// Offset of `i_sb` in `struct inode`, read from the running kernel's BTF and set before load.
+#[no_mangle]
+static INODE_I_SB_OFFSET: u32 = 0;
+
+/// Offset of `s_dev` in `struct super_block`, read from the running kernel's BTF and set before
+/// load.
+#[no_mangle]
+static SB_S_DEV_OFFSET: u32 = 0;
+
 /// Policy settings (element 0).
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -77,6 +95,10 @@ static FILE_READ_RULES: LpmTrie<PathKey, RuleValue> = LpmTrie::with_max_entries(
 /// File rules for opening to write: longest matching prefix of the resolved path.
 #[map]
 static FILE_WRITE_RULES: LpmTrie<PathKey, RuleValue> = LpmTrie::with_max_entries(MAX_PATH_RULES, 0);
+
+/// Files named by exact deny rules, by identity: their other names (hard links) are denied too.
+#[map]
+static DENIED_INODES: HashMap<InodeKey, InodeRules> = HashMap::with_max_entries(MAX_PATH_RULES, 0);
 
 /// Network rules, most specific first; `CONFIG.net_rule_count` entries are valid.
 #[map]
@@ -232,18 +254,18 @@ pub fn exec_check(ctx: LsmContext) -> i32 {
     let bprm: *const u8 = ctx.arg(0);
     // SAFETY: the offsets come from this kernel's BTF; the verifier checks both loads against
     // BTF and only accepts them if they land on `linux_binprm.file` and `file.f_path`.
-    let file_path = unsafe {
+    let (file, file_path) = unsafe {
         let file_offset = read_volatile(&BPRM_FILE_OFFSET) as usize;
         let path_offset = read_volatile(&FILE_F_PATH_OFFSET) as usize;
         let file = *(bprm.add(file_offset).cast::<*const u8>());
-        file.add(path_offset).cast::<path>().cast_mut()
+        (file, file.add(path_offset).cast::<path>().cast_mut())
     };
     let (verdict, path_len) = match config {
         Some(config) => match resolve_path(file_path, scratch) {
-            Ok(len) => (
-                lookup_path(&EXEC_RULES, scratch, len, config.exec_default),
-                len,
-            ),
+            Ok(len) => {
+                let by_path = lookup_path(&EXEC_RULES, scratch, len, config.exec_default);
+                (by_identity(denied_inode(file).exec, by_path), len)
+            }
             Err(failed) => failed,
         },
         None => (Verdict::deny(reason::NO_CONFIG), 0),
@@ -305,7 +327,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     };
     let (verdict, path_len) = match config {
         Some(config) => match resolve_path(file_path, scratch) {
-            Ok(len) => (decide_open(&config, scratch, len, wanted), len),
+            Ok(len) => (decide_open(&config, scratch, len, wanted, file), len),
             Err(failed) => failed,
         },
         None => (Verdict::deny(reason::NO_CONFIG), 0),
@@ -324,20 +346,146 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     0
 }
 
+/// Mapping a file executable is how the dynamic loader, run as a command
+/// (`ld-linux-x86-64.so.2 BINARY`), loads a program without exec'ing it. A file that an exec
+/// rule explicitly denies (by path or identity) cannot be mapped executable either. The
+/// default does not apply here: shared libraries are mapped the same way. Only denials are
+/// recorded; the kernel's own mappings during an exec were decided in bprm_check_security.
+#[lsm(hook = "mmap_file")]
+pub fn mmap_file(ctx: LsmContext) -> i32 {
+    // int mmap_file(struct file *file, unsigned long reqprot, unsigned long prot,
+    //               unsigned long flags), then the previous LSM's verdict.
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let file: *const u8 = ctx.arg(0);
+    let prot: u64 = ctx.arg(2);
+    if file.is_null() || prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let Some(cgroup_id) = current_is_confined() else {
+        return 0;
+    };
+    let config = CONFIG.get(0).copied();
+    let current_mode = config.map_or(mode::ENFORCE, |c| c.mode);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return -EPERM;
+    };
+    // SAFETY: offset from this kernel's BTF, checked by the verifier against `struct file`.
+    let file_path = unsafe {
+        file.add(read_volatile(&FILE_F_PATH_OFFSET) as usize)
+            .cast::<path>()
+            .cast_mut()
+    };
+    let (verdict, path_len) = match config {
+        Some(_) => match resolve_path(file_path, scratch) {
+            Ok(len) => {
+                // Only an explicit deny counts: `action::ALLOW` stands in for "no rule".
+                let by_path = lookup_path(&EXEC_RULES, scratch, len, action::ALLOW);
+                (by_identity(denied_inode(file).exec, by_path), len)
+            }
+            Err(failed) => failed,
+        },
+        None => (Verdict::deny(reason::NO_CONFIG), 0),
+    };
+    if verdict.decision != action::DENY {
+        return 0;
+    }
+    if let Some(mut entry) = start_event(op::MMAP_EXEC, cgroup_id, &verdict, current_mode) {
+        record_path(entry.as_mut_ptr(), scratch, path_len);
+        entry.submit(0);
+    }
+    if enforced(&verdict, current_mode) {
+        count(counter::DENIED);
+        return -EPERM;
+    }
+    0
+}
+
 /// An open is allowed only if every access it asks for is allowed. A deny decides (the write
 /// check first); otherwise the write rule, else the read rule, is the one reported.
 #[inline(always)]
-fn decide_open(config: &Config, scratch: *mut Scratch, len: u32, wanted: u32) -> Verdict {
-    let read = (wanted & access::READ != 0)
-        .then(|| lookup_path(&FILE_READ_RULES, scratch, len, config.file_read_default));
-    let write = (wanted & access::WRITE != 0)
-        .then(|| lookup_path(&FILE_WRITE_RULES, scratch, len, config.file_write_default));
-    match (read, write) {
-        (_, Some(w)) if w.decision == action::DENY => w,
-        (Some(r), _) if r.decision == action::DENY => r,
-        (_, Some(w)) => w,
-        (Some(r), None) => r,
-        (None, None) => Verdict::deny(reason::NO_CONFIG),
+fn decide_open(
+    config: &Config,
+    scratch: *mut Scratch,
+    len: u32,
+    wanted: u32,
+    file: *const u8,
+) -> Verdict {
+    let denied = denied_inode(file);
+    let want_read = wanted & access::READ != 0;
+    let want_write = wanted & access::WRITE != 0;
+    // Plain values rather than `Option`s, for the verifier's sake (see `denied_inode`).
+    let mut read = Verdict::deny(reason::NO_CONFIG);
+    let mut write = Verdict::deny(reason::NO_CONFIG);
+    if want_read {
+        let by_path = lookup_path(&FILE_READ_RULES, scratch, len, config.file_read_default);
+        read = by_identity(denied.read, by_path);
+    }
+    if want_write {
+        let by_path = lookup_path(&FILE_WRITE_RULES, scratch, len, config.file_write_default);
+        write = by_identity(denied.write, by_path);
+    }
+    if want_write && write.decision == action::DENY {
+        return write;
+    }
+    if want_read && read.decision == action::DENY {
+        return read;
+    }
+    if want_write {
+        return write;
+    }
+    read
+}
+
+const NO_INODE_RULES: InodeRules = InodeRules {
+    exec: RULE_NONE,
+    read: RULE_NONE,
+    write: RULE_NONE,
+    _pad: 0,
+};
+
+/// The exact deny rules that name this file (under any of its names); [`RULE_NONE`] fields
+/// where none does. (No `Option` here: its undefined payload makes the compiler read
+/// registers the verifier considers uninitialised.)
+#[inline(always)]
+fn denied_inode(file: *const u8) -> InodeRules {
+    // SAFETY: offsets from this kernel's BTF; the verifier checks every load against the BTF
+    // types `file`, `inode` and `super_block`.
+    let key = unsafe {
+        let inode = *(file
+            .add(read_volatile(&FILE_F_INODE_OFFSET) as usize)
+            .cast::<*const u8>());
+        let ino = *(inode
+            .add(read_volatile(&INODE_I_INO_OFFSET) as usize)
+            .cast::<u64>());
+        let sb = *(inode
+            .add(read_volatile(&INODE_I_SB_OFFSET) as usize)
+            .cast::<*const u8>());
+        let dev = *(sb
+            .add(read_volatile(&SB_S_DEV_OFFSET) as usize)
+            .cast::<u32>());
+        InodeKey { ino, dev, _pad: 0 }
+    };
+    // SAFETY: plain-data key and value.
+    match unsafe { DENIED_INODES.get(&key) } {
+        Some(rules) => *rules,
+        None => NO_INODE_RULES,
+    }
+}
+
+/// An exact deny rule naming the file itself is as specific as a rule can be, and deny wins
+/// ties: it decides over whatever the path matched.
+#[inline(always)]
+fn by_identity(denied_rule: u32, by_path: Verdict) -> Verdict {
+    if denied_rule == RULE_NONE {
+        return by_path;
+    }
+    Verdict {
+        decision: action::DENY,
+        reason: reason::RULE,
+        rule_id: denied_rule,
     }
 }
 

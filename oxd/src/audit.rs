@@ -3,7 +3,8 @@
 //! Schema (every record):
 //! - `time`: RFC 3339 UTC timestamp of the decision, nanoseconds;
 //! - `policy`, `policy_sha256`: the policy that decided;
-//! - `op`: `exec`, `open`, `connect` or `sendmsg` (a UDP send with a destination);
+//! - `op`: `exec`, `open`, `mmap-exec` (mapping a file executable, recorded when denied),
+//!   `connect` or `sendmsg` (a UDP send with a destination);
 //! - `target`: the resolved path of the executed or opened file, or `ip:port` (`[ipv6]:port`);
 //! - `access` (open only): `read`, `write` or `read,write`;
 //! - `protocol` (connect and sendmsg only): `tcp`, `udp` or `other`;
@@ -108,6 +109,7 @@ impl Record {
         let (op_name, target) = match event.op {
             op::EXEC => ("exec", path()),
             op::OPEN => ("open", path()),
+            op::MMAP_EXEC => ("mmap-exec", path()),
             op::CONNECT4 => ("connect", socket(true)),
             op::CONNECT6 => ("connect", socket(false)),
             op::SENDMSG4 => ("sendmsg", socket(true)),

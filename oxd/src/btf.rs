@@ -257,7 +257,7 @@ impl Btf {
 }
 
 /// Offsets of the kernel struct fields oxd's programs read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
     /// `offsetof(struct linux_binprm, file)`.
     pub bprm_file: u32,
@@ -267,6 +267,14 @@ pub struct KernelOffsets {
     pub file_f_mode: u32,
     /// `offsetof(struct file, f_flags)`.
     pub file_f_flags: u32,
+    /// `offsetof(struct file, f_inode)`.
+    pub file_f_inode: u32,
+    /// `offsetof(struct inode, i_ino)`.
+    pub inode_i_ino: u32,
+    /// `offsetof(struct inode, i_sb)`.
+    pub inode_i_sb: u32,
+    /// `offsetof(struct super_block, s_dev)`.
+    pub sb_s_dev: u32,
 }
 
 impl KernelOffsets {
@@ -276,6 +284,10 @@ impl KernelOffsets {
             file_f_path: btf.member_offset("file", "f_path")?,
             file_f_mode: btf.member_offset("file", "f_mode")?,
             file_f_flags: btf.member_offset("file", "f_flags")?,
+            file_f_inode: btf.member_offset("file", "f_inode")?,
+            inode_i_ino: btf.member_offset("inode", "i_ino")?,
+            inode_i_sb: btf.member_offset("inode", "i_sb")?,
+            sb_s_dev: btf.member_offset("super_block", "s_dev")?,
         })
     }
 }

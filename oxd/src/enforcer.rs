@@ -7,7 +7,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, Lsm},
     Ebpf, EbpfLoader,
 };
-use oxd_common::{counter, Config, PathKey, RuleValue, PATH_KEY_LEN};
+use oxd_common::{counter, Config, InodeKey, InodeRules, PathKey, RuleValue, PATH_KEY_LEN};
 
 use crate::{
     btf::{Btf, BtfError, KernelOffsets},
@@ -100,18 +100,17 @@ impl Enforcer {
             KernelOffsets::read(&Btf::from_kernel()?)?
         } else {
             // Never read: the exec program is not loaded.
-            KernelOffsets {
-                bprm_file: 0,
-                file_f_path: 0,
-                file_f_mode: 0,
-                file_f_flags: 0,
-            }
+            KernelOffsets::default()
         };
         let ebpf = EbpfLoader::new()
             .override_global("BPRM_FILE_OFFSET", &offsets.bprm_file, true)
             .override_global("FILE_F_PATH_OFFSET", &offsets.file_f_path, true)
             .override_global("FILE_F_MODE_OFFSET", &offsets.file_f_mode, true)
             .override_global("FILE_F_FLAGS_OFFSET", &offsets.file_f_flags, true)
+            .override_global("FILE_F_INODE_OFFSET", &offsets.file_f_inode, true)
+            .override_global("INODE_I_INO_OFFSET", &offsets.inode_i_ino, true)
+            .override_global("INODE_I_SB_OFFSET", &offsets.inode_i_sb, true)
+            .override_global("SB_S_DEV_OFFSET", &offsets.sb_s_dev, true)
             .load(OBJECT)?;
         let mut enforcer = Self {
             ebpf,
@@ -120,6 +119,7 @@ impl Enforcer {
                     .exec
                     .as_ref()
                     .map(|_| ("exec_check", "bprm_check_security")),
+                policy.exec.as_ref().map(|_| ("mmap_file", "mmap_file")),
                 policy.file.as_ref().map(|_| ("file_open", "file_open")),
             ]
             .into_iter()
@@ -162,6 +162,25 @@ impl Enforcer {
         if let Some(file) = &policy.file {
             self.fill_path_rules("FILE_READ_RULES", &file.read)?;
             self.fill_path_rules("FILE_WRITE_RULES", &file.write)?;
+        }
+        if policy.needs_lsm() {
+            let mut inodes: HashMap<_, InodeKey, InodeRules> = HashMap::try_from(
+                self.ebpf
+                    .map_mut("DENIED_INODES")
+                    .ok_or(EnforcerError::Missing("DENIED_INODES map"))?,
+            )
+            .map_err(map_err("open the denied-file map"))?;
+            for (key, rules) in policy.denied_identities() {
+                tracing::debug!(
+                    dev = key.dev,
+                    ino = key.ino,
+                    ?rules,
+                    "deny by file identity"
+                );
+                inodes
+                    .insert(key, rules, 0)
+                    .map_err(map_err("insert a denied file identity"))?;
+            }
         }
         if let Some(network) = &policy.network {
             let mut table: Array<_, oxd_common::NetRule> = Array::try_from(

@@ -4,11 +4,28 @@
 //! differential tests check that on real kernels), and `oxd explain` uses it. It works on
 //! resolved paths: callers that start from a name resolve it first, as the kernel does.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
 
-use oxd_common::PATH_KEY_LEN;
+use oxd_common::{InodeKey, InodeRules, PATH_KEY_LEN, RULE_NONE};
 
-use crate::policy::{Action, NetworkRule, PathRule, Policy, Protocol};
+use crate::policy::{Action, NetworkRule, PathPattern, PathRule, Policy, Protocol};
+
+/// The identity the kernel gives the file at `path` (following symlinks): `s_dev` as
+/// `MKDEV(major, minor)` and the inode number. `None` if the file does not exist.
+pub fn file_identity(path: &Path) -> Option<InodeKey> {
+    let meta = std::fs::metadata(path).ok()?;
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    Some(InodeKey {
+        ino: meta.ino(),
+        dev: (major << 20) | minor,
+        _pad: 0,
+    })
+}
 
 /// An action a confined agent attempts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,21 +83,88 @@ impl Decision {
 }
 
 impl Policy {
+    /// The files named by exact deny rules, by identity, with the rule per category: every
+    /// other name of such a file (a hard link) is denied by the same rule. Files that do not
+    /// exist when the policy is applied are matched by path only.
+    pub fn denied_identities(&self) -> Vec<(InodeKey, InodeRules)> {
+        let mut out: Vec<(InodeKey, InodeRules)> = Vec::new();
+        let none = InodeRules {
+            exec: RULE_NONE,
+            read: RULE_NONE,
+            write: RULE_NONE,
+            _pad: 0,
+        };
+        let mut add = |rules: &[PathRule], slot: fn(&mut InodeRules) -> &mut u32| {
+            for rule in rules.iter().filter(|r| r.action == Action::Deny) {
+                let PathPattern::Exact(path) = &rule.pattern else {
+                    continue;
+                };
+                let Some(key) = file_identity(Path::new(path)) else {
+                    continue;
+                };
+                let index = match out.iter().position(|(k, _)| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        out.push((key, none));
+                        out.len() - 1
+                    }
+                };
+                let field = slot(&mut out[index].1);
+                if *field == RULE_NONE {
+                    *field = rule.rule;
+                }
+            }
+        };
+        if let Some(exec) = &self.exec {
+            add(&exec.rules, |r| &mut r.exec);
+        }
+        if let Some(file) = &self.file {
+            add(&file.read, |r| &mut r.read);
+            add(&file.write, |r| &mut r.write);
+        }
+        out
+    }
+
     /// Decides `request` under this policy (before the mode: in audit mode a deny is recorded
-    /// but not enforced).
+    /// but not enforced), by path alone.
     pub fn evaluate(&self, request: &Request) -> Decision {
+        self.evaluate_with(request, None)
+    }
+
+    /// Decides `request`, given the exact deny rules that name the file by identity (from
+    /// [`Policy::denied_identities`]), as the kernel does.
+    pub fn evaluate_with(&self, request: &Request, denied: Option<InodeRules>) -> Decision {
+        let by_identity = |rule: Option<u32>, by_path: Decision| match rule {
+            Some(rule) if rule != RULE_NONE && by_path.reason != Reason::PathTooLong => {
+                Decision::new(Action::Deny, Reason::Rule(rule))
+            }
+            _ => by_path,
+        };
         match request {
             Request::Exec { path } => match &self.exec {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
-                Some(exec) => decide_path(&exec.rules, exec.default, path),
+                Some(exec) => by_identity(
+                    denied.map(|d| d.exec),
+                    decide_path(&exec.rules, exec.default, path),
+                ),
             },
             Request::Open { path, read, write } => match &self.file {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
                 Some(file) => {
                     // Neither read nor write is judged as a read, as in the kernel.
                     let read = *read || !*write;
-                    let r = read.then(|| decide_path(&file.read, file.read_default, path));
-                    let w = write.then(|| decide_path(&file.write, file.write_default, path));
+                    let r = read.then(|| {
+                        by_identity(
+                            denied.map(|d| d.read),
+                            decide_path(&file.read, file.read_default, path),
+                        )
+                    });
+                    let w = write.then(|| {
+                        by_identity(
+                            denied.map(|d| d.write),
+                            decide_path(&file.write, file.write_default, path),
+                        )
+                    });
                     match (r, w) {
                         (_, Some(w)) if w.action == Action::Deny => w,
                         (Some(r), _) if r.action == Action::Deny => r,

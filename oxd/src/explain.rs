@@ -107,7 +107,19 @@ pub fn explain(args: &ExplainArgs) -> Result<i32> {
         bail!("name an action: --exec PATH, --open PATH --read|--write, or --connect ADDR");
     };
 
-    let decision = policy.evaluate(&request);
+    // A file named by an exact deny rule is denied under any of its names (hard links).
+    let denied = match &request {
+        Request::Exec { path } | Request::Open { path, .. } => {
+            crate::evaluate::file_identity(Path::new(path)).and_then(|key| {
+                policy
+                    .denied_identities()
+                    .into_iter()
+                    .find_map(|(k, rules)| (k == key).then_some(rules))
+            })
+        }
+        Request::Connect { .. } => None,
+    };
+    let decision = policy.evaluate_with(&request, denied);
     let verdict = match (decision.action, policy.mode) {
         (Action::Allow, _) => "allow".to_owned(),
         (Action::Deny, Mode::Enforce) => "deny (fails with EPERM)".to_owned(),

@@ -832,6 +832,20 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_policy_compiles() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).expect("policies/ exists") {
+            let path = entry.expect("directory entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                count += 1;
+            }
+        }
+        assert!(count >= 4, "expected the example policies, found {count}");
+    }
+
+    #[test]
     fn path_patterns() {
         assert_eq!(
             parse_path_pattern("/usr/bin/git"),
