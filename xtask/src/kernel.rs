@@ -488,6 +488,10 @@ $B mount -t tmpfs -o mode=0755 layers /layers || fail "cannot mount the overlay'
 $B mkdir -p /layers/upper /layers/work
 $B mount -t overlay -o lowerdir=/lower,upperdir=/layers/upper,workdir=/layers/work overlay /newroot \
     || fail "cannot mount the overlay root"
+# /tmp and /run are mounted here, before the repository, so that a repository that lives
+# under one of them (a clone in /tmp) is mounted on top of the tmpfs, not hidden by it.
+$B mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp || fail "cannot mount /tmp"
+$B mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run || fail "cannot mount /run"
 $B mount -t 9p -o "$P9" repo /repo || fail "cannot mount the repository (9p tag repo)"
 RUN=
 for arg in $($B cat /proc/cmdline); do

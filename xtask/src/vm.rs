@@ -150,8 +150,7 @@ m sysfs nosuid,nodev,noexec sysfs /sys
 m devtmpfs mode=0755,nosuid devtmpfs /dev
 m devpts gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 m tmpfs mode=1777,nosuid,nodev shm /dev/shm
-m tmpfs mode=1777,nosuid,nodev tmpfs /tmp
-m tmpfs mode=0755,nosuid,nodev tmpfs /run
+# /tmp and /run are tmpfs mounts made by stage 1, under the repository's mount.
 m cgroup2 nsdelegate cgroup2 /sys/fs/cgroup
 m bpf mode=0700 bpf /sys/fs/bpf
 m securityfs rw securityfs /sys/kernel/security
