@@ -458,13 +458,8 @@ impl Compiler {
             for (index, entry) in list.into_iter().enumerate() {
                 let span = entry.span();
                 if total > MAX_PATH_RULES as usize {
-                    return Err((
-                        span,
-                        format!(
-                            "too many exec rules ({total}); oxd supports at most {MAX_PATH_RULES}: \
-                             use a directory rule (`/dir/**`) to cover many files"
-                        ),
-                    ));
+                    let hint = "use a directory rule (`/dir/**`) to cover many files";
+                    return Err((span, too_many("exec", total, MAX_PATH_RULES, hint)));
                 }
                 let pattern = parse_path_pattern(entry.get_ref()).map_err(|m| (span.clone(), m))?;
                 if rules.iter().any(|r| r.pattern == pattern) {
@@ -501,13 +496,8 @@ impl Compiler {
             for (index, entry) in list.into_iter().enumerate() {
                 let span = entry.span();
                 if total > MAX_PATH_RULES as usize {
-                    return Err((
-                        span,
-                        format!(
-                            "too many file rules ({total}); oxd supports at most \
-                             {MAX_PATH_RULES}: use a directory rule (`/dir/**`) to cover many files"
-                        ),
-                    ));
+                    let hint = "use a directory rule (`/dir/**`) to cover many files";
+                    return Err((span, too_many("file", total, MAX_PATH_RULES, hint)));
                 }
                 let (path, read, write) =
                     parse_file_rule(entry.get_ref()).map_err(|m| (span.clone(), m))?;
@@ -543,13 +533,8 @@ impl Compiler {
             for (index, entry) in list.into_iter().enumerate() {
                 let span = entry.span();
                 if total > MAX_NET_RULES as usize {
-                    return Err((
-                        span,
-                        format!(
-                            "too many network rules ({total}); oxd supports at most \
-                             {MAX_NET_RULES}: merge neighbouring CIDRs or port ranges"
-                        ),
-                    ));
+                    let hint = "merge neighbouring CIDRs or port ranges";
+                    return Err((span, too_many("network", total, MAX_NET_RULES, hint)));
                 }
                 let raw = entry.into_inner();
                 let net = parse_cidr(raw.cidr.get_ref()).map_err(|m| (raw.cidr.span(), m))?;
@@ -683,6 +668,11 @@ pub fn parse_cidr(text: &str) -> Result<ipnet::Ipv6Net, String> {
         }
         IpNet::V6(v6) => v6,
     })
+}
+
+/// The message for a section with more rules than the kernel's maps hold.
+fn too_many(category: &str, total: usize, max: u32, hint: &str) -> String {
+    format!("too many {category} rules ({total}); oxd supports at most {max}: {hint}")
 }
 
 fn parse_action(value: &toml::Value) -> Result<Action, String> {
@@ -950,6 +940,25 @@ cidr = "10.1.0.0/16"
             ]
         );
         assert_eq!(net.default, Action::Allow);
+    }
+
+    #[test]
+    fn rule_limits_reject_the_whole_policy() {
+        let mut text = String::from("[network]\n");
+        for i in 0..=MAX_NET_RULES {
+            text.push_str(&format!(
+                "[[network.allow]]\ncidr = \"10.0.{}.{}\"\n",
+                i / 256,
+                i % 256
+            ));
+        }
+        let err = parse(&text).unwrap_err();
+        assert!(err.contains("too many network rules (257)"), "{err}");
+        let many: Vec<String> = (0..=MAX_PATH_RULES)
+            .map(|i| format!("\"/bin/f{i}\""))
+            .collect();
+        let err = parse(&format!("[exec]\nallow = [{}]\n", many.join(", "))).unwrap_err();
+        assert!(err.contains("too many exec rules (4097)"), "{err}");
     }
 
     #[test]
