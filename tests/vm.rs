@@ -3,6 +3,8 @@
 //! they fail, by design, rather than being skipped.
 
 mod common;
+#[path = "differential.rs"]
+mod differential;
 #[path = "semantics.rs"]
 mod semantics;
 
@@ -287,4 +289,59 @@ fn example_policy_confines_a_real_shell() {
         records.iter().all(|r| r["policy"] == "example"),
         "{records:#?}"
     );
+}
+
+#[test]
+fn coding_agent_example_policy_lets_git_work_in_the_workspace_and_guards_secrets() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("coding-agent");
+    let log = scratch.path("audit.jsonl");
+    let policy = repo().join("policies/coding-agent.toml");
+    fs::create_dir_all("/workspace").expect("create /workspace in the guest");
+    fs::create_dir_all("/root/.ssh").expect("create ~/.ssh in the guest");
+    fs::write("/root/.ssh/id_test", "secret").expect("write a fake key");
+    let script = "set -u
+cd /workspace && rm -rf repo && git init -q repo && cd repo
+echo hello > README && git add README
+git -c user.email=agent@example.invalid -c user.name=agent commit -qm first && echo commit-ok
+cat /root/.ssh/id_test; echo key-exit=$?
+echo x > /etc/oxd-agent-write; echo etc-exit=$?
+su -c true; echo su-exit=$?
+python3 -c 'print(\"python-ok\")'
+";
+    let output = oxd_run(&policy, &log, &["/usr/bin/bash", "-c", script]);
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}",
+        output.status
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("commit-ok"),
+        "git works in the workspace: {stdout}"
+    );
+    assert!(
+        stdout.contains("key-exit=1"),
+        "the key is unreadable: {stdout}"
+    );
+    assert!(
+        !stdout.contains("secret"),
+        "the key's content leaked: {stdout}"
+    );
+    assert!(
+        stdout.contains("etc-exit=1"),
+        "/etc is not writable: {stdout}"
+    );
+    assert!(stdout.contains("su-exit=126"), "su is denied: {stdout}");
+    assert!(stdout.contains("python-ok"), "python runs: {stdout}");
+    let records = audit_records(&log);
+    let key = records_for(&records, "open", "/root/.ssh/id_test");
+    assert!(
+        !key.is_empty()
+            && key
+                .iter()
+                .all(|r| r["decision"] == "deny" && r["rule"] == "file.deny[0]"),
+        "{key:#?}"
+    );
+    assert_record(&records, "exec", "/usr/bin/su", "deny", "exec.deny[1]");
 }

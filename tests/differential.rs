@@ -1,0 +1,738 @@
+//! Differential test: random policies and actions near rule boundaries, each decided by the
+//! kernel (through `oxd run` and `oxd-probe`) and by the reference evaluator
+//! (`oxd::evaluate`), which must agree on the outcome (EPERM or not) and on the audit record
+//! (decision and rule).
+//!
+//! The tree holds two hard links to other tree files: exact deny rules also match a file's
+//! identity, so the evaluator is given the identities the policy denies, as the kernel is.
+//!
+//! The generator is a fixed-seed splitmix64, so a failure is reproducible; set
+//! `OXD_DIFFERENTIAL_SEED` to explore other seeds. Network targets are loopback only.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+};
+
+use oxd::{
+    evaluate::{file_identity, Decision, Reason, Request},
+    policy::{Action, Policy},
+};
+use serde_json::Value;
+
+use crate::common::*;
+
+/// The default seed ("oxd_diff").
+const DEFAULT_SEED: u64 = 0x6f78_645f_6469_6666;
+const POLICIES: usize = 12;
+/// Actions of each category (exec, open, network) per policy.
+const ACTIONS_PER_CATEGORY: usize = 12;
+
+fn require_bpf_lsm() {
+    let lsm = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    assert!(
+        lsm.split(',').any(|l| l.trim() == "bpf"),
+        "these tests need BPF-LSM (active LSMs: {lsm:?}); run them with `cargo xtask test`, which \
+         boots a kernel that has it"
+    );
+}
+
+/// splitmix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    fn below(&mut self, n: usize) -> usize {
+        assert!(n > 0, "below(0)");
+        (self.next_u64() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next_u64() % 100 < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    fn pick_str(&mut self, items: &[&'static str]) -> &'static str {
+        items[self.below(items.len())]
+    }
+
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+/// The file tree the actions work on: executable copies of `/usr/bin/true`.
+struct Tree {
+    /// Every file (two of them hard links to others): exec and open targets.
+    files: Vec<String>,
+    /// Valid rule paths near the files: exact files, exact directories, subtrees.
+    patterns: Vec<String>,
+}
+
+fn build_tree(scratch: &Path) -> Tree {
+    let base = fs::canonicalize(scratch)
+        .unwrap_or_else(|e| panic!("canonicalize {}: {e}", scratch.display()));
+    let base = base.to_str().expect("utf-8 scratch path").to_owned();
+    let root = format!("{base}/t");
+    let copy = |path: &str| {
+        let path = Path::new(path);
+        let dir = path.parent().expect("tree files have a parent");
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        fs::copy("/usr/bin/true", path)
+            .unwrap_or_else(|e| panic!("copy /usr/bin/true to {}: {e}", path.display()));
+    };
+    let mut files: Vec<String> = [
+        "x",
+        "a/x",
+        "a/xy",
+        "a/b/x",
+        "a/bin/x",
+        "a/bin/sub/x",
+        "a/binx/x",
+        "ab/x",
+        "d/e/f/g",
+    ]
+    .iter()
+    .map(|rel| format!("{root}/{rel}"))
+    .collect();
+    let mut dirs: Vec<String> = [
+        "",
+        "/a",
+        "/a/b",
+        "/a/bin",
+        "/a/bin/sub",
+        "/a/binx",
+        "/ab",
+        "/h",
+        "/d",
+        "/d/e",
+        "/d/e/f",
+    ]
+    .iter()
+    .map(|rel| format!("{root}{rel}"))
+    .collect();
+    dirs.push(base.clone());
+
+    // Files whose absolute paths are 255 bytes (the longest a rule key holds), 256 and 300 bytes
+    // (too long: denied fail closed), in a directory of 240 bytes.
+    let long_prefix = format!("{root}/long/");
+    assert!(
+        long_prefix.len() < 200,
+        "scratch path {base} is too long for the long-path cases"
+    );
+    let long_dir = format!("{long_prefix}{}", "p".repeat(240 - long_prefix.len()));
+    let long: Vec<String> = [255, 256, 300]
+        .iter()
+        .map(|len| format!("{long_dir}/{}", "q".repeat(len - long_dir.len() - 1)))
+        .collect();
+    for (path, len) in long.iter().zip([255, 256, 300]) {
+        assert_eq!(path.len(), len, "long path {path}");
+    }
+    dirs.push(long_dir);
+    files.extend(long);
+    for file in &files {
+        copy(file);
+    }
+    // Hard links: another name for a/x, and one for a/bin/x inside a/binx.
+    for (original, link) in [("a/x", "h/x"), ("a/bin/x", "a/binx/y")] {
+        let (original, link) = (format!("{root}/{original}"), format!("{root}/{link}"));
+        let dir = Path::new(&link).parent().expect("links have a parent");
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        fs::hard_link(&original, &link)
+            .unwrap_or_else(|e| panic!("hard link {original} as {link}: {e}"));
+        files.push(link);
+    }
+
+    let mut patterns: Vec<String> = dirs.iter().map(|d| format!("{d}/**")).collect();
+    // Exact rules on every file a rule can name (the 256- and 300-byte paths cannot be named).
+    patterns.extend(files.iter().filter(|f| f.len() <= 255).cloned());
+    // Exact rules on directories, and a subtree below a file: they match none of the files.
+    patterns.push(format!("{root}/a"));
+    patterns.push(format!("{root}/a/bin"));
+    patterns.push(format!("{root}/a/x/**"));
+    Tree { files, patterns }
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{s}\"")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Category {
+    Exec,
+    Open,
+    Network,
+}
+
+/// One action and what to look for in the audit log.
+struct Case {
+    category: Category,
+    /// The probe's argument.
+    action: String,
+    request: Request,
+    op: &'static str,
+    target: String,
+    access: Option<&'static str>,
+}
+
+impl Case {
+    fn key(&self) -> (&'static str, &str, Option<&'static str>) {
+        (self.op, &self.target, self.access)
+    }
+}
+
+fn exec_section(rng: &mut Rng, tree: &Tree, probe: &str) -> String {
+    let mut allow = Vec::new();
+    let mut deny = Vec::new();
+    for _ in 0..2 + rng.below(6) {
+        let pattern = rng.pick(&tree.patterns).clone();
+        match rng.below(5) {
+            // The same pattern in both lists: deny wins.
+            0 => {
+                allow.push(pattern.clone());
+                deny.push(pattern);
+            }
+            1 | 2 => allow.push(pattern),
+            _ => deny.push(pattern),
+        }
+    }
+    rng.shuffle(&mut allow);
+    rng.shuffle(&mut deny);
+    let at = rng.below(allow.len() + 1);
+    allow.insert(at, probe.to_owned());
+    let default = rng.pick_str(&[
+        "",
+        "default = \"allow\"\n",
+        "default = \"allow\"\n",
+        "default = \"deny\"\n",
+    ]);
+    let list = |l: &[String]| l.iter().map(|p| quote(p)).collect::<Vec<_>>().join(", ");
+    let mut text = format!("[exec]\n{default}allow = [{}]\n", list(&allow));
+    if !deny.is_empty() || rng.chance(50) {
+        text.push_str(&format!("deny = [{}]\n", list(&deny)));
+    }
+    text
+}
+
+fn file_rule(rng: &mut Rng, path: &str) -> String {
+    match rng.below(5) {
+        0 => quote(path),
+        1 => format!("{{ path = \"{path}\", access = [\"read\"] }}"),
+        2 => format!("{{ path = \"{path}\", access = [\"write\"] }}"),
+        3 => format!("{{ path = \"{path}\", access = [\"write\", \"read\"] }}"),
+        _ => format!("{{ path = \"{path}\" }}"),
+    }
+}
+
+fn file_section(rng: &mut Rng, tree: &Tree, probe_dir: &str) -> String {
+    let mut allow = Vec::new();
+    let mut deny = Vec::new();
+    for _ in 0..2 + rng.below(7) {
+        let pattern = rng.pick(&tree.patterns).clone();
+        match rng.below(5) {
+            // The same pattern in both lists, each with its own access: deny wins where both
+            // apply.
+            0 => {
+                allow.push(file_rule(rng, &pattern));
+                deny.push(file_rule(rng, &pattern));
+            }
+            1 | 2 => allow.push(file_rule(rng, &pattern)),
+            _ => deny.push(file_rule(rng, &pattern)),
+        }
+    }
+    rng.shuffle(&mut allow);
+    rng.shuffle(&mut deny);
+    // What the probe, the dynamic loader and `Command` (/dev/null) need, outside the tree.
+    let system = [
+        "{ path = \"/usr/**\", access = [\"read\"] }".to_owned(),
+        "{ path = \"/etc/**\", access = [\"read\"] }".to_owned(),
+        "{ path = \"/proc/**\", access = [\"read\"] }".to_owned(),
+        "{ path = \"/sys/**\", access = [\"read\"] }".to_owned(),
+        "{ path = \"/dev/**\", access = [\"read\", \"write\"] }".to_owned(),
+        format!("{{ path = \"{probe_dir}/**\", access = [\"read\"] }}"),
+    ];
+    for rule in system {
+        let at = rng.below(allow.len() + 1);
+        allow.insert(at, rule);
+    }
+    let default = rng.pick_str(&[
+        "",
+        "default = \"allow\"\n",
+        "default = \"allow\"\n",
+        "default = \"deny\"\n",
+        "default = { read = \"allow\", write = \"deny\" }\n",
+        "default = { read = \"deny\", write = \"allow\" }\n",
+        "default = { read = \"allow\" }\n",
+        "default = { write = \"allow\" }\n",
+    ]);
+    let mut text = format!("[file]\n{default}allow = [\n  {}\n]\n", allow.join(",\n  "));
+    if !deny.is_empty() {
+        text.push_str(&format!("deny = [{}]\n", deny.join(", ")));
+    }
+    text
+}
+
+const CIDRS: &[&str] = &[
+    "127.0.0.0/8",
+    "127.0.0.0/30",
+    "127.0.0.0/31",
+    "127.0.0.2/31",
+    "127.0.0.1",
+    "127.0.0.1/32",
+    "127.0.0.2",
+    "127.0.0.3/32",
+    "0.0.0.0/0",
+    "::1",
+    "::1/128",
+    "::/127",
+    "::2",
+    "::/0",
+    "::ffff:127.0.0.0/104",
+    "::ffff:127.0.0.2/127",
+    "::ffff:0.0.0.0/96",
+];
+
+/// A `[network]` section, and the ports worth probing (rule boundaries and their neighbours).
+fn network_section(rng: &mut Rng, base: u16) -> (String, Vec<u16>) {
+    let mut text = String::from("[network]\n");
+    text.push_str(rng.pick_str(&[
+        "",
+        "default = \"allow\"\n",
+        "default = \"allow\"\n",
+        "default = \"deny\"\n",
+    ]));
+    let mut ports = Vec::new();
+    let mut previous: Option<(String, bool)> = None;
+    for _ in 0..2 + rng.below(6) {
+        let (body, allow) = match previous.take().filter(|_| rng.chance(25)) {
+            // The same rule in the other list: deny wins among equals.
+            Some((body, allow)) => (body, !allow),
+            None => {
+                let mut body = format!("cidr = {}\n", quote(rng.pick_str(CIDRS)));
+                let range = match rng.below(10) {
+                    0..=2 => None,
+                    3..=5 => {
+                        let p = base + rng.below(6) as u16;
+                        body.push_str(&if rng.chance(50) {
+                            format!("ports = {p}\n")
+                        } else {
+                            format!("ports = \"{p}\"\n")
+                        });
+                        Some((p, p))
+                    }
+                    6..=8 => {
+                        let lo = base + rng.below(4) as u16;
+                        let hi = lo + rng.below(5) as u16;
+                        body.push_str(&format!("ports = \"{lo}-{hi}\"\n"));
+                        Some((lo, hi))
+                    }
+                    _ => {
+                        let (lo, hi) = *rng.pick(&[(65533, 65535), (65535, 65535), (1, base + 2)]);
+                        body.push_str(&format!("ports = \"{lo}-{hi}\"\n"));
+                        Some((lo, hi))
+                    }
+                };
+                if let Some((lo, hi)) = range {
+                    ports.extend([lo - 1, lo, hi, hi.saturating_add(1)]);
+                }
+                body.push_str(rng.pick_str(&[
+                    "",
+                    "protocol = \"tcp\"\n",
+                    "protocol = \"udp\"\n",
+                    "protocol = \"any\"\n",
+                ]));
+                (body, rng.chance(50))
+            }
+        };
+        let list = if allow { "allow" } else { "deny" };
+        text.push_str(&format!("\n[[network.{list}]]\n{body}"));
+        previous = Some((body, allow));
+    }
+    ports.retain(|&p| p != 0);
+    (text, ports)
+}
+
+fn exec_case(path: &str) -> Case {
+    Case {
+        category: Category::Exec,
+        action: format!("exec:{path}"),
+        request: Request::Exec { path: path.into() },
+        op: "exec",
+        target: path.into(),
+        access: None,
+    }
+}
+
+fn open_case(path: &str, mode: usize) -> Case {
+    let (verb, read, write, access) = match mode {
+        0 => ("read", true, false, "read"),
+        1 => ("write", false, true, "write"),
+        _ => ("readwrite", true, true, "read,write"),
+    };
+    Case {
+        category: Category::Open,
+        action: format!("{verb}:{path}"),
+        request: Request::Open {
+            path: path.into(),
+            read,
+            write,
+        },
+        op: "open",
+        target: path.into(),
+        access: Some(access),
+    }
+}
+
+fn network_case(addr: SocketAddr, udp: bool) -> Case {
+    // A UDP send to an IPv4-mapped address goes through the kernel's IPv4 path and is reported
+    // with the IPv4 address; a TCP connect is decided in connect6 and keeps the mapped form.
+    let target = match addr {
+        SocketAddr::V6(v6) if udp => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()).to_string(),
+            None => addr.to_string(),
+        },
+        _ => addr.to_string(),
+    };
+    Case {
+        category: Category::Network,
+        action: format!("{}:{addr}", if udp { "udp" } else { "connect" }),
+        request: Request::Connect {
+            addr,
+            udp,
+            send: udp,
+        },
+        op: if udp { "sendmsg" } else { "connect" },
+        target,
+        access: None,
+    }
+}
+
+fn network_target(rng: &mut Rng, base: u16, ports: &[u16]) -> SocketAddr {
+    let port = if !ports.is_empty() && rng.chance(70) {
+        *rng.pick(ports)
+    } else {
+        base - 1 + rng.below(11) as u16
+    };
+    let v4 = Ipv4Addr::new(127, 0, 0, 1 + rng.below(3) as u8);
+    let ip = match rng.below(20) {
+        0..=8 => IpAddr::V4(v4),
+        9..=12 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        _ => IpAddr::V6(v4.to_ipv6_mapped()),
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// Generates policy `index` and its actions.
+fn generate(
+    rng: &mut Rng,
+    index: usize,
+    tree: &Tree,
+    probe: &str,
+    probe_dir: &str,
+) -> (String, Vec<Case>) {
+    // Every category is absent from some policies: 0 mod 4 has all three, 1 no exec, 2 no file,
+    // 3 no network.
+    let mut text = format!("name = \"differential-{index}\"\nmode = \"enforce\"\n");
+    if index % 4 != 1 {
+        text.push('\n');
+        text.push_str(&exec_section(rng, tree, probe));
+    }
+    if index % 4 != 2 {
+        text.push('\n');
+        text.push_str(&file_section(rng, tree, probe_dir));
+    }
+    let base = 20_000 + rng.below(10_000) as u16;
+    let (network, ports) = network_section(rng, base);
+    if index % 4 != 3 {
+        text.push('\n');
+        text.push_str(&network);
+    }
+
+    let mut cases = Vec::new();
+    for _ in 0..ACTIONS_PER_CATEGORY {
+        let path = rng.pick(&tree.files).clone();
+        cases.push(exec_case(&path));
+        let path = rng.pick(&tree.files).clone();
+        cases.push(open_case(&path, rng.below(3)));
+        let addr = network_target(rng, base, &ports);
+        cases.push(network_case(addr, rng.chance(50)));
+    }
+    rng.shuffle(&mut cases);
+    (text, cases)
+}
+
+fn expected_reason(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Rule(_) => "rule",
+        Reason::Default => "default",
+        Reason::PathTooLong => "path too long",
+        Reason::NotDecided => "not decided",
+    }
+}
+
+/// Compares one case's kernel outcome and audit records with the evaluator's decision; returns
+/// what disagrees.
+fn compare(
+    case: &Case,
+    decision: &Decision,
+    label: &str,
+    result: &Value,
+    records: &[&Value],
+    expected_records: usize,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let denied = result["ok"] == false && result["errno"] == EPERM;
+    let outcome_ok = match (decision.action, case.category) {
+        (Action::Deny, _) => denied,
+        // Whatever is not EPERM: a connect to a port nobody listens on is refused.
+        (Action::Allow, Category::Network) => !denied,
+        (Action::Allow, Category::Exec) => result["ok"] == true && result["status"] == 0,
+        (Action::Allow, Category::Open) => result["ok"] == true,
+    };
+    if !outcome_ok {
+        problems.push(format!(
+            "outcome: expected {}, the probe reported {result}",
+            if decision.action == Action::Deny {
+                "EPERM"
+            } else {
+                "success (not EPERM)"
+            }
+        ));
+    }
+    if decision.reason == Reason::NotDecided {
+        if !records.is_empty() {
+            problems.push("records: expected none (category absent)".to_owned());
+        }
+        return problems;
+    }
+    if records.len() != expected_records {
+        problems.push(format!(
+            "records: expected {expected_records} for this (op, target{}), found {}",
+            if case.access.is_some() {
+                ", access"
+            } else {
+                ""
+            },
+            records.len()
+        ));
+    }
+    for r in records {
+        let reason = r["reason"].as_str().unwrap_or_default();
+        if r["decision"] != decision.action.as_str()
+            || r["rule"] != label
+            || r["enforced"] != true
+            || !reason.starts_with(expected_reason(decision.reason))
+        {
+            problems.push(format!(
+                "record: expected decision {} rule {label} reason {:?}, found {r}",
+                decision.action.as_str(),
+                expected_reason(decision.reason)
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn differential_corpus_kernel_agrees_with_reference_evaluator() {
+    require_bpf_lsm();
+    let seed = std::env::var("OXD_DIFFERENTIAL_SEED").map_or(DEFAULT_SEED, |s| {
+        let s = s.trim();
+        s.strip_prefix("0x")
+            .map_or_else(|| s.parse(), |hex| u64::from_str_radix(hex, 16))
+            .unwrap_or_else(|e| panic!("OXD_DIFFERENTIAL_SEED={s:?} is not a number: {e}"))
+    });
+    eprintln!("differential: seed {seed:#x} (set OXD_DIFFERENTIAL_SEED to change it)");
+    let mut rng = Rng(seed);
+
+    let scratch = Scratch::new("differential");
+    let tree = build_tree(&scratch.path(""));
+    let probe = fs::canonicalize(probe_bin()).expect("canonicalize the probe's path");
+    let probe_dir = probe
+        .parent()
+        .expect("the probe has a directory")
+        .to_str()
+        .expect("utf-8 probe directory")
+        .to_owned();
+    let probe = probe.to_str().expect("utf-8 probe path").to_owned();
+
+    let mut counts: BTreeMap<Category, usize> = BTreeMap::new();
+    let mut reasons: BTreeMap<(Category, &'static str), usize> = BTreeMap::new();
+    let mut decisions: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut mismatches: Vec<String> = Vec::new();
+    let mut by_identity = 0;
+
+    for index in 0..POLICIES {
+        let (text, cases) = generate(&mut rng, index, &tree, &probe, &probe_dir);
+        let policy_path = scratch.path(&format!("policy-{index}.toml"));
+        let log = scratch.path(&format!("audit-{index}.jsonl"));
+        fs::write(&policy_path, &text)
+            .unwrap_or_else(|e| panic!("write {}: {e}", policy_path.display()));
+        let policy = Policy::parse(&policy_path, &text)
+            .unwrap_or_else(|e| panic!("generated policy {index} does not compile: {e}\n{text}"));
+
+        let mut args = vec![probe.as_str()];
+        args.extend(cases.iter().map(|c| c.action.as_str()));
+        let started = std::time::Instant::now();
+        let output = oxd_run(&policy_path, &log, &args);
+        eprintln!(
+            "differential: policy {index}: {} actions in {:.1?}",
+            cases.len(),
+            started.elapsed()
+        );
+        assert!(
+            output.status.success(),
+            "oxd run failed for policy {index}: {:?}\n{text}",
+            output.status
+        );
+        let results = probe_results(&output);
+        assert_eq!(
+            results.len(),
+            cases.len(),
+            "the probe reported {} results for {} actions under policy {index}:\n{text}",
+            results.len(),
+            cases.len()
+        );
+        let records = audit_records(&log);
+        let lost: Vec<_> = records.iter().filter(|r| r["op"] == "lost").collect();
+        assert!(
+            lost.is_empty(),
+            "decisions were lost under policy {index}: {lost:?}"
+        );
+
+        // Exact deny rules name files by identity too (hard links): computed now that the
+        // tree exists, as `oxd run` does when it applies the policy.
+        let denied = policy.denied_identities();
+        let mut per_key: BTreeMap<(&str, &str, Option<&str>), usize> = BTreeMap::new();
+        for case in &cases {
+            *per_key.entry(case.key()).or_default() += 1;
+        }
+        for (case, result) in cases.iter().zip(&results) {
+            assert_eq!(
+                result["action"], case.action,
+                "probe results out of order under policy {index}"
+            );
+            let by_path = policy.evaluate(&case.request);
+            let decision = match case.category {
+                Category::Network => by_path,
+                Category::Exec | Category::Open => {
+                    let identity = file_identity(Path::new(&case.target));
+                    let rules = denied
+                        .iter()
+                        .find(|(key, _)| Some(*key) == identity)
+                        .map(|(_, rules)| *rules);
+                    policy.evaluate_with(&case.request, rules)
+                }
+            };
+            if decision != by_path {
+                by_identity += 1;
+            }
+            let label = decision.rule_label(&policy);
+            *counts.entry(case.category).or_default() += 1;
+            *reasons
+                .entry((case.category, expected_reason(decision.reason)))
+                .or_default() += 1;
+            *decisions
+                .entry(if decision.reason == Reason::NotDecided {
+                    "not decided"
+                } else {
+                    decision.action.as_str()
+                })
+                .or_default() += 1;
+            let found: Vec<&Value> = records
+                .iter()
+                .filter(|r| {
+                    r["op"] == case.op
+                        && r["target"] == case.target.as_str()
+                        && case.access.is_none_or(|a| r["access"] == a)
+                })
+                .collect();
+            let problems = compare(
+                case,
+                &decision,
+                &label,
+                result,
+                &found,
+                per_key[&case.key()],
+            );
+            if !problems.is_empty() {
+                mismatches.push(format!(
+                    "policy {index}, action {}:\n  evaluator: {} ({label}, {:?})\n  {}\n  \
+                     records for ({}, {}{}): [{}]\n--- policy {index}\n{text}",
+                    case.action,
+                    decision.action.as_str(),
+                    decision.reason,
+                    problems.join("\n  "),
+                    case.op,
+                    case.target,
+                    case.access.map_or(String::new(), |a| format!(", {a}")),
+                    found
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",\n    ")
+                ));
+            }
+        }
+    }
+
+    let total: usize = counts.values().sum();
+    let count = |c| counts.get(&c).copied().unwrap_or(0);
+    eprintln!(
+        "differential: {total} cases (exec {}, open {}, network {}), {} mismatches",
+        count(Category::Exec),
+        count(Category::Open),
+        count(Category::Network),
+        mismatches.len()
+    );
+    eprintln!("differential: decisions {decisions:?}");
+    eprintln!("differential: reasons {reasons:?}");
+    eprintln!(
+        "differential: {by_identity} cases decided by a deny rule on another name (hard link)"
+    );
+    for m in &mismatches {
+        eprintln!("MISMATCH {m}");
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {total} cases disagree between the kernel and the reference evaluator \
+         (seed {seed:#x}); first:\n{}",
+        mismatches.len(),
+        mismatches[0]
+    );
+    assert!(total >= 300, "only {total} cases");
+    for category in [Category::Exec, Category::Open, Category::Network] {
+        assert!(
+            count(category) >= 60,
+            "only {} {category:?} cases",
+            count(category)
+        );
+        for reason in ["rule", "default", "not decided"] {
+            assert!(
+                reasons.contains_key(&(category, reason)),
+                "no {category:?} case decided by {reason}: {reasons:?}"
+            );
+        }
+    }
+    for category in [Category::Exec, Category::Open] {
+        assert!(
+            reasons.contains_key(&(category, "path too long")),
+            "no {category:?} case with an over-long path: {reasons:?}"
+        );
+    }
+}
