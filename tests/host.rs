@@ -243,3 +243,39 @@ fn no_network_example_policy_runs_without_bpf_lsm_and_denies_loopback() {
     assert_record(&records, "sendmsg", "127.0.0.1:9", "deny", "default");
     assert_record(&records, "connect", "[::1]:9", "deny", "default");
 }
+
+#[test]
+fn doctor_names_bpf_lsm_as_missing_on_this_host() {
+    let output = std::process::Command::new(oxd_bin())
+        .arg("doctor")
+        .output()
+        .expect("run oxd doctor");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "something is missing here: {stdout}"
+    );
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .starts_with(name)
+            })
+            .unwrap_or_else(|| panic!("no {name} line in {stdout}"))
+            .to_owned()
+    };
+    assert!(line("BPF-LSM").starts_with("MISSING"), "{stdout}");
+    assert!(
+        stdout.contains("CONFIG_BPF_LSM") && stdout.contains("lsm="),
+        "the fix: {stdout}"
+    );
+    for present in ["kernel BTF", "cgroup v2", "cgroup hooks", "capabilities"] {
+        assert!(line(present).starts_with("ok"), "{present}: {stdout}");
+    }
+}

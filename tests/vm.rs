@@ -345,3 +345,34 @@ python3 -c 'print(\"python-ok\")'
     );
     assert_record(&records, "exec", "/usr/bin/su", "deny", "exec.deny[1]");
 }
+
+#[test]
+fn doctor_finds_everything_in_a_kernel_with_bpf_lsm() {
+    require_bpf_lsm();
+    let output = Command::new(oxd_bin())
+        .arg("doctor")
+        .output()
+        .expect("run oxd doctor");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "nothing may be missing: {stdout}"
+    );
+    assert!(!stdout.contains("MISSING"), "{stdout}");
+    for name in [
+        "BPF-LSM",
+        "kernel BTF",
+        "cgroup v2",
+        "cgroup hooks",
+        "lockdown",
+        "bpffs",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(name)),
+            "{name} ok: {stdout}"
+        );
+    }
+}

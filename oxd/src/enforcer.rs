@@ -20,7 +20,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ox
 
 const LSM_FILE: &str = "/sys/kernel/security/lsm";
 
-const LSM_FIX: &str = "oxd decides execs and file opens with BPF-LSM: it needs a kernel built \
+/// The cgroup programs that decide egress.
+const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+pub(crate) const LSM_FIX: &str =
+    "oxd decides execs and file opens with BPF-LSM: it needs a kernel built \
      with CONFIG_BPF_LSM=y and booted with `bpf` in its `lsm=` boot parameter (for example \
      lsm=lockdown,capability,landlock,bpf). A policy with only a [network] section runs without \
      BPF-LSM.";
@@ -228,9 +232,9 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Attaches the BPF-LSM programs the policy needs (exec, file open). Done before any agent
-    /// starts, so a kernel without BPF-LSM stops `oxd run` before the command runs.
-    pub fn attach_lsm(&mut self) -> Result<()> {
+    /// Loads (verifies) the BPF-LSM programs the policy needs, without attaching them. This is
+    /// the step a kernel without BPF-LSM refuses.
+    pub fn load_lsm(&mut self) -> Result<()> {
         if self.lsm_programs.is_empty() {
             return Ok(());
         }
@@ -241,21 +245,59 @@ impl Enforcer {
                 source: std::io::Error::other(e.to_string()),
             })
         })?;
-        for &(name, hook) in &self.lsm_programs {
-            let program: &mut Lsm = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(EnforcerError::Missing("BPF-LSM program"))?
-                .try_into()
-                .map_err(prog_err(format!("open the {name} program")))?;
-            program
-                .load(hook, &btf)
-                .map_err(|source| lsm_error(source, hook, &active))?;
-            program
+        for i in 0..self.lsm_programs.len() {
+            let (name, hook) = self.lsm_programs[i];
+            let program = self.lsm_program(name)?;
+            if program.fd().is_err() {
+                program
+                    .load(hook, &btf)
+                    .map_err(|source| lsm_error(source, hook, &active))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn lsm_program(&mut self, name: &str) -> Result<&mut Lsm> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(EnforcerError::Missing("BPF-LSM program"))?
+            .try_into()
+            .map_err(prog_err(format!("open the {name} program")))
+    }
+
+    /// Loads and attaches the BPF-LSM programs the policy needs (exec, file open). Done before
+    /// any agent starts, so a kernel without BPF-LSM stops `oxd run` before the command runs.
+    pub fn attach_lsm(&mut self) -> Result<()> {
+        self.load_lsm()?;
+        let active = describe_active_lsms();
+        for i in 0..self.lsm_programs.len() {
+            let (name, hook) = self.lsm_programs[i];
+            self.lsm_program(name)?
                 .attach()
                 .map_err(|source| lsm_error(source, hook, &active))?;
         }
         Ok(())
+    }
+
+    /// Loads (verifies) the cgroup programs, without attaching them.
+    pub fn load_cgroup_programs(&mut self) -> Result<()> {
+        for name in SOCK_ADDR_PROGRAMS {
+            let program = self.sock_addr_program(name)?;
+            if program.fd().is_err() {
+                program
+                    .load()
+                    .map_err(prog_err(format!("load the {name} program")))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sock_addr_program(&mut self, name: &str) -> Result<&mut CgroupSockAddr> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(EnforcerError::Missing("cgroup sock_addr program"))?
+            .try_into()
+            .map_err(prog_err(format!("open the {name} program")))
     }
 
     /// Marks `cgroup` as confined and attaches the cgroup programs to it.
@@ -271,18 +313,10 @@ impl Enforcer {
             cgroup.path().display()
         )))?;
         if self.enforces_network {
+            self.load_cgroup_programs()?;
             let dir = cgroup.open_dir()?;
-            for name in ["connect4", "connect6", "sendmsg4", "sendmsg6"] {
-                let program: &mut CgroupSockAddr = self
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or(EnforcerError::Missing("cgroup sock_addr program"))?
-                    .try_into()
-                    .map_err(prog_err(format!("open the {name} program")))?;
-                program
-                    .load()
-                    .map_err(prog_err(format!("load the {name} program")))?;
-                program
+            for name in SOCK_ADDR_PROGRAMS {
+                self.sock_addr_program(name)?
                     .attach(&dir, CgroupAttachMode::Single)
                     .map_err(prog_err(format!(
                         "attach the {name} program to {}",

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod btf;
 pub mod cgroup;
+pub mod doctor;
 pub mod enforcer;
 pub mod evaluate;
 pub mod explain;

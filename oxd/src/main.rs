@@ -23,6 +23,10 @@ enum Command {
     /// Show what a policy decides for one action, and which rule decides it (exit status 0 if
     /// the action would happen, 1 if it would be denied).
     Explain(ExplainArgs),
+    /// Check what enforcement needs from this host (BTF, BPF-LSM, cgroup v2, cgroup hooks,
+    /// lockdown, bpffs, capabilities) and say what to change (exit status 1 if anything is
+    /// missing).
+    Doctor,
     /// Validate a policy file; print where and why it is wrong.
     Check {
         /// Policy file (TOML).
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Check { policy } => check(&policy),
         Command::Explain(args) => oxd::explain::explain(&args),
+        Command::Doctor => oxd::doctor::doctor(),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

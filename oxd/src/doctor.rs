@@ -1,0 +1,264 @@
+//! `oxd doctor`: checks what enforcement needs from this host and says what to change.
+//!
+//! Each check prints one line: `ok`, `MISSING` (enforcement that needs it cannot work) or `warn`
+//! (works, with a caveat), with what was found and, when something is missing, the fix. The
+//! kernel-side checks load oxd's own programs (without attaching them), so they answer exactly
+//! the question `oxd run` will ask.
+
+use std::{fs, path::Path};
+
+use anyhow::Result;
+
+use crate::{
+    btf::{Btf, KernelOffsets, VMLINUX_BTF},
+    cgroup, enforcer,
+    enforcer::{Enforcer, EnforcerError},
+    policy::Policy,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Missing,
+}
+
+/// The result of one check.
+#[derive(Debug)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub found: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, found: impl Into<String>) -> Self {
+        Self {
+            name,
+            status: Status::Ok,
+            found: found.into(),
+            fix: None,
+        }
+    }
+
+    fn warn(name: &'static str, found: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            name,
+            status: Status::Warn,
+            found: found.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn missing(name: &'static str, found: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            name,
+            status: Status::Missing,
+            found: found.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+fn btf_check() -> Check {
+    match Btf::from_kernel().and_then(|btf| KernelOffsets::read(&btf)) {
+        Ok(o) => Check::ok(
+            "kernel BTF",
+            format!(
+                "{VMLINUX_BTF}: linux_binprm.file at {}, file.f_path at {}, file.f_mode at {}",
+                o.bprm_file, o.file_f_path, o.file_f_mode
+            ),
+        ),
+        Err(e) => Check::missing(
+            "kernel BTF",
+            format!("{e:#}"),
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (oxd reads struct layouts from it)",
+        ),
+    }
+}
+
+fn cgroup_check() -> Check {
+    match cgroup::cgroup2_mount() {
+        Ok(path) => Check::ok("cgroup v2", format!("mounted at {}", path.display())),
+        Err(e) => Check::missing(
+            "cgroup v2",
+            e.to_string(),
+            "mount the unified hierarchy: mount -t cgroup2 none /sys/fs/cgroup",
+        ),
+    }
+}
+
+fn bpffs_check() -> Check {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mount = mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split(' ').next()? == "bpf").then(|| left.split(' ').nth(4).map(str::to_owned))?
+    });
+    match mount {
+        Some(path) => Check::ok("bpffs", format!("mounted at {path}")),
+        None => Check::warn(
+            "bpffs",
+            "not mounted (oxd run does not need it; pinning enforcement beyond oxd's lifetime will)",
+            "mount -t bpf bpf /sys/fs/bpf",
+        ),
+    }
+}
+
+fn lockdown_check() -> Check {
+    let path = Path::new("/sys/kernel/security/lockdown");
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let active = text
+                .split_whitespace()
+                .find(|w| w.starts_with('['))
+                .unwrap_or("unknown")
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_owned();
+            if active == "confidentiality" {
+                Check::missing(
+                    "lockdown",
+                    "confidentiality: BPF may not read kernel memory, which oxd's programs do",
+                    "boot with lockdown=integrity (or none)",
+                )
+            } else {
+                Check::ok("lockdown", format!("{active} (BPF may read kernel memory)"))
+            }
+        }
+        Err(_) => Check::warn(
+            "lockdown",
+            format!("unknown: {} is not readable", path.display()),
+            "mount securityfs to see it: mount -t securityfs securityfs /sys/kernel/security",
+        ),
+    }
+}
+
+/// Capability bits oxd needs, with their names.
+const CAPABILITIES: [(u32, &str); 4] = [
+    (21, "CAP_SYS_ADMIN"),
+    (12, "CAP_NET_ADMIN"),
+    (38, "CAP_PERFMON"),
+    (39, "CAP_BPF"),
+];
+
+fn capability_check() -> Check {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+    let Some(effective) = effective else {
+        return Check::missing(
+            "capabilities",
+            "cannot read CapEff from /proc/self/status",
+            "run oxd as root",
+        );
+    };
+    let missing: Vec<&str> = CAPABILITIES
+        .iter()
+        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        Check::ok(
+            "capabilities",
+            "CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF",
+        )
+    } else {
+        Check::missing(
+            "capabilities",
+            format!("missing {}", missing.join(", ")),
+            "run oxd as root (it loads BPF programs and creates cgroups)",
+        )
+    }
+}
+
+fn policy(text: &str) -> Result<Policy> {
+    Ok(Policy::parse(Path::new("oxd-doctor.toml"), text)?)
+}
+
+fn cgroup_hooks_check() -> Check {
+    let result = policy("[network]\ndefault = \"allow\"\n")
+        .and_then(|p| Ok(Enforcer::load(&p)?))
+        .and_then(|mut e| Ok(e.load_cgroup_programs()?));
+    match result {
+        Ok(()) => Check::ok(
+            "cgroup hooks",
+            "connect4, connect6, sendmsg4, sendmsg6 load (network rules can be enforced)",
+        ),
+        Err(e) => Check::missing(
+            "cgroup hooks",
+            format!("{e:#}"),
+            "use a kernel with CONFIG_CGROUP_BPF=y and BPF ring buffers (Linux 5.8 or later)",
+        ),
+    }
+}
+
+fn bpf_lsm_check() -> Check {
+    let policy = match policy("[exec]\ndefault = \"allow\"\n[file]\ndefault = \"allow\"\n") {
+        Ok(p) => p,
+        Err(e) => return Check::missing("BPF-LSM", format!("{e:#}"), "report this as a bug"),
+    };
+    match Enforcer::load(&policy).and_then(|mut e| e.load_lsm()) {
+        Ok(()) => Check::ok(
+            "BPF-LSM",
+            "bprm_check_security, mmap_file and file_open programs load (exec and file rules \
+             can be enforced)",
+        ),
+        Err(EnforcerError::LsmRefused { cause, active, .. }) => Check::missing(
+            "BPF-LSM",
+            format!("the kernel refuses BPF-LSM programs ({cause}); active LSMs: {active}"),
+            enforcer::LSM_FIX,
+        ),
+        Err(EnforcerError::LsmInactive { active }) => Check::missing(
+            "BPF-LSM",
+            format!("bpf is not among the active LSMs ({active})"),
+            enforcer::LSM_FIX,
+        ),
+        Err(e) => Check::missing(
+            "BPF-LSM",
+            format!("{:#}", anyhow::Error::from(e)),
+            enforcer::LSM_FIX,
+        ),
+    }
+}
+
+/// Runs every check.
+pub fn checks() -> Vec<Check> {
+    vec![
+        capability_check(),
+        btf_check(),
+        cgroup_check(),
+        cgroup_hooks_check(),
+        bpf_lsm_check(),
+        lockdown_check(),
+        bpffs_check(),
+    ]
+}
+
+/// Prints the checks; exit status 0 when nothing is missing, 1 otherwise.
+pub fn doctor() -> Result<i32> {
+    let checks = checks();
+    for check in &checks {
+        let label = match check.status {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Missing => "MISSING",
+        };
+        println!("{label:<8} {:<13} {}", check.name, check.found);
+        if let Some(fix) = &check.fix {
+            println!("{:<8} {:<13} fix: {fix}", "", "");
+        }
+    }
+    let missing = checks
+        .iter()
+        .filter(|c| c.status == Status::Missing)
+        .count();
+    if missing == 0 {
+        println!("oxd can enforce exec, file and network rules on this host");
+        Ok(0)
+    } else {
+        println!("{missing} missing: see the fixes above");
+        Ok(1)
+    }
+}
