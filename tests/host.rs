@@ -279,3 +279,89 @@ fn doctor_names_bpf_lsm_as_missing_on_this_host() {
         assert!(line(present).starts_with("ok"), "{present}: {stdout}");
     }
 }
+
+#[test]
+fn audit_log_hash_chain_verifies_and_catches_an_edit() {
+    let scratch = Scratch::new("host-audit-chain");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    let policy = scratch.policy(&net_policy(port));
+    let log = scratch.path("audit.jsonl");
+    let probe = probe_bin();
+    let probe = probe.to_str().expect("utf-8");
+    let allowed = format!("connect:127.0.0.1:{port}");
+    // Two runs appending to one log: one chain.
+    for _ in 0..2 {
+        let output = oxd_run(
+            &policy,
+            &log,
+            &[probe, &allowed, "udp:127.0.0.1:9", &allowed],
+        );
+        assert!(output.status.success(), "{:?}", output.status);
+    }
+    let records = audit_records(&log);
+    assert_eq!(records.len(), 6, "{records:#?}");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["seq"], i as u64, "{r}");
+    }
+    let oxd = |args: &[&str]| {
+        let output = std::process::Command::new(oxd_bin())
+            .args(args)
+            .output()
+            .expect("run oxd");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let log_s = log.to_str().expect("utf-8");
+    let (code, out) = oxd(&["audit", "verify", log_s]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("6 records, hash chain intact"), "{out}");
+
+    let (code, out) = oxd(&["audit", "tail", "--denied", log_s]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.lines().count(), 2, "two denied sends: {out}");
+    assert!(
+        out.lines()
+            .all(|l| l.contains("deny") && l.contains("127.0.0.1:9")),
+        "{out}"
+    );
+
+    // Flip one decision, as someone covering their tracks would.
+    let text = fs::read_to_string(&log).expect("read log");
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    assert!(lines[1].contains("\"decision\":\"deny\""), "{}", lines[1]);
+    lines[1] = lines[1].replace("\"decision\":\"deny\"", "\"decision\":\"allow\"");
+    fs::write(&log, lines.join("\n") + "\n").expect("rewrite log");
+    let (code, out) = oxd(&["audit", "verify", log_s]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&format!("{log_s}:2: record edited")), "{out}");
+}
+
+#[test]
+fn record_denied_writes_only_denials() {
+    let scratch = Scratch::new("host-record-denied");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    let policy = scratch.policy(&net_policy(port));
+    let log = scratch.path("audit.jsonl");
+    let probe = probe_bin();
+    let allowed = format!("connect:127.0.0.1:{port}");
+    let output = std::process::Command::new(oxd_bin())
+        .args(["run", "--record", "denied", "--policy"])
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&log)
+        .arg("--")
+        .args([probe.to_str().expect("utf-8"), &allowed, "udp:127.0.0.1:9"])
+        .output()
+        .expect("run oxd");
+    assert!(output.status.success(), "{output:?}");
+    let records = audit_records(&log);
+    assert!(!records.is_empty());
+    assert!(
+        records.iter().all(|r| r["decision"] == "deny"),
+        "{records:#?}"
+    );
+}

@@ -16,16 +16,21 @@
 //!
 //! A record with `"op": "lost"` reports decisions that were made but could not be recorded
 //! because the ring buffer was full (`count`).
+//!
+//! Every record starts with `seq` (0, 1, 2, ... along the log) and `prev`, the SHA-256 (hex) of
+//! the previous record's line (64 zeros for the first): `oxd audit verify` checks the chain.
 
 use std::{
     io::Write,
     net::{Ipv6Addr, SocketAddr, SocketAddrV6},
+    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
 use nix::time::{clock_gettime, ClockId};
 use oxd_common::{access, action, mode, op, proto, reason, Event, PATH_BUF_LEN, RULE_DEFAULT};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::policy::Policy;
 
@@ -193,21 +198,130 @@ struct LostRecord<'a> {
     count: u64,
 }
 
-/// Writes audit records as JSON lines.
+/// The `prev` of the first record of a chain.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// SHA-256 of one record's line (without its newline), hex: the next record's `prev`.
+pub fn line_hash(line: &[u8]) -> String {
+    Sha256::digest(line)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A record as written: its place in the hash chain, then its fields.
+#[derive(Serialize)]
+struct Chained<'a, T: Serialize> {
+    seq: u64,
+    prev: &'a str,
+    #[serde(flatten)]
+    record: &'a T,
+}
+
+/// Which decisions are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecordFilter {
+    /// Every decision.
+    #[default]
+    All,
+    /// Only denials (enforced or, in audit mode, not).
+    Denied,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open audit log {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "audit log {path} does not end with an oxd record (line {line}), so its hash chain cannot \
+         be continued: give a new file"
+    )]
+    NotAChain { path: PathBuf, line: usize },
+}
+
+/// Writes audit records as JSON lines, each carrying its sequence number (`seq`) and the
+/// SHA-256 of the previous line (`prev`), so `oxd audit verify` can tell an edited, removed or
+/// reordered record.
 pub struct AuditLog {
     out: Box<dyn Write + Send>,
+    seq: u64,
+    prev: String,
+    filter: RecordFilter,
 }
 
 impl AuditLog {
-    pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self { out }
+    /// A new chain written to `out`.
+    pub fn new(out: Box<dyn Write + Send>, filter: RecordFilter) -> Self {
+        Self {
+            out,
+            seq: 0,
+            prev: GENESIS.to_owned(),
+            filter,
+        }
     }
 
+    /// Appends to the log at `path`, continuing the chain of the records already there.
+    pub fn append(path: &Path, filter: RecordFilter) -> Result<Self, AuditError> {
+        let open_err = |source| AuditError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let existing = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(open_err(e)),
+        };
+        let mut log = Self::new(Box::new(std::io::sink()), filter);
+        let lines: Vec<&[u8]> = existing
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        if let Some(last) = lines.last() {
+            let seq = serde_json::from_slice::<serde_json::Value>(last)
+                .ok()
+                .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
+                .ok_or_else(|| AuditError::NotAChain {
+                    path: path.to_owned(),
+                    line: lines.len(),
+                })?;
+            log.seq = seq + 1;
+            log.prev = line_hash(last);
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(open_err)?;
+        log.out = Box::new(std::io::BufWriter::new(file));
+        Ok(log)
+    }
+
+    fn write_chained<T: Serialize>(&mut self, record: &T) -> std::io::Result<()> {
+        let line = serde_json::to_vec(&Chained {
+            seq: self.seq,
+            prev: &self.prev,
+            record,
+        })?;
+        self.out.write_all(&line)?;
+        self.out.write_all(b"\n")?;
+        self.seq += 1;
+        self.prev = line_hash(&line);
+        Ok(())
+    }
+
+    /// Writes a decision, unless the filter leaves it out.
     pub fn write(&mut self, record: &Record) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, record)?;
-        self.out.write_all(b"\n")
+        if self.filter == RecordFilter::Denied && record.decision != "deny" {
+            return Ok(());
+        }
+        self.write_chained(record)
     }
 
+    /// Reports decisions lost to a full ring buffer (always written).
     pub fn write_lost(&mut self, policy: &Policy, count: u64) -> std::io::Result<()> {
         let record = LostRecord {
             time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
@@ -216,8 +330,7 @@ impl AuditLog {
             op: "lost",
             count,
         };
-        serde_json::to_writer(&mut self.out, &record)?;
-        self.out.write_all(b"\n")
+        self.write_chained(&record)
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {

@@ -5,6 +5,7 @@
 //! [`cgroup`] (the agent's cgroup), [`audit`] (decision records), and [`run`] (`oxd run`).
 
 pub mod audit;
+pub mod audit_cmd;
 pub mod btf;
 pub mod cgroup;
 pub mod doctor;

@@ -27,6 +27,9 @@ enum Command {
     /// lockdown, bpffs, capabilities) and say what to change (exit status 1 if anything is
     /// missing).
     Doctor,
+    /// Read audit logs: verify their hash chain, or print them readably.
+    #[command(subcommand)]
+    Audit(oxd::audit_cmd::AuditCommand),
     /// Validate a policy file; print where and why it is wrong.
     Check {
         /// Policy file (TOML).
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Check { policy } => check(&policy),
         Command::Explain(args) => oxd::explain::explain(&args),
         Command::Doctor => oxd::doctor::doctor(),
+        Command::Audit(command) => oxd::audit_cmd::run(&command),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -8,8 +8,7 @@
 
 use std::{
     ffi::OsString,
-    fs::OpenOptions,
-    io::{self, BufWriter},
+    io,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::PathBuf,
     process::ExitStatus,
@@ -24,7 +23,7 @@ use tokio::{
 };
 
 use crate::{
-    audit::{AuditLog, Clock, Record},
+    audit::{AuditLog, Clock, Record, RecordFilter},
     cgroup::AgentCgroup,
     enforcer::Enforcer,
     policy::Policy,
@@ -45,6 +44,9 @@ pub struct RunArgs {
     /// Append audit records (JSON lines) to this file instead of writing them to stderr.
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
+    /// Which decisions to record.
+    #[arg(long, value_enum, default_value_t = RecordFilter::All)]
+    pub record: RecordFilter,
     /// The command to confine, and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -53,17 +55,10 @@ pub struct RunArgs {
 /// Runs the command and returns the exit code oxd should exit with.
 pub fn run(args: RunArgs) -> Result<i32> {
     let policy = Policy::load(&args.policy)?;
-    let out: Box<dyn io::Write + Send> = match &args.audit_log {
-        Some(path) => Box::new(BufWriter::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open audit log {}", path.display()))?,
-        )),
-        None => Box::new(io::stderr()),
+    let mut audit = match &args.audit_log {
+        Some(path) => AuditLog::append(path, args.record)?,
+        None => AuditLog::new(Box::new(io::stderr()), args.record),
     };
-    let mut audit = AuditLog::new(out);
 
     let mut enforcer = Enforcer::load(&policy)?;
     enforcer.attach_lsm()?;
