@@ -251,6 +251,51 @@ pub struct AuditLog {
     seq: u64,
     prev: String,
     filter: RecordFilter,
+    rotation: Option<Rotation>,
+}
+
+/// Size-based rotation of a log file: `FILE` becomes `FILE.1`, `FILE.1` becomes `FILE.2`, ...
+/// up to `keep` parts; the chain goes on in the new `FILE`.
+#[derive(Clone, Debug)]
+pub struct Rotation {
+    pub max_bytes: u64,
+    pub keep: u32,
+    path: PathBuf,
+    written: u64,
+}
+
+impl Rotation {
+    pub fn new(max_bytes: u64, keep: u32) -> Self {
+        Self {
+            max_bytes,
+            keep: keep.max(1),
+            path: PathBuf::new(),
+            written: 0,
+        }
+    }
+
+    fn part(&self, n: u32) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    /// Shifts the parts and opens a fresh file.
+    fn rotate(&mut self) -> std::io::Result<std::fs::File> {
+        let _ = std::fs::remove_file(self.part(self.keep));
+        for n in (1..self.keep).rev() {
+            let from = self.part(n);
+            if from.exists() {
+                std::fs::rename(&from, self.part(n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, self.part(1))?;
+        self.written = 0;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+    }
 }
 
 impl AuditLog {
@@ -261,11 +306,17 @@ impl AuditLog {
             seq: 0,
             prev: GENESIS.to_owned(),
             filter,
+            rotation: None,
         }
     }
 
-    /// Appends to the log at `path`, continuing the chain of the records already there.
-    pub fn append(path: &Path, filter: RecordFilter) -> Result<Self, AuditError> {
+    /// Appends to the log at `path`, continuing the chain of the records already there, and
+    /// rotating it by size if `rotation` is given.
+    pub fn append(
+        path: &Path,
+        filter: RecordFilter,
+        rotation: Option<Rotation>,
+    ) -> Result<Self, AuditError> {
         let open_err = |source| AuditError::Open {
             path: path.to_owned(),
             source,
@@ -297,6 +348,11 @@ impl AuditLog {
             .open(path)
             .map_err(open_err)?;
         log.out = Box::new(std::io::BufWriter::new(file));
+        log.rotation = rotation.map(|mut r| {
+            r.path = path.to_owned();
+            r.written = existing.len() as u64;
+            r
+        });
         Ok(log)
     }
 
@@ -306,6 +362,14 @@ impl AuditLog {
             prev: &self.prev,
             record,
         })?;
+        if let Some(rotation) = &mut self.rotation {
+            let size = line.len() as u64 + 1;
+            if rotation.written > 0 && rotation.written + size > rotation.max_bytes {
+                self.out.flush()?;
+                self.out = Box::new(std::io::BufWriter::new(rotation.rotate()?));
+            }
+            rotation.written += size;
+        }
         self.out.write_all(&line)?;
         self.out.write_all(b"\n")?;
         self.seq += 1;

@@ -23,7 +23,7 @@ use tokio::{
 };
 
 use crate::{
-    audit::{AuditLog, Clock, Record, RecordFilter},
+    audit::{AuditLog, Clock, Record, RecordFilter, Rotation},
     cgroup::AgentCgroup,
     enforcer::Enforcer,
     policy::Policy,
@@ -44,6 +44,12 @@ pub struct RunArgs {
     /// Append audit records (JSON lines) to this file instead of writing them to stderr.
     #[arg(long, value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
+    /// Rotate the audit log when it would grow past this many bytes (FILE -> FILE.1 -> ...).
+    #[arg(long, value_name = "BYTES", requires = "audit_log")]
+    pub audit_max_bytes: Option<u64>,
+    /// How many rotated parts to keep.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub audit_keep: u32,
     /// Which decisions to record.
     #[arg(long, value_enum, default_value_t = RecordFilter::All)]
     pub record: RecordFilter,
@@ -56,7 +62,12 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<i32> {
     let policy = Policy::load(&args.policy)?;
     let mut audit = match &args.audit_log {
-        Some(path) => AuditLog::append(path, args.record)?,
+        Some(path) => {
+            let rotation = args
+                .audit_max_bytes
+                .map(|max| Rotation::new(max, args.audit_keep));
+            AuditLog::append(path, args.record, rotation)?
+        }
         None => AuditLog::new(Box::new(io::stderr()), args.record),
     };
 
