@@ -365,3 +365,85 @@ fn record_denied_writes_only_denials() {
         "{records:#?}"
     );
 }
+
+/// GET http://ADDR/metrics, or None if nothing answers yet.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: oxd\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[test]
+fn metrics_count_decisions_and_name_the_policy() {
+    let scratch = Scratch::new("host-metrics");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    let metrics_port = {
+        let free = TcpListener::bind("127.0.0.1:0").expect("find a free port");
+        free.local_addr().expect("local addr").port()
+    };
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let policy = scratch.policy(&net_policy(port));
+    let log = scratch.path("audit.jsonl");
+    let go = scratch.path("go");
+    let probe = probe_bin();
+    let allowed = format!("connect:127.0.0.1:{port}");
+    let wait = format!("wait:{}", go.display());
+    let mut child = std::process::Command::new(oxd_bin())
+        .args(["run", "--metrics", &metrics_addr, "--policy"])
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&log)
+        .arg("--")
+        .args([
+            probe.to_str().expect("utf-8"),
+            &allowed,
+            "udp:127.0.0.1:9",
+            "udp:127.0.0.1:9",
+            &wait,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn oxd run");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    for _ in 0..3 {
+        next_probe_line(&mut stdout);
+    }
+    // The three decisions are made; poll until the reader has counted them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = scrape(&metrics_addr).unwrap_or_default();
+        if text.contains(r#"oxd_decisions_total{op="sendmsg",decision="deny",enforced="true"} 2"#) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs::write(&go, b"").expect("release the probe");
+    let status = child.wait().expect("wait for oxd run");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        text.starts_with("HTTP/1.") && text.contains(" 200 "),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"oxd_decisions_total{op="sendmsg",decision="deny",enforced="true"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"oxd_decisions_total{op="connect",decision="allow",enforced="true"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("oxd_ringbuf_lost 0"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("oxd_policy_generation{")
+            && l.contains(r#"policy="host-net""#)
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+}

@@ -12,5 +12,6 @@ pub mod doctor;
 pub mod enforcer;
 pub mod evaluate;
 pub mod explain;
+pub mod metrics;
 pub mod policy;
 pub mod run;

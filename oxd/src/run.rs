@@ -26,6 +26,7 @@ use crate::{
     audit::{AuditLog, Clock, Record, RecordFilter, Rotation},
     cgroup::AgentCgroup,
     enforcer::Enforcer,
+    metrics::Metrics,
     policy::Policy,
 };
 
@@ -50,6 +51,9 @@ pub struct RunArgs {
     /// How many rotated parts to keep.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub audit_keep: u32,
+    /// Serve Prometheus metrics (OpenMetrics text) on this address, at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Which decisions to record.
     #[arg(long, value_enum, default_value_t = RecordFilter::All)]
     pub record: RecordFilter,
@@ -77,6 +81,16 @@ pub fn run(args: RunArgs) -> Result<i32> {
         .context("cannot create the agent's cgroup")?;
     enforcer.confine(&cgroup)?;
     let events = enforcer.take_events()?;
+    let metrics = Metrics::new();
+    metrics.set_policy(
+        &cgroup.path().display().to_string(),
+        &policy.name,
+        &policy.sha256,
+        1,
+    );
+    if let Some(addr) = args.metrics {
+        metrics.serve(addr)?;
+    }
     tracing::info!(
         policy = %policy.name,
         cgroup = %cgroup.path().display(),
@@ -89,17 +103,19 @@ pub fn run(args: RunArgs) -> Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = runtime.block_on(supervise(
-        &args.command,
-        &cgroup,
-        events,
-        &policy,
-        &mut audit,
-    ));
+    let mut recorder = Recorder {
+        policy: &policy,
+        clock: Clock::new(),
+        audit: &mut audit,
+        metrics: &metrics,
+        enforcer: &enforcer,
+    };
+    let outcome = runtime.block_on(supervise(&args.command, &cgroup, events, &mut recorder));
 
     // Nothing the agent started may outlive its confinement.
     let removed = cgroup.remove();
     let lost = enforcer.lost_events()?;
+    metrics.set_lost(lost);
     if lost > 0 {
         tracing::warn!("{lost} decisions were made but not recorded: the ring buffer was full");
         audit
@@ -112,14 +128,43 @@ pub fn run(args: RunArgs) -> Result<i32> {
     outcome
 }
 
+/// Where decisions go: the audit log and the metrics.
+struct Recorder<'a> {
+    policy: &'a Policy,
+    clock: Clock,
+    audit: &'a mut AuditLog,
+    metrics: &'a Metrics,
+    enforcer: &'a Enforcer,
+}
+
+impl Recorder<'_> {
+    /// Writes every decision waiting in the ring buffer.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<Event>() {
+                tracing::error!("short ring buffer record ({} bytes), skipped", item.len());
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `Event` (same #[repr(C)] definition); the read
+            // does not assume alignment.
+            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let record = Record::from_event(&event, self.policy, &self.clock);
+            self.metrics.record(&record);
+            self.audit
+                .write(&record)
+                .context("cannot write the audit log")?;
+        }
+        self.metrics.set_lost(self.enforcer.lost_events()?);
+        self.audit.flush().context("cannot write the audit log")
+    }
+}
+
 async fn supervise(
     command: &[OsString],
     cgroup: &AgentCgroup,
     events: RingBuf<MapData>,
-    policy: &Policy,
-    audit: &mut AuditLog,
+    recorder: &mut Recorder<'_>,
 ) -> Result<i32> {
-    let clock = Clock::new();
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as the
     // `AsyncFd` lives.
     let mut events = unsafe { AsyncFd::register(events) }
@@ -151,7 +196,7 @@ async fn supervise(
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            drain(events.get_mut(), policy, &clock, audit)?;
+            recorder.drain(events.get_mut())?;
             let name = command[0].to_string_lossy();
             let code = if e.kind() == io::ErrorKind::NotFound {
                 EXIT_NOT_FOUND
@@ -182,7 +227,7 @@ async fn supervise(
             status = child.wait() => break status.context("cannot wait for the command")?,
             guard = events.readable_mut() => {
                 let mut guard = guard.context("cannot poll the decision ring buffer")?;
-                drain(guard.get_inner_mut(), policy, &clock, audit)?;
+                recorder.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
             _ = sigint.recv() => forward(nix::sys::signal::Signal::SIGINT),
@@ -192,28 +237,8 @@ async fn supervise(
     };
     // Decisions are in the ring buffer before the system call that caused them returns, so once
     // the command has been reaped everything it did is there.
-    drain(events.get_mut(), policy, &clock, audit)?;
+    recorder.drain(events.get_mut())?;
     Ok(exit_code(status))
-}
-
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    policy: &Policy,
-    clock: &Clock,
-    audit: &mut AuditLog,
-) -> Result<()> {
-    while let Some(item) = ring.next() {
-        if item.len() < size_of::<Event>() {
-            tracing::error!("short ring buffer record ({} bytes), skipped", item.len());
-            continue;
-        }
-        // SAFETY: the kernel wrote a whole `Event` (same #[repr(C)] definition); the read does
-        // not assume alignment.
-        let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        let record = Record::from_event(&event, policy, clock);
-        audit.write(&record).context("cannot write the audit log")?;
-    }
-    audit.flush().context("cannot write the audit log")
 }
 
 fn exit_code(status: ExitStatus) -> i32 {

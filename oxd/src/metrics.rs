@@ -1,0 +1,174 @@
+//! Prometheus metrics (OpenMetrics text on `GET /metrics`), on an address the operator names:
+//! decisions by operation and result, ring buffer losses, and the policy in force per target.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicU64, Arc},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::audit::Record;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    op: String,
+    decision: String,
+    enforced: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    target: String,
+    policy: String,
+    sha256: String,
+}
+
+/// The metrics one oxd process keeps.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    decisions: Family<DecisionLabels, Counter>,
+    lost: Gauge<u64, AtomicU64>,
+    generation: Family<PolicyLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let lost = Gauge::<u64, AtomicU64>::default();
+        let generation = Family::<PolicyLabels, Gauge>::default();
+        let mut registry = Registry::with_prefix("oxd");
+        registry.register(
+            "decisions",
+            "Decisions made in the kernel, by operation and result",
+            decisions.clone(),
+        );
+        registry.register(
+            "ringbuf_lost",
+            "Decisions made but not recorded because the ring buffer was full",
+            lost.clone(),
+        );
+        registry.register(
+            "policy_generation",
+            "Generation of the policy in force, per confined target",
+            generation.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            decisions,
+            lost,
+            generation,
+        }
+    }
+
+    /// Counts one decision.
+    pub fn record(&self, record: &Record) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                op: record.op.clone(),
+                decision: record.decision.clone(),
+                enforced: record.enforced.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn set_lost(&self, lost: u64) {
+        self.lost.set(lost);
+    }
+
+    /// Sets the generation of the policy in force for `target`.
+    pub fn set_policy(&self, target: &str, policy: &str, sha256: &str, generation: i64) {
+        self.generation
+            .get_or_create(&PolicyLabels {
+                target: target.to_owned(),
+                policy: policy.to_owned(),
+                sha256: sha256.to_owned(),
+            })
+            .set(generation);
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> Result<String> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).map_err(|e| anyhow!("cannot encode metrics: {e}"))?;
+        Ok(out)
+    }
+
+    /// Serves `GET /metrics` on `addr` from a background thread, for the life of the process.
+    pub fn serve(&self, addr: SocketAddr) -> Result<()> {
+        let server = tiny_http::Server::http(addr)
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let metrics = self.clone();
+        std::thread::Builder::new()
+            .name("oxd-metrics".into())
+            .spawn(move || {
+                for request in server.incoming_requests() {
+                    let response = if request.url() == "/metrics" {
+                        match metrics.render() {
+                            Ok(text) => tiny_http::Response::from_string(text).with_header(
+                                tiny_http::Header::from_bytes(
+                                    &b"Content-Type"[..],
+                                    &b"application/openmetrics-text; version=1.0.0; charset=utf-8"
+                                        [..],
+                                )
+                                .expect("a valid static header"),
+                            ),
+                            Err(e) => tiny_http::Response::from_string(e.to_string())
+                                .with_status_code(500),
+                        }
+                    } else {
+                        tiny_http::Response::from_string("oxd: metrics are at /metrics\n")
+                            .with_status_code(404)
+                    };
+                    if let Err(e) = request.respond(response) {
+                        tracing::warn!("metrics client: {e}");
+                    }
+                }
+            })
+            .context("cannot start the metrics thread")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_decisions_losses_and_policy() {
+        let metrics = Metrics::new();
+        let record: Record = serde_json::from_value(serde_json::json!({
+            "time": "t", "policy": "p", "policy_sha256": "s", "op": "exec", "target": "/x",
+            "decision": "deny", "enforced": true, "rule": "default", "reason": "default",
+            "pid": 1, "tid": 1, "uid": 0, "gid": 0, "comm": "c", "cgroup_id": 1
+        }))
+        .unwrap();
+        metrics.record(&record);
+        metrics.record(&record);
+        metrics.set_lost(3);
+        metrics.set_policy("/sys/fs/cgroup/oxd/run-1", "p", "s", 1);
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains(r#"oxd_decisions_total{op="exec",decision="deny",enforced="true"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains("oxd_ringbuf_lost 3"), "{text}");
+        assert!(
+            text.contains(r#"oxd_policy_generation{target="/sys/fs/cgroup/oxd/run-1",policy="p",sha256="s"} 1"#),
+            "{text}"
+        );
+    }
+}
