@@ -614,3 +614,49 @@ deny = ["/usr/bin/id"]
     let output = oxd_run(&policy, &log, &["/usr/bin/id"]);
     assert_eq!(output.status.code(), Some(126));
 }
+
+#[test]
+fn fileless_exec_from_a_memfd_is_denied_by_an_allowlist() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("memfd");
+    let python = fs::canonicalize("/usr/bin/python3").expect("python3 in the guest");
+    let python = python.to_str().expect("utf-8").to_owned();
+    let policy = scratch.policy(&format!(
+        r#"
+[exec]
+default = "deny"
+allow = ["{python}", "/usr/bin/true"]
+"#
+    ));
+    let log = scratch.path("audit.jsonl");
+    // Copy an allowed binary into a memfd and exec it through /proc/self/fd: the kernel
+    // executes an anonymous file, which no allow rule names.
+    let script = r#"
+import errno, os
+fd = os.memfd_create("agent-payload")
+os.write(fd, open("/usr/bin/true", "rb").read())
+try:
+    os.execv(f"/proc/self/fd/{fd}", ["payload"])
+except OSError as e:
+    print("memfd-exec-errno", e.errno)
+"#;
+    let output = oxd_run(&policy, &log, &[&python, "-c", script]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("memfd-exec-errno 1"),
+        "the memfd exec must fail with EPERM: {stdout}"
+    );
+    let records = audit_records(&log);
+    let memfd: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["op"] == "exec"
+                && r["target"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("/memfd:"))
+        })
+        .collect();
+    assert_eq!(memfd.len(), 1, "{records:#?}");
+    assert_eq!(memfd[0]["decision"], "deny");
+    assert_eq!(memfd[0]["rule"], "default");
+}
