@@ -18,6 +18,7 @@ use std::{
 
 use oxd::{
     evaluate::{file_identity, Decision, Reason, Request},
+    oxd_common::MAX_RULE_PATH_LEN,
     policy::{Action, Policy},
 };
 use serde_json::Value;
@@ -128,19 +129,20 @@ fn build_tree(scratch: &Path) -> Tree {
     .collect();
     dirs.push(base.clone());
 
-    // Files whose absolute paths are 255 bytes (the longest a rule key holds), 256 and 300 bytes
-    // (too long: denied fail closed), in a directory of 240 bytes.
+    // Files whose absolute paths are the longest a rule key holds (MAX_RULE_PATH_LEN bytes), one
+    // byte longer, and 300 bytes (too long: denied fail closed), in a directory of 240 bytes.
     let long_prefix = format!("{root}/long/");
     assert!(
         long_prefix.len() < 200,
         "scratch path {base} is too long for the long-path cases"
     );
     let long_dir = format!("{long_prefix}{}", "p".repeat(240 - long_prefix.len()));
-    let long: Vec<String> = [255, 256, 300]
+    let lengths = [MAX_RULE_PATH_LEN, MAX_RULE_PATH_LEN + 1, 300];
+    let long: Vec<String> = lengths
         .iter()
         .map(|len| format!("{long_dir}/{}", "q".repeat(len - long_dir.len() - 1)))
         .collect();
-    for (path, len) in long.iter().zip([255, 256, 300]) {
+    for (path, len) in long.iter().zip(lengths) {
         assert_eq!(path.len(), len, "long path {path}");
     }
     dirs.push(long_dir);
@@ -159,8 +161,13 @@ fn build_tree(scratch: &Path) -> Tree {
     }
 
     let mut patterns: Vec<String> = dirs.iter().map(|d| format!("{d}/**")).collect();
-    // Exact rules on every file a rule can name (the 256- and 300-byte paths cannot be named).
-    patterns.extend(files.iter().filter(|f| f.len() <= 255).cloned());
+    // Exact rules on every file a rule can name (the longer paths cannot be named).
+    patterns.extend(
+        files
+            .iter()
+            .filter(|f| f.len() <= MAX_RULE_PATH_LEN)
+            .cloned(),
+    );
     // Exact rules on directories, and a subtree below a file: they match none of the files.
     patterns.push(format!("{root}/a"));
     patterns.push(format!("{root}/a/bin"));

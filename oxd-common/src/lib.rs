@@ -8,18 +8,32 @@
 /// Size of the buffer the kernel side resolves a path into (the kernel's `PATH_MAX`).
 pub const PATH_BUF_LEN: usize = 4096;
 
-/// Bytes of path data in a path-rule key. This is the kernel's limit for LPM trie keys
-/// (`LPM_DATA_SIZE_MAX`), so a resolved path (with its terminating NUL) longer than this cannot
-/// be matched exactly and is denied (fail closed).
-pub const PATH_KEY_LEN: usize = 256;
+/// Bytes of path data in a path-rule key: the kernel's limit for LPM trie keys
+/// (`LPM_DATA_SIZE_MAX`, 256 bytes) less the 2-byte policy slot that starts every key. A
+/// resolved path (with its terminating NUL) longer than this cannot be matched exactly and is
+/// denied (fail closed).
+pub const PATH_KEY_LEN: usize = 254;
 
 /// Longest path, in bytes and without the terminating NUL, that a path rule can name.
 pub const MAX_RULE_PATH_LEN: usize = PATH_KEY_LEN - 1;
 
-/// Capacity of each path-rule trie (exec rules, file read rules, file write rules).
+/// Most path rules of one category (exec, file read, file write) in one policy.
 pub const MAX_PATH_RULES: u32 = 4096;
 
-/// Capacity of the network rule table.
+/// Policy slots: each loaded policy generation occupies one. A confined cgroup points at the
+/// slot of its policy; replacing the policy fills a free slot and then repoints the cgroup in a
+/// single map update, so every decision is made by exactly one generation.
+pub const MAX_POLICY_SLOTS: u32 = 64;
+
+/// Capacity of each path-rule trie and of the denied-file map, shared by all slots: room for
+/// four full-size policies at once (a replacement needs two).
+pub const PATH_RULE_CAPACITY: u32 = 4 * MAX_PATH_RULES;
+
+/// Version of the layout of the maps oxd pins in bpffs. A daemon only adopts pins of its own
+/// layout version (they live in a directory named after it).
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
+/// Most network rules in one policy; the network rule table has this many entries per slot.
 pub const MAX_NET_RULES: u32 = 256;
 
 /// How many cgroups one oxd instance can confine.
@@ -86,6 +100,8 @@ pub mod reason {
     pub const PATH_UNRESOLVED: u32 = 3;
     /// The policy configuration map could not be read: denied, fail closed.
     pub const NO_CONFIG: u32 = 4;
+    /// The confined cgroup points at an empty policy slot: denied, fail closed.
+    pub const EMPTY_SLOT: u32 = 5;
 }
 
 /// Policy modes.
@@ -110,13 +126,14 @@ pub const RULE_DEFAULT: u32 = u32::MAX;
 pub const RULE_NONE: u32 = u32::MAX - 1;
 
 /// Identity of a file: the kernel's `sb->s_dev` (`MKDEV(major, minor)`, major in the top 12
-/// bits) and `inode->i_ino`.
+/// bits) and `inode->i_ino`, within one policy slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InodeKey {
     pub ino: u64,
     pub dev: u32,
-    pub _pad: u32,
+    /// Policy slot the rule belongs to.
+    pub slot: u32,
 }
 
 /// Exact deny rules that name a file, by the file's identity, so every name of the file (hard
@@ -130,10 +147,22 @@ pub struct InodeRules {
     pub _pad: u32,
 }
 
-/// Per-policy settings, element 0 of the `CONFIG` array map.
+/// Categories a policy governs (bits of [`Config::governs`]). An ungoverned category is
+/// neither decided nor recorded.
+pub mod governs {
+    pub const EXEC: u32 = 1;
+    pub const FILE: u32 = 2;
+    pub const NETWORK: u32 = 4;
+}
+
+/// Settings of the policy in one slot: element `slot` of the `CONFIG` array map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
+    /// Generation of the policy in this slot; 0 marks an empty slot (fail closed).
+    pub generation: u64,
+    /// [`governs`] bits.
+    pub governs: u32,
     /// [`mode::ENFORCE`] or [`mode::AUDIT`].
     pub mode: u32,
     /// Default [`action`] for exec.
@@ -146,16 +175,22 @@ pub struct Config {
     pub file_read_default: u32,
     /// Default [`action`] for opening a file for writing.
     pub file_write_default: u32,
+    pub _pad: u32,
 }
 
-/// Key data of a path rule in an LPM trie: the path bytes, NUL-padded. Subtree rules end with
-/// `/` and their prefix length stops there; exact rules include the terminating NUL in their
-/// prefix length, so `/bin/sh` never matches `/bin/shred`.
+/// Key data of a path rule in an LPM trie: the policy slot, then the path bytes, NUL-padded.
+/// Every prefix length covers the whole slot (16 bits) first. Subtree rules end with `/` and
+/// their prefix length stops there; exact rules include the terminating NUL in their prefix
+/// length, so `/bin/sh` never matches `/bin/shred`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PathKey {
+    pub slot: u16,
     pub path: [u8; PATH_KEY_LEN],
 }
+
+/// Bits of a path-rule prefix taken by the slot.
+pub const SLOT_PREFIX_BITS: u32 = 16;
 
 /// Value of a path rule.
 #[repr(C)]
@@ -197,6 +232,8 @@ pub struct Event {
     pub boot_ns: u64,
     /// cgroup v2 id of the acting task.
     pub cgroup_id: u64,
+    /// Generation of the policy that decided.
+    pub generation: u64,
     /// Thread group id (the process id).
     pub pid: u32,
     /// Thread id.
@@ -267,11 +304,12 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(size_of::<Config>(), 8 + 4 * 8);
         assert_eq!(size_of::<RuleValue>(), 8);
-        assert_eq!(size_of::<PathKey>(), PATH_KEY_LEN);
+        assert_eq!(size_of::<PathKey>(), 2 + PATH_KEY_LEN);
+        assert_eq!(size_of::<InodeKey>(), 16);
         assert_eq!(size_of::<NetRule>(), 16 + 16 + 2 + 2 + 4 + 4 + 4);
-        let event_fields = 8 * 2 + 4 * 13 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
+        let event_fields = 8 * 3 + 4 * 13 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
         assert_eq!(size_of::<Event>(), event_fields);
         assert_eq!(align_of::<Event>(), 8);
     }

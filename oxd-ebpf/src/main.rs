@@ -32,9 +32,10 @@ use aya_ebpf::{
     programs::{LsmContext, SockAddrContext},
 };
 use oxd_common::{
-    access, action, counter, fmode, mode, op, proto, reason, Config, Event, InodeKey, InodeRules,
-    NetRule, PathKey, RuleValue, MAX_CGROUP_DEPTH, MAX_CONFINED_CGROUPS, MAX_NET_RULES,
-    MAX_PATH_RULES, PATH_BUF_LEN, PATH_KEY_LEN, RING_BUF_BYTES, RULE_DEFAULT, RULE_NONE,
+    access, action, counter, fmode, governs, mode, op, proto, reason, Config, Event, InodeKey,
+    InodeRules, NetRule, PathKey, RuleValue, MAX_CGROUP_DEPTH, MAX_CONFINED_CGROUPS, MAX_NET_RULES,
+    MAX_POLICY_SLOTS, PATH_BUF_LEN, PATH_KEY_LEN, PATH_RULE_CAPACITY, RING_BUF_BYTES, RULE_DEFAULT,
+    RULE_NONE, SLOT_PREFIX_BITS,
 };
 
 const EPERM: i32 = 1;
@@ -76,33 +77,39 @@ static INODE_I_SB_OFFSET: u32 = 0;
 #[no_mangle]
 static SB_S_DEV_OFFSET: u32 = 0;
 
-/// Policy settings (element 0).
+/// Policy settings, one element per policy slot.
 #[map]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+static CONFIG: Array<Config> = Array::with_max_entries(MAX_POLICY_SLOTS, 0);
 
-/// cgroup ids of the confined agents (and so of every cgroup below them).
+/// Confined cgroups (and so every cgroup below them): cgroup id -> policy slot. Replacing a
+/// policy repoints this one value, so a decision sees either the old slot or the new one.
 #[map]
 static CONFINED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CONFINED_CGROUPS, 0);
 
-/// Exec rules: longest matching prefix of the executed file's resolved path.
+/// Exec rules: longest matching prefix of (slot, the executed file's resolved path).
 #[map]
-static EXEC_RULES: LpmTrie<PathKey, RuleValue> = LpmTrie::with_max_entries(MAX_PATH_RULES, 0);
+static EXEC_RULES: LpmTrie<PathKey, RuleValue> = LpmTrie::with_max_entries(PATH_RULE_CAPACITY, 0);
 
-/// File rules for opening to read: longest matching prefix of the resolved path.
+/// File rules for opening to read: longest matching prefix of (slot, resolved path).
 #[map]
-static FILE_READ_RULES: LpmTrie<PathKey, RuleValue> = LpmTrie::with_max_entries(MAX_PATH_RULES, 0);
+static FILE_READ_RULES: LpmTrie<PathKey, RuleValue> =
+    LpmTrie::with_max_entries(PATH_RULE_CAPACITY, 0);
 
-/// File rules for opening to write: longest matching prefix of the resolved path.
+/// File rules for opening to write: longest matching prefix of (slot, resolved path).
 #[map]
-static FILE_WRITE_RULES: LpmTrie<PathKey, RuleValue> = LpmTrie::with_max_entries(MAX_PATH_RULES, 0);
+static FILE_WRITE_RULES: LpmTrie<PathKey, RuleValue> =
+    LpmTrie::with_max_entries(PATH_RULE_CAPACITY, 0);
 
-/// Files named by exact deny rules, by identity: their other names (hard links) are denied too.
+/// Files named by exact deny rules, by (identity, slot): their other names (hard links) are
+/// denied too.
 #[map]
-static DENIED_INODES: HashMap<InodeKey, InodeRules> = HashMap::with_max_entries(MAX_PATH_RULES, 0);
+static DENIED_INODES: HashMap<InodeKey, InodeRules> =
+    HashMap::with_max_entries(PATH_RULE_CAPACITY, 0);
 
-/// Network rules, most specific first; `CONFIG.net_rule_count` entries are valid.
+/// Network rules: `MAX_NET_RULES` entries per slot, most specific first; the slot's
+/// `CONFIG.net_rule_count` entries are valid.
 #[map]
-static NET_RULES: Array<NetRule> = Array::with_max_entries(MAX_NET_RULES, 0);
+static NET_RULES: Array<NetRule> = Array::with_max_entries(MAX_NET_RULES * MAX_POLICY_SLOTS, 0);
 
 /// Decisions for the audit log.
 #[map]
@@ -140,15 +147,22 @@ impl Verdict {
     }
 }
 
-/// Whether the current task belongs to a confined cgroup or to a cgroup below one.
+/// [`confined_slot`] of a task that is not confined.
+const NOT_CONFINED: u32 = u32::MAX;
+
+/// The policy slot of the current task: that of its cgroup if confined, else that of the
+/// nearest confined ancestor (the one a cgroup the agent created inherits), else
+/// [`NOT_CONFINED`]. The slot is read once per decision, so one decision sees one generation.
 #[inline(always)]
-fn current_is_confined() -> Option<u64> {
+fn confined_slot() -> u32 {
     // SAFETY: helper calls without pointer arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: the key is a plain integer; the value is only tested for presence.
-    if unsafe { CONFINED.get(&cgroup_id) }.is_some() {
-        return Some(cgroup_id);
+    // SAFETY: the key and value are plain integers.
+    if let Some(slot) = unsafe { CONFINED.get(&cgroup_id) } {
+        return *slot;
     }
+    // The nearest confined ancestor decides: walk from the deepest level up.
+    let mut found = NOT_CONFINED;
     let mut level = 1;
     while level < MAX_CGROUP_DEPTH {
         // SAFETY: helper call without pointer arguments.
@@ -157,12 +171,42 @@ fn current_is_confined() -> Option<u64> {
             break;
         }
         // SAFETY: as above.
-        if unsafe { CONFINED.get(&ancestor) }.is_some() {
-            return Some(cgroup_id);
+        if let Some(slot) = unsafe { CONFINED.get(&ancestor) } {
+            found = *slot;
         }
         level += 1;
     }
-    None
+    found
+}
+
+/// The configuration of `slot`; `None` if the slot cannot be read or is empty (both fail
+/// closed, see [`missing_reason`]).
+#[inline(always)]
+fn slot_config(slot: u32) -> Option<Config> {
+    match CONFIG.get(slot) {
+        Some(config) if config.generation != 0 => Some(*config),
+        _ => None,
+    }
+}
+
+/// Why [`slot_config`] found nothing.
+#[inline(always)]
+fn missing_reason(slot: u32) -> u32 {
+    if slot < MAX_POLICY_SLOTS {
+        reason::EMPTY_SLOT
+    } else {
+        reason::NO_CONFIG
+    }
+}
+
+/// Whether the slot's policy leaves a category alone (not decided, not recorded). An empty or
+/// unreadable slot governs everything: it fails closed.
+#[inline(always)]
+fn ungoverned(config: &Option<Config>, category: u32) -> bool {
+    match config {
+        Some(config) => config.governs & category == 0,
+        None => false,
+    }
 }
 
 fn count(index: u32) {
@@ -177,7 +221,7 @@ fn count(index: u32) {
 #[inline(always)]
 fn start_event(
     op: u32,
-    cgroup_id: u64,
+    config: &Option<Config>,
     verdict: &Verdict,
     mode: u32,
 ) -> Option<RingBufEntry<Event>> {
@@ -191,7 +235,11 @@ fn start_event(
         let pid_tgid = bpf_get_current_pid_tgid();
         let uid_gid = bpf_get_current_uid_gid();
         (*event).boot_ns = bpf_ktime_get_boot_ns();
-        (*event).cgroup_id = cgroup_id;
+        (*event).cgroup_id = bpf_get_current_cgroup_id();
+        (*event).generation = match config {
+            Some(config) => config.generation,
+            None => 0,
+        };
         (*event).pid = (pid_tgid >> 32) as u32;
         (*event).tid = pid_tgid as u32;
         (*event).uid = uid_gid as u32;
@@ -242,10 +290,14 @@ pub fn exec_check(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    let Some(cgroup_id) = current_is_confined() else {
+    let slot = confined_slot();
+    if slot == NOT_CONFINED {
         return 0;
-    };
-    let config = CONFIG.get(0).copied();
+    }
+    let config = slot_config(slot);
+    if ungoverned(&config, governs::EXEC) {
+        return 0;
+    }
     let current_mode = config.map_or(mode::ENFORCE, |c| c.mode);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         // Cannot happen for a one-element per-CPU array; deny if it ever does.
@@ -263,14 +315,14 @@ pub fn exec_check(ctx: LsmContext) -> i32 {
     let (verdict, path_len) = match config {
         Some(config) => match resolve_path(file_path, scratch) {
             Ok(len) => {
-                let by_path = lookup_path(&EXEC_RULES, scratch, len, config.exec_default);
-                (by_identity(denied_inode(file).exec, by_path), len)
+                let by_path = lookup_path(&EXEC_RULES, scratch, slot, len, config.exec_default);
+                (by_identity(denied_inode(file, slot).exec, by_path), len)
             }
             Err(failed) => failed,
         },
-        None => (Verdict::deny(reason::NO_CONFIG), 0),
+        None => (Verdict::deny(missing_reason(slot)), 0),
     };
-    if let Some(mut entry) = start_event(op::EXEC, cgroup_id, &verdict, current_mode) {
+    if let Some(mut entry) = start_event(op::EXEC, &config, &verdict, current_mode) {
         record_path(entry.as_mut_ptr(), scratch, path_len);
         entry.submit(0);
     }
@@ -289,9 +341,14 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    let Some(cgroup_id) = current_is_confined() else {
+    let slot = confined_slot();
+    if slot == NOT_CONFINED {
         return 0;
-    };
+    }
+    let config = slot_config(slot);
+    if ungoverned(&config, governs::FILE) {
+        return 0;
+    }
     let file: *const u8 = ctx.arg(0);
     // SAFETY: offsets from this kernel's BTF, checked by the verifier against `struct file`.
     let (f_mode, f_flags, file_path) = unsafe {
@@ -320,19 +377,18 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         // Neither read nor write (e.g. opened for ioctl only): judged as a read.
         wanted = access::READ;
     }
-    let config = CONFIG.get(0).copied();
     let current_mode = config.map_or(mode::ENFORCE, |c| c.mode);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return -EPERM;
     };
     let (verdict, path_len) = match config {
         Some(config) => match resolve_path(file_path, scratch) {
-            Ok(len) => (decide_open(&config, scratch, len, wanted, file), len),
+            Ok(len) => (decide_open(&config, scratch, slot, len, wanted, file), len),
             Err(failed) => failed,
         },
-        None => (Verdict::deny(reason::NO_CONFIG), 0),
+        None => (Verdict::deny(missing_reason(slot)), 0),
     };
-    if let Some(mut entry) = start_event(op::OPEN, cgroup_id, &verdict, current_mode) {
+    if let Some(mut entry) = start_event(op::OPEN, &config, &verdict, current_mode) {
         let event = entry.as_mut_ptr();
         // SAFETY: the event is ours until submitted.
         unsafe { (*event).access = wanted };
@@ -364,10 +420,14 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     if file.is_null() || prot & PROT_EXEC == 0 {
         return 0;
     }
-    let Some(cgroup_id) = current_is_confined() else {
+    let slot = confined_slot();
+    if slot == NOT_CONFINED {
         return 0;
-    };
-    let config = CONFIG.get(0).copied();
+    }
+    let config = slot_config(slot);
+    if ungoverned(&config, governs::EXEC) {
+        return 0;
+    }
     let current_mode = config.map_or(mode::ENFORCE, |c| c.mode);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return -EPERM;
@@ -382,17 +442,17 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
         Some(_) => match resolve_path(file_path, scratch) {
             Ok(len) => {
                 // Only an explicit deny counts: `action::ALLOW` stands in for "no rule".
-                let by_path = lookup_path(&EXEC_RULES, scratch, len, action::ALLOW);
-                (by_identity(denied_inode(file).exec, by_path), len)
+                let by_path = lookup_path(&EXEC_RULES, scratch, slot, len, action::ALLOW);
+                (by_identity(denied_inode(file, slot).exec, by_path), len)
             }
             Err(failed) => failed,
         },
-        None => (Verdict::deny(reason::NO_CONFIG), 0),
+        None => (Verdict::deny(missing_reason(slot)), 0),
     };
     if verdict.decision != action::DENY {
         return 0;
     }
-    if let Some(mut entry) = start_event(op::MMAP_EXEC, cgroup_id, &verdict, current_mode) {
+    if let Some(mut entry) = start_event(op::MMAP_EXEC, &config, &verdict, current_mode) {
         record_path(entry.as_mut_ptr(), scratch, path_len);
         entry.submit(0);
     }
@@ -409,22 +469,35 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
 fn decide_open(
     config: &Config,
     scratch: *mut Scratch,
+    slot: u32,
     len: u32,
     wanted: u32,
     file: *const u8,
 ) -> Verdict {
-    let denied = denied_inode(file);
+    let denied = denied_inode(file, slot);
     let want_read = wanted & access::READ != 0;
     let want_write = wanted & access::WRITE != 0;
     // Plain values rather than `Option`s, for the verifier's sake (see `denied_inode`).
     let mut read = Verdict::deny(reason::NO_CONFIG);
     let mut write = Verdict::deny(reason::NO_CONFIG);
     if want_read {
-        let by_path = lookup_path(&FILE_READ_RULES, scratch, len, config.file_read_default);
+        let by_path = lookup_path(
+            &FILE_READ_RULES,
+            scratch,
+            slot,
+            len,
+            config.file_read_default,
+        );
         read = by_identity(denied.read, by_path);
     }
     if want_write {
-        let by_path = lookup_path(&FILE_WRITE_RULES, scratch, len, config.file_write_default);
+        let by_path = lookup_path(
+            &FILE_WRITE_RULES,
+            scratch,
+            slot,
+            len,
+            config.file_write_default,
+        );
         write = by_identity(denied.write, by_path);
     }
     if want_write && write.decision == action::DENY {
@@ -450,7 +523,7 @@ const NO_INODE_RULES: InodeRules = InodeRules {
 /// where none does. (No `Option` here: its undefined payload makes the compiler read
 /// registers the verifier considers uninitialised.)
 #[inline(always)]
-fn denied_inode(file: *const u8) -> InodeRules {
+fn denied_inode(file: *const u8, slot: u32) -> InodeRules {
     // SAFETY: offsets from this kernel's BTF; the verifier checks every load against the BTF
     // types `file`, `inode` and `super_block`.
     let key = unsafe {
@@ -466,7 +539,7 @@ fn denied_inode(file: *const u8) -> InodeRules {
         let dev = *(sb
             .add(read_volatile(&SB_S_DEV_OFFSET) as usize)
             .cast::<u32>());
-        InodeKey { ino, dev, _pad: 0 }
+        InodeKey { ino, dev, slot }
     };
     // SAFETY: plain-data key and value.
     match unsafe { DENIED_INODES.get(&key) } {
@@ -525,12 +598,14 @@ fn resolve_path(file_path: *mut path, scratch: *mut Scratch) -> Result<u32, (Ver
 fn lookup_path(
     rules: &LpmTrie<PathKey, RuleValue>,
     scratch: *mut Scratch,
+    slot: u32,
     len: u32,
     default: u32,
 ) -> Verdict {
     // SAFETY: the key lives in our scratch map and is not aliased elsewhere.
     let key = unsafe {
-        (*scratch).key.prefix_len = len * 8;
+        (*scratch).key.data.slot = slot as u16;
+        (*scratch).key.prefix_len = SLOT_PREFIX_BITS + len * 8;
         &(*scratch).key
     };
     match rules.get(key) {
@@ -609,24 +684,28 @@ fn decide_sock_addr6(ctx: &SockAddrContext, operation: u32) -> i32 {
 /// low 16 bits). Returns 1 to allow and 0 to deny with EPERM.
 #[inline(always)]
 fn decide_connect(operation: u32, addr: &[u8; 16], port_be: u32, protocol: u32) -> i32 {
-    let Some(cgroup_id) = current_is_confined() else {
+    let slot = confined_slot();
+    if slot == NOT_CONFINED {
         // The programs are attached to the agent's cgroup, so this only happens if the agent
         // was released while a connect was in flight.
         return 1;
-    };
+    }
+    let config = slot_config(slot);
+    if ungoverned(&config, governs::NETWORK) {
+        return 1;
+    }
     let port = u16::from_be(port_be as u16);
     let proto_bit = match protocol {
         IPPROTO_TCP => proto::TCP,
         IPPROTO_UDP => proto::UDP,
         _ => 0,
     };
-    let config = CONFIG.get(0).copied();
     let current_mode = config.map_or(mode::ENFORCE, |c| c.mode);
     let verdict = match config {
-        Some(config) => match_net_rules(&config, addr, port, proto_bit),
-        None => Verdict::deny(reason::NO_CONFIG),
+        Some(config) => match_net_rules(&config, slot, addr, port, proto_bit),
+        None => Verdict::deny(missing_reason(slot)),
     };
-    if let Some(mut entry) = start_event(operation, cgroup_id, &verdict, current_mode) {
+    if let Some(mut entry) = start_event(operation, &config, &verdict, current_mode) {
         let event = entry.as_mut_ptr();
         // SAFETY: the event is ours until submitted.
         unsafe {
@@ -650,6 +729,7 @@ struct NetMatch {
     lo: u64,
     port: u32,
     proto_bit: u32,
+    base: u32,
     count: u32,
     matched: u32,
     decision: u32,
@@ -659,7 +739,13 @@ struct NetMatch {
 /// Walks the network rules with `bpf_loop`, so the verifier checks one iteration rather than
 /// every one of `MAX_NET_RULES`.
 #[inline(always)]
-fn match_net_rules(config: &Config, addr: &[u8; 16], port: u16, proto_bit: u32) -> Verdict {
+fn match_net_rules(
+    config: &Config,
+    slot: u32,
+    addr: &[u8; 16],
+    port: u16,
+    proto_bit: u32,
+) -> Verdict {
     let mut state = NetMatch {
         hi: u64::from_ne_bytes([
             addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
@@ -669,6 +755,7 @@ fn match_net_rules(config: &Config, addr: &[u8; 16], port: u16, proto_bit: u32) 
         ]),
         port: port as u32,
         proto_bit,
+        base: slot * MAX_NET_RULES,
         count: config.net_rule_count,
         matched: 0,
         decision: 0,
@@ -711,7 +798,7 @@ extern "C" fn net_rule_step(index: u64, ctx: *mut c_void) -> i64 {
     if index >= state.count {
         return 1;
     }
-    let Some(rule) = NET_RULES.get(index) else {
+    let Some(rule) = NET_RULES.get(state.base + index) else {
         return 1;
     };
     let half = |bytes: &[u8; 16], start: usize| {

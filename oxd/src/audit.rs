@@ -2,7 +2,9 @@
 //!
 //! Schema (every record):
 //! - `time`: RFC 3339 UTC timestamp of the decision, nanoseconds;
-//! - `policy`, `policy_sha256`: the policy that decided;
+//! - `policy`, `policy_sha256`, `generation`: the policy that decided: its name, the SHA-256
+//!   of its text, and the generation it was loaded as (`oxd run`: 1; the daemon numbers every
+//!   policy it loads or replaces, increasing);
 //! - `op`: `exec`, `open`, `mmap-exec` (mapping a file executable, recorded when denied),
 //!   `connect` or `sendmsg` (a UDP send with a destination);
 //! - `target`: the resolved path of the executed or opened file, or `ip:port` (`[ipv6]:port`);
@@ -15,7 +17,7 @@
 //! - `pid`, `tid`, `uid`, `gid`, `comm`, `cgroup_id`: who acted.
 //!
 //! A record with `"op": "lost"` reports decisions that were made but could not be recorded
-//! because the ring buffer was full (`count`).
+//! because the ring buffer was full (`count`, since the previous such record).
 //!
 //! Every record starts with `seq` (0, 1, 2, ... along the log) and `prev`, the SHA-256 (hex) of
 //! the previous record's line (64 zeros for the first): `oxd audit verify` checks the chain.
@@ -68,6 +70,8 @@ pub struct Record {
     pub time: String,
     pub policy: String,
     pub policy_sha256: String,
+    #[serde(default)]
+    pub generation: u64,
     pub op: String,
     pub target: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -94,7 +98,9 @@ fn c_string(bytes: &[u8]) -> String {
 }
 
 impl Record {
-    pub fn from_event(event: &Event, policy: &Policy, clock: &Clock) -> Self {
+    /// The record of `event`, decided by `policy` (`None`: a generation this process does not
+    /// know, named as such).
+    pub fn from_event(event: &Event, policy: Option<&Policy>, clock: &Clock) -> Self {
         let ip = Ipv6Addr::from(event.addr);
         let path = || {
             let len = (event.path_len as usize).min(PATH_BUF_LEN);
@@ -147,7 +153,7 @@ impl Record {
         let (rule, rule_text) = if event.rule_id == RULE_DEFAULT {
             ("default".to_owned(), None)
         } else {
-            match policy.rule(event.rule_id) {
+            match policy.and_then(|p| p.rule(event.rule_id)) {
                 Some(info) => (info.id.clone(), Some(info.text.clone())),
                 None => (format!("#{}", event.rule_id), None),
             }
@@ -158,12 +164,14 @@ impl Record {
             reason::PATH_TOO_LONG => "path too long for the kernel's rule keys (fail closed)",
             reason::PATH_UNRESOLVED => "path could not be resolved (fail closed)",
             reason::NO_CONFIG => "policy configuration missing (fail closed)",
+            reason::EMPTY_SLOT => "policy slot empty (fail closed)",
             _ => "unknown",
         };
         Self {
             time: humantime::format_rfc3339_nanos(clock.wall(event.boot_ns)).to_string(),
-            policy: policy.name.clone(),
-            policy_sha256: policy.sha256.clone(),
+            policy: policy.map_or_else(|| "<unknown>".to_owned(), |p| p.name.clone()),
+            policy_sha256: policy.map(|p| p.sha256.clone()).unwrap_or_default(),
+            generation: event.generation,
             op: op_name.to_owned(),
             target,
             access,
@@ -192,8 +200,10 @@ impl Record {
 #[derive(Debug, Serialize)]
 struct LostRecord<'a> {
     time: String,
-    policy: &'a str,
-    policy_sha256: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_sha256: Option<&'a str>,
     op: &'static str,
     count: u64,
 }
@@ -385,12 +395,13 @@ impl AuditLog {
         self.write_chained(record)
     }
 
-    /// Reports decisions lost to a full ring buffer (always written).
-    pub fn write_lost(&mut self, policy: &Policy, count: u64) -> std::io::Result<()> {
+    /// Reports decisions lost to a full ring buffer (always written); `policy` when only one
+    /// policy could have made them.
+    pub fn write_lost(&mut self, policy: Option<&Policy>, count: u64) -> std::io::Result<()> {
         let record = LostRecord {
             time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
-            policy: &policy.name,
-            policy_sha256: &policy.sha256,
+            policy: policy.map(|p| p.name.as_str()),
+            policy_sha256: policy.map(|p| p.sha256.as_str()),
             op: "lost",
             count,
         };
@@ -412,6 +423,7 @@ mod tests {
         Event {
             boot_ns: 0,
             cgroup_id: 42,
+            generation: 1,
             pid: 10,
             tid: 11,
             uid: 0,
@@ -440,7 +452,7 @@ mod tests {
             "[network]\n[[network.deny]]\ncidr = \"127.0.0.2\"\n",
         )
         .unwrap();
-        let record = Record::from_event(&event(), &policy, &Clock::new());
+        let record = Record::from_event(&event(), Some(&policy), &Clock::new());
         assert_eq!(record.op, "connect");
         assert_eq!(record.target, "127.0.0.2:8080");
         assert_eq!(record.decision, "deny");
@@ -460,7 +472,7 @@ mod tests {
         e.mode = mode::AUDIT;
         e.path[..9].copy_from_slice(b"/bin/ls\0\0");
         e.path_len = 8;
-        let record = Record::from_event(&e, &policy, &Clock::new());
+        let record = Record::from_event(&e, Some(&policy), &Clock::new());
         assert_eq!(record.target, "/bin/ls");
         assert_eq!(record.rule, "default");
         assert!(record.protocol.is_none());

@@ -253,7 +253,7 @@ mod tests {
         let mut log = AuditLog::append(path, RecordFilter::All, None).unwrap();
         let policy = crate::policy::Policy::parse(Path::new("p.toml"), "[network]\n").unwrap();
         for _ in 0..n {
-            log.write_lost(&policy, 1).unwrap();
+            log.write_lost(Some(&policy), 1).unwrap();
         }
         log.flush().unwrap();
     }
@@ -351,7 +351,7 @@ mod tests {
         )
         .unwrap();
         for _ in 0..20 {
-            audit.write_lost(&policy, 1).unwrap();
+            audit.write_lost(Some(&policy), 1).unwrap();
         }
         audit.flush().unwrap();
         let part = |n: u32| dir.path().join(format!("a.jsonl.{n}"));

@@ -1,13 +1,23 @@
 //! Loads oxd's kernel programs, writes a compiled policy into their maps, and attaches them.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, Lsm},
+    programs::{
+        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSockAddr, Lsm,
+    },
     Ebpf, EbpfLoader,
 };
-use oxd_common::{counter, Config, InodeKey, InodeRules, PathKey, RuleValue, PATH_KEY_LEN};
+use oxd_common::{
+    counter, governs, Config, InodeKey, InodeRules, PathKey, RuleValue, MAX_NET_RULES,
+    MAX_POLICY_SLOTS, PATH_KEY_LEN, SLOT_PREFIX_BITS,
+};
 
 use crate::{
     btf::{Btf, BtfError, KernelOffsets},
@@ -22,6 +32,26 @@ const LSM_FILE: &str = "/sys/kernel/security/lsm";
 
 /// The cgroup programs that decide egress.
 const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// Every BPF-LSM program: (program, hook).
+pub const LSM_PROGRAMS: [(&str, &str); 3] = [
+    ("exec_check", "bprm_check_security"),
+    ("mmap_file", "mmap_file"),
+    ("file_open", "file_open"),
+];
+
+/// The maps a daemon pins, so enforcement and its state outlive the daemon process.
+const PINNED_MAPS: [&str; 9] = [
+    "CONFIG",
+    "CONFINED",
+    "EXEC_RULES",
+    "FILE_READ_RULES",
+    "FILE_WRITE_RULES",
+    "DENIED_INODES",
+    "NET_RULES",
+    "EVENTS",
+    "COUNTERS",
+];
 
 pub(crate) const LSM_FIX: &str =
     "oxd decides execs and file opens with BPF-LSM: it needs a kernel built \
@@ -59,6 +89,13 @@ pub enum EnforcerError {
     Cgroup(#[from] crate::cgroup::CgroupError),
     #[error("oxd's eBPF object has no {0}; the build is broken")]
     Missing(&'static str),
+    #[error("cannot {what} in bpffs at {path}")]
+    Pin {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 type Result<T, E = EnforcerError> = std::result::Result<T, E>;
@@ -83,18 +120,97 @@ fn describe_active_lsms() -> String {
     active_lsms().unwrap_or_else(|| format!("unknown, {LSM_FILE} is not readable"))
 }
 
-/// The kernel side of one policy: loaded programs and filled maps.
+fn pin_err(what: impl Into<String>, path: &Path) -> impl FnOnce(std::io::Error) -> EnforcerError {
+    let what = what.into();
+    let path = path.to_owned();
+    move |source| EnforcerError::Pin { what, path, source }
+}
+
+/// Settings of a policy for slot `generation`, from its sections.
+fn config_for(policy: &Policy, generation: u64) -> Config {
+    let mut governed = 0;
+    if policy.exec.is_some() {
+        governed |= governs::EXEC;
+    }
+    if policy.file.is_some() {
+        governed |= governs::FILE;
+    }
+    if policy.network.is_some() {
+        governed |= governs::NETWORK;
+    }
+    Config {
+        generation,
+        governs: governed,
+        mode: policy.mode.to_kernel(),
+        exec_default: policy
+            .exec
+            .as_ref()
+            .map_or(Action::Allow, |e| e.default)
+            .to_kernel(),
+        net_default: policy
+            .network
+            .as_ref()
+            .map_or(Action::Allow, |n| n.default)
+            .to_kernel(),
+        net_rule_count: policy.network.as_ref().map_or(0, |n| n.rules.len() as u32),
+        file_read_default: policy
+            .file
+            .as_ref()
+            .map_or(Action::Allow, |f| f.read_default)
+            .to_kernel(),
+        file_write_default: policy
+            .file
+            .as_ref()
+            .map_or(Action::Allow, |f| f.write_default)
+            .to_kernel(),
+        _pad: 0,
+    }
+}
+
+/// How to load oxd's kernel side.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Load the BPF-LSM programs (needs a kernel with BPF-LSM and BTF).
+    pub lsm: bool,
+    /// Pin maps and links under this bpffs directory, reusing what is already pinned there.
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// oxd's kernel side: loaded programs and their maps, holding one policy per slot.
 pub struct Enforcer {
     ebpf: Ebpf,
-    /// The BPF-LSM programs the policy needs: (program, hook).
+    /// The BPF-LSM programs to attach: (program, hook).
     lsm_programs: Vec<(&'static str, &'static str)>,
     enforces_network: bool,
+    pin_dir: Option<PathBuf>,
 }
 
 impl Enforcer {
-    /// Loads the object and writes `policy` into its maps. Attaches nothing yet.
+    /// Loads the object for `oxd run` and writes `policy` into slot 0 as generation 1. Attaches
+    /// nothing yet.
     pub fn load(policy: &Policy) -> Result<Self> {
-        let needs_lsm = policy.needs_lsm();
+        let mut enforcer = Self::open(&LoadOptions {
+            lsm: policy.needs_lsm(),
+            pin_dir: None,
+        })?;
+        enforcer.lsm_programs = [
+            policy.exec.as_ref().map(|_| LSM_PROGRAMS[0]),
+            policy.exec.as_ref().map(|_| LSM_PROGRAMS[1]),
+            policy.file.as_ref().map(|_| LSM_PROGRAMS[2]),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        enforcer.enforces_network = policy.network.is_some();
+        enforcer.write_slot(0, 1, policy)?;
+        Ok(enforcer)
+    }
+
+    /// Loads the object. With `options.lsm`, every BPF-LSM program will be attached by
+    /// [`Self::attach_lsm`]; with `options.pin_dir`, maps are pinned there (or adopted from
+    /// there if already pinned) and links pinned as they are made.
+    pub fn open(options: &LoadOptions) -> Result<Self> {
+        let needs_lsm = options.lsm;
         let offsets = if needs_lsm {
             if let Some(active) = active_lsms() {
                 if !active.split(',').any(|l| l == "bpf") {
@@ -106,7 +222,24 @@ impl Enforcer {
             // Never read: the exec program is not loaded.
             KernelOffsets::default()
         };
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        let map_paths: Vec<(&str, PathBuf)> = match &options.pin_dir {
+            Some(dir) => {
+                let maps = dir.join("maps");
+                fs::create_dir_all(&maps).map_err(pin_err("create a directory", &maps))?;
+                fs::create_dir_all(dir.join("links"))
+                    .map_err(pin_err("create a directory", &dir.join("links")))?;
+                PINNED_MAPS
+                    .iter()
+                    .map(|name| (*name, maps.join(name)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
             .override_global("BPRM_FILE_OFFSET", &offsets.bprm_file, true)
             .override_global("FILE_F_PATH_OFFSET", &offsets.file_f_path, true)
             .override_global("FILE_F_MODE_OFFSET", &offsets.file_f_mode, true)
@@ -116,56 +249,30 @@ impl Enforcer {
             .override_global("INODE_I_SB_OFFSET", &offsets.inode_i_sb, true)
             .override_global("SB_S_DEV_OFFSET", &offsets.sb_s_dev, true)
             .load(OBJECT)?;
-        let mut enforcer = Self {
+        Ok(Self {
             ebpf,
-            lsm_programs: [
-                policy
-                    .exec
-                    .as_ref()
-                    .map(|_| ("exec_check", "bprm_check_security")),
-                policy.exec.as_ref().map(|_| ("mmap_file", "mmap_file")),
-                policy.file.as_ref().map(|_| ("file_open", "file_open")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-            enforces_network: policy.network.is_some(),
-        };
-        enforcer.write_policy(policy)?;
-        Ok(enforcer)
+            lsm_programs: if needs_lsm {
+                LSM_PROGRAMS.to_vec()
+            } else {
+                Vec::new()
+            },
+            enforces_network: true,
+            pin_dir: options.pin_dir.clone(),
+        })
     }
 
-    fn write_policy(&mut self, policy: &Policy) -> Result<()> {
-        let config = Config {
-            mode: policy.mode.to_kernel(),
-            exec_default: policy
-                .exec
-                .as_ref()
-                .map_or(Action::Allow, |e| e.default)
-                .to_kernel(),
-            net_default: policy
-                .network
-                .as_ref()
-                .map_or(Action::Allow, |n| n.default)
-                .to_kernel(),
-            net_rule_count: policy.network.as_ref().map_or(0, |n| n.rules.len() as u32),
-            file_read_default: policy
-                .file
-                .as_ref()
-                .map_or(Action::Allow, |f| f.read_default)
-                .to_kernel(),
-            file_write_default: policy
-                .file
-                .as_ref()
-                .map_or(Action::Allow, |f| f.write_default)
-                .to_kernel(),
-        };
+    /// Writes `policy` as `generation` into `slot`, which must be empty: the rules first, the
+    /// configuration (which makes the slot valid) last. Nothing points at the slot yet, so no
+    /// decision sees it half-written.
+    pub fn write_slot(&mut self, slot: u32, generation: u64, policy: &Policy) -> Result<()> {
+        assert!(slot < MAX_POLICY_SLOTS && generation != 0);
+        let config = config_for(policy, generation);
         if let Some(exec) = &policy.exec {
-            self.fill_path_rules("EXEC_RULES", &exec.rules)?;
+            self.fill_path_rules("EXEC_RULES", slot, &exec.rules)?;
         }
         if let Some(file) = &policy.file {
-            self.fill_path_rules("FILE_READ_RULES", &file.read)?;
-            self.fill_path_rules("FILE_WRITE_RULES", &file.write)?;
+            self.fill_path_rules("FILE_READ_RULES", slot, &file.read)?;
+            self.fill_path_rules("FILE_WRITE_RULES", slot, &file.write)?;
         }
         if policy.needs_lsm() {
             let mut inodes: HashMap<_, InodeKey, InodeRules> = HashMap::try_from(
@@ -174,7 +281,8 @@ impl Enforcer {
                     .ok_or(EnforcerError::Missing("DENIED_INODES map"))?,
             )
             .map_err(map_err("open the denied-file map"))?;
-            for (key, rules) in policy.denied_identities() {
+            for (mut key, rules) in policy.denied_identities() {
+                key.slot = slot;
                 tracing::debug!(
                     dev = key.dev,
                     ino = key.ino,
@@ -195,7 +303,7 @@ impl Enforcer {
             .map_err(map_err("open the network rule map"))?;
             for (i, rule) in network.rules.iter().enumerate() {
                 table
-                    .set(i as u32, rule.to_kernel(), 0)
+                    .set(slot * MAX_NET_RULES + i as u32, rule.to_kernel(), 0)
                     .map_err(map_err(format!("insert network rule {i}")))?;
             }
         }
@@ -207,18 +315,118 @@ impl Enforcer {
         )
         .map_err(map_err("open the configuration map"))?;
         config_map
-            .set(0, config, 0)
+            .set(slot, config, 0)
             .map_err(map_err("write the policy configuration"))?;
         Ok(())
     }
 
-    fn fill_path_rules(&mut self, map: &'static str, rules: &[PathRule]) -> Result<()> {
+    /// Empties `slot`: its configuration first (so anything still pointing at it fails
+    /// closed), then its rules.
+    pub fn clear_slot(&mut self, slot: u32) -> Result<()> {
+        let mut config_map: Array<_, Config> = Array::try_from(
+            self.ebpf
+                .map_mut("CONFIG")
+                .ok_or(EnforcerError::Missing("CONFIG map"))?,
+        )
+        .map_err(map_err("open the configuration map"))?;
+        config_map
+            .set(slot, Config::default(), 0)
+            .map_err(map_err("clear a policy configuration"))?;
+        for map in ["EXEC_RULES", "FILE_READ_RULES", "FILE_WRITE_RULES"] {
+            let mut trie: LpmTrie<_, PathKey, RuleValue> =
+                LpmTrie::try_from(self.ebpf.map_mut(map).ok_or(EnforcerError::Missing(map))?)
+                    .map_err(map_err(format!("open the rule map {map}")))?;
+            let keys: Vec<Key<PathKey>> = trie
+                .keys()
+                .filter_map(std::result::Result::ok)
+                .filter(|k| u32::from(k.data().slot) == slot)
+                .collect();
+            for key in keys {
+                trie.remove(&key)
+                    .map_err(map_err(format!("remove a rule from {map}")))?;
+            }
+        }
+        let mut inodes: HashMap<_, InodeKey, InodeRules> = HashMap::try_from(
+            self.ebpf
+                .map_mut("DENIED_INODES")
+                .ok_or(EnforcerError::Missing("DENIED_INODES map"))?,
+        )
+        .map_err(map_err("open the denied-file map"))?;
+        let keys: Vec<InodeKey> = inodes
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .filter(|k| k.slot == slot)
+            .collect();
+        for key in keys {
+            inodes
+                .remove(&key)
+                .map_err(map_err("remove a denied file identity"))?;
+        }
+        Ok(())
+    }
+
+    /// The generation in each non-empty slot.
+    pub fn slot_generations(&self) -> Result<Vec<(u32, u64)>> {
+        let config_map: Array<_, Config> = Array::try_from(
+            self.ebpf
+                .map("CONFIG")
+                .ok_or(EnforcerError::Missing("CONFIG map"))?,
+        )
+        .map_err(map_err("open the configuration map"))?;
+        let mut out = Vec::new();
+        for slot in 0..MAX_POLICY_SLOTS {
+            let config = config_map
+                .get(&slot, 0)
+                .map_err(map_err("read a policy configuration"))?;
+            if config.generation != 0 {
+                out.push((slot, config.generation));
+            }
+        }
+        Ok(out)
+    }
+
+    fn confined_map(&mut self) -> Result<HashMap<&mut MapData, u64, u32>> {
+        HashMap::try_from(
+            self.ebpf
+                .map_mut("CONFINED")
+                .ok_or(EnforcerError::Missing("CONFINED map"))?,
+        )
+        .map_err(map_err("open the confined-cgroup map"))
+    }
+
+    /// Points confined cgroup `cgroup_id` at `slot`, in one map update: the switch from one
+    /// policy generation to another is atomic for every decision.
+    pub fn set_confined(&mut self, cgroup_id: u64, slot: u32) -> Result<()> {
+        self.confined_map()?
+            .insert(cgroup_id, slot, 0)
+            .map_err(map_err(format!("confine cgroup {cgroup_id}")))
+    }
+
+    /// Stops confining `cgroup_id` (its processes are decided by nothing any more).
+    pub fn remove_confined(&mut self, cgroup_id: u64) -> Result<()> {
+        match self.confined_map()?.remove(&cgroup_id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(format!("release cgroup {cgroup_id}"))(e)),
+        }
+    }
+
+    /// Every confined cgroup and its slot.
+    pub fn confined(&mut self) -> Result<Vec<(u64, u32)>> {
+        Ok(self
+            .confined_map()?
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .collect())
+    }
+
+    fn fill_path_rules(&mut self, map: &'static str, slot: u32, rules: &[PathRule]) -> Result<()> {
         let mut trie: LpmTrie<_, PathKey, RuleValue> =
             LpmTrie::try_from(self.ebpf.map_mut(map).ok_or(EnforcerError::Missing(map))?)
                 .map_err(map_err(format!("open the rule map {map}")))?;
         for rule in rules {
             let (bytes, bits) = rule.pattern.key();
             let mut data = PathKey {
+                slot: slot as u16,
                 path: [0; PATH_KEY_LEN],
             };
             data.path[..bytes.len()].copy_from_slice(&bytes);
@@ -226,7 +434,7 @@ impl Enforcer {
                 rule_id: rule.rule,
                 action: rule.action.to_kernel(),
             };
-            trie.insert(&Key::new(bits, data), value, 0)
+            trie.insert(&Key::new(SLOT_PREFIX_BITS + bits, data), value, 0)
                 .map_err(map_err(format!("insert rule {} into {map}", rule.pattern)))?;
         }
         Ok(())
@@ -267,14 +475,103 @@ impl Enforcer {
 
     /// Loads and attaches the BPF-LSM programs the policy needs (exec, file open). Done before
     /// any agent starts, so a kernel without BPF-LSM stops `oxd run` before the command runs.
+    ///
+    /// With a pin directory, each link is pinned there; a link already pinned there (by an
+    /// earlier daemon) is left as it is.
     pub fn attach_lsm(&mut self) -> Result<()> {
         self.load_lsm()?;
         let active = describe_active_lsms();
         for i in 0..self.lsm_programs.len() {
             let (name, hook) = self.lsm_programs[i];
-            self.lsm_program(name)?
+            let pin = self.link_pin(&format!("lsm-{name}"));
+            if pin.as_ref().is_some_and(|p| p.exists()) {
+                continue;
+            }
+            let program = self.lsm_program(name)?;
+            let id = program
                 .attach()
                 .map_err(|source| lsm_error(source, hook, &active))?;
+            if let Some(pin) = pin {
+                let link = FdLink::from(
+                    program
+                        .take_link(id)
+                        .map_err(prog_err(format!("take the {name} link")))?,
+                );
+                link.pin(&pin).map_err(|e| EnforcerError::Pin {
+                    what: format!("pin the {name} link"),
+                    path: pin.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn link_pin(&self, name: &str) -> Option<PathBuf> {
+        self.pin_dir.as_ref().map(|d| d.join("links").join(name))
+    }
+
+    /// Attaches the cgroup programs to the cgroup open as `dir` (id `cgroup_id`), pinning the
+    /// links. Links already pinned for this cgroup are kept.
+    pub fn attach_network(&mut self, dir: impl AsFd, cgroup_id: u64, label: &str) -> Result<()> {
+        self.load_cgroup_programs()?;
+        for name in SOCK_ADDR_PROGRAMS {
+            let pin = self.link_pin(&format!("cg{cgroup_id}-{name}"));
+            if pin.as_ref().is_some_and(|p| p.exists()) {
+                continue;
+            }
+            let program = self.sock_addr_program(name)?;
+            let id = program
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(prog_err(format!("attach the {name} program to {label}")))?;
+            if let Some(pin) = pin {
+                let link = FdLink::try_from(
+                    program
+                        .take_link(id)
+                        .map_err(prog_err(format!("take the {name} link")))?,
+                )
+                .map_err(|e| EnforcerError::Pin {
+                    what: format!("pin the {name} link (not a bpf_link)"),
+                    path: pin.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                link.pin(&pin).map_err(|e| EnforcerError::Pin {
+                    what: format!("pin the {name} link"),
+                    path: pin.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches the pinned cgroup programs of `cgroup_id` (removing a pin drops the link).
+    pub fn detach_network(&mut self, cgroup_id: u64) -> Result<()> {
+        for name in SOCK_ADDR_PROGRAMS {
+            if let Some(pin) = self.link_pin(&format!("cg{cgroup_id}-{name}")) {
+                if pin.exists() {
+                    let link = PinnedLink::from_pin(&pin).map_err(|e| EnforcerError::Pin {
+                        what: format!("open the {name} link"),
+                        path: pin.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+                    link.unpin()
+                        .map_err(pin_err(format!("unpin the {name} link"), &pin))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches the pinned BPF-LSM programs.
+    pub fn detach_lsm(&mut self) -> Result<()> {
+        for (name, _) in LSM_PROGRAMS {
+            if let Some(pin) = self.link_pin(&format!("lsm-{name}")) {
+                if pin.exists() {
+                    fs::remove_file(&pin)
+                        .map_err(pin_err(format!("unpin the {name} link"), &pin))?;
+                }
+            }
         }
         Ok(())
     }
@@ -300,29 +597,14 @@ impl Enforcer {
             .map_err(prog_err(format!("open the {name} program")))
     }
 
-    /// Marks `cgroup` as confined and attaches the cgroup programs to it.
+    /// Marks `cgroup` as confined under slot 0 (`oxd run`) and attaches the cgroup programs
+    /// to it if the policy has network rules.
     pub fn confine(&mut self, cgroup: &AgentCgroup) -> Result<()> {
-        let mut confined: HashMap<_, u64, u32> = HashMap::try_from(
-            self.ebpf
-                .map_mut("CONFINED")
-                .ok_or(EnforcerError::Missing("CONFINED map"))?,
-        )
-        .map_err(map_err("open the confined-cgroup map"))?;
-        confined.insert(cgroup.id(), 1, 0).map_err(map_err(format!(
-            "confine cgroup {}",
-            cgroup.path().display()
-        )))?;
+        self.set_confined(cgroup.id(), 0)?;
         if self.enforces_network {
-            self.load_cgroup_programs()?;
             let dir = cgroup.open_dir()?;
-            for name in SOCK_ADDR_PROGRAMS {
-                self.sock_addr_program(name)?
-                    .attach(&dir, CgroupAttachMode::Single)
-                    .map_err(prog_err(format!(
-                        "attach the {name} program to {}",
-                        cgroup.path().display()
-                    )))?;
-            }
+            let label = cgroup.path().display().to_string();
+            self.attach_network(&dir, cgroup.id(), &label)?;
         }
         Ok(())
     }
@@ -336,17 +618,25 @@ impl Enforcer {
         RingBuf::try_from(map).map_err(map_err("open the decision ring buffer"))
     }
 
-    /// Decisions that could not be recorded because the ring buffer was full.
+    /// Decisions that could not be recorded because the ring buffer was full (since the
+    /// counters were created).
     pub fn lost_events(&self) -> Result<u64> {
+        self.counter_total(counter::RINGBUF_LOST)
+    }
+
+    /// Denials enforced (since the counters were created).
+    pub fn denied_events(&self) -> Result<u64> {
+        self.counter_total(counter::DENIED)
+    }
+
+    fn counter_total(&self, index: u32) -> Result<u64> {
         let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
             self.ebpf
                 .map("COUNTERS")
                 .ok_or(EnforcerError::Missing("COUNTERS map"))?,
         )
         .map_err(map_err("open the counters"))?;
-        let values = counters
-            .get(&counter::RINGBUF_LOST, 0)
-            .map_err(map_err("read the lost-decision counter"))?;
+        let values = counters.get(&index, 0).map_err(map_err("read a counter"))?;
         Ok(values.iter().sum())
     }
 }

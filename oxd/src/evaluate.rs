@@ -23,7 +23,7 @@ pub fn file_identity(path: &Path) -> Option<InodeKey> {
     Some(InodeKey {
         ino: meta.ino(),
         dev: (major << 20) | minor,
-        _pad: 0,
+        slot: 0,
     })
 }
 

@@ -4,10 +4,15 @@
 //! compile), [`evaluate`] (the reference semantics, used by [`explain`]), [`btf`] (kernel struct layout), [`enforcer`] (load, fill maps, attach),
 //! [`cgroup`] (the agent's cgroup), [`audit`] (decision records), and [`run`] (`oxd run`).
 
+/// The types shared with the kernel programs, and their limits.
+pub use oxd_common;
+
 pub mod audit;
 pub mod audit_cmd;
 pub mod btf;
 pub mod cgroup;
+pub mod control;
+pub mod daemon;
 pub mod doctor;
 pub mod enforcer;
 pub mod evaluate;

@@ -27,6 +27,11 @@ enum Command {
     /// lockdown, bpffs, capabilities) and say what to change (exit status 1 if anything is
     /// missing).
     Doctor,
+    /// Run the long-lived service: confine cgroups under named policies on request (see `oxd
+    /// ctl`), replace policies atomically, keep enforcement pinned across crashes.
+    Daemon(oxd::daemon::DaemonArgs),
+    /// Talk to a running `oxd daemon`: confine, release, replace, list, status.
+    Ctl(oxd::control::CtlArgs),
     /// Read audit logs: verify their hash chain, or print them readably.
     #[command(subcommand)]
     Audit(oxd::audit_cmd::AuditCommand),
@@ -50,6 +55,8 @@ fn main() -> ExitCode {
         Command::Check { policy } => check(&policy),
         Command::Explain(args) => oxd::explain::explain(&args),
         Command::Doctor => oxd::doctor::doctor(),
+        Command::Daemon(args) => oxd::daemon::daemon(args),
+        Command::Ctl(args) => oxd::control::ctl(&args),
         Command::Audit(command) => oxd::audit_cmd::run(&command),
     };
     match result {

@@ -109,19 +109,13 @@ pub fn run(args: RunArgs) -> Result<i32> {
         audit: &mut audit,
         metrics: &metrics,
         enforcer: &enforcer,
+        reported_lost: 0,
     };
     let outcome = runtime.block_on(supervise(&args.command, &cgroup, events, &mut recorder));
 
     // Nothing the agent started may outlive its confinement.
     let removed = cgroup.remove();
-    let lost = enforcer.lost_events()?;
-    metrics.set_lost(lost);
-    if lost > 0 {
-        tracing::warn!("{lost} decisions were made but not recorded: the ring buffer was full");
-        audit
-            .write_lost(&policy, lost)
-            .context("cannot write the audit log")?;
-    }
+    recorder.report_losses()?;
     audit.flush().context("cannot write the audit log")?;
     drop(enforcer);
     removed.context("cannot remove the agent's cgroup")?;
@@ -135,6 +129,8 @@ struct Recorder<'a> {
     audit: &'a mut AuditLog,
     metrics: &'a Metrics,
     enforcer: &'a Enforcer,
+    /// Lost decisions already reported in the audit log.
+    reported_lost: u64,
 }
 
 impl Recorder<'_> {
@@ -148,14 +144,31 @@ impl Recorder<'_> {
             // SAFETY: the kernel wrote a whole `Event` (same #[repr(C)] definition); the read
             // does not assume alignment.
             let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let record = Record::from_event(&event, self.policy, &self.clock);
+            let record = Record::from_event(&event, Some(self.policy), &self.clock);
             self.metrics.record(&record);
             self.audit
                 .write(&record)
                 .context("cannot write the audit log")?;
         }
-        self.metrics.set_lost(self.enforcer.lost_events()?);
+        self.report_losses()?;
         self.audit.flush().context("cannot write the audit log")
+    }
+
+    /// Writes a `lost` record for decisions lost since the last one.
+    fn report_losses(&mut self) -> Result<()> {
+        let lost = self.enforcer.lost_events()?;
+        self.metrics.set_lost(lost);
+        if lost > self.reported_lost {
+            let count = lost - self.reported_lost;
+            tracing::warn!(
+                "{count} decisions were made but not recorded: the ring buffer was full"
+            );
+            self.audit
+                .write_lost(Some(self.policy), count)
+                .context("cannot write the audit log")?;
+            self.reported_lost = lost;
+        }
+        Ok(())
     }
 }
 
