@@ -9,7 +9,11 @@
 //! - `udp:IP:PORT` sends one datagram from an unconnected UDP socket;
 //! - `subcgroup:NAME` creates cgroup NAME below the probe's own cgroup and moves the probe into
 //!   it;
-//! - `wait:FILE` waits (up to 120 s) until FILE exists.
+//! - `wait:FILE` waits (up to 120 s) until FILE exists;
+//! - `flood:N:PATH` opens PATH for reading N times (closing it each time) and reports once: the
+//!   first failure, or success;
+//! - `repeat:FILE` performs the actions after it round after round until FILE exists (checked
+//!   before each round), then ends the probe.
 //!
 //! Output: `{"action":"exec:/usr/bin/id","ok":false,"errno":1}` or
 //! `{"action":"exec:/usr/bin/true","ok":true,"status":0}`.
@@ -67,69 +71,99 @@ fn main() -> ExitCode {
     if actions.is_empty() {
         eprintln!(
             "usage: oxd-probe exec:PATH | read:PATH | write:PATH | readwrite:PATH | \
-             connect:ADDR:PORT | udp:ADDR:PORT | subcgroup:NAME | wait:FILE ..."
+             connect:ADDR:PORT | udp:ADDR:PORT | subcgroup:NAME | wait:FILE | flood:N:PATH | \
+             repeat:FILE ..."
         );
         return ExitCode::from(2);
     }
-    for action in &actions {
-        if let Some(path) = action.strip_prefix("exec:") {
-            let result = Command::new(path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .status()
-                .map(|s| s.code());
-            report(action, result);
-        } else if let Some((mode, path)) = action
-            .split_once(':')
-            .filter(|(m, _)| matches!(*m, "read" | "write" | "readwrite"))
-        {
-            let mut options = OpenOptions::new();
-            match mode {
-                "read" => options.read(true),
-                "write" => options.write(true).create(true),
-                _ => options.read(true).write(true).create(true),
-            };
-            report(action, options.open(path).map(|_| None));
-        } else if let Some((kind, addr)) = action
-            .split_once(':')
-            .filter(|(k, _)| matches!(*k, "connect" | "udp"))
-        {
-            let addr: SocketAddr = match addr.parse() {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("oxd-probe: bad address {addr}: {e}");
-                    return ExitCode::from(2);
+    for (i, action) in actions.iter().enumerate() {
+        if let Some(stop) = action.strip_prefix("repeat:") {
+            while !Path::new(stop).exists() {
+                for action in &actions[i + 1..] {
+                    if let Err(code) = perform(action) {
+                        return code;
+                    }
                 }
-            };
-            let result = if kind == "connect" {
-                TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map(|_| None)
-            } else {
-                let local = if addr.is_ipv4() {
-                    "0.0.0.0:0"
-                } else {
-                    "[::]:0"
-                };
-                UdpSocket::bind(local)
-                    .and_then(|s| s.send_to(b"oxd", addr))
-                    .map(|_| None)
-            };
-            report(action, result);
-        } else if let Some(name) = action.strip_prefix("subcgroup:") {
-            report(action, join_subcgroup(name).map(|_| None));
-        } else if let Some(file) = action.strip_prefix("wait:") {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !Path::new(file).exists() {
-                if Instant::now() > deadline {
-                    eprintln!("oxd-probe: timed out waiting for {file}");
-                    return ExitCode::from(3);
-                }
-                std::thread::sleep(Duration::from_millis(20));
             }
-            report(action, Ok(None));
-        } else {
-            eprintln!("oxd-probe: unknown action {action}");
-            return ExitCode::from(2);
+            return ExitCode::SUCCESS;
+        }
+        if let Err(code) = perform(action) {
+            return code;
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Performs one action and reports it; `Err` ends the probe with that exit code.
+fn perform(action: &str) -> Result<(), ExitCode> {
+    if let Some(path) = action.strip_prefix("exec:") {
+        let result = Command::new(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.code());
+        report(action, result);
+    } else if let Some((mode, path)) = action
+        .split_once(':')
+        .filter(|(m, _)| matches!(*m, "read" | "write" | "readwrite"))
+    {
+        let mut options = OpenOptions::new();
+        match mode {
+            "read" => options.read(true),
+            "write" => options.write(true).create(true),
+            _ => options.read(true).write(true).create(true),
+        };
+        report(action, options.open(path).map(|_| None));
+    } else if let Some((kind, addr)) = action
+        .split_once(':')
+        .filter(|(k, _)| matches!(*k, "connect" | "udp"))
+    {
+        let addr: SocketAddr = match addr.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("oxd-probe: bad address {addr}: {e}");
+                return Err(ExitCode::from(2));
+            }
+        };
+        let result = if kind == "connect" {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map(|_| None)
+        } else {
+            let local = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            UdpSocket::bind(local)
+                .and_then(|s| s.send_to(b"oxd", addr))
+                .map(|_| None)
+        };
+        report(action, result);
+    } else if let Some(name) = action.strip_prefix("subcgroup:") {
+        report(action, join_subcgroup(name).map(|_| None));
+    } else if let Some(file) = action.strip_prefix("wait:") {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !Path::new(file).exists() {
+            if Instant::now() > deadline {
+                eprintln!("oxd-probe: timed out waiting for {file}");
+                return Err(ExitCode::from(3));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        report(action, Ok(None));
+    } else if let Some((count, path)) = action
+        .strip_prefix("flood:")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        let Ok(count) = count.parse::<u64>() else {
+            eprintln!("oxd-probe: bad count in {action}");
+            return Err(ExitCode::from(2));
+        };
+        let result =
+            (0..count).try_for_each(|_| OpenOptions::new().read(true).open(path).map(drop));
+        report(action, result.map(|()| None));
+    } else {
+        eprintln!("oxd-probe: unknown action {action}");
+        return Err(ExitCode::from(2));
+    }
+    Ok(())
 }

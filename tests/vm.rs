@@ -3,6 +3,8 @@
 //! they fail, by design, rather than being skipped.
 
 mod common;
+#[path = "daemon.rs"]
+mod daemon;
 #[path = "differential.rs"]
 mod differential;
 #[path = "semantics.rs"]

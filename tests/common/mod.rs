@@ -192,3 +192,229 @@ pub fn assert_record(records: &[Value], op: &str, target: &str, decision: &str, 
         assert!(!r[field].is_null(), "record lacks {field}: {r}");
     }
 }
+
+/// A cgroup made for a test, directly below the cgroup2 mount. Dropping it kills every process
+/// inside (and in the cgroups below it) and removes it, deepest first.
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `/sys/fs/cgroup/oxd-test-NAME-PID`.
+    pub fn new(name: &str) -> Self {
+        let root = Path::new("/sys/fs/cgroup");
+        assert!(
+            root.join("cgroup.controllers").exists(),
+            "{} is not a cgroup2 mount",
+            root.display()
+        );
+        let path = root.join(format!("oxd-test-{name}-{}", std::process::id()));
+        fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().expect("utf-8 cgroup path")
+    }
+
+    /// The id the kernel and the audit records use: the directory's inode.
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(&self.path)
+            .unwrap_or_else(|e| panic!("cannot stat {}: {e}", self.path.display()))
+            .ino()
+    }
+
+    /// A command whose process joins this cgroup before it executes `program`.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        use std::os::unix::{io::AsRawFd as _, process::CommandExt as _};
+        let procs_path = self.path.join("cgroup.procs");
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(&procs_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", procs_path.display()));
+        let mut cmd = Command::new(program);
+        cmd.stdin(Stdio::null());
+        // SAFETY: the closure makes one async-signal-safe system call (write).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Pids in this cgroup and below.
+    fn pids(dir: &Path) -> Vec<i32> {
+        let mut pids: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        for sub in Self::subdirs(dir) {
+            pids.extend(Self::pids(&sub));
+        }
+        pids
+    }
+
+    fn subdirs(dir: &Path) -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn remove_tree(dir: &Path) {
+        for sub in Self::subdirs(dir) {
+            Self::remove_tree(&sub);
+        }
+        for _ in 0..500 {
+            match fs::remove_dir(dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    eprintln!("cannot remove cgroup {}: {e}", dir.display());
+                    return;
+                }
+                _ => return,
+            }
+        }
+        eprintln!("cgroup {} stayed busy", dir.display());
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !Self::pids(&self.path).is_empty() && std::time::Instant::now() < deadline {
+            // cgroup.kill kills the whole subtree, including processes forked meanwhile.
+            let _ = fs::write(self.path.join("cgroup.kill"), "1");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self::remove_tree(&self.path);
+    }
+}
+
+/// A child process killed and reaped when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads a pipe to its end in a thread.
+fn collect_pipe(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// Runs `cmd` with stdin closed and its output captured; `None` if it did not finish within
+/// `timeout` (it is then killed).
+pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> Option<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
+    let stdout = collect_pipe(child.stdout.take());
+    let stderr = collect_pipe(child.stderr.take());
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // The reader threads are left behind: a grandchild may still hold the pipes.
+                return None;
+            }
+            Err(e) => panic!("cannot wait for {cmd:?}: {e}"),
+        }
+    };
+    Some(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`; panics naming
+/// `what` if it never does.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The complete records of an audit log that may still be being written (a trailing partial
+/// line is left out; a missing file has none).
+pub fn audit_records_so_far(log: &Path) -> Vec<Value> {
+    let text = match fs::read_to_string(log) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("cannot read audit log {}: {e}", log.display()),
+    };
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
+        .collect()
+}
+
+/// `oxd audit verify LOG`; panics with its output unless it exits 0.
+pub fn assert_audit_log_verifies(log: &Path) {
+    let output = Command::new(oxd_bin())
+        .args(["audit", "verify"])
+        .arg(log)
+        .output()
+        .expect("run oxd audit verify");
+    assert!(
+        output.status.success(),
+        "oxd audit verify {} failed ({}):\n{}{}",
+        log.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

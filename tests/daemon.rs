@@ -1,0 +1,1036 @@
+//! VM tests of `oxd daemon` and `oxd ctl`: policies replaced under load without mixing
+//! generations, enforcement that outlives a killed daemon and is adopted by the next one, loss
+//! reporting when the ring buffer overflows, confinement by pid, and what SIGTERM leaves behind.
+//!
+//! Every daemon gets its own socket, state directory and audit log in the test's scratch
+//! directory and its own bpffs directory; its guard releases what it confined, kills it and
+//! removes its pins even when an assertion fails.
+
+use std::{
+    collections::{btree_map::Entry, BTreeMap},
+    fs,
+    io::BufReader,
+    net::TcpListener,
+    os::unix::process::ExitStatusExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::{common::*, require_bpf_lsm};
+
+/// How long to wait for anything the daemon or a process in the VM should do.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The SHA-256 of a policy's text, as records and `oxd ctl list` name it.
+fn sha256_hex(text: &str) -> String {
+    format!("{:x}", Sha256::digest(text.as_bytes()))
+}
+
+/// An exec policy named `name` that denies `/usr/bin/id` and `/usr/bin/whoami` and allows
+/// everything else.
+fn deny_id_policy(name: &str) -> String {
+    format!(
+        r#"name = "{name}"
+[exec]
+default = "allow"
+deny = ["/usr/bin/id", "/usr/bin/whoami"]
+"#
+    )
+}
+
+/// An `oxd daemon` with its socket, state directory, audit log and output in a scratch
+/// directory and its pins in `/sys/fs/bpf/oxd-test-NAME-PID`. Dropping it releases every target
+/// (if it runs), kills it and removes its pins.
+struct Daemon {
+    socket: PathBuf,
+    state_dir: PathBuf,
+    bpffs: PathBuf,
+    audit_log: PathBuf,
+    /// The daemon's stdout and stderr, appended to by every start.
+    output: PathBuf,
+    options: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// A daemon (not started yet) with extra command-line `options`.
+    fn new(scratch: &Scratch, name: &str, options: &[&str]) -> Self {
+        Self {
+            socket: scratch.path(&format!("{name}.sock")),
+            state_dir: scratch.path(&format!("{name}-state")),
+            bpffs: PathBuf::from(format!(
+                "/sys/fs/bpf/oxd-test-{name}-{}",
+                std::process::id()
+            )),
+            audit_log: scratch.path(&format!("{name}-audit.jsonl")),
+            output: scratch.path(&format!("{name}-daemon.log")),
+            options: options.iter().map(|&o| o.to_owned()).collect(),
+            child: None,
+        }
+    }
+
+    /// Starts the daemon (again, with the same directories) and waits until `oxd ctl status`
+    /// answers.
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "the daemon is already running");
+        let output = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.output)
+            .expect("open the daemon's output file");
+        let child = Command::new(oxd_bin())
+            .arg("daemon")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--audit-log")
+            .arg(&self.audit_log)
+            .args(["--record", "all"])
+            .args(&self.options)
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("dup the output file"))
+            .stderr(output)
+            .spawn()
+            .expect("spawn oxd daemon");
+        self.child = Some(child);
+        let started = Instant::now();
+        wait_for("oxd daemon to answer `oxd ctl status`", WAIT, || {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("oxd daemon exited ({status}) before it was ready (its output follows)");
+            }
+            self.ctl_output(&["status"]).status.success().then_some(())
+        });
+        eprintln!("oxd daemon ready after {:?}", started.elapsed());
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        let child = self.child.as_ref().expect("the daemon was started");
+        libc::pid_t::try_from(child.id()).expect("pid fits pid_t")
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(
+            rc,
+            0,
+            "cannot send signal {signal} to the daemon: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits for the daemon to exit after a signal.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("the daemon was started");
+        let status = wait_for("oxd daemon to exit", WAIT, || {
+            child.try_wait().expect("wait for the daemon")
+        });
+        self.child = None;
+        eprintln!("oxd daemon exited: {status}");
+        status
+    }
+
+    fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(oxd_bin());
+        cmd.arg("ctl").arg("--socket").arg(&self.socket).args(args);
+        cmd
+    }
+
+    /// `oxd ctl --socket SOCKET ARGS...`, whatever its exit status.
+    fn ctl_output(&self, args: &[&str]) -> Output {
+        output_within(&mut self.ctl_command(args), WAIT).unwrap_or_else(|| {
+            panic!(
+                "oxd ctl {args:?} did not finish within {WAIT:?}\n--- daemon\n{}",
+                self.output_tail()
+            )
+        })
+    }
+
+    /// `oxd ctl ARGS...`, which must succeed; its stdout.
+    fn ctl(&self, args: &[&str]) -> String {
+        let output = self.ctl_output(args);
+        assert!(
+            output.status.success(),
+            "oxd ctl {args:?} failed ({}):\n--- stdout\n{}--- stderr\n{}--- daemon\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.output_tail()
+        );
+        String::from_utf8(output.stdout).expect("oxd ctl output is UTF-8")
+    }
+
+    fn confine_cgroup(&self, cgroup: &TestCgroup, policy: &Path) {
+        self.ctl(&[
+            "confine",
+            "--cgroup",
+            cgroup.path_str(),
+            "--policy",
+            policy.to_str().expect("utf-8 policy path"),
+        ]);
+    }
+
+    /// `oxd ctl list --json`.
+    fn list(&self) -> Vec<Value> {
+        let stdout = self.ctl(&["list", "--json"]);
+        parse_list(&stdout)
+    }
+
+    /// `oxd ctl status --json`.
+    fn status(&self) -> Value {
+        let stdout = self.ctl(&["status", "--json"]);
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("`oxd ctl status --json` printed {stdout:?}: {e}"))
+    }
+
+    /// The `list --json` entry of `cgroup`, if it is confined.
+    fn target(&self, cgroup: &TestCgroup) -> Option<Value> {
+        find_target(&self.list(), cgroup)
+    }
+
+    /// The last lines the daemon printed.
+    fn output_tail(&self) -> String {
+        let text = fs::read_to_string(&self.output).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("--- oxd daemon output\n{}", self.output_tail());
+        }
+        if let Some(mut child) = self.child.take() {
+            if matches!(child.try_wait(), Ok(None)) {
+                if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+                    // SAFETY: kill(2) on our own child, which has not been reaped.
+                    unsafe { libc::kill(pid, libc::SIGCONT) };
+                }
+                match output_within(
+                    &mut self.ctl_command(&["release", "--all"]),
+                    Duration::from_secs(30),
+                ) {
+                    Some(out) if out.status.success() => {}
+                    Some(out) => eprintln!(
+                        "cleanup: oxd ctl release --all failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                    None => eprintln!("cleanup: oxd ctl release --all timed out"),
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Unpinning the links detaches the programs.
+        if let Err(e) = fs::remove_dir_all(&self.bpffs) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("cleanup: cannot remove {}: {e}", self.bpffs.display());
+            }
+        }
+    }
+}
+
+fn parse_list(stdout: &str) -> Vec<Value> {
+    match serde_json::from_str(stdout) {
+        Ok(Value::Array(entries)) => entries,
+        other => {
+            panic!("`oxd ctl list --json` must print an array, printed {stdout:?} ({other:?})")
+        }
+    }
+}
+
+fn find_target(list: &[Value], cgroup: &TestCgroup) -> Option<Value> {
+    list.iter()
+        .find(|entry| entry["cgroup_id"].as_u64() == Some(cgroup.id()))
+        .cloned()
+}
+
+/// Checks a `list --json` entry: the cgroup's path, the policy's name and hash, a generation.
+fn assert_target_entry(entry: &Value, cgroup: &TestCgroup, policy: &str, sha256: &str) -> u64 {
+    assert_eq!(entry["cgroup"], cgroup.path_str(), "cgroup path in {entry}");
+    assert_eq!(entry["policy"], policy, "policy name in {entry}");
+    assert_eq!(entry["sha256"], sha256, "policy hash in {entry}");
+    entry["generation"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no numeric generation in {entry}"))
+}
+
+/// Runs the probe with `actions` inside `cgroup`; its results.
+fn probe_in(cgroup: &TestCgroup, actions: &[&str]) -> Vec<Value> {
+    let output = output_within(cgroup.command(probe_bin()).args(actions), WAIT)
+        .unwrap_or_else(|| panic!("the probe {actions:?} did not finish within {WAIT:?}"));
+    eprintln!(
+        "probe in {} {actions:?}: {}\n{}{}",
+        cgroup.path().display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "the probe failed: {output:?}");
+    probe_results(&output)
+}
+
+/// The probe lines written so far to `path` (complete lines only).
+fn probe_lines(path: &Path) -> Vec<Value> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad probe line {l:?}: {e}")))
+        .collect()
+}
+
+/// Files (pins) left below `dir`; none if it does not exist.
+fn pinned_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.extend(pinned_files(&entry.path()));
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// A loopback TCP listener that accepts (and closes) connections until dropped, so that a
+/// connecting agent never waits on a full backlog.
+struct Acceptor {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Acceptor {
+    fn new() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+        let port = listener.local_addr().expect("local address").port();
+        listener
+            .set_nonblocking(true)
+            .expect("make the listener non-blocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if listener.accept().is_err() {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+        };
+        Self {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One of the two policies the replace test alternates between: both are named
+/// [`FLIP_NAME`], allow every exec and connect by default, and each allows by rule what the
+/// other denies by rule.
+struct Flip {
+    exec_allow: &'static str,
+    exec_deny: &'static str,
+    port_allow: u16,
+    port_deny: u16,
+    text: String,
+    sha256: String,
+}
+
+const FLIP_NAME: &str = "daemon-flip";
+
+impl Flip {
+    fn new(
+        exec_allow: &'static str,
+        exec_deny: &'static str,
+        port_allow: u16,
+        port_deny: u16,
+    ) -> Self {
+        let text = format!(
+            r#"name = "{FLIP_NAME}"
+[exec]
+default = "allow"
+allow = ["{exec_allow}"]
+deny = ["{exec_deny}"]
+
+[network]
+default = "allow"
+[[network.allow]]
+cidr = "127.0.0.1"
+ports = {port_allow}
+protocol = "tcp"
+[[network.deny]]
+cidr = "127.0.0.1"
+ports = {port_deny}
+protocol = "tcp"
+"#
+        );
+        let sha256 = sha256_hex(&text);
+        Self {
+            exec_allow,
+            exec_deny,
+            port_allow,
+            port_deny,
+            text,
+            sha256,
+        }
+    }
+
+    /// The decision and rule this policy gives for `op` on `target`.
+    fn decide(&self, op: &str, target: &str) -> (&'static str, &'static str) {
+        match op {
+            "exec" if target == self.exec_allow => ("allow", "exec.allow[0]"),
+            "exec" if target == self.exec_deny => ("deny", "exec.deny[0]"),
+            "connect" if target == format!("127.0.0.1:{}", self.port_allow) => {
+                ("allow", "network.allow[0]")
+            }
+            "connect" if target == format!("127.0.0.1:{}", self.port_deny) => {
+                ("deny", "network.deny[0]")
+            }
+            "exec" | "connect" => ("allow", "default"),
+            _ => panic!("the agent made no {op} that the policies decide (target {target})"),
+        }
+    }
+
+    /// Whether this policy lets the probe action `action` happen.
+    fn allows(&self, action: &str) -> bool {
+        let (op, target) = op_target(action);
+        self.decide(op, &target).0 == "allow"
+    }
+}
+
+/// The audit record `op` and `target` of a probe action (`exec:PATH` or `connect:ADDR`).
+fn op_target(action: &str) -> (&'static str, String) {
+    if let Some(path) = action.strip_prefix("exec:") {
+        ("exec", path.to_owned())
+    } else if let Some(addr) = action.strip_prefix("connect:") {
+        ("connect", addr.to_owned())
+    } else {
+        panic!("no record target for {action}")
+    }
+}
+
+/// Whether a probe result is an action that happened (`Some(true)`), one denied with EPERM
+/// (`Some(false)`), or anything else (`None`).
+fn outcome(result: &Value) -> Option<bool> {
+    if result["ok"] == true {
+        let exec = result["action"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("exec:"));
+        (!exec || result["status"] == 0).then_some(true)
+    } else {
+        (result["errno"] == EPERM).then_some(false)
+    }
+}
+
+#[test]
+fn daemon_policy_replaced_100_times_under_load_never_mixes_generations() {
+    require_bpf_lsm();
+    const REPLACES: usize = 100;
+    let scratch = Scratch::new("daemon-replace");
+    let cgroup = TestCgroup::new("replace");
+    let (p1, p2) = (Acceptor::new(), Acceptor::new());
+    let a = Flip::new("/usr/bin/id", "/usr/bin/whoami", p1.port, p2.port);
+    let b = Flip::new("/usr/bin/whoami", "/usr/bin/id", p2.port, p1.port);
+    let a_file = scratch.path("a.toml");
+    let b_file = scratch.path("b.toml");
+    fs::write(&a_file, &a.text).expect("write policy A");
+    fs::write(&b_file, &b.text).expect("write policy B");
+    let mut daemon = Daemon::new(&scratch, "replace", &[]);
+    daemon.start();
+    daemon.confine_cgroup(&cgroup, &a_file);
+    let first = daemon
+        .target(&cgroup)
+        .expect("`oxd ctl list` shows the cgroup just confined");
+    // generation -> policy hash, as `oxd ctl list` reported them after the confine and after
+    // every replace.
+    let mut listed = BTreeMap::new();
+    let mut generation = assert_target_entry(&first, &cgroup, FLIP_NAME, &a.sha256);
+    listed.insert(generation, a.sha256.clone());
+
+    let actions = [
+        "exec:/usr/bin/id".to_owned(),
+        "exec:/usr/bin/whoami".to_owned(),
+        format!("connect:127.0.0.1:{}", p1.port),
+        format!("connect:127.0.0.1:{}", p2.port),
+    ];
+    let stop = scratch.path("stop");
+    let loop_output = scratch.path("agent.jsonl");
+    let mut agent = KillOnDrop(
+        cgroup
+            .command(probe_bin())
+            .arg(format!("repeat:{}", stop.display()))
+            .args(&actions)
+            .stdout(fs::File::create(&loop_output).expect("create the agent's output"))
+            .spawn()
+            .expect("spawn the agent loop"),
+    );
+    wait_for("the agent's first round", WAIT, || {
+        (probe_lines(&loop_output).len() >= actions.len()).then_some(())
+    });
+
+    let started = Instant::now();
+    for i in 1..=REPLACES {
+        let (policy, file) = if i % 2 == 1 {
+            (&b, &b_file)
+        } else {
+            (&a, &a_file)
+        };
+        daemon.ctl(&[
+            "replace",
+            "--policy",
+            file.to_str().expect("utf-8 policy path"),
+        ]);
+        let entry = daemon
+            .target(&cgroup)
+            .unwrap_or_else(|| panic!("the cgroup is no longer listed after replace {i}"));
+        let next = assert_target_entry(&entry, &cgroup, FLIP_NAME, &policy.sha256);
+        assert!(
+            next > generation,
+            "replace {i}: the generation went from {generation} to {next}"
+        );
+        listed.insert(next, policy.sha256.clone());
+        generation = next;
+    }
+    let rounds_during = probe_lines(&loop_output).len() / actions.len();
+    eprintln!(
+        "{REPLACES} replaces in {:?}; the agent did about {rounds_during} rounds",
+        started.elapsed()
+    );
+    let status = daemon.status();
+    assert_eq!(status["targets"], 1, "{status}");
+    assert_eq!(
+        status["generation"].as_u64(),
+        Some(generation),
+        "the newest generation is the last replace's: {status}"
+    );
+
+    fs::write(&stop, b"").expect("stop the agent loop");
+    let exit = wait_for("the agent loop to stop", WAIT, || {
+        agent.0.try_wait().expect("wait for the agent")
+    });
+    assert!(exit.success(), "the agent loop failed: {exit}");
+    let mut results = probe_lines(&loop_output);
+    // The last replace installed A: one more round outside the loop sees exactly A.
+    let action_refs: Vec<&str> = actions.iter().map(String::as_str).collect();
+    let last_round = probe_in(&cgroup, &action_refs);
+    for action in &actions {
+        if a.allows(action) {
+            assert_ok(&last_round, action);
+        } else {
+            assert_eperm(&last_round, action);
+        }
+    }
+    results.extend(last_round);
+
+    // Every outcome the agent saw is one that A or B gives (they disagree on every action, so
+    // that is: it happened, or it failed with EPERM), and B's were seen.
+    for r in &results {
+        assert!(
+            outcome(r).is_some(),
+            "neither policy gives this outcome: {r}"
+        );
+    }
+    let b_outcomes = results
+        .iter()
+        .filter(|r| {
+            let action = r["action"].as_str().expect("probe action");
+            outcome(r) == Some(b.allows(action))
+        })
+        .count();
+    assert!(
+        b_outcomes > 0,
+        "the agent never saw policy B in force in {} results",
+        results.len()
+    );
+
+    // Wait until the daemon has recorded every decision (or reported some lost).
+    let cgroup_id = cgroup.id();
+    let count_of = |records: &[Value], action: &str| {
+        let (op, target) = op_target(action);
+        records
+            .iter()
+            .filter(|r| r["cgroup_id"] == cgroup_id && r["op"] == op && r["target"] == target)
+            .count()
+    };
+    let expected_count = |action: &str| results.iter().filter(|r| r["action"] == action).count();
+    let records = wait_for("every decision of the agent to be recorded", WAIT, || {
+        let records = audit_records_so_far(&daemon.audit_log);
+        let lost = records.iter().any(|r| r["op"] == "lost");
+        let complete = actions
+            .iter()
+            .all(|action| count_of(&records, action) >= expected_count(action));
+        (lost || complete).then_some(records)
+    });
+    let lost: Vec<&Value> = records.iter().filter(|r| r["op"] == "lost").collect();
+    for r in &lost {
+        assert!(
+            r["count"].as_u64().is_some_and(|c| c > 0),
+            "a lost record must count what it lost: {r}"
+        );
+    }
+
+    // Every decision record of the cgroup: a normal reason, a generation, and the decision of
+    // the policy its hash names, which is the policy `oxd ctl list` showed for that generation.
+    let ours: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["cgroup_id"] == cgroup_id && r.get("decision").is_some())
+        .collect();
+    let mut recorded: BTreeMap<u64, String> = BTreeMap::new();
+    let mut previous = 0;
+    for r in &ours {
+        let reason = r["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason == "rule" || reason == "default",
+            "a decision under replacement failed closed or has no reason: {r}"
+        );
+        assert_eq!(r["policy"], FLIP_NAME, "{r}");
+        assert_eq!(r["enforced"], true, "{r}");
+        let generation = r["generation"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("record without a numeric generation: {r}"));
+        let sha = r["policy_sha256"].as_str().unwrap_or_default();
+        let policy = if sha == a.sha256 {
+            &a
+        } else if sha == b.sha256 {
+            &b
+        } else {
+            panic!(
+                "record under a policy that is neither A ({}) nor B ({}): {r}",
+                a.sha256, b.sha256
+            )
+        };
+        let op = r["op"].as_str().unwrap_or_default();
+        let target = r["target"].as_str().unwrap_or_default();
+        let (decision, rule) = policy.decide(op, target);
+        let which = if std::ptr::eq(policy, &a) { "A" } else { "B" };
+        assert_eq!(
+            r["decision"], decision,
+            "policy {which} decides otherwise: {r}"
+        );
+        assert_eq!(
+            r["rule"], rule,
+            "policy {which} decides by another rule: {r}"
+        );
+        match recorded.entry(generation) {
+            Entry::Vacant(e) => {
+                e.insert(sha.to_owned());
+            }
+            Entry::Occupied(e) => assert_eq!(
+                e.get(),
+                sha,
+                "generation {generation} is recorded under two policies: {r}"
+            ),
+        }
+        assert_eq!(
+            listed.get(&generation).map(String::as_str),
+            Some(sha),
+            "generation {generation} of {r} is not what `oxd ctl list` reported: {listed:?}"
+        );
+        assert!(
+            generation >= previous,
+            "the agent's decisions went back from generation {previous}: {r}"
+        );
+        previous = generation;
+    }
+    assert!(
+        recorded.len() >= 2,
+        "the agent's decisions were all made under one generation: {recorded:?}"
+    );
+    eprintln!(
+        "{} decision records under {} generations, {} lost records",
+        ours.len(),
+        recorded.len(),
+        lost.len()
+    );
+
+    // With nothing lost, each action's records are, in order, what the agent saw.
+    if lost.is_empty() {
+        for action in &actions {
+            let (op, target) = op_target(action);
+            let seen: Vec<&Value> = results.iter().filter(|r| r["action"] == **action).collect();
+            let decided: Vec<&&Value> = ours
+                .iter()
+                .filter(|r| r["op"] == op && r["target"] == target)
+                .collect();
+            assert_eq!(
+                decided.len(),
+                seen.len(),
+                "one record per {action} the agent made"
+            );
+            for (i, (s, d)) in seen.iter().zip(&decided).enumerate() {
+                assert_eq!(
+                    outcome(s) == Some(true),
+                    d["decision"] == "allow",
+                    "{action} #{i}: the agent saw {s} but the record says {d}"
+                );
+            }
+            let last = decided.last().expect("at least the last round's record");
+            assert_eq!(
+                last["generation"].as_u64(),
+                Some(generation),
+                "the last round runs under the last replace: {last}"
+            );
+        }
+    }
+    assert_audit_log_verifies(&daemon.audit_log);
+}
+
+#[test]
+fn daemon_sigkill_leaves_targets_confined_and_restart_adopts() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("daemon-kill");
+    let cgroup = TestCgroup::new("kill");
+    let text = deny_id_policy("daemon-kill");
+    let sha = sha256_hex(&text);
+    let policy = scratch.policy(&text);
+    let mut daemon = Daemon::new(&scratch, "kill", &[]);
+    daemon.start();
+    daemon.confine_cgroup(&cgroup, &policy);
+
+    // Confined, and so is a cgroup the agent makes below its own.
+    let results = probe_in(
+        &cgroup,
+        &["exec:/usr/bin/id", "subcgroup:nested", "exec:/bin/id"],
+    );
+    assert_eperm(&results, "exec:/usr/bin/id");
+    assert_ok(&results, "subcgroup:nested");
+    assert_eperm(&results, "exec:/bin/id");
+    let cgroup_id = cgroup.id();
+    wait_for("the record of the denied id", WAIT, || {
+        audit_records_so_far(&daemon.audit_log)
+            .iter()
+            .any(|r| {
+                r["op"] == "exec"
+                    && r["target"] == "/usr/bin/id"
+                    && r["cgroup_id"] == cgroup_id
+                    && r["decision"] == "deny"
+            })
+            .then_some(())
+    });
+
+    daemon.signal(libc::SIGKILL);
+    let status = daemon.wait_exit();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    let results = probe_in(&cgroup, &["exec:/usr/bin/id"]);
+    assert_eperm(&results, "exec:/usr/bin/id");
+    let outside = Command::new("/usr/bin/id")
+        .output()
+        .expect("exec id outside the cgroup");
+    assert!(
+        outside.status.success(),
+        "id outside the confined cgroup must run with no daemon: {outside:?}"
+    );
+
+    let before = fs::read_to_string(&daemon.audit_log).expect("read the audit log");
+    let before = &before[..before.rfind('\n').map_or(0, |end| end + 1)];
+    let last_seq = audit_records_so_far(&daemon.audit_log)
+        .last()
+        .and_then(|r| r["seq"].as_u64())
+        .expect("the first daemon wrote numbered records");
+
+    daemon.start();
+    let entry = daemon
+        .target(&cgroup)
+        .expect("the restarted daemon lists the cgroup it adopted");
+    assert_target_entry(&entry, &cgroup, "daemon-kill", &sha);
+    let results = probe_in(&cgroup, &["exec:/usr/bin/whoami"]);
+    assert_eperm(&results, "exec:/usr/bin/whoami");
+    let records = wait_for("the record of the denied whoami", WAIT, || {
+        let records = audit_records_so_far(&daemon.audit_log);
+        records
+            .iter()
+            .any(|r| r["op"] == "exec" && r["target"] == "/usr/bin/whoami")
+            .then_some(records)
+    });
+    let whoami = records_for(&records, "exec", "/usr/bin/whoami");
+    assert_eq!(whoami.len(), 1, "{whoami:#?}");
+    let r = whoami[0];
+    assert_eq!(r["decision"], "deny", "{r}");
+    assert_eq!(r["rule"], "exec.deny[1]", "{r}");
+    assert_eq!(r["cgroup_id"], cgroup_id, "{r}");
+    assert_eq!(r["policy"], "daemon-kill", "{r}");
+    assert_eq!(r["policy_sha256"], sha.as_str(), "{r}");
+    assert!(r["generation"].is_u64(), "{r}");
+    assert!(
+        r["seq"].as_u64().is_some_and(|seq| seq > last_seq),
+        "the restarted daemon continues the numbering after {last_seq}: {r}"
+    );
+    let after = fs::read_to_string(&daemon.audit_log).expect("read the audit log");
+    assert!(
+        after.starts_with(before),
+        "the restarted daemon must append to the audit log, not rewrite it"
+    );
+    assert_audit_log_verifies(&daemon.audit_log);
+
+    daemon.ctl(&["release", "--cgroup", cgroup.path_str()]);
+    let results = probe_in(&cgroup, &["exec:/usr/bin/id"]);
+    assert_ok(&results, "exec:/usr/bin/id");
+    assert!(
+        daemon.target(&cgroup).is_none(),
+        "a released cgroup is not listed"
+    );
+}
+
+#[test]
+fn daemon_ring_buffer_flood_reports_loss() {
+    require_bpf_lsm();
+    // The ring buffer holds about a thousand decisions.
+    const OPENS: u64 = 10_000;
+    let scratch = Scratch::new("daemon-flood");
+    let cgroup = TestCgroup::new("flood");
+    let file = scratch.path("flooded");
+    fs::write(&file, "x").expect("write the flooded file");
+    let file = fs::canonicalize(&file).expect("canonical path");
+    let file = file.to_str().expect("utf-8 path").to_owned();
+    let policy = scratch.policy("name = \"daemon-flood\"\n[file]\ndefault = \"allow\"\n");
+    let mut daemon = Daemon::new(&scratch, "flood", &[]);
+    daemon.start();
+    daemon.confine_cgroup(&cgroup, &policy);
+    let cgroup_id = cgroup.id();
+    let opens_of = |records: &[Value]| {
+        records
+            .iter()
+            .filter(|r| r["op"] == "open" && r["target"] == file.as_str())
+            .filter(|r| r["cgroup_id"] == cgroup_id)
+            .count() as u64
+    };
+
+    // The daemon records opens while it runs...
+    let read = format!("read:{file}");
+    assert_ok(&probe_in(&cgroup, &[&read]), &read);
+    wait_for("the record of one open", WAIT, || {
+        (opens_of(&audit_records_so_far(&daemon.audit_log)) >= 1).then_some(())
+    });
+
+    // ...but not while it is stopped: the ring buffer fills up.
+    daemon.signal(libc::SIGSTOP);
+    let flood = format!("flood:{OPENS}:{file}");
+    let results = probe_in(&cgroup, &[&flood]);
+    daemon.signal(libc::SIGCONT);
+    assert_ok(&results, &flood);
+
+    let records = wait_for("an `op: lost` record", WAIT, || {
+        let records = audit_records_so_far(&daemon.audit_log);
+        records.iter().any(|r| r["op"] == "lost").then_some(records)
+    });
+    let lost: Vec<&Value> = records.iter().filter(|r| r["op"] == "lost").collect();
+    for r in &lost {
+        assert!(
+            r["count"].as_u64().is_some_and(|c| c > 0),
+            "a lost record counts at least one decision: {r}"
+        );
+    }
+    // Every open of the flood is either recorded or counted as lost.
+    let (recorded, lost) = wait_for(
+        "every open of the flood to be recorded or counted lost",
+        WAIT,
+        || {
+            let records = audit_records_so_far(&daemon.audit_log);
+            let lost: u64 = records
+                .iter()
+                .filter(|r| r["op"] == "lost")
+                .filter_map(|r| r["count"].as_u64())
+                .sum();
+            let recorded = opens_of(&records);
+            // The flood's opens and the one before it.
+            (recorded + lost > OPENS).then_some((recorded, lost))
+        },
+    );
+    eprintln!("{recorded} opens recorded, {lost} decisions lost");
+    let status = daemon.status();
+    assert!(
+        status["ringbuf_lost"].as_u64().is_some_and(|n| n > 0),
+        "status reports the loss: {status}"
+    );
+    assert_audit_log_verifies(&daemon.audit_log);
+}
+
+#[test]
+fn daemon_confine_by_pid_and_release() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("daemon-pid");
+
+    // A client with no daemon behind its socket fails and names the socket.
+    let missing = scratch.path("missing.sock");
+    let output = output_within(
+        Command::new(oxd_bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&missing)
+            .arg("status"),
+        WAIT,
+    )
+    .expect("oxd ctl with no daemon must not hang");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "oxd ctl with no daemon must fail: {output:?}"
+    );
+    assert!(
+        stderr.contains(&missing.display().to_string()),
+        "the error names the socket {}: {stderr}",
+        missing.display()
+    );
+
+    let cgroup = TestCgroup::new("pid");
+    let text = deny_id_policy("daemon-pid");
+    let sha = sha256_hex(&text);
+    let policy = scratch.policy(&text);
+    let mut daemon = Daemon::new(&scratch, "pid", &[]);
+    daemon.start();
+
+    // The agent is already running when it is confined.
+    let go1 = scratch.path("go1");
+    let go2 = scratch.path("go2");
+    let mut agent = KillOnDrop(
+        cgroup
+            .command(probe_bin())
+            .arg(format!("wait:{}", go1.display()))
+            .arg("exec:/usr/bin/id")
+            .arg(format!("wait:{}", go2.display()))
+            .arg("exec:/bin/id")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the agent"),
+    );
+    let pid = agent.0.id().to_string();
+    daemon.ctl(&[
+        "confine",
+        "--pid",
+        &pid,
+        "--policy",
+        policy.to_str().expect("utf-8 policy path"),
+    ]);
+    // The socket option also goes after the subcommand.
+    let output = output_within(
+        Command::new(oxd_bin())
+            .args(["ctl", "list", "--json", "--socket"])
+            .arg(&daemon.socket),
+        WAIT,
+    )
+    .expect("oxd ctl list must not hang");
+    assert!(
+        output.status.success(),
+        "oxd ctl list --json --socket PATH: {output:?}"
+    );
+    let list = parse_list(&String::from_utf8_lossy(&output.stdout));
+    let entry = find_target(&list, &cgroup)
+        .unwrap_or_else(|| panic!("confining pid {pid} confines its cgroup: {list:#?}"));
+    assert_target_entry(&entry, &cgroup, "daemon-pid", &sha);
+    assert_eq!(daemon.status()["targets"], 1);
+
+    let mut stdout = BufReader::new(agent.0.stdout.take().expect("piped stdout"));
+    fs::write(&go1, b"").expect("let the agent go on");
+    assert_eq!(next_probe_line(&mut stdout)["ok"], true);
+    let denied = next_probe_line(&mut stdout);
+    assert_eq!(denied["action"], "exec:/usr/bin/id");
+    assert_eq!(
+        denied["ok"], false,
+        "the confined agent's id is denied: {denied}"
+    );
+    assert_eq!(denied["errno"], EPERM, "{denied}");
+
+    daemon.ctl(&["release", "--pid", &pid]);
+    assert!(
+        daemon.target(&cgroup).is_none(),
+        "a released cgroup is not listed"
+    );
+    assert_eq!(daemon.status()["targets"], 0);
+    fs::write(&go2, b"").expect("let the agent go on");
+    assert_eq!(next_probe_line(&mut stdout)["ok"], true);
+    let allowed = next_probe_line(&mut stdout);
+    assert_eq!(allowed["action"], "exec:/bin/id");
+    assert_eq!(
+        allowed["ok"], true,
+        "after release the agent's id runs: {allowed}"
+    );
+    let exit = wait_for("the agent to finish", WAIT, || {
+        agent.0.try_wait().expect("wait for the agent")
+    });
+    assert!(exit.success(), "{exit}");
+}
+
+#[test]
+fn daemon_sigterm_keep_and_release() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("daemon-term");
+    let policy = scratch.policy(&deny_id_policy("daemon-term"));
+
+    // --on-exit keep: the daemon goes, the confinement stays pinned.
+    {
+        let cgroup = TestCgroup::new("term-keep");
+        let mut daemon = Daemon::new(&scratch, "keep", &["--on-exit", "keep"]);
+        daemon.start();
+        daemon.confine_cgroup(&cgroup, &policy);
+        assert_eperm(
+            &probe_in(&cgroup, &["exec:/usr/bin/id"]),
+            "exec:/usr/bin/id",
+        );
+        daemon.signal(libc::SIGTERM);
+        let status = daemon.wait_exit();
+        assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit: {status}");
+        assert!(
+            !pinned_files(&daemon.bpffs).is_empty(),
+            "--on-exit keep leaves pins in {}",
+            daemon.bpffs.display()
+        );
+        assert_eperm(
+            &probe_in(&cgroup, &["exec:/usr/bin/id"]),
+            "exec:/usr/bin/id",
+        );
+    }
+
+    // --on-exit release: the daemon releases its targets and removes its pins.
+    let cgroup = TestCgroup::new("term-release");
+    let mut daemon = Daemon::new(&scratch, "release", &["--on-exit", "release"]);
+    daemon.start();
+    daemon.confine_cgroup(&cgroup, &policy);
+    assert_eperm(
+        &probe_in(&cgroup, &["exec:/usr/bin/id"]),
+        "exec:/usr/bin/id",
+    );
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit: {status}");
+    let left = pinned_files(&daemon.bpffs);
+    assert!(
+        left.is_empty(),
+        "--on-exit release removes every pin: {left:?}"
+    );
+    assert_ok(
+        &probe_in(&cgroup, &["exec:/usr/bin/id"]),
+        "exec:/usr/bin/id",
+    );
+}
