@@ -406,7 +406,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 /// (`ld-linux-x86-64.so.2 BINARY`), loads a program without exec'ing it. A file that an exec
 /// rule explicitly denies (by path or identity) cannot be mapped executable either. The
 /// default does not apply here: shared libraries are mapped the same way. Only denials are
-/// recorded; the kernel's own mappings during an exec were decided in bprm_check_security.
+/// recorded. The kernel's own mappings during an exec (of the program and of its ELF
+/// interpreter, both opened with `__FMODE_EXEC`) are not decided again: bprm_check_security
+/// decided that exec, and a second decision, possibly by a newer policy generation, past the
+/// exec's point of no return would kill the process instead of failing the exec.
 #[lsm(hook = "mmap_file")]
 pub fn mmap_file(ctx: LsmContext) -> i32 {
     // int mmap_file(struct file *file, unsigned long reqprot, unsigned long prot,
@@ -418,6 +421,15 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     let file: *const u8 = ctx.arg(0);
     let prot: u64 = ctx.arg(2);
     if file.is_null() || prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    // SAFETY: offset from this kernel's BTF, checked by the verifier against `struct file`.
+    let f_flags = unsafe {
+        *(file
+            .add(read_volatile(&FILE_F_FLAGS_OFFSET) as usize)
+            .cast::<u32>())
+    };
+    if f_flags & fmode::EXEC_OPEN_FLAG != 0 {
         return 0;
     }
     let slot = confined_slot();

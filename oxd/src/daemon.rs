@@ -141,6 +141,8 @@ impl State {
 }
 
 struct Daemon {
+    /// Held for the daemon's life: one daemon per state directory.
+    _lock: nix::fcntl::Flock<fs::File>,
     args: DaemonArgs,
     pin_dir: PathBuf,
     state_path: PathBuf,
@@ -247,6 +249,21 @@ impl Daemon {
         let pin_dir = args.bpffs.join(format!("v{MAP_LAYOUT_VERSION}"));
         fs::create_dir_all(&args.state_dir)
             .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+        let lock_path = args.state_dir.join("lock");
+        let lock_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| {
+                anyhow!(
+                    "another oxd daemon is running with state directory {} ({})",
+                    args.state_dir.display(),
+                    errno.desc()
+                )
+            })?;
         let state_path = args.state_dir.join("state.json");
         let adopted = pin_dir.join("maps").join("CONFIG").exists();
         let mut state: State = match fs::read(&state_path) {
@@ -295,6 +312,7 @@ impl Daemon {
             .map(|max| Rotation::new(max, args.audit_keep));
         let audit = AuditLog::append(&args.audit_log, args.record, rotation)?;
         let mut daemon = Self {
+            _lock: lock,
             args,
             pin_dir,
             state_path,

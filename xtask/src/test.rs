@@ -25,7 +25,7 @@ use crate::{
 const VM_TARGET: &str = "vm";
 const TESTS_PACKAGE: &str = "oxd-tests";
 /// How long one guest may run the whole `vm` test executable.
-const VM_TIMEOUT: Duration = Duration::from_secs(1200);
+const VM_TIMEOUT: Duration = Duration::from_secs(2400);
 
 /// The outcome of one test as libtest reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
