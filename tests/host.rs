@@ -447,3 +447,83 @@ fn metrics_count_decisions_and_name_the_policy() {
         "{text}"
     );
 }
+
+/// The daemon on a kernel without BPF-LSM: it runs, says so, enforces network-only policies
+/// (pinned, so they survive `kill -9`), and refuses a policy with exec rules, naming the fix.
+#[test]
+fn daemon_without_bpf_lsm_enforces_network_policies_pinned_and_refuses_exec_policies() {
+    let scratch = Scratch::new("host-daemon");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    let denied_port = if port == u16::MAX { port - 1 } else { port + 1 };
+    let allowed = format!("connect:127.0.0.1:{port}");
+    let denied = format!("connect:127.0.0.1:{denied_port}");
+    let net = scratch.path("net.toml");
+    fs::write(&net, net_policy(port)).expect("write the network policy");
+    let exec = scratch.path("exec.toml");
+    fs::write(&exec, "name = \"host-exec\"\n[exec]\ndefault = \"allow\"\n")
+        .expect("write the exec policy");
+    let cgroup = TestCgroup::new("host-daemon");
+    let other = TestCgroup::new("host-daemon-exec");
+
+    // This host has no bpffs at /sys/fs/bpf: the daemon pins into a private one.
+    let bpffs = BpffsMount::new(&scratch, "bpffs");
+    let mut daemon = Daemon::new(&scratch, "host", &[]);
+    daemon.bpffs = bpffs.path.join("oxd");
+    daemon.start();
+    let status = daemon.status();
+    assert_eq!(status["lsm"], false, "this host has no BPF-LSM: {status}");
+
+    daemon.confine_cgroup(&cgroup, &net);
+    let results = probe_in(&cgroup, &[&allowed, &denied]);
+    assert_ok(&results, &allowed);
+    assert_eperm(&results, &denied);
+    // Outside the cgroup nothing changes.
+    TcpStream::connect(("127.0.0.1", port)).expect("connect from outside the cgroup");
+
+    let refused = daemon.ctl_output(&[
+        "confine",
+        "--cgroup",
+        other.path_str(),
+        "--policy",
+        exec.to_str().expect("utf-8 path"),
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("CONFIG_BPF_LSM"),
+        "a policy with exec rules must be refused, naming the fix: {refused:?}"
+    );
+    assert!(daemon.target(&other).is_none(), "nothing was confined");
+
+    // kill -9: the pinned links keep deciding.
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit();
+    let results = probe_in(&cgroup, &[&allowed, &denied]);
+    assert_ok(&results, &allowed);
+    assert_eperm(&results, &denied);
+
+    // A new daemon adopts the target, records its decisions, and can release it.
+    daemon.start();
+    assert_eq!(daemon.status()["adopted"], true);
+    assert!(daemon.target(&cgroup).is_some(), "the target was adopted");
+    let results = probe_in(&cgroup, &[&denied]);
+    assert_eperm(&results, &denied);
+    let target = format!("127.0.0.1:{denied_port}");
+    wait_for("the adopted daemon to record the denial", WAIT, || {
+        let records = audit_records_so_far(&daemon.audit_log);
+        let n = records
+            .iter()
+            .filter(|r| r["op"] == "connect" && r["target"] == target.as_str())
+            .filter(|r| r["decision"] == "deny")
+            .count();
+        (n >= 3).then_some(())
+    });
+    daemon.ctl(&["release", "--cgroup", cgroup.path_str()]);
+    let results = probe_in(&cgroup, &[&denied]);
+    let r = result_of(&results, &denied);
+    assert_ne!(
+        r["errno"], EPERM,
+        "released: the connect is no longer denied: {r}"
+    );
+    assert_audit_log_verifies(&daemon.audit_log);
+}

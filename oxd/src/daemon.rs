@@ -236,7 +236,7 @@ fn check_bpffs(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot inspect the file system of {}", probe.display()))?;
     if stat.filesystem_type().0 as u64 != BPF_FS_MAGIC {
         bail!(
-            "{} is not on a bpf file system, so enforcement cannot be pinned: mount one (`mount              -t bpf bpf /sys/fs/bpf`) or give --bpffs a directory inside one",
+            "{} is not on a bpf file system, so enforcement cannot be pinned: mount one (`mount -t bpf bpf /sys/fs/bpf`) or give --bpffs a directory inside one",
             dir.display()
         );
     }

@@ -14,6 +14,10 @@ use std::{
 
 use serde_json::Value;
 
+pub mod daemon;
+
+pub use daemon::*;
+
 pub const EPERM: i64 = 1;
 
 fn target_dir_binary(name: &str) -> PathBuf {
@@ -200,9 +204,11 @@ pub struct TestCgroup {
 }
 
 impl TestCgroup {
-    /// Creates `/sys/fs/cgroup/oxd-test-NAME-PID`.
+    /// Creates `oxd-test-NAME-PID` below the cgroup2 mount (`/sys/fs/cgroup`, or
+    /// `/sys/fs/cgroup/unified` on a hybrid host).
     pub fn new(name: &str) -> Self {
-        let root = Path::new("/sys/fs/cgroup");
+        let root = oxd::cgroup::cgroup2_mount().expect("a cgroup2 mount");
+        let root = root.as_path();
         assert!(
             root.join("cgroup.controllers").exists(),
             "{} is not a cgroup2 mount",
@@ -417,4 +423,34 @@ pub fn assert_audit_log_verifies(log: &Path) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A private bpf file system mounted on a scratch directory (a host may have none at
+/// /sys/fs/bpf); unmounted when dropped.
+pub struct BpffsMount {
+    pub path: PathBuf,
+}
+
+impl BpffsMount {
+    pub fn new(scratch: &Scratch, name: &str) -> Self {
+        let path = scratch.path(name);
+        fs::create_dir_all(&path).expect("create the bpffs mount point");
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a bpf file system at {}",
+            path.display()
+        );
+        Self { path }
+    }
+}
+
+impl Drop for BpffsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }
