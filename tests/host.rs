@@ -525,5 +525,17 @@ fn daemon_without_bpf_lsm_enforces_network_policies_pinned_and_refuses_exec_poli
         r["errno"], EPERM,
         "released: the connect is no longer denied: {r}"
     );
+
+    // A confined cgroup that is removed is forgotten.
+    let short_lived = TestCgroup::new("host-daemon-gone");
+    daemon.confine_cgroup(&short_lived, &net);
+    let id = short_lived.id();
+    assert!(daemon.target(&short_lived).is_some(), "confined");
+    drop(short_lived);
+    wait_for("the daemon to forget the removed cgroup", WAIT, || {
+        let list = daemon.list();
+        (!list.iter().any(|t| t["cgroup_id"].as_u64() == Some(id))).then_some(())
+    });
+    assert_eq!(daemon.status()["targets"], 0);
     assert_audit_log_verifies(&daemon.audit_log);
 }

@@ -683,14 +683,9 @@ impl Daemon {
         };
         let mut released = Vec::new();
         for id in ids {
-            // Lifting enforcement is one map update; the links go after.
-            self.enforcer.remove_confined(id)?;
-            self.enforcer.detach_network(id)?;
-            if let Some(pos) = self.state.targets.iter().position(|t| t.cgroup_id == id) {
-                let t = self.state.targets.remove(pos);
-                self.drop_unused(&t.policy);
-                tracing::info!(cgroup = %t.cgroup.display(), "released");
-                released.push(t.cgroup.display().to_string());
+            if let Some(cgroup) = self.release_one(id)? {
+                tracing::info!(cgroup = %cgroup.display(), "released");
+                released.push(cgroup.display().to_string());
             }
         }
         self.save()?;
@@ -699,6 +694,46 @@ impl Daemon {
         } else {
             format!("released {}", released.join(", "))
         })
+    }
+
+    /// Lifts enforcement for one cgroup (one map update; the links go after) and forgets it.
+    /// The caller saves the state.
+    fn release_one(&mut self, cgroup_id: u64) -> Result<Option<PathBuf>> {
+        self.enforcer.remove_confined(cgroup_id)?;
+        self.enforcer.detach_network(cgroup_id)?;
+        let Some(pos) = self
+            .state
+            .targets
+            .iter()
+            .position(|t| t.cgroup_id == cgroup_id)
+        else {
+            return Ok(None);
+        };
+        let t = self.state.targets.remove(pos);
+        self.drop_unused(&t.policy);
+        self.metrics.clear_policy(&t.cgroup.display().to_string());
+        Ok(Some(t.cgroup))
+    }
+
+    /// Forgets targets whose cgroup was removed: nothing can run in them any more, and their
+    /// ids must not linger in the kernel's map.
+    fn prune_removed(&mut self) -> Result<()> {
+        let gone: Vec<u64> = self
+            .state
+            .targets
+            .iter()
+            .filter(|t| fs::metadata(&t.cgroup).map(|m| m.ino()).ok() != Some(t.cgroup_id))
+            .map(|t| t.cgroup_id)
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for id in gone {
+            if let Some(cgroup) = self.release_one(id)? {
+                tracing::info!(cgroup = %cgroup.display(), "cgroup removed: no longer confined");
+            }
+        }
+        self.save()
     }
 
     fn replace(&mut self, source: &crate::control::PolicySource) -> Result<String> {
@@ -976,6 +1011,7 @@ async fn serve(args: DaemonArgs) -> Result<i32> {
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
+                    daemon.prune_removed()?;
                     daemon.sweep(Instant::now())?;
                     daemon.report_losses()?;
                 }

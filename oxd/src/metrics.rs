@@ -2,8 +2,9 @@
 //! decisions by operation and result, ring buffer losses, and the policy in force per target.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
-    sync::{atomic::AtomicU64, Arc},
+    sync::{atomic::AtomicU64, Arc, Mutex},
 };
 
 use anyhow::{anyhow, Context as _, Result};
@@ -36,6 +37,9 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     lost: Gauge<u64, AtomicU64>,
     generation: Family<PolicyLabels, Gauge>,
+    /// The labels of each target's series in `generation`, so a replacement or a release
+    /// removes the old series.
+    current: Arc<Mutex<HashMap<String, PolicyLabels>>>,
 }
 
 impl Default for Metrics {
@@ -70,6 +74,7 @@ impl Metrics {
             decisions,
             lost,
             generation,
+            current: Arc::default(),
         }
     }
 
@@ -88,15 +93,28 @@ impl Metrics {
         self.lost.set(lost);
     }
 
-    /// Sets the generation of the policy in force for `target`.
+    /// Sets the generation of the policy in force for `target` (one series per target).
     pub fn set_policy(&self, target: &str, policy: &str, sha256: &str, generation: i64) {
-        self.generation
-            .get_or_create(&PolicyLabels {
-                target: target.to_owned(),
-                policy: policy.to_owned(),
-                sha256: sha256.to_owned(),
-            })
-            .set(generation);
+        let labels = PolicyLabels {
+            target: target.to_owned(),
+            policy: policy.to_owned(),
+            sha256: sha256.to_owned(),
+        };
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = current.insert(target.to_owned(), labels.clone()) {
+            if old != labels {
+                self.generation.remove(&old);
+            }
+        }
+        self.generation.get_or_create(&labels).set(generation);
+    }
+
+    /// Removes `target`'s policy series (it is no longer confined).
+    pub fn clear_policy(&self, target: &str) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = current.remove(target) {
+            self.generation.remove(&old);
+        }
     }
 
     /// The exposition text.
@@ -170,5 +188,25 @@ mod tests {
             text.contains(r#"oxd_policy_generation{target="/sys/fs/cgroup/oxd/run-1",policy="p",sha256="s"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_replaced_or_released_policy_leaves_one_series_or_none() {
+        let metrics = Metrics::new();
+        metrics.set_policy("/cg/a", "p", "s1", 1);
+        metrics.set_policy("/cg/b", "p", "s1", 1);
+        metrics.set_policy("/cg/a", "p", "s2", 2);
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains(r#"oxd_policy_generation{target="/cg/a",policy="p",sha256="s2"} 2"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"target="/cg/a",policy="p",sha256="s1""#),
+            "{text}"
+        );
+        metrics.clear_policy("/cg/b");
+        let text = metrics.render().unwrap();
+        assert!(!text.contains(r#"target="/cg/b""#), "{text}");
     }
 }
