@@ -468,7 +468,11 @@ fn daemon_without_bpf_lsm_enforces_network_policies_pinned_and_refuses_exec_poli
 
     // This host has no bpffs at /sys/fs/bpf: the daemon pins into a private one.
     let bpffs = BpffsMount::new(&scratch, "bpffs");
-    let mut daemon = Daemon::new(&scratch, "host", &[]);
+    let metrics_addr = {
+        let free = TcpListener::bind("127.0.0.1:0").expect("find a free port");
+        free.local_addr().expect("local addr").to_string()
+    };
+    let mut daemon = Daemon::new(&scratch, "host", &["--metrics", &metrics_addr]);
     daemon.bpffs = bpffs.path.join("oxd");
     daemon.start();
     let status = daemon.status();
@@ -480,6 +484,20 @@ fn daemon_without_bpf_lsm_enforces_network_policies_pinned_and_refuses_exec_poli
     assert_eperm(&results, &denied);
     // Outside the cgroup nothing changes.
     TcpStream::connect(("127.0.0.1", port)).expect("connect from outside the cgroup");
+    // The metrics name the policy in force for the target and count the decisions.
+    let series = format!(
+        r#"oxd_policy_generation{{target="{}",policy="host-net""#,
+        cgroup.path_str()
+    );
+    let text = wait_for("the daemon's metrics to count the denial", WAIT, || {
+        scrape(&metrics_addr).filter(|t| {
+            t.contains(&series)
+                && t.contains(
+                    r#"oxd_decisions_total{op="connect",decision="deny",enforced="true"} 1"#,
+                )
+        })
+    });
+    assert!(text.contains("oxd_ringbuf_lost 0"), "{text}");
 
     let refused = daemon.ctl_output(&[
         "confine",
