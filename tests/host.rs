@@ -9,6 +9,7 @@ use std::{
     io::BufReader,
     net::{TcpListener, TcpStream},
     path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -477,6 +478,26 @@ fn daemon_without_bpf_lsm_enforces_network_policies_pinned_and_refuses_exec_poli
     daemon.start();
     let status = daemon.status();
     assert_eq!(status["lsm"], false, "this host has no BPF-LSM: {status}");
+    // A second daemon on the same pins is refused before it touches them.
+    let second = output_within(
+        Command::new(oxd_bin())
+            .arg("daemon")
+            .arg("--socket")
+            .arg(scratch.path("second.sock"))
+            .arg("--state-dir")
+            .arg(scratch.path("second-state"))
+            .arg("--bpffs")
+            .arg(&daemon.bpffs)
+            .arg("--audit-log")
+            .arg(scratch.path("second-audit.jsonl")),
+        WAIT,
+    )
+    .expect("a second daemon must exit");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && stderr.contains("another oxd daemon uses the pins"),
+        "{second:?}"
+    );
 
     daemon.confine_cgroup(&cgroup, &net);
     let results = probe_in(&cgroup, &[&allowed, &denied]);

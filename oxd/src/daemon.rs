@@ -141,8 +141,9 @@ impl State {
 }
 
 struct Daemon {
-    /// Held for the daemon's life: one daemon per state directory.
+    /// Held for the daemon's life: one daemon per state directory, and per pin directory.
     _lock: nix::fcntl::Flock<fs::File>,
+    _pin_lock: nix::fcntl::Flock<fs::File>,
     args: DaemonArgs,
     pin_dir: PathBuf,
     state_path: PathBuf,
@@ -266,6 +267,20 @@ impl Daemon {
             })?;
         let state_path = args.state_dir.join("state.json");
         let adopted = pin_dir.join("maps").join("CONFIG").exists();
+        // One daemon per pin directory too (a second one would clear slots it does not know).
+        fs::create_dir_all(&pin_dir)
+            .with_context(|| format!("cannot create {}", pin_dir.display()))?;
+        let pin_dir_file = fs::File::open(&pin_dir)
+            .with_context(|| format!("cannot open {}", pin_dir.display()))?;
+        let pin_lock =
+            nix::fcntl::Flock::lock(pin_dir_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                .map_err(|(_, errno)| {
+                    anyhow!(
+                        "another oxd daemon uses the pins under {} ({})",
+                        pin_dir.display(),
+                        errno.desc()
+                    )
+                })?;
         let mut state: State = match fs::read(&state_path) {
             Ok(bytes) if adopted => serde_json::from_slice(&bytes)
                 .with_context(|| format!("cannot parse {}", state_path.display()))?,
@@ -281,11 +296,14 @@ impl Daemon {
             Err(e) => return Err(e).context(format!("cannot read {}", state_path.display())),
         };
         if adopted && !state_path.exists() {
-            tracing::warn!(
-                "pinned maps under {} but no state file {}: targets confined there stay \
-                 confined but unknown to this daemon",
+            bail!(
+                "enforcement is pinned under {} but there is no state file {}, so this daemon \
+                 cannot know what it enforces. Give the --state-dir of the daemon that pinned \
+                 it, or lift that enforcement by removing the pins (`rm -r {}`: confined \
+                 processes are then unconfined) and start again",
                 pin_dir.display(),
-                state_path.display()
+                state_path.display(),
+                pin_dir.display()
             );
         }
         state.version = STATE_VERSION;
@@ -313,6 +331,7 @@ impl Daemon {
         let audit = AuditLog::append(&args.audit_log, args.record, rotation)?;
         let mut daemon = Self {
             _lock: lock,
+            _pin_lock: pin_lock,
             args,
             pin_dir,
             state_path,
@@ -600,6 +619,8 @@ impl Daemon {
         }
         let policy = Self::parse(source)?;
         let name = policy.name.clone();
+        let dir = fs::File::open(&cgroup)
+            .with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
         let generation = match self.state.current_gen(&name) {
             Some(g) if g.sha256 == policy.sha256 => g.generation,
             Some(g) => bail!(
@@ -616,8 +637,6 @@ impl Daemon {
             }
         };
         let g = self.state.gen(generation).expect("loaded").clone();
-        let dir = fs::File::open(&cgroup)
-            .with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
         let label = cgroup.display().to_string();
         self.state.targets.push(TargetState {
             cgroup: cgroup.clone(),
@@ -898,9 +917,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
         }
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another daemon is answering on {}", path.display());
-        }
+        refuse_if_answering(path)?;
         fs::remove_file(path)
             .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
@@ -909,6 +926,13 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {}", path.display()))?;
     Ok(listener)
+}
+
+fn refuse_if_answering(socket: &Path) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        bail!("another oxd daemon is answering on {}", socket.display());
+    }
+    Ok(())
 }
 
 type Call = (Request, oneshot::Sender<Response>);
@@ -964,6 +988,8 @@ pub fn daemon(args: DaemonArgs) -> Result<i32> {
 async fn serve(args: DaemonArgs) -> Result<i32> {
     let socket = args.socket.clone();
     let metrics_addr = args.metrics;
+    // Before touching any pin: another daemon may own them.
+    refuse_if_answering(&socket)?;
     let mut daemon = Daemon::start(args)?;
     if let Some(addr) = metrics_addr {
         daemon.metrics.serve(addr)?;
