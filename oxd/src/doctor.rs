@@ -99,7 +99,7 @@ fn bpffs_check() -> Check {
         Some(path) => Check::ok("bpffs", format!("mounted at {path}")),
         None => Check::warn(
             "bpffs",
-            "not mounted (oxd run does not need it; pinning enforcement beyond oxd's lifetime will)",
+            "not mounted (oxd run does not need it; oxd daemon does, to pin enforcement beyond its own life)",
             "mount -t bpf bpf /sys/fs/bpf",
         ),
     }
