@@ -178,13 +178,15 @@ pub fn render(record: &Value) -> String {
         _ => String::new(),
     };
     format!(
-        "{}  {:<6} {:<8} {}{}  by {}  [{} pid {} uid {}]",
+        "{}  {:<6} {:<8} {}{}  by {} of {} gen {}  [{} pid {} uid {}]",
         s("time"),
         decision,
         s("op"),
         s("target"),
         detail,
         s("rule"),
+        s("policy"),
+        n("generation"),
         s("comm"),
         n("pid"),
         n("uid"),
@@ -244,6 +246,19 @@ fn tail(path: &Path, follow: bool, denied: bool, last: usize) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rendered_line_names_rule_policy_and_generation() {
+        let record = serde_json::json!({
+            "time": "T", "policy": "agent", "policy_sha256": "s", "generation": 7,
+            "op": "exec", "target": "/usr/bin/id", "decision": "deny", "enforced": true,
+            "rule": "exec.deny[0]", "reason": "rule", "pid": 3, "uid": 0, "comm": "sh"
+        });
+        assert_eq!(
+            super::render(&record),
+            "T  deny   exec     /usr/bin/id  by exec.deny[0] of agent gen 7  [sh pid 3 uid 0]"
+        );
+    }
+
     use std::io::Write as _;
 
     use super::*;
