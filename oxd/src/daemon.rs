@@ -5,8 +5,8 @@
 //!   one of the kernel's policy slots. A confined cgroup points at its policy's slot (the
 //!   `CONFINED` map). Replacing a policy writes the new generation into a free slot, then
 //!   repoints each target in one map update: a decision reads the slot once, so it is made by
-//!   the old generation or the new one, never a mix, never none. The old slot is cleared after
-//!   [`SLOT_GRACE`], far longer than any (non-sleepable) BPF program runs.
+//!   the old generation or the new one, never a mix, never none. The old slot is cleared once
+//!   every program that could still be reading it has finished ([`RcuBarrier`]).
 //! - **Pins.** Maps and links live in bpffs under `--bpffs/v<layout>/`. If the daemon is
 //!   killed, the links keep the programs attached and the maps keep the policies: confined
 //!   processes stay confined. A restarted daemon reopens the pinned maps, finishes any change
@@ -25,7 +25,7 @@ use std::{
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -46,10 +46,8 @@ use crate::{
     enforcer::{self, Enforcer, LoadOptions},
     metrics::Metrics,
     policy::Policy,
+    rcu::RcuBarrier,
 };
-
-/// How long a replaced policy's slot stays untouched before it is cleared.
-pub const SLOT_GRACE: Duration = Duration::from_secs(1);
 
 /// Retired generations remembered for naming late decisions in the audit log.
 const REMEMBERED_GENERATIONS: usize = 256;
@@ -123,7 +121,7 @@ struct State {
     generation: u64,
     /// Lost decisions already reported in the audit log (of the pinned counters).
     reported_lost: u64,
-    /// Every generation occupying a slot (current ones and retired ones not yet cleared).
+    /// Every generation occupying a slot (current ones, and one being replaced).
     generations: Vec<GenState>,
     /// Policy name -> its current generation.
     current: BTreeMap<String, u64>,
@@ -152,8 +150,7 @@ struct Daemon {
     /// Parsed policies by generation: every generation in a slot, and recently cleared ones.
     policies: HashMap<u64, Arc<Policy>>,
     forgotten: VecDeque<u64>,
-    /// Retired generations and when.
-    retired: Vec<(u64, Instant)>,
+    barrier: RcuBarrier,
     lsm: bool,
     adopted: bool,
     audit: AuditLog,
@@ -339,7 +336,9 @@ impl Daemon {
             state,
             policies: HashMap::new(),
             forgotten: VecDeque::new(),
-            retired: Vec::new(),
+            barrier: RcuBarrier::new().context(
+                "cannot create the map-in-map oxd uses to wait for running BPF programs",
+            )?,
             lsm,
             adopted,
             audit,
@@ -418,10 +417,14 @@ impl Daemon {
                     g.name
                 ),
             }
-            if self.state.current.get(&g.name) != Some(&g.generation) {
-                self.retired.push((g.generation, Instant::now()));
-            }
         }
+        let stale: Vec<u64> = self
+            .state
+            .generations
+            .iter()
+            .filter(|g| self.state.current.get(&g.name) != Some(&g.generation))
+            .map(|g| g.generation)
+            .collect();
         // Every target points at its policy's current generation (completing a replacement),
         // and has its cgroup programs attached; targets whose cgroup is gone are dropped.
         let confined: HashMap<u64, u32> = self.enforcer.confined()?.into_iter().collect();
@@ -462,6 +465,11 @@ impl Daemon {
                 }
             }
         }
+        // Generations replaced (or released) just before the daemon stopped: nothing points at
+        // them any more.
+        for generation in stale {
+            self.retire(generation)?;
+        }
         for (cgroup_id, slot) in confined {
             if !self.state.targets.iter().any(|t| t.cgroup_id == cgroup_id) {
                 tracing::warn!(
@@ -498,53 +506,38 @@ impl Daemon {
             .with_context(|| format!("cannot write {}", self.state_path.display()))
     }
 
-    /// Clears the slots of generations retired at least [`SLOT_GRACE`] ago.
-    fn sweep(&mut self, now: Instant) -> Result<()> {
-        let due: Vec<u64> = self
-            .retired
-            .iter()
-            .filter(|(_, at)| now.duration_since(*at) >= SLOT_GRACE)
-            .map(|(g, _)| *g)
-            .collect();
-        if due.is_empty() {
-            return Ok(());
+    /// Clears the slot of a generation nothing points at any more, once every BPF program
+    /// that could still be reading it has finished. The caller saves the state.
+    fn retire(&mut self, generation: u64) -> Result<()> {
+        self.barrier
+            .wait()
+            .context("cannot wait for running BPF programs")?;
+        if let Some(g) = self.state.gen(generation) {
+            let slot = g.slot;
+            self.enforcer.clear_slot(slot)?;
         }
-        for generation in &due {
-            if let Some(g) = self.state.gen(*generation) {
-                let slot = g.slot;
-                self.enforcer.clear_slot(slot)?;
-            }
-            self.state
-                .generations
-                .retain(|g| g.generation != *generation);
-            self.forgotten.push_back(*generation);
-        }
-        self.retired.retain(|(g, _)| !due.contains(g));
+        self.state
+            .generations
+            .retain(|g| g.generation != generation);
+        self.forgotten.push_back(generation);
         while self.forgotten.len() > REMEMBERED_GENERATIONS {
             if let Some(g) = self.forgotten.pop_front() {
                 self.policies.remove(&g);
             }
         }
-        self.save()
+        Ok(())
     }
 
-    fn free_slot(&mut self) -> Result<u32> {
-        loop {
-            let used: Vec<u32> = self.state.generations.iter().map(|g| g.slot).collect();
-            if let Some(slot) = (0..MAX_POLICY_SLOTS).find(|s| !used.contains(s)) {
-                return Ok(slot);
-            }
-            // Wait for the oldest retired slot to come out of its grace period.
-            let Some(oldest) = self.retired.iter().map(|(_, at)| *at).min() else {
-                bail!(
-                    "all {MAX_POLICY_SLOTS} policy slots hold policies in use: release targets \
-                     or replace policies rather than loading new ones"
-                );
-            };
-            let wait = SLOT_GRACE.saturating_sub(oldest.elapsed());
-            std::thread::sleep(wait);
-            self.sweep(Instant::now())?;
-        }
+    fn free_slot(&self) -> Result<u32> {
+        let used: Vec<u32> = self.state.generations.iter().map(|g| g.slot).collect();
+        (0..MAX_POLICY_SLOTS)
+            .find(|s| !used.contains(s))
+            .ok_or_else(|| {
+                anyhow!(
+                    "all {MAX_POLICY_SLOTS} policy slots hold policies in use: release targets or \
+                     replace policies rather than loading new ones"
+                )
+            })
     }
 
     /// Loads `policy` into a free slot as a new generation.
@@ -654,7 +647,7 @@ impl Daemon {
             let _ = self.enforcer.remove_confined(cgroup_id);
             let _ = self.enforcer.detach_network(cgroup_id);
             self.state.targets.retain(|t| t.cgroup_id != cgroup_id);
-            self.drop_unused(&name);
+            self.drop_unused(&name)?;
             self.save()?;
             return Err(e).context(format!("cannot confine {}", cgroup.display()));
         }
@@ -667,14 +660,15 @@ impl Daemon {
         ))
     }
 
-    /// Retires a policy that no target uses any more.
-    fn drop_unused(&mut self, name: &str) {
+    /// Unloads a policy that no target uses any more.
+    fn drop_unused(&mut self, name: &str) -> Result<()> {
         if self.state.targets.iter().any(|t| t.policy == name) {
-            return;
+            return Ok(());
         }
         if let Some(generation) = self.state.current.remove(name) {
-            self.retired.push((generation, Instant::now()));
+            self.retire(generation)?;
         }
+        Ok(())
     }
 
     fn release(&mut self, target: Option<&Target>, all: bool) -> Result<String> {
@@ -729,7 +723,7 @@ impl Daemon {
             return Ok(None);
         };
         let t = self.state.targets.remove(pos);
-        self.drop_unused(&t.policy);
+        self.drop_unused(&t.policy)?;
         self.metrics.clear_policy(&t.cgroup.display().to_string());
         Ok(Some(t.cgroup))
     }
@@ -791,7 +785,7 @@ impl Daemon {
             );
         }
         self.state.current.insert(name.clone(), generation);
-        self.retired.push((old.generation, Instant::now()));
+        self.retire(old.generation)?;
         self.save()?;
         tracing::info!(policy = %name, from = old.generation, to = generation, "replaced");
         Ok(format!(
@@ -1038,7 +1032,6 @@ async fn serve(args: DaemonArgs) -> Result<i32> {
                 }
                 _ = tick.tick() => {
                     daemon.prune_removed()?;
-                    daemon.sweep(Instant::now())?;
                     daemon.report_losses()?;
                 }
                 _ = sigterm.recv() => break,

@@ -19,4 +19,5 @@ pub mod evaluate;
 pub mod explain;
 pub mod metrics;
 pub mod policy;
+pub mod rcu;
 pub mod run;
