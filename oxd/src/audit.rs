@@ -92,6 +92,18 @@ pub struct Record {
     pub cgroup_id: u64,
 }
 
+/// The decision in one ring buffer record; `None` (logged) if the record is too short to hold
+/// one.
+pub fn decode_event(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<Event>() {
+        tracing::error!("short ring buffer record ({} bytes), skipped", bytes.len());
+        return None;
+    }
+    // SAFETY: the kernel wrote a whole `Event` (same #[repr(C)] definition, all fields plain
+    // integers); the read does not assume alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
 fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()

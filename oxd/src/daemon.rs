@@ -30,7 +30,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use oxd_common::{Event, MAP_LAYOUT_VERSION, MAX_POLICY_SLOTS};
+use oxd_common::{MAP_LAYOUT_VERSION, MAX_POLICY_SLOTS};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{unix::AsyncFd, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -40,7 +40,7 @@ use tokio::{
 };
 
 use crate::{
-    audit::{AuditLog, Clock, Record, RecordFilter, Rotation},
+    audit::{decode_event, AuditLog, Clock, Record, RecordFilter, Rotation},
     cgroup::cgroup2_mount,
     control::{PolicyInfo, Request, Response, Status, Target, TargetInfo, DEFAULT_SOCKET},
     enforcer::{self, Enforcer, LoadOptions},
@@ -159,10 +159,10 @@ struct Daemon {
     records: u64,
 }
 
-fn lsm_active() -> bool {
-    fs::read_to_string("/sys/kernel/security/lsm")
-        .map(|s| s.trim().split(',').any(|l| l == "bpf"))
-        .unwrap_or(false)
+/// The cgroup v2 directory named in a `/proc/PID/cgroup` file's text (its `0::` line).
+fn cgroup_dir_in(mount: &Path, proc_cgroup: &str) -> Option<PathBuf> {
+    let rel = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(mount.join(rel.trim_start_matches('/')))
 }
 
 /// A cgroup v2 directory and its id.
@@ -174,11 +174,8 @@ fn resolve_target(target: &Target) -> Result<(PathBuf, u64)> {
             let file = format!("/proc/{pid}/cgroup");
             let text = fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {file}: is process {pid} running?"))?;
-            let rel = text
-                .lines()
-                .find_map(|l| l.strip_prefix("0::"))
-                .ok_or_else(|| anyhow!("process {pid} is in no cgroup v2 ({file})"))?;
-            mount.join(rel.trim_start_matches('/'))
+            cgroup_dir_in(&mount, &text)
+                .ok_or_else(|| anyhow!("process {pid} is in no cgroup v2 ({file})"))?
         }
     };
     let path = path
@@ -195,8 +192,8 @@ fn resolve_target(target: &Target) -> Result<(PathBuf, u64)> {
         bail!("refusing to confine the root cgroup: that would confine every process");
     }
     let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    if let Some(rel) = own.lines().find_map(|l| l.strip_prefix("0::")) {
-        if mount.join(rel.trim_start_matches('/')).starts_with(&path) {
+    if let Some(own) = cgroup_dir_in(&mount, &own) {
+        if own.starts_with(&path) {
             bail!(
                 "refusing to confine {}: the oxd daemon itself runs in it (or below it)",
                 path.display()
@@ -304,7 +301,7 @@ impl Daemon {
             );
         }
         state.version = STATE_VERSION;
-        let lsm = lsm_active();
+        let lsm = enforcer::bpf_lsm_active();
         if !lsm {
             tracing::warn!(
                 "BPF-LSM is not active: only network rules can be enforced. {}",
@@ -851,13 +848,9 @@ impl Daemon {
     /// Writes every decision waiting in the ring buffer, then any new losses.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<Event>() {
-                tracing::error!("short ring buffer record ({} bytes), skipped", item.len());
+            let Some(event) = decode_event(&item) else {
                 continue;
-            }
-            // SAFETY: the kernel wrote a whole `Event` (same #[repr(C)] definition); the read
-            // does not assume alignment.
-            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            };
             let policy = self.policies.get(&event.generation).cloned();
             let record = Record::from_event(&event, policy.as_deref(), &self.clock);
             self.metrics.record(&record);

@@ -8,10 +8,7 @@ use std::{
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{
-        links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr, Lsm,
-    },
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm},
     Ebpf, EbpfLoader,
 };
 use oxd_common::{
@@ -116,6 +113,11 @@ fn active_lsms() -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
+/// Whether `bpf` is among the kernel's active LSMs (false if that cannot be read).
+pub fn bpf_lsm_active() -> bool {
+    active_lsms().is_some_and(|active| active.split(',').any(|l| l == "bpf"))
+}
+
 fn describe_active_lsms() -> String {
     active_lsms().unwrap_or_else(|| format!("unknown, {LSM_FILE} is not readable"))
 }
@@ -124,6 +126,14 @@ fn pin_err(what: impl Into<String>, path: &Path) -> impl FnOnce(std::io::Error) 
     let what = what.into();
     let path = path.to_owned();
     move |source| EnforcerError::Pin { what, path, source }
+}
+
+/// Pins `link` (of program `name`) at `pin`; the link stays attached as long as the pin exists.
+fn pin_link(link: FdLink, pin: &Path, name: &str) -> Result<()> {
+    link.pin(pin).map_err(|e| {
+        pin_err(format!("pin the {name} link"), pin)(std::io::Error::other(e.to_string()))
+    })?;
+    Ok(())
 }
 
 /// Settings of a policy for slot `generation`, from its sections.
@@ -308,12 +318,7 @@ impl Enforcer {
             }
         }
         // The configuration goes last: until it is there, confined actions fail closed.
-        let mut config_map: Array<_, Config> = Array::try_from(
-            self.ebpf
-                .map_mut("CONFIG")
-                .ok_or(EnforcerError::Missing("CONFIG map"))?,
-        )
-        .map_err(map_err("open the configuration map"))?;
+        let mut config_map = self.config_map()?;
         config_map
             .set(slot, config, 0)
             .map_err(map_err("write the policy configuration"))?;
@@ -323,12 +328,7 @@ impl Enforcer {
     /// Empties `slot`: its configuration first (so anything still pointing at it fails
     /// closed), then its rules.
     pub fn clear_slot(&mut self, slot: u32) -> Result<()> {
-        let mut config_map: Array<_, Config> = Array::try_from(
-            self.ebpf
-                .map_mut("CONFIG")
-                .ok_or(EnforcerError::Missing("CONFIG map"))?,
-        )
-        .map_err(map_err("open the configuration map"))?;
+        let mut config_map = self.config_map()?;
         config_map
             .set(slot, Config::default(), 0)
             .map_err(map_err("clear a policy configuration"))?;
@@ -366,13 +366,8 @@ impl Enforcer {
     }
 
     /// The generation in each non-empty slot.
-    pub fn slot_generations(&self) -> Result<Vec<(u32, u64)>> {
-        let config_map: Array<_, Config> = Array::try_from(
-            self.ebpf
-                .map("CONFIG")
-                .ok_or(EnforcerError::Missing("CONFIG map"))?,
-        )
-        .map_err(map_err("open the configuration map"))?;
+    pub fn slot_generations(&mut self) -> Result<Vec<(u32, u64)>> {
+        let config_map = self.config_map()?;
         let mut out = Vec::new();
         for slot in 0..MAX_POLICY_SLOTS {
             let config = config_map
@@ -383,6 +378,15 @@ impl Enforcer {
             }
         }
         Ok(out)
+    }
+
+    fn config_map(&mut self) -> Result<Array<&mut MapData, Config>> {
+        Array::try_from(
+            self.ebpf
+                .map_mut("CONFIG")
+                .ok_or(EnforcerError::Missing("CONFIG map"))?,
+        )
+        .map_err(map_err("open the configuration map"))
     }
 
     fn confined_map(&mut self) -> Result<HashMap<&mut MapData, u64, u32>> {
@@ -497,11 +501,7 @@ impl Enforcer {
                         .take_link(id)
                         .map_err(prog_err(format!("take the {name} link")))?,
                 );
-                link.pin(&pin).map_err(|e| EnforcerError::Pin {
-                    what: format!("pin the {name} link"),
-                    path: pin.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+                pin_link(link, &pin, name)?;
             }
         }
         Ok(())
@@ -530,16 +530,12 @@ impl Enforcer {
                         .take_link(id)
                         .map_err(prog_err(format!("take the {name} link")))?,
                 )
-                .map_err(|e| EnforcerError::Pin {
-                    what: format!("pin the {name} link (not a bpf_link)"),
-                    path: pin.clone(),
-                    source: std::io::Error::other(e.to_string()),
+                .map_err(|e| {
+                    pin_err(format!("pin the {name} link (not a bpf_link)"), &pin)(
+                        std::io::Error::other(e.to_string()),
+                    )
                 })?;
-                link.pin(&pin).map_err(|e| EnforcerError::Pin {
-                    what: format!("pin the {name} link"),
-                    path: pin.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+                pin_link(link, &pin, name)?;
             }
         }
         Ok(())
@@ -548,17 +544,7 @@ impl Enforcer {
     /// Detaches the pinned cgroup programs of `cgroup_id` (removing a pin drops the link).
     pub fn detach_network(&mut self, cgroup_id: u64) -> Result<()> {
         for name in SOCK_ADDR_PROGRAMS {
-            if let Some(pin) = self.link_pin(&format!("cg{cgroup_id}-{name}")) {
-                if pin.exists() {
-                    let link = PinnedLink::from_pin(&pin).map_err(|e| EnforcerError::Pin {
-                        what: format!("open the {name} link"),
-                        path: pin.clone(),
-                        source: std::io::Error::other(e.to_string()),
-                    })?;
-                    link.unpin()
-                        .map_err(pin_err(format!("unpin the {name} link"), &pin))?;
-                }
-            }
+            self.unpin_link(&format!("cg{cgroup_id}-{name}"), name)?;
         }
         Ok(())
     }
@@ -566,11 +552,17 @@ impl Enforcer {
     /// Detaches the pinned BPF-LSM programs.
     pub fn detach_lsm(&mut self) -> Result<()> {
         for (name, _) in LSM_PROGRAMS {
-            if let Some(pin) = self.link_pin(&format!("lsm-{name}")) {
-                if pin.exists() {
-                    fs::remove_file(&pin)
-                        .map_err(pin_err(format!("unpin the {name} link"), &pin))?;
-                }
+            self.unpin_link(&format!("lsm-{name}"), name)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the pin `pin_name` of program `name`'s link, if there is one: with its last
+    /// reference gone, the link is destroyed and the program detached.
+    fn unpin_link(&self, pin_name: &str, name: &str) -> Result<()> {
+        if let Some(pin) = self.link_pin(pin_name) {
+            if pin.exists() {
+                fs::remove_file(&pin).map_err(pin_err(format!("unpin the {name} link"), &pin))?;
             }
         }
         Ok(())

@@ -16,14 +16,13 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use oxd_common::Event;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
 };
 
 use crate::{
-    audit::{AuditLog, Clock, Record, RecordFilter, Rotation},
+    audit::{decode_event, AuditLog, Clock, Record, RecordFilter, Rotation},
     cgroup::AgentCgroup,
     enforcer::Enforcer,
     metrics::Metrics,
@@ -137,13 +136,9 @@ impl Recorder<'_> {
     /// Writes every decision waiting in the ring buffer.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<Event>() {
-                tracing::error!("short ring buffer record ({} bytes), skipped", item.len());
+            let Some(event) = decode_event(&item) else {
                 continue;
-            }
-            // SAFETY: the kernel wrote a whole `Event` (same #[repr(C)] definition); the read
-            // does not assume alignment.
-            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            };
             let record = Record::from_event(&event, Some(self.policy), &self.clock);
             self.metrics.record(&record);
             self.audit
