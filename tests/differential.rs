@@ -17,7 +17,8 @@ use std::{
 };
 
 use oxd::{
-    evaluate::{file_identity, Decision, Reason, Request},
+    compile::{compile, file_identity},
+    evaluate::{Decision, Reason, Request},
     oxd_common::MAX_RULE_PATH_LEN,
     policy::{Action, Policy},
 };
@@ -622,9 +623,10 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
             "decisions were lost under policy {index}: {lost:?}"
         );
 
-        // Exact deny rules name files by identity too (hard links): computed now that the
-        // tree exists, as `oxd run` does when it applies the policy.
-        let denied = policy.denied_identities();
+        // Exact deny rules name files by identity too (hard links): compiled now that the
+        // tree exists, as `oxd run` compiles the policy (slot 0, generation 1) when it applies it.
+        let image = compile(&policy, 0, 1, &file_identity)
+            .unwrap_or_else(|e| panic!("policy {index} does not compile into a slot: {e}\n{text}"));
         let mut per_key: BTreeMap<(&str, &str, Option<&str>), usize> = BTreeMap::new();
         for case in &cases {
             *per_key.entry(case.key()).or_default() += 1;
@@ -638,11 +640,8 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
             let decision = match case.category {
                 Category::Network => by_path,
                 Category::Exec | Category::Open => {
-                    let identity = file_identity(Path::new(&case.target));
-                    let rules = denied
-                        .iter()
-                        .find(|(key, _)| Some(*key) == identity)
-                        .map(|(_, rules)| *rules);
+                    let rules =
+                        file_identity(Path::new(&case.target)).and_then(|id| image.denied(id));
                     policy.evaluate_with(&case.request, rules)
                 }
             };

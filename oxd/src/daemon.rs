@@ -559,7 +559,11 @@ impl Daemon {
         });
         // Saved first: a crash while the slot is written is undone at the next start.
         self.save()?;
-        if let Err(e) = self.enforcer.write_slot(slot, generation, &policy) {
+        let written =
+            crate::compile::compile(&policy, slot, generation, &crate::compile::file_identity)
+                .map_err(enforcer::EnforcerError::from)
+                .and_then(|image| self.enforcer.write_slot(&image));
+        if let Err(e) = written {
             self.enforcer.clear_slot(slot)?;
             self.state
                 .generations

@@ -1,4 +1,5 @@
-//! Loads oxd's kernel programs, writes a compiled policy into their maps, and attaches them.
+//! Loads oxd's kernel programs, writes compiled policy slots ([`SlotImage`]) into their maps,
+//! clears slots, and attaches and pins the programs.
 
 use std::{
     fs,
@@ -11,15 +12,13 @@ use aya::{
     programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm},
     Ebpf, EbpfLoader,
 };
-use oxd_common::{
-    counter, governs, Config, InodeKey, InodeRules, PathKey, RuleValue, MAX_NET_RULES,
-    MAX_POLICY_SLOTS, PATH_KEY_LEN, SLOT_PREFIX_BITS,
-};
+use oxd_common::{counter, Config, InodeKey, InodeRules, PathKey, RuleValue, MAX_POLICY_SLOTS};
 
 use crate::{
     btf::{Btf, BtfError, KernelOffsets},
     cgroup::AgentCgroup,
-    policy::{Action, PathRule, Policy},
+    compile::{compile, file_identity, CompileError, PathEntry, PathTable, SlotImage},
+    policy::Policy,
 };
 
 /// The eBPF object built by build.rs from `oxd-ebpf`.
@@ -84,6 +83,8 @@ pub enum EnforcerError {
     },
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("cannot compile the policy into a policy slot")]
+    Compile(#[from] CompileError),
     #[error("oxd's eBPF object has no {0}; the build is broken")]
     Missing(&'static str),
     #[error("cannot {what} in bpffs at {path}")]
@@ -136,47 +137,6 @@ fn pin_link(link: FdLink, pin: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Settings of a policy for slot `generation`, from its sections.
-fn config_for(policy: &Policy, generation: u64) -> Config {
-    let mut governed = 0;
-    if policy.exec.is_some() {
-        governed |= governs::EXEC;
-    }
-    if policy.file.is_some() {
-        governed |= governs::FILE;
-    }
-    if policy.network.is_some() {
-        governed |= governs::NETWORK;
-    }
-    Config {
-        generation,
-        governs: governed,
-        mode: policy.mode.to_kernel(),
-        exec_default: policy
-            .exec
-            .as_ref()
-            .map_or(Action::Allow, |e| e.default)
-            .to_kernel(),
-        net_default: policy
-            .network
-            .as_ref()
-            .map_or(Action::Allow, |n| n.default)
-            .to_kernel(),
-        net_rule_count: policy.network.as_ref().map_or(0, |n| n.rules.len() as u32),
-        file_read_default: policy
-            .file
-            .as_ref()
-            .map_or(Action::Allow, |f| f.read_default)
-            .to_kernel(),
-        file_write_default: policy
-            .file
-            .as_ref()
-            .map_or(Action::Allow, |f| f.write_default)
-            .to_kernel(),
-        _pad: 0,
-    }
-}
-
 /// How to load oxd's kernel side.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -196,8 +156,8 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
-    /// Loads the object for `oxd run` and writes `policy` into slot 0 as generation 1. Attaches
-    /// nothing yet.
+    /// Loads the object for `oxd run`, compiles `policy` for slot 0 as generation 1 (with the
+    /// identities its exact deny rules name now) and writes it. Attaches nothing yet.
     pub fn load(policy: &Policy) -> Result<Self> {
         let mut enforcer = Self::open(&LoadOptions {
             lsm: policy.needs_lsm(),
@@ -212,7 +172,8 @@ impl Enforcer {
         .flatten()
         .collect();
         enforcer.enforces_network = policy.network.is_some();
-        enforcer.write_slot(0, 1, policy)?;
+        let image = compile(policy, 0, 1, &file_identity)?;
+        enforcer.write_slot(&image)?;
         Ok(enforcer)
     }
 
@@ -271,56 +232,52 @@ impl Enforcer {
         })
     }
 
-    /// Writes `policy` as `generation` into `slot`, which must be empty: the rules first, the
-    /// configuration (which makes the slot valid) last. Nothing points at the slot yet, so no
-    /// decision sees it half-written.
-    pub fn write_slot(&mut self, slot: u32, generation: u64, policy: &Policy) -> Result<()> {
-        assert!(slot < MAX_POLICY_SLOTS && generation != 0);
-        let config = config_for(policy, generation);
-        if let Some(exec) = &policy.exec {
-            self.fill_path_rules("EXEC_RULES", slot, &exec.rules)?;
+    /// Writes `image` into its slot, which must be empty: the rules first, the configuration
+    /// (which makes the slot valid) last. Nothing points at the slot yet, so no decision sees it
+    /// half-written.
+    pub fn write_slot(&mut self, image: &SlotImage) -> Result<()> {
+        for table in PathTable::ALL {
+            let entries = image.paths(table);
+            if !entries.is_empty() {
+                self.write_path_rules(path_map(table), entries)?;
+            }
         }
-        if let Some(file) = &policy.file {
-            self.fill_path_rules("FILE_READ_RULES", slot, &file.read)?;
-            self.fill_path_rules("FILE_WRITE_RULES", slot, &file.write)?;
-        }
-        if policy.needs_lsm() {
+        if !image.inodes().is_empty() {
             let mut inodes: HashMap<_, InodeKey, InodeRules> = HashMap::try_from(
                 self.ebpf
                     .map_mut("DENIED_INODES")
                     .ok_or(EnforcerError::Missing("DENIED_INODES map"))?,
             )
             .map_err(map_err("open the denied-file map"))?;
-            for (mut key, rules) in policy.denied_identities() {
-                key.slot = slot;
+            for entry in image.inodes() {
                 tracing::debug!(
-                    dev = key.dev,
-                    ino = key.ino,
-                    ?rules,
+                    dev = entry.key.dev,
+                    ino = entry.key.ino,
+                    rules = ?entry.rules,
                     "deny by file identity"
                 );
                 inodes
-                    .insert(key, rules, 0)
+                    .insert(entry.key, entry.rules, 0)
                     .map_err(map_err("insert a denied file identity"))?;
             }
         }
-        if let Some(network) = &policy.network {
+        if !image.net().is_empty() {
             let mut table: Array<_, oxd_common::NetRule> = Array::try_from(
                 self.ebpf
                     .map_mut("NET_RULES")
                     .ok_or(EnforcerError::Missing("NET_RULES map"))?,
             )
             .map_err(map_err("open the network rule map"))?;
-            for (i, rule) in network.rules.iter().enumerate() {
+            for (i, entry) in image.net().iter().enumerate() {
                 table
-                    .set(slot * MAX_NET_RULES + i as u32, rule.to_kernel(), 0)
+                    .set(entry.index, entry.rule, 0)
                     .map_err(map_err(format!("insert network rule {i}")))?;
             }
         }
         // The configuration goes last: until it is there, confined actions fail closed.
         let mut config_map = self.config_map()?;
         config_map
-            .set(slot, config, 0)
+            .set(image.slot(), *image.config(), 0)
             .map_err(map_err("write the policy configuration"))?;
         Ok(())
     }
@@ -332,7 +289,7 @@ impl Enforcer {
         config_map
             .set(slot, Config::default(), 0)
             .map_err(map_err("clear a policy configuration"))?;
-        for map in ["EXEC_RULES", "FILE_READ_RULES", "FILE_WRITE_RULES"] {
+        for map in PathTable::ALL.map(path_map) {
             let mut trie: LpmTrie<_, PathKey, RuleValue> =
                 LpmTrie::try_from(self.ebpf.map_mut(map).ok_or(EnforcerError::Missing(map))?)
                     .map_err(map_err(format!("open the rule map {map}")))?;
@@ -423,23 +380,16 @@ impl Enforcer {
             .collect())
     }
 
-    fn fill_path_rules(&mut self, map: &'static str, slot: u32, rules: &[PathRule]) -> Result<()> {
+    fn write_path_rules(&mut self, map: &'static str, entries: &[PathEntry]) -> Result<()> {
         let mut trie: LpmTrie<_, PathKey, RuleValue> =
             LpmTrie::try_from(self.ebpf.map_mut(map).ok_or(EnforcerError::Missing(map))?)
                 .map_err(map_err(format!("open the rule map {map}")))?;
-        for rule in rules {
-            let (bytes, bits) = rule.pattern.key();
-            let mut data = PathKey {
-                slot: slot as u16,
-                path: [0; PATH_KEY_LEN],
-            };
-            data.path[..bytes.len()].copy_from_slice(&bytes);
-            let value = RuleValue {
-                rule_id: rule.rule,
-                action: rule.action.to_kernel(),
-            };
-            trie.insert(&Key::new(SLOT_PREFIX_BITS + bits, data), value, 0)
-                .map_err(map_err(format!("insert rule {} into {map}", rule.pattern)))?;
+        for entry in entries {
+            trie.insert(&Key::new(entry.prefix_len, entry.key), entry.value, 0)
+                .map_err(map_err(format!(
+                    "insert rule {} into {map}",
+                    entry.pattern()
+                )))?;
         }
         Ok(())
     }
@@ -630,6 +580,15 @@ impl Enforcer {
         .map_err(map_err("open the counters"))?;
         let values = counters.get(&index, 0).map_err(map_err("read a counter"))?;
         Ok(values.iter().sum())
+    }
+}
+
+/// The trie that holds a path-rule table.
+fn path_map(table: PathTable) -> &'static str {
+    match table {
+        PathTable::Exec => "EXEC_RULES",
+        PathTable::FileRead => "FILE_READ_RULES",
+        PathTable::FileWrite => "FILE_WRITE_RULES",
     }
 }
 

@@ -4,28 +4,11 @@
 //! differential tests check that on real kernels), and `oxd explain` uses it. It works on
 //! resolved paths: callers that start from a name resolve it first, as the kernel does.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    os::unix::fs::MetadataExt as _,
-    path::Path,
-};
+use std::net::{IpAddr, SocketAddr};
 
-use oxd_common::{InodeKey, InodeRules, PATH_KEY_LEN, RULE_NONE};
+use oxd_common::{InodeRules, PATH_KEY_LEN, RULE_NONE};
 
-use crate::policy::{Action, NetworkRule, PathPattern, PathRule, Policy, Protocol};
-
-/// The identity the kernel gives the file at `path` (following symlinks): `s_dev` as
-/// `MKDEV(major, minor)` and the inode number. `None` if the file does not exist.
-pub fn file_identity(path: &Path) -> Option<InodeKey> {
-    let meta = std::fs::metadata(path).ok()?;
-    let dev = meta.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    Some(InodeKey {
-        ino: meta.ino(),
-        dev: (major << 20) | minor,
-        slot: 0,
-    })
-}
+use crate::policy::{Action, NetworkRule, PathRule, Policy, Protocol};
 
 /// An action a confined agent attempts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,56 +66,15 @@ impl Decision {
 }
 
 impl Policy {
-    /// The files named by exact deny rules, by identity, with the rule per category: every
-    /// other name of such a file (a hard link) is denied by the same rule. Files that do not
-    /// exist when the policy is applied are matched by path only.
-    pub fn denied_identities(&self) -> Vec<(InodeKey, InodeRules)> {
-        let mut out: Vec<(InodeKey, InodeRules)> = Vec::new();
-        let none = InodeRules {
-            exec: RULE_NONE,
-            read: RULE_NONE,
-            write: RULE_NONE,
-            _pad: 0,
-        };
-        let mut add = |rules: &[PathRule], slot: fn(&mut InodeRules) -> &mut u32| {
-            for rule in rules.iter().filter(|r| r.action == Action::Deny) {
-                let PathPattern::Exact(path) = &rule.pattern else {
-                    continue;
-                };
-                let Some(key) = file_identity(Path::new(path)) else {
-                    continue;
-                };
-                let index = match out.iter().position(|(k, _)| *k == key) {
-                    Some(i) => i,
-                    None => {
-                        out.push((key, none));
-                        out.len() - 1
-                    }
-                };
-                let field = slot(&mut out[index].1);
-                if *field == RULE_NONE {
-                    *field = rule.rule;
-                }
-            }
-        };
-        if let Some(exec) = &self.exec {
-            add(&exec.rules, |r| &mut r.exec);
-        }
-        if let Some(file) = &self.file {
-            add(&file.read, |r| &mut r.read);
-            add(&file.write, |r| &mut r.write);
-        }
-        out
-    }
-
     /// Decides `request` under this policy (before the mode: in audit mode a deny is recorded
     /// but not enforced), by path alone.
     pub fn evaluate(&self, request: &Request) -> Decision {
         self.evaluate_with(request, None)
     }
 
-    /// Decides `request`, given the exact deny rules that name the file by identity (from
-    /// [`Policy::denied_identities`]), as the kernel does.
+    /// Decides `request`, given the exact deny rules that name the file by identity, as the
+    /// kernel finds them in its denied-file map: from [`crate::compile::SlotImage::denied`] or
+    /// [`crate::compile::denied_files`] for the file's [`crate::compile::file_identity`].
     pub fn evaluate_with(&self, request: &Request, denied: Option<InodeRules>) -> Decision {
         let by_identity = |rule: Option<u32>, by_path: Decision| match rule {
             Some(rule) if rule != RULE_NONE && by_path.reason != Reason::PathTooLong => {
@@ -362,6 +304,65 @@ protocol = "udp"
             (Action::Allow, "network.allow[1]".into())
         );
         assert_eq!(connect("[::1]:53", false), (Action::Deny, "default".into()));
+    }
+
+    #[test]
+    fn identity_rules_deny_every_name_of_a_file() {
+        use crate::compile::{compile, FileId};
+
+        let p = policy(
+            r#"
+[exec]
+default = "allow"
+deny = ["/usr/bin/curl"]
+[file]
+default = "allow"
+deny = [{ path = "/etc/shadow", access = ["read"] }]
+"#,
+        );
+        let curl = FileId { dev: 1, ino: 1 };
+        let shadow = FileId { dev: 1, ino: 2 };
+        let files = |path: &Path| match path.to_str() {
+            Some("/usr/bin/curl") => Some(curl),
+            Some("/etc/shadow") => Some(shadow),
+            _ => None,
+        };
+        let image = compile(&p, 0, 1, &files).expect("compiles");
+        let exec_link = Request::Exec {
+            path: "/tmp/c".into(),
+        };
+        assert_eq!(
+            p.evaluate(&exec_link),
+            Decision::new(Action::Allow, Reason::Default)
+        );
+        let d = p.evaluate_with(&exec_link, image.denied(curl));
+        assert_eq!(
+            (d.action, d.rule_label(&p)),
+            (Action::Deny, "exec.deny[0]".into())
+        );
+        // An over-long name fails closed as such, whatever the file.
+        let long = Request::Exec {
+            path: format!("/tmp/{}", "c".repeat(300)),
+        };
+        assert_eq!(
+            p.evaluate_with(&long, image.denied(curl)),
+            Decision::new(Action::Deny, Reason::PathTooLong)
+        );
+        // The identity denies the accesses its rules govern, no more.
+        let open = |read, write| {
+            let request = Request::Open {
+                path: "/tmp/s".into(),
+                read,
+                write,
+            };
+            let d = p.evaluate_with(&request, image.denied(shadow));
+            (d.action, d.rule_label(&p))
+        };
+        assert_eq!(open(true, false), (Action::Deny, "file.deny[0]".into()));
+        assert_eq!(open(true, true), (Action::Deny, "file.deny[0]".into()));
+        assert_eq!(open(false, true), (Action::Allow, "default".into()));
+        // A file no deny rule names has no identity entry.
+        assert_eq!(image.denied(FileId { dev: 1, ino: 3 }), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
+    compile::{denied_files, file_identity},
     evaluate::{Reason, Request},
     policy::{Action, Mode, Policy},
 };
@@ -109,14 +110,12 @@ pub fn explain(args: &ExplainArgs) -> Result<i32> {
 
     // A file named by an exact deny rule is denied under any of its names (hard links).
     let denied = match &request {
-        Request::Exec { path } | Request::Open { path, .. } => {
-            crate::evaluate::file_identity(Path::new(path)).and_then(|key| {
-                policy
-                    .denied_identities()
+        Request::Exec { path } | Request::Open { path, .. } => file_identity(Path::new(path))
+            .and_then(|id| {
+                denied_files(&policy, &file_identity)
                     .into_iter()
-                    .find_map(|(k, rules)| (k == key).then_some(rules))
-            })
-        }
+                    .find_map(|(file, rules)| (file == id).then_some(rules))
+            }),
         Request::Connect { .. } => None,
     };
     let decision = policy.evaluate_with(&request, denied);

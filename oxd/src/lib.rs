@@ -1,8 +1,10 @@
 //! oxd: execution authorization for AI agents, enforced by the Linux kernel.
 //!
-//! The library holds everything the `oxd` binary does, by stage: [`policy`] (parse, validate,
-//! compile), [`evaluate`] (the reference semantics, used by [`explain`]), [`btf`] (kernel struct layout), [`enforcer`] (load, fill maps, attach),
-//! [`cgroup`] (the agent's cgroup), [`audit`] (decision records), and [`run`] (`oxd run`).
+//! The library holds everything the `oxd` binary does, by stage: [`policy`] (parse, validate),
+//! [`compile`] (a policy to the contents of a kernel policy slot), [`evaluate`] (the reference
+//! semantics, used by [`explain`]), [`btf`] (kernel struct layout), [`enforcer`] (load, write
+//! slot images into maps, attach), [`cgroup`] (the agent's cgroup), [`audit`] (decision
+//! records), and [`run`] (`oxd run`).
 
 /// The types shared with the kernel programs, and their limits.
 pub use oxd_common;
@@ -11,6 +13,7 @@ pub mod audit;
 pub mod audit_cmd;
 pub mod btf;
 pub mod cgroup;
+pub mod compile;
 pub mod control;
 pub mod daemon;
 pub mod doctor;

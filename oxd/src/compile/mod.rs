@@ -1,0 +1,394 @@
+//! Compile: a validated [`Policy`] becomes the contents of one policy slot in the kernel's maps.
+//!
+//! This is the one place that knows how a policy is encoded for the kernel programs: the
+//! slot's [`Config`], the path-rule keys of the exec and file tries, the file identities named
+//! by exact deny rules, and the network rule table. [`compile`] is pure: it touches neither the
+//! kernel nor the file system. The file identities it needs come from the caller, normally
+//! [`file_identity`]; [`crate::enforcer::Enforcer::write_slot`] then writes the [`SlotImage`]
+//! as it is.
+
+mod identity;
+
+use oxd_common::{
+    action, governs, mode, proto, Config, InodeKey, InodeRules, NetRule, PathKey, RuleValue,
+    MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_NONE, SLOT_PREFIX_BITS,
+};
+
+pub use self::identity::{file_identity, FileId};
+use crate::policy::{Action, Mode, NetworkRule, PathPattern, PathRule, Policy, Protocol};
+
+/// Why a policy cannot be compiled into a slot. A validated policy loaded into a free slot
+/// never fails: these are the kernel's limits, checked again where the entries are made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("policy slot {slot} does not exist: there are {MAX_POLICY_SLOTS} slots")]
+    SlotOutOfRange { slot: u32 },
+    #[error("generation 0 marks an empty slot: a policy's generation starts at 1")]
+    GenerationZero,
+    #[error("too many {category} rules ({count}): a policy slot holds at most {max}")]
+    TooManyRules {
+        category: &'static str,
+        count: usize,
+        max: u32,
+    },
+    #[error(
+        "the {category} rule `{pattern}` needs a {len}-byte key: path-rule keys hold at most \
+         {PATH_KEY_LEN} bytes"
+    )]
+    KeyTooLong {
+        category: &'static str,
+        pattern: String,
+        len: usize,
+    },
+}
+
+/// The path-rule maps: one LPM trie per category.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathTable {
+    Exec,
+    FileRead,
+    FileWrite,
+}
+
+impl PathTable {
+    pub const ALL: [Self; 3] = [Self::Exec, Self::FileRead, Self::FileWrite];
+
+    /// The category's name in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::FileRead => "file read",
+            Self::FileWrite => "file write",
+        }
+    }
+}
+
+/// One entry of a path-rule trie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathEntry {
+    /// Prefix length in bits, the slot's [`SLOT_PREFIX_BITS`] included: an exact rule's path
+    /// and its terminating NUL, or a subtree's directory up to its trailing `/`.
+    pub prefix_len: u32,
+    /// The slot, then the path bytes, NUL-padded.
+    pub key: PathKey,
+    pub value: RuleValue,
+}
+
+impl PathEntry {
+    /// The key's path bytes inside the prefix (an exact rule's with its NUL).
+    pub fn prefix(&self) -> &[u8] {
+        let len = (self.prefix_len.saturating_sub(SLOT_PREFIX_BITS) / 8) as usize;
+        &self.key.path[..len.min(PATH_KEY_LEN)]
+    }
+
+    /// The rule's pattern as written in a policy (`/bin/sh`, `/usr/bin/**`), for messages.
+    pub fn pattern(&self) -> String {
+        match self.prefix() {
+            [path @ .., 0] => String::from_utf8_lossy(path).into_owned(),
+            b"/" => "/**".to_owned(),
+            dir => format!("{}**", String::from_utf8_lossy(dir)),
+        }
+    }
+}
+
+/// One entry of the denied-file map: the exact deny rules that name a file, by identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InodeEntry {
+    pub key: InodeKey,
+    pub rules: InodeRules,
+}
+
+/// One entry of the network rule table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetEntry {
+    /// Index into the `NET_RULES` array: the slot's region (`slot * MAX_NET_RULES`), then the
+    /// rule's place in first-match order.
+    pub index: u32,
+    pub rule: NetRule,
+}
+
+/// Everything the kernel's maps hold for one policy in one slot. Only [`compile`] makes one,
+/// so every entry is within the kernel's limits and carries the image's slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotImage {
+    slot: u32,
+    config: Config,
+    exec: Vec<PathEntry>,
+    file_read: Vec<PathEntry>,
+    file_write: Vec<PathEntry>,
+    inodes: Vec<InodeEntry>,
+    net: Vec<NetEntry>,
+}
+
+impl SlotImage {
+    /// The slot every entry belongs to.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// The generation the policy is loaded as (never 0).
+    pub fn generation(&self) -> u64 {
+        self.config.generation
+    }
+
+    /// Element `slot` of the `CONFIG` array: written last, it makes the slot valid.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The entries of one path-rule trie.
+    pub fn paths(&self, table: PathTable) -> &[PathEntry] {
+        match table {
+            PathTable::Exec => &self.exec,
+            PathTable::FileRead => &self.file_read,
+            PathTable::FileWrite => &self.file_write,
+        }
+    }
+
+    /// The denied-file entries, one per file.
+    pub fn inodes(&self) -> &[InodeEntry] {
+        &self.inodes
+    }
+
+    /// The network rule table's entries, in first-match order.
+    pub fn net(&self) -> &[NetEntry] {
+        &self.net
+    }
+
+    /// The exact deny rules that name file `id` (what the kernel finds in `DENIED_INODES`).
+    pub fn denied(&self, id: FileId) -> Option<InodeRules> {
+        let key = id.key(self.slot);
+        self.inodes
+            .iter()
+            .find_map(|entry| (entry.key == key).then_some(entry.rules))
+    }
+}
+
+/// Compiles `policy` into the contents of `slot` as `generation`. `identity` tells the identity
+/// of the file at a path (or `None` if there is none): [`file_identity`] for the real one.
+pub fn compile(
+    policy: &Policy,
+    slot: u32,
+    generation: u64,
+    identity: &dyn Fn(&std::path::Path) -> Option<FileId>,
+) -> Result<SlotImage, CompileError> {
+    if slot >= MAX_POLICY_SLOTS {
+        return Err(CompileError::SlotOutOfRange { slot });
+    }
+    if generation == 0 {
+        return Err(CompileError::GenerationZero);
+    }
+    let no_rules: &[PathRule] = &[];
+    let exec_rules = policy.exec.as_ref().map_or(no_rules, |e| &e.rules);
+    let (read_rules, write_rules) = policy
+        .file
+        .as_ref()
+        .map_or((no_rules, no_rules), |f| (&f.read, &f.write));
+    let net_rules = policy.network.as_ref().map_or(&[][..], |n| &n.rules);
+    let inodes = denied_files(policy, identity)
+        .into_iter()
+        .map(|(id, rules)| InodeEntry {
+            key: id.key(slot),
+            rules,
+        })
+        .collect();
+    Ok(SlotImage {
+        slot,
+        config: config(policy, generation)?,
+        exec: path_entries(PathTable::Exec, slot, exec_rules)?,
+        file_read: path_entries(PathTable::FileRead, slot, read_rules)?,
+        file_write: path_entries(PathTable::FileWrite, slot, write_rules)?,
+        inodes,
+        net: net_entries(slot, net_rules)?,
+    })
+}
+
+/// The files named by exact deny rules, by identity, with the first such rule per category
+/// (exec, read, write), in the order the rules first name them: every other name of such a
+/// file (a hard link) is denied by the same rule. Allow rules and subtree rules name no
+/// identity; files that do not exist (`identity` says `None`) are matched by path only.
+pub fn denied_files(
+    policy: &Policy,
+    identity: &dyn Fn(&std::path::Path) -> Option<FileId>,
+) -> Vec<(FileId, InodeRules)> {
+    let mut out: Vec<(FileId, InodeRules)> = Vec::new();
+    let none = InodeRules {
+        exec: RULE_NONE,
+        read: RULE_NONE,
+        write: RULE_NONE,
+        _pad: 0,
+    };
+    let mut add = |rules: &[PathRule], field: fn(&mut InodeRules) -> &mut u32| {
+        for rule in rules.iter().filter(|r| r.action == Action::Deny) {
+            let PathPattern::Exact(path) = &rule.pattern else {
+                continue;
+            };
+            let Some(id) = identity(std::path::Path::new(path)) else {
+                continue;
+            };
+            let index = match out.iter().position(|(known, _)| *known == id) {
+                Some(i) => i,
+                None => {
+                    out.push((id, none));
+                    out.len() - 1
+                }
+            };
+            let slot = field(&mut out[index].1);
+            if *slot == RULE_NONE {
+                *slot = rule.rule;
+            }
+        }
+    };
+    if let Some(exec) = &policy.exec {
+        add(&exec.rules, |r| &mut r.exec);
+    }
+    if let Some(file) = &policy.file {
+        add(&file.read, |r| &mut r.read);
+        add(&file.write, |r| &mut r.write);
+    }
+    out
+}
+
+/// The slot's settings: which categories it governs, its mode and defaults. An ungoverned
+/// category's default is allow (never consulted: the kernel skips ungoverned categories).
+fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
+    let mut governed = 0;
+    if policy.exec.is_some() {
+        governed |= governs::EXEC;
+    }
+    if policy.file.is_some() {
+        governed |= governs::FILE;
+    }
+    if policy.network.is_some() {
+        governed |= governs::NETWORK;
+    }
+    let net_rules = policy.network.as_ref().map_or(0, |n| n.rules.len());
+    Ok(Config {
+        generation,
+        governs: governed,
+        mode: mode_bits(policy.mode),
+        exec_default: action_bits(policy.exec.as_ref().map_or(Action::Allow, |e| e.default)),
+        net_default: action_bits(policy.network.as_ref().map_or(Action::Allow, |n| n.default)),
+        net_rule_count: check_count("network", net_rules, MAX_NET_RULES)?,
+        file_read_default: action_bits(
+            policy
+                .file
+                .as_ref()
+                .map_or(Action::Allow, |f| f.read_default),
+        ),
+        file_write_default: action_bits(
+            policy
+                .file
+                .as_ref()
+                .map_or(Action::Allow, |f| f.write_default),
+        ),
+        _pad: 0,
+    })
+}
+
+fn check_count(category: &'static str, count: usize, max: u32) -> Result<u32, CompileError> {
+    u32::try_from(count)
+        .ok()
+        .filter(|&n| n <= max)
+        .ok_or(CompileError::TooManyRules {
+            category,
+            count,
+            max,
+        })
+}
+
+/// The LPM key bytes of a pattern and its prefix length in bits, without the slot: an exact
+/// path with its terminating NUL (so `/bin/sh` never matches `/bin/shred`), a subtree's
+/// directory up to and including its trailing `/`.
+fn pattern_key(pattern: &PathPattern) -> (Vec<u8>, u32) {
+    let bytes = match pattern {
+        PathPattern::Exact(path) => {
+            let mut bytes = path.as_bytes().to_vec();
+            bytes.push(0);
+            bytes
+        }
+        PathPattern::Subtree(dir) => dir.as_bytes().to_vec(),
+    };
+    let bits = u32::try_from(bytes.len()).map_or(u32::MAX, |len| len.saturating_mul(8));
+    (bytes, bits)
+}
+
+fn path_entries(
+    table: PathTable,
+    slot: u32,
+    rules: &[PathRule],
+) -> Result<Vec<PathEntry>, CompileError> {
+    check_count(table.as_str(), rules.len(), MAX_PATH_RULES)?;
+    rules
+        .iter()
+        .map(|rule| {
+            let (bytes, bits) = pattern_key(&rule.pattern);
+            if bytes.len() > PATH_KEY_LEN {
+                return Err(CompileError::KeyTooLong {
+                    category: table.as_str(),
+                    pattern: rule.pattern.to_string(),
+                    len: bytes.len(),
+                });
+            }
+            let mut key = PathKey {
+                // Below MAX_POLICY_SLOTS, checked by `compile`.
+                slot: slot as u16,
+                path: [0; PATH_KEY_LEN],
+            };
+            key.path[..bytes.len()].copy_from_slice(&bytes);
+            Ok(PathEntry {
+                prefix_len: SLOT_PREFIX_BITS + bits,
+                key,
+                value: RuleValue {
+                    rule_id: rule.rule,
+                    action: action_bits(rule.action),
+                },
+            })
+        })
+        .collect()
+}
+
+fn net_entries(slot: u32, rules: &[NetworkRule]) -> Result<Vec<NetEntry>, CompileError> {
+    check_count("network", rules.len(), MAX_NET_RULES)?;
+    Ok(rules
+        .iter()
+        .zip(slot * MAX_NET_RULES..)
+        .map(|(rule, index)| NetEntry {
+            index,
+            rule: NetRule {
+                addr: rule.net.network().octets(),
+                mask: rule.net.netmask().octets(),
+                port_lo: rule.ports.0,
+                port_hi: rule.ports.1,
+                proto: protocol_bits(rule.protocol),
+                action: action_bits(rule.action),
+                rule_id: rule.rule,
+            },
+        })
+        .collect())
+}
+
+fn action_bits(action: Action) -> u32 {
+    match action {
+        Action::Allow => action::ALLOW,
+        Action::Deny => action::DENY,
+    }
+}
+
+fn mode_bits(mode: Mode) -> u32 {
+    match mode {
+        Mode::Enforce => mode::ENFORCE,
+        Mode::Audit => mode::AUDIT,
+    }
+}
+
+fn protocol_bits(protocol: Protocol) -> u32 {
+    match protocol {
+        Protocol::Tcp => proto::TCP,
+        Protocol::Udp => proto::UDP,
+        Protocol::Any => proto::ANY,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,538 @@
+use std::{collections::BTreeMap, path::Path};
+
+use oxd_common::{PATH_KEY_LEN, RULE_NONE};
+
+use super::*;
+use crate::policy::{PathPattern, PathRule, RuleInfo};
+
+fn policy(text: &str) -> Policy {
+    Policy::parse(Path::new("t.toml"), text).expect("valid policy")
+}
+
+/// No file exists.
+fn no_files(_: &Path) -> Option<FileId> {
+    None
+}
+
+fn id(n: u64) -> FileId {
+    FileId {
+        dev: 0x0080_0001,
+        ino: n,
+    }
+}
+
+/// A file system where paths name the files of `files` (several names may name one file).
+fn files(files: &[(&str, u64)]) -> impl Fn(&Path) -> Option<FileId> {
+    let map: BTreeMap<String, u64> = files.iter().map(|(p, n)| ((*p).to_owned(), *n)).collect();
+    move |path: &Path| path.to_str().and_then(|p| map.get(p)).map(|n| id(*n))
+}
+
+fn compile_ok(policy: &Policy, slot: u32, generation: u64) -> SlotImage {
+    compile(policy, slot, generation, &no_files).expect("the policy compiles")
+}
+
+fn rule_id<'a>(policy: &'a Policy, rule: u32) -> &'a str {
+    &policy.rules[rule as usize].id
+}
+
+#[test]
+fn exact_key_includes_terminator_so_prefixes_do_not_match() {
+    let (key, bits) = pattern_key(&PathPattern::Exact("/bin/sh".into()));
+    assert_eq!(key, b"/bin/sh\0");
+    assert_eq!(bits, 64);
+    assert!(!PathPattern::Exact("/bin/sh".into()).matches("/bin/shred"));
+    assert!(!PathPattern::Subtree("/usr/bin/".into()).matches("/usr/binx/a"));
+    assert!(PathPattern::Subtree("/usr/bin/".into()).matches("/usr/bin/a"));
+}
+
+#[test]
+fn key_bit_lengths_count_the_slot_the_nul_and_the_trailing_slash() {
+    let p = policy(
+        r#"
+[exec]
+allow = ["/bin/sh", "/usr/bin/**", "/**"]
+"#,
+    );
+    let image = compile_ok(&p, 3, 1);
+    let entries = image.paths(PathTable::Exec);
+    assert_eq!(entries.len(), 3);
+    let by_pattern: BTreeMap<String, &PathEntry> =
+        entries.iter().map(|e| (e.pattern(), e)).collect();
+
+    let sh = by_pattern["/bin/sh"];
+    assert_eq!(sh.prefix_len, 16 + 8 * 8, "slot, `/bin/sh` and its NUL");
+    assert_eq!(sh.prefix(), b"/bin/sh\0");
+    let usr = by_pattern["/usr/bin/**"];
+    assert_eq!(usr.prefix_len, 16 + 9 * 8, "slot and `/usr/bin/`, no NUL");
+    assert_eq!(usr.prefix(), b"/usr/bin/");
+    let root = by_pattern["/**"];
+    assert_eq!(root.prefix_len, 16 + 8, "slot and `/`");
+    assert_eq!(root.prefix(), b"/");
+
+    for entry in entries {
+        let used = entry.prefix().len();
+        assert_eq!(entry.prefix_len, SLOT_PREFIX_BITS + used as u32 * 8);
+        assert!(
+            entry.key.path[used..].iter().all(|&b| b == 0),
+            "{}: the key is NUL-padded past its prefix",
+            entry.pattern()
+        );
+        assert_eq!(entry.value.action, action::ALLOW);
+        assert_eq!(
+            rule_id(&p, entry.value.rule_id),
+            format!(
+                "exec.allow[{}]",
+                ["/bin/sh", "/usr/bin/**", "/**"]
+                    .iter()
+                    .position(|t| *t == entry.pattern())
+                    .unwrap()
+            )
+        );
+    }
+}
+
+#[test]
+fn longest_key_that_fits_and_one_byte_more() {
+    let fits = "/".to_owned() + &"a".repeat(PATH_KEY_LEN - 2);
+    let too_long = fits.clone() + "b";
+    let mut p = policy("[exec]\n");
+    let exec = p.exec.as_mut().unwrap();
+    exec.rules.push(PathRule {
+        pattern: PathPattern::Exact(fits.clone()),
+        action: Action::Deny,
+        rule: 0,
+    });
+    p.rules.push(RuleInfo {
+        id: "exec.deny[0]".into(),
+        text: fits.clone(),
+        action: Action::Deny,
+    });
+    let image = compile_ok(&p, 0, 1);
+    let entry = image.paths(PathTable::Exec)[0];
+    assert_eq!(entry.prefix().len(), PATH_KEY_LEN);
+    assert_eq!(entry.prefix_len, SLOT_PREFIX_BITS + PATH_KEY_LEN as u32 * 8);
+    assert_eq!(entry.pattern(), fits);
+
+    // Built by hand: validation would have refused it.
+    p.exec.as_mut().unwrap().rules[0].pattern = PathPattern::Exact(too_long.clone());
+    assert_eq!(
+        compile(&p, 0, 1, &no_files),
+        Err(CompileError::KeyTooLong {
+            category: "exec",
+            pattern: too_long,
+            len: PATH_KEY_LEN + 1
+        })
+    );
+    let subtree = "/".to_owned() + &"a".repeat(PATH_KEY_LEN - 1) + "/";
+    p.file = Some(crate::policy::FilePolicy {
+        read_default: Action::Deny,
+        write_default: Action::Deny,
+        read: Vec::new(),
+        write: vec![PathRule {
+            pattern: PathPattern::Subtree(subtree),
+            action: Action::Allow,
+            rule: 0,
+        }],
+    });
+    p.exec = None;
+    assert!(matches!(
+        compile(&p, 0, 1, &no_files),
+        Err(CompileError::KeyTooLong {
+            category: "file write",
+            len,
+            ..
+        }) if len == PATH_KEY_LEN + 1
+    ));
+}
+
+#[test]
+fn every_entry_carries_the_slot() {
+    let text = r#"
+[exec]
+allow = ["/usr/bin/**"]
+deny = ["/usr/bin/curl"]
+[file]
+deny = ["/etc/shadow", { path = "/root/**", access = ["read"] }]
+allow = [{ path = "/work/**", access = ["write"] }]
+[network]
+[[network.allow]]
+cidr = "127.0.0.0/8"
+[[network.deny]]
+cidr = "127.0.0.1"
+"#;
+    let p = policy(text);
+    let fs = files(&[("/usr/bin/curl", 1), ("/etc/shadow", 2)]);
+    let zero = compile(&p, 0, 1, &fs).expect("compiles into slot 0");
+    for slot in [1, 17, MAX_POLICY_SLOTS - 1] {
+        let image = compile(&p, slot, 9, &fs).expect("compiles");
+        assert_eq!(image.slot(), slot);
+        assert_eq!(image.generation(), 9);
+        for table in PathTable::ALL {
+            let entries = image.paths(table);
+            assert_eq!(entries.len(), zero.paths(table).len());
+            for (entry, in_zero) in entries.iter().zip(zero.paths(table)) {
+                assert_eq!(u32::from(entry.key.slot), slot, "{}", entry.pattern());
+                // The slot is the only difference, and it is inside every prefix.
+                assert_eq!(entry.key.path, in_zero.key.path);
+                assert_eq!(entry.prefix_len, in_zero.prefix_len);
+                assert!(entry.prefix_len > SLOT_PREFIX_BITS);
+                assert_eq!(entry.value, in_zero.value);
+            }
+        }
+        assert_eq!(image.inodes().len(), 2);
+        for entry in image.inodes() {
+            assert_eq!(entry.key.slot, slot);
+        }
+        assert_eq!(
+            image.denied(id(1)).map(|r| r.exec),
+            zero.denied(id(1)).map(|r| r.exec)
+        );
+        let indexes: Vec<u32> = image.net().iter().map(|e| e.index).collect();
+        assert_eq!(
+            indexes,
+            [slot * MAX_NET_RULES, slot * MAX_NET_RULES + 1],
+            "network rules sit in the slot's region, in order"
+        );
+        assert_eq!(image.config().net_rule_count, 2);
+    }
+    for (table, counts) in PathTable::ALL.into_iter().zip([2, 2, 2]) {
+        assert_eq!(zero.paths(table).len(), counts, "{}", table.as_str());
+    }
+}
+
+#[test]
+fn hard_linked_deny_rules_merge_into_one_identity() {
+    let p = policy(
+        r#"
+[exec]
+deny = ["/usr/bin/curl", "/opt/curl-link", "/usr/bin/wget", "/usr/bin/**"]
+allow = ["/usr/bin/ssh"]
+[file]
+deny = [
+  { path = "/opt/curl-link", access = ["read"] },
+  { path = "/usr/bin/curl", access = ["write"] },
+  { path = "/etc/**", access = ["read"] },
+  "/missing",
+]
+allow = ["/usr/bin/ssh", "/etc/hosts"]
+"#,
+    );
+    // curl and its hard link are one file; ssh and /etc/hosts exist but only allow rules name
+    // them; /usr/bin/ and /etc/ exist but only subtree rules name them.
+    let fs = files(&[
+        ("/usr/bin/curl", 1),
+        ("/opt/curl-link", 1),
+        ("/usr/bin/wget", 2),
+        ("/usr/bin/ssh", 3),
+        ("/etc/hosts", 4),
+        ("/usr/bin", 5),
+        ("/usr/bin/", 5),
+        ("/etc", 6),
+        ("/etc/", 6),
+    ]);
+    let image = compile(&p, 4, 2, &fs).expect("compiles");
+    let keys: Vec<InodeKey> = image.inodes().iter().map(|e| e.key).collect();
+    assert_eq!(
+        keys,
+        [id(1).key(4), id(2).key(4)],
+        "one entry per denied file"
+    );
+
+    let curl = image.denied(id(1)).expect("curl is denied by identity");
+    // The first exec rule naming the file is kept; read and write come from the file rules
+    // naming it under either name.
+    assert_eq!(rule_id(&p, curl.exec), "exec.deny[0]");
+    assert_eq!(rule_id(&p, curl.read), "file.deny[0]");
+    assert_eq!(rule_id(&p, curl.write), "file.deny[1]");
+    assert_eq!(curl._pad, 0);
+
+    let wget = image.denied(id(2)).expect("wget is denied by identity");
+    assert_eq!(rule_id(&p, wget.exec), "exec.deny[2]");
+    assert_eq!((wget.read, wget.write), (RULE_NONE, RULE_NONE));
+
+    for allowed_or_subtree in [3, 4, 5, 6] {
+        assert_eq!(image.denied(id(allowed_or_subtree)), None);
+    }
+    // The same answer from the pure helper the evaluator's callers use.
+    let files = denied_files(&p, &fs);
+    assert_eq!(
+        files,
+        image
+            .inodes()
+            .iter()
+            .map(|e| (
+                FileId {
+                    dev: e.key.dev,
+                    ino: e.key.ino
+                },
+                e.rules
+            ))
+            .collect::<Vec<_>>()
+    );
+    // Nothing exists: no identities at all, the path rules are unchanged.
+    let bare = compile(&p, 4, 2, &no_files).expect("compiles");
+    assert!(bare.inodes().is_empty());
+    assert_eq!(bare.paths(PathTable::Exec), image.paths(PathTable::Exec));
+}
+
+#[test]
+fn identities_need_a_governed_section() {
+    let p = policy("[network]\n");
+    let image = compile(&p, 0, 1, &|_: &Path| Some(id(1))).expect("compiles");
+    assert!(image.inodes().is_empty());
+    for table in PathTable::ALL {
+        assert!(image.paths(table).is_empty());
+    }
+}
+
+#[test]
+fn network_entries_keep_first_match_order() {
+    let p = policy(
+        r#"
+[network]
+default = "allow"
+[[network.allow]]
+cidr = "10.0.0.0/8"
+[[network.allow]]
+cidr = "10.1.0.0/16"
+ports = 443
+protocol = "tcp"
+[[network.deny]]
+cidr = "10.1.0.0/16"
+ports = 443
+protocol = "tcp"
+[[network.deny]]
+cidr = "10.1.0.0/16"
+[[network.allow]]
+cidr = "::1"
+ports = "8000-8999"
+protocol = "udp"
+"#,
+    );
+    let image = compile_ok(&p, 2, 1);
+    let order: Vec<&str> = image
+        .net()
+        .iter()
+        .map(|e| rule_id(&p, e.rule.rule_id))
+        .collect();
+    // Most specific first (longest prefix, then narrowest ports, then one protocol), deny
+    // before allow among equals: the kernel takes the first match.
+    assert_eq!(
+        order,
+        [
+            "network.allow[2]",
+            "network.deny[0]",
+            "network.allow[1]",
+            "network.deny[1]",
+            "network.allow[0]"
+        ]
+    );
+    for (i, entry) in image.net().iter().enumerate() {
+        assert_eq!(entry.index, 2 * MAX_NET_RULES + i as u32);
+    }
+
+    let loopback = &image.net()[0].rule;
+    assert_eq!(
+        loopback.addr,
+        "::1".parse::<std::net::Ipv6Addr>().unwrap().octets()
+    );
+    assert_eq!(loopback.mask, [0xff; 16]);
+    assert_eq!((loopback.port_lo, loopback.port_hi), (8000, 8999));
+    assert_eq!(loopback.proto, proto::UDP);
+    assert_eq!(loopback.action, action::ALLOW);
+
+    let deny = &image.net()[1].rule;
+    let mapped: std::net::Ipv6Addr = "::ffff:10.1.0.0".parse().unwrap();
+    assert_eq!(deny.addr, mapped.octets());
+    let mut mask = [0xff; 16];
+    mask[14..].fill(0);
+    assert_eq!(deny.mask, mask, "a /16 is IPv4-mapped as a /112");
+    assert_eq!((deny.port_lo, deny.port_hi), (443, 443));
+    assert_eq!(deny.proto, proto::TCP);
+    assert_eq!(deny.action, action::DENY);
+
+    let any = &image.net()[4].rule;
+    assert_eq!((any.port_lo, any.port_hi), (0, u16::MAX));
+    assert_eq!(any.proto, proto::ANY);
+}
+
+#[test]
+fn config_fields() {
+    let none = compile_ok(&policy("mode = \"audit\"\n"), 0, 5);
+    assert_eq!(
+        *none.config(),
+        Config {
+            generation: 5,
+            governs: 0,
+            mode: mode::AUDIT,
+            exec_default: action::ALLOW,
+            net_default: action::ALLOW,
+            net_rule_count: 0,
+            file_read_default: action::ALLOW,
+            file_write_default: action::ALLOW,
+            _pad: 0,
+        },
+        "ungoverned categories default to allow (never consulted)"
+    );
+
+    let all = compile_ok(
+        &policy(
+            r#"
+[exec]
+[file]
+default = { read = "allow" }
+[network]
+default = "allow"
+[[network.deny]]
+cidr = "192.0.2.0/24"
+[[network.deny]]
+cidr = "198.51.100.0/24"
+"#,
+        ),
+        1,
+        u64::MAX,
+    );
+    assert_eq!(
+        *all.config(),
+        Config {
+            generation: u64::MAX,
+            governs: governs::EXEC | governs::FILE | governs::NETWORK,
+            mode: mode::ENFORCE,
+            exec_default: action::DENY,
+            net_default: action::ALLOW,
+            net_rule_count: 2,
+            file_read_default: action::ALLOW,
+            file_write_default: action::DENY,
+            _pad: 0,
+        }
+    );
+
+    for (text, governed) in [
+        ("[exec]\n", governs::EXEC),
+        ("[file]\n", governs::FILE),
+        ("[network]\n", governs::NETWORK),
+        ("[exec]\n[network]\n", governs::EXEC | governs::NETWORK),
+    ] {
+        let config = *compile_ok(&policy(text), 0, 1).config();
+        assert_eq!(config.governs, governed, "{text:?}");
+        assert_eq!(config.mode, mode::ENFORCE, "{text:?}");
+    }
+    let file = *compile_ok(&policy("[file]\ndefault = \"allow\"\n"), 0, 1).config();
+    assert_eq!(
+        (file.file_read_default, file.file_write_default),
+        (action::ALLOW, action::ALLOW)
+    );
+    let file = *compile_ok(&policy("[file]\ndefault = { write = \"allow\" }\n"), 0, 1).config();
+    assert_eq!(
+        (file.file_read_default, file.file_write_default),
+        (action::DENY, action::ALLOW)
+    );
+}
+
+#[test]
+fn slot_and_generation_limits() {
+    let p = policy("[exec]\nallow = [\"/usr/bin/**\"]\n");
+    assert_eq!(
+        compile(&p, MAX_POLICY_SLOTS, 1, &no_files),
+        Err(CompileError::SlotOutOfRange {
+            slot: MAX_POLICY_SLOTS
+        })
+    );
+    assert_eq!(
+        compile(&p, u32::MAX, 1, &no_files),
+        Err(CompileError::SlotOutOfRange { slot: u32::MAX })
+    );
+    assert_eq!(
+        compile(&p, 0, 0, &no_files),
+        Err(CompileError::GenerationZero)
+    );
+    let last = compile_ok(&p, MAX_POLICY_SLOTS - 1, 1);
+    assert_eq!(
+        u32::from(last.paths(PathTable::Exec)[0].key.slot),
+        MAX_POLICY_SLOTS - 1
+    );
+}
+
+#[test]
+fn rule_count_limits() {
+    // Validation refuses such policies; a policy built by hand is refused here too, never
+    // written past its slot's region.
+    let mut p = policy("[exec]\n[file]\n[network]\n");
+    let rule = |i: usize| PathRule {
+        pattern: PathPattern::Exact(format!("/bin/f{i}")),
+        action: Action::Allow,
+        rule: 0,
+    };
+    p.rules.push(RuleInfo {
+        id: "exec.allow[0]".into(),
+        text: "/bin/f".into(),
+        action: Action::Allow,
+    });
+    let max_paths = MAX_PATH_RULES as usize;
+    p.exec.as_mut().unwrap().rules = (0..max_paths).map(rule).collect();
+    let image = compile_ok(&p, 0, 1);
+    assert_eq!(image.paths(PathTable::Exec).len(), max_paths);
+
+    p.exec.as_mut().unwrap().rules.push(rule(max_paths));
+    assert_eq!(
+        compile(&p, 0, 1, &no_files),
+        Err(CompileError::TooManyRules {
+            category: "exec",
+            count: max_paths + 1,
+            max: MAX_PATH_RULES
+        })
+    );
+    p.exec.as_mut().unwrap().rules.pop();
+    p.file.as_mut().unwrap().read = (0..=max_paths).map(rule).collect();
+    assert!(matches!(
+        compile(&p, 0, 1, &no_files),
+        Err(CompileError::TooManyRules {
+            category: "file read",
+            ..
+        })
+    ));
+    p.file.as_mut().unwrap().read.clear();
+
+    let net_rule = crate::policy::NetworkRule {
+        net: "::1/128".parse().unwrap(),
+        ports: (0, u16::MAX),
+        protocol: Protocol::Any,
+        action: Action::Allow,
+        rule: 0,
+    };
+    let max_net = MAX_NET_RULES as usize;
+    p.network.as_mut().unwrap().rules = vec![net_rule.clone(); max_net];
+    let image = compile_ok(&p, MAX_POLICY_SLOTS - 1, 1);
+    assert_eq!(image.net().len(), max_net);
+    assert_eq!(
+        image.net().last().map(|e| e.index),
+        Some(MAX_POLICY_SLOTS * MAX_NET_RULES - 1),
+        "the last slot's last rule is the table's last entry"
+    );
+    assert_eq!(image.config().net_rule_count, MAX_NET_RULES);
+    p.network.as_mut().unwrap().rules.push(net_rule);
+    assert_eq!(
+        compile(&p, 0, 1, &no_files),
+        Err(CompileError::TooManyRules {
+            category: "network",
+            count: max_net + 1,
+            max: MAX_NET_RULES
+        })
+    );
+}
+
+#[test]
+fn entry_patterns_read_back_as_written() {
+    let p = policy(
+        r#"
+[file]
+allow = ["/etc/hosts", "/work/**", "/**"]
+"#,
+    );
+    let image = compile_ok(&p, 0, 1);
+    for table in [PathTable::FileRead, PathTable::FileWrite] {
+        let patterns: Vec<String> = image.paths(table).iter().map(PathEntry::pattern).collect();
+        assert_eq!(patterns, ["/etc/hosts", "/work/**", "/**"]);
+    }
+    assert!(image.paths(PathTable::Exec).is_empty());
+}

@@ -1,0 +1,189 @@
+//! Agent policies: parse (TOML with spans) and validate.
+//!
+//! The stages are separate so that nothing reaches the kernel unless the whole file is valid:
+//! [`Policy::load`] returns either a fully validated [`Policy`] or one [`PolicyError`] that
+//! points at `file:line:col`. Stage 1 ([`raw`]) is the file as written; stage 2 ([`validate`])
+//! parses every rule ([`path`], [`net`]), checks it against the kernel's limits, and numbers,
+//! deduplicates and orders the rules. Turning a validated policy into the kernel's map contents
+//! is [`crate::compile`]'s job.
+//!
+//! The format is documented in `policies/README.md`.
+
+mod error;
+mod net;
+mod path;
+mod raw;
+mod validate;
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub use self::{
+    error::{line_col, PolicyError},
+    net::{parse_cidr, Protocol},
+    path::{parse_path_pattern, PathPattern},
+};
+
+/// Allow or deny.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+/// Enforce or only record.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+/// Identity and text of one rule, as named in audit records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// e.g. `exec.allow[2]`.
+    pub id: String,
+    /// The rule as written, e.g. `/usr/bin/**`.
+    pub text: String,
+    pub action: Action,
+}
+
+/// A validated path rule (exec, file read or file write).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathRule {
+    pub pattern: PathPattern,
+    pub action: Action,
+    /// Index into [`Policy::rules`].
+    pub rule: u32,
+}
+
+/// A validated network rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkRule {
+    /// IPv6 network (IPv4 rules as IPv4-mapped, prefix + 96).
+    pub net: ipnet::Ipv6Net,
+    pub ports: (u16, u16),
+    pub protocol: Protocol,
+    pub action: Action,
+    /// Index into [`Policy::rules`].
+    pub rule: u32,
+}
+
+/// The exec category.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecPolicy {
+    pub default: Action,
+    /// At most one rule per pattern (deny kept where allow and deny name the same pattern).
+    pub rules: Vec<PathRule>,
+}
+
+/// A file rule as written: a pattern and the accesses it governs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRule {
+    pub pattern: PathPattern,
+    pub read: bool,
+    pub write: bool,
+    pub action: Action,
+    /// Index into [`Policy::rules`].
+    pub rule: u32,
+}
+
+/// The file category: one rule set per access, as the kernel holds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilePolicy {
+    pub read_default: Action,
+    pub write_default: Action,
+    /// Rules governing opens for reading, at most one per pattern (deny kept on a tie).
+    pub read: Vec<PathRule>,
+    /// Rules governing opens for writing, at most one per pattern (deny kept on a tie).
+    pub write: Vec<PathRule>,
+}
+
+/// The network category.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    pub default: Action,
+    /// Ordered from most to least specific, deny before allow among equals: the first match
+    /// decides.
+    pub rules: Vec<NetworkRule>,
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    /// SHA-256 of the policy file, hex.
+    pub sha256: String,
+    pub mode: Mode,
+    /// Absent when the policy has no `[exec]` section: execs are not decided at all.
+    pub exec: Option<ExecPolicy>,
+    /// Absent when the policy has no `[file]` section: opens are not decided at all.
+    pub file: Option<FilePolicy>,
+    /// Absent when the policy has no `[network]` section: connects are not decided at all.
+    pub network: Option<NetworkPolicy>,
+    /// Every rule, indexed by the ids the kernel reports.
+    pub rules: Vec<RuleInfo>,
+}
+
+impl Policy {
+    /// Reads, parses and validates the policy at `path`.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates policy `text`; `path` is used in messages and as the default name.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, PolicyError> {
+        let invalid = |span: std::ops::Range<usize>, message: String| PolicyError::Invalid {
+            path: path.to_owned(),
+            source_text: text.to_owned(),
+            span,
+            message,
+        };
+        let raw: raw::RawPolicy = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            invalid(span, e.message().trim_end().to_owned())
+        })?;
+        validate::Validator::default()
+            .validate(path, text, raw)
+            .map_err(|(span, message)| invalid(span, message))
+    }
+
+    /// Whether enforcing this policy needs BPF-LSM hooks.
+    pub fn needs_lsm(&self) -> bool {
+        self.exec.is_some() || self.file.is_some()
+    }
+
+    /// The rule named by a kernel rule id.
+    pub fn rule(&self, id: u32) -> Option<&RuleInfo> {
+        self.rules.get(id as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests;

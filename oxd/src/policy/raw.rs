@@ -1,0 +1,65 @@
+//! Stage 1: the policy file as written, as serde reads it (with spans for messages).
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Action, Mode, Protocol};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    pub(super) name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) mode: Mode,
+    pub(super) exec: Option<RawPathSection>,
+    pub(super) file: Option<RawFileSection>,
+    pub(super) network: Option<RawNetSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFileSection {
+    /// `"allow"`, `"deny"`, or `{ read = ..., write = ... }`.
+    pub(super) default: Option<Spanned<toml::Value>>,
+    /// Each a path (read and write) or `{ path = ..., access = [...] }`.
+    #[serde(default)]
+    pub(super) allow: Vec<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub(super) deny: Vec<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPathSection {
+    pub(super) default: Option<Action>,
+    #[serde(default)]
+    pub(super) allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) deny: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNetSection {
+    pub(super) default: Option<Action>,
+    #[serde(default)]
+    pub(super) allow: Vec<Spanned<RawNetRule>>,
+    #[serde(default)]
+    pub(super) deny: Vec<Spanned<RawNetRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNetRule {
+    pub(super) cidr: Spanned<String>,
+    pub(super) ports: Option<Spanned<RawPorts>>,
+    #[serde(default)]
+    pub(super) protocol: Protocol,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawPorts {
+    One(i64),
+    Range(String),
+}

@@ -1,0 +1,138 @@
+use std::path::Path;
+
+use oxd_common::{MAX_NET_RULES, MAX_PATH_RULES};
+
+use super::*;
+
+fn parse(text: &str) -> Result<Policy, String> {
+    Policy::parse(Path::new("test.toml"), text).map_err(|e| e.to_string())
+}
+
+#[test]
+fn example_policy_compiles() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/example.toml");
+    let policy = Policy::load(&path).expect("example policy must compile");
+    assert_eq!(policy.name, "example");
+    assert!(policy.exec.is_some());
+    assert!(policy.network.is_some());
+}
+
+#[test]
+fn every_shipped_policy_compiles() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).expect("policies/ exists") {
+        let path = entry.expect("directory entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            count += 1;
+        }
+    }
+    assert!(count >= 4, "expected the example policies, found {count}");
+}
+
+#[test]
+fn deny_wins_on_the_same_pattern() {
+    let policy =
+        parse("[exec]\nallow = [\"/usr/bin/curl\"]\ndeny = [\"/usr/bin/curl\"]\n").unwrap();
+    let exec = policy.exec.unwrap();
+    assert_eq!(exec.rules.len(), 1);
+    assert_eq!(exec.rules[0].action, Action::Deny);
+    assert_eq!(policy.rules[exec.rules[0].rule as usize].id, "exec.deny[0]");
+}
+
+#[test]
+fn errors_point_at_line_and_column() {
+    let err = parse("mode = \"enforce\"\n[exec]\nallow = [\"bin/ls\"]\n").unwrap_err();
+    assert!(err.starts_with("test.toml:3:10: "), "{err}");
+    assert!(err.contains("not an absolute path"), "{err}");
+
+    let err = parse("[exec]\ndefualt = \"deny\"\n").unwrap_err();
+    assert!(err.starts_with("test.toml:2:1: "), "{err}");
+    assert!(err.contains("unknown field `defualt`"), "{err}");
+
+    let err = parse("[network]\n[[network.allow]]\ncidr = \"10.0.0.1/8\"\n").unwrap_err();
+    assert!(err.starts_with("test.toml:3:8: "), "{err}");
+    assert!(err.contains("10.0.0.0/8"), "{err}");
+
+    let err =
+        parse("[network]\n[[network.allow]]\ncidr = \"::1\"\nports = \"90-80\"\n").unwrap_err();
+    assert!(err.starts_with("test.toml:4:9: "), "{err}");
+}
+
+#[test]
+fn network_rules_are_ordered_most_specific_first_deny_first() {
+    let policy = parse(
+        r#"
+[network]
+default = "allow"
+[[network.allow]]
+cidr = "10.0.0.0/8"
+[[network.allow]]
+cidr = "10.1.0.0/16"
+ports = 443
+[[network.deny]]
+cidr = "10.1.0.0/16"
+ports = 443
+[[network.deny]]
+cidr = "10.1.0.0/16"
+"#,
+    )
+    .unwrap();
+    let net = policy.network.unwrap();
+    let ids: Vec<_> = net
+        .rules
+        .iter()
+        .map(|r| policy.rules[r.rule as usize].id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "network.deny[0]",
+            "network.allow[1]",
+            "network.deny[1]",
+            "network.allow[0]"
+        ]
+    );
+    assert_eq!(net.default, Action::Allow);
+}
+
+#[test]
+fn rule_limits_reject_the_whole_policy() {
+    let mut text = String::from("[network]\n");
+    for i in 0..=MAX_NET_RULES {
+        text.push_str(&format!(
+            "[[network.allow]]\ncidr = \"10.0.{}.{}\"\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    let err = parse(&text).unwrap_err();
+    assert!(err.contains("too many network rules (257)"), "{err}");
+    let many: Vec<String> = (0..=MAX_PATH_RULES)
+        .map(|i| format!("\"/bin/f{i}\""))
+        .collect();
+    let err = parse(&format!("[exec]\nallow = [{}]\n", many.join(", "))).unwrap_err();
+    assert!(err.contains("too many exec rules (4097)"), "{err}");
+}
+
+#[test]
+fn sections_default_to_deny_and_absent_sections_are_not_enforced() {
+    let policy = parse("[exec]\nallow = [\"/usr/bin/**\"]\n").unwrap();
+    assert_eq!(policy.exec.as_ref().map(|e| e.default), Some(Action::Deny));
+    assert!(policy.network.is_none());
+    assert!(policy.needs_lsm());
+    let policy = parse("[network]\n").unwrap();
+    assert!(!policy.needs_lsm());
+}
+
+#[test]
+fn line_col_counts_characters_from_one() {
+    let text = "a = 1\nné = \"x\"\n";
+    assert_eq!(line_col(text, 0), (1, 1));
+    assert_eq!(line_col(text, 6), (2, 1));
+    // `=` after the two-byte `é`.
+    assert_eq!(line_col(text, text.find('=').unwrap()), (1, 3));
+    assert_eq!(line_col(text, text.rfind('=').unwrap()), (2, 4));
+    assert_eq!(line_col(text, text.len() + 10), (3, 1));
+}

@@ -1,0 +1,309 @@
+//! Stage 2: from the file as written ([`super::raw`]) to the validated [`Policy`]: every rule
+//! parsed, checked against the kernel's limits, deduplicated and ordered, each error located.
+
+use std::{ops::Range, path::Path};
+
+use oxd_common::{MAX_NET_RULES, MAX_PATH_RULES};
+use sha2::{Digest, Sha256};
+
+use super::{
+    net::{parse_cidr, parse_ports},
+    path::parse_path_pattern,
+    raw::{RawFileSection, RawNetSection, RawPathSection, RawPolicy},
+    Action, ExecPolicy, FilePolicy, NetworkPolicy, NetworkRule, PathRule, Policy, Protocol,
+    RuleInfo,
+};
+
+/// An error at a byte range of the policy text.
+pub(super) type ValidateResult<T> = Result<T, (Range<usize>, String)>;
+
+/// Validates one policy, numbering its rules as it goes.
+#[derive(Default)]
+pub(super) struct Validator {
+    rules: Vec<RuleInfo>,
+}
+
+impl Validator {
+    pub(super) fn validate(
+        mut self,
+        path: &Path,
+        text: &str,
+        raw: RawPolicy,
+    ) -> ValidateResult<Policy> {
+        let name = match raw.name {
+            Some(name) => {
+                let span = name.span();
+                let name = name.into_inner();
+                if name.is_empty() || name.chars().any(|c| c.is_control()) {
+                    return Err((
+                        span,
+                        "a policy name must be non-empty printable text".into(),
+                    ));
+                }
+                name
+            }
+            None => path
+                .file_stem()
+                .map_or_else(|| "policy".to_owned(), |s| s.to_string_lossy().into_owned()),
+        };
+        let exec = raw.exec.map(|section| self.exec(section)).transpose()?;
+        let file = raw.file.map(|section| self.file(section)).transpose()?;
+        let network = raw
+            .network
+            .map(|section| self.network(section))
+            .transpose()?;
+        let sha256 = Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Policy {
+            name,
+            sha256,
+            mode: raw.mode,
+            exec,
+            file,
+            network,
+            rules: self.rules,
+        })
+    }
+
+    fn add_rule(&mut self, id: String, text: String, action: Action) -> u32 {
+        self.rules.push(RuleInfo { id, text, action });
+        (self.rules.len() - 1) as u32
+    }
+
+    fn exec(&mut self, section: RawPathSection) -> ValidateResult<ExecPolicy> {
+        let mut rules: Vec<PathRule> = Vec::new();
+        let total = section.allow.len() + section.deny.len();
+        // Deny rules first, so that on a pattern named by both lists the deny rule is the one
+        // kept: on equal specificity deny wins.
+        for (list, action) in [(section.deny, Action::Deny), (section.allow, Action::Allow)] {
+            for (index, entry) in list.into_iter().enumerate() {
+                let span = entry.span();
+                if total > MAX_PATH_RULES as usize {
+                    let hint = "use a directory rule (`/dir/**`) to cover many files";
+                    return Err((span, too_many("exec", total, MAX_PATH_RULES, hint)));
+                }
+                let pattern = parse_path_pattern(entry.get_ref()).map_err(|m| (span.clone(), m))?;
+                if rules.iter().any(|r| r.pattern == pattern) {
+                    continue;
+                }
+                let id = format!("exec.{}[{index}]", action.as_str());
+                let rule = self.add_rule(id, pattern.to_string(), action);
+                rules.push(PathRule {
+                    pattern,
+                    action,
+                    rule,
+                });
+            }
+        }
+        Ok(ExecPolicy {
+            default: section.default.unwrap_or(Action::Deny),
+            rules,
+        })
+    }
+
+    fn file(&mut self, section: RawFileSection) -> ValidateResult<FilePolicy> {
+        let (read_default, write_default) = match section.default {
+            None => (Action::Deny, Action::Deny),
+            Some(value) => parse_file_default(value.get_ref()).map_err(|m| (value.span(), m))?,
+        };
+        let total = section.allow.len() + section.deny.len();
+        let mut policy = FilePolicy {
+            read_default,
+            write_default,
+            read: Vec::new(),
+            write: Vec::new(),
+        };
+        for (list, action) in [(section.deny, Action::Deny), (section.allow, Action::Allow)] {
+            for (index, entry) in list.into_iter().enumerate() {
+                let span = entry.span();
+                if total > MAX_PATH_RULES as usize {
+                    let hint = "use a directory rule (`/dir/**`) to cover many files";
+                    return Err((span, too_many("file", total, MAX_PATH_RULES, hint)));
+                }
+                let (path, read, write) =
+                    parse_file_rule(entry.get_ref()).map_err(|m| (span.clone(), m))?;
+                let pattern = parse_path_pattern(&path).map_err(|m| (span.clone(), m))?;
+                let mut access = Vec::new();
+                if read {
+                    access.push("read");
+                }
+                if write {
+                    access.push("write");
+                }
+                let id = format!("file.{}[{index}]", action.as_str());
+                let text = format!("{pattern} ({})", access.join(", "));
+                let rule = self.add_rule(id, text, action);
+                for (wanted, rules) in [(read, &mut policy.read), (write, &mut policy.write)] {
+                    if wanted && !rules.iter().any(|r: &PathRule| r.pattern == pattern) {
+                        rules.push(PathRule {
+                            pattern: pattern.clone(),
+                            action,
+                            rule,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(policy)
+    }
+
+    fn network(&mut self, section: RawNetSection) -> ValidateResult<NetworkPolicy> {
+        let total = section.allow.len() + section.deny.len();
+        let mut rules = Vec::new();
+        for (list, action) in [(section.allow, Action::Allow), (section.deny, Action::Deny)] {
+            for (index, entry) in list.into_iter().enumerate() {
+                let span = entry.span();
+                if total > MAX_NET_RULES as usize {
+                    let hint = "merge neighbouring CIDRs or port ranges";
+                    return Err((span, too_many("network", total, MAX_NET_RULES, hint)));
+                }
+                let raw = entry.into_inner();
+                let net = parse_cidr(raw.cidr.get_ref()).map_err(|m| (raw.cidr.span(), m))?;
+                let ports = match raw.ports {
+                    None => (0, u16::MAX),
+                    Some(ports) => {
+                        let span = ports.span();
+                        parse_ports(ports.get_ref()).map_err(|m| (span, m))?
+                    }
+                };
+                let text = format!(
+                    "{} ports {}-{} {}",
+                    raw.cidr.get_ref().trim(),
+                    ports.0,
+                    ports.1,
+                    raw.protocol.as_str()
+                );
+                let id = format!("network.{}[{index}]", action.as_str());
+                let rule = self.add_rule(id, text, action);
+                rules.push(NetworkRule {
+                    net,
+                    ports,
+                    protocol: raw.protocol,
+                    action,
+                    rule,
+                });
+            }
+        }
+        // Most specific first: longer prefix, then narrower port range, then single protocol;
+        // deny before allow among equals. The sort is stable, so file order breaks what is left.
+        rules.sort_by_key(|r| {
+            (
+                std::cmp::Reverse(r.net.prefix_len()),
+                r.ports.1 - r.ports.0,
+                r.protocol == Protocol::Any,
+                r.action != Action::Deny,
+            )
+        });
+        Ok(NetworkPolicy {
+            default: section.default.unwrap_or(Action::Deny),
+            rules,
+        })
+    }
+}
+
+/// The message for a section with more rules than the kernel's maps hold.
+fn too_many(category: &str, total: usize, max: u32, hint: &str) -> String {
+    format!("too many {category} rules ({total}); oxd supports at most {max}: {hint}")
+}
+
+fn parse_action(value: &toml::Value) -> Result<Action, String> {
+    match value.as_str() {
+        Some("allow") => Ok(Action::Allow),
+        Some("deny") => Ok(Action::Deny),
+        _ => Err(format!("expected \"allow\" or \"deny\", found {value}")),
+    }
+}
+
+/// `"allow"`, `"deny"`, or `{ read = "...", write = "..." }` (an absent access defaults to deny).
+fn parse_file_default(value: &toml::Value) -> Result<(Action, Action), String> {
+    if let Some(table) = value.as_table() {
+        let mut read = Action::Deny;
+        let mut write = Action::Deny;
+        for (key, v) in table {
+            match key.as_str() {
+                "read" => read = parse_action(v)?,
+                "write" => write = parse_action(v)?,
+                other => {
+                    return Err(format!(
+                        "unknown key `{other}` in the file default: use `read` and `write`"
+                    ))
+                }
+            }
+        }
+        return Ok((read, write));
+    }
+    parse_action(value).map(|a| (a, a)).map_err(|_| {
+        format!(
+            "expected \"allow\", \"deny\" or {{ read = \"allow\", write = \"deny\" }}, found {value}"
+        )
+    })
+}
+
+/// A file rule: `"/path"` (read and write) or `{ path = "/path", access = ["read"] }`.
+fn parse_file_rule(value: &toml::Value) -> Result<(String, bool, bool), String> {
+    if let Some(path) = value.as_str() {
+        return Ok((path.to_owned(), true, true));
+    }
+    let Some(table) = value.as_table() else {
+        return Err(format!(
+            "a file rule is a path or {{ path = \"/dir/**\", access = [\"read\"] }}, found {value}"
+        ));
+    };
+    let mut path = None;
+    let mut access = (true, true);
+    for (key, v) in table {
+        match key.as_str() {
+            "path" => {
+                path = Some(
+                    v.as_str()
+                        .ok_or_else(|| format!("`path` must be a string, found {v}"))?
+                        .to_owned(),
+                )
+            }
+            "access" => {
+                let list = v.as_array().ok_or_else(|| {
+                    format!("`access` must be a list such as [\"read\"], found {v}")
+                })?;
+                let names = list
+                    .iter()
+                    .map(|a| {
+                        a.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| format!("`access` entries are strings, found {a}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                access = parse_access(&names)?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown key `{other}` in a file rule: use `path` and `access`"
+                ))
+            }
+        }
+    }
+    let path = path.ok_or("a file rule needs a `path`")?;
+    Ok((path, access.0, access.1))
+}
+
+fn parse_access(access: &[String]) -> Result<(bool, bool), String> {
+    let mut read = false;
+    let mut write = false;
+    for a in access {
+        match a.as_str() {
+            "read" => read = true,
+            "write" => write = true,
+            other => {
+                return Err(format!(
+                    "unknown access `{other}`: write `access = [\"read\"]`, `[\"write\"]` or \
+                     `[\"read\", \"write\"]`"
+                ))
+            }
+        }
+    }
+    if !read && !write {
+        return Err("`access` is empty: name `read`, `write` or both".into());
+    }
+    Ok((read, write))
+}
