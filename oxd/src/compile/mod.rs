@@ -9,6 +9,8 @@
 
 mod identity;
 
+use std::path::Path;
+
 use oxd_common::{
     action, governs, mode, proto, Config, InodeKey, InodeRules, NetRule, PathKey, RuleValue,
     MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_NONE, SLOT_PREFIX_BITS,
@@ -166,15 +168,21 @@ impl SlotImage {
 
 /// Compiles `policy` into the contents of `slot` as `generation`. `identity` tells the identity
 /// of the file at a path (or `None` if there is none): [`file_identity`] for the real one.
+///
+/// # Errors
+///
+/// [`CompileError`] if the slot does not exist, the generation is 0, or the policy does not fit
+/// a slot's share of the maps (a [`Policy`] from [`Policy::parse`] always fits).
 pub fn compile(
     policy: &Policy,
     slot: u32,
     generation: u64,
-    identity: &dyn Fn(&std::path::Path) -> Option<FileId>,
+    identity: &dyn Fn(&Path) -> Option<FileId>,
 ) -> Result<SlotImage, CompileError> {
-    if slot >= MAX_POLICY_SLOTS {
-        return Err(CompileError::SlotOutOfRange { slot });
-    }
+    let key_slot = u16::try_from(slot)
+        .ok()
+        .filter(|_| slot < MAX_POLICY_SLOTS)
+        .ok_or(CompileError::SlotOutOfRange { slot })?;
     if generation == 0 {
         return Err(CompileError::GenerationZero);
     }
@@ -185,6 +193,12 @@ pub fn compile(
         .as_ref()
         .map_or((no_rules, no_rules), |f| (&f.read, &f.write));
     let net_rules = policy.network.as_ref().map_or(&[][..], |n| &n.rules);
+    // Every limit is checked before `identity` is asked anything.
+    let config = config(policy, generation)?;
+    let exec = path_entries(PathTable::Exec, key_slot, exec_rules)?;
+    let file_read = path_entries(PathTable::FileRead, key_slot, read_rules)?;
+    let file_write = path_entries(PathTable::FileWrite, key_slot, write_rules)?;
+    let net = net_entries(slot, net_rules)?;
     let inodes = denied_files(policy, identity)
         .into_iter()
         .map(|(id, rules)| InodeEntry {
@@ -194,12 +208,12 @@ pub fn compile(
         .collect();
     Ok(SlotImage {
         slot,
-        config: config(policy, generation)?,
-        exec: path_entries(PathTable::Exec, slot, exec_rules)?,
-        file_read: path_entries(PathTable::FileRead, slot, read_rules)?,
-        file_write: path_entries(PathTable::FileWrite, slot, write_rules)?,
+        config,
+        exec,
+        file_read,
+        file_write,
         inodes,
-        net: net_entries(slot, net_rules)?,
+        net,
     })
 }
 
@@ -209,7 +223,7 @@ pub fn compile(
 /// identity; files that do not exist (`identity` says `None`) are matched by path only.
 pub fn denied_files(
     policy: &Policy,
-    identity: &dyn Fn(&std::path::Path) -> Option<FileId>,
+    identity: &dyn Fn(&Path) -> Option<FileId>,
 ) -> Vec<(FileId, InodeRules)> {
     let mut out: Vec<(FileId, InodeRules)> = Vec::new();
     let none = InodeRules {
@@ -223,16 +237,16 @@ pub fn denied_files(
             let PathPattern::Exact(path) = &rule.pattern else {
                 continue;
             };
-            let Some(id) = identity(std::path::Path::new(path)) else {
+            let Some(id) = identity(Path::new(path)) else {
                 continue;
             };
-            let index = match out.iter().position(|(known, _)| *known == id) {
-                Some(i) => i,
-                None => {
+            let index = out
+                .iter()
+                .position(|(known, _)| *known == id)
+                .unwrap_or_else(|| {
                     out.push((id, none));
                     out.len() - 1
-                }
-            };
+                });
             let slot = field(&mut out[index].1);
             if *slot == RULE_NONE {
                 *slot = rule.rule;
@@ -315,7 +329,7 @@ fn pattern_key(pattern: &PathPattern) -> (Vec<u8>, u32) {
 
 fn path_entries(
     table: PathTable,
-    slot: u32,
+    slot: u16,
     rules: &[PathRule],
 ) -> Result<Vec<PathEntry>, CompileError> {
     check_count(table.as_str(), rules.len(), MAX_PATH_RULES)?;
@@ -331,8 +345,7 @@ fn path_entries(
                 });
             }
             let mut key = PathKey {
-                // Below MAX_POLICY_SLOTS, checked by `compile`.
-                slot: slot as u16,
+                slot,
                 path: [0; PATH_KEY_LEN],
             };
             key.path[..bytes.len()].copy_from_slice(&bytes);

@@ -31,7 +31,7 @@ fn compile_ok(policy: &Policy, slot: u32, generation: u64) -> SlotImage {
     compile(policy, slot, generation, &no_files).expect("the policy compiles")
 }
 
-fn rule_id<'a>(policy: &'a Policy, rule: u32) -> &'a str {
+fn rule_id(policy: &Policy, rule: u32) -> &str {
     &policy.rules[rule as usize].id
 }
 
@@ -458,15 +458,16 @@ fn rule_count_limits() {
     // Validation refuses such policies; a policy built by hand is refused here too, never
     // written past its slot's region.
     let mut p = policy("[exec]\n[file]\n[network]\n");
+    // Exact deny rules: the kind whose files are looked up.
     let rule = |i: usize| PathRule {
         pattern: PathPattern::Exact(format!("/bin/f{i}")),
-        action: Action::Allow,
+        action: Action::Deny,
         rule: 0,
     };
     p.rules.push(RuleInfo {
-        id: "exec.allow[0]".into(),
+        id: "exec.deny[0]".into(),
         text: "/bin/f".into(),
-        action: Action::Allow,
+        action: Action::Deny,
     });
     let max_paths = MAX_PATH_RULES as usize;
     p.exec.as_mut().unwrap().rules = (0..max_paths).map(rule).collect();
@@ -474,8 +475,14 @@ fn rule_count_limits() {
     assert_eq!(image.paths(PathTable::Exec).len(), max_paths);
 
     p.exec.as_mut().unwrap().rules.push(rule(max_paths));
+    let never_asked = |path: &Path| -> Option<FileId> {
+        panic!(
+            "{} looked up for a policy that does not fit",
+            path.display()
+        )
+    };
     assert_eq!(
-        compile(&p, 0, 1, &no_files),
+        compile(&p, 0, 1, &never_asked),
         Err(CompileError::TooManyRules {
             category: "exec",
             count: max_paths + 1,
