@@ -205,10 +205,16 @@ fn bpf_lsm_check() -> Check {
             "bprm_check_security, mmap_file and file_open programs load (exec and file rules \
              can be enforced)",
         ),
-        Err(EnforcerError::LsmRefused { cause, active, .. }) => Check::missing(
+        Err(EnforcerError::LsmRefused { source, active, .. }) => Check::missing(
             "BPF-LSM",
-            format!("the kernel refuses BPF-LSM programs ({cause}); active LSMs: {active}"),
+            format!("the kernel refuses BPF-LSM programs ({source}); active LSMs: {active}"),
             enforcer::LSM_FIX,
+        ),
+        Err(e @ EnforcerError::VerifierRejected { .. }) => Check::missing(
+            "BPF-LSM",
+            e.to_string(),
+            "this kernel runs BPF-LSM, but rejects one of oxd's programs: report it (with `oxd \
+             --version`, `uname -r` and the log above)",
         ),
         Err(EnforcerError::LsmInactive { active }) => Check::missing(
             "BPF-LSM",

@@ -59,14 +59,32 @@ pub(crate) const LSM_FIX: &str =
 pub enum EnforcerError {
     #[error("BPF-LSM is not active on this kernel (active LSMs: {active}). {LSM_FIX}")]
     LsmInactive { active: String },
-    #[error("the kernel refused oxd's BPF-LSM program for {hook}: {cause}. This kernel does not run BPF-LSM programs (active LSMs: {active}). {LSM_FIX}")]
+    /// The kernel refused to load a BPF-LSM program without a word from the verifier (`EPERM`
+    /// and an empty verifier log): it does not run BPF-LSM programs at all.
+    #[error("the kernel refused oxd's BPF-LSM program for {hook}: this kernel does not run BPF-LSM programs (active LSMs: {active}). {LSM_FIX} The kernel said")]
     LsmRefused {
         hook: &'static str,
         active: String,
-        cause: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The verifier rejected one of oxd's programs: a bug in oxd or an incompatibility with
+    /// this kernel, not a missing kernel feature. `log` is the verifier's whole log.
+    #[error(
+        "the kernel's verifier rejected oxd's {program} program ({errno}): this is a bug in oxd \
+         or an incompatibility with this kernel, please report it with the verifier log. Its \
+         last lines:\n{}",
+        log_tail(log, VERIFIER_LOG_TAIL)
+    )]
+    VerifierRejected {
+        program: &'static str,
+        errno: std::io::Error,
+        log: String,
     },
     #[error("cannot read the kernel's struct layout")]
     Btf(#[from] BtfError),
+    #[error("cannot read the kernel's BTF for loading the BPF-LSM programs")]
+    KernelBtf(#[source] aya::BtfError),
     #[error("cannot load oxd's eBPF object")]
     Load(#[from] aya::EbpfError),
     #[error("cannot {what}")]
@@ -94,6 +112,44 @@ pub enum EnforcerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot pin the {program} link at {path}")]
+    PinLink {
+        program: &'static str,
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("the {program} link cannot be pinned: it is not a bpf_link")]
+    NotAnFdLink {
+        program: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+}
+
+/// Lines of a verifier log shown in an error message (the rejection is at its end).
+const VERIFIER_LOG_TAIL: usize = 40;
+
+/// The last `lines` lines of `log`, with a note of how many were left out.
+fn log_tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.trim_end().lines().collect();
+    let start = all.len().saturating_sub(lines);
+    let mut out = String::new();
+    if start > 0 {
+        out.push_str(&format!("[{start} earlier lines left out]\n"));
+    }
+    out.push_str(&all[start..].join("\n"));
+    out
+}
+
+impl EnforcerError {
+    /// The verifier's whole log, if this is a verifier rejection.
+    pub fn verifier_log(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Self::VerifierRejected { program, log, .. } => Some((program, log)),
+            _ => None,
+        }
+    }
 }
 
 type Result<T, E = EnforcerError> = std::result::Result<T, E>;
@@ -130,9 +186,11 @@ fn pin_err(what: impl Into<String>, path: &Path) -> impl FnOnce(std::io::Error) 
 }
 
 /// Pins `link` (of program `name`) at `pin`; the link stays attached as long as the pin exists.
-fn pin_link(link: FdLink, pin: &Path, name: &str) -> Result<()> {
-    link.pin(pin).map_err(|e| {
-        pin_err(format!("pin the {name} link"), pin)(std::io::Error::other(e.to_string()))
+fn pin_link(link: FdLink, pin: &Path, name: &'static str) -> Result<()> {
+    link.pin(pin).map_err(|source| EnforcerError::PinLink {
+        program: name,
+        path: pin.to_owned(),
+        source,
     })?;
     Ok(())
 }
@@ -401,19 +459,14 @@ impl Enforcer {
             return Ok(());
         }
         let active = describe_active_lsms();
-        let btf = aya::Btf::from_sys_fs().map_err(|e| {
-            EnforcerError::Btf(BtfError::Read {
-                path: Path::new(crate::btf::VMLINUX_BTF).to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        })?;
+        let btf = aya::Btf::from_sys_fs().map_err(EnforcerError::KernelBtf)?;
         for i in 0..self.lsm_programs.len() {
             let (name, hook) = self.lsm_programs[i];
             let program = self.lsm_program(name)?;
             if program.fd().is_err() {
                 program
                     .load(hook, &btf)
-                    .map_err(|source| lsm_error(source, hook, &active))?;
+                    .map_err(|source| load_error(source, name, Some(hook), &active))?;
             }
         }
         Ok(())
@@ -434,7 +487,6 @@ impl Enforcer {
     /// earlier daemon) is left as it is.
     pub fn attach_lsm(&mut self) -> Result<()> {
         self.load_lsm()?;
-        let active = describe_active_lsms();
         for i in 0..self.lsm_programs.len() {
             let (name, hook) = self.lsm_programs[i];
             let pin = self.link_pin(&format!("lsm-{name}"));
@@ -444,7 +496,7 @@ impl Enforcer {
             let program = self.lsm_program(name)?;
             let id = program
                 .attach()
-                .map_err(|source| lsm_error(source, hook, &active))?;
+                .map_err(prog_err(format!("attach the {name} program to {hook}")))?;
             if let Some(pin) = pin {
                 let link = FdLink::from(
                     program
@@ -480,10 +532,9 @@ impl Enforcer {
                         .take_link(id)
                         .map_err(prog_err(format!("take the {name} link")))?,
                 )
-                .map_err(|e| {
-                    pin_err(format!("pin the {name} link (not a bpf_link)"), &pin)(
-                        std::io::Error::other(e.to_string()),
-                    )
+                .map_err(|source| EnforcerError::NotAnFdLink {
+                    program: name,
+                    source,
                 })?;
                 pin_link(link, &pin, name)?;
             }
@@ -525,7 +576,7 @@ impl Enforcer {
             if program.fd().is_err() {
                 program
                     .load()
-                    .map_err(prog_err(format!("load the {name} program")))?;
+                    .map_err(|source| load_error(source, name, None, ""))?;
             }
         }
         Ok(())
@@ -592,14 +643,113 @@ fn path_map(table: PathTable) -> &'static str {
     }
 }
 
-fn lsm_error(
+/// How a program load failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LoadFailure {
+    /// `EPERM` with nothing from the verifier: the kernel does not run this kind of program
+    /// (a kernel without BPF-LSM, or one that blocks BPF trampolines).
+    Refused,
+    /// The verifier looked at the program and said no: the log says why.
+    Rejected,
+    /// Anything else (a failed system call before verification).
+    Other,
+}
+
+fn classify_load_failure(errno: Option<i32>, verifier_log: &str) -> LoadFailure {
+    if !verifier_log.trim().is_empty() {
+        LoadFailure::Rejected
+    } else if errno == Some(libc::EPERM) {
+        LoadFailure::Refused
+    } else {
+        LoadFailure::Other
+    }
+}
+
+/// The error for a failed load of program `name` on LSM hook `hook` (`None` for other
+/// programs): the kernel refusing BPF-LSM, a verifier rejection with its log, or another
+/// failure, each reported as what it is.
+fn load_error(
     source: aya::programs::ProgramError,
-    hook: &'static str,
+    name: &'static str,
+    hook: Option<&'static str>,
     active: &str,
 ) -> EnforcerError {
-    EnforcerError::LsmRefused {
-        hook,
-        active: active.to_owned(),
-        cause: source.to_string(),
+    let aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = source
+    else {
+        return prog_err(format!("load the {name} program"))(source);
+    };
+    let log = verifier_log.to_string();
+    match (classify_load_failure(io_error.raw_os_error(), &log), hook) {
+        (LoadFailure::Refused, Some(hook)) => EnforcerError::LsmRefused {
+            hook,
+            active: active.to_owned(),
+            source: io_error,
+        },
+        (LoadFailure::Rejected, _) => EnforcerError::VerifierRejected {
+            program: name,
+            errno: io_error,
+            log,
+        },
+        _ => prog_err(format!("load the {name} program"))(aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_failure_is_reported_as_what_it_is() {
+        assert_eq!(
+            classify_load_failure(Some(libc::EPERM), ""),
+            LoadFailure::Refused
+        );
+        assert_eq!(
+            classify_load_failure(Some(libc::EPERM), "\n"),
+            LoadFailure::Refused
+        );
+        let log =
+            "0: R1=ctx() R10=fp0\n1: (79) r2 = *(u64 *)(r1 +0)\ninvalid mem access 'scalar'\n";
+        assert_eq!(
+            classify_load_failure(Some(libc::EACCES), log),
+            LoadFailure::Rejected
+        );
+        // EPERM with a verifier log is a rejection (e.g. a pointer leak), not a missing LSM.
+        assert_eq!(
+            classify_load_failure(Some(libc::EPERM), log),
+            LoadFailure::Rejected
+        );
+        assert_eq!(
+            classify_load_failure(Some(libc::E2BIG), ""),
+            LoadFailure::Other
+        );
+    }
+
+    #[test]
+    fn a_verifier_rejection_shows_the_end_of_its_log() {
+        let log: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let error = EnforcerError::VerifierRejected {
+            program: "file_open",
+            errno: std::io::Error::from_raw_os_error(libc::EACCES),
+            log: log.clone(),
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("verifier rejected oxd's file_open program"),
+            "{message}"
+        );
+        assert!(message.contains("[60 earlier lines left out]"), "{message}");
+        assert!(
+            message.contains("line 60\n") && message.ends_with("line 99"),
+            "{message}"
+        );
+        assert!(!message.contains("line 59\n"), "{message}");
+        assert_eq!(error.verifier_log(), Some(("file_open", log.as_str())));
     }
 }

@@ -64,8 +64,28 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("oxd: error: {e:#}");
+            save_verifier_log(&e);
             ExitCode::from(run::EXIT_OXD_FAILED as u8)
         }
+    }
+}
+
+/// A verifier rejection's message shows the end of the log; the whole log goes to a file.
+fn save_verifier_log(error: &anyhow::Error) {
+    let Some((program, log)) = error.chain().find_map(|e| {
+        e.downcast_ref::<oxd::enforcer::EnforcerError>()?
+            .verifier_log()
+    }) else {
+        return;
+    };
+    let path =
+        std::env::temp_dir().join(format!("oxd-verifier-{program}-{}.log", std::process::id()));
+    match std::fs::write(&path, log) {
+        Ok(()) => eprintln!("oxd: the verifier's whole log is in {}", path.display()),
+        Err(e) => eprintln!(
+            "oxd: cannot save the verifier's log to {}: {e}",
+            path.display()
+        ),
     }
 }
 
