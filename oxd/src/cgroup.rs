@@ -3,7 +3,6 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::Write as _,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     thread,
@@ -12,8 +11,8 @@ use std::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup`")]
-    NoCgroup2,
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
@@ -36,50 +35,8 @@ pub enum CgroupError {
     NotEmpty { path: PathBuf },
 }
 
-/// The mount point of the cgroup v2 hierarchy (e.g. `/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on hybrid systems).
-pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let path = Path::new("/proc/self/mountinfo");
-    let text = fs::read_to_string(path).map_err(|source| CgroupError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse_cgroup2_mount(&text).ok_or(CgroupError::NoCgroup2)
-}
-
-fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if right.split(' ').next()? != "cgroup2" {
-            return None;
-        }
-        let mount_point = left.split(' ').nth(4)?;
-        Some(PathBuf::from(unescape_mountinfo(mount_point)))
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+/// Kept here until every caller asks [`crate::host`].
+pub use crate::host::cgroup2_mount;
 
 /// A cgroup oxd created for an agent. Dropping it kills everything left inside and removes it.
 #[derive(Debug)]
@@ -231,31 +188,5 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
                 })
             }
         }
-    }
-}
-
-/// Writes "0" to an open `cgroup.procs`, moving the calling process. Async-signal-safe: meant to
-/// run in a child between fork and exec.
-pub fn join_from_child(procs: &File) -> std::io::Result<()> {
-    (&*procs).write_all(b"0")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_cgroup2_in_mountinfo() {
-        let info = "24 31 0:22 / /sys rw,nosuid shared:7 - sysfs sysfs rw\n\
-                    35 24 0:30 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            parse_cgroup2_mount(info),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(
-            parse_cgroup2_mount("24 31 0:22 / /sys rw - sysfs sysfs rw\n"),
-            None
-        );
-        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
     }
 }

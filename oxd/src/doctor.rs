@@ -11,8 +11,9 @@ use anyhow::Result;
 
 use crate::{
     btf::{Btf, KernelOffsets, VMLINUX_BTF},
-    cgroup, enforcer,
+    enforcer,
     enforcer::{Enforcer, EnforcerError},
+    host,
     policy::Policy,
 };
 
@@ -79,7 +80,7 @@ fn btf_check() -> Check {
 }
 
 fn cgroup_check() -> Check {
-    match cgroup::cgroup2_mount() {
+    match host::cgroup2_mount() {
         Ok(path) => Check::ok("cgroup v2", format!("mounted at {}", path.display())),
         Err(e) => Check::missing(
             "cgroup v2",
@@ -90,13 +91,9 @@ fn cgroup_check() -> Check {
 }
 
 fn bpffs_check() -> Check {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mount = mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split(' ').next()? == "bpf").then(|| left.split(' ').nth(4).map(str::to_owned))?
-    });
-    match mount {
-        Some(path) => Check::ok("bpffs", format!("mounted at {path}")),
+    let mounts = host::bpffs_mounts();
+    match mounts.first() {
+        Some(path) => Check::ok("bpffs", format!("mounted at {}", path.display())),
         None => Check::warn(
             "bpffs",
             "not mounted (oxd run does not need it; oxd daemon does, to pin enforcement beyond its own life)",
@@ -106,28 +103,16 @@ fn bpffs_check() -> Check {
 }
 
 fn lockdown_check() -> Check {
-    let path = Path::new("/sys/kernel/security/lockdown");
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let active = text
-                .split_whitespace()
-                .find(|w| w.starts_with('['))
-                .unwrap_or("unknown")
-                .trim_matches(|c| c == '[' || c == ']')
-                .to_owned();
-            if active == "confidentiality" {
-                Check::missing(
-                    "lockdown",
-                    "confidentiality: BPF may not read kernel memory, which oxd's programs do",
-                    "boot with lockdown=integrity (or none)",
-                )
-            } else {
-                Check::ok("lockdown", format!("{active} (BPF may read kernel memory)"))
-            }
-        }
-        Err(_) => Check::warn(
+    match host::lockdown() {
+        Some(active) if active == "confidentiality" => Check::missing(
             "lockdown",
-            format!("unknown: {} is not readable", path.display()),
+            "confidentiality: BPF may not read kernel memory, which oxd's programs do",
+            "boot with lockdown=integrity (or none)",
+        ),
+        Some(active) => Check::ok("lockdown", format!("{active} (BPF may read kernel memory)")),
+        None => Check::warn(
+            "lockdown",
+            format!("unknown: {} is not readable", host::LOCKDOWN_FILE),
             "mount securityfs to see it: mount -t securityfs securityfs /sys/kernel/security",
         ),
     }

@@ -14,17 +14,18 @@ use aya::{
 };
 use oxd_common::{counter, Config, InodeKey, InodeRules, PathKey, RuleValue, MAX_POLICY_SLOTS};
 
+/// Kept here until every caller asks [`crate::host`].
+pub use crate::host::bpf_lsm_active;
 use crate::{
     btf::{Btf, BtfError, KernelOffsets},
     cgroup::AgentCgroup,
     compile::{compile, file_identity, CompileError, PathEntry, PathTable, SlotImage},
+    host,
     policy::Policy,
 };
 
 /// The eBPF object built by build.rs from `oxd-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oxd"));
-
-const LSM_FILE: &str = "/sys/kernel/security/lsm";
 
 /// The cgroup programs that decide egress.
 const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
@@ -164,21 +165,6 @@ fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError)
     move |source| EnforcerError::Program { what, source }
 }
 
-fn active_lsms() -> Option<String> {
-    fs::read_to_string(LSM_FILE)
-        .ok()
-        .map(|s| s.trim().to_owned())
-}
-
-/// Whether `bpf` is among the kernel's active LSMs (false if that cannot be read).
-pub fn bpf_lsm_active() -> bool {
-    active_lsms().is_some_and(|active| active.split(',').any(|l| l == "bpf"))
-}
-
-fn describe_active_lsms() -> String {
-    active_lsms().unwrap_or_else(|| format!("unknown, {LSM_FILE} is not readable"))
-}
-
 fn pin_err(what: impl Into<String>, path: &Path) -> impl FnOnce(std::io::Error) -> EnforcerError {
     let what = what.into();
     let path = path.to_owned();
@@ -241,9 +227,11 @@ impl Enforcer {
     pub fn open(options: &LoadOptions) -> Result<Self> {
         let needs_lsm = options.lsm;
         let offsets = if needs_lsm {
-            if let Some(active) = active_lsms() {
-                if !active.split(',').any(|l| l == "bpf") {
-                    return Err(EnforcerError::LsmInactive { active });
+            if let Some(active) = host::active_lsms() {
+                if !active.iter().any(|l| l == "bpf") {
+                    return Err(EnforcerError::LsmInactive {
+                        active: active.join(","),
+                    });
                 }
             }
             KernelOffsets::read(&Btf::from_kernel()?)?
@@ -458,7 +446,7 @@ impl Enforcer {
         if self.lsm_programs.is_empty() {
             return Ok(());
         }
-        let active = describe_active_lsms();
+        let active = host::describe_active_lsms();
         let btf = aya::Btf::from_sys_fs().map_err(EnforcerError::KernelBtf)?;
         for i in 0..self.lsm_programs.len() {
             let (name, hook) = self.lsm_programs[i];

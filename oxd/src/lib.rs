@@ -20,6 +20,7 @@ pub mod doctor;
 pub mod enforcer;
 pub mod evaluate;
 pub mod explain;
+pub mod host;
 pub mod metrics;
 pub mod policy;
 pub mod rcu;

@@ -207,7 +207,7 @@ impl TestCgroup {
     /// Creates `oxd-test-NAME-PID` below the cgroup2 mount (`/sys/fs/cgroup`, or
     /// `/sys/fs/cgroup/unified` on a hybrid host).
     pub fn new(name: &str) -> Self {
-        let root = oxd::cgroup::cgroup2_mount().expect("a cgroup2 mount");
+        let root = oxd::host::cgroup2_mount().expect("a cgroup2 mount");
         let root = root.as_path();
         assert!(
             root.join("cgroup.controllers").exists(),
