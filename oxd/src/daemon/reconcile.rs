@@ -23,6 +23,8 @@
 //!   and points at its policy's current slot: this completes a confine, and rolls back a
 //!   replacement or a release the state file does not record as done;
 //! - a target whose cgroup is gone is no longer confined and is forgotten;
+//! - a target the kernel no longer confines and whose policy is gone was being released (or
+//!   failed to be confined): the release is finished;
 //! - generations that are not their policy's current one (an interrupted replacement's other
 //!   half, a policy no target uses any more) are retired once nothing points at them;
 //! - a confined cgroup the state does not know stays confined (it cannot be told apart from a
@@ -85,6 +87,10 @@ pub(super) enum Action {
     /// Report a live target whose policy is not loaded: it stays pointing where it does (an
     /// empty slot fails closed).
     PolicyNotLoaded { cgroup: PathBuf, policy: String },
+    /// Forget a live target that the kernel no longer confines and whose policy is gone: a
+    /// release (or a failed confine) lifted its confinement and retired its policy, and the
+    /// daemon stopped before saving the state. State only; [`Action::DetachNetwork`] follows.
+    FinishRelease { cgroup: PathBuf, cgroup_id: u64 },
     /// Clear the slot of a generation nothing points at any more, once every program that
     /// could still be reading it has finished. The state forgets it.
     RetireGeneration { generation: u64, slot: u32 },
@@ -196,6 +202,16 @@ pub(super) fn plan(saved: &State, kernel: &Kernel, cgroups: &Cgroups) -> Plan {
                 });
                 state.targets.retain(|t| t.cgroup_id != target.cgroup_id);
             }
+            (None, true) if !kernel.confined.contains_key(&target.cgroup_id) => {
+                actions.push(Action::FinishRelease {
+                    cgroup: target.cgroup.clone(),
+                    cgroup_id: target.cgroup_id,
+                });
+                actions.push(Action::DetachNetwork {
+                    cgroup_id: target.cgroup_id,
+                });
+                state.targets.retain(|t| t.cgroup_id != target.cgroup_id);
+            }
             (None, true) => actions.push(Action::PolicyNotLoaded {
                 cgroup: target.cgroup.clone(),
                 policy: target.policy.clone(),
@@ -208,8 +224,9 @@ pub(super) fn plan(saved: &State, kernel: &Kernel, cgroups: &Cgroups) -> Plan {
         actions.push(Action::RetireGeneration { generation, slot });
         state.generations.retain(|g| g.generation != generation);
     }
+    // (Targets dropped above were known: they are no longer confined.)
     for (&cgroup_id, &slot) in &kernel.confined {
-        if !state.targets.iter().any(|t| t.cgroup_id == cgroup_id) {
+        if !saved.targets.iter().any(|t| t.cgroup_id == cgroup_id) {
             actions.push(Action::UnknownConfined { cgroup_id, slot });
         }
     }
@@ -269,6 +286,10 @@ pub(super) fn apply(
             Action::PolicyNotLoaded { cgroup, policy } => tracing::error!(
                 "cgroup {} is confined under policy {policy} which is not loaded: its actions \
                  are denied until it is released or confined again",
+                cgroup.display()
+            ),
+            Action::FinishRelease { cgroup, .. } => tracing::warn!(
+                "cgroup {} was being released when the daemon stopped: released",
                 cgroup.display()
             ),
             Action::RetireGeneration { slot, .. } => {
@@ -650,6 +671,41 @@ mod tests {
     }
 
     #[test]
+    fn a_release_interrupted_after_retiring_its_policy_is_finished() {
+        // Crash in a release after remove_confined, detach_network and the retirement of the
+        // policy it was the last user of (its slot cleared), before the state was saved. The
+        // target is not confined any more and cannot be again: the release is finished.
+        let saved = state(vec![gen(1, 0, "p")], &[("p", 1)], vec![target(A, 10, "p")]);
+        let k = kernel(&[], &[]);
+        let live = cgroups(&[(A, 10)]);
+        let p = plan(&saved, &k, &live);
+        assert_eq!(
+            p.actions,
+            vec![
+                UndoGeneration {
+                    slot: 0,
+                    generation: 1,
+                    policy: "p".into()
+                },
+                FallBack {
+                    policy: "p".into(),
+                    from: 1,
+                    to: None
+                },
+                FinishRelease {
+                    cgroup: A.into(),
+                    cgroup_id: 10
+                },
+                DetachNetwork { cgroup_id: 10 },
+            ]
+        );
+        assert!(p.state.targets.is_empty());
+        assert!(p.state.generations.is_empty());
+        assert!(p.state.current.is_empty());
+        assert_converges(&saved, &k, &live);
+    }
+
+    #[test]
     fn a_target_whose_cgroup_is_gone_is_dropped_removed_and_detached() {
         let saved = state(
             vec![gen(1, 0, "p")],
@@ -669,10 +725,6 @@ mod tests {
                 RemoveConfined { cgroup_id: 10 },
                 DetachNetwork { cgroup_id: 10 },
                 attach(B, 11),
-                UnknownConfined {
-                    cgroup_id: 10,
-                    slot: 0
-                },
             ]
         );
         assert_eq!(p.state.targets, vec![target(B, 11, "p")]);
@@ -689,8 +741,8 @@ mod tests {
         let live = cgroups(&[(A, 99)]);
         let p = plan(&saved, &k, &live);
         assert_eq!(
-            &p.actions[..3],
-            &[
+            p.actions,
+            vec![
                 DropTarget {
                     cgroup: A.into(),
                     cgroup_id: 10
@@ -700,10 +752,6 @@ mod tests {
             ]
         );
         assert!(p.state.targets.is_empty());
-        assert!(!p.actions.iter().any(|a| matches!(
-            a,
-            SetConfined { cgroup_id: 99, .. } | AttachNetwork { cgroup_id: 99, .. }
-        )));
         assert_converges(&saved, &k, &live);
     }
 
