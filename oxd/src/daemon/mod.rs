@@ -21,9 +21,9 @@
 //! - **Exit.** SIGTERM or SIGINT: `--on-exit keep` (default) leaves enforcement pinned;
 //!   `--on-exit release` releases every target and removes the pins.
 //!
-//! The parts: this module starts the daemon, runs its main loop and stops it; [`state`] is
-//! the state file; [`reconcile`] plans and applies what a restart must complete or undo;
-//! [`ops`] handles the control requests; [`socket`] serves the control socket.
+//! The parts: this module starts the daemon, runs its main loop and stops it; `state` is the
+//! state file; `reconcile` plans and applies what a restart must complete or undo; `ops`
+//! handles the control requests; `socket` serves the control socket.
 
 mod ops;
 mod reconcile;
