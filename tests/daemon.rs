@@ -786,3 +786,165 @@ fn daemon_sigterm_keep_and_release() {
         "exec:/usr/bin/id",
     );
 }
+
+/// A policy named `name` that governs file opens and allows every one; `salt` changes its text
+/// (so its hash) but not what it decides.
+fn allow_files_policy(name: &str, salt: &str) -> String {
+    format!("# {salt}\nname = \"{name}\"\n[file]\ndefault = \"allow\"\n")
+}
+
+/// The records of opens of `file` by `cgroup_id`.
+fn opens_of<'a>(records: &'a [Value], file: &str, cgroup_id: u64) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| r["op"] == "open" && r["target"] == file && r["cgroup_id"] == cgroup_id)
+        .collect()
+}
+
+#[test]
+fn daemon_answers_control_requests_during_a_flood() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("daemon-busy");
+    let cgroup = TestCgroup::new("busy");
+    let file = scratch.path("flooded");
+    fs::write(&file, "x").expect("write the flooded file");
+    let file = fs::canonicalize(&file).expect("canonical path");
+    let file = file.to_str().expect("utf-8 path").to_owned();
+    let (a, b) = (
+        allow_files_policy("daemon-busy", "a"),
+        allow_files_policy("daemon-busy", "b"),
+    );
+    let (a_sha, b_sha) = (sha256_hex(&a), sha256_hex(&b));
+    let a_file = scratch.path("a.toml");
+    let b_file = scratch.path("b.toml");
+    fs::write(&a_file, &a).expect("write policy A");
+    fs::write(&b_file, &b).expect("write policy B");
+    let mut daemon = Daemon::new(&scratch, "busy", &[]);
+    daemon.start();
+    daemon.confine_cgroup(&cgroup, &a_file);
+    let entry = daemon.target(&cgroup).expect("confined");
+    let a_generation = assert_target_entry(&entry, &cgroup, "daemon-busy", &a_sha);
+    let cgroup_id = cgroup.id();
+
+    // The agent opens the file as fast as it can until told to stop.
+    let stop = scratch.path("stop");
+    let mut agent = KillOnDrop(
+        cgroup
+            .command(probe_bin())
+            .arg(format!("repeat:{}", stop.display()))
+            .arg(format!("flood:1000:{file}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the flooding agent"),
+    );
+    wait_for("the flood's first records", WAIT, || {
+        (!opens_of(&audit_records_so_far(&daemon.audit_log), &file, cgroup_id).is_empty())
+            .then_some(())
+    });
+
+    // Requests are answered while the flood goes on, a replacement included.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let status = daemon.status();
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(status["targets"], 1, "{status}");
+    }
+    let started = Instant::now();
+    daemon.ctl(&[
+        "replace",
+        "--policy",
+        b_file.to_str().expect("utf-8 policy path"),
+    ]);
+    slowest = slowest.max(started.elapsed());
+    let entry = daemon.target(&cgroup).expect("still confined");
+    let b_generation = assert_target_entry(&entry, &cgroup, "daemon-busy", &b_sha);
+    let status = daemon.status();
+    assert!(
+        status["records"].as_u64().is_some_and(|n| n > 0),
+        "status counts the records written: {status}"
+    );
+    eprintln!("slowest answer during the flood: {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(20),
+        "a control request waited {slowest:?} behind the flood"
+    );
+
+    // The flood goes on under B, then stops.
+    wait_for("records under the replacement", WAIT, || {
+        opens_of(&audit_records_so_far(&daemon.audit_log), &file, cgroup_id)
+            .iter()
+            .any(|r| r["generation"] == b_generation)
+            .then_some(())
+    });
+    fs::write(&stop, b"").expect("stop the agent");
+    let exit = wait_for("the agent to stop", WAIT, || {
+        agent.0.try_wait().expect("wait for the agent")
+    });
+    assert!(exit.success(), "the flooding agent failed: {exit}");
+
+    // Each record names the policy of the generation that decided, before and after the
+    // replacement (which retired A while its decisions were still being written).
+    let records = audit_records_so_far(&daemon.audit_log);
+    let opens = opens_of(&records, &file, cgroup_id);
+    for r in &opens {
+        let generation = r["generation"].as_u64().expect("numeric generation");
+        let expected = if generation == a_generation {
+            &a_sha
+        } else if generation == b_generation {
+            &b_sha
+        } else {
+            panic!("a record under neither A's nor B's generation: {r}");
+        };
+        assert_eq!(r["policy_sha256"], expected.as_str(), "{r}");
+        assert_eq!(r["policy"], "daemon-busy", "{r}");
+        assert_eq!(r["decision"], "allow", "{r}");
+    }
+    let lost: u64 = records
+        .iter()
+        .filter(|r| r["op"] == "lost")
+        .filter_map(|r| r["count"].as_u64())
+        .sum();
+    eprintln!("{} opens recorded, {lost} decisions lost", opens.len());
+    assert_audit_log_verifies(&daemon.audit_log);
+}
+
+#[test]
+fn daemon_sigterm_writes_every_decision_left_in_the_ring() {
+    require_bpf_lsm();
+    // Far fewer than the ring buffer holds: nothing is lost.
+    const OPENS: usize = 300;
+    let scratch = Scratch::new("daemon-drain");
+    let cgroup = TestCgroup::new("drain");
+    let file = scratch.path("opened");
+    fs::write(&file, "x").expect("write the opened file");
+    let file = fs::canonicalize(&file).expect("canonical path");
+    let file = file.to_str().expect("utf-8 path").to_owned();
+    let policy = scratch.policy(&allow_files_policy("daemon-drain", "drain"));
+    let mut daemon = Daemon::new(&scratch, "drain", &[]);
+    daemon.start();
+    daemon.confine_cgroup(&cgroup, &policy);
+
+    // The decisions wait in the ring buffer while the daemon is stopped; SIGTERM arrives
+    // before it runs again.
+    daemon.signal(libc::SIGSTOP);
+    let flood = format!("flood:{OPENS}:{file}");
+    let results = probe_in(&cgroup, &[&flood]);
+    daemon.signal(libc::SIGTERM);
+    daemon.signal(libc::SIGCONT);
+    assert_ok(&results, &flood);
+    let status = daemon.wait_exit();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit: {status}");
+
+    let records = audit_records_so_far(&daemon.audit_log);
+    let opens = opens_of(&records, &file, cgroup.id()).len();
+    assert!(
+        opens >= OPENS,
+        "every open made before SIGTERM is recorded: {opens} of {OPENS}"
+    );
+    assert!(
+        !records.iter().any(|r| r["op"] == "lost"),
+        "nothing was lost"
+    );
+    assert_audit_log_verifies(&daemon.audit_log);
+}

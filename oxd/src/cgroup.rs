@@ -35,9 +35,6 @@ pub enum CgroupError {
     NotEmpty { path: PathBuf },
 }
 
-/// Kept here until every caller asks [`crate::host`].
-pub use crate::host::cgroup2_mount;
-
 /// A cgroup oxd created for an agent. Dropping it kills everything left inside and removes it.
 #[derive(Debug)]
 pub struct AgentCgroup {
@@ -49,7 +46,7 @@ pub struct AgentCgroup {
 impl AgentCgroup {
     /// Creates `<cgroup2 mount>/oxd/<name>`.
     pub fn create(name: &str) -> Result<Self, CgroupError> {
-        let parent = cgroup2_mount()?.join("oxd");
+        let parent = crate::host::cgroup2_mount()?.join("oxd");
         fs::create_dir_all(&parent).map_err(|source| CgroupError::Create {
             path: parent.clone(),
             source,

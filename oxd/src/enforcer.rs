@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
     programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm},
     Ebpf, EbpfLoader,
 };
@@ -619,6 +619,25 @@ impl Enforcer {
         .map_err(map_err("open the counters"))?;
         let values = counters.get(&index, 0).map_err(map_err("read a counter"))?;
         Ok(values.iter().sum())
+    }
+
+    /// A second handle on the counters (a duplicate of the map's fd), for a reader on another
+    /// thread: the event pump reads the lost-decision count with it.
+    pub fn counters(&self) -> Result<PerCpuArray<MapData, u64>> {
+        let Some(Map::PerCpuArray(data)) = self.ebpf.map("COUNTERS") else {
+            return Err(EnforcerError::Missing("COUNTERS map"));
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+            map_err("duplicate the counters' fd")(
+                aya::sys::SyscallError {
+                    call: "fcntl(F_DUPFD_CLOEXEC)",
+                    io_error,
+                }
+                .into(),
+            )
+        })?;
+        let data = MapData::from_fd(fd).map_err(map_err("reopen the counters"))?;
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err("open the counters"))
     }
 }
 

@@ -23,5 +23,6 @@ pub mod explain;
 pub mod host;
 pub mod metrics;
 pub mod policy;
+pub mod pump;
 pub mod rcu;
 pub mod run;

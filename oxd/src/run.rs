@@ -3,7 +3,9 @@
 //! Order matters: the policy is compiled and the programs are loaded and attached before the
 //! command starts, so a policy that cannot be enforced never lets the command run unconfined.
 //! The command joins its cgroup between fork and exec, so its own exec is already decided by
-//! the policy. When it exits, whatever it left running in its cgroup is killed, the remaining
+//! the policy. The event pump ([`crate::pump`]) records decisions on its own thread meanwhile,
+//! so signal forwarding and the wait for the command never queue behind a flood of events.
+//! When the command exits, whatever it left running in its cgroup is killed, the remaining
 //! decisions are drained from the ring buffer, and oxd exits with the command's status.
 
 use std::{
@@ -12,21 +14,19 @@ use std::{
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::PathBuf,
     process::ExitStatus,
+    sync::Arc,
 };
 
-use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
-};
+use anyhow::{anyhow, Context as _, Result};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    audit::{decode_event, AuditLog, Clock, Record, RecordFilter, Rotation},
+    audit::{AuditLog, RecordFilter, Rotation},
     cgroup::AgentCgroup,
     enforcer::Enforcer,
     metrics::Metrics,
     policy::Policy,
+    pump::{Book, Pump, PumpStats, Recorder},
 };
 
 /// Exit status when oxd itself fails before or around the command (as `env` and `timeout` do).
@@ -63,8 +63,8 @@ pub struct RunArgs {
 
 /// Runs the command and returns the exit code oxd should exit with.
 pub fn run(args: RunArgs) -> Result<i32> {
-    let policy = Policy::load(&args.policy)?;
-    let mut audit = match &args.audit_log {
+    let policy = Arc::new(Policy::load(&args.policy)?);
+    let audit = match &args.audit_log {
         Some(path) => {
             let rotation = args
                 .audit_max_bytes
@@ -98,86 +98,65 @@ pub fn run(args: RunArgs) -> Result<i32> {
         args.command
     );
 
+    // `Enforcer::load` wrote the policy as generation 1.
+    let mut book = Book::new();
+    book.insert(1, Arc::clone(&policy));
+    let recorder = Recorder::new(
+        audit,
+        book.shared(),
+        metrics.clone(),
+        enforcer.counters()?,
+        PumpStats::new(0),
+    )
+    .naming_losses(Arc::clone(&policy));
+    let mut pump = Pump::start(events, recorder)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let mut recorder = Recorder {
-        policy: &policy,
-        clock: Clock::new(),
-        audit: &mut audit,
-        metrics: &metrics,
-        enforcer: &enforcer,
-        reported_lost: 0,
-    };
-    let outcome = runtime.block_on(supervise(&args.command, &cgroup, events, &mut recorder));
+    let outcome = runtime.block_on(supervise(&args.command, &cgroup, &mut pump));
 
     // Nothing the agent started may outlive its confinement.
     let removed = cgroup.remove();
-    recorder.report_losses()?;
-    audit.flush().context("cannot write the audit log")?;
+    // Decisions are in the ring buffer before the system call that caused them returns, so
+    // once the command has been reaped and its cgroup emptied, everything it did is there.
+    pump.finish()?;
     drop(enforcer);
     removed.context("cannot remove the agent's cgroup")?;
-    outcome
-}
-
-/// Where decisions go: the audit log and the metrics.
-struct Recorder<'a> {
-    policy: &'a Policy,
-    clock: Clock,
-    audit: &'a mut AuditLog,
-    metrics: &'a Metrics,
-    enforcer: &'a Enforcer,
-    /// Lost decisions already reported in the audit log.
-    reported_lost: u64,
-}
-
-impl Recorder<'_> {
-    /// Writes every decision waiting in the ring buffer.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
-        while let Some(item) = ring.next() {
-            let Some(event) = decode_event(&item) else {
-                continue;
+    match outcome? {
+        Supervised::Exited(status) => Ok(exit_code(status)),
+        Supervised::NotStarted { error, code } => {
+            let name = args.command[0].to_string_lossy();
+            let hint = if error.raw_os_error() == Some(libc::EPERM) {
+                " (denied by the policy's exec rules? see the audit log)"
+            } else {
+                ""
             };
-            let record = Record::from_event(&event, Some(self.policy), &self.clock);
-            self.metrics.record(&record);
-            self.audit
-                .write(&record)
-                .context("cannot write the audit log")?;
+            eprintln!("oxd: cannot run `{name}`: {error}{hint}");
+            Ok(code)
         }
-        self.report_losses()?;
-        self.audit.flush().context("cannot write the audit log")
-    }
-
-    /// Writes a `lost` record for decisions lost since the last one.
-    fn report_losses(&mut self) -> Result<()> {
-        let lost = self.enforcer.lost_events()?;
-        self.metrics.set_lost(lost);
-        if lost > self.reported_lost {
-            let count = lost - self.reported_lost;
-            tracing::warn!(
-                "{count} decisions were made but not recorded: the ring buffer was full"
-            );
-            self.audit
-                .write_lost(Some(self.policy), count)
-                .context("cannot write the audit log")?;
-            self.reported_lost = lost;
-        }
-        Ok(())
+        // `pump.finish()` above returns the pump's error; it stops for no other reason.
+        Supervised::PumpFailed => Err(anyhow!("the event pump stopped")),
     }
 }
 
+/// How supervising the command ended.
+enum Supervised {
+    /// The command ran and exited.
+    Exited(ExitStatus),
+    /// The command could not be started; oxd exits with `code`.
+    NotStarted { error: io::Error, code: i32 },
+    /// The event pump stopped (it failed).
+    PumpFailed,
+}
+
+/// Starts the command in `cgroup`, forwards SIGINT, SIGTERM and SIGHUP to it, and waits for
+/// it. The event pump records decisions meanwhile, on its own thread.
 async fn supervise(
     command: &[OsString],
     cgroup: &AgentCgroup,
-    events: RingBuf<MapData>,
-    recorder: &mut Recorder<'_>,
-) -> Result<i32> {
-    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long as the
-    // `AsyncFd` lives.
-    let mut events = unsafe { AsyncFd::register(events) }
-        .map_err(|e| e.into_parts().1)
-        .context("cannot watch the decision ring buffer")?;
+    pump: &mut Pump,
+) -> Result<Supervised> {
     let procs = cgroup.open_procs()?;
     let procs_fd = procs.as_raw_fd();
 
@@ -203,21 +182,13 @@ async fn supervise(
     drop(procs);
     let mut child = match spawned {
         Ok(child) => child,
-        Err(e) => {
-            recorder.drain(events.get_mut())?;
-            let name = command[0].to_string_lossy();
-            let code = if e.kind() == io::ErrorKind::NotFound {
+        Err(error) => {
+            let code = if error.kind() == io::ErrorKind::NotFound {
                 EXIT_NOT_FOUND
             } else {
                 EXIT_CANNOT_EXEC
             };
-            let hint = if e.raw_os_error() == Some(libc::EPERM) {
-                " (denied by the policy's exec rules? see the audit log)"
-            } else {
-                ""
-            };
-            eprintln!("oxd: cannot run `{name}`: {e}{hint}");
-            return Ok(code);
+            return Ok(Supervised::NotStarted { error, code });
         }
     };
     let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
@@ -233,20 +204,13 @@ async fn supervise(
     let status: ExitStatus = loop {
         tokio::select! {
             status = child.wait() => break status.context("cannot wait for the command")?,
-            guard = events.readable_mut() => {
-                let mut guard = guard.context("cannot poll the decision ring buffer")?;
-                recorder.drain(guard.get_inner_mut())?;
-                guard.clear_ready();
-            }
+            () = pump.stopped() => return Ok(Supervised::PumpFailed),
             _ = sigint.recv() => forward(nix::sys::signal::Signal::SIGINT),
             _ = sigterm.recv() => forward(nix::sys::signal::Signal::SIGTERM),
             _ = sighup.recv() => forward(nix::sys::signal::Signal::SIGHUP),
         }
     };
-    // Decisions are in the ring buffer before the system call that caused them returns, so once
-    // the command has been reaped everything it did is there.
-    recorder.drain(events.get_mut())?;
-    Ok(exit_code(status))
+    Ok(Supervised::Exited(status))
 }
 
 fn exit_code(status: ExitStatus) -> i32 {

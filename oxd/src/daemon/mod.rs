@@ -1,0 +1,394 @@
+//! `oxd daemon`: a long-running service that confines cgroups under named policies, replaces
+//! policies without a gap, and keeps enforcing when it dies.
+//!
+//! - **Slots and generations.** Every policy the daemon loads gets a new generation number and
+//!   one of the kernel's policy slots. A confined cgroup points at its policy's slot (the
+//!   `CONFINED` map). Replacing a policy writes the new generation into a free slot, then
+//!   repoints each target in one map update: a decision reads the slot once, so it is made by
+//!   the old generation or the new one, never a mix, never none. The old slot is cleared once
+//!   every program that could still be reading it has finished ([`RcuBarrier`]).
+//! - **Pins.** Maps and links live in bpffs under `--bpffs/v<layout>/`. If the daemon is
+//!   killed, the links keep the programs attached and the maps keep the policies: confined
+//!   processes stay confined. A restarted daemon reopens the pinned maps, finishes any change
+//!   that was interrupted (from its state file), and goes on reading the ring buffer, which
+//!   kept the decisions made meanwhile (or counted those it had no room for).
+//! - **State.** `--state-dir/state.json` holds the loaded generations (with their policy text),
+//!   the targets, and the count of lost decisions already reported. It is written (atomically)
+//!   before each kernel change, so a crash at any point can be completed forward or undone.
+//! - **Events.** An event pump ([`crate::pump`]) on a thread of its own writes the decisions
+//!   to the audit log, naming each by the policy of its generation (the daemon's book keeps
+//!   retired generations too), and reports losses; the main loop never waits for it.
+//! - **Exit.** SIGTERM or SIGINT: `--on-exit keep` (default) leaves enforcement pinned;
+//!   `--on-exit release` releases every target and removes the pins.
+//!
+//! The parts: this module starts the daemon, runs its main loop and stops it; `state` is the
+//! state file; `reconcile` plans and applies what a restart must complete or undo; `ops`
+//! handles the control requests; `socket` serves the control socket.
+
+mod ops;
+mod reconcile;
+mod socket;
+mod state;
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    sync::{Arc, MutexGuard},
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use oxd_common::MAP_LAYOUT_VERSION;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+
+use self::{
+    reconcile::{Cgroups, Kernel},
+    socket::Call,
+    state::{State, TargetState},
+};
+use crate::{
+    audit::{AuditLog, RecordFilter, Rotation},
+    control::DEFAULT_SOCKET,
+    enforcer::{self, Enforcer, LoadOptions},
+    host,
+    metrics::Metrics,
+    policy::Policy,
+    pump::{Book, Pump, PumpStats, Recorder, SharedBook},
+    rcu::RcuBarrier,
+};
+
+/// What SIGTERM does to enforcement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Leave every target confined (pinned); a restarted daemon adopts them.
+    #[default]
+    Keep,
+    /// Release every target and remove the pins.
+    Release,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Control socket (created mode 0600; only peers with the daemon's uid are answered).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Directory for the daemon's state file.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/oxd")]
+    pub state_dir: PathBuf,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/oxd")]
+    pub bpffs: PathBuf,
+    /// Audit log (JSON lines, hash-chained; appended to, chain continued).
+    #[arg(long, value_name = "PATH", default_value = "/var/log/oxd/audit.jsonl")]
+    pub audit_log: PathBuf,
+    /// Rotate the audit log when it would grow past this many bytes (FILE -> FILE.1 -> ...).
+    #[arg(long, value_name = "BYTES")]
+    pub audit_max_bytes: Option<u64>,
+    /// How many rotated parts to keep.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub audit_keep: u32,
+    /// Which decisions to record.
+    #[arg(long, value_enum, default_value_t = RecordFilter::All)]
+    pub record: RecordFilter,
+    /// Serve Prometheus metrics (OpenMetrics text) on this address, at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// What SIGTERM/SIGINT does to enforcement.
+    #[arg(long, value_enum, default_value_t = OnExit::Keep)]
+    pub on_exit: OnExit,
+}
+
+struct Daemon {
+    /// Held for the daemon's life: one daemon per state directory, and per pin directory.
+    _lock: nix::fcntl::Flock<fs::File>,
+    _pin_lock: nix::fcntl::Flock<fs::File>,
+    args: DaemonArgs,
+    pin_dir: PathBuf,
+    state_path: PathBuf,
+    enforcer: Enforcer,
+    state: State,
+    /// The policy of every generation in a slot, and of recently retired ones, for the pump.
+    book: SharedBook,
+    /// What the pump has written (records, losses reported).
+    stats: Arc<PumpStats>,
+    barrier: RcuBarrier,
+    lsm: bool,
+    adopted: bool,
+    metrics: Metrics,
+}
+
+/// Opens the targets' cgroup directories that exist: by path, the open directory and its inode.
+fn open_cgroups(targets: &[TargetState]) -> HashMap<PathBuf, (fs::File, u64)> {
+    let mut open = HashMap::new();
+    for t in targets {
+        if let Ok(dir) = fs::File::open(&t.cgroup) {
+            if let Ok(meta) = dir.metadata() {
+                open.insert(t.cgroup.clone(), (dir, meta.ino()));
+            }
+        }
+    }
+    open
+}
+
+impl Daemon {
+    /// Takes the locks, loads or adopts the kernel side, reconciles it with the state file,
+    /// and starts the event pump.
+    fn start(args: DaemonArgs) -> Result<(Self, Pump)> {
+        host::check_bpffs(&args.bpffs)?;
+        let pin_dir = args.bpffs.join(format!("v{MAP_LAYOUT_VERSION}"));
+        fs::create_dir_all(&args.state_dir)
+            .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+        let lock_path = args.state_dir.join("lock");
+        let lock_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| {
+                anyhow!(
+                    "another oxd daemon is running with state directory {} ({})",
+                    args.state_dir.display(),
+                    errno.desc()
+                )
+            })?;
+        let state_path = args.state_dir.join("state.json");
+        let adopted = pin_dir.join("maps").join("CONFIG").exists();
+        // One daemon per pin directory too (a second one would clear slots it does not know).
+        fs::create_dir_all(&pin_dir)
+            .with_context(|| format!("cannot create {}", pin_dir.display()))?;
+        let pin_dir_file = fs::File::open(&pin_dir)
+            .with_context(|| format!("cannot open {}", pin_dir.display()))?;
+        let pin_lock =
+            nix::fcntl::Flock::lock(pin_dir_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                .map_err(|(_, errno)| {
+                    anyhow!(
+                        "another oxd daemon uses the pins under {} ({})",
+                        pin_dir.display(),
+                        errno.desc()
+                    )
+                })?;
+        let state = State::load(&state_path, adopted, &pin_dir)?;
+        let lsm = host::bpf_lsm_active();
+        if !lsm {
+            tracing::warn!(
+                "BPF-LSM is not active: only network rules can be enforced. {}",
+                enforcer::LSM_FIX
+            );
+        }
+        let mut enforcer = Enforcer::open(&LoadOptions {
+            lsm,
+            pin_dir: Some(pin_dir.clone()),
+        })?;
+        if lsm {
+            enforcer.attach_lsm()?;
+        }
+        if let Some(parent) = args.audit_log.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let rotation = args
+            .audit_max_bytes
+            .map(|max| Rotation::new(max, args.audit_keep));
+        let audit = AuditLog::append(&args.audit_log, args.record, rotation)?;
+        let mut daemon = Self {
+            _lock: lock,
+            _pin_lock: pin_lock,
+            args,
+            pin_dir,
+            state_path,
+            enforcer,
+            // Without pins, the state is a fresh one: no losses reported yet.
+            stats: PumpStats::new(state.reported_lost),
+            state,
+            book: Book::new().shared(),
+            barrier: RcuBarrier::new().context(
+                "cannot create the map-in-map oxd uses to wait for running BPF programs",
+            )?,
+            lsm,
+            adopted,
+            metrics: Metrics::new(),
+        };
+        daemon.reconcile()?;
+        // Decisions made while no daemon was reading are the pump's first.
+        let events = daemon.enforcer.take_events()?;
+        let recorder = Recorder::new(
+            audit,
+            Arc::clone(&daemon.book),
+            daemon.metrics.clone(),
+            daemon.enforcer.counters()?,
+            Arc::clone(&daemon.stats),
+        );
+        let pump = Pump::start(events, recorder)?;
+        daemon.save()?;
+        Ok((daemon, pump))
+    }
+
+    /// Brings the kernel and the state file into agreement after a restart: completes or
+    /// undoes whatever a crash interrupted (see [`reconcile`]).
+    fn reconcile(&mut self) -> Result<()> {
+        let kernel = Kernel {
+            slots: self.enforcer.slot_generations()?.into_iter().collect(),
+            confined: self.enforcer.confined()?.into_iter().collect(),
+        };
+        let open = open_cgroups(&self.state.targets);
+        let cgroups: Cgroups = open
+            .iter()
+            .map(|(path, (_, id))| (path.clone(), *id))
+            .collect();
+        let plan = reconcile::plan(&self.state, &kernel, &cgroups);
+        // Every generation that was completely loaded can have decisions in the ring buffer,
+        // the ones retired now too.
+        let retired: Vec<u64> = plan.retired().collect();
+        for g in &self.state.generations {
+            if plan.state.gen(g.generation).is_none() && !retired.contains(&g.generation) {
+                continue;
+            }
+            match Policy::parse(&g.path, &g.text) {
+                Ok(policy) => self.book().insert(g.generation, Arc::new(policy)),
+                Err(e) => tracing::error!(
+                    generation = g.generation,
+                    "cannot parse adopted policy {}: {e:#} (it stays enforced; its records \
+                     will not name rules)",
+                    g.name
+                ),
+            }
+        }
+        let dirs: HashMap<PathBuf, fs::File> = open
+            .into_iter()
+            .map(|(path, (dir, _))| (path, dir))
+            .collect();
+        reconcile::apply(&plan.actions, &mut self.enforcer, &self.barrier, &dirs)?;
+        self.state = plan.state;
+        for generation in retired {
+            self.book().retire(generation);
+        }
+        for target in &self.state.targets {
+            if let Some(g) = self.state.current_gen(&target.policy) {
+                self.metrics.set_policy(
+                    &target.cgroup.display().to_string(),
+                    &g.name,
+                    &g.sha256,
+                    g.generation as i64,
+                );
+            }
+        }
+        if self.adopted {
+            tracing::info!(
+                targets = self.state.targets.len(),
+                generations = self.state.generations.len(),
+                "adopted pinned enforcement from {}",
+                self.pin_dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the state file, with the losses the pump has reported so far.
+    fn save(&mut self) -> Result<()> {
+        self.state.reported_lost = self.stats.reported_lost();
+        self.state.save(&self.state_path)
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        Book::lock(&self.book)
+    }
+
+    /// `--on-exit release`: lifts all enforcement and removes the pins.
+    fn release_everything(&mut self) -> Result<()> {
+        self.release(None, true)?;
+        self.enforcer.detach_lsm()?;
+        self.state = State::default();
+        self.state.save(&self.state_path)?;
+        fs::remove_dir_all(&self.pin_dir)
+            .with_context(|| format!("cannot remove {}", self.pin_dir.display()))?;
+        Ok(())
+    }
+}
+
+/// `oxd daemon`.
+pub fn daemon(args: DaemonArgs) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: DaemonArgs) -> Result<i32> {
+    let socket = args.socket.clone();
+    let metrics_addr = args.metrics;
+    // Before touching any pin: another daemon may own them.
+    socket::refuse_if_answering(&socket)?;
+    let (mut daemon, mut pump) = Daemon::start(args)?;
+    if let Some(addr) = metrics_addr {
+        daemon.metrics.serve(addr)?;
+    }
+    let listener = socket::bind_socket(&socket)?;
+    let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let stats = Arc::clone(&daemon.stats);
+    eprintln!(
+        "oxd daemon: listening on {} ({}; {} targets; audit log {})",
+        socket.display(),
+        if daemon.adopted {
+            "adopted pinned enforcement"
+        } else {
+            "fresh"
+        },
+        daemon.state.targets.len(),
+        daemon.args.audit_log.display()
+    );
+    let outcome: Result<()> = async {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        tokio::spawn(socket::serve_client(stream, calls_tx.clone()));
+                    }
+                }
+                Some((request, reply)) = calls.recv() => {
+                    let response = daemon.handle(request);
+                    let _ = reply.send(response);
+                }
+                // The count of reported losses goes into the state file at once, so that a
+                // restarted daemon does not report them again.
+                () = stats.lost_reported() => daemon.save()?,
+                // The pump stops by itself only when it fails: `finish` below says why.
+                () = pump.stopped() => break,
+                _ = tick.tick() => daemon.prune_removed()?,
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Decisions still in the ring buffer are written.
+    pump.finish()?;
+    outcome?;
+    let _ = fs::remove_file(&socket);
+    match daemon.args.on_exit {
+        OnExit::Keep => {
+            daemon.save()?;
+            eprintln!(
+                "oxd daemon: exiting; {} targets stay confined (pinned under {})",
+                daemon.state.targets.len(),
+                daemon.pin_dir.display()
+            );
+        }
+        OnExit::Release => {
+            daemon.release_everything()?;
+            eprintln!("oxd daemon: exiting; every target released, pins removed");
+        }
+    }
+    Ok(0)
+}

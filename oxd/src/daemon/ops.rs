@@ -1,0 +1,422 @@
+//! The control requests: confine, release, replace, list and status, and the generation
+//! bookkeeping they share (loading a policy into a free slot, retiring a generation).
+//!
+//! Each handler saves the state before the kernel change it describes where that can be undone
+//! by [`super::reconcile`] (a new generation before its slot is written, a new target before it
+//! is confined), and after the change where the kernel change is the commitment (repointing
+//! targets, releasing them).
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use super::{
+    state::{GenState, TargetState},
+    Daemon,
+};
+use crate::{
+    compile::{compile, file_identity},
+    control::{PolicyInfo, PolicySource, Request, Response, Status, Target, TargetInfo},
+    enforcer,
+    host::cgroup2_mount,
+    policy::Policy,
+};
+
+/// The cgroup v2 directory named in a `/proc/PID/cgroup` file's text (its `0::` line).
+fn cgroup_dir_in(mount: &Path, proc_cgroup: &str) -> Option<PathBuf> {
+    let rel = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(mount.join(rel.trim_start_matches('/')))
+}
+
+/// A cgroup v2 directory and its id.
+fn resolve_target(target: &Target) -> Result<(PathBuf, u64)> {
+    let mount = cgroup2_mount()?;
+    let path = match target {
+        Target::Cgroup(path) => path.clone(),
+        Target::Pid(pid) => {
+            let file = format!("/proc/{pid}/cgroup");
+            let text = fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {file}: is process {pid} running?"))?;
+            cgroup_dir_in(&mount, &text)
+                .ok_or_else(|| anyhow!("process {pid} is in no cgroup v2 ({file})"))?
+        }
+    };
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("cannot find cgroup {}", path.display()))?;
+    if !path.starts_with(&mount) || !path.join("cgroup.procs").exists() {
+        bail!(
+            "{} is not a cgroup v2 directory (under {})",
+            path.display(),
+            mount.display()
+        );
+    }
+    if path == mount {
+        bail!("refusing to confine the root cgroup: that would confine every process");
+    }
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if let Some(own) = cgroup_dir_in(&mount, &own) {
+        if own.starts_with(&path) {
+            bail!(
+                "refusing to confine {}: the oxd daemon itself runs in it (or below it)",
+                path.display()
+            );
+        }
+    }
+    let id = fs::metadata(&path)
+        .with_context(|| format!("cannot read cgroup {}", path.display()))?
+        .ino();
+    Ok((path, id))
+}
+
+fn parse(source: &PolicySource) -> Result<Policy> {
+    Ok(Policy::parse(&source.path, &source.text)?)
+}
+
+impl Daemon {
+    /// Answers one control request.
+    pub(super) fn handle(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::Confine { target, policy } => self.confine(&target, &policy),
+            Request::Release { target, all } => self.release(target.as_ref(), all),
+            Request::Replace { policy } => self.replace(&policy),
+            Request::List => return Response::targets(self.targets()),
+            Request::Status => {
+                return self
+                    .status()
+                    .map_or_else(|e| Response::error(format!("{e:#}")), Response::status)
+            }
+        };
+        match result {
+            Ok(message) => Response::done(message),
+            Err(e) => Response::error(format!("{e:#}")),
+        }
+    }
+
+    /// Loads `policy` into a free slot as a new generation. The event pump can name its
+    /// decisions before anything points at the slot.
+    fn load_generation(&mut self, policy: Policy, path: PathBuf, text: String) -> Result<u64> {
+        if policy.needs_lsm() && !self.lsm {
+            bail!(
+                "policy {} has exec or file rules, and this kernel does not run BPF-LSM. {}",
+                policy.name,
+                enforcer::LSM_FIX
+            );
+        }
+        let slot = self.state.free_slot()?;
+        let generation = self.state.generation + 1;
+        self.state.generation = generation;
+        self.state.generations.push(GenState {
+            generation,
+            slot,
+            name: policy.name.clone(),
+            sha256: policy.sha256.clone(),
+            path,
+            text,
+        });
+        // Saved first: a crash while the slot is written is undone at the next start.
+        self.save()?;
+        let policy = Arc::new(policy);
+        self.book().insert(generation, Arc::clone(&policy));
+        let written = compile(&policy, slot, generation, &file_identity)
+            .map_err(enforcer::EnforcerError::from)
+            .and_then(|image| self.enforcer.write_slot(&image));
+        if let Err(e) = written {
+            self.book().remove(generation);
+            self.enforcer.clear_slot(slot)?;
+            self.state
+                .generations
+                .retain(|g| g.generation != generation);
+            self.save()?;
+            return Err(e).context(format!("cannot load policy {}", policy.name));
+        }
+        Ok(generation)
+    }
+
+    /// Clears the slot of a generation nothing points at any more, once every BPF program
+    /// that could still be reading it has finished. Its decisions still in the ring buffer are
+    /// named by its policy (the book keeps retired generations). The caller saves the state.
+    fn retire(&mut self, generation: u64) -> Result<()> {
+        self.barrier
+            .wait()
+            .context("cannot wait for running BPF programs")?;
+        if let Some(g) = self.state.gen(generation) {
+            let slot = g.slot;
+            self.enforcer.clear_slot(slot)?;
+        }
+        self.state
+            .generations
+            .retain(|g| g.generation != generation);
+        self.book().retire(generation);
+        Ok(())
+    }
+
+    fn confine(&mut self, target: &Target, source: &PolicySource) -> Result<String> {
+        let (cgroup, cgroup_id) = resolve_target(target)?;
+        if let Some(t) = self.state.targets.iter().find(|t| t.cgroup_id == cgroup_id) {
+            bail!(
+                "{} is already confined under policy {}: use `oxd ctl replace` to change the \
+                 policy, or release it first",
+                cgroup.display(),
+                t.policy
+            );
+        }
+        let policy = parse(source)?;
+        let name = policy.name.clone();
+        let dir = fs::File::open(&cgroup)
+            .with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
+        let generation = match self.state.current_gen(&name) {
+            Some(g) if g.sha256 == policy.sha256 => g.generation,
+            Some(g) => bail!(
+                "a different policy named {name} is loaded (generation {}, sha256 {}): replace it \
+                 with `oxd ctl replace --policy {}`, or give this one another name",
+                g.generation,
+                &g.sha256[..16],
+                source.path.display()
+            ),
+            None => {
+                let g = self.load_generation(policy, source.path.clone(), source.text.clone())?;
+                self.state.current.insert(name.clone(), g);
+                g
+            }
+        };
+        let g = self.state.gen(generation).expect("loaded").clone();
+        let label = cgroup.display().to_string();
+        self.state.targets.push(TargetState {
+            cgroup: cgroup.clone(),
+            cgroup_id,
+            policy: name.clone(),
+        });
+        self.save()?;
+        // The cgroup programs decide nothing for a cgroup that is not in CONFINED yet; the
+        // map update below makes exec, file and network enforcement start together.
+        let attached = self
+            .enforcer
+            .attach_network(&dir, cgroup_id, &label)
+            .and_then(|()| self.enforcer.set_confined(cgroup_id, g.slot));
+        if let Err(e) = attached {
+            let _ = self.enforcer.remove_confined(cgroup_id);
+            let _ = self.enforcer.detach_network(cgroup_id);
+            self.state.targets.retain(|t| t.cgroup_id != cgroup_id);
+            self.drop_unused(&name)?;
+            self.save()?;
+            return Err(e).context(format!("cannot confine {}", cgroup.display()));
+        }
+        self.metrics
+            .set_policy(&label, &g.name, &g.sha256, g.generation as i64);
+        tracing::info!(cgroup = %label, cgroup_id, policy = %name, generation, "confined");
+        Ok(format!(
+            "confined {} (cgroup id {cgroup_id}) under policy {name} generation {generation}",
+            cgroup.display()
+        ))
+    }
+
+    /// Unloads a policy that no target uses any more.
+    fn drop_unused(&mut self, name: &str) -> Result<()> {
+        if self.state.targets.iter().any(|t| t.policy == name) {
+            return Ok(());
+        }
+        if let Some(generation) = self.state.current.remove(name) {
+            self.retire(generation)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn release(&mut self, target: Option<&Target>, all: bool) -> Result<String> {
+        let ids: Vec<u64> = if all {
+            self.state.targets.iter().map(|t| t.cgroup_id).collect()
+        } else {
+            let target = target.ok_or_else(|| anyhow!("name a target, or --all"))?;
+            let known = match target {
+                Target::Cgroup(path) => self
+                    .state
+                    .targets
+                    .iter()
+                    .find(|t| &t.cgroup == path)
+                    .map(|t| t.cgroup_id),
+                Target::Pid(_) => None,
+            };
+            let id = match known {
+                Some(id) => id,
+                None => resolve_target(target)?.1,
+            };
+            if !self.state.targets.iter().any(|t| t.cgroup_id == id) {
+                bail!("that target is not confined by this daemon (see `oxd ctl list`)");
+            }
+            vec![id]
+        };
+        let mut released = Vec::new();
+        for id in ids {
+            if let Some(cgroup) = self.release_one(id)? {
+                tracing::info!(cgroup = %cgroup.display(), "released");
+                released.push(cgroup.display().to_string());
+            }
+        }
+        self.save()?;
+        Ok(if released.is_empty() {
+            "nothing to release".to_owned()
+        } else {
+            format!("released {}", released.join(", "))
+        })
+    }
+
+    /// Lifts enforcement for one cgroup (one map update; the links go after) and forgets it.
+    /// The caller saves the state.
+    fn release_one(&mut self, cgroup_id: u64) -> Result<Option<PathBuf>> {
+        self.enforcer.remove_confined(cgroup_id)?;
+        self.enforcer.detach_network(cgroup_id)?;
+        let Some(pos) = self
+            .state
+            .targets
+            .iter()
+            .position(|t| t.cgroup_id == cgroup_id)
+        else {
+            return Ok(None);
+        };
+        let t = self.state.targets.remove(pos);
+        self.drop_unused(&t.policy)?;
+        self.metrics.clear_policy(&t.cgroup.display().to_string());
+        Ok(Some(t.cgroup))
+    }
+
+    /// Forgets targets whose cgroup was removed: nothing can run in them any more, and their
+    /// ids must not linger in the kernel's map.
+    pub(super) fn prune_removed(&mut self) -> Result<()> {
+        let gone: Vec<u64> = self
+            .state
+            .targets
+            .iter()
+            .filter(|t| fs::metadata(&t.cgroup).map(|m| m.ino()).ok() != Some(t.cgroup_id))
+            .map(|t| t.cgroup_id)
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for id in gone {
+            if let Some(cgroup) = self.release_one(id)? {
+                tracing::info!(cgroup = %cgroup.display(), "cgroup removed: no longer confined");
+            }
+        }
+        self.save()
+    }
+
+    fn replace(&mut self, source: &PolicySource) -> Result<String> {
+        let policy = parse(source)?;
+        let name = policy.name.clone();
+        let old = self.state.current_gen(&name).cloned().ok_or_else(|| {
+            anyhow!(
+                "no policy named {name} is loaded: confine a target with it first (`oxd ctl \
+                 confine --policy {}`)",
+                source.path.display()
+            )
+        })?;
+        if old.sha256 == policy.sha256 {
+            return Ok(format!(
+                "policy {name} is unchanged (generation {})",
+                old.generation
+            ));
+        }
+        let generation = self.load_generation(policy, source.path.clone(), source.text.clone())?;
+        let g = self.state.gen(generation).expect("loaded").clone();
+        let targets: Vec<TargetState> = self
+            .state
+            .targets
+            .iter()
+            .filter(|t| t.policy == name)
+            .cloned()
+            .collect();
+        // Each target switches in one map update.
+        for t in &targets {
+            self.enforcer.set_confined(t.cgroup_id, g.slot)?;
+            self.metrics.set_policy(
+                &t.cgroup.display().to_string(),
+                &g.name,
+                &g.sha256,
+                generation as i64,
+            );
+        }
+        self.state.current.insert(name.clone(), generation);
+        self.retire(old.generation)?;
+        self.save()?;
+        tracing::info!(policy = %name, from = old.generation, to = generation, "replaced");
+        Ok(format!(
+            "replaced policy {name}: generation {} -> {generation} for {} targets",
+            old.generation,
+            targets.len()
+        ))
+    }
+
+    fn targets(&self) -> Vec<TargetInfo> {
+        self.state
+            .targets
+            .iter()
+            .map(|t| {
+                let g = self.state.current_gen(&t.policy);
+                TargetInfo {
+                    cgroup: t.cgroup.clone(),
+                    cgroup_id: t.cgroup_id,
+                    policy: t.policy.clone(),
+                    sha256: g.map(|g| g.sha256.clone()).unwrap_or_default(),
+                    generation: g.map_or(0, |g| g.generation),
+                }
+            })
+            .collect()
+    }
+
+    fn status(&self) -> Result<Status> {
+        Ok(Status {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            adopted: self.adopted,
+            lsm: self.lsm,
+            bpffs: self.pin_dir.clone(),
+            audit_log: self.args.audit_log.clone(),
+            targets: self.state.targets.len(),
+            generation: self.state.generation,
+            policies: self
+                .state
+                .current
+                .iter()
+                .filter_map(|(name, generation)| {
+                    let g = self.state.gen(*generation)?;
+                    Some(PolicyInfo {
+                        name: name.clone(),
+                        sha256: g.sha256.clone(),
+                        generation: *generation,
+                        slot: g.slot,
+                        targets: self
+                            .state
+                            .targets
+                            .iter()
+                            .filter(|t| &t.policy == name)
+                            .count(),
+                    })
+                })
+                .collect(),
+            records: self.stats.records(),
+            denied: self.enforcer.denied_events()?,
+            ringbuf_lost: self.enforcer.lost_events()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_dir_is_read_from_the_unified_line() {
+        let mount = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            cgroup_dir_in(mount, "1:name=systemd:/x\n0::/agents/a1\n"),
+            Some(PathBuf::from("/sys/fs/cgroup/agents/a1"))
+        );
+        assert_eq!(cgroup_dir_in(mount, "0::/\n"), Some(mount.to_owned()));
+        assert_eq!(cgroup_dir_in(mount, "1:cpu:/x\n"), None);
+    }
+}

@@ -1,0 +1,857 @@
+//! The event pump: reads decisions from the kernel's ring buffer, writes them to the audit log
+//! as records naming the policy that decided, counts them in the metrics, and reports the
+//! decisions the kernel could not record. `oxd run` and `oxd daemon` both use it.
+//!
+//! # Why a thread of its own
+//!
+//! The agent decides how many events there are, so the pump must never stand between the
+//! agent's flood and oxd's control plane: the daemon's requests and signals, `oxd run`'s
+//! signal forwarding and the wait for its command. The pump therefore runs on a dedicated OS
+//! thread with its own single-threaded tokio runtime, where it waits for the ring buffer's fd
+//! with [`AsyncFd`] (one registration, here) and for a stop request. Its owner's runtime shares
+//! nothing with it but a mutex held for one lookup per event ([`Book`]) and atomic counters
+//! ([`PumpStats`]), so a busy pump costs the control plane CPU time, scheduled by the kernel
+//! between two threads, and never a place in a queue. A task on a shared multi-thread runtime
+//! would also work, but only as long as every batch remembered to yield, and a busy pump would
+//! still occupy one of the runtime's workers; a thread makes the separation structural.
+//!
+//! Within its thread the pump still drains in batches of at most [`BATCH`] decisions and yields
+//! to its runtime after each, so that a ring that never empties cannot keep it from its loss
+//! report (at least every [`LOSS_REPORT_INTERVAL`]) or from a stop request.
+//!
+//! # Losses
+//!
+//! The kernel counts failed ring buffer reservations in the `COUNTERS` map (since the map was
+//! created; the daemon's is pinned, so the count survives daemon restarts). The pump writes a
+//! `lost` record with the count since its last report whenever the total grew: after each
+//! drain that empties the ring, every [`LOSS_REPORT_INTERVAL`] while it does not, and at the
+//! end. The total already reported is in [`PumpStats`], for the daemon to keep in its state
+//! file, and to hand to the next daemon.
+//!
+//! # Stopping
+//!
+//! [`Pump::finish`] stops the pump and drains what is in the ring at that point: at most
+//! [`RING_CAPACITY`] decisions, which is everything a full ring holds, so a flood that goes
+//! on meanwhile cannot keep it draining. Losses are then reported a last time.
+
+use std::{
+    borrow::Borrow,
+    collections::{HashMap, VecDeque},
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use oxd_common::{counter, Event, RING_BUF_BYTES};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{oneshot, Notify},
+    time::MissedTickBehavior,
+};
+
+use crate::{
+    audit::{decode_event, AuditLog, Clock, Record},
+    metrics::Metrics,
+    policy::Policy,
+};
+
+/// The most decisions drained before the pump looks at its stop request and loss timer.
+pub const BATCH: usize = 256;
+
+/// The longest time between two checks of the lost-decision counter.
+pub const LOSS_REPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Retired generations the [`Book`] keeps, for decisions made under them that are still in the
+/// ring buffer.
+pub const RETIRED_GENERATIONS: usize = 256;
+
+/// The kernel's ring buffer record header (`BPF_RINGBUF_HDR_SZ`).
+const RINGBUF_HEADER: usize = 8;
+
+/// The most decisions the ring buffer holds at once (each record is a header and an [`Event`],
+/// rounded up to 8 bytes).
+pub const RING_CAPACITY: usize =
+    RING_BUF_BYTES as usize / (RINGBUF_HEADER + size_of::<Event>()).next_multiple_of(8);
+
+/// The policy of each generation a decision can name: the generations in force, and the
+/// [`RETIRED_GENERATIONS`] most recently retired ones.
+#[derive(Debug, Default)]
+pub struct Book {
+    policies: HashMap<u64, Arc<Policy>>,
+    retired: VecDeque<u64>,
+}
+
+/// A [`Book`] shared between its keeper and the pump.
+pub type SharedBook = Arc<Mutex<Book>>;
+
+impl Book {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A book shared with a pump.
+    pub fn shared(self) -> SharedBook {
+        Arc::new(Mutex::new(self))
+    }
+
+    /// Locks a shared book (a panic elsewhere does not make it unusable: every change to it
+    /// is a single insertion or removal).
+    pub fn lock(book: &SharedBook) -> MutexGuard<'_, Self> {
+        book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds `generation`; to be done before anything can point at its slot.
+    pub fn insert(&mut self, generation: u64, policy: Arc<Policy>) {
+        self.policies.insert(generation, policy);
+    }
+
+    /// Forgets a generation that was never reachable.
+    pub fn remove(&mut self, generation: u64) {
+        self.policies.remove(&generation);
+    }
+
+    /// Marks `generation` retired: it is kept until [`RETIRED_GENERATIONS`] newer ones are.
+    pub fn retire(&mut self, generation: u64) {
+        self.retired.push_back(generation);
+        while self.retired.len() > RETIRED_GENERATIONS {
+            if let Some(old) = self.retired.pop_front() {
+                self.policies.remove(&old);
+            }
+        }
+    }
+
+    /// The policy of `generation`, if known.
+    pub fn get(&self, generation: u64) -> Option<Arc<Policy>> {
+        self.policies.get(&generation).cloned()
+    }
+}
+
+/// What a pump has done, readable by its owner while it runs.
+#[derive(Debug, Default)]
+pub struct PumpStats {
+    records: AtomicU64,
+    reported_lost: AtomicU64,
+    lost_reported: Notify,
+}
+
+impl PumpStats {
+    /// Stats of a pump that starts with `reported_lost` lost decisions already reported (by
+    /// an earlier daemon).
+    pub fn new(reported_lost: u64) -> Arc<Self> {
+        Arc::new(Self {
+            reported_lost: AtomicU64::new(reported_lost),
+            ..Self::default()
+        })
+    }
+
+    /// Decisions written (offered to the audit log, whatever its filter keeps).
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// The kernel's lost-decision total as of the last `lost` record.
+    pub fn reported_lost(&self) -> u64 {
+        self.reported_lost.load(Ordering::Relaxed)
+    }
+
+    /// Resolves after the pump wrote a `lost` record (at once if it did since the last call).
+    pub async fn lost_reported(&self) {
+        self.lost_reported.notified().await;
+    }
+}
+
+/// Where decisions come from: the kernel's ring buffer, or a stand-in in tests.
+pub trait Ring {
+    /// The next decision in the ring, if there is one. A record too short to hold one is
+    /// logged and skipped.
+    fn next_event(&mut self) -> Option<Event>;
+}
+
+impl<T: Borrow<MapData>> Ring for RingBuf<T> {
+    fn next_event(&mut self) -> Option<Event> {
+        loop {
+            let item = self.next()?;
+            if let Some(event) = decode_event(&item) {
+                return Some(event);
+            }
+        }
+    }
+}
+
+/// The kernel's count of decisions it could not put in the ring buffer.
+pub trait LossCounter {
+    fn lost(&self) -> Result<u64>;
+}
+
+impl<T: Borrow<MapData>> LossCounter for PerCpuArray<T, u64> {
+    fn lost(&self) -> Result<u64> {
+        let values = self
+            .get(&counter::RINGBUF_LOST, 0)
+            .context("cannot read the lost-decision counter")?;
+        Ok(values.iter().sum())
+    }
+}
+
+/// Turns decisions into audit records and metrics, and losses into `lost` records.
+pub struct Recorder<C> {
+    audit: AuditLog,
+    book: SharedBook,
+    clock: Clock,
+    metrics: Metrics,
+    counter: C,
+    /// The policy a `lost` record names (`oxd run`: the only one that could have decided).
+    lost_policy: Option<Arc<Policy>>,
+    reported_lost: u64,
+    stats: Arc<PumpStats>,
+}
+
+impl<C: LossCounter> Recorder<C> {
+    /// Records into `audit` and `metrics`, naming policies from `book`; `counter` counts the
+    /// losses, of which `stats` says how many were already reported.
+    pub fn new(
+        audit: AuditLog,
+        book: SharedBook,
+        metrics: Metrics,
+        counter: C,
+        stats: Arc<PumpStats>,
+    ) -> Self {
+        Self {
+            audit,
+            book,
+            clock: Clock::new(),
+            metrics,
+            counter,
+            lost_policy: None,
+            reported_lost: stats.reported_lost(),
+            stats,
+        }
+    }
+
+    /// Names `policy` in `lost` records.
+    #[must_use]
+    pub fn naming_losses(mut self, policy: Arc<Policy>) -> Self {
+        self.lost_policy = Some(policy);
+        self
+    }
+
+    /// Writes up to `max` decisions from `ring`; returns how many (fewer than `max`: the ring
+    /// is empty).
+    pub fn drain_batch(&mut self, ring: &mut impl Ring, max: usize) -> Result<usize> {
+        let mut written = 0;
+        while written < max {
+            let Some(event) = ring.next_event() else {
+                break;
+            };
+            let policy = Book::lock(&self.book).get(event.generation);
+            let record = Record::from_event(&event, policy.as_deref(), &self.clock);
+            self.metrics.record(&record);
+            self.audit
+                .write(&record)
+                .context("cannot write the audit log")?;
+            self.stats.records.fetch_add(1, Ordering::Relaxed);
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// Writes a `lost` record for the decisions lost since the last one, if any.
+    pub fn report_losses(&mut self) -> Result<()> {
+        let lost = self.counter.lost()?;
+        self.metrics.set_lost(lost);
+        if lost > self.reported_lost {
+            let count = lost - self.reported_lost;
+            tracing::warn!(
+                "{count} decisions were made but not recorded: the ring buffer was full"
+            );
+            self.audit
+                .write_lost(self.lost_policy.as_deref(), count)
+                .context("cannot write the audit log")?;
+            self.audit.flush().context("cannot write the audit log")?;
+            self.reported_lost = lost;
+            self.stats.reported_lost.store(lost, Ordering::Relaxed);
+            self.stats.lost_reported.notify_one();
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.audit.flush().context("cannot write the audit log")
+    }
+
+    /// The last drain: at most `max` decisions (what the ring held when it started), then the
+    /// losses.
+    pub fn finish(&mut self, ring: &mut impl Ring, max: usize) -> Result<()> {
+        self.drain_batch(ring, max)?;
+        self.report_losses()?;
+        self.flush()
+    }
+}
+
+/// How a pump paces itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Decisions per batch.
+    pub batch: usize,
+    /// Decisions the final drain reads at most.
+    pub final_drain: usize,
+    /// The longest time between two loss checks.
+    pub report_every: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            batch: BATCH,
+            final_drain: RING_CAPACITY,
+            report_every: LOSS_REPORT_INTERVAL,
+        }
+    }
+}
+
+/// A running pump (see the module documentation). Dropping it stops it as [`Pump::finish`]
+/// does, ignoring errors.
+pub struct Pump {
+    thread: Option<JoinHandle<Result<()>>>,
+    stop: Option<oneshot::Sender<()>>,
+    exited: Option<oneshot::Receiver<()>>,
+}
+
+impl Pump {
+    /// Starts pumping `ring` through `recorder` on a thread of its own.
+    pub fn start<R, C>(ring: R, recorder: Recorder<C>) -> Result<Self>
+    where
+        R: Ring + AsRawFd + Send + 'static,
+        C: LossCounter + Send + 'static,
+    {
+        Self::start_with(ring, recorder, Limits::default())
+    }
+
+    /// [`Pump::start`] with other limits.
+    pub fn start_with<R, C>(ring: R, mut recorder: Recorder<C>, limits: Limits) -> Result<Self>
+    where
+        R: Ring + AsRawFd + Send + 'static,
+        C: LossCounter + Send + 'static,
+    {
+        assert!(limits.batch > 0, "a batch holds at least one decision");
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (exited_tx, exited_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("oxd-pump".into())
+            .spawn(move || {
+                // Dropped when the thread ends, however it ends.
+                let _exited = exited_tx;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .enable_time()
+                    .build()
+                    .context("cannot start the event pump's runtime")?;
+                runtime.block_on(pump(ring, &mut recorder, stop_rx, limits))
+            })
+            .context("cannot start the event pump's thread")?;
+        Ok(Self {
+            thread: Some(thread),
+            stop: Some(stop_tx),
+            exited: Some(exited_rx),
+        })
+    }
+
+    /// Resolves when the pump has stopped by itself, which it only does when it fails:
+    /// [`Pump::finish`] then says why.
+    pub async fn stopped(&mut self) {
+        match &mut self.exited {
+            Some(exited) => {
+                let _ = exited.await;
+                self.exited = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops the pump after its final drain; its error if it failed.
+    pub fn finish(mut self) -> Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow!("the event pump panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_and_join() {
+            tracing::error!("event pump: {e:#}");
+        }
+    }
+}
+
+/// The pump's loop, on its own thread and runtime.
+async fn pump<R, C>(
+    ring: R,
+    recorder: &mut Recorder<C>,
+    mut stop: oneshot::Receiver<()>,
+    limits: Limits,
+) -> Result<()>
+where
+    R: Ring + AsRawFd,
+    C: LossCounter,
+{
+    // SAFETY: `ring` owns its file descriptor (the ring buffer map's), which stays open and
+    // refers to the same map for as long as the `AsyncFd` owns `ring`.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| e.into_parts().1)
+        .context("cannot watch the decision ring buffer")?;
+    // The first tick is at once: losses while nothing was reading are reported first.
+    let mut tick = tokio::time::interval(limits.report_every);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            // A stop request, or the owner gone without one.
+            _ = &mut stop => break,
+            _ = tick.tick() => recorder.report_losses()?,
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("cannot poll the decision ring buffer")?;
+                let written = recorder.drain_batch(guard.get_inner_mut(), limits.batch)?;
+                if written < limits.batch {
+                    // Empty: wait for the kernel's next wake-up (readiness that arrived since
+                    // the guard was taken is kept).
+                    guard.clear_ready();
+                    recorder.report_losses()?;
+                    recorder.flush()?;
+                } else {
+                    recorder.flush()?;
+                    // The ring stays ready, so without this the loop would never give the
+                    // runtime a turn to advance its timer: the loss report would wait for
+                    // the flood to end.
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+    recorder.finish(ring.get_mut(), limits.final_drain)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write,
+        net::Ipv6Addr,
+        os::{fd::RawFd, unix::net::UnixStream},
+        path::Path,
+        time::Instant,
+    };
+
+    use oxd_common::{action, mode, op, proto, reason, PATH_BUF_LEN};
+
+    use super::*;
+    use crate::audit::RecordFilter;
+
+    fn event(generation: u64, decision: u32) -> Event {
+        Event {
+            boot_ns: 0,
+            cgroup_id: 42,
+            generation,
+            pid: 10,
+            tid: 11,
+            uid: 0,
+            gid: 0,
+            op: op::CONNECT4,
+            decision,
+            reason: reason::RULE,
+            rule_id: 0,
+            mode: mode::ENFORCE,
+            proto: proto::TCP,
+            path_len: 0,
+            access: 0,
+            _pad1: 0,
+            port: 8080,
+            _pad0: 0,
+            addr: "::ffff:127.0.0.2".parse::<Ipv6Addr>().unwrap().octets(),
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            path: [0; PATH_BUF_LEN],
+        }
+    }
+
+    fn policy(name: &str) -> Arc<Policy> {
+        let text =
+            format!("name = \"{name}\"\n[network]\n[[network.deny]]\ncidr = \"127.0.0.2\"\n");
+        Arc::new(Policy::parse(Path::new("p.toml"), &text).unwrap())
+    }
+
+    /// An audit log's output, readable by the test.
+    #[derive(Clone, Default)]
+    struct Output(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Output {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Output {
+        fn records(&self) -> Vec<serde_json::Value> {
+            let bytes = self.0.lock().unwrap().clone();
+            String::from_utf8(bytes)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+
+        fn lost_counts(&self) -> Vec<u64> {
+            self.records()
+                .iter()
+                .filter(|r| r["op"] == "lost")
+                .map(|r| r["count"].as_u64().unwrap())
+                .collect()
+        }
+    }
+
+    /// A lost-decision counter the test sets, or that grows by one at each read.
+    #[derive(Clone, Default)]
+    struct Counter {
+        total: Arc<AtomicU64>,
+        grows: bool,
+    }
+
+    impl LossCounter for Counter {
+        fn lost(&self) -> Result<u64> {
+            if self.grows {
+                Ok(self.total.fetch_add(1, Ordering::Relaxed) + 1)
+            } else {
+                Ok(self.total.load(Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// A ring holding `events`, then (with `endless`) an unending flood of allowed decisions.
+    /// Its fd is a socket that is readable when `readable`.
+    struct FakeRing {
+        events: VecDeque<Event>,
+        endless: bool,
+        fd: UnixStream,
+        _peer: UnixStream,
+    }
+
+    impl FakeRing {
+        fn new(events: impl IntoIterator<Item = Event>, endless: bool, readable: bool) -> Self {
+            let (fd, mut peer) = UnixStream::pair().unwrap();
+            fd.set_nonblocking(true).unwrap();
+            if readable {
+                peer.write_all(b"x").unwrap();
+            }
+            Self {
+                events: events.into_iter().collect(),
+                endless,
+                fd,
+                _peer: peer,
+            }
+        }
+    }
+
+    impl Ring for FakeRing {
+        fn next_event(&mut self) -> Option<Event> {
+            self.events
+                .pop_front()
+                .or_else(|| self.endless.then(|| event(1, action::ALLOW)))
+        }
+    }
+
+    impl AsRawFd for FakeRing {
+        fn as_raw_fd(&self) -> RawFd {
+            self.fd.as_raw_fd()
+        }
+    }
+
+    fn recorder(
+        filter: RecordFilter,
+        book: Book,
+        counter: Counter,
+        stats: Arc<PumpStats>,
+    ) -> (Recorder<Counter>, Output) {
+        let out = Output::default();
+        let audit = AuditLog::new(Box::new(out.clone()), filter);
+        let recorder = Recorder::new(audit, book.shared(), Metrics::new(), counter, stats);
+        (recorder, out)
+    }
+
+    #[test]
+    fn the_ring_holds_about_a_thousand_decisions() {
+        assert!((900..1100).contains(&RING_CAPACITY), "{RING_CAPACITY}");
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_bound() {
+        let stats = PumpStats::new(0);
+        let (mut recorder, out) = recorder(
+            RecordFilter::All,
+            Book::new(),
+            Counter::default(),
+            Arc::clone(&stats),
+        );
+        let mut ring = FakeRing::new((0..600).map(|_| event(1, action::DENY)), false, false);
+        assert_eq!(recorder.drain_batch(&mut ring, 256).unwrap(), 256);
+        assert_eq!(
+            ring.events.len(),
+            344,
+            "the batch left the rest in the ring"
+        );
+        assert_eq!(recorder.drain_batch(&mut ring, 256).unwrap(), 256);
+        assert_eq!(recorder.drain_batch(&mut ring, 256).unwrap(), 88, "empty");
+        assert_eq!(recorder.drain_batch(&mut ring, 256).unwrap(), 0);
+        assert_eq!(stats.records(), 600);
+        assert_eq!(out.records().len(), 600);
+    }
+
+    #[test]
+    fn losses_are_reported_once_with_the_count_since_the_last_report() {
+        let counter = Counter::default();
+        // An earlier daemon reported 10 already.
+        let stats = PumpStats::new(10);
+        let (mut recorder, out) = recorder(
+            RecordFilter::All,
+            Book::new(),
+            counter.clone(),
+            Arc::clone(&stats),
+        );
+        let set = |n| counter.total.store(n, Ordering::Relaxed);
+        set(10);
+        recorder.report_losses().unwrap();
+        assert!(out.lost_counts().is_empty(), "nothing new was lost");
+        set(15);
+        recorder.report_losses().unwrap();
+        recorder.report_losses().unwrap();
+        set(22);
+        recorder.report_losses().unwrap();
+        assert_eq!(out.lost_counts(), vec![5, 7]);
+        assert_eq!(stats.reported_lost(), 22);
+        // Counters younger than the report (maps created afresh) report nothing.
+        set(3);
+        recorder.report_losses().unwrap();
+        assert_eq!(out.lost_counts(), vec![5, 7]);
+        let lost = &out.records()[0];
+        assert!(
+            lost.get("policy").is_none(),
+            "the daemon names no policy: {lost}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_record_wakes_the_owner() {
+        let counter = Counter::default();
+        let stats = PumpStats::new(0);
+        let (mut recorder, _out) = recorder(
+            RecordFilter::All,
+            Book::new(),
+            counter.clone(),
+            Arc::clone(&stats),
+        );
+        let woken = |stats: Arc<PumpStats>| async move {
+            tokio::time::timeout(Duration::from_millis(50), stats.lost_reported())
+                .await
+                .is_ok()
+        };
+        recorder.report_losses().unwrap();
+        assert!(!woken(Arc::clone(&stats)).await, "nothing was lost");
+        counter.total.store(4, Ordering::Relaxed);
+        recorder.report_losses().unwrap();
+        assert!(woken(Arc::clone(&stats)).await);
+    }
+
+    #[test]
+    fn lost_records_of_oxd_run_name_its_policy() {
+        let counter = Counter::default();
+        let (recorder, out) = recorder(
+            RecordFilter::All,
+            Book::new(),
+            counter.clone(),
+            PumpStats::new(0),
+        );
+        let mut recorder = recorder.naming_losses(policy("run"));
+        counter.total.store(2, Ordering::Relaxed);
+        recorder.report_losses().unwrap();
+        let records = out.records();
+        assert_eq!(records[0]["op"], "lost");
+        assert_eq!(records[0]["policy"], "run");
+        assert_eq!(records[0]["count"], 2);
+    }
+
+    #[test]
+    fn records_name_the_policy_of_their_generation_retired_or_not() {
+        let mut book = Book::new();
+        book.insert(1, policy("old"));
+        book.insert(2, policy("new"));
+        book.retire(1);
+        let (mut recorder, out) = recorder(
+            RecordFilter::All,
+            book,
+            Counter::default(),
+            PumpStats::new(0),
+        );
+        let mut ring = FakeRing::new(
+            [
+                event(1, action::DENY),
+                event(2, action::DENY),
+                event(3, action::DENY),
+            ],
+            false,
+            false,
+        );
+        recorder.drain_batch(&mut ring, BATCH).unwrap();
+        let names: Vec<String> = out
+            .records()
+            .iter()
+            .map(|r| r["policy"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["old", "new", "<unknown>"]);
+        let rule = &out.records()[0]["rule"];
+        assert_eq!(rule, "network.deny[0]", "the rule is named too");
+    }
+
+    #[test]
+    fn the_book_keeps_the_most_recently_retired_generations() {
+        let mut book = Book::new();
+        let p = policy("p");
+        for g in 1..=RETIRED_GENERATIONS as u64 + 2 {
+            book.insert(g, Arc::clone(&p));
+            book.retire(g);
+        }
+        assert!(book.get(1).is_none());
+        assert!(book.get(2).is_none());
+        assert!(book.get(3).is_some());
+        assert!(book.get(RETIRED_GENERATIONS as u64 + 2).is_some());
+        book.insert(1000, Arc::clone(&p));
+        book.remove(1000);
+        assert!(book.get(1000).is_none());
+    }
+
+    #[test]
+    fn the_final_drain_writes_what_the_ring_holds_and_no_more_than_its_bound() {
+        // The fd never becomes readable: everything is left to the final drain.
+        let stats = PumpStats::new(0);
+        let counter = Counter::default();
+        counter.total.store(3, Ordering::Relaxed);
+        let (recorder, out) = recorder(RecordFilter::All, Book::new(), counter, Arc::clone(&stats));
+        let ring = FakeRing::new((0..700).map(|_| event(1, action::DENY)), false, false);
+        let limits = Limits {
+            batch: 16,
+            final_drain: 1000,
+            report_every: Duration::from_secs(3600),
+        };
+        let pump = Pump::start_with(ring, recorder, limits).unwrap();
+        pump.finish().unwrap();
+        assert_eq!(stats.records(), 700);
+        assert_eq!(out.records().len(), 701);
+        assert_eq!(out.lost_counts(), vec![3]);
+
+        let stats = PumpStats::new(0);
+        let (recorder, _out) = recorder_pair(Arc::clone(&stats));
+        let ring = FakeRing::new([], true, false);
+        let pump = Pump::start_with(
+            ring,
+            recorder,
+            Limits {
+                final_drain: 500,
+                ..limits
+            },
+        )
+        .unwrap();
+        pump.finish().unwrap();
+        assert_eq!(
+            stats.records(),
+            500,
+            "an endless ring is drained to the bound"
+        );
+    }
+
+    fn recorder_pair(stats: Arc<PumpStats>) -> (Recorder<Counter>, Output) {
+        recorder(RecordFilter::Denied, Book::new(), Counter::default(), stats)
+    }
+
+    #[test]
+    fn a_flood_delays_neither_loss_reports_nor_stopping() {
+        // A ring that is always readable and never empties, and a counter that grows at each
+        // read: the pump must still check the losses on time and stop when told.
+        let stats = PumpStats::new(0);
+        let counter = Counter {
+            grows: true,
+            ..Counter::default()
+        };
+        // Only denials are written: the flood's allowed decisions are counted, not kept.
+        let (recorder, out) = recorder(
+            RecordFilter::Denied,
+            Book::new(),
+            counter,
+            Arc::clone(&stats),
+        );
+        let ring = FakeRing::new([], true, true);
+        let limits = Limits {
+            batch: 64,
+            final_drain: 1000,
+            report_every: Duration::from_millis(100),
+        };
+        let pump = Pump::start_with(ring, recorder, limits).unwrap();
+        let started = Instant::now();
+        while out.lost_counts().len() < 4 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "loss reports stalled behind the flood: {:?}",
+                out.lost_counts()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(stats.records() > 0, "the pump drained the flood meanwhile");
+        let stopping = Instant::now();
+        pump.finish().unwrap();
+        assert!(
+            stopping.elapsed() < Duration::from_secs(5),
+            "stopping took {:?}",
+            stopping.elapsed()
+        );
+        assert!(out.lost_counts().iter().all(|&c| c >= 1));
+    }
+
+    #[tokio::test]
+    async fn a_failing_pump_says_so() {
+        struct Broken;
+        impl LossCounter for Broken {
+            fn lost(&self) -> Result<u64> {
+                Err(anyhow!("no counters"))
+            }
+        }
+        let audit = AuditLog::new(Box::new(Output::default()), RecordFilter::All);
+        let recorder = Recorder::new(
+            audit,
+            Book::new().shared(),
+            Metrics::new(),
+            Broken,
+            PumpStats::new(0),
+        );
+        let mut pump = Pump::start(FakeRing::new([], false, false), recorder).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), pump.stopped())
+            .await
+            .expect("the pump stops by itself when it fails");
+        let err = pump.finish().unwrap_err();
+        assert!(format!("{err:#}").contains("no counters"), "{err:#}");
+    }
+}
