@@ -1,4 +1,4 @@
-//! `oxd doctor`: checks what enforcement needs from this host and says what to change.
+//! The checks behind `oxd doctor`: what enforcement needs from this host, and what to change.
 //!
 //! Each check prints one line: `ok`, `MISSING` (enforcement that needs it cannot work) or `warn`
 //! (works, with a caveat), with what was found and, when something is missing, the fix. The
@@ -225,31 +225,4 @@ pub fn checks() -> Vec<Check> {
         lockdown_check(),
         bpffs_check(),
     ]
-}
-
-/// Prints the checks; exit status 0 when nothing is missing, 1 otherwise.
-pub fn doctor() -> Result<i32> {
-    let checks = checks();
-    for check in &checks {
-        let label = match check.status {
-            Status::Ok => "ok",
-            Status::Warn => "warn",
-            Status::Missing => "MISSING",
-        };
-        println!("{label:<8} {:<13} {}", check.name, check.found);
-        if let Some(fix) = &check.fix {
-            println!("{:<8} {:<13} fix: {fix}", "", "");
-        }
-    }
-    let missing = checks
-        .iter()
-        .filter(|c| c.status == Status::Missing)
-        .count();
-    if missing == 0 {
-        println!("oxd can enforce exec, file and network rules on this host");
-        Ok(0)
-    } else {
-        println!("{missing} missing: see the fixes above");
-        Ok(1)
-    }
 }

@@ -9,35 +9,37 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     compile::{denied_files, file_identity},
-    evaluate::{Reason, Request},
+    evaluate::{Decision, Reason, Request},
     policy::{Action, Mode, Policy},
 };
 
-#[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "open", "connect"])))]
-#[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
-pub struct ExplainArgs {
-    /// Policy file (TOML).
-    #[arg(long, value_name = "FILE")]
-    pub policy: PathBuf,
+/// The action to explain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
     /// Executing this file.
-    #[arg(long, value_name = "PATH")]
-    pub exec: Option<PathBuf>,
-    /// Opening this file (with --read and/or --write).
-    #[arg(long, value_name = "PATH", requires = "access")]
-    pub open: Option<PathBuf>,
-    /// The open is for reading.
-    #[arg(long, requires = "open")]
-    pub read: bool,
-    /// The open is for writing.
-    #[arg(long, requires = "open")]
-    pub write: bool,
-    /// Connecting to this address (IP:PORT, or [IPV6]:PORT).
-    #[arg(long, value_name = "ADDR")]
-    pub connect: Option<SocketAddr>,
-    /// The connect is on a UDP socket (default TCP).
-    #[arg(long, requires = "connect")]
-    pub udp: bool,
+    Exec(PathBuf),
+    /// Opening this file for reading and/or writing (neither: judged as a read).
+    Open {
+        path: PathBuf,
+        read: bool,
+        write: bool,
+    },
+    /// Connecting to this address, on a UDP socket or a TCP one.
+    Connect { addr: SocketAddr, udp: bool },
+}
+
+/// What a policy decides for one action, and why, in words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// The action, with the path it resolves to (`exec /bin/sh (resolves to /usr/bin/dash)`).
+    pub what: String,
+    pub decision: Decision,
+    /// `allow`, `deny (fails with EPERM)`, or a deny not enforced in audit mode.
+    pub verdict: String,
+    /// The rule that decided, or why none did.
+    pub why: String,
+    /// Whether the action would happen (allowed, or denied only in audit mode).
+    pub happens: bool,
 }
 
 /// Resolves a path as the kernel will see it: symlinks, `.` and `..` followed. A file that does
@@ -68,51 +70,53 @@ fn path_string(path: &Path) -> Result<String> {
         .with_context(|| format!("{} is not valid UTF-8", path.display()))
 }
 
-/// Prints the decision; returns the exit code: 0 if the action would happen, 1 if not.
-pub fn explain(args: &ExplainArgs) -> Result<i32> {
-    let policy = Policy::load(&args.policy)?;
-    let (request, what) = if let Some(path) = &args.exec {
-        let real = resolve(path)?;
-        (
-            Request::Exec {
-                path: path_string(&real)?,
-            },
-            describe("exec", path, &real),
-        )
-    } else if let Some(path) = &args.open {
-        let real = resolve(path)?;
-        let access = match (args.read, args.write) {
-            (true, true) => "read,write",
-            (false, true) => "write",
-            _ => "read",
-        };
-        (
-            Request::Open {
-                path: path_string(&real)?,
-                read: args.read,
-                write: args.write,
-            },
-            format!("{} for {access}", describe("open", path, &real)),
-        )
-    } else if let Some(addr) = args.connect {
-        let proto = if args.udp { "udp" } else { "tcp" };
-        (
-            Request::Connect {
-                addr,
-                udp: args.udp,
-                send: false,
-            },
-            format!("connect {addr} ({proto})"),
-        )
-    } else {
-        bail!("name an action: --exec PATH, --open PATH --read|--write, or --connect ADDR");
+/// Decides `probe` under `policy` as the kernel would, resolving its path first as the kernel
+/// does (symlinks, `.`, `..`) and taking exact deny rules by file identity into account.
+pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
+    let (request, what) = match probe {
+        Probe::Exec(path) => {
+            let real = resolve(path)?;
+            (
+                Request::Exec {
+                    path: path_string(&real)?,
+                },
+                describe("exec", path, &real),
+            )
+        }
+        Probe::Open { path, read, write } => {
+            let real = resolve(path)?;
+            let access = match (read, write) {
+                (true, true) => "read,write",
+                (false, true) => "write",
+                _ => "read",
+            };
+            (
+                Request::Open {
+                    path: path_string(&real)?,
+                    read: *read,
+                    write: *write,
+                },
+                format!("{} for {access}", describe("open", path, &real)),
+            )
+        }
+        Probe::Connect { addr, udp } => {
+            let proto = if *udp { "udp" } else { "tcp" };
+            (
+                Request::Connect {
+                    addr: *addr,
+                    udp: *udp,
+                    send: false,
+                },
+                format!("connect {addr} ({proto})"),
+            )
+        }
     };
 
     // A file named by an exact deny rule is denied under any of its names (hard links).
     let denied = match &request {
         Request::Exec { path } | Request::Open { path, .. } => file_identity(Path::new(path))
             .and_then(|id| {
-                denied_files(&policy, &file_identity)
+                denied_files(policy, &file_identity)
                     .into_iter()
                     .find_map(|(file, rules)| (file == id).then_some(rules))
             }),
@@ -126,7 +130,6 @@ pub fn explain(args: &ExplainArgs) -> Result<i32> {
             "deny, not enforced (audit mode: recorded, allowed)".to_owned()
         }
     };
-    println!("{what}: {verdict}");
     let why = match decision.reason {
         Reason::Rule(id) => match policy.rule(id) {
             Some(rule) => format!("rule {} `{}`", rule.id, rule.text),
@@ -141,15 +144,14 @@ pub fn explain(args: &ExplainArgs) -> Result<i32> {
             "the policy has no section for this category: not decided, not recorded".to_owned()
         }
     };
-    println!("  because: {why}");
-    println!(
-        "  policy:  {} (sha256 {}), mode {}",
-        policy.name,
-        &policy.sha256[..16],
-        policy.mode.as_str()
-    );
     let happens = decision.action == Action::Allow || policy.mode == Mode::Audit;
-    Ok(if happens { 0 } else { 1 })
+    Ok(Explanation {
+        what,
+        decision,
+        verdict,
+        why,
+        happens,
+    })
 }
 
 fn describe(op: &str, given: &Path, real: &Path) -> String {

@@ -17,7 +17,7 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -36,41 +36,31 @@ pub const EXIT_CANNOT_EXEC: i32 = 126;
 /// Exit status when the command was not found.
 pub const EXIT_NOT_FOUND: i32 = 127;
 
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
+/// What `oxd run` does.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
     /// Policy file (TOML) to enforce.
-    #[arg(long, value_name = "FILE")]
     pub policy: PathBuf,
-    /// Append audit records (JSON lines) to this file instead of writing them to stderr.
-    #[arg(long, value_name = "PATH")]
+    /// Append audit records (JSON lines) to this file; `None`: write them to stderr.
     pub audit_log: Option<PathBuf>,
-    /// Rotate the audit log when it would grow past this many bytes (FILE -> FILE.1 -> ...).
-    #[arg(long, value_name = "BYTES", requires = "audit_log")]
-    pub audit_max_bytes: Option<u64>,
-    /// How many rotated parts to keep.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    pub audit_keep: u32,
-    /// Serve Prometheus metrics (OpenMetrics text) on this address, at /metrics.
-    #[arg(long, value_name = "ADDR")]
+    /// Size-based rotation of the audit log file.
+    pub rotation: Option<Rotation>,
+    /// Serve Prometheus metrics on this address, at /metrics.
     pub metrics: Option<std::net::SocketAddr>,
     /// Which decisions to record.
-    #[arg(long, value_enum, default_value_t = RecordFilter::All)]
     pub record: RecordFilter,
-    /// The command to confine, and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command to confine, and its arguments (at least the command).
     pub command: Vec<OsString>,
 }
 
 /// Runs the command and returns the exit code oxd should exit with.
-pub fn run(args: RunArgs) -> Result<i32> {
+pub fn run(args: RunOptions) -> Result<i32> {
+    if args.command.is_empty() {
+        bail!("no command to run");
+    }
     let policy = Arc::new(Policy::load(&args.policy)?);
     let audit = match &args.audit_log {
-        Some(path) => {
-            let rotation = args
-                .audit_max_bytes
-                .map(|max| Rotation::new(max, args.audit_keep));
-            AuditLog::append(path, args.record, rotation)?
-        }
+        Some(path) => AuditLog::append(path, args.record, args.rotation.clone())?,
         None => AuditLog::new(Box::new(io::stderr()), args.record),
     };
 

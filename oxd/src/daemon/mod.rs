@@ -63,7 +63,7 @@ use crate::{
 };
 
 /// What SIGTERM does to enforcement.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnExit {
     /// Leave every target confined (pinned); a restarted daemon adopts them.
     #[default]
@@ -72,42 +72,54 @@ pub enum OnExit {
     Release,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct DaemonArgs {
+/// How the daemon runs. [`DaemonOptions::default`] has the defaults `oxd daemon` documents.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
     /// Control socket (created mode 0600; only peers with the daemon's uid are answered).
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Directory for the daemon's state file.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/oxd")]
     pub state_dir: PathBuf,
     /// bpffs directory for pinned maps and links.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/oxd")]
     pub bpffs: PathBuf,
     /// Audit log (JSON lines, hash-chained; appended to, chain continued).
-    #[arg(long, value_name = "PATH", default_value = "/var/log/oxd/audit.jsonl")]
     pub audit_log: PathBuf,
-    /// Rotate the audit log when it would grow past this many bytes (FILE -> FILE.1 -> ...).
-    #[arg(long, value_name = "BYTES")]
-    pub audit_max_bytes: Option<u64>,
-    /// How many rotated parts to keep.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    pub audit_keep: u32,
+    /// Size-based rotation of the audit log.
+    pub rotation: Option<Rotation>,
     /// Which decisions to record.
-    #[arg(long, value_enum, default_value_t = RecordFilter::All)]
     pub record: RecordFilter,
-    /// Serve Prometheus metrics (OpenMetrics text) on this address, at /metrics.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics on this address, at /metrics.
     pub metrics: Option<std::net::SocketAddr>,
     /// What SIGTERM/SIGINT does to enforcement.
-    #[arg(long, value_enum, default_value_t = OnExit::Keep)]
     pub on_exit: OnExit,
+}
+
+/// Where the daemon keeps its state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/oxd";
+/// Where the daemon pins maps and links unless told otherwise.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/oxd";
+/// The daemon's audit log unless told otherwise.
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/oxd/audit.jsonl";
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            bpffs: PathBuf::from(DEFAULT_BPFFS),
+            audit_log: PathBuf::from(DEFAULT_AUDIT_LOG),
+            rotation: None,
+            record: RecordFilter::All,
+            metrics: None,
+            on_exit: OnExit::Keep,
+        }
+    }
 }
 
 struct Daemon {
     /// Held for the daemon's life: one daemon per state directory, and per pin directory.
     _lock: nix::fcntl::Flock<fs::File>,
     _pin_lock: nix::fcntl::Flock<fs::File>,
-    args: DaemonArgs,
+    args: DaemonOptions,
     pin_dir: PathBuf,
     state_path: PathBuf,
     enforcer: Enforcer,
@@ -138,7 +150,7 @@ fn open_cgroups(targets: &[TargetState]) -> HashMap<PathBuf, (fs::File, u64)> {
 impl Daemon {
     /// Takes the locks, loads or adopts the kernel side, reconciles it with the state file,
     /// and starts the event pump.
-    fn start(args: DaemonArgs) -> Result<(Self, Pump)> {
+    fn start(args: DaemonOptions) -> Result<(Self, Pump)> {
         host::check_bpffs(&args.bpffs)?;
         let pin_dir = args.bpffs.join(format!("v{MAP_LAYOUT_VERSION}"));
         fs::create_dir_all(&args.state_dir)
@@ -193,10 +205,7 @@ impl Daemon {
             fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        let rotation = args
-            .audit_max_bytes
-            .map(|max| Rotation::new(max, args.audit_keep));
-        let audit = AuditLog::append(&args.audit_log, args.record, rotation)?;
+        let audit = AuditLog::append(&args.audit_log, args.record, args.rotation.clone())?;
         let mut daemon = Self {
             _lock: lock,
             _pin_lock: pin_lock,
@@ -313,7 +322,7 @@ impl Daemon {
 }
 
 /// `oxd daemon`.
-pub fn daemon(args: DaemonArgs) -> Result<i32> {
+pub fn daemon(args: DaemonOptions) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -321,7 +330,7 @@ pub fn daemon(args: DaemonArgs) -> Result<i32> {
     runtime.block_on(serve(args))
 }
 
-async fn serve(args: DaemonArgs) -> Result<i32> {
+async fn serve(args: DaemonOptions) -> Result<i32> {
     let socket = args.socket.clone();
     let metrics_addr = args.metrics;
     // Before touching any pin: another daemon may own them.

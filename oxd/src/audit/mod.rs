@@ -22,6 +22,8 @@
 //! Every record starts with `seq` (0, 1, 2, ... along the log) and `prev`, the SHA-256 (hex) of
 //! the previous record's line (64 zeros for the first): `oxd audit verify` checks the chain.
 
+pub mod read;
+
 use std::{
     io::Write,
     net::{Ipv6Addr, SocketAddr, SocketAddrV6},
@@ -241,7 +243,7 @@ struct Chained<'a, T: Serialize> {
 }
 
 /// Which decisions are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RecordFilter {
     /// Every decision.
     #[default]

@@ -1,4 +1,5 @@
-//! `oxd audit verify` and `oxd audit tail`: reading audit logs.
+//! Reading audit logs: checking their hash chain (`oxd audit verify`) and following their
+//! records (`oxd audit tail`).
 
 use std::{
     fs::File,
@@ -11,66 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 
-use crate::audit::{line_hash, GENESIS};
-
-#[derive(Debug, clap::Subcommand)]
-pub enum AuditCommand {
-    /// Check the hash chain of one log, or of rotated parts given oldest first: report every
-    /// edited, removed or reordered record by file and line (exit status 1 if any).
-    Verify {
-        #[arg(required = true, value_name = "FILE")]
-        files: Vec<PathBuf>,
-        /// The first file may continue parts that rotation has deleted (its first record need
-        /// not be seq 0).
-        #[arg(long)]
-        partial: bool,
-    },
-    /// Print records readably, one per line.
-    Tail {
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-        /// Keep printing records as they are appended.
-        #[arg(short, long)]
-        follow: bool,
-        /// Only denials.
-        #[arg(long)]
-        denied: bool,
-        /// Start with the last N records.
-        #[arg(short = 'n', long, default_value_t = 20)]
-        lines: usize,
-    },
-}
-
-pub fn run(command: &AuditCommand) -> Result<i32> {
-    match command {
-        AuditCommand::Verify { files, partial } => {
-            let report = verify(files, *partial)?;
-            for problem in &report.problems {
-                println!("{problem}");
-            }
-            if report.problems.is_empty() {
-                println!("ok: {} records, hash chain intact", report.records);
-                Ok(0)
-            } else {
-                println!(
-                    "FAILED: {} problem(s) in {} records",
-                    report.problems.len(),
-                    report.records
-                );
-                Ok(1)
-            }
-        }
-        AuditCommand::Tail {
-            file,
-            follow,
-            denied,
-            lines,
-        } => {
-            tail(file, *follow, *denied, *lines)?;
-            Ok(0)
-        }
-    }
-}
+use super::{line_hash, GENESIS};
 
 /// What `verify` found.
 #[derive(Debug, Default)]
@@ -193,7 +135,25 @@ pub fn render(record: &Value) -> String {
     )
 }
 
-fn tail(path: &Path, follow: bool, denied: bool, last: usize) -> Result<()> {
+/// Which records [`tail`] hands on.
+#[derive(Clone, Copy, Debug)]
+pub struct TailOptions {
+    /// Keep handing on records as they are appended (never returns unless reading fails).
+    pub follow: bool,
+    /// Only denials.
+    pub denied: bool,
+    /// Start with the last this many records.
+    pub last: usize,
+}
+
+/// Hands the records of the log at `path` to `emit`: the last `options.last`, then, with
+/// `options.follow`, every record appended later.
+pub fn tail(path: &Path, options: TailOptions, emit: &mut dyn FnMut(&Value)) -> Result<()> {
+    let TailOptions {
+        follow,
+        denied,
+        last,
+    } = options;
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let wanted =
         |record: &Value| !denied || record.get("decision").and_then(Value::as_str) == Some("deny");
@@ -218,7 +178,7 @@ fn tail(path: &Path, follow: bool, denied: bool, last: usize) -> Result<()> {
         }
     }
     for record in &recent {
-        println!("{}", render(record));
+        emit(record);
     }
     if !follow {
         return Ok(());
@@ -236,7 +196,7 @@ fn tail(path: &Path, follow: bool, denied: bool, last: usize) -> Result<()> {
             offset += read as u64;
             if let Ok(record) = serde_json::from_str::<Value>(&line) {
                 if wanted(&record) {
-                    println!("{}", render(&record));
+                    emit(&record);
                 }
             }
         }

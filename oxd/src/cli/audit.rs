@@ -1,0 +1,70 @@
+//! `oxd audit verify` and `oxd audit tail`: reading audit logs.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use oxd::audit::read::{render, tail, verify, TailOptions};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the hash chain of one log, or of rotated parts given oldest first: report every
+    /// edited, removed or reordered record by file and line (exit status 1 if any).
+    Verify {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The first file may continue parts that rotation has deleted (its first record need
+        /// not be seq 0).
+        #[arg(long)]
+        partial: bool,
+    },
+    /// Print records readably, one per line.
+    Tail {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Keep printing records as they are appended.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only denials.
+        #[arg(long)]
+        denied: bool,
+        /// Start with the last N records.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
+}
+
+pub(crate) fn run(command: &AuditCommand) -> Result<i32> {
+    match command {
+        AuditCommand::Verify { files, partial } => {
+            let report = verify(files, *partial)?;
+            for problem in &report.problems {
+                println!("{problem}");
+            }
+            if report.problems.is_empty() {
+                println!("ok: {} records, hash chain intact", report.records);
+                Ok(0)
+            } else {
+                println!(
+                    "FAILED: {} problem(s) in {} records",
+                    report.problems.len(),
+                    report.records
+                );
+                Ok(1)
+            }
+        }
+        AuditCommand::Tail {
+            file,
+            follow,
+            denied,
+            lines,
+        } => {
+            let options = TailOptions {
+                follow: *follow,
+                denied: *denied,
+                last: *lines,
+            };
+            tail(file, options, &mut |record| println!("{}", render(record)))?;
+            Ok(0)
+        }
+    }
+}

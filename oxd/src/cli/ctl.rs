@@ -1,0 +1,190 @@
+//! `oxd ctl`: talk to a running `oxd daemon`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use oxd::control::{call, PolicySource, Request, Target, DEFAULT_SOCKET};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CtlArgs {
+    /// The daemon's control socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+    pub(crate) socket: PathBuf,
+    #[command(subcommand)]
+    pub(crate) command: CtlCommand,
+}
+
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct TargetArgs {
+    /// A cgroup v2 directory (for example /sys/fs/cgroup/agents/a1).
+    #[arg(long)]
+    pub(crate) cgroup: Option<PathBuf>,
+    /// A process: its cgroup is the target.
+    #[arg(long)]
+    pub(crate) pid: Option<i32>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> Option<Target> {
+        match (&self.cgroup, self.pid) {
+            (Some(cgroup), _) => Some(Target::Cgroup(cgroup.clone())),
+            (None, Some(pid)) => Some(Target::Pid(pid)),
+            (None, None) => None,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct ReleaseTargetArgs {
+    /// A confined cgroup v2 directory.
+    #[arg(long)]
+    pub(crate) cgroup: Option<PathBuf>,
+    /// A process: its confined cgroup is released.
+    #[arg(long)]
+    pub(crate) pid: Option<i32>,
+    /// Every confined target.
+    #[arg(long)]
+    pub(crate) all: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum CtlCommand {
+    /// Confine a cgroup (and everything below it), or the cgroup of a process, under a policy.
+    Confine {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Policy file (TOML); its `name` identifies it to `replace` and `list`.
+        #[arg(long)]
+        policy: PathBuf,
+    },
+    /// Stop confining a target (enforcement is lifted at once).
+    Release {
+        #[command(flatten)]
+        target: ReleaseTargetArgs,
+    },
+    /// Replace the loaded policy with the same name, atomically for every target under it.
+    Replace {
+        /// The new policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+    },
+    /// List confined targets and their policies.
+    List {
+        /// Print JSON (an array of targets).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the daemon's state and counters.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `oxd ctl`: returns the exit code.
+pub(crate) fn ctl(args: &CtlArgs) -> Result<i32> {
+    let request = match &args.command {
+        CtlCommand::Confine { target, policy } => Request::Confine {
+            target: target
+                .target()
+                .context("name a target: --cgroup DIR or --pid PID")?,
+            policy: PolicySource::read(policy)?,
+        },
+        CtlCommand::Release { target } => Request::Release {
+            target: match (&target.cgroup, target.pid) {
+                (Some(c), _) => Some(Target::Cgroup(c.clone())),
+                (None, Some(p)) => Some(Target::Pid(p)),
+                _ => None,
+            },
+            all: target.all,
+        },
+        CtlCommand::Replace { policy } => Request::Replace {
+            policy: PolicySource::read(policy)?,
+        },
+        CtlCommand::List { .. } => Request::List,
+        CtlCommand::Status { .. } => Request::Status,
+    };
+    let response = call(&args.socket, &request)?;
+    if !response.ok {
+        eprintln!(
+            "oxd: error: {}",
+            response.error.as_deref().unwrap_or("the daemon refused")
+        );
+        return Ok(1);
+    }
+    match &args.command {
+        CtlCommand::List { json } => {
+            let targets = response.targets.unwrap_or_default();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&targets)?);
+            } else if targets.is_empty() {
+                println!("nothing confined");
+            } else {
+                for t in targets {
+                    println!(
+                        "{}  (cgroup id {})  policy {} generation {} sha256 {}",
+                        t.cgroup.display(),
+                        t.cgroup_id,
+                        t.policy,
+                        t.generation,
+                        &t.sha256[..t.sha256.len().min(16)]
+                    );
+                }
+            }
+        }
+        CtlCommand::Status { json } => {
+            let status = response.status.context("the daemon sent no status")?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!(
+                    "oxd daemon {} (pid {}){}",
+                    status.version,
+                    status.pid,
+                    if status.adopted {
+                        ", adopted pinned enforcement"
+                    } else {
+                        ""
+                    }
+                );
+                println!(
+                    "BPF-LSM: {}",
+                    if status.lsm {
+                        "attached (exec and file rules enforced)"
+                    } else {
+                        "not available (network rules only)"
+                    }
+                );
+                println!("pins: {}", status.bpffs.display());
+                println!("audit log: {}", status.audit_log.display());
+                println!(
+                    "targets: {}; newest generation: {}",
+                    status.targets, status.generation
+                );
+                for p in &status.policies {
+                    println!(
+                        "  policy {} generation {} (slot {}, {} targets) sha256 {}",
+                        p.name,
+                        p.generation,
+                        p.slot,
+                        p.targets,
+                        &p.sha256[..16]
+                    );
+                }
+                println!(
+                    "records written: {}; denied: {}; lost to a full ring buffer: {}",
+                    status.records, status.denied, status.ringbuf_lost
+                );
+            }
+        }
+        _ => {
+            if let Some(message) = response.message {
+                println!("{message}");
+            }
+        }
+    }
+    Ok(0)
+}

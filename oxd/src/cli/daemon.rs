@@ -1,0 +1,72 @@
+//! `oxd daemon`'s arguments.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use oxd::{
+    audit::Rotation,
+    control::DEFAULT_SOCKET,
+    daemon::{DaemonOptions, OnExit, DEFAULT_AUDIT_LOG, DEFAULT_BPFFS, DEFAULT_STATE_DIR},
+};
+
+use super::run::RecordArg;
+
+/// What SIGTERM does to enforcement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnExitArg {
+    /// Leave every target confined (pinned); a restarted daemon adopts them.
+    #[default]
+    Keep,
+    /// Release every target and remove the pins.
+    Release,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DaemonArgs {
+    /// Control socket (created mode 0600; only peers with the daemon's uid are answered).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Directory for the daemon's state file.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Audit log (JSON lines, hash-chained; appended to, chain continued).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_AUDIT_LOG)]
+    audit_log: PathBuf,
+    /// Rotate the audit log when it would grow past this many bytes (FILE -> FILE.1 -> ...).
+    #[arg(long, value_name = "BYTES")]
+    audit_max_bytes: Option<u64>,
+    /// How many rotated parts to keep.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    audit_keep: u32,
+    /// Which decisions to record.
+    #[arg(long, value_enum, default_value_t = RecordArg::All)]
+    record: RecordArg,
+    /// Serve Prometheus metrics (OpenMetrics text) on this address, at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// What SIGTERM/SIGINT does to enforcement.
+    #[arg(long, value_enum, default_value_t = OnExitArg::Keep)]
+    on_exit: OnExitArg,
+}
+
+impl From<DaemonArgs> for DaemonOptions {
+    fn from(args: DaemonArgs) -> Self {
+        Self {
+            socket: args.socket,
+            state_dir: args.state_dir,
+            bpffs: args.bpffs,
+            audit_log: args.audit_log,
+            rotation: args
+                .audit_max_bytes
+                .map(|max| Rotation::new(max, args.audit_keep)),
+            record: args.record.into(),
+            metrics: args.metrics,
+            on_exit: match args.on_exit {
+                OnExitArg::Keep => OnExit::Keep,
+                OnExitArg::Release => OnExit::Release,
+            },
+        }
+    }
+}

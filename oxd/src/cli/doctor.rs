@@ -1,0 +1,31 @@
+//! `oxd doctor`: prints what enforcement needs from this host and what to change.
+
+use anyhow::Result;
+use oxd::doctor::{checks, Status};
+
+/// Prints the checks; exit status 0 when nothing is missing, 1 otherwise.
+pub(crate) fn doctor() -> Result<i32> {
+    let checks = checks();
+    for check in &checks {
+        let label = match check.status {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Missing => "MISSING",
+        };
+        println!("{label:<8} {:<13} {}", check.name, check.found);
+        if let Some(fix) = &check.fix {
+            println!("{:<8} {:<13} fix: {fix}", "", "");
+        }
+    }
+    let missing = checks
+        .iter()
+        .filter(|c| c.status == Status::Missing)
+        .count();
+    if missing == 0 {
+        println!("oxd can enforce exec, file and network rules on this host");
+        Ok(0)
+    } else {
+        println!("{missing} missing: see the fixes above");
+        Ok(1)
+    }
+}
