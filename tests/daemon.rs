@@ -207,9 +207,13 @@ fn outcome(result: &Value) -> Option<bool> {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, step by step: load, replace under load, then check every record"
+)]
 fn daemon_policy_replaced_100_times_under_load_never_mixes_generations() {
-    require_bpf_lsm();
     const REPLACES: usize = 100;
+    require_bpf_lsm();
     let scratch = Scratch::new("daemon-replace");
     let cgroup = TestCgroup::new("replace");
     let (p1, p2) = (Acceptor::new(), Acceptor::new());
@@ -386,7 +390,11 @@ fn daemon_policy_replaced_100_times_under_load_never_mixes_generations() {
         let op = r["op"].as_str().unwrap_or_default();
         let target = r["target"].as_str().unwrap_or_default();
         let (decision, rule) = policy.decide(op, target);
-        let which = if std::ptr::eq(policy, &a) { "A" } else { "B" };
+        let which = if std::ptr::eq(policy, &raw const a) {
+            "A"
+        } else {
+            "B"
+        };
         assert_eq!(
             r["decision"], decision,
             "policy {which} decides otherwise: {r}"
@@ -448,11 +456,11 @@ fn daemon_policy_replaced_100_times_under_load_never_mixes_generations() {
                     "{action} #{i}: the agent saw {s} but the record says {d}"
                 );
             }
-            let last = decided.last().expect("at least the last round's record");
+            let newest = decided.last().expect("at least the last round's record");
             assert_eq!(
-                last["generation"].as_u64(),
+                newest["generation"].as_u64(),
                 Some(generation),
-                "the last round runs under the last replace: {last}"
+                "the last round runs under the last replace: {newest}"
             );
         }
     }
@@ -557,9 +565,9 @@ fn daemon_sigkill_leaves_targets_confined_and_restart_adopts() {
 
 #[test]
 fn daemon_ring_buffer_flood_reports_loss() {
-    require_bpf_lsm();
     // The ring buffer holds about a thousand decisions.
     const OPENS: u64 = 10_000;
+    require_bpf_lsm();
     let scratch = Scratch::new("daemon-flood");
     let cgroup = TestCgroup::new("flood");
     let file = scratch.path("flooded");
@@ -911,9 +919,9 @@ fn daemon_answers_control_requests_during_a_flood() {
 
 #[test]
 fn daemon_sigterm_writes_every_decision_left_in_the_ring() {
-    require_bpf_lsm();
     // Far fewer than the ring buffer holds: nothing is lost.
     const OPENS: usize = 300;
+    require_bpf_lsm();
     let scratch = Scratch::new("daemon-drain");
     let cgroup = TestCgroup::new("drain");
     let file = scratch.path("opened");

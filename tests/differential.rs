@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// The default seed ("oxd_diff").
+/// The default seed ("`oxd_diff`").
 const DEFAULT_SEED: u64 = 0x6f78_645f_6469_6666;
 const POLICIES: usize = 12;
 /// Actions of each category (exec, open, network) per policy.
@@ -56,7 +56,14 @@ impl Rng {
     /// A number in `0..n`.
     fn below(&mut self, n: usize) -> usize {
         assert!(n > 0, "below(0)");
-        (self.next_u64() % n as u64) as usize
+        let n = u64::try_from(n).expect("usize fits in u64");
+        usize::try_from(self.next_u64() % n).expect("below n")
+    }
+
+    /// A number in `0..n`.
+    fn below_u16(&mut self, n: u16) -> u16 {
+        assert!(n > 0, "below_u16(0)");
+        u16::try_from(self.next_u64() % u64::from(n)).expect("below n")
     }
 
     fn chance(&mut self, percent: u64) -> bool {
@@ -327,45 +334,45 @@ fn network_section(rng: &mut Rng, base: u16) -> (String, Vec<u16>) {
     let mut ports = Vec::new();
     let mut previous: Option<(String, bool)> = None;
     for _ in 0..2 + rng.below(6) {
-        let (body, allow) = match previous.take().filter(|_| rng.chance(25)) {
-            // The same rule in the other list: deny wins among equals.
-            Some((body, allow)) => (body, !allow),
-            None => {
-                let mut body = format!("cidr = {}\n", quote(rng.pick_str(CIDRS)));
-                let range = match rng.below(10) {
-                    0..=2 => None,
-                    3..=5 => {
-                        let p = base + rng.below(6) as u16;
-                        body.push_str(&if rng.chance(50) {
-                            format!("ports = {p}\n")
-                        } else {
-                            format!("ports = \"{p}\"\n")
-                        });
-                        Some((p, p))
-                    }
-                    6..=8 => {
-                        let lo = base + rng.below(4) as u16;
-                        let hi = lo + rng.below(5) as u16;
-                        body.push_str(&format!("ports = \"{lo}-{hi}\"\n"));
-                        Some((lo, hi))
-                    }
-                    _ => {
-                        let (lo, hi) = *rng.pick(&[(65533, 65535), (65535, 65535), (1, base + 2)]);
-                        body.push_str(&format!("ports = \"{lo}-{hi}\"\n"));
-                        Some((lo, hi))
-                    }
-                };
-                if let Some((lo, hi)) = range {
-                    ports.extend([lo - 1, lo, hi, hi.saturating_add(1)]);
+        let repeat = previous.take().filter(|_| rng.chance(25));
+        // The same rule in the other list: deny wins among equals.
+        let (body, allow) = if let Some((body, allow)) = repeat {
+            (body, !allow)
+        } else {
+            let mut body = format!("cidr = {}\n", quote(rng.pick_str(CIDRS)));
+            let range = match rng.below(10) {
+                0..=2 => None,
+                3..=5 => {
+                    let p = base + rng.below_u16(6);
+                    body.push_str(&if rng.chance(50) {
+                        format!("ports = {p}\n")
+                    } else {
+                        format!("ports = \"{p}\"\n")
+                    });
+                    Some((p, p))
                 }
-                body.push_str(rng.pick_str(&[
-                    "",
-                    "protocol = \"tcp\"\n",
-                    "protocol = \"udp\"\n",
-                    "protocol = \"any\"\n",
-                ]));
-                (body, rng.chance(50))
+                6..=8 => {
+                    let lo = base + rng.below_u16(4);
+                    let hi = lo + rng.below_u16(5);
+                    body.push_str(&format!("ports = \"{lo}-{hi}\"\n"));
+                    Some((lo, hi))
+                }
+                _ => {
+                    let (lo, hi) = *rng.pick(&[(65533, 65535), (65535, 65535), (1, base + 2)]);
+                    body.push_str(&format!("ports = \"{lo}-{hi}\"\n"));
+                    Some((lo, hi))
+                }
+            };
+            if let Some((lo, hi)) = range {
+                ports.extend([lo - 1, lo, hi, hi.saturating_add(1)]);
             }
+            body.push_str(rng.pick_str(&[
+                "",
+                "protocol = \"tcp\"\n",
+                "protocol = \"udp\"\n",
+                "protocol = \"any\"\n",
+            ]));
+            (body, rng.chance(50))
         };
         let list = if allow { "allow" } else { "deny" };
         text.push_str(&format!("\n[[network.{list}]]\n{body}"));
@@ -434,9 +441,9 @@ fn network_target(rng: &mut Rng, base: u16, ports: &[u16]) -> SocketAddr {
     let port = if !ports.is_empty() && rng.chance(70) {
         *rng.pick(ports)
     } else {
-        base - 1 + rng.below(11) as u16
+        base - 1 + rng.below_u16(11)
     };
-    let v4 = Ipv4Addr::new(127, 0, 0, 1 + rng.below(3) as u8);
+    let v4 = Ipv4Addr::new(127, 0, 0, 1 + u8::try_from(rng.below(3)).expect("below 3"));
     let ip = match rng.below(20) {
         0..=8 => IpAddr::V4(v4),
         9..=12 => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -464,7 +471,7 @@ fn generate(
         text.push('\n');
         text.push_str(&file_section(rng, tree, probe_dir));
     }
-    let base = 20_000 + rng.below(10_000) as u16;
+    let base = 20_000 + rng.below_u16(10_000);
     let (network, ports) = network_section(rng, base);
     if index % 4 != 3 {
         text.push('\n');
@@ -557,6 +564,10 @@ fn compare(
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: build the corpus, run it confined, compare case by case"
+)]
 fn differential_corpus_kernel_agrees_with_reference_evaluator() {
     require_bpf_lsm();
     let seed = std::env::var("OXD_DIFFERENTIAL_SEED").map_or(DEFAULT_SEED, |s| {
@@ -689,7 +700,7 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
                     case.access.map_or(String::new(), |a| format!(", {a}")),
                     found
                         .iter()
-                        .map(|r| r.to_string())
+                        .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(",\n    ")
                 ));

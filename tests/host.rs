@@ -195,7 +195,7 @@ fn nothing_the_agent_started_outlives_oxd_run() {
 fn check_points_at_file_line_and_column() {
     let scratch = Scratch::new("host-check");
     let policy = scratch.policy("name = \"bad\"\n[exec]\nallow = [\"/usr/bin/**\", \"bin/ls\"]\n");
-    let output = std::process::Command::new(oxd_bin())
+    let output = Command::new(oxd_bin())
         .arg("check")
         .arg(&policy)
         .output()
@@ -209,7 +209,7 @@ fn check_points_at_file_line_and_column() {
     );
     assert!(stderr.contains("absolute path"), "{stderr}");
 
-    let output = std::process::Command::new(oxd_bin())
+    let output = Command::new(oxd_bin())
         .arg("check")
         .arg(repo().join("policies/example.toml"))
         .output()
@@ -247,7 +247,7 @@ fn no_network_example_policy_runs_without_bpf_lsm_and_denies_loopback() {
 
 #[test]
 fn doctor_names_bpf_lsm_as_missing_on_this_host() {
-    let output = std::process::Command::new(oxd_bin())
+    let output = Command::new(oxd_bin())
         .arg("doctor")
         .output()
         .expect("run oxd doctor");
@@ -306,7 +306,7 @@ fn audit_log_hash_chain_verifies_and_catches_an_edit() {
         assert_eq!(r["seq"], i as u64, "{r}");
     }
     let oxd = |args: &[&str]| {
-        let output = std::process::Command::new(oxd_bin())
+        let output = Command::new(oxd_bin())
             .args(args)
             .output()
             .expect("run oxd");
@@ -349,7 +349,7 @@ fn record_denied_writes_only_denials() {
     let log = scratch.path("audit.jsonl");
     let probe = probe_bin();
     let allowed = format!("connect:127.0.0.1:{port}");
-    let output = std::process::Command::new(oxd_bin())
+    let output = Command::new(oxd_bin())
         .args(["run", "--record", "denied", "--policy"])
         .arg(&policy)
         .arg("--audit-log")
@@ -367,7 +367,7 @@ fn record_denied_writes_only_denials() {
     );
 }
 
-/// GET http://ADDR/metrics, or None if nothing answers yet.
+/// GET <http://ADDR/metrics>, or None if nothing answers yet.
 fn scrape(addr: &str) -> Option<String> {
     use std::io::{Read as _, Write as _};
     let mut stream = TcpStream::connect(addr).ok()?;
@@ -395,7 +395,7 @@ fn metrics_count_decisions_and_name_the_policy() {
     let probe = probe_bin();
     let allowed = format!("connect:127.0.0.1:{port}");
     let wait = format!("wait:{}", go.display());
-    let mut child = std::process::Command::new(oxd_bin())
+    let mut child = Command::new(oxd_bin())
         .args(["run", "--metrics", &metrics_addr, "--policy"])
         .arg(&policy)
         .arg("--audit-log")
@@ -452,6 +452,10 @@ fn metrics_count_decisions_and_name_the_policy() {
 /// The daemon on a kernel without BPF-LSM: it runs, says so, enforces network-only policies
 /// (pinned, so they survive `kill -9`), and refuses a policy with exec rules, naming the fix.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one daemon's life, step by step: confine, kill, adopt, prune, refuse"
+)]
 fn daemon_without_bpf_lsm_enforces_network_policies_pinned_and_refuses_exec_policies() {
     let scratch = Scratch::new("host-daemon");
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");

@@ -139,9 +139,9 @@ fn perform(action: &str) -> Result<(), ExitCode> {
         };
         report(action, result);
     } else if let Some(name) = action.strip_prefix("subcgroup:") {
-        report(action, join_subcgroup(name).map(|_| None));
+        report(action, join_subcgroup(name).map(|()| None));
     } else if let Some(file) = action.strip_prefix("wait:") {
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_mins(2);
         while !Path::new(file).exists() {
             if Instant::now() > deadline {
                 eprintln!("oxd-probe: timed out waiting for {file}");

@@ -300,19 +300,19 @@ fn over_long_path_is_denied_fail_closed_even_when_the_default_allows() {
     assert_eperm(&results, &long_exec);
     assert_ok(&results, &short_exec);
     let records = audit_records(&log);
-    let long = records_for(&records, "exec", &binary.display().to_string());
+    let over_long = records_for(&records, "exec", &binary.display().to_string());
     assert_eq!(
-        long.len(),
+        over_long.len(),
         1,
-        "the over-long path is recorded in full: {records:#?}"
+        "the over-over_long path is recorded in full: {records:#?}"
     );
-    assert_eq!(long[0]["decision"], "deny");
+    assert_eq!(over_long[0]["decision"], "deny");
     assert!(
-        long[0]["reason"]
+        over_long[0]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("too long")),
+            .is_some_and(|r| r.contains("too over_long")),
         "{}",
-        long[0]
+        over_long[0]
     );
     assert!(!explain_allows(
         &policy,

@@ -138,6 +138,10 @@ pub struct InodeKey {
 
 /// Exact deny rules that name a file, by the file's identity, so every name of the file (hard
 /// links) is denied too. Each field is a rule id, or [`RULE_NONE`].
+#[expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding, set by whichever side of the kernel boundary builds the value"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InodeRules {
@@ -156,6 +160,10 @@ pub mod governs {
 }
 
 /// Settings of the policy in one slot: element `slot` of the `CONFIG` array map.
+#[expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding, set by whichever side of the kernel boundary builds the value"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -225,6 +233,10 @@ pub struct NetRule {
 }
 
 /// One decision, sent from the kernel to user space through the ring buffer.
+#[expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding, set by whichever side of the kernel boundary builds the value"
+)]
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Event {

@@ -31,25 +31,25 @@ pub enum BtfError {
 }
 
 mod kind {
-    pub const INT: u32 = 1;
-    pub const PTR: u32 = 2;
-    pub const ARRAY: u32 = 3;
-    pub const STRUCT: u32 = 4;
-    pub const UNION: u32 = 5;
-    pub const ENUM: u32 = 6;
-    pub const FWD: u32 = 7;
-    pub const TYPEDEF: u32 = 8;
-    pub const VOLATILE: u32 = 9;
-    pub const CONST: u32 = 10;
-    pub const RESTRICT: u32 = 11;
-    pub const FUNC: u32 = 12;
-    pub const FUNC_PROTO: u32 = 13;
-    pub const VAR: u32 = 14;
-    pub const DATASEC: u32 = 15;
-    pub const FLOAT: u32 = 16;
-    pub const DECL_TAG: u32 = 17;
-    pub const TYPE_TAG: u32 = 18;
-    pub const ENUM64: u32 = 19;
+    pub(super) const INT: u32 = 1;
+    pub(super) const PTR: u32 = 2;
+    pub(super) const ARRAY: u32 = 3;
+    pub(super) const STRUCT: u32 = 4;
+    pub(super) const UNION: u32 = 5;
+    pub(super) const ENUM: u32 = 6;
+    pub(super) const FWD: u32 = 7;
+    pub(super) const TYPEDEF: u32 = 8;
+    pub(super) const VOLATILE: u32 = 9;
+    pub(super) const CONST: u32 = 10;
+    pub(super) const RESTRICT: u32 = 11;
+    pub(super) const FUNC: u32 = 12;
+    pub(super) const FUNC_PROTO: u32 = 13;
+    pub(super) const VAR: u32 = 14;
+    pub(super) const DATASEC: u32 = 15;
+    pub(super) const FLOAT: u32 = 16;
+    pub(super) const DECL_TAG: u32 = 17;
+    pub(super) const TYPE_TAG: u32 = 18;
+    pub(super) const ENUM64: u32 = 19;
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -65,7 +65,7 @@ struct Type {
     name_off: u32,
     kind: u32,
     /// For modifiers, typedefs and pointers: the referenced type.
-    ref_type: u32,
+    target: u32,
     members: Vec<Member>,
 }
 
@@ -121,7 +121,7 @@ impl Btf {
         let mut types = vec![Type {
             name_off: 0,
             kind: 0,
-            ref_type: 0,
+            target: 0,
             members: Vec::new(),
         }];
         let mut off = start;
@@ -170,7 +170,7 @@ impl Btf {
             types.push(Type {
                 name_off,
                 kind,
-                ref_type: size_or_type,
+                target: size_or_type,
                 members,
             });
         }
@@ -197,7 +197,7 @@ impl Btf {
                             | kind::TYPE_TAG
                     ) =>
                 {
-                    id = t.ref_type
+                    id = t.target;
                 }
                 _ => break,
             }
@@ -218,7 +218,11 @@ impl Btf {
             })
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         let bits = self
-            .find_member(id as u32, member.as_bytes(), 0)
+            .find_member(
+                u32::try_from(id).map_err(|_| BtfError::Malformed("too many types"))?,
+                member.as_bytes(),
+                0,
+            )
             .ok_or_else(|| BtfError::NoMember {
                 strukt: strukt.to_owned(),
                 member: member.to_owned(),
@@ -305,7 +309,7 @@ mod tests {
             strings
                 .windows(needle.len())
                 .position(|w| w == needle.as_bytes())
-                .map(|p| p as u32 + 1)
+                .map(|p| u32::try_from(p + 1).unwrap())
                 .unwrap()
         };
         let mut types = Vec::new();
@@ -337,9 +341,9 @@ mod tests {
         for w in [
             24u32,
             0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
+            u32::try_from(types.len()).unwrap(),
+            u32::try_from(types.len()).unwrap(),
+            u32::try_from(strings.len()).unwrap(),
         ] {
             out.extend_from_slice(&w.to_le_bytes());
         }

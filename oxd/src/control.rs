@@ -178,7 +178,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response> {
         )
     })?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
+        .set_read_timeout(Some(Duration::from_mins(2)))
         .context("cannot set a timeout on the control socket")?;
     let mut line = serde_json::to_vec(request).context("cannot encode the request")?;
     line.push(b'\n');

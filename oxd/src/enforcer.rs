@@ -740,7 +740,10 @@ mod tests {
 
     #[test]
     fn a_verifier_rejection_shows_the_end_of_its_log() {
-        let log: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let log = (0..100).fold(String::new(), |mut log, i| {
+            log.push_str(&format!("line {i}\n"));
+            log
+        });
         let error = EnforcerError::VerifierRejected {
             program: "file_open",
             errno: std::io::Error::from_raw_os_error(libc::EACCES),

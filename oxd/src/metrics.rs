@@ -1,4 +1,4 @@
-//! Prometheus metrics (OpenMetrics text on `GET /metrics`), on an address the operator names:
+//! Prometheus metrics (`OpenMetrics` text on `GET /metrics`), on an address the operator names:
 //! decisions by operation and result, ring buffer losses, and the policy in force per target.
 
 use std::{
@@ -94,24 +94,32 @@ impl Metrics {
     }
 
     /// Sets the generation of the policy in force for `target` (one series per target).
-    pub fn set_policy(&self, target: &str, policy: &str, sha256: &str, generation: i64) {
+    pub fn set_policy(&self, target: &str, policy: &str, sha256: &str, generation: u64) {
         let labels = PolicyLabels {
             target: target.to_owned(),
             policy: policy.to_owned(),
             sha256: sha256.to_owned(),
         };
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(old) = current.insert(target.to_owned(), labels.clone()) {
             if old != labels {
                 self.generation.remove(&old);
             }
         }
-        self.generation.get_or_create(&labels).set(generation);
+        self.generation
+            .get_or_create(&labels)
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
     /// Removes `target`'s policy series (it is no longer confined).
     pub fn clear_policy(&self, target: &str) {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(old) = current.remove(target) {
             self.generation.remove(&old);
         }
@@ -129,6 +137,11 @@ impl Metrics {
         let server = tiny_http::Server::http(addr)
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let content_type = tiny_http::Header::from_bytes(
+            &b"Content-Type"[..],
+            &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
+        )
+        .map_err(|()| anyhow!("cannot build the Content-Type header"))?;
         let metrics = self.clone();
         std::thread::Builder::new()
             .name("oxd-metrics".into())
@@ -136,14 +149,8 @@ impl Metrics {
                 for request in server.incoming_requests() {
                     let response = if request.url() == "/metrics" {
                         match metrics.render() {
-                            Ok(text) => tiny_http::Response::from_string(text).with_header(
-                                tiny_http::Header::from_bytes(
-                                    &b"Content-Type"[..],
-                                    &b"application/openmetrics-text; version=1.0.0; charset=utf-8"
-                                        [..],
-                                )
-                                .expect("a valid static header"),
-                            ),
+                            Ok(text) => tiny_http::Response::from_string(text)
+                                .with_header(content_type.clone()),
                             Err(e) => tiny_http::Response::from_string(e.to_string())
                                 .with_status_code(500),
                         }

@@ -46,7 +46,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use oxd_common::{counter, Event, RING_BUF_BYTES};
 use tokio::{
@@ -338,7 +338,9 @@ impl Pump {
         R: Ring + AsRawFd + Send + 'static,
         C: LossCounter + Send + 'static,
     {
-        assert!(limits.batch > 0, "a batch holds at least one decision");
+        if limits.batch == 0 {
+            bail!("a batch must hold at least one decision");
+        }
         let (stop_tx, stop_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -756,7 +758,7 @@ mod tests {
         let limits = Limits {
             batch: 16,
             final_drain: 1000,
-            report_every: Duration::from_secs(3600),
+            report_every: Duration::from_hours(1),
         };
         let pump = Pump::start_with(ring, recorder, limits).unwrap();
         pump.finish().unwrap();

@@ -48,12 +48,14 @@ struct MapUpdateAttr {
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, initialised `bpf_attr` prefix of the given size; the kernel
     // reads (and for these commands does not write past) that many bytes.
+    let size = libc::c_uint::try_from(size_of::<T>())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
             std::ptr::from_mut(attr).cast::<libc::c_void>(),
-            size_of::<T>() as libc::c_uint,
+            size,
         )
     };
     if ret < 0 {
@@ -63,11 +65,17 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
+/// An open file descriptor as the `bpf(2)` attributes carry it.
+fn fd_u32(fd: &OwnedFd) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("an open file descriptor is not negative")
+}
+
 fn create_map(mut attr: MapCreateAttr, name: &[u8]) -> io::Result<OwnedFd> {
     attr.map_name[..name.len()].copy_from_slice(name);
     let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     // SAFETY: BPF_MAP_CREATE returned a new file descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A private map-in-map whose updates wait for running BPF programs (see the module docs).
@@ -95,7 +103,7 @@ impl RcuBarrier {
                 key_size: 4,
                 value_size: 4,
                 max_entries: 1,
-                inner_map_fd: inner.as_raw_fd() as u32,
+                inner_map_fd: fd_u32(&inner),
                 ..MapCreateAttr::default()
             },
             b"oxd_rcu_outer",
@@ -106,9 +114,9 @@ impl RcuBarrier {
     /// Returns once every BPF program that was running when it was called has finished.
     pub fn wait(&self) -> io::Result<()> {
         let key: u32 = 0;
-        let value: u32 = self.inner.as_raw_fd() as u32;
+        let value: u32 = fd_u32(&self.inner);
         let mut attr = MapUpdateAttr {
-            map_fd: self.outer.as_raw_fd() as u32,
+            map_fd: fd_u32(&self.outer),
             key: std::ptr::from_ref(&key) as u64,
             value: std::ptr::from_ref(&value) as u64,
             ..MapUpdateAttr::default()
@@ -132,9 +140,10 @@ mod tests {
 
     #[test]
     fn barrier_is_created_and_waits_as_root() {
-        if !nix::unistd::geteuid().is_root() {
-            panic!("this test creates BPF maps: run it as root (cargo xtask test does)");
-        }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test creates BPF maps: run it as root (cargo xtask test does)"
+        );
         let barrier = RcuBarrier::new().expect("create the map-in-map");
         for _ in 0..3 {
             barrier.wait().expect("update the map-in-map");

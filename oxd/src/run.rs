@@ -54,7 +54,7 @@ pub struct RunOptions {
 }
 
 /// Runs the command and returns the exit code oxd should exit with.
-pub fn run(args: RunOptions) -> Result<i32> {
+pub fn run(args: &RunOptions) -> Result<i32> {
     if args.command.is_empty() {
         bail!("no command to run");
     }
@@ -181,7 +181,10 @@ async fn supervise(
             return Ok(Supervised::NotStarted { error, code });
         }
     };
-    let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(nix::unistd::Pid::from_raw);
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

@@ -13,12 +13,12 @@ use serde_json::Value;
 use super::*;
 
 /// How long to wait for anything the daemon or a process in the VM should do.
-pub const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_mins(1);
 
 /// An `oxd daemon` with its socket, state directory, audit log and output in a scratch
 /// directory and its pins in `/sys/fs/bpf/oxd-test-NAME-PID`. Dropping it releases every target
 /// (if it runs), kills it and removes its pins.
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
@@ -31,7 +31,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// A daemon (not started yet) with extra command-line `options`.
-    pub fn new(scratch: &Scratch, name: &str, options: &[&str]) -> Self {
+    pub(crate) fn new(scratch: &Scratch, name: &str, options: &[&str]) -> Self {
         Self {
             socket: scratch.path(&format!("{name}.sock")),
             state_dir: scratch.path(&format!("{name}-state")),
@@ -48,7 +48,7 @@ impl Daemon {
 
     /// Starts the daemon (again, with the same directories) and waits until `oxd ctl status`
     /// answers.
-    pub fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         assert!(self.child.is_none(), "the daemon is already running");
         let output = fs::OpenOptions::new()
             .create(true)
@@ -87,12 +87,12 @@ impl Daemon {
         eprintln!("oxd daemon ready after {:?}", started.elapsed());
     }
 
-    pub fn pid(&self) -> libc::pid_t {
+    pub(crate) fn pid(&self) -> libc::pid_t {
         let child = self.child.as_ref().expect("the daemon was started");
         libc::pid_t::try_from(child.id()).expect("pid fits pid_t")
     }
 
-    pub fn signal(&self, signal: libc::c_int) {
+    pub(crate) fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
         let rc = unsafe { libc::kill(self.pid(), signal) };
         assert_eq!(
@@ -104,7 +104,7 @@ impl Daemon {
     }
 
     /// Waits for the daemon to exit after a signal.
-    pub fn wait_exit(&mut self) -> ExitStatus {
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
         let child = self.child.as_mut().expect("the daemon was started");
         let status = wait_for("oxd daemon to exit", WAIT, || {
             child.try_wait().expect("wait for the daemon")
@@ -114,14 +114,14 @@ impl Daemon {
         status
     }
 
-    pub fn ctl_command(&self, args: &[&str]) -> Command {
+    pub(crate) fn ctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(oxd_bin());
         cmd.arg("ctl").arg("--socket").arg(&self.socket).args(args);
         cmd
     }
 
     /// `oxd ctl --socket SOCKET ARGS...`, whatever its exit status.
-    pub fn ctl_output(&self, args: &[&str]) -> Output {
+    pub(crate) fn ctl_output(&self, args: &[&str]) -> Output {
         output_within(&mut self.ctl_command(args), WAIT).unwrap_or_else(|| {
             panic!(
                 "oxd ctl {args:?} did not finish within {WAIT:?}\n--- daemon\n{}",
@@ -131,7 +131,7 @@ impl Daemon {
     }
 
     /// `oxd ctl ARGS...`, which must succeed; its stdout.
-    pub fn ctl(&self, args: &[&str]) -> String {
+    pub(crate) fn ctl(&self, args: &[&str]) -> String {
         let output = self.ctl_output(args);
         assert!(
             output.status.success(),
@@ -144,7 +144,7 @@ impl Daemon {
         String::from_utf8(output.stdout).expect("oxd ctl output is UTF-8")
     }
 
-    pub fn confine_cgroup(&self, cgroup: &TestCgroup, policy: &Path) {
+    pub(crate) fn confine_cgroup(&self, cgroup: &TestCgroup, policy: &Path) {
         self.ctl(&[
             "confine",
             "--cgroup",
@@ -155,25 +155,25 @@ impl Daemon {
     }
 
     /// `oxd ctl list --json`.
-    pub fn list(&self) -> Vec<Value> {
+    pub(crate) fn list(&self) -> Vec<Value> {
         let stdout = self.ctl(&["list", "--json"]);
         parse_list(&stdout)
     }
 
     /// `oxd ctl status --json`.
-    pub fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         let stdout = self.ctl(&["status", "--json"]);
         serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("`oxd ctl status --json` printed {stdout:?}: {e}"))
     }
 
     /// The `list --json` entry of `cgroup`, if it is confined.
-    pub fn target(&self, cgroup: &TestCgroup) -> Option<Value> {
+    pub(crate) fn target(&self, cgroup: &TestCgroup) -> Option<Value> {
         find_target(&self.list(), cgroup)
     }
 
     /// The last lines the daemon printed.
-    pub fn output_tail(&self) -> String {
+    pub(crate) fn output_tail(&self) -> String {
         let text = fs::read_to_string(&self.output).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(80)..].join("\n")
@@ -215,7 +215,7 @@ impl Drop for Daemon {
     }
 }
 
-pub fn parse_list(stdout: &str) -> Vec<Value> {
+pub(crate) fn parse_list(stdout: &str) -> Vec<Value> {
     match serde_json::from_str(stdout) {
         Ok(Value::Array(entries)) => entries,
         other => {
@@ -224,14 +224,14 @@ pub fn parse_list(stdout: &str) -> Vec<Value> {
     }
 }
 
-pub fn find_target(list: &[Value], cgroup: &TestCgroup) -> Option<Value> {
+pub(crate) fn find_target(list: &[Value], cgroup: &TestCgroup) -> Option<Value> {
     list.iter()
         .find(|entry| entry["cgroup_id"].as_u64() == Some(cgroup.id()))
         .cloned()
 }
 
 /// Runs the probe with `actions` inside `cgroup`; its results.
-pub fn probe_in(cgroup: &TestCgroup, actions: &[&str]) -> Vec<Value> {
+pub(crate) fn probe_in(cgroup: &TestCgroup, actions: &[&str]) -> Vec<Value> {
     let output = output_within(cgroup.command(probe_bin()).args(actions), WAIT)
         .unwrap_or_else(|| panic!("the probe {actions:?} did not finish within {WAIT:?}"));
     eprintln!(
@@ -246,7 +246,7 @@ pub fn probe_in(cgroup: &TestCgroup, actions: &[&str]) -> Vec<Value> {
 }
 
 /// Files (pins) left below `dir`; none if it does not exist.
-pub fn pinned_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn pinned_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.flatten() {

@@ -14,11 +14,11 @@ use std::{
 
 use serde_json::Value;
 
-pub mod daemon;
+pub(crate) mod daemon;
 
-pub use daemon::*;
+pub(crate) use daemon::*;
 
-pub const EPERM: i64 = 1;
+pub(crate) const EPERM: i64 = 1;
 
 fn target_dir_binary(name: &str) -> PathBuf {
     // Test executables live in target/<profile>/deps/; binaries in target/<profile>/.
@@ -40,17 +40,17 @@ fn binary(env: &str, name: &str) -> PathBuf {
 }
 
 /// The `oxd` binary under test.
-pub fn oxd_bin() -> PathBuf {
+pub(crate) fn oxd_bin() -> PathBuf {
     binary("OXD_BIN", "oxd")
 }
 
 /// The `oxd-probe` helper.
-pub fn probe_bin() -> PathBuf {
+pub(crate) fn probe_bin() -> PathBuf {
     binary("OXD_PROBE", "oxd-probe")
 }
 
 /// The repository root.
-pub fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     std::env::var_os("OXD_REPO").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
         PathBuf::from,
@@ -58,12 +58,12 @@ pub fn repo() -> PathBuf {
 }
 
 /// A scratch directory removed when dropped.
-pub struct Scratch {
+pub(crate) struct Scratch {
     dir: tempfile::TempDir,
 }
 
 impl Scratch {
-    pub fn new(test: &str) -> Self {
+    pub(crate) fn new(test: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("oxd-test-{test}-"))
             .tempdir()
@@ -71,12 +71,12 @@ impl Scratch {
         Self { dir }
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Writes a policy file and returns its path.
-    pub fn policy(&self, text: &str) -> PathBuf {
+    pub(crate) fn policy(&self, text: &str) -> PathBuf {
         let path = self.path("policy.toml");
         fs::write(&path, text).expect("write the policy");
         path
@@ -84,7 +84,7 @@ impl Scratch {
 }
 
 /// `oxd run --policy POLICY --audit-log LOG -- ARGS...`, waited for.
-pub fn oxd_run(policy: &Path, log: &Path, args: &[&str]) -> Output {
+pub(crate) fn oxd_run(policy: &Path, log: &Path, args: &[&str]) -> Output {
     let output = oxd_run_command(policy, log, args)
         .output()
         .expect("spawn oxd run");
@@ -97,7 +97,7 @@ pub fn oxd_run(policy: &Path, log: &Path, args: &[&str]) -> Output {
     output
 }
 
-pub fn oxd_run_command(policy: &Path, log: &Path, args: &[&str]) -> Command {
+pub(crate) fn oxd_run_command(policy: &Path, log: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(oxd_bin());
     cmd.arg("run")
         .arg("--policy")
@@ -111,7 +111,7 @@ pub fn oxd_run_command(policy: &Path, log: &Path, args: &[&str]) -> Command {
 }
 
 /// `oxd run` in the background with its stdout piped.
-pub fn oxd_run_spawn(policy: &Path, log: &Path, args: &[&str]) -> Child {
+pub(crate) fn oxd_run_spawn(policy: &Path, log: &Path, args: &[&str]) -> Child {
     oxd_run_command(policy, log, args)
         .stdout(Stdio::piped())
         .spawn()
@@ -119,14 +119,14 @@ pub fn oxd_run_spawn(policy: &Path, log: &Path, args: &[&str]) -> Child {
 }
 
 /// Reads the next probe result line from a running probe's stdout.
-pub fn next_probe_line(reader: &mut impl std::io::BufRead) -> Value {
+pub(crate) fn next_probe_line(reader: &mut impl std::io::BufRead) -> Value {
     let mut line = String::new();
     reader.read_line(&mut line).expect("read probe output");
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad probe line {line:?}: {e}"))
 }
 
 /// Probe results of a finished run, keyed by action, in order.
-pub fn probe_results(output: &Output) -> Vec<Value> {
+pub(crate) fn probe_results(output: &Output) -> Vec<Value> {
     BufReader::new(&output.stdout[..])
         .lines()
         .map(|l| l.expect("probe output is text"))
@@ -136,26 +136,26 @@ pub fn probe_results(output: &Output) -> Vec<Value> {
 }
 
 /// The result of one action; panics if the probe did not report it.
-pub fn result_of<'a>(results: &'a [Value], action: &str) -> &'a Value {
+pub(crate) fn result_of<'a>(results: &'a [Value], action: &str) -> &'a Value {
     results
         .iter()
         .find(|r| r["action"] == action)
         .unwrap_or_else(|| panic!("no result for {action} in {results:#?}"))
 }
 
-pub fn assert_ok(results: &[Value], action: &str) {
+pub(crate) fn assert_ok(results: &[Value], action: &str) {
     let r = result_of(results, action);
     assert_eq!(r["ok"], true, "{action} should have succeeded: {r}");
 }
 
-pub fn assert_eperm(results: &[Value], action: &str) {
+pub(crate) fn assert_eperm(results: &[Value], action: &str) {
     let r = result_of(results, action);
     assert_eq!(r["ok"], false, "{action} should have been denied: {r}");
     assert_eq!(r["errno"], EPERM, "{action} should fail with EPERM: {r}");
 }
 
 /// Every record of an audit log.
-pub fn audit_records(log: &Path) -> Vec<Value> {
+pub(crate) fn audit_records(log: &Path) -> Vec<Value> {
     let text = fs::read_to_string(log)
         .unwrap_or_else(|e| panic!("cannot read audit log {}: {e}", log.display()));
     text.lines()
@@ -164,7 +164,7 @@ pub fn audit_records(log: &Path) -> Vec<Value> {
 }
 
 /// The audit records for `op` on `target`.
-pub fn records_for<'a>(records: &'a [Value], op: &str, target: &str) -> Vec<&'a Value> {
+pub(crate) fn records_for<'a>(records: &'a [Value], op: &str, target: &str) -> Vec<&'a Value> {
     records
         .iter()
         .filter(|r| r["op"] == op && r["target"] == target)
@@ -172,7 +172,7 @@ pub fn records_for<'a>(records: &'a [Value], op: &str, target: &str) -> Vec<&'a 
 }
 
 /// Asserts exactly one record for (op, target), with the given decision and rule.
-pub fn assert_record(records: &[Value], op: &str, target: &str, decision: &str, rule: &str) {
+pub(crate) fn assert_record(records: &[Value], op: &str, target: &str, decision: &str, rule: &str) {
     let found = records_for(records, op, target);
     assert_eq!(
         found.len(),
@@ -199,14 +199,14 @@ pub fn assert_record(records: &[Value], op: &str, target: &str, decision: &str, 
 
 /// A cgroup made for a test, directly below the cgroup2 mount. Dropping it kills every process
 /// inside (and in the cgroups below it) and removes it, deepest first.
-pub struct TestCgroup {
+pub(crate) struct TestCgroup {
     path: PathBuf,
 }
 
 impl TestCgroup {
     /// Creates `oxd-test-NAME-PID` below the cgroup2 mount (`/sys/fs/cgroup`, or
     /// `/sys/fs/cgroup/unified` on a hybrid host).
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let root = oxd::host::cgroup2_mount().expect("a cgroup2 mount");
         let root = root.as_path();
         assert!(
@@ -220,16 +220,16 @@ impl TestCgroup {
         Self { path }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn path_str(&self) -> &str {
+    pub(crate) fn path_str(&self) -> &str {
         self.path.to_str().expect("utf-8 cgroup path")
     }
 
     /// The id the kernel and the audit records use: the directory's inode.
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         use std::os::unix::fs::MetadataExt as _;
         fs::metadata(&self.path)
             .unwrap_or_else(|e| panic!("cannot stat {}: {e}", self.path.display()))
@@ -237,7 +237,7 @@ impl TestCgroup {
     }
 
     /// A command whose process joins this cgroup before it executes `program`.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         use std::os::unix::{io::AsRawFd as _, process::CommandExt as _};
         let procs_path = self.path.join("cgroup.procs");
         let procs = fs::OpenOptions::new()
@@ -316,7 +316,7 @@ impl Drop for TestCgroup {
 }
 
 /// A child process killed and reaped when dropped.
-pub struct KillOnDrop(pub Child);
+pub(crate) struct KillOnDrop(pub Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -340,7 +340,7 @@ fn collect_pipe(
 
 /// Runs `cmd` with stdin closed and its output captured; `None` if it did not finish within
 /// `timeout` (it is then killed).
-pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> Option<Output> {
+pub(crate) fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> Option<Output> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -374,7 +374,7 @@ pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> Option<
 
 /// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`; panics naming
 /// `what` if it never does.
-pub fn wait_for<T>(
+pub(crate) fn wait_for<T>(
     what: &str,
     timeout: std::time::Duration,
     mut check: impl FnMut() -> Option<T>,
@@ -394,7 +394,7 @@ pub fn wait_for<T>(
 
 /// The complete records of an audit log that may still be being written (a trailing partial
 /// line is left out; a missing file has none).
-pub fn audit_records_so_far(log: &Path) -> Vec<Value> {
+pub(crate) fn audit_records_so_far(log: &Path) -> Vec<Value> {
     let text = match fs::read_to_string(log) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
@@ -409,7 +409,7 @@ pub fn audit_records_so_far(log: &Path) -> Vec<Value> {
 }
 
 /// `oxd audit verify LOG`; panics with its output unless it exits 0.
-pub fn assert_audit_log_verifies(log: &Path) {
+pub(crate) fn assert_audit_log_verifies(log: &Path) {
     let output = Command::new(oxd_bin())
         .args(["audit", "verify"])
         .arg(log)
@@ -427,12 +427,12 @@ pub fn assert_audit_log_verifies(log: &Path) {
 
 /// A private bpf file system mounted on a scratch directory (a host may have none at
 /// /sys/fs/bpf); unmounted when dropped.
-pub struct BpffsMount {
+pub(crate) struct BpffsMount {
     pub path: PathBuf,
 }
 
 impl BpffsMount {
-    pub fn new(scratch: &Scratch, name: &str) -> Self {
+    pub(crate) fn new(scratch: &Scratch, name: &str) -> Self {
         let path = scratch.path(name);
         fs::create_dir_all(&path).expect("create the bpffs mount point");
         let status = Command::new("mount")

@@ -22,17 +22,17 @@ use crate::util::{self, read_optional, write_file};
 
 /// The modules the guest must load to mount its root; their dependencies come along.
 /// `virtio_pci` is not a dependency of the 9p transport but provides its PCI device.
-pub const ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+pub(crate) const ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
 /// Bump when the preparation or the initramfs layout changes, to rebuild cached results.
 const RECIPE_VERSION: u32 = 2;
 
 /// Where busybox-static installs its binary on the host.
-pub const BUSYBOX: &str = "/bin/busybox";
+pub(crate) const BUSYBOX: &str = "/bin/busybox";
 
 /// The guest kernel series the project is tested on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Series {
+pub(crate) enum Series {
     #[value(name = "6.1")]
     V6_1,
     #[value(name = "6.12")]
@@ -40,10 +40,10 @@ pub enum Series {
 }
 
 impl Series {
-    pub const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
+    pub(crate) const ALL: [Series; 2] = [Series::V6_1, Series::V6_12];
 
     /// The regular expression given to `apt-cache search --names-only`.
-    pub fn apt_pattern(self) -> &'static str {
+    pub(crate) fn apt_pattern(self) -> &'static str {
         match self {
             Series::V6_1 => r"^linux-image-6\.1\.0-[0-9]+-amd64$",
             Series::V6_12 => r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$",
@@ -52,7 +52,7 @@ impl Series {
 
     /// The number that orders packages of this series (the ABI number on 6.1, the patch level
     /// on 6.12), or `None` if the name is not a package of this series.
-    pub fn package_rank(self, name: &str) -> Option<u64> {
+    pub(crate) fn package_rank(self, name: &str) -> Option<u64> {
         let middle = match self {
             Series::V6_1 => name
                 .strip_prefix("linux-image-6.1.0-")?
@@ -79,7 +79,7 @@ impl fmt::Display for Series {
 
 /// A kernel ready to boot.
 #[derive(Clone, Debug)]
-pub struct PreparedKernel {
+pub(crate) struct PreparedKernel {
     pub series: Series,
     pub package: String,
     pub release: String,
@@ -90,7 +90,7 @@ pub struct PreparedKernel {
 }
 
 /// Picks the newest package of `series` from `apt-cache search` output.
-pub fn pick_package(series: Series, apt_cache_output: &str) -> Option<String> {
+pub(crate) fn pick_package(series: Series, apt_cache_output: &str) -> Option<String> {
     apt_cache_output
         .lines()
         .filter_map(|line| line.split_whitespace().next())
@@ -100,7 +100,7 @@ pub fn pick_package(series: Series, apt_cache_output: &str) -> Option<String> {
 }
 
 /// The cache directory of xtask: `${XDG_CACHE_HOME:-$HOME/.cache}/oxd-xtask`.
-pub fn cache_dir() -> Result<PathBuf> {
+pub(crate) fn cache_dir() -> Result<PathBuf> {
     if let Some(dir) = env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir).join("oxd-xtask"));
     }
@@ -119,7 +119,7 @@ fn apt_search(series: Series) -> Result<String> {
 }
 
 /// Finds the newest kernel package of a series, refreshing the package lists once if needed.
-pub fn resolve_package(series: Series, log: &dyn Fn(&str)) -> Result<String> {
+pub(crate) fn resolve_package(series: Series, log: &dyn Fn(&str)) -> Result<String> {
     if let Some(name) = pick_package(series, &apt_search(series)?) {
         return Ok(name);
     }
@@ -143,7 +143,7 @@ fn cached_packages(series: Series) -> Result<Vec<String>> {
         return Ok(Vec::new());
     };
     let mut found: Vec<(u64, String)> = entries
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
         .filter_map(|name| series.package_rank(&name).map(|rank| (rank, name)))
         .filter(|(_, name)| dir.join(name).join("prepared").is_file())
@@ -154,7 +154,7 @@ fn cached_packages(series: Series) -> Result<Vec<String>> {
 
 /// Resolves, downloads, unpacks and prepares the newest kernel of `series`, and builds its
 /// initramfs. Everything is cached; `log` receives one line per action taken.
-pub fn prepare(series: Series, log: &dyn Fn(&str)) -> Result<PreparedKernel> {
+pub(crate) fn prepare(series: Series, log: &dyn Fn(&str)) -> Result<PreparedKernel> {
     let package = match resolve_package(series, log) {
         Ok(name) => name,
         Err(err) => match cached_packages(series)?.into_iter().next() {
@@ -291,7 +291,7 @@ fn download_and_unpack(package: &str, scratch: &Path, log: &dyn Fn(&str)) -> Res
     )?;
     let deb = fs::read_dir(&download)
         .with_context(|| format!("cannot list {}", download.display()))?
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .ok_or_else(|| anyhow!("apt-get download {package} left no .deb file"))?;
@@ -307,7 +307,7 @@ fn find_release(root: &Path) -> Result<String> {
     let modules = root.join("lib/modules");
     let mut names: Vec<String> = fs::read_dir(&modules)
         .with_context(|| format!("cannot list {}", modules.display()))?
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .filter(|e| e.path().is_dir())
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
@@ -323,7 +323,7 @@ fn find_release(root: &Path) -> Result<String> {
 }
 
 /// The name the kernel gives a module file: its base name without `.ko*`, `-` read as `_`.
-pub fn module_name(file_name: &str) -> Option<String> {
+pub(crate) fn module_name(file_name: &str) -> Option<String> {
     let stem = file_name
         .strip_suffix(".ko")
         .or_else(|| file_name.strip_suffix(".ko.xz"))
@@ -349,7 +349,7 @@ fn index_modules(dir: &Path, index: &mut BTreeMap<String, PathBuf>) -> Result<()
 }
 
 /// Names of the modules built into the kernel, from `modules.builtin`.
-pub fn parse_builtin(modules_builtin: &str) -> BTreeSet<String> {
+pub(crate) fn parse_builtin(modules_builtin: &str) -> BTreeSet<String> {
     modules_builtin
         .lines()
         .filter_map(|line| line.trim().rsplit('/').next())
@@ -360,7 +360,7 @@ pub fn parse_builtin(modules_builtin: &str) -> BTreeSet<String> {
 /// Computes a load order for `roots` and their dependencies (dependencies first).
 /// `depends(name)` returns `Ok(Some(deps))` for a loadable module and `Ok(None)` for one built
 /// into the kernel (which is left out, along with anything only it would need).
-pub fn load_order(
+pub(crate) fn load_order(
     roots: &[&str],
     mut depends: impl FnMut(&str) -> Result<Option<Vec<String>>>,
 ) -> Result<Vec<String>> {
@@ -402,7 +402,7 @@ pub fn load_order(
 }
 
 /// Parses `modinfo -F depends` output: a comma-separated list, possibly empty.
-pub fn parse_depends(s: &str) -> Vec<String> {
+pub(crate) fn parse_depends(s: &str) -> Vec<String> {
     s.split([',', '\n'])
         .map(str::trim)
         .filter(|d| !d.is_empty())
@@ -700,7 +700,7 @@ linux-image-6.1.0-56-rt-amd64 - Linux 6.1 for 64-bit PCs, PREEMPT_RT (signed)
     ) -> Result<Vec<String>> {
         let graph: BTreeMap<&str, Vec<String>> = graph
             .iter()
-            .map(|(m, deps)| (*m, deps.iter().map(|d| d.to_string()).collect()))
+            .map(|(m, deps)| (*m, deps.iter().map(ToString::to_string).collect()))
             .collect();
         load_order(roots, |name| {
             if builtin.contains(&name) {
@@ -741,7 +741,7 @@ linux-image-6.1.0-56-rt-amd64 - Linux 6.1 for 64-bit PCs, PREEMPT_RT (signed)
         assert_eq!(order.len(), 11, "each module once: {order:?}");
         let pos = |m: &str| order.iter().position(|o| o == m).expect("present");
         for (module, deps) in graph {
-            for dep in deps.iter() {
+            for dep in *deps {
                 assert!(pos(dep) < pos(module), "{dep} before {module} in {order:?}");
             }
         }

@@ -62,12 +62,10 @@ fn main() -> ExitCode {
             no_build,
             command,
         } => vm_command(kernel, Duration::from_secs(timeout), no_build, &command),
-        Task::Test => test::run().map(|ok| {
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+        Task::Test => Ok(if test::run() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         }),
     };
     match result {

@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// Debian packages the build (bpf-linker against LLVM 22) and the VM tests need.
-pub const DEBIAN_PACKAGES: &[&str] = &[
+pub(crate) const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "qemu-system-x86",
@@ -25,19 +25,19 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// What setup produced: the guest kernels ready to boot, and the steps that failed. Every step
 /// is attempted even when an earlier one fails, so that `test` can go on with what works.
-pub struct Setup {
+pub(crate) struct Setup {
     pub kernels: Vec<PreparedKernel>,
     /// One `(step, error)` per failed step.
     pub failures: Vec<(String, anyhow::Error)>,
 }
 
 impl Setup {
-    pub fn kernel(&self, series: Series) -> Option<&PreparedKernel> {
+    pub(crate) fn kernel(&self, series: Series) -> Option<&PreparedKernel> {
         self.kernels.iter().find(|k| k.series == series)
     }
 
     /// Fails with every step's error unless all steps succeeded.
-    pub fn into_result(self) -> Result<Setup> {
+    pub(crate) fn into_result(self) -> Result<Setup> {
         if self.failures.is_empty() {
             return Ok(self);
         }
@@ -73,7 +73,7 @@ impl Log {
 }
 
 /// Runs every setup step. `quiet` hides the lines of steps that had nothing to do.
-pub fn run(quiet: bool) -> Setup {
+pub(crate) fn run(quiet: bool) -> Setup {
     let log = Log { quiet };
     let mut failures = Vec::new();
     let mut step = |name: &str, result: Result<()>| {
@@ -108,7 +108,7 @@ pub fn run(quiet: bool) -> Setup {
 }
 
 /// Whether `dpkg-query -W -f='${Status}'` output says the package is installed.
-pub fn dpkg_status_installed(status: &str) -> bool {
+pub(crate) fn dpkg_status_installed(status: &str) -> bool {
     status.contains("install ok installed")
 }
 
@@ -140,7 +140,7 @@ fn apt_get() -> Command {
     }
 }
 
-pub fn apt_get_update() -> Result<()> {
+pub(crate) fn apt_get_update() -> Result<()> {
     util::run(apt_get().arg("update"))
 }
 
@@ -187,7 +187,7 @@ fn rust_src(log: &Log) -> Result<()> {
 }
 
 /// Whether `bpf-linker --version` output names the wanted release series (0.13.x).
-pub fn bpf_linker_version_ok(version_output: &str) -> bool {
+pub(crate) fn bpf_linker_version_ok(version_output: &str) -> bool {
     let series = BPF_LINKER_VERSION
         .rsplit_once('.')
         .map_or(BPF_LINKER_VERSION, |(major_minor, _)| major_minor);

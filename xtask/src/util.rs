@@ -10,13 +10,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 /// The workspace root: the parent of this crate's manifest directory.
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
 /// The cargo target directory of the workspace.
-pub fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);
@@ -31,13 +31,13 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The `cargo` to call for nested builds (the one that runs us, when known).
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
 /// Puts `$CARGO_HOME/bin` (or `~/.cargo/bin`) first on PATH so every child process finds
 /// tools installed by `cargo install` (bpf-linker).
-pub fn prepend_cargo_bin_to_path() {
+pub(crate) fn prepend_cargo_bin_to_path() {
     let cargo_bin = match env::var_os("CARGO_HOME") {
         Some(home) if !home.is_empty() => PathBuf::from(home).join("bin"),
         _ => match env::var_os("HOME") {
@@ -56,7 +56,7 @@ pub fn prepend_cargo_bin_to_path() {
 }
 
 /// A human-readable rendering of a command line, for messages.
-pub fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|a| shell_quote(&a.to_string_lossy()))
@@ -65,7 +65,7 @@ pub fn describe(cmd: &Command) -> String {
 }
 
 /// Runs a command with inherited stdio and fails unless it exits with status 0.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let what = describe(cmd);
     let status = cmd
         .status()
@@ -78,7 +78,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs a command, capturing stdout and stderr, and fails (showing stderr) unless it exits with
 /// status 0. Returns stdout.
-pub fn output(cmd: &mut Command) -> Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
     let out = raw_output(cmd)?;
     if !out.status.success() {
         bail!(
@@ -93,14 +93,14 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 }
 
 /// Runs a command, capturing its output, whatever its exit status.
-pub fn raw_output(cmd: &mut Command) -> Result<Output> {
+pub(crate) fn raw_output(cmd: &mut Command) -> Result<Output> {
     cmd.stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot start `{}`", describe(cmd)))
 }
 
 /// Whether a program can be found on PATH.
-pub fn on_path(program: impl AsRef<OsStr>) -> bool {
+pub(crate) fn on_path(program: impl AsRef<OsStr>) -> bool {
     let Some(path) = env::var_os("PATH") else {
         return false;
     };
@@ -108,7 +108,7 @@ pub fn on_path(program: impl AsRef<OsStr>) -> bool {
 }
 
 /// A system tool that may live in an sbin directory missing from a user's PATH (`modinfo`).
-pub fn system_tool(name: &str) -> PathBuf {
+pub(crate) fn system_tool(name: &str) -> PathBuf {
     if on_path(name) {
         return PathBuf::from(name);
     }
@@ -120,17 +120,16 @@ pub fn system_tool(name: &str) -> PathBuf {
 }
 
 /// Whether this process runs as root.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// Quotes a string for POSIX sh: plain words stay as they are, anything else is wrapped in
 /// single quotes with embedded single quotes written as `'\''`.
-pub fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes().all(|b| {
             b.is_ascii_alphanumeric()
@@ -147,7 +146,7 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// Writes a file, creating its parent directories, with a useful error.
-pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+pub(crate) fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create directory {}", parent.display()))?;
@@ -156,7 +155,7 @@ pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
 }
 
 /// Reads a file that may be absent: `Ok(None)` when it does not exist.
-pub fn read_optional(path: &Path) -> Result<Option<String>> {
+pub(crate) fn read_optional(path: &Path) -> Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -29,7 +29,7 @@ const CONSOLE_TAIL_LINES: usize = 40;
 
 /// How to run a command in the guest.
 #[derive(Clone, Debug)]
-pub struct VmOptions {
+pub(crate) struct VmOptions {
     /// QEMU is killed after this long.
     pub timeout: Duration,
     /// Extra environment variables for the command.
@@ -46,7 +46,7 @@ pub struct VmOptions {
 impl Default for VmOptions {
     fn default() -> Self {
         VmOptions {
-            timeout: Duration::from_secs(1200),
+            timeout: Duration::from_mins(20),
             env: Vec::new(),
             capture_stdout: false,
             echo_console: true,
@@ -57,7 +57,7 @@ impl Default for VmOptions {
 
 /// The result of a command that ran to its end in the guest.
 #[derive(Clone, Debug)]
-pub struct VmOutcome {
+pub(crate) struct VmOutcome {
     /// The command's exit status (128 + N when killed by signal N).
     pub status: i32,
     /// `uname -r` in the guest.
@@ -70,7 +70,7 @@ pub struct VmOutcome {
 
 /// Why a guest run produced no exit status.
 #[derive(Debug)]
-pub struct VmFailure {
+pub(crate) struct VmFailure {
     pub reason: String,
     pub console_tail: String,
 }
@@ -91,12 +91,12 @@ static RUN_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The directory that holds the per-run directories (inside the repository, so the guest sees
 /// it through the repository share).
-pub fn runs_dir() -> PathBuf {
+pub(crate) fn runs_dir() -> PathBuf {
     util::repo_root().join("target").join("oxd-vm")
 }
 
 /// The PATH of the command in the guest: the freshly built binaries first.
-pub fn guest_path() -> String {
+pub(crate) fn guest_path() -> String {
     format!(
         "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         util::target_dir().join("debug").display()
@@ -104,7 +104,7 @@ pub fn guest_path() -> String {
 }
 
 /// Builds the stage-2 script, run by the guest's PID 1 after switching into the new root.
-pub fn guest_script(
+pub(crate) fn guest_script(
     repo: &Path,
     run_dir: &Path,
     argv: &[String],
@@ -181,7 +181,15 @@ echo o >/proc/sysrq-trigger
 /// Runs `argv` as root in a guest booting `kernel`, streaming the console, and returns the
 /// command's exit status. Fails (with the console's last lines, see [`VmFailure`]) when the
 /// guest does not report one: boot failure, crash or timeout.
-pub fn run_in_vm(kernel: &PreparedKernel, argv: &[String], opts: &VmOptions) -> Result<VmOutcome> {
+#[expect(
+    clippy::too_many_lines,
+    reason = "one sequence: write the guest's script, start QEMU, follow its console to the end"
+)]
+pub(crate) fn run_in_vm(
+    kernel: &PreparedKernel,
+    argv: &[String],
+    opts: &VmOptions,
+) -> Result<VmOutcome> {
     if argv.is_empty() {
         bail!("no command to run in the VM");
     }

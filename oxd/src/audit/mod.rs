@@ -48,7 +48,13 @@ pub struct Clock {
 impl Clock {
     pub fn new() -> Self {
         let boot_elapsed = clock_gettime(ClockId::CLOCK_BOOTTIME)
-            .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+            .ok()
+            .and_then(|t| {
+                Some(Duration::new(
+                    u64::try_from(t.tv_sec()).ok()?,
+                    u32::try_from(t.tv_nsec()).ok()?,
+                ))
+            })
             .unwrap_or_default();
         Self {
             boot: SystemTime::now() - boot_elapsed,
@@ -227,10 +233,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// SHA-256 of one record's line (without its newline), hex: the next record's `prev`.
 pub fn line_hash(line: &[u8]) -> String {
-    Sha256::digest(line)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    format!("{:x}", Sha256::digest(line))
 }
 
 /// A record as written: its place in the hash chain, then its fields.
@@ -373,7 +376,7 @@ impl AuditLog {
             .map_err(open_err)?;
         log.out = Box::new(std::io::BufWriter::new(file));
         log.rotation = rotation.map(|mut r| {
-            r.path = path.to_owned();
+            path.clone_into(&mut r.path);
             r.written = existing.len() as u64;
             r
         });

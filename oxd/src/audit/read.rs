@@ -58,24 +58,28 @@ pub fn verify(files: &[PathBuf], partial: bool) -> Result<VerifyReport> {
                 None => {}
                 Some((pname, pnumber, pseq, phash)) => {
                     let there = format!("{pname}:{pnumber}");
-                    if seq == pseq + 1 {
-                        if &prev != phash {
+                    match seq.cmp(&(pseq + 1)) {
+                        std::cmp::Ordering::Equal => {
+                            if &prev != phash {
+                                report.problems.push(format!(
+                                    "{there}: record edited: its hash no longer matches the \
+                                     `prev` that the next record ({here}) carries"
+                                ));
+                            }
+                        }
+                        std::cmp::Ordering::Greater => {
                             report.problems.push(format!(
-                                "{there}: record edited: its hash no longer matches the `prev` \
-                                 that the next record ({here}) carries"
+                                "{here}: seq {seq} follows seq {pseq} ({there}): {} record(s) \
+                                 removed before this line",
+                                seq - pseq - 1
                             ));
                         }
-                    } else if seq > pseq + 1 {
-                        report.problems.push(format!(
-                            "{here}: seq {seq} follows seq {pseq} ({there}): {} record(s) removed \
-                             before this line",
-                            seq - pseq - 1
-                        ));
-                    } else {
-                        report.problems.push(format!(
-                            "{here}: seq {seq} follows seq {pseq} ({there}): records reordered or \
-                             duplicated"
-                        ));
+                        std::cmp::Ordering::Less => {
+                            report.problems.push(format!(
+                                "{here}: seq {seq} follows seq {pseq} ({there}): records \
+                                 reordered or duplicated"
+                            ));
+                        }
                     }
                 }
             }
@@ -214,7 +218,7 @@ mod tests {
             "rule": "exec.deny[0]", "reason": "rule", "pid": 3, "uid": 0, "comm": "sh"
         });
         assert_eq!(
-            super::render(&record),
+            render(&record),
             "T  deny   exec     /usr/bin/id  by exec.deny[0] of agent gen 7  [sh pid 3 uid 0]"
         );
     }

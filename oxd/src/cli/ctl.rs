@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use oxd::control::{call, PolicySource, Request, Target, DEFAULT_SOCKET};
+use oxd::control::{call, PolicySource, Request, Status, Target, TargetInfo, DEFAULT_SOCKET};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct CtlArgs {
@@ -116,69 +116,12 @@ pub(crate) fn ctl(args: &CtlArgs) -> Result<i32> {
         return Ok(1);
     }
     match &args.command {
-        CtlCommand::List { json } => {
-            let targets = response.targets.unwrap_or_default();
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&targets)?);
-            } else if targets.is_empty() {
-                println!("nothing confined");
-            } else {
-                for t in targets {
-                    println!(
-                        "{}  (cgroup id {})  policy {} generation {} sha256 {}",
-                        t.cgroup.display(),
-                        t.cgroup_id,
-                        t.policy,
-                        t.generation,
-                        &t.sha256[..t.sha256.len().min(16)]
-                    );
-                }
-            }
-        }
+        CtlCommand::List { json } => print_targets(response.targets.unwrap_or_default(), *json)?,
         CtlCommand::Status { json } => {
-            let status = response.status.context("the daemon sent no status")?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                println!(
-                    "oxd daemon {} (pid {}){}",
-                    status.version,
-                    status.pid,
-                    if status.adopted {
-                        ", adopted pinned enforcement"
-                    } else {
-                        ""
-                    }
-                );
-                println!(
-                    "BPF-LSM: {}",
-                    if status.lsm {
-                        "attached (exec and file rules enforced)"
-                    } else {
-                        "not available (network rules only)"
-                    }
-                );
-                println!("pins: {}", status.bpffs.display());
-                println!("audit log: {}", status.audit_log.display());
-                println!(
-                    "targets: {}; newest generation: {}",
-                    status.targets, status.generation
-                );
-                for p in &status.policies {
-                    println!(
-                        "  policy {} generation {} (slot {}, {} targets) sha256 {}",
-                        p.name,
-                        p.generation,
-                        p.slot,
-                        p.targets,
-                        &p.sha256[..16]
-                    );
-                }
-                println!(
-                    "records written: {}; denied: {}; lost to a full ring buffer: {}",
-                    status.records, status.denied, status.ringbuf_lost
-                );
-            }
+            print_status(
+                &response.status.context("the daemon sent no status")?,
+                *json,
+            )?;
         }
         _ => {
             if let Some(message) = response.message {
@@ -187,4 +130,72 @@ pub(crate) fn ctl(args: &CtlArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The first 16 hex digits of a hash, as the listings show it.
+fn short(sha256: &str) -> &str {
+    sha256.get(..16).unwrap_or(sha256)
+}
+
+fn print_targets(targets: Vec<TargetInfo>, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&targets)?);
+    } else if targets.is_empty() {
+        println!("nothing confined");
+    } else {
+        for t in targets {
+            println!(
+                "{}  (cgroup id {})  policy {} generation {} sha256 {}",
+                t.cgroup.display(),
+                t.cgroup_id,
+                t.policy,
+                t.generation,
+                short(&t.sha256)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_status(status: &Status, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(status)?);
+        return Ok(());
+    }
+    let adopted = if status.adopted {
+        ", adopted pinned enforcement"
+    } else {
+        ""
+    };
+    println!(
+        "oxd daemon {} (pid {}){adopted}",
+        status.version, status.pid
+    );
+    let lsm = if status.lsm {
+        "attached (exec and file rules enforced)"
+    } else {
+        "not available (network rules only)"
+    };
+    println!("BPF-LSM: {lsm}");
+    println!("pins: {}", status.bpffs.display());
+    println!("audit log: {}", status.audit_log.display());
+    println!(
+        "targets: {}; newest generation: {}",
+        status.targets, status.generation
+    );
+    for p in &status.policies {
+        println!(
+            "  policy {} generation {} (slot {}, {} targets) sha256 {}",
+            p.name,
+            p.generation,
+            p.slot,
+            p.targets,
+            short(&p.sha256)
+        );
+    }
+    println!(
+        "records written: {}; denied: {}; lost to a full ring buffer: {}",
+        status.records, status.denied, status.ringbuf_lost
+    );
+    Ok(())
 }

@@ -43,7 +43,7 @@ pub(crate) struct DaemonArgs {
     /// Which decisions to record.
     #[arg(long, value_enum, default_value_t = RecordArg::All)]
     record: RecordArg,
-    /// Serve Prometheus metrics (OpenMetrics text) on this address, at /metrics.
+    /// Serve Prometheus metrics (`OpenMetrics` text) on this address, at /metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// What SIGTERM/SIGINT does to enforcement.

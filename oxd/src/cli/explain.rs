@@ -67,5 +67,5 @@ pub(crate) fn run(args: &ExplainArgs) -> Result<i32> {
         &policy.sha256[..16],
         policy.mode.as_str()
     );
-    Ok(if explanation.happens { 0 } else { 1 })
+    Ok(i32::from(!explanation.happens))
 }

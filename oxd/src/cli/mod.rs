@@ -60,10 +60,10 @@ pub(crate) fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => oxd::run::run(args.into()),
+        Command::Run(args) => oxd::run::run(&args.into()),
         Command::Check { policy } => check::check(&policy),
         Command::Explain(args) => explain::run(&args),
-        Command::Doctor => doctor::doctor(),
+        Command::Doctor => Ok(doctor::doctor()),
         Command::Daemon(args) => oxd::daemon::daemon(args.into()),
         Command::Ctl(args) => ctl::ctl(&args),
         Command::Audit(command) => audit::run(&command),

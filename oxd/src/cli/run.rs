@@ -40,7 +40,7 @@ pub(crate) struct RunArgs {
     /// How many rotated parts to keep.
     #[arg(long, value_name = "N", default_value_t = 5)]
     audit_keep: u32,
-    /// Serve Prometheus metrics (OpenMetrics text) on this address, at /metrics.
+    /// Serve Prometheus metrics (`OpenMetrics` text) on this address, at /metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
     /// Which decisions to record.

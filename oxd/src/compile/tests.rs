@@ -71,7 +71,10 @@ allow = ["/bin/sh", "/usr/bin/**", "/**"]
 
     for entry in entries {
         let used = entry.prefix().len();
-        assert_eq!(entry.prefix_len, SLOT_PREFIX_BITS + used as u32 * 8);
+        assert_eq!(
+            entry.prefix_len,
+            SLOT_PREFIX_BITS + u32::try_from(used).unwrap() * 8
+        );
         assert!(
             entry.key.path[used..].iter().all(|&b| b == 0),
             "{}: the key is NUL-padded past its prefix",
@@ -110,7 +113,10 @@ fn longest_key_that_fits_and_one_byte_more() {
     let image = compile_ok(&p, 0, 1);
     let entry = image.paths(PathTable::Exec)[0];
     assert_eq!(entry.prefix().len(), PATH_KEY_LEN);
-    assert_eq!(entry.prefix_len, SLOT_PREFIX_BITS + PATH_KEY_LEN as u32 * 8);
+    assert_eq!(
+        entry.prefix_len,
+        SLOT_PREFIX_BITS + u32::try_from(PATH_KEY_LEN).unwrap() * 8
+    );
     assert_eq!(entry.pattern(), fits);
 
     // Built by hand: validation would have refused it.
@@ -328,7 +334,7 @@ protocol = "udp"
         ]
     );
     for (i, entry) in image.net().iter().enumerate() {
-        assert_eq!(entry.index, 2 * MAX_NET_RULES + i as u32);
+        assert_eq!(entry.index, 2 * MAX_NET_RULES + u32::try_from(i).unwrap());
     }
 
     let loopback = &image.net()[0].rule;
@@ -500,7 +506,7 @@ fn rule_count_limits() {
     ));
     p.file.as_mut().unwrap().read.clear();
 
-    let net_rule = crate::policy::NetworkRule {
+    let net_rule = NetworkRule {
         net: "::1/128".parse().unwrap(),
         ports: (0, u16::MAX),
         protocol: Protocol::Any,

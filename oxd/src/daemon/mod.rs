@@ -284,7 +284,7 @@ impl Daemon {
                     &target.cgroup.display().to_string(),
                     &g.name,
                     &g.sha256,
-                    g.generation as i64,
+                    g.generation,
                 );
             }
         }

@@ -208,7 +208,7 @@ impl Daemon {
             return Err(e).context(format!("cannot confine {}", cgroup.display()));
         }
         self.metrics
-            .set_policy(&label, &g.name, &g.sha256, g.generation as i64);
+            .set_policy(&label, &g.name, &g.sha256, g.generation);
         tracing::info!(cgroup = %label, cgroup_id, policy = %name, generation, "confined");
         Ok(format!(
             "confined {} (cgroup id {cgroup_id}) under policy {name} generation {generation}",
@@ -337,7 +337,7 @@ impl Daemon {
                 &t.cgroup.display().to_string(),
                 &g.name,
                 &g.sha256,
-                generation as i64,
+                generation,
             );
         }
         self.state.current.insert(name.clone(), generation);

@@ -118,6 +118,10 @@ impl Plan {
 
 /// What to do to bring `kernel` and `saved` into agreement, given which target cgroups exist.
 /// No side effects.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one pass per kind of crash damage, in the order they must be repaired"
+)]
 pub(super) fn plan(saved: &State, kernel: &Kernel, cgroups: &Cgroups) -> Plan {
     let mut actions = Vec::new();
     let mut state = saved.clone();
@@ -164,7 +168,7 @@ pub(super) fn plan(saved: &State, kernel: &Kernel, cgroups: &Cgroups) -> Plan {
             to,
         });
     }
-    let stale: Vec<(u64, u32)> = state
+    let not_current: Vec<(u64, u32)> = state
         .generations
         .iter()
         .filter(|g| state.current.get(&g.name) != Some(&g.generation))
@@ -220,7 +224,7 @@ pub(super) fn plan(saved: &State, kernel: &Kernel, cgroups: &Cgroups) -> Plan {
     }
     // Generations replaced (or released) just before the daemon stopped: nothing points at
     // them any more.
-    for (generation, slot) in stale {
+    for (generation, slot) in not_current {
         actions.push(Action::RetireGeneration { generation, slot });
         state.generations.retain(|g| g.generation != generation);
     }
@@ -262,14 +266,17 @@ pub(super) fn apply(
                 );
                 enforcer.clear_slot(*slot)?;
             }
-            Action::FallBack { policy, from, to } => match to {
-                Some(to) => tracing::warn!(
-                    "policy {policy}: generation {from} is gone, generation {to} is current"
-                ),
-                None => tracing::warn!(
-                    "policy {policy}: generation {from} is gone and no other remains"
-                ),
-            },
+            Action::FallBack { policy, from, to } => {
+                if let Some(to) = to {
+                    tracing::warn!(
+                        "policy {policy}: generation {from} is gone, generation {to} is current"
+                    );
+                } else {
+                    tracing::warn!(
+                        "policy {policy}: generation {from} is gone and no other remains"
+                    );
+                }
+            }
             Action::AttachNetwork { cgroup, cgroup_id } => {
                 let dir = dirs
                     .get(cgroup)

@@ -64,25 +64,24 @@ pub(super) async fn serve_client(stream: UnixStream, calls: mpsc::Sender<Call>) 
         Err(e) => Some(Response::error(format!("cannot identify the caller: {e}"))),
     };
     let (read, mut write) = stream.into_split();
-    let response = match response {
-        Some(r) => r,
-        None => {
-            let mut line = String::new();
-            let mut reader = BufReader::new(read);
-            match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
-                Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(&line) {
-                    Ok(request) => {
-                        let (tx, rx) = oneshot::channel();
-                        if calls.send((request, tx)).await.is_err() {
-                            return;
-                        }
-                        rx.await
-                            .unwrap_or_else(|_| Response::error("the daemon is shutting down"))
+    let response = if let Some(r) = response {
+        r
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(read);
+        match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(&line) {
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if calls.send((request, tx)).await.is_err() {
+                        return;
                     }
-                    Err(e) => Response::error(format!("malformed request: {e}")),
-                },
-                _ => Response::error("no request received"),
-            }
+                    rx.await
+                        .unwrap_or_else(|_| Response::error("the daemon is shutting down"))
+                }
+                Err(e) => Response::error(format!("malformed request: {e}")),
+            },
+            _ => Response::error("no request received"),
         }
     };
     if let Ok(mut bytes) = serde_json::to_vec(&response) {

@@ -72,12 +72,11 @@ pub(super) fn parse_ports(ports: &RawPorts) -> Result<(u16, u16), String> {
                     format!("`{text}` is not a port range: write `443`, or `8000-8999` as a string")
                 })
             };
-            let (lo, hi) = match text.split_once('-') {
-                Some((lo, hi)) => (one(parse(lo)?)?, one(parse(hi)?)?),
-                None => {
-                    let p = one(parse(text)?)?;
-                    (p, p)
-                }
+            let (lo, hi) = if let Some((lo, hi)) = text.split_once('-') {
+                (one(parse(lo)?)?, one(parse(hi)?)?)
+            } else {
+                let p = one(parse(text)?)?;
+                (p, p)
             };
             if lo > hi {
                 return Err(format!(

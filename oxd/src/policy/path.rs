@@ -68,8 +68,7 @@ pub fn parse_path_pattern(text: &str) -> Result<PathPattern, String> {
     }
     if text.ends_with('/') && text != "/" {
         return Err(format!(
-            "`{text}` ends with `/`: write `{}**` for the directory and everything below it",
-            text
+            "`{text}` ends with `/`: write `{text}**` for the directory and everything below it"
         ));
     }
     if text.contains('\0') {

@@ -34,7 +34,7 @@ impl Validator {
             Some(name) => {
                 let span = name.span();
                 let name = name.into_inner();
-                if name.is_empty() || name.chars().any(|c| c.is_control()) {
+                if name.is_empty() || name.chars().any(char::is_control) {
                     return Err((
                         span,
                         "a policy name must be non-empty printable text".into(),
@@ -52,10 +52,7 @@ impl Validator {
             .network
             .map(|section| self.network(section))
             .transpose()?;
-        let sha256 = Sha256::digest(text.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
         Ok(Policy {
             name,
             sha256,
@@ -69,7 +66,8 @@ impl Validator {
 
     fn add_rule(&mut self, id: String, text: String, action: Action) -> u32 {
         self.rules.push(RuleInfo { id, text, action });
-        (self.rules.len() - 1) as u32
+        // The rule counts are checked against the kernel's limits before any rule is added.
+        u32::try_from(self.rules.len() - 1).expect("rule ids fit in u32")
     }
 
     fn exec(&mut self, section: RawPathSection) -> ValidateResult<ExecPolicy> {
@@ -260,7 +258,7 @@ fn parse_file_rule(value: &toml::Value) -> Result<(String, bool, bool), String> 
                     v.as_str()
                         .ok_or_else(|| format!("`path` must be a string, found {v}"))?
                         .to_owned(),
-                )
+                );
             }
             "access" => {
                 let list = v.as_array().ok_or_else(|| {
