@@ -19,5 +19,6 @@ pub mod evaluate;
 pub mod explain;
 pub mod metrics;
 pub mod policy;
+pub mod progstats;
 pub mod rcu;
 pub mod run;
