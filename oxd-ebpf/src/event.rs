@@ -1,11 +1,11 @@
 //! Verdicts and what becomes of them: the audit record sent through `EVENTS`, and the counters.
 
-use core::ptr::addr_of_mut;
+use core::ptr::{addr_of_mut, write_volatile};
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_buf,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_buf, generated as gen, TASK_COMM_LEN,
     },
     maps::ring_buf::RingBufEntry,
 };
@@ -55,7 +55,10 @@ pub(crate) fn start_event(op: u32, gate: &Gate, verdict: &Verdict) -> Option<Rin
         return None;
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: bpf helpers without pointer arguments, and writes into memory we reserved.
+    // SAFETY: bpf helpers, and writes into the memory we reserved (an `Event`, 8-byte aligned).
+    // The zeroed fields are written one volatile store each: adjacent zero stores would
+    // otherwise become a call to `memset`, a byte loop the verifier walks byte by byte on
+    // every path that records an event.
     unsafe {
         let pid_tgid = bpf_get_current_pid_tgid();
         let uid_gid = bpf_get_current_uid_gid();
@@ -71,15 +74,22 @@ pub(crate) fn start_event(op: u32, gate: &Gate, verdict: &Verdict) -> Option<Rin
         (*event).reason = verdict.reason;
         (*event).rule_id = verdict.rule_id;
         (*event).mode = gate.mode();
-        (*event).proto = 0;
-        (*event).path_len = 0;
-        (*event).access = 0;
-        (*event)._pad1 = 0;
-        (*event).port = 0;
-        (*event)._pad0 = 0;
-        (*event).addr = [0; 16];
+        write_volatile(addr_of_mut!((*event).proto), 0);
+        write_volatile(addr_of_mut!((*event).path_len), 0);
+        write_volatile(addr_of_mut!((*event).access), 0);
+        write_volatile(addr_of_mut!((*event)._pad1), 0);
+        write_volatile(addr_of_mut!((*event).port), 0);
+        write_volatile(addr_of_mut!((*event)._pad0), 0);
+        let addr = addr_of_mut!((*event).addr).cast::<u64>();
+        write_volatile(addr, 0);
+        write_volatile(addr.add(1), 0);
         (*event).path[0] = 0;
-        (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // Straight into the event, zeroed first: kernels before 6.4 do not pad the name after
+        // its NUL (a failing call zeroes the buffer itself).
+        let comm: *mut [u8; TASK_COMM_LEN] = addr_of_mut!((*event).comm);
+        write_volatile(comm.cast::<u64>(), 0);
+        write_volatile(comm.cast::<u64>().add(1), 0);
+        gen::bpf_get_current_comm(comm.cast(), TASK_COMM_LEN as u32);
     }
     Some(entry)
 }
