@@ -378,3 +378,39 @@ fn doctor_finds_everything_in_a_kernel_with_bpf_lsm() {
         );
     }
 }
+
+/// Loads every kernel program and prints how many instructions the verifier processed for
+/// each, one line per program: `verifier: PROGRAM KERNEL VERIFIED_INSNS XLATED_INSNS`
+/// (`cargo xtask verifier-stats` collects these lines from every guest kernel). The counts
+/// depend on the kernel and grow with features, so only their presence is checked here.
+#[test]
+fn verifier_instruction_counts() {
+    require_bpf_lsm();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("read the kernel release")
+        .trim()
+        .to_string();
+    let stats = oxd::progstats::verifier_stats().expect("load every program");
+    assert_eq!(
+        stats.iter().map(|s| s.name).collect::<Vec<_>>(),
+        oxd::progstats::PROGRAMS,
+        "one entry per program: {stats:#?}"
+    );
+    println!("verifier: program kernel verified_insns xlated_insns");
+    for s in &stats {
+        let show = |n: Option<u32>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+        println!(
+            "verifier: {} {kernel} {} {}",
+            s.name,
+            show(s.verified_insns),
+            show(s.xlated_insns)
+        );
+    }
+    for s in &stats {
+        assert!(
+            s.verified_insns.is_some_and(|n| n > 0),
+            "{} loaded but the kernel reports no verified instruction count: {s:?}",
+            s.name
+        );
+    }
+}

@@ -29,6 +29,7 @@ pub mod explain;
 pub mod host;
 pub mod metrics;
 pub mod policy;
+pub mod progstats;
 pub mod pump;
 pub mod rcu;
 pub mod run;

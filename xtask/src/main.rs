@@ -1,9 +1,10 @@
-//! Developer tasks for oxd: `cargo xtask setup | vm | test`.
+//! Developer tasks for oxd: `cargo xtask setup | vm | test | verifier-stats`.
 
 mod kernel;
 mod setup;
 mod test;
 mod util;
+mod verifier;
 mod vm;
 
 use std::{process::ExitCode, time::Duration};
@@ -49,6 +50,14 @@ enum Task {
     /// Build everything, run the host tests and the VM tests on every guest kernel, write
     /// target/oxd-test-report.json and print `N passed, N failed` last.
     Test,
+    /// Load every kernel program in a guest on each kernel (attaching none) and print how many
+    /// instructions the verifier processed for each (`program kernel verified_insns
+    /// xlated_insns`).
+    VerifierStats {
+        /// Only this guest kernel series (default: every one).
+        #[arg(long, value_enum)]
+        kernel: Option<Series>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +76,10 @@ fn main() -> ExitCode {
         } else {
             ExitCode::FAILURE
         }),
+        Task::VerifierStats { kernel } => {
+            let series = kernel.map_or(Series::ALL.to_vec(), |k| vec![k]);
+            verifier::run(&series).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,120 @@
+//! The gate every hook passes first: is the current task confined, by which policy slot, and
+//! does that policy govern the hook's category?
+
+use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
+use oxd_common::{mode, reason, Config, MAX_CGROUP_DEPTH, MAX_POLICY_SLOTS};
+
+use crate::maps::{CONFIG, CONFINED};
+
+/// [`confined_slot`] of a task that is not confined.
+const NOT_CONFINED: u32 = u32::MAX;
+
+/// What [`Gate::open`] found. Plain, always-initialised fields (no `Option`): an `Option`'s
+/// undefined payload lets the compiler read registers the verifier considers uninitialised.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Gate {
+    /// Whether the hook decides (and records) the action. False when the task is not confined,
+    /// or its policy does not govern the category: the hook leaves the action alone.
+    pub(crate) decide: bool,
+    /// Whether [`Self::config`] is the slot's policy. False when the slot is empty or cannot be
+    /// read: then every decision fails closed, with [`Self::missing_reason`].
+    pub(crate) configured: bool,
+    /// The task's policy slot.
+    pub(crate) slot: u32,
+    /// The slot's configuration, read once so one decision sees one generation; [`NO_CONFIG`]
+    /// when not [`Self::configured`].
+    pub(crate) config: Config,
+}
+
+/// The configuration of a slot without a policy: generation 0 and enforcing, so a decision
+/// that fails closed is recorded as such and enforced.
+const NO_CONFIG: Config = Config {
+    generation: 0,
+    governs: 0,
+    mode: mode::ENFORCE,
+    exec_default: 0,
+    net_default: 0,
+    net_rule_count: 0,
+    file_read_default: 0,
+    file_write_default: 0,
+    _pad: 0,
+};
+
+impl Gate {
+    const LEAVE_ALONE: Self = Self {
+        decide: false,
+        configured: false,
+        slot: NOT_CONFINED,
+        config: NO_CONFIG,
+    };
+
+    /// The gate for an action of `category` (a [`oxd_common::governs`] bit) by the current
+    /// task. An empty or unreadable slot governs every category: it fails closed.
+    #[inline(always)]
+    pub(crate) fn open(category: u32) -> Self {
+        let slot = confined_slot();
+        if slot == NOT_CONFINED {
+            return Self::LEAVE_ALONE;
+        }
+        match CONFIG.get(slot) {
+            Some(config) if config.generation != 0 => Self {
+                decide: config.governs & category != 0,
+                configured: true,
+                slot,
+                config: *config,
+            },
+            _ => Self {
+                decide: true,
+                configured: false,
+                slot,
+                config: NO_CONFIG,
+            },
+        }
+    }
+
+    /// The policy's mode: [`oxd_common::mode::ENFORCE`] when the slot has no policy.
+    #[inline(always)]
+    pub(crate) fn mode(&self) -> u32 {
+        self.config.mode
+    }
+
+    /// Why a decision without a configuration failed closed.
+    #[inline(always)]
+    pub(crate) fn missing_reason(&self) -> u32 {
+        if self.slot < MAX_POLICY_SLOTS {
+            reason::EMPTY_SLOT
+        } else {
+            reason::NO_CONFIG
+        }
+    }
+}
+
+/// The policy slot of the current task: that of its cgroup if confined, else that of the
+/// nearest confined ancestor (the one a cgroup the agent created inherits), else
+/// [`NOT_CONFINED`]. The slot is read once per decision, so one decision sees one generation.
+#[inline(always)]
+fn confined_slot() -> u32 {
+    // SAFETY: helper calls without pointer arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the key and value are plain integers.
+    if let Some(slot) = unsafe { CONFINED.get(cgroup_id) } {
+        return *slot;
+    }
+    // The nearest confined ancestor decides: walk from the deepest level up.
+    let mut found = NOT_CONFINED;
+    let mut level = 1;
+    while level < MAX_CGROUP_DEPTH {
+        // SAFETY: helper call without pointer arguments.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if ancestor == 0 || ancestor == cgroup_id {
+            break;
+        }
+        // SAFETY: as above.
+        if let Some(slot) = unsafe { CONFINED.get(ancestor) } {
+            found = *slot;
+        }
+        level += 1;
+    }
+    found
+}

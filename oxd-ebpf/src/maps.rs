@@ -1,0 +1,66 @@
+//! Every map of the object. User space finds them by these names (and the daemon pins them
+//! under them): renaming one breaks it.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+use oxd_common::{
+    counter, Config, InodeKey, InodeRules, NetRule, PathKey, RuleValue, MAX_CONFINED_CGROUPS,
+    MAX_NET_RULES, MAX_POLICY_SLOTS, PATH_BUF_LEN, PATH_RULE_CAPACITY, RING_BUF_BYTES,
+};
+
+/// Policy settings, one element per policy slot.
+#[map]
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(MAX_POLICY_SLOTS, 0);
+
+/// Confined cgroups (and so every cgroup below them): cgroup id -> policy slot. Replacing a
+/// policy repoints this one value, so a decision sees either the old slot or the new one.
+#[map]
+pub(crate) static CONFINED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CONFINED_CGROUPS, 0);
+
+/// Exec rules: longest matching prefix of (slot, the executed file's resolved path).
+#[map]
+pub(crate) static EXEC_RULES: LpmTrie<PathKey, RuleValue> =
+    LpmTrie::with_max_entries(PATH_RULE_CAPACITY, 0);
+
+/// File rules for opening to read: longest matching prefix of (slot, resolved path).
+#[map]
+pub(crate) static FILE_READ_RULES: LpmTrie<PathKey, RuleValue> =
+    LpmTrie::with_max_entries(PATH_RULE_CAPACITY, 0);
+
+/// File rules for opening to write: longest matching prefix of (slot, resolved path).
+#[map]
+pub(crate) static FILE_WRITE_RULES: LpmTrie<PathKey, RuleValue> =
+    LpmTrie::with_max_entries(PATH_RULE_CAPACITY, 0);
+
+/// Files named by exact deny rules, by (identity, slot): their other names (hard links) are
+/// denied too.
+#[map]
+pub(crate) static DENIED_INODES: HashMap<InodeKey, InodeRules> =
+    HashMap::with_max_entries(PATH_RULE_CAPACITY, 0);
+
+/// Network rules: `MAX_NET_RULES` entries per slot, most specific first; the slot's
+/// `CONFIG.net_rule_count` entries are valid.
+#[map]
+pub(crate) static NET_RULES: Array<NetRule> =
+    Array::with_max_entries(MAX_NET_RULES * MAX_POLICY_SLOTS, 0);
+
+/// Decisions for the audit log.
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
+
+/// Counters, see `oxd_common::counter`.
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// What [`SCRATCH`] holds: a resolved path, and the rule-trie key built from it.
+#[repr(C)]
+pub(crate) struct Scratch {
+    pub(crate) key: Key<PathKey>,
+    pub(crate) buf: [u8; PATH_BUF_LEN],
+}
+
+/// Per-CPU scratch space: paths do not fit on the 512-byte stack.
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,102 @@
+//! The kernel structs the LSM hooks read, through offsets taken from the running kernel's BTF.
+//!
+//! Rust eBPF has no CO-RE field relocations and struct layouts differ between kernel builds
+//! (`file.f_path` is at 16 on 6.1 and at 64 on 6.12), so user space reads each offset from
+//! /sys/kernel/btf/vmlinux and sets the globals below before load (`override_global`, by these
+//! symbol names). Read-only globals are constants to the verifier, which then checks every
+//! load below against the BTF type of the field it lands on, and rejects the program if it
+//! lands elsewhere.
+//!
+//! The accessors take the `struct file *` or `struct linux_binprm *` a hook was given. Loads
+//! through such BTF pointers are checked by the verifier and cannot fault (the kernel turns
+//! them into exception-handled loads), so they are safe functions.
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::bindings::path;
+
+/// Offset of `file` in `struct linux_binprm`.
+#[no_mangle]
+static BPRM_FILE_OFFSET: u32 = 0;
+
+/// Offset of `f_path` in `struct file`.
+#[no_mangle]
+static FILE_F_PATH_OFFSET: u32 = 0;
+
+/// Offset of `f_mode` in `struct file`.
+#[no_mangle]
+static FILE_F_MODE_OFFSET: u32 = 0;
+
+/// Offset of `f_flags` in `struct file`.
+#[no_mangle]
+static FILE_F_FLAGS_OFFSET: u32 = 0;
+
+/// Offset of `f_inode` in `struct file`.
+#[no_mangle]
+static FILE_F_INODE_OFFSET: u32 = 0;
+
+/// Offset of `i_ino` in `struct inode`.
+#[no_mangle]
+static INODE_I_INO_OFFSET: u32 = 0;
+
+/// Offset of `i_sb` in `struct inode`.
+#[no_mangle]
+static INODE_I_SB_OFFSET: u32 = 0;
+
+/// Offset of `s_dev` in `struct super_block`.
+#[no_mangle]
+static SB_S_DEV_OFFSET: u32 = 0;
+
+/// A load-time offset. Volatile, so the compiler cannot fold the 0 it was compiled with.
+#[inline(always)]
+fn offset(global: &'static u32) -> usize {
+    // SAFETY: a plain read of one of our own statics.
+    unsafe { read_volatile(global) as usize }
+}
+
+/// `bprm->file`: the file an exec is about to run.
+#[inline(always)]
+pub(crate) fn bprm_file(bprm: *const u8) -> *const u8 {
+    // SAFETY: a BTF-checked load of `linux_binprm.file` (module docs).
+    unsafe { *(bprm.add(offset(&BPRM_FILE_OFFSET)).cast::<*const u8>()) }
+}
+
+/// `&file->f_path`: what `bpf_d_path` resolves.
+#[inline(always)]
+pub(crate) fn file_path(file: *const u8) -> *mut path {
+    // SAFETY: pointer arithmetic only; the verifier accepts the result as a `struct path *`
+    // because the offset lands on `file.f_path`.
+    unsafe {
+        file.add(offset(&FILE_F_PATH_OFFSET))
+            .cast::<path>()
+            .cast_mut()
+    }
+}
+
+/// `file->f_mode` (`FMODE_*` bits, see `oxd_common::fmode`).
+#[inline(always)]
+pub(crate) fn file_mode(file: *const u8) -> u32 {
+    // SAFETY: a BTF-checked load of `file.f_mode` (module docs).
+    unsafe { *(file.add(offset(&FILE_F_MODE_OFFSET)).cast::<u32>()) }
+}
+
+/// `file->f_flags` (the `O_*` flags of the open).
+#[inline(always)]
+pub(crate) fn file_flags(file: *const u8) -> u32 {
+    // SAFETY: a BTF-checked load of `file.f_flags` (module docs).
+    unsafe { *(file.add(offset(&FILE_F_FLAGS_OFFSET)).cast::<u32>()) }
+}
+
+/// The identity of the file: (`file->f_inode->i_ino`, `file->f_inode->i_sb->s_dev`).
+#[inline(always)]
+pub(crate) fn file_identity(file: *const u8) -> (u64, u32) {
+    // SAFETY: BTF-checked loads of `file.f_inode`, `inode.i_ino`, `inode.i_sb` and
+    // `super_block.s_dev` (module docs).
+    unsafe {
+        let inode = *(file.add(offset(&FILE_F_INODE_OFFSET)).cast::<*const u8>());
+        let ino = *(inode.add(offset(&INODE_I_INO_OFFSET)).cast::<u64>());
+        let sb = *(inode.add(offset(&INODE_I_SB_OFFSET)).cast::<*const u8>());
+        let dev = *(sb.add(offset(&SB_S_DEV_OFFSET)).cast::<u32>());
+        (ino, dev)
+    }
+}
