@@ -50,7 +50,7 @@ fn exec_check(ctx: LsmContext) -> i32 {
 /// mapped executable either. The default does not apply here: shared libraries are mapped the
 /// same way. Only denials are recorded. The kernel's own mappings during an exec (of the
 /// program and of its ELF interpreter, both opened with `__FMODE_EXEC`) are not decided again:
-/// bprm_check_security decided that exec, and a second decision, possibly by a newer policy
+/// `bprm_check_security` decided that exec, and a second decision, possibly by a newer policy
 /// generation, past the exec's point of no return would kill the process instead of failing
 /// the exec.
 #[lsm(hook = "mmap_file")]

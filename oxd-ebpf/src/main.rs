@@ -20,8 +20,35 @@
 //! does not change the decision; it is counted in `COUNTERS[RINGBUF_LOST]`.
 //! Whatever cannot be decided exactly (unresolvable or over-long path, missing configuration) is
 //! denied and recorded with its reason: fail closed.
-#![no_std]
-#![no_main]
+//!
+//! The crate is built for the kernel (`bpfel-unknown-none`, by oxd's build script). It also
+//! builds on the host, as an empty program, so that `cargo clippy --workspace --all-targets`
+//! checks it with everything else: there, `std` is linked (the workspace's feature
+//! unification gives `oxd-common` its `aya` dependency) and provides the panic handler.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+// What the workspace's pedantic lints would change here is what the verifier checks; these
+// exceptions hold for the whole kernel crate.
+#![expect(
+    clippy::inline_always,
+    reason = "every helper is inlined into its program: the verifier then checks each program as \
+              one function, with no calls between BPF functions to restrict argument types"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand each program its context by value"
+)]
+#![expect(
+    clippy::cast_ptr_alignment,
+    reason = "kernel struct fields are read at offsets from the kernel's BTF, aligned for their \
+              type, and the verifier checks every such load"
+)]
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the casts take the halves of helper results (pid/tgid, uid/gid) and lengths the \
+              code has just bounded; checked conversions would add branches the verifier walks"
+)]
 
 mod confine;
 mod event;
@@ -32,11 +59,15 @@ mod net;
 mod offsets;
 mod path;
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+/// The host build's entry point: the programs only run in the kernel.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
 
 #[link_section = "license"]
 #[no_mangle]

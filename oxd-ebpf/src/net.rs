@@ -4,7 +4,7 @@
 
 use core::{
     ffi::c_void,
-    ptr::{addr_of_mut, read_volatile, write_volatile},
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
 };
 
 use aya_ebpf::{helpers::bpf_loop, macros::cgroup_sock_addr, programs::SockAddrContext};
@@ -63,7 +63,7 @@ fn decide_sock_addr6(ctx: &SockAddrContext, operation: u32) -> i32 {
         let sa = ctx.sock_addr;
         let mut i = 0;
         while i < 4 {
-            let word = read_volatile(&(*sa).user_ip6[i]).to_ne_bytes();
+            let word = read_volatile(addr_of!((*sa).user_ip6[i])).to_ne_bytes();
             addr[i * 4] = word[0];
             addr[i * 4 + 1] = word[1];
             addr[i * 4 + 2] = word[2];
@@ -155,7 +155,7 @@ fn match_net_rules(
         lo: u64::from_ne_bytes([
             addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
         ]),
-        port: port as u32,
+        port: u32::from(port),
         proto_bit,
         base: slot * MAX_NET_RULES,
         count: config.net_rule_count,
@@ -169,7 +169,7 @@ fn match_net_rules(
         bpf_loop(
             MAX_NET_RULES,
             step as *mut c_void,
-            (&mut state as *mut NetMatch).cast(),
+            addr_of_mut!(state).cast(),
             0,
         )
     };
@@ -203,7 +203,7 @@ extern "C" fn net_rule_step(index: u64, ctx: *mut c_void) -> i64 {
     let Some(rule) = NET_RULES.get(state.base + index) else {
         return 1;
     };
-    let port_ok = state.port >= rule.port_lo as u32 && state.port <= rule.port_hi as u32;
+    let port_ok = state.port >= u32::from(rule.port_lo) && state.port <= u32::from(rule.port_hi);
     let matches = rule.proto & state.proto_bit != 0
         && port_ok
         && state.hi & half(&rule.mask, 0) == half(&rule.addr, 0)

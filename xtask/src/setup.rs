@@ -83,7 +83,15 @@ pub(crate) fn run(quiet: bool) -> Setup {
         }
     };
     step("Debian packages", debian_packages(&log));
-    step("rust-src for nightly", rust_src(&log));
+    step(
+        "rust-src for nightly",
+        rust_component(&log, "nightly", "rust-src"),
+    );
+    step(
+        "rustfmt for nightly",
+        rust_component(&log, "nightly", "rustfmt"),
+    );
+    step("clippy", rust_component(&log, "stable", "clippy"));
     step("bpf-linker", bpf_linker(&log));
     let mut kernels = Vec::new();
     for series in Series::ALL {
@@ -163,27 +171,44 @@ fn debian_packages(log: &Log) -> Result<()> {
     Ok(())
 }
 
-fn rust_src(log: &Log) -> Result<()> {
+/// Makes sure `toolchain` (`nightly`, or `stable` for the default) has `component`
+/// (`rust-src`, `rustfmt`, `clippy`).
+fn rust_component(log: &Log, toolchain: &str, component: &str) -> Result<()> {
     let installed = util::output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        toolchain,
         "--installed",
     ]))
-    .context("is the nightly toolchain installed (rustup toolchain install nightly)?")?;
-    if installed.lines().any(|l| l.trim() == "rust-src") {
-        log.ok("rust-src (nightly)");
+    .with_context(|| {
+        format!("is the {toolchain} toolchain installed (rustup toolchain install {toolchain})?")
+    })?;
+    if component_listed(&installed, component) {
+        log.ok(&format!("{component} ({toolchain})"));
         return Ok(());
     }
-    log.act("rustup component add rust-src --toolchain nightly");
+    log.act(&format!(
+        "rustup component add {component} --toolchain {toolchain}"
+    ));
     util::run(Command::new("rustup").args([
         "component",
         "add",
-        "rust-src",
+        component,
         "--toolchain",
-        "nightly",
+        toolchain,
     ]))
+}
+
+/// Whether `rustup component list --installed` lists `component` (`rust-src`, or with its
+/// target: `rustfmt-x86_64-unknown-linux-gnu`).
+fn component_listed(list: &str, component: &str) -> bool {
+    list.lines().map(str::trim).any(|line| {
+        line == component
+            || line
+                .strip_prefix(component)
+                .is_some_and(|rest| rest.starts_with('-') && rest.contains("-linux-"))
+    })
 }
 
 /// Whether `bpf-linker --version` output names the wanted release series (0.13.x).
@@ -224,6 +249,15 @@ fn bpf_linker(log: &Log) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_installed_components_with_or_without_their_target() {
+        let list = "cargo-x86_64-unknown-linux-gnu\nrust-src\nrustfmt-x86_64-unknown-linux-gnu\n";
+        assert!(component_listed(list, "rust-src"));
+        assert!(component_listed(list, "rustfmt"));
+        assert!(!component_listed(list, "clippy"));
+        assert!(!component_listed("rust-src-extra\n", "rust-src"));
+    }
 
     #[test]
     fn reads_dpkg_status() {

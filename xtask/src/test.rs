@@ -527,6 +527,46 @@ fn write_report(report: &[ReportEntry]) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The source checks, each one report entry: clippy under the workspace lints (every crate,
+/// every target, warnings denied) and rustfmt (nightly: rustfmt.toml uses its options).
+fn lint_stage(host_kernel: &str, report: &mut Vec<ReportEntry>) {
+    let checks: [(&str, Command); 2] = [
+        ("xtask::lint::clippy_workspace_all_targets_deny_warnings", {
+            let mut cmd = util::cargo();
+            cmd.args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]);
+            cmd
+        }),
+        ("xtask::lint::rustfmt_check", {
+            let mut cmd = Command::new("rustup");
+            cmd.args(["run", "nightly", "cargo", "fmt", "--all", "--check"]);
+            cmd
+        }),
+    ];
+    for (test, mut cmd) in checks {
+        say(&format!("lint: {}", util::describe(&cmd)));
+        let outcome = match util::run(cmd.current_dir(util::repo_root())) {
+            Ok(()) => Outcome::Passed,
+            Err(err) => {
+                say(&format!("lint FAILED: {err:#}"));
+                Outcome::Failed
+            }
+        };
+        report.push(ReportEntry {
+            test: test.to_string(),
+            environment: "host".to_string(),
+            kernel: host_kernel.to_string(),
+            outcome,
+        });
+    }
+}
+
 /// Runs the whole test suite; returns whether everything passed.
 pub(crate) fn run() -> bool {
     let host_kernel = host_release();
@@ -546,6 +586,7 @@ pub(crate) fn run() -> bool {
 
     let exes = build(&host_kernel, &mut report);
     let prefixes = name_prefixes(&exes);
+    lint_stage(&host_kernel, &mut report);
 
     say(&format!(
         "host: running tests on the host kernel {host_kernel}"

@@ -18,11 +18,11 @@ use crate::{
 const STATS_TEST: &str = "verifier_instruction_counts";
 /// The prefix of its output lines.
 const LINE_PREFIX: &str = "verifier: ";
-const VM_TIMEOUT: Duration = Duration::from_secs(600);
+const VM_TIMEOUT: Duration = Duration::from_mins(10);
 
 /// One program on one kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Row {
+pub(crate) struct Row {
     pub program: String,
     pub kernel: String,
     pub verified_insns: String,
@@ -31,7 +31,7 @@ pub struct Row {
 
 /// Collects the rows the test printed (`verifier: PROGRAM KERNEL VERIFIED XLATED`), skipping
 /// its header and anything else on the console.
-pub fn parse_rows(output: &str) -> Vec<Row> {
+pub(crate) fn parse_rows(output: &str) -> Vec<Row> {
     output
         .lines()
         .filter_map(|line| {
@@ -54,7 +54,7 @@ pub fn parse_rows(output: &str) -> Vec<Row> {
 }
 
 /// The table: one line per program and kernel, columns aligned.
-pub fn format_table(rows: &[Row]) -> String {
+pub(crate) fn format_table(rows: &[Row]) -> String {
     let header = Row {
         program: "program".into(),
         kernel: "kernel".into(),
@@ -68,14 +68,14 @@ pub fn format_table(rows: &[Row]) -> String {
         width(|r| &r.kernel),
         width(|r| &r.verified_insns),
     );
-    all.iter()
-        .map(|r| {
-            format!(
-                "{:<w_program$}  {:<w_kernel$}  {:>w_verified$}  {:>12}\n",
-                r.program, r.kernel, r.verified_insns, r.xlated_insns
-            )
-        })
-        .collect()
+    let mut table = String::new();
+    for r in all {
+        table.push_str(&format!(
+            "{:<w_program$}  {:<w_kernel$}  {:>w_verified$}  {:>12}\n",
+            r.program, r.kernel, r.verified_insns, r.xlated_insns
+        ));
+    }
+    table
 }
 
 /// Builds the `vm` test executable and returns its path and package directory.
@@ -108,7 +108,7 @@ fn build_vm_tests() -> Result<(String, Option<std::path::PathBuf>)> {
 
 /// Runs the statistics test on each kernel of `series` and prints the table; fails if any
 /// guest did not report every program.
-pub fn run(series: &[Series]) -> Result<()> {
+pub(crate) fn run(series: &[Series]) -> Result<()> {
     let setup = setup::run(true);
     let (exe, cwd) = build_vm_tests()?;
     let mut rows = Vec::new();
