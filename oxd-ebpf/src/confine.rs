@@ -101,7 +101,8 @@ fn confined_slot() -> u32 {
     if let Some(slot) = unsafe { CONFINED.get(cgroup_id) } {
         return *slot;
     }
-    // The nearest confined ancestor decides: walk from the deepest level up.
+    // The nearest confined ancestor decides: walk the ancestors from the top level (1, just
+    // below the root) down to the task's parent, keeping the deepest confined one.
     let mut found = NOT_CONFINED;
     let mut level = 1;
     while level < MAX_CGROUP_DEPTH {

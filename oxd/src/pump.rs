@@ -452,41 +452,18 @@ where
 mod tests {
     use std::{
         io::Write,
-        net::Ipv6Addr,
         os::{fd::RawFd, unix::net::UnixStream},
         path::Path,
         time::Instant,
     };
 
-    use oxd_common::{action, mode, op, proto, reason, PATH_BUF_LEN};
+    use oxd_common::action;
 
     use super::*;
     use crate::audit::RecordFilter;
 
     fn event(generation: u64, decision: u32) -> Event {
-        Event {
-            boot_ns: 0,
-            cgroup_id: 42,
-            generation,
-            pid: 10,
-            tid: 11,
-            uid: 0,
-            gid: 0,
-            op: op::CONNECT4,
-            decision,
-            reason: reason::RULE,
-            rule_id: 0,
-            mode: mode::ENFORCE,
-            proto: proto::TCP,
-            path_len: 0,
-            access: 0,
-            _pad1: 0,
-            port: 8080,
-            _pad0: 0,
-            addr: "::ffff:127.0.0.2".parse::<Ipv6Addr>().unwrap().octets(),
-            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
-            path: [0; PATH_BUF_LEN],
-        }
+        crate::audit::connect_event(generation, decision)
     }
 
     fn policy(name: &str) -> Arc<Policy> {

@@ -430,6 +430,35 @@ impl AuditLog {
     }
 }
 
+/// A denied loopback connect by `curl`, decided by generation `generation`: a decision as the
+/// kernel reports one, for tests.
+#[cfg(test)]
+pub(crate) fn connect_event(generation: u64, decision: u32) -> Event {
+    Event {
+        boot_ns: 0,
+        cgroup_id: 42,
+        generation,
+        pid: 10,
+        tid: 11,
+        uid: 0,
+        gid: 0,
+        op: op::CONNECT4,
+        decision,
+        reason: reason::RULE,
+        rule_id: 0,
+        mode: mode::ENFORCE,
+        proto: proto::TCP,
+        path_len: 0,
+        access: 0,
+        _pad1: 0,
+        port: 8080,
+        _pad0: 0,
+        addr: Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x7f00, 2]).octets(),
+        comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        path: [0; PATH_BUF_LEN],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -437,29 +466,7 @@ mod tests {
     use super::*;
 
     fn event() -> Event {
-        Event {
-            boot_ns: 0,
-            cgroup_id: 42,
-            generation: 1,
-            pid: 10,
-            tid: 11,
-            uid: 0,
-            gid: 0,
-            op: op::CONNECT4,
-            decision: action::DENY,
-            reason: reason::RULE,
-            rule_id: 0,
-            mode: mode::ENFORCE,
-            proto: proto::TCP,
-            path_len: 0,
-            access: 0,
-            _pad1: 0,
-            port: 8080,
-            _pad0: 0,
-            addr: "::ffff:127.0.0.2".parse::<Ipv6Addr>().unwrap().octets(),
-            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
-            path: [0; PATH_BUF_LEN],
-        }
+        connect_event(1, action::DENY)
     }
 
     #[test]

@@ -161,50 +161,49 @@ pub fn tail(path: &Path, options: TailOptions, emit: &mut dyn FnMut(&Value)) -> 
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let wanted =
         |record: &Value| !denied || record.get("decision").and_then(Value::as_str) == Some("deny");
-    let mut reader = BufReader::new(&mut file);
     let mut recent: std::collections::VecDeque<Value> = std::collections::VecDeque::new();
-    let mut line = String::new();
-    let mut offset = 0u64;
-    loop {
-        line.clear();
-        let read = reader.read_line(&mut line)?;
-        if read == 0 || !line.ends_with('\n') {
-            break;
-        }
-        offset += read as u64;
-        if let Ok(record) = serde_json::from_str::<Value>(&line) {
-            if wanted(&record) {
-                recent.push_back(record);
-                if recent.len() > last {
-                    recent.pop_front();
-                }
+    let mut offset = read_records(&mut file, 0, &mut |record| {
+        if wanted(&record) {
+            recent.push_back(record);
+            if recent.len() > last {
+                recent.pop_front();
             }
         }
-    }
+    })?;
     for record in &recent {
         emit(record);
     }
     if !follow {
         return Ok(());
     }
-    drop(reader);
     loop {
-        file.seek(SeekFrom::Start(offset))?;
-        let mut reader = BufReader::new(&mut file);
-        loop {
-            line.clear();
-            let read = reader.read_line(&mut line)?;
-            if read == 0 || !line.ends_with('\n') {
-                break;
+        offset = read_records(&mut file, offset, &mut |record| {
+            if wanted(&record) {
+                emit(&record);
             }
-            offset += read as u64;
-            if let Ok(record) = serde_json::from_str::<Value>(&line) {
-                if wanted(&record) {
-                    emit(&record);
-                }
-            }
-        }
+        })?;
         thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Hands every complete line from `offset` on that parses as JSON to `each` (a line still
+/// being written, without its newline, waits for the next call); returns the offset after
+/// the last complete line.
+fn read_records(file: &mut File, offset: u64, each: &mut dyn FnMut(Value)) -> Result<u64> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = BufReader::new(file);
+    let mut offset = offset;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = reader.read_line(&mut line)?;
+        if read == 0 || !line.ends_with('\n') {
+            return Ok(offset);
+        }
+        offset += read as u64;
+        if let Ok(record) = serde_json::from_str::<Value>(&line) {
+            each(record);
+        }
     }
 }
 
@@ -250,6 +249,37 @@ mod tests {
         for l in lines {
             writeln!(f, "{l}").unwrap();
         }
+    }
+
+    #[test]
+    fn tail_hands_on_the_last_records_wanted_and_skips_a_partial_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.jsonl");
+        let mut text = String::new();
+        for (i, decision) in ["allow", "deny", "allow", "deny", "deny"]
+            .iter()
+            .enumerate()
+        {
+            text.push_str(&format!("{{\"seq\":{i},\"decision\":\"{decision}\"}}\n"));
+        }
+        text.push_str("not json\n{\"seq\":5,\"decision\":\"deny\"");
+        std::fs::write(&log, text).unwrap();
+        let seqs = |denied, last| {
+            let mut seen = Vec::new();
+            let options = TailOptions {
+                follow: false,
+                denied,
+                last,
+            };
+            tail(&log, options, &mut |r| {
+                seen.push(r["seq"].as_u64().unwrap());
+            })
+            .unwrap();
+            seen
+        };
+        assert_eq!(seqs(false, 3), [2, 3, 4]);
+        assert_eq!(seqs(true, 2), [3, 4]);
+        assert_eq!(seqs(true, 10), [1, 3, 4]);
     }
 
     #[test]
