@@ -128,14 +128,14 @@ impl Metrics {
     /// The exposition text.
     pub fn render(&self) -> Result<String> {
         let mut out = String::new();
-        encode(&mut out, &self.registry).map_err(|e| anyhow!("cannot encode metrics: {e}"))?;
+        encode(&mut out, &self.registry).context("cannot encode metrics")?;
         Ok(out)
     }
 
     /// Serves `GET /metrics` on `addr` from a background thread, for the life of the process.
     pub fn serve(&self, addr: SocketAddr) -> Result<()> {
         let server = tiny_http::Server::http(addr)
-            .map_err(|e| anyhow!("{e}"))
+            .map_err(anyhow::Error::from_boxed)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         let content_type = tiny_http::Header::from_bytes(
             &b"Content-Type"[..],
