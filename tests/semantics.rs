@@ -304,13 +304,13 @@ fn over_long_path_is_denied_fail_closed_even_when_the_default_allows() {
     assert_eq!(
         over_long.len(),
         1,
-        "the over-over_long path is recorded in full: {records:#?}"
+        "the over-long path is recorded in full: {records:#?}"
     );
     assert_eq!(over_long[0]["decision"], "deny");
     assert!(
         over_long[0]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("too over_long")),
+            .is_some_and(|r| r.contains("too long")),
         "{}",
         over_long[0]
     );
