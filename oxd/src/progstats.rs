@@ -10,17 +10,17 @@ use std::collections::HashSet;
 
 use aya::programs::{loaded_programs, ProgramError};
 
-use crate::enforcer::{Enforcer, EnforcerError, LoadOptions, LSM_PROGRAMS};
+use crate::enforcer::{Enforcer, EnforcerError, LoadOptions, LSM_PROGRAMS, SOCK_ADDR_PROGRAMS};
 
 /// Every program of oxd's kernel object, in the order [`verifier_stats`] reports them.
 pub const PROGRAMS: [&str; 7] = [
     LSM_PROGRAMS[0].0,
     LSM_PROGRAMS[1].0,
     LSM_PROGRAMS[2].0,
-    "connect4",
-    "connect6",
-    "sendmsg4",
-    "sendmsg6",
+    SOCK_ADDR_PROGRAMS[0],
+    SOCK_ADDR_PROGRAMS[1],
+    SOCK_ADDR_PROGRAMS[2],
+    SOCK_ADDR_PROGRAMS[3],
 ];
 
 /// What the kernel reports about one loaded program.
