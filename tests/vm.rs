@@ -2,6 +2,8 @@
 //! guests booting Debian's 6.1 and 6.12 kernels (`cargo xtask vm`); on a host without BPF-LSM
 //! they fail, by design, rather than being skipped.
 
+#[path = "attack/mod.rs"]
+mod attack;
 mod common;
 #[path = "daemon.rs"]
 mod daemon;

@@ -49,6 +49,11 @@ pub(crate) fn probe_bin() -> PathBuf {
     binary("OXD_PROBE", "oxd-probe")
 }
 
+/// The `oxd-attack` helper (the attack suite's techniques).
+pub(crate) fn attack_bin() -> PathBuf {
+    binary("OXD_ATTACK", "oxd-attack")
+}
+
 /// The repository root.
 pub(crate) fn repo() -> PathBuf {
     std::env::var_os("OXD_REPO").map_or_else(

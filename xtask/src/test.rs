@@ -268,6 +268,10 @@ fn test_env() -> Vec<(String, String)> {
             "OXD_PROBE".into(),
             debug.join("oxd-probe").display().to_string(),
         ),
+        (
+            "OXD_ATTACK".into(),
+            debug.join("oxd-attack").display().to_string(),
+        ),
         ("OXD_REPO".into(), util::repo_root().display().to_string()),
     ]
 }

@@ -1,0 +1,9 @@
+//! The attack suite: one test per technique a hostile, unprivileged agent uses to route around
+//! its policy (issue 9). Each test runs `oxd-attack` inside `oxd run` as an ordinary user, fails
+//! if the forbidden effect happens, and checks the attempt's audit record.
+
+mod exec;
+mod fs;
+mod ipc;
+mod net;
+mod ns;

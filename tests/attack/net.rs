@@ -1,0 +1,1 @@
+//! Attacks of the `net` family: see `tests/attacker/net.rs` for the techniques.
