@@ -31,7 +31,7 @@ pub const PATH_RULE_CAPACITY: u32 = 4 * MAX_PATH_RULES;
 
 /// Version of the layout of the maps oxd pins in bpffs. A daemon only adopts pins of its own
 /// layout version (they live in a directory named after it).
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Most network rules in one policy; the network rule table has this many entries per slot.
 pub const MAX_NET_RULES: u32 = 256;
@@ -269,10 +269,14 @@ pub struct Event {
     pub path_len: u32,
     /// Open: the [`access`] bits requested.
     pub access: u32,
-    pub _pad1: u32,
+    /// Operation-specific detail (see each [`op`]); 0 where the operation has none.
+    pub detail: u32,
     /// Network: destination port, host byte order.
     pub port: u16,
     pub _pad0: u16,
+    /// Operations on another task or its socket: that task's process id; 0 otherwise.
+    pub peer_pid: u32,
+    pub _pad1: u32,
     /// Network: destination address (IPv4 as IPv4-mapped IPv6), network byte order.
     pub addr: [u8; 16],
     /// `comm` of the acting task.
@@ -321,7 +325,7 @@ mod tests {
         assert_eq!(size_of::<PathKey>(), 2 + PATH_KEY_LEN);
         assert_eq!(size_of::<InodeKey>(), 16);
         assert_eq!(size_of::<NetRule>(), 16 + 16 + 2 + 2 + 4 + 4 + 4);
-        let event_fields = 8 * 3 + 4 * 13 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
+        let event_fields = 8 * 3 + 4 * 15 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
         assert_eq!(size_of::<Event>(), event_fields);
         assert_eq!(align_of::<Event>(), 8);
     }

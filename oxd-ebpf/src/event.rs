@@ -77,6 +77,8 @@ pub(crate) fn start_event(op: u32, gate: &Gate, verdict: &Verdict) -> Option<Rin
         write_volatile(addr_of_mut!((*event).proto), 0);
         write_volatile(addr_of_mut!((*event).path_len), 0);
         write_volatile(addr_of_mut!((*event).access), 0);
+        write_volatile(addr_of_mut!((*event).detail), 0);
+        write_volatile(addr_of_mut!((*event).peer_pid), 0);
         write_volatile(addr_of_mut!((*event)._pad1), 0);
         write_volatile(addr_of_mut!((*event).port), 0);
         write_volatile(addr_of_mut!((*event)._pad0), 0);

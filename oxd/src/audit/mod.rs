@@ -450,6 +450,8 @@ pub(crate) fn connect_event(generation: u64, decision: u32) -> Event {
         proto: proto::TCP,
         path_len: 0,
         access: 0,
+        detail: 0,
+        peer_pid: 0,
         _pad1: 0,
         port: 8080,
         _pad0: 0,
