@@ -33,6 +33,16 @@ fn cgroup_dir_in(mount: &Path, proc_cgroup: &str) -> Option<PathBuf> {
     Some(mount.join(rel.trim_start_matches('/')))
 }
 
+/// [`oxd_common::MAX_CGROUP_DEPTH`]: the kernel side walks a task's ancestors at levels
+/// 1 to `MAX_CGROUP_DEPTH - 1` looking for a confined one.
+const MAX_CGROUP_DEPTH_USIZE: usize = oxd_common::MAX_CGROUP_DEPTH as usize;
+
+/// How many levels below the cgroup2 mount `path` is (the kernel's cgroup `level`).
+fn cgroup_level(mount: &Path, path: &Path) -> usize {
+    path.strip_prefix(mount)
+        .map_or(0, |rel| rel.components().count())
+}
+
 /// A cgroup v2 directory and its id.
 fn resolve_target(target: &Target) -> Result<(PathBuf, u64)> {
     let mount = cgroup2_mount()?;
@@ -58,6 +68,16 @@ fn resolve_target(target: &Target) -> Result<(PathBuf, u64)> {
     }
     if path == mount {
         bail!("refusing to confine the root cgroup: that would confine every process");
+    }
+    let level = cgroup_level(&mount, &path);
+    if level >= MAX_CGROUP_DEPTH_USIZE {
+        bail!(
+            "refusing to confine {}: it is {level} levels below the cgroup root, and the kernel \
+             side recognises confined cgroups only down to level {} (a deeper one would not \
+             confine the cgroups its agent creates)",
+            path.display(),
+            MAX_CGROUP_DEPTH_USIZE - 1
+        );
     }
     let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     if let Some(own) = cgroup_dir_in(&mount, &own) {
@@ -408,6 +428,17 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_levels_count_from_the_mount() {
+        let mount = Path::new("/sys/fs/cgroup");
+        assert_eq!(cgroup_level(mount, Path::new("/sys/fs/cgroup/a")), 1);
+        assert_eq!(cgroup_level(mount, Path::new("/sys/fs/cgroup/a/b/c")), 3);
+        let deep: PathBuf = std::iter::once("/sys/fs/cgroup".to_string())
+            .chain((0..MAX_CGROUP_DEPTH_USIZE).map(|i| format!("l{i}")))
+            .collect();
+        assert_eq!(cgroup_level(mount, &deep), MAX_CGROUP_DEPTH_USIZE);
+    }
 
     #[test]
     fn cgroup_dir_is_read_from_the_unified_line() {
