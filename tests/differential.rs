@@ -230,6 +230,12 @@ fn exec_section(rng: &mut Rng, tree: &Tree, probe: &str) -> String {
     rng.shuffle(&mut deny);
     let at = rng.below(allow.len() + 1);
     allow.insert(at, probe.to_owned());
+    // The shared libraries of the probe and of the tree's programs, outside the tree: mapping
+    // them executable is decided by the exec rules.
+    for library in LIBRARIES.split(", ") {
+        let at = rng.below(allow.len() + 1);
+        allow.insert(at, library.trim_matches('"').to_owned());
+    }
     let default = rng.pick_str(&[
         "",
         "default = \"allow\"\n",

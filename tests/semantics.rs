@@ -172,7 +172,7 @@ fn udp_sends_are_decided_like_connects() {
         r#"
 [exec]
 default = "deny"
-allow = ["{probe}"]
+allow = ["{probe}", {LIBRARIES}]
 [network]
 default = "deny"
 [[network.allow]]
@@ -339,7 +339,7 @@ fn shebang_scripts_are_checked_for_the_script_and_its_interpreter() {
         r#"
 [exec]
 default = "deny"
-allow = ["{probe}", "{dir}/**", "/usr/bin/dash", "/usr/bin/bash"]
+allow = ["{probe}", "{dir}/**", "/usr/bin/dash", "/usr/bin/bash", {LIBRARIES}]
 deny = ["{denied}", "/usr/bin/bash"]
 "#,
         probe = probe(),
@@ -453,7 +453,7 @@ fn cgroups_the_agent_creates_below_its_own_stay_confined() {
         r#"
 [exec]
 default = "deny"
-allow = ["{probe}", "/usr/bin/true"]
+allow = ["{probe}", "/usr/bin/true", {LIBRARIES}]
 [network]
 default = "deny"
 "#,
@@ -509,7 +509,7 @@ fn hard_links_and_symlinks_to_a_denied_binary_are_denied() {
         r#"
 [exec]
 default = "deny"
-allow = ["{probe}", "{allowed}/**", "{denied}"]
+allow = ["{probe}", "{allowed}/**", "{denied}", {LIBRARIES}]
 deny = ["{denied}"]
 "#,
         probe = probe(),
@@ -625,7 +625,7 @@ fn fileless_exec_from_a_memfd_is_denied_by_an_allowlist() {
         r#"
 [exec]
 default = "deny"
-allow = ["{python}", "/usr/bin/true"]
+allow = ["{python}", "/usr/bin/true", {LIBRARIES}]
 "#
     ));
     let log = scratch.path("audit.jsonl");
