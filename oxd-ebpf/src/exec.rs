@@ -200,9 +200,9 @@ fn remember(file: *const u8, gate: &Gate, verdict: &Verdict, scratch: *mut Scrat
     }
 }
 
-/// The decision `mmap_file` kept on `file`, with its path copied into the scratch buffer (and
-/// its length, 0 for none); an exact deny rule naming the file by identity still decides. A
-/// missing or stale decision (another file, slot or generation) denies, fail closed.
+/// The decision `mmap_file` kept on `file` (exact deny rules by identity included), with its
+/// path copied into the scratch buffer (and its length, 0 for none). A missing or stale
+/// decision (another file, slot or generation) denies, fail closed.
 #[inline(always)]
 fn recall(file: *const u8, gate: &Gate, scratch: *mut Scratch) -> (Verdict, u32) {
     if !gate.configured {
@@ -220,7 +220,7 @@ fn recall(file: *const u8, gate: &Gate, scratch: *mut Scratch) -> (Verdict, u32)
     {
         return (Verdict::deny(reason::MAPPING_UNDECIDED), 0);
     }
-    let by_path = Verdict {
+    let verdict = Verdict {
         decision: kept.decision,
         reason: kept.reason,
         rule_id: kept.rule_id,
@@ -237,10 +237,7 @@ fn recall(file: *const u8, gate: &Gate, scratch: *mut Scratch) -> (Verdict, u32)
             len = kept.path_len;
         }
     }
-    (
-        by_identity(denied_inode(file, gate.slot).exec, by_path),
-        len,
-    )
+    (verdict, len)
 }
 
 /// The exec rules' verdict on `file` (`default` where no rule matches), and the length of the
