@@ -4,7 +4,7 @@
 use core::ptr::addr_of_mut;
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::lsm, programs::LsmContext};
-use oxd_common::{action, fmode, governs, mode, op, reason, PATH_KEY_LEN};
+use oxd_common::{action, fmode, governs, mode, op, reason, MappedFile, PATH_KEY_LEN};
 
 use crate::{
     confine::Gate,
@@ -196,7 +196,9 @@ fn remember(file: *const u8, gate: &Gate, verdict: &Verdict, scratch: *mut Scrat
                 (*kept).path_len = len;
             }
         }
-        let _ = MAPPED_FILES.insert(&(file as u64), &*kept, 0);
+        // By reference: the value is too large to copy onto the BPF stack.
+        let value: &MappedFile = &*kept;
+        let _ = MAPPED_FILES.insert(file as u64, value, 0);
     }
 }
 
@@ -210,7 +212,7 @@ fn recall(file: *const u8, gate: &Gate, scratch: *mut Scratch) -> (Verdict, u32)
     }
     let (ino, dev) = offsets::file_identity(file);
     // SAFETY: plain-data key and value.
-    let Some(kept) = (unsafe { MAPPED_FILES.get(&(file as u64)) }) else {
+    let Some(kept) = (unsafe { MAPPED_FILES.get(file as u64) }) else {
         return (Verdict::deny(reason::MAPPING_UNDECIDED), 0);
     };
     if kept.ino != ino

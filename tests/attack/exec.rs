@@ -161,9 +161,9 @@ deny = ["{root}/denied/touch"]
     fn attack(&self, technique: &str, args: &[&str]) -> (Output, Vec<Value>) {
         let attack = attack_bin();
         let attack = attack.to_str().expect("utf-8 oxd-attack path");
-        let mut argv = vec![attack, "--as", AGENT, technique];
-        argv.extend_from_slice(args);
-        let output = oxd_run(&self.policy, &self.log, &argv);
+        let mut command = vec![attack, "--as", AGENT, technique];
+        command.extend_from_slice(args);
+        let output = oxd_run(&self.policy, &self.log, &command);
         let steps = String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())

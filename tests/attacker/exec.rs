@@ -79,7 +79,7 @@ pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
             Ok(file) => fexecve(&file.into(), "fexecve", path, rest),
             Err(e) => Outcome::Setup(format!("cannot open {path}: {e}")),
         }),
-        "memfd-exec" => with_path(args, |source, rest| memfd_exec(source, rest)),
+        "memfd-exec" => with_path(args, memfd_exec),
         "shebang-exec" => with_two(args, |script, interpreter, rest| {
             let text = format!("#!{interpreter} {}\n", rest.join(" "));
             let written = fs::write(script, text)
@@ -90,26 +90,7 @@ pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
             }
             exec(script, "exec", &[])
         }),
-        "ld-preload" => match args {
-            [source, dest, marker, program] => {
-                if let Err(e) = copy_library(source, dest) {
-                    return Some(Outcome::Setup(e));
-                }
-                let err = Command::new(program)
-                    .env("LD_PRELOAD", dest)
-                    .env("OXD_MARKER", marker)
-                    .status()
-                    .map(|status| {
-                        println!(
-                            "{}",
-                            serde_json::json!({ "step": "run", "status": status.code() })
-                        );
-                    });
-                step("spawn", &err);
-                Outcome::Done
-            }
-            _ => Outcome::Usage("wants SOURCE DEST MARKER PROGRAM".to_owned()),
-        },
+        "ld-preload" => ld_preload(args),
         "dlopen" => match args {
             [source, dest, marker] => {
                 if let Err(e) = copy_library(source, dest) {
@@ -131,23 +112,7 @@ pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
             }
             Outcome::Done
         }),
-        "mprotect-exec" => with_path(args, |path, _| {
-            let file = match fs::File::open(path) {
-                Ok(file) => file,
-                Err(e) => return Outcome::Setup(format!("cannot open {path}: {e}")),
-            };
-            let mapped = map(&file, libc::PROT_READ, libc::MAP_PRIVATE);
-            step("mmap-read", &mapped);
-            let Ok(addr) = mapped else {
-                return Outcome::Setup(format!("cannot map {path} for reading"));
-            };
-            step(
-                "mprotect-exec",
-                &protect(addr, libc::PROT_READ | libc::PROT_EXEC),
-            );
-            step("executable", &executable(addr));
-            Outcome::Done
-        }),
+        "mprotect-exec" => with_path(args, mprotect_exec),
         "anon-exec" => {
             for (name, flags) in [
                 ("private", libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
@@ -160,6 +125,45 @@ pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
         _ => return None,
     };
     Some(outcome)
+}
+
+fn ld_preload(args: &[String]) -> Outcome {
+    let [source, dest, marker, program] = args else {
+        return Outcome::Usage("wants SOURCE DEST MARKER PROGRAM".to_owned());
+    };
+    if let Err(e) = copy_library(source, dest) {
+        return Outcome::Setup(e);
+    }
+    let ran = Command::new(program)
+        .env("LD_PRELOAD", dest)
+        .env("OXD_MARKER", marker)
+        .status()
+        .map(|status| {
+            println!(
+                "{}",
+                serde_json::json!({ "step": "run", "status": status.code() })
+            );
+        });
+    step("spawn", &ran);
+    Outcome::Done
+}
+
+fn mprotect_exec(path: &str, _: &[String]) -> Outcome {
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) => return Outcome::Setup(format!("cannot open {path}: {e}")),
+    };
+    let mapped = map(&file, libc::PROT_READ, libc::MAP_PRIVATE);
+    step("mmap-read", &mapped);
+    let Ok(addr) = mapped else {
+        return Outcome::Setup(format!("cannot map {path} for reading"));
+    };
+    step(
+        "mprotect-exec",
+        &protect(addr, libc::PROT_READ | libc::PROT_EXEC),
+    );
+    step("executable", &executable(addr));
+    Outcome::Done
 }
 
 fn with_path(args: &[String], f: impl FnOnce(&str, &[String]) -> Outcome) -> Outcome {
@@ -213,14 +217,14 @@ fn exec(path: &str, name: &str, rest: &[String]) -> Outcome {
     let env = environment();
     let _ = io::stdout().flush();
     // SAFETY: NUL-terminated arrays of NUL-terminated strings that outlive the call.
-    let ret = unsafe {
+    let result = unsafe {
         libc::execve(
             c_string(path).as_ptr(),
             pointers(&args).as_ptr(),
             pointers(&env).as_ptr(),
         )
     };
-    step(name, &check(libc::c_long::from(ret)));
+    step(name, &check(libc::c_long::from(result)));
     Outcome::Done
 }
 
@@ -231,7 +235,7 @@ fn fexecve(fd: &OwnedFd, name: &str, argv0: &str, rest: &[String]) -> Outcome {
     let empty = c_string("");
     let _ = io::stdout().flush();
     // SAFETY: as in `exec`; `fd` is open.
-    let ret = unsafe {
+    let result = unsafe {
         libc::syscall(
             libc::SYS_execveat,
             fd.as_raw_fd(),
@@ -241,7 +245,7 @@ fn fexecve(fd: &OwnedFd, name: &str, argv0: &str, rest: &[String]) -> Outcome {
             libc::AT_EMPTY_PATH,
         )
     };
-    step(name, &check(ret));
+    step(name, &check(result));
     Outcome::Done
 }
 

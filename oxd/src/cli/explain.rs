@@ -18,8 +18,7 @@ pub(crate) struct ExplainArgs {
     /// Executing this file.
     #[arg(long, value_name = "PATH")]
     exec: Option<PathBuf>,
-    /// Mapping this file executable (mmap or mprotect with PROT_EXEC: a shared library, or a
-    /// program the dynamic loader runs).
+    /// Mapping this file executable: a shared library, or a program the dynamic loader runs.
     #[arg(long, value_name = "PATH")]
     map: Option<PathBuf>,
     /// Opening this file (with --read and/or --write).
