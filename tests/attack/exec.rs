@@ -242,9 +242,15 @@ fn symlink_to_a_denied_binary_is_denied() {
 
 #[test]
 fn hard_link_to_a_denied_binary_is_denied() {
-    exec_trick("hardlink", "hardlink-exec", |a| {
-        vec![a.denied(), a.path("ws/link"), a.marker()]
-    });
+    // The link is in an allowed, writable directory: the exact deny rule names the file by
+    // identity too, so the link (recorded under its own path) is denied by that rule.
+    let arena = Arena::new("hardlink");
+    let link = arena.path("ws/link");
+    let (output, steps) = arena.attack("hardlink-exec", &[&arena.denied(), &link, &arena.marker()]);
+    arena.assert_no_marker(&output);
+    assert_eq!(step(&steps, "hardlink")["ok"], true, "{steps:#?}");
+    assert_step_eperm(&steps, "exec");
+    arena.assert_denied("exec", &link, "exec.deny[0]");
 }
 
 #[test]
