@@ -660,3 +660,75 @@ except OSError as e:
     assert_eq!(memfd[0]["decision"], "deny");
     assert_eq!(memfd[0]["rule"], "default");
 }
+
+#[test]
+fn executable_mappings_are_decided_by_the_exec_rules_default_included() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("mappings");
+    let libc = fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").expect("libc");
+    let libc = libc.to_str().expect("utf-8").to_owned();
+    let log = scratch.path("audit.jsonl");
+    // An allowlist that does not name the library directories: the program may run, but not
+    // map its libraries, so it does not start.
+    let bare = scratch.path("bare.toml");
+    fs::write(
+        &bare,
+        "[exec]\ndefault = \"deny\"\nallow = [\"/usr/bin/true\"]\n",
+    )
+    .expect("write");
+    let output = oxd_run(&bare, &log, &["/usr/bin/true"]);
+    assert_eq!(output.status.code(), Some(127), "{output:?}");
+    let records = audit_records(&log);
+    assert_record(&records, "mmap-exec", &libc, "deny", "default");
+    assert!(!explain_allows(&bare, &["--map", &libc]));
+    // In audit mode nothing is refused, the would-be denial is recorded as such, and allowed
+    // mappings are recorded too (ls maps libselinux and libpcre2 besides libc).
+    let audit = scratch.path("audit.toml");
+    fs::write(
+        &audit,
+        format!(
+            "mode = \"audit\"\n[exec]\ndefault = \"deny\"\nallow = [\"/usr/bin/ls\", \
+             {LIBRARIES}]\ndeny = [\"{libc}\"]\n"
+        ),
+    )
+    .expect("write");
+    let log = scratch.path("audit-mode.jsonl");
+    let output = oxd_run(&audit, &log, &["/usr/bin/ls", "/"]);
+    assert!(output.status.success(), "{output:?}");
+    let records = audit_records(&log);
+    let mapped = records_for(&records, "mmap-exec", &libc);
+    assert!(!mapped.is_empty(), "{records:#?}");
+    assert!(
+        mapped.iter().all(|r| r["decision"] == "deny"
+            && r["enforced"] == false
+            && r["rule"] == "exec.deny[0]"),
+        "{mapped:#?}"
+    );
+    let allowed: Vec<_> = records
+        .iter()
+        .filter(|r| r["op"] == "mmap-exec" && r["decision"] == "allow")
+        .collect();
+    assert!(
+        !allowed.is_empty()
+            && allowed
+                .iter()
+                .all(|r| r["rule"] == "exec.allow[1]" && r["target"] != libc.as_str()),
+        "ls's other libraries (libselinux, ...) are recorded as allowed: {records:#?}"
+    );
+    // The same policy enforced, without the deny: libraries mapped, nothing recorded for them.
+    let enforce = scratch.path("enforce.toml");
+    fs::write(
+        &enforce,
+        format!("[exec]\ndefault = \"deny\"\nallow = [\"/usr/bin/true\", {LIBRARIES}]\n"),
+    )
+    .expect("write");
+    let log = scratch.path("enforce.jsonl");
+    let output = oxd_run(&enforce, &log, &["/usr/bin/true"]);
+    assert!(output.status.success(), "{output:?}");
+    let records = audit_records(&log);
+    assert!(
+        !records.iter().any(|r| r["op"] == "mmap-exec"),
+        "allowed mappings are not recorded under enforce: {records:#?}"
+    );
+    assert!(explain_allows(&enforce, &["--map", &libc]));
+}
