@@ -282,6 +282,15 @@ fn fexecve_of_a_denied_binary_is_denied() {
 }
 
 #[test]
+fn exec_through_an_o_path_descriptor_of_a_denied_binary_is_denied() {
+    let arena = Arena::new("opath");
+    let (output, steps) = arena.attack("opath-fexecve", &[&arena.denied(), &arena.marker()]);
+    arena.assert_no_marker(&output);
+    assert_step_eperm(&steps, "fexecve");
+    arena.assert_denied("exec", &arena.denied(), "exec.deny[0]");
+}
+
+#[test]
 fn copy_of_a_denied_binary_to_a_writable_directory_is_denied() {
     let arena = Arena::new("copy");
     let copy = arena.path("tmp/touch");

@@ -8,6 +8,8 @@
 //! - `copy-exec SOURCE DEST [ARG...]`: copy SOURCE to DEST (mode 0755), exec DEST.
 //! - `fd-exec PATH [ARG...]`: open PATH, exec `/proc/self/fd/N`.
 //! - `fexecve PATH [ARG...]`: open PATH, `execveat(fd, "", AT_EMPTY_PATH)`.
+//! - `opath-fexecve PATH [ARG...]`: open PATH with `O_PATH` (no read access needed),
+//!   `execveat(fd, "", AT_EMPTY_PATH)`.
 //! - `memfd-exec SOURCE [ARG...]`: copy SOURCE into a memfd; map the memfd executable, then
 //!   `fexecve` it.
 //! - `shebang-exec SCRIPT INTERPRETER [ARG...]`: write a script whose `#!` line names
@@ -78,6 +80,17 @@ pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
         "fexecve" => with_path(args, |path, rest| match fs::File::open(path) {
             Ok(file) => fexecve(&file.into(), "fexecve", path, rest),
             Err(e) => Outcome::Setup(format!("cannot open {path}: {e}")),
+        }),
+        "opath-fexecve" => with_path(args, |path, rest| {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            match fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH)
+                .open(path)
+            {
+                Ok(file) => fexecve(&file.into(), "fexecve", path, rest),
+                Err(e) => Outcome::Setup(format!("cannot open {path} with O_PATH: {e}")),
+            }
         }),
         "memfd-exec" => with_path(args, memfd_exec),
         "shebang-exec" => with_two(args, |script, interpreter, rest| {
