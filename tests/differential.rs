@@ -19,7 +19,7 @@ use std::{
 use oxd::{
     compile::{compile, file_identity},
     evaluate::{Decision, Reason, Request},
-    oxd_common::MAX_RULE_PATH_LEN,
+    oxd_common::{MAX_RULE_PATH_LEN, PATH_KEY_LEN},
     policy::{Action, Policy},
 };
 use serde_json::Value;
@@ -192,6 +192,9 @@ enum Category {
     Exec,
     Open,
     Network,
+    /// Mapping a file executable (`mmap`, or `mprotect` after a readable `mmap`), after
+    /// opening it for reading.
+    Map,
 }
 
 /// One action and what to look for in the audit log.
@@ -230,6 +233,12 @@ fn exec_section(rng: &mut Rng, tree: &Tree, probe: &str) -> String {
     rng.shuffle(&mut deny);
     let at = rng.below(allow.len() + 1);
     allow.insert(at, probe.to_owned());
+    // The shared libraries of the probe and of the tree's programs, outside the tree: mapping
+    // them executable is decided by the exec rules.
+    for library in LIBRARIES.split(", ") {
+        let at = rng.below(allow.len() + 1);
+        allow.insert(at, library.trim_matches('"').to_owned());
+    }
     let default = rng.pick_str(&[
         "",
         "default = \"allow\"\n",
@@ -437,6 +446,29 @@ fn network_case(addr: SocketAddr, udp: bool) -> Case {
     }
 }
 
+/// Mapping `path` executable, directly or by `mprotect`. A denied `mprotect` of a file whose
+/// path is too long for a rule key is recorded without its path: `file_mprotect` cannot resolve
+/// paths and only the decision `mmap_file` kept is at hand.
+fn map_case(path: &str, mprotect: bool) -> Case {
+    let too_long = path.len() + 1 > PATH_KEY_LEN;
+    Case {
+        category: Category::Map,
+        action: format!("{}:{path}", if mprotect { "mprotect" } else { "map" }),
+        request: Request::MapExec { path: path.into() },
+        op: if mprotect {
+            "mprotect-exec"
+        } else {
+            "mmap-exec"
+        },
+        target: if mprotect && too_long {
+            "<unresolved>".to_owned()
+        } else {
+            path.into()
+        },
+        access: None,
+    }
+}
+
 fn network_target(rng: &mut Rng, base: u16, ports: &[u16]) -> SocketAddr {
     let port = if !ports.is_empty() && rng.chance(70) {
         *rng.pick(ports)
@@ -491,6 +523,65 @@ fn generate(
     (text, cases)
 }
 
+/// What the evaluator expects of one case.
+struct Decided {
+    /// The decision that shows in the outcome (for a mapping, the read open's when that is
+    /// denied, else the mapping's) and in the case's records.
+    decision: Decision,
+    /// Whether the case's own op is recorded: every decided exec, open and network action; a
+    /// mapping only when denied (enforce mode records allowed mappings not).
+    recorded: bool,
+    /// Whether an exact deny rule on another name of the file decided.
+    by_identity: bool,
+}
+
+fn request_path(request: &Request) -> &str {
+    match request {
+        Request::Exec { path } | Request::MapExec { path } | Request::Open { path, .. } => path,
+        Request::Connect { .. } => "",
+    }
+}
+
+fn decide(case: &Case, policy: &Policy, image: &oxd::compile::SlotImage) -> Decided {
+    let by_path = policy.evaluate(&case.request);
+    let rules =
+        || file_identity(Path::new(request_path(&case.request))).and_then(|id| image.denied(id));
+    let decision = match case.category {
+        Category::Network => by_path,
+        Category::Exec | Category::Open | Category::Map => {
+            policy.evaluate_with(&case.request, rules())
+        }
+    };
+    let by_identity = decision != by_path;
+    if case.category != Category::Map {
+        return Decided {
+            decision,
+            recorded: decision.reason != Reason::NotDecided,
+            by_identity,
+        };
+    }
+    let open = policy.evaluate_with(
+        &Request::Open {
+            path: request_path(&case.request).to_owned(),
+            read: true,
+            write: false,
+        },
+        rules(),
+    );
+    if open.action == Action::Deny {
+        return Decided {
+            decision: open,
+            recorded: false,
+            by_identity: false,
+        };
+    }
+    Decided {
+        decision,
+        recorded: decision.reason != Reason::NotDecided && decision.action == Action::Deny,
+        by_identity,
+    }
+}
+
 fn expected_reason(reason: Reason) -> &'static str {
     match reason {
         Reason::Rule(_) => "rule",
@@ -517,7 +608,7 @@ fn compare(
         // Whatever is not EPERM: a connect to a port nobody listens on is refused.
         (Action::Allow, Category::Network) => !denied,
         (Action::Allow, Category::Exec) => result["ok"] == true && result["status"] == 0,
-        (Action::Allow, Category::Open) => result["ok"] == true,
+        (Action::Allow, Category::Open | Category::Map) => result["ok"] == true,
     };
     if !outcome_ok {
         problems.push(format!(
@@ -578,6 +669,7 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
     });
     eprintln!("differential: seed {seed:#x} (set OXD_DIFFERENTIAL_SEED to change it)");
     let mut rng = Rng(seed);
+    let mut map_rng = Rng(seed ^ 0x6d61_7070_696e_6773);
 
     let scratch = Scratch::new("differential");
     let tree = build_tree(&scratch.path(""));
@@ -597,7 +689,13 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
     let mut by_identity = 0;
 
     for index in 0..POLICIES {
-        let (text, cases) = generate(&mut rng, index, &tree, &probe, &probe_dir);
+        let (text, mut cases) = generate(&mut rng, index, &tree, &probe, &probe_dir);
+        // Mappings, from a generator of their own so the rest of the corpus stays as it was.
+        for _ in 0..ACTIONS_PER_CATEGORY {
+            let path = map_rng.pick(&tree.files).clone();
+            let at = map_rng.below(cases.len() + 1);
+            cases.insert(at, map_case(&path, map_rng.chance(50)));
+        }
         let policy_path = scratch.path(&format!("policy-{index}.toml"));
         let log = scratch.path(&format!("audit-{index}.jsonl"));
         fs::write(&policy_path, &text)
@@ -638,25 +736,30 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
         // tree exists, as `oxd run` compiles the policy (slot 0, generation 1) when it applies it.
         let image = compile(&policy, 0, 1, &file_identity)
             .unwrap_or_else(|e| panic!("policy {index} does not compile into a slot: {e}\n{text}"));
+        let decided: Vec<Decided> = cases
+            .iter()
+            .map(|case| decide(case, &policy, &image))
+            .collect();
+        // Records expected per (op, target, access): one per recorded decision, and one read
+        // open per mapping under a `[file]` section (the probe opens the file to map it).
         let mut per_key: BTreeMap<(&str, &str, Option<&str>), usize> = BTreeMap::new();
-        for case in &cases {
-            *per_key.entry(case.key()).or_default() += 1;
+        for (case, d) in cases.iter().zip(&decided) {
+            if d.recorded {
+                *per_key.entry(case.key()).or_default() += 1;
+            }
+            if case.category == Category::Map && policy.file.is_some() {
+                *per_key
+                    .entry(("open", request_path(&case.request), Some("read")))
+                    .or_default() += 1;
+            }
         }
-        for (case, result) in cases.iter().zip(&results) {
+        for ((case, result), d) in cases.iter().zip(&results).zip(&decided) {
             assert_eq!(
                 result["action"], case.action,
                 "probe results out of order under policy {index}"
             );
-            let by_path = policy.evaluate(&case.request);
-            let decision = match case.category {
-                Category::Network => by_path,
-                Category::Exec | Category::Open => {
-                    let rules =
-                        file_identity(Path::new(&case.target)).and_then(|id| image.denied(id));
-                    policy.evaluate_with(&case.request, rules)
-                }
-            };
-            if decision != by_path {
+            let decision = d.decision;
+            if d.by_identity {
                 by_identity += 1;
             }
             let label = decision.rule_label(&policy);
@@ -685,7 +788,7 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
                 &label,
                 result,
                 &found,
-                per_key[&case.key()],
+                per_key.get(&case.key()).copied().unwrap_or(0),
             );
             if !problems.is_empty() {
                 mismatches.push(format!(
@@ -711,10 +814,11 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
     let total: usize = counts.values().sum();
     let count = |c| counts.get(&c).copied().unwrap_or(0);
     eprintln!(
-        "differential: {total} cases (exec {}, open {}, network {}), {} mismatches",
+        "differential: {total} cases (exec {}, open {}, network {}, map {}), {} mismatches",
         count(Category::Exec),
         count(Category::Open),
         count(Category::Network),
+        count(Category::Map),
         mismatches.len()
     );
     eprintln!("differential: decisions {decisions:?}");
@@ -745,6 +849,17 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
                 "no {category:?} case decided by {reason}: {reasons:?}"
             );
         }
+    }
+    assert!(
+        count(Category::Map) >= 60,
+        "only {} mapping cases",
+        count(Category::Map)
+    );
+    for reason in ["rule", "default", "not decided"] {
+        assert!(
+            reasons.contains_key(&(Category::Map, reason)),
+            "no mapping case decided by {reason}: {reasons:?}"
+        );
     }
     for category in [Category::Exec, Category::Open] {
         assert!(

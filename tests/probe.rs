@@ -5,6 +5,9 @@
 //! - `exec:PATH` runs PATH (no arguments) and waits for it;
 //! - `read:PATH` / `write:PATH` / `readwrite:PATH` opens PATH for reading, writing (creating it
 //!   if missing, never truncating) or both, and closes it;
+//! - `map:PATH` opens PATH for reading and maps its first page `PROT_READ | PROT_EXEC`;
+//! - `mprotect:PATH` opens PATH for reading, maps its first page `PROT_READ`, then makes it
+//!   `PROT_READ | PROT_EXEC` (the result reported is the first failure: open, mmap, mprotect);
 //! - `connect:IP:PORT` / `connect:[IPV6]:PORT` opens a TCP connection;
 //! - `udp:IP:PORT` sends one datagram from an unconnected UDP socket;
 //! - `subcgroup:NAME` creates cgroup NAME below the probe's own cgroup and moves the probe into
@@ -71,7 +74,7 @@ fn main() -> ExitCode {
     if actions.is_empty() {
         eprintln!(
             "usage: oxd-probe exec:PATH | read:PATH | write:PATH | readwrite:PATH | \
-             connect:ADDR:PORT | udp:ADDR:PORT | subcgroup:NAME | wait:FILE | flood:N:PATH | \
+             map:PATH | mprotect:PATH | connect:ADDR:PORT | udp:ADDR:PORT | subcgroup:NAME | wait:FILE | flood:N:PATH | \
              repeat:FILE ..."
         );
         return ExitCode::from(2);
@@ -114,6 +117,14 @@ fn perform(action: &str) -> Result<(), ExitCode> {
             _ => options.read(true).write(true).create(true),
         };
         report(action, options.open(path).map(|_| None));
+    } else if let Some((kind, path)) = action
+        .split_once(':')
+        .filter(|(k, _)| matches!(*k, "map" | "mprotect"))
+    {
+        report(
+            action,
+            map_executable(path, kind == "mprotect").map(|()| None),
+        );
     } else if let Some((kind, addr)) = action
         .split_once(':')
         .filter(|(k, _)| matches!(*k, "connect" | "udp"))
@@ -166,4 +177,39 @@ fn perform(action: &str) -> Result<(), ExitCode> {
         return Err(ExitCode::from(2));
     }
     Ok(())
+}
+
+/// Maps the first page of `path` executable: directly, or (`mprotect`) readable first and then
+/// executable. The mapping is undone before returning.
+fn map_executable(path: &str, mprotect: bool) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd as _;
+
+    let file = OpenOptions::new().read(true).open(path)?;
+    let first = if mprotect {
+        libc::PROT_READ
+    } else {
+        libc::PROT_READ | libc::PROT_EXEC
+    };
+    // SAFETY: a fresh mapping chosen by the kernel, checked, changed and unmapped only here.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            first,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        );
+        if addr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let result =
+            if mprotect && libc::mprotect(addr, 4096, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            };
+        libc::munmap(addr, 4096);
+        result
+    }
 }

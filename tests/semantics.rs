@@ -172,7 +172,7 @@ fn udp_sends_are_decided_like_connects() {
         r#"
 [exec]
 default = "deny"
-allow = ["{probe}"]
+allow = ["{probe}", {LIBRARIES}]
 [network]
 default = "deny"
 [[network.allow]]
@@ -339,7 +339,7 @@ fn shebang_scripts_are_checked_for_the_script_and_its_interpreter() {
         r#"
 [exec]
 default = "deny"
-allow = ["{probe}", "{dir}/**", "/usr/bin/dash", "/usr/bin/bash"]
+allow = ["{probe}", "{dir}/**", "/usr/bin/dash", "/usr/bin/bash", {LIBRARIES}]
 deny = ["{denied}", "/usr/bin/bash"]
 "#,
         probe = probe(),
@@ -453,7 +453,7 @@ fn cgroups_the_agent_creates_below_its_own_stay_confined() {
         r#"
 [exec]
 default = "deny"
-allow = ["{probe}", "/usr/bin/true"]
+allow = ["{probe}", "/usr/bin/true", {LIBRARIES}]
 [network]
 default = "deny"
 "#,
@@ -509,7 +509,7 @@ fn hard_links_and_symlinks_to_a_denied_binary_are_denied() {
         r#"
 [exec]
 default = "deny"
-allow = ["{probe}", "{allowed}/**", "{denied}"]
+allow = ["{probe}", "{allowed}/**", "{denied}", {LIBRARIES}]
 deny = ["{denied}"]
 "#,
         probe = probe(),
@@ -625,7 +625,7 @@ fn fileless_exec_from_a_memfd_is_denied_by_an_allowlist() {
         r#"
 [exec]
 default = "deny"
-allow = ["{python}", "/usr/bin/true"]
+allow = ["{python}", "/usr/bin/true", {LIBRARIES}]
 "#
     ));
     let log = scratch.path("audit.jsonl");
@@ -659,4 +659,76 @@ except OSError as e:
     assert_eq!(memfd.len(), 1, "{records:#?}");
     assert_eq!(memfd[0]["decision"], "deny");
     assert_eq!(memfd[0]["rule"], "default");
+}
+
+#[test]
+fn executable_mappings_are_decided_by_the_exec_rules_default_included() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("mappings");
+    let libc = fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").expect("libc");
+    let libc = libc.to_str().expect("utf-8").to_owned();
+    let log = scratch.path("audit.jsonl");
+    // An allowlist that does not name the library directories: the program may run, but not
+    // map its libraries, so it does not start.
+    let bare = scratch.path("bare.toml");
+    fs::write(
+        &bare,
+        "[exec]\ndefault = \"deny\"\nallow = [\"/usr/bin/true\"]\n",
+    )
+    .expect("write");
+    let output = oxd_run(&bare, &log, &["/usr/bin/true"]);
+    assert_eq!(output.status.code(), Some(127), "{output:?}");
+    let records = audit_records(&log);
+    assert_record(&records, "mmap-exec", &libc, "deny", "default");
+    assert!(!explain_allows(&bare, &["--map", &libc]));
+    // In audit mode nothing is refused, the would-be denial is recorded as such, and allowed
+    // mappings are recorded too (ls maps libselinux and libpcre2 besides libc).
+    let audit = scratch.path("audit.toml");
+    fs::write(
+        &audit,
+        format!(
+            "mode = \"audit\"\n[exec]\ndefault = \"deny\"\nallow = [\"/usr/bin/ls\", \
+             {LIBRARIES}]\ndeny = [\"{libc}\"]\n"
+        ),
+    )
+    .expect("write");
+    let log = scratch.path("audit-mode.jsonl");
+    let output = oxd_run(&audit, &log, &["/usr/bin/ls", "/"]);
+    assert!(output.status.success(), "{output:?}");
+    let records = audit_records(&log);
+    let mapped = records_for(&records, "mmap-exec", &libc);
+    assert!(!mapped.is_empty(), "{records:#?}");
+    assert!(
+        mapped.iter().all(|r| r["decision"] == "deny"
+            && r["enforced"] == false
+            && r["rule"] == "exec.deny[0]"),
+        "{mapped:#?}"
+    );
+    let allowed: Vec<_> = records
+        .iter()
+        .filter(|r| r["op"] == "mmap-exec" && r["decision"] == "allow")
+        .collect();
+    assert!(
+        !allowed.is_empty()
+            && allowed
+                .iter()
+                .all(|r| r["rule"] == "exec.allow[1]" && r["target"] != libc.as_str()),
+        "ls's other libraries (libselinux, ...) are recorded as allowed: {records:#?}"
+    );
+    // The same policy enforced, without the deny: libraries mapped, nothing recorded for them.
+    let enforce = scratch.path("enforce.toml");
+    fs::write(
+        &enforce,
+        format!("[exec]\ndefault = \"deny\"\nallow = [\"/usr/bin/true\", {LIBRARIES}]\n"),
+    )
+    .expect("write");
+    let log = scratch.path("enforce.jsonl");
+    let output = oxd_run(&enforce, &log, &["/usr/bin/true"]);
+    assert!(output.status.success(), "{output:?}");
+    let records = audit_records(&log);
+    assert!(
+        !records.iter().any(|r| r["op"] == "mmap-exec"),
+        "allowed mappings are not recorded under enforce: {records:#?}"
+    );
+    assert!(explain_allows(&enforce, &["--map", &libc]));
 }

@@ -32,7 +32,7 @@ fn exec_policy(extra: &str) -> String {
 name = "vm-exec"
 [exec]
 default = "deny"
-allow = ["{probe}", "/usr/bin/true"]
+allow = ["{probe}", "/usr/bin/true", {LIBRARIES}]
 {extra}
 "#,
         probe = probe_bin().display()
@@ -94,7 +94,7 @@ fn exec_deny_rule_beats_allowed_subtree() {
         r#"
 [exec]
 default = "deny"
-allow = ["{probe}", "/usr/bin/**"]
+allow = ["{probe}", "/usr/bin/**", {LIBRARIES}]
 deny = ["/usr/bin/id"]
 "#,
         probe = probe_bin().display()
@@ -175,7 +175,7 @@ fn connect_to_allowed_address_succeeds_and_to_others_fails_with_eperm() {
         r#"
 [exec]
 default = "deny"
-allow = ["{probe}"]
+allow = ["{probe}", {LIBRARIES}]
 
 [network]
 default = "deny"

@@ -60,9 +60,16 @@ pub mod op {
     pub const SENDMSG6: u32 = 5;
     /// Opening a file, decided in `file_open`.
     pub const OPEN: u32 = 6;
-    /// Mapping a file executable (`mmap` with `PROT_EXEC`), decided in `mmap_file`: how a
-    /// dynamic loader run as a command (`ld.so BINARY`) loads its program.
+    /// Mapping a file executable (`mmap` with `PROT_EXEC`), decided in `mmap_file` by the exec
+    /// rules (default included): how the dynamic loader loads libraries (`LD_PRELOAD`,
+    /// `dlopen`) and, run as a command (`ld.so BINARY`), its program. Recorded when denied, and
+    /// in audit mode also when allowed. `detail`: the `PROT_*` bits asked for.
     pub const MMAP_EXEC: u32 = 7;
+    // mappings: 8-15
+    /// Making a file mapping executable (`mprotect` adding `PROT_EXEC` to a file-backed
+    /// mapping), decided in `file_mprotect` by the exec rules, as [`MMAP_EXEC`]. Recorded as
+    /// [`MMAP_EXEC`] is. `detail`: the `PROT_*` bits asked for.
+    pub const MPROTECT_EXEC: u32 = 8;
 }
 
 /// Access bits of a file open.
@@ -102,6 +109,11 @@ pub mod reason {
     pub const NO_CONFIG: u32 = 4;
     /// The confined cgroup points at an empty policy slot: denied, fail closed.
     pub const EMPTY_SLOT: u32 = 5;
+    // mappings: 8-11
+    /// `mprotect` made a file mapping executable that oxd did not decide when it was mapped
+    /// (mapped before the task was confined or under another policy generation, or its
+    /// decision was evicted from `MAPPED_FILES`): denied, fail closed.
+    pub const MAPPING_UNDECIDED: u32 = 8;
 }
 
 /// Policy modes.
@@ -285,6 +297,41 @@ pub struct Event {
     pub path: [u8; PATH_BUF_LEN],
 }
 
+/// Most files whose mapping decision `MAPPED_FILES` keeps (least recently used ones go first).
+pub const MAX_MAPPED_FILES: u32 = 8192;
+
+/// The exec rules' decision on a mapped file, made in `mmap_file` (where the kernel lets a
+/// program resolve the file's path) and kept for `file_mprotect` (where it does not): the value
+/// of the `MAPPED_FILES` map, keyed by the address of the `struct file`. The file's identity
+/// is kept too, so an entry left by a file that is gone never decides for another file.
+#[expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding, set by whichever side of the kernel boundary builds the value"
+)]
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MappedFile {
+    /// Generation of the policy that decided.
+    pub generation: u64,
+    /// `inode->i_ino` of the file.
+    pub ino: u64,
+    /// `sb->s_dev` of the file.
+    pub dev: u32,
+    /// Policy slot that decided.
+    pub slot: u32,
+    /// [`action::ALLOW`] or [`action::DENY`].
+    pub decision: u32,
+    /// [`reason`].
+    pub reason: u32,
+    /// Rule that decided, or [`RULE_DEFAULT`].
+    pub rule_id: u32,
+    /// Bytes of `path` used, including the NUL; 0 when not kept (unresolved or too long).
+    pub path_len: u32,
+    /// The resolved path, NUL-padded (what a rule key holds).
+    pub path: [u8; PATH_KEY_LEN],
+    pub _pad: [u8; 2],
+}
+
 /// Indexes of the `COUNTERS` per-CPU array.
 pub mod counter {
     /// Ring buffer reservations that failed: decisions made but not recorded.
@@ -297,7 +344,7 @@ pub mod counter {
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{Config, Event, InodeKey, InodeRules, NetRule, PathKey, RuleValue};
+    use super::{Config, Event, InodeKey, InodeRules, MappedFile, NetRule, PathKey, RuleValue};
 
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have no
     // implicit padding, so every bit pattern is valid and they can be copied to and from maps.
@@ -308,6 +355,7 @@ mod user {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for InodeKey {}
     unsafe impl aya::Pod for InodeRules {}
+    unsafe impl aya::Pod for MappedFile {}
 }
 
 #[cfg(test)]
@@ -328,5 +376,6 @@ mod tests {
         let event_fields = 8 * 3 + 4 * 15 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
         assert_eq!(size_of::<Event>(), event_fields);
         assert_eq!(align_of::<Event>(), 8);
+        assert_eq!(size_of::<MappedFile>(), 8 * 2 + 4 * 6 + PATH_KEY_LEN + 2);
     }
 }

@@ -1,9 +1,9 @@
 //! oxd's kernel programs, one module per hook family:
 //!
 //! - [`exec`]: `exec_check` (BPF-LSM, `bprm_check_security`) decides every exec of a confined
-//!   task on the path and identity of the file the kernel is about to execute; `mmap_file`
-//!   (BPF-LSM, `mmap_file`) refuses executable mappings of files an exec rule denies (how the
-//!   dynamic loader runs a program without exec).
+//!   task on the path and identity of the file the kernel is about to execute; `mmap_file` and
+//!   `file_mprotect` (BPF-LSM, same hooks) decide every executable mapping of a file by the
+//!   same rules (how the dynamic loader loads libraries, and runs a program without exec).
 //! - [`file`]: `file_open` (BPF-LSM, `file_open`) decides every open of a confined task, for
 //!   reading and for writing, on the resolved path and identity of the file being opened.
 //! - [`net`]: `connect4` / `connect6` / `sendmsg4` / `sendmsg6` (cgroup `sock_addr` hooks,

@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use oxd_common::{
-    counter, Config, InodeKey, InodeRules, NetRule, PathKey, RuleValue, MAX_CONFINED_CGROUPS,
-    MAX_NET_RULES, MAX_POLICY_SLOTS, PATH_BUF_LEN, PATH_RULE_CAPACITY, RING_BUF_BYTES,
+    counter, Config, InodeKey, InodeRules, MappedFile, NetRule, PathKey, RuleValue,
+    MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_NET_RULES, MAX_POLICY_SLOTS, PATH_BUF_LEN,
+    PATH_RULE_CAPACITY, RING_BUF_BYTES,
 };
 
 /// Policy settings, one element per policy slot.
@@ -64,3 +65,13 @@ pub(crate) struct Scratch {
 /// Per-CPU scratch space: paths do not fit on the 512-byte stack.
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The exec rules' decision on every file a confined task maps, by the address of its
+/// `struct file`: made in `mmap_file`, used by `file_mprotect`, which cannot resolve paths.
+#[map]
+pub(crate) static MAPPED_FILES: LruHashMap<u64, MappedFile> =
+    LruHashMap::with_max_entries(MAX_MAPPED_FILES, 0);
+
+/// Per-CPU room to build a [`MAPPED_FILES`] value in (too large for the stack).
+#[map]
+pub(crate) static MAPPED_FILE: PerCpuArray<MappedFile> = PerCpuArray::with_max_entries(1, 0);

@@ -7,7 +7,8 @@
 //! load below against the BTF type of the field it lands on, and rejects the program if it
 //! lands elsewhere.
 //!
-//! The accessors take the `struct file *` or `struct linux_binprm *` a hook was given. Loads
+//! The accessors take the `struct file *`, `struct linux_binprm *` or
+//! `struct vm_area_struct *` a hook was given. Loads
 //! through such BTF pointers are checked by the verifier and cannot fault (the kernel turns
 //! them into exception-handled loads), so they are safe functions.
 
@@ -46,6 +47,18 @@ static INODE_I_SB_OFFSET: u32 = 0;
 /// Offset of `s_dev` in `struct super_block`.
 #[no_mangle]
 static SB_S_DEV_OFFSET: u32 = 0;
+
+/// Offset of `vm_file` in `struct vm_area_struct`.
+#[no_mangle]
+static VMA_VM_FILE_OFFSET: u32 = 0;
+
+/// Offset of `vm_flags` in `struct vm_area_struct`.
+#[no_mangle]
+static VMA_VM_FLAGS_OFFSET: u32 = 0;
+
+/// Offset of `i_flags` in `struct inode`.
+#[no_mangle]
+static INODE_I_FLAGS_OFFSET: u32 = 0;
 
 /// A load-time offset. Volatile, so the compiler cannot fold the 0 it was compiled with.
 #[inline(always)]
@@ -98,5 +111,29 @@ pub(crate) fn file_identity(file: *const u8) -> (u64, u32) {
         let sb = *(inode.add(offset(&INODE_I_SB_OFFSET)).cast::<*const u8>());
         let dev = *(sb.add(offset(&SB_S_DEV_OFFSET)).cast::<u32>());
         (ino, dev)
+    }
+}
+
+/// `vma->vm_file`: the file a mapping maps, null for anonymous memory.
+#[inline(always)]
+pub(crate) fn vma_file(vma: *const u8) -> *const u8 {
+    // SAFETY: a BTF-checked load of `vm_area_struct.vm_file` (module docs).
+    unsafe { *(vma.add(offset(&VMA_VM_FILE_OFFSET)).cast::<*const u8>()) }
+}
+
+/// `vma->vm_flags` (`VM_*` bits).
+#[inline(always)]
+pub(crate) fn vma_flags(vma: *const u8) -> u64 {
+    // SAFETY: a BTF-checked load of `vm_area_struct.vm_flags` (module docs).
+    unsafe { *(vma.add(offset(&VMA_VM_FLAGS_OFFSET)).cast::<u64>()) }
+}
+
+/// `file->f_inode->i_flags` (`S_*` bits).
+#[inline(always)]
+pub(crate) fn file_inode_flags(file: *const u8) -> u32 {
+    // SAFETY: BTF-checked loads of `file.f_inode` and `inode.i_flags` (module docs).
+    unsafe {
+        let inode = *(file.add(offset(&FILE_F_INODE_OFFSET)).cast::<*const u8>());
+        *(inode.add(offset(&INODE_I_FLAGS_OFFSET)).cast::<u32>())
     }
 }

@@ -279,6 +279,13 @@ pub struct KernelOffsets {
     pub inode_i_sb: u32,
     /// `offsetof(struct super_block, s_dev)`.
     pub sb_s_dev: u32,
+    // mappings
+    /// `offsetof(struct vm_area_struct, vm_file)`.
+    pub vma_vm_file: u32,
+    /// `offsetof(struct vm_area_struct, vm_flags)` (inside an anonymous union from 6.3).
+    pub vma_vm_flags: u32,
+    /// `offsetof(struct inode, i_flags)`.
+    pub inode_i_flags: u32,
 }
 
 impl KernelOffsets {
@@ -292,6 +299,9 @@ impl KernelOffsets {
             inode_i_ino: btf.member_offset("inode", "i_ino")?,
             inode_i_sb: btf.member_offset("inode", "i_sb")?,
             sb_s_dev: btf.member_offset("super_block", "s_dev")?,
+            vma_vm_file: btf.member_offset("vm_area_struct", "vm_file")?,
+            vma_vm_flags: btf.member_offset("vm_area_struct", "vm_flags")?,
+            inode_i_flags: btf.member_offset("inode", "i_flags")?,
         })
     }
 }

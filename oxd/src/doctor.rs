@@ -187,8 +187,8 @@ fn bpf_lsm_check() -> Check {
     match Enforcer::load(&policy).and_then(|mut e| e.load_lsm()) {
         Ok(()) => Check::ok(
             "BPF-LSM",
-            "bprm_check_security, mmap_file and file_open programs load (exec and file rules \
-             can be enforced)",
+            "bprm_check_security, mmap_file, file_mprotect and file_open programs load (exec \
+             and file rules can be enforced)",
         ),
         Err(EnforcerError::LsmRefused { source, active, .. }) => Check::missing(
             "BPF-LSM",

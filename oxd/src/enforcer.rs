@@ -31,14 +31,15 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ox
 pub const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
 /// Every BPF-LSM program: (program, hook).
-pub const LSM_PROGRAMS: [(&str, &str); 3] = [
+pub const LSM_PROGRAMS: [(&str, &str); 4] = [
     ("exec_check", "bprm_check_security"),
     ("mmap_file", "mmap_file"),
     ("file_open", "file_open"),
+    ("file_mprotect", "file_mprotect"),
 ];
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 10] = [
     "CONFIG",
     "CONFINED",
     "EXEC_RULES",
@@ -48,6 +49,7 @@ const PINNED_MAPS: [&str; 9] = [
     "NET_RULES",
     "EVENTS",
     "COUNTERS",
+    "MAPPED_FILES",
 ];
 
 pub(crate) const LSM_FIX: &str =
@@ -211,6 +213,7 @@ impl Enforcer {
             policy.exec.as_ref().map(|_| LSM_PROGRAMS[0]),
             policy.exec.as_ref().map(|_| LSM_PROGRAMS[1]),
             policy.file.as_ref().map(|_| LSM_PROGRAMS[2]),
+            policy.exec.as_ref().map(|_| LSM_PROGRAMS[3]),
         ]
         .into_iter()
         .flatten()
@@ -265,6 +268,9 @@ impl Enforcer {
             .override_global("INODE_I_INO_OFFSET", &offsets.inode_i_ino, true)
             .override_global("INODE_I_SB_OFFSET", &offsets.inode_i_sb, true)
             .override_global("SB_S_DEV_OFFSET", &offsets.sb_s_dev, true)
+            .override_global("VMA_VM_FILE_OFFSET", &offsets.vma_vm_file, true)
+            .override_global("VMA_VM_FLAGS_OFFSET", &offsets.vma_vm_flags, true)
+            .override_global("INODE_I_FLAGS_OFFSET", &offsets.inode_i_flags, true)
             .load(OBJECT)?;
         Ok(Self {
             ebpf,

@@ -21,6 +21,9 @@ pub enum Request {
         read: bool,
         write: bool,
     },
+    /// Mapping the file at this resolved path executable (`mmap` with `PROT_EXEC`, or `mprotect`
+    /// adding it): decided by the exec rules, as an exec of the file.
+    MapExec { path: String },
     /// Connecting (or, with `send`, sending a UDP datagram) to an address.
     Connect {
         addr: SocketAddr,
@@ -83,7 +86,7 @@ impl Policy {
             _ => by_path,
         };
         match request {
-            Request::Exec { path } => match &self.exec {
+            Request::Exec { path } | Request::MapExec { path } => match &self.exec {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
                 Some(exec) => by_identity(
                     denied.map(|d| d.exec),
@@ -363,6 +366,32 @@ deny = [{ path = "/etc/shadow", access = ["read"] }]
         assert_eq!(open(false, true), (Action::Allow, "default".into()));
         // A file no deny rule names has no identity entry.
         assert_eq!(image.denied(FileId { dev: 1, ino: 3 }), None);
+    }
+
+    #[test]
+    fn executable_mappings_are_decided_by_the_exec_rules_default_included() {
+        let p = policy(
+            r#"
+[exec]
+default = "deny"
+allow = ["/usr/bin/**", "/usr/lib/**"]
+deny = ["/usr/bin/id"]
+"#,
+        );
+        let map = |path: &str| {
+            let d = p.evaluate(&Request::MapExec { path: path.into() });
+            (d.action, d.rule_label(&p))
+        };
+        assert_eq!(
+            map("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            (Action::Allow, "exec.allow[1]".into())
+        );
+        assert_eq!(map("/usr/bin/id"), (Action::Deny, "exec.deny[0]".into()));
+        assert_eq!(map("/tmp/evil.so"), (Action::Deny, "default".into()));
+        assert_eq!(
+            map("/memfd:payload (deleted)"),
+            (Action::Deny, "default".into())
+        );
     }
 
     #[test]

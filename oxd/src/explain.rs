@@ -24,6 +24,9 @@ pub enum Probe {
         read: bool,
         write: bool,
     },
+    /// Mapping this file executable (`mmap`/`mprotect` with `PROT_EXEC`: a shared library, or
+    /// a program the dynamic loader runs).
+    MapExec(PathBuf),
     /// Connecting to this address, on a UDP socket or a TCP one.
     Connect { addr: SocketAddr, udp: bool },
 }
@@ -83,6 +86,15 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                 describe("exec", path, &real),
             )
         }
+        Probe::MapExec(path) => {
+            let real = resolve(path)?;
+            (
+                Request::MapExec {
+                    path: path_string(&real)?,
+                },
+                describe("map executable", path, &real),
+            )
+        }
         Probe::Open { path, read, write } => {
             let real = resolve(path)?;
             let access = match (read, write) {
@@ -114,12 +126,13 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
 
     // A file named by an exact deny rule is denied under any of its names (hard links).
     let denied = match &request {
-        Request::Exec { path } | Request::Open { path, .. } => file_identity(Path::new(path))
-            .and_then(|id| {
+        Request::Exec { path } | Request::MapExec { path } | Request::Open { path, .. } => {
+            file_identity(Path::new(path)).and_then(|id| {
                 denied_files(policy, &file_identity)
                     .into_iter()
                     .find_map(|(file, rules)| (file == id).then_some(rules))
-            }),
+            })
+        }
         Request::Connect { .. } => None,
     };
     let decision = policy.evaluate_with(&request, denied);

@@ -13,7 +13,7 @@ use aya::programs::{loaded_programs, ProgramError};
 use crate::enforcer::{Enforcer, EnforcerError, LoadOptions, LSM_PROGRAMS, SOCK_ADDR_PROGRAMS};
 
 /// Every program of oxd's kernel object, in the order [`verifier_stats`] reports them.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 8] = [
     LSM_PROGRAMS[0].0,
     LSM_PROGRAMS[1].0,
     LSM_PROGRAMS[2].0,
@@ -21,6 +21,7 @@ pub const PROGRAMS: [&str; 7] = [
     SOCK_ADDR_PROGRAMS[1],
     SOCK_ADDR_PROGRAMS[2],
     SOCK_ADDR_PROGRAMS[3],
+    LSM_PROGRAMS[3].0,
 ];
 
 /// What the kernel reports about one loaded program.

@@ -20,6 +20,12 @@ pub(crate) use daemon::*;
 
 pub(crate) const EPERM: i64 = 1;
 
+/// Exec rules for the directories dynamically linked programs (the probe, coreutils, python3)
+/// load their shared libraries from: mapping a file executable is decided by the exec rules,
+/// default included, so every exec allowlist in the tests ends with these (at the end, so the
+/// indices of the rules before them stay as the tests name them).
+pub(crate) const LIBRARIES: &str = r#""/usr/lib/x86_64-linux-gnu/**", "/lib/x86_64-linux-gnu/**""#;
+
 fn target_dir_binary(name: &str) -> PathBuf {
     // Test executables live in target/<profile>/deps/; binaries in target/<profile>/.
     let exe = std::env::current_exe().expect("current_exe");

@@ -5,7 +5,8 @@
 //! - `policy`, `policy_sha256`, `generation`: the policy that decided: its name, the SHA-256
 //!   of its text, and the generation it was loaded as (`oxd run`: 1; the daemon numbers every
 //!   policy it loads or replaces, increasing);
-//! - `op`: `exec`, `open`, `mmap-exec` (mapping a file executable, recorded when denied),
+//! - `op`: `exec`, `open`, `mmap-exec` and `mprotect-exec` (mapping a file executable, or
+//!   making a file mapping executable; recorded when denied, and in audit mode when allowed),
 //!   `connect` or `sendmsg` (a UDP send with a destination);
 //! - `target`: the resolved path of the executed or opened file, or `ip:port` (`[ipv6]:port`);
 //! - `access` (open only): `read`, `write` or `read,write`;
@@ -141,6 +142,7 @@ impl Record {
             op::EXEC => ("exec", path()),
             op::OPEN => ("open", path()),
             op::MMAP_EXEC => ("mmap-exec", path()),
+            op::MPROTECT_EXEC => ("mprotect-exec", path()),
             op::CONNECT4 => ("connect", socket(true)),
             op::CONNECT6 => ("connect", socket(false)),
             op::SENDMSG4 => ("sendmsg", socket(true)),
@@ -185,6 +187,7 @@ impl Record {
             reason::PATH_UNRESOLVED => "path could not be resolved (fail closed)",
             reason::NO_CONFIG => "policy configuration missing (fail closed)",
             reason::EMPTY_SLOT => "policy slot empty (fail closed)",
+            reason::MAPPING_UNDECIDED => "mapping not decided when it was made (fail closed)",
             _ => "unknown",
         };
         Self {

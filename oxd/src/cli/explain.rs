@@ -9,7 +9,7 @@ use oxd::{
 };
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "open", "connect"])))]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect"])))]
 #[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
 pub(crate) struct ExplainArgs {
     /// Policy file (TOML).
@@ -18,6 +18,9 @@ pub(crate) struct ExplainArgs {
     /// Executing this file.
     #[arg(long, value_name = "PATH")]
     exec: Option<PathBuf>,
+    /// Mapping this file executable: a shared library, or a program the dynamic loader runs.
+    #[arg(long, value_name = "PATH")]
+    map: Option<PathBuf>,
     /// Opening this file (with --read and/or --write).
     #[arg(long, value_name = "PATH", requires = "access")]
     open: Option<PathBuf>,
@@ -37,6 +40,9 @@ pub(crate) struct ExplainArgs {
 
 impl ExplainArgs {
     fn probe(&self) -> Result<Probe> {
+        if let Some(path) = &self.map {
+            return Ok(Probe::MapExec(path.clone()));
+        }
         Ok(match (&self.exec, &self.open, self.connect) {
             (Some(path), _, _) => Probe::Exec(path.clone()),
             (None, Some(path), _) => Probe::Open {
@@ -49,7 +55,10 @@ impl ExplainArgs {
                 udp: self.udp,
             },
             (None, None, None) => {
-                bail!("name an action: --exec PATH, --open PATH --read|--write, or --connect ADDR")
+                bail!(
+                    "name an action: --exec PATH, --map PATH, --open PATH --read|--write, or \
+                     --connect ADDR"
+                )
             }
         })
     }
