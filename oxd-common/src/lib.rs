@@ -63,6 +63,16 @@ pub mod op {
     /// Mapping a file executable (`mmap` with `PROT_EXEC`), decided in `mmap_file`: how a
     /// dynamic loader run as a command (`ld.so BINARY`) loads its program.
     pub const MMAP_EXEC: u32 = 7;
+
+    // sockets
+    /// Creating an inet socket that the address hooks cannot judge by destination (cgroup
+    /// `sock_create`): an ICMP ping socket (`SOCK_DGRAM` with `IPPROTO_ICMP`/`IPPROTO_ICMPV6`),
+    /// a raw socket (`SOCK_RAW`, any protocol), or a socket of a protocol other than TCP and
+    /// UDP (SCTP, MPTCP, UDP-Lite, ...). TCP and UDP sockets are not decided here (their
+    /// connects and sends are). `detail` = `family << 24 | type << 16 | protocol` (`AF_INET`
+    /// or `AF_INET6`, `SOCK_*`, the IP protocol number); `proto` = [`super::proto::ICMP`],
+    /// [`super::proto::RAW`], or 0 for another protocol.
+    pub const SOCKET: u32 = 48;
 }
 
 /// Access bits of a file open.
@@ -117,6 +127,10 @@ pub mod proto {
     pub const TCP: u32 = 1;
     pub const UDP: u32 = 2;
     pub const ANY: u32 = TCP | UDP;
+    /// Recorded only (no rule has it): an ICMP ping socket, decided by `[network] icmp`.
+    pub const ICMP: u32 = 4;
+    /// Recorded only (no rule has it): a raw socket, decided by `[network] raw`.
+    pub const RAW: u32 = 8;
 }
 
 /// `rule_id` of a decision made by a category's default.
@@ -184,6 +198,15 @@ pub struct Config {
     /// Default [`action`] for opening a file for writing.
     pub file_write_default: u32,
     pub _pad: u32,
+    // sockets
+    /// [`action`] for ICMP ping sockets: the `[network] icmp` switch, else the network default.
+    pub net_icmp: u32,
+    /// Rule id of the `icmp` switch, or [`RULE_DEFAULT`] when the default decides.
+    pub net_icmp_rule: u32,
+    /// [`action`] for raw sockets: the `[network] raw` switch, else the network default.
+    pub net_raw: u32,
+    /// Rule id of the `raw` switch, or [`RULE_DEFAULT`] when the default decides.
+    pub net_raw_rule: u32,
 }
 
 /// Key data of a path rule in an LPM trie: the policy slot, then the path bytes, NUL-padded.
@@ -320,7 +343,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Config>(), 8 + 4 * 8);
+        assert_eq!(size_of::<Config>(), 8 + 4 * 8 + 4 * 4);
         assert_eq!(size_of::<RuleValue>(), 8);
         assert_eq!(size_of::<PathKey>(), 2 + PATH_KEY_LEN);
         assert_eq!(size_of::<InodeKey>(), 16);

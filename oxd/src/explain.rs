@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     compile::{denied_files, file_identity},
-    evaluate::{Decision, Reason, Request},
+    evaluate::{reached_address, Decision, Reason, Request, SocketKind},
     policy::{Action, Mode, Policy},
 };
 
@@ -26,6 +26,8 @@ pub enum Probe {
     },
     /// Connecting to this address, on a UDP socket or a TCP one.
     Connect { addr: SocketAddr, udp: bool },
+    /// Creating an inet socket that is neither TCP nor UDP.
+    Socket(SocketKind),
 }
 
 /// What a policy decides for one action, and why, in words.
@@ -101,15 +103,30 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
         }
         Probe::Connect { addr, udp } => {
             let proto = if *udp { "udp" } else { "tcp" };
+            let reached = reached_address(*addr);
+            let judged = if reached == *addr {
+                String::new()
+            } else {
+                format!(" (reaches {reached}: judged as that)")
+            };
             (
                 Request::Connect {
                     addr: *addr,
                     udp: *udp,
                     send: false,
                 },
-                format!("connect {addr} ({proto})"),
+                format!("connect {addr} ({proto}){judged}"),
             )
         }
+        Probe::Socket(kind) => (
+            Request::Socket { kind: *kind },
+            match kind {
+                SocketKind::Ping => "create an ICMP ping socket",
+                SocketKind::Raw => "create a raw socket",
+                SocketKind::Other => "create a socket of a protocol other than TCP, UDP or ICMP",
+            }
+            .to_owned(),
+        ),
     };
 
     // A file named by an exact deny rule is denied under any of its names (hard links).
@@ -120,7 +137,7 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                     .into_iter()
                     .find_map(|(file, rules)| (file == id).then_some(rules))
             }),
-        Request::Connect { .. } => None,
+        Request::Connect { .. } | Request::Socket { .. } => None,
     };
     let decision = policy.evaluate_with(&request, denied);
     let verdict = match (decision.action, policy.mode) {

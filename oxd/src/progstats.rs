@@ -10,10 +10,12 @@ use std::collections::HashSet;
 
 use aya::programs::{loaded_programs, ProgramError};
 
-use crate::enforcer::{Enforcer, EnforcerError, LoadOptions, LSM_PROGRAMS, SOCK_ADDR_PROGRAMS};
+use crate::enforcer::{
+    Enforcer, EnforcerError, LoadOptions, LSM_PROGRAMS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM,
+};
 
 /// Every program of oxd's kernel object, in the order [`verifier_stats`] reports them.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 8] = [
     LSM_PROGRAMS[0].0,
     LSM_PROGRAMS[1].0,
     LSM_PROGRAMS[2].0,
@@ -21,6 +23,7 @@ pub const PROGRAMS: [&str; 7] = [
     SOCK_ADDR_PROGRAMS[1],
     SOCK_ADDR_PROGRAMS[2],
     SOCK_ADDR_PROGRAMS[3],
+    SOCK_CREATE_PROGRAM,
 ];
 
 /// What the kernel reports about one loaded program.
