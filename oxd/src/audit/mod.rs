@@ -517,7 +517,7 @@ mod tests {
         let mut e = event();
         e.op = op::SOCKET;
         e.proto = proto::ICMP;
-        e.detail = 10 << 24 | 2 << 16 | 58;
+        e.detail = 0x0a02_003a; // AF_INET6 << 24 | SOCK_DGRAM << 16 | IPPROTO_ICMPV6
         let record = Record::from_event(&e, Some(&policy), &Clock::new());
         assert_eq!(record.op, "socket");
         assert_eq!(record.target, "ipv6 dgram proto 58");
