@@ -313,6 +313,22 @@ fn raw_socket_of_root_agent_is_denied_by_policy_and_recorded() {
     }
 }
 
+/// An ordinary user gets `CAP_NET_RAW` in a user and network namespace it makes: the policy
+/// still refuses the raw socket there (the cgroup hook runs whatever the namespace).
+#[test]
+fn raw_socket_in_own_user_and_network_namespace_is_denied_and_recorded() {
+    let scratch = Scratch::new("net-raw-userns");
+    let attacks = [attack(&["raw-userns", "127.0.0.1", &token("raw-userns")])];
+    let policy = "name = \"net-raw-userns\"\n[network]\ndefault = \"deny\"\n";
+    let (steps, records) = run_attacks(&scratch, policy, &attacks, false);
+    assert_step_ok(&steps[0], "unshare");
+    assert_step_eperm(&steps[0], "socket");
+    assert_denied(&records, "socket", "ipv4 raw proto 1", "default", 1);
+    for r in records_for(&records, "socket", "ipv4 raw proto 1") {
+        assert_eq!(r["uid"], 65534, "{r}");
+    }
+}
+
 /// A policy that denies the listeners' ports on loopback and allows everything else.
 fn loopback_deny_policy(name: &str, v4_port: u16, v6_port: u16) -> String {
     format!(

@@ -7,6 +7,8 @@
 //! - `raw ADDR TOKEN`: the same echo request from a raw socket (`SOCK_RAW`; needs
 //!   `CAP_NET_RAW`, so run it as root to show that the policy, not a missing capability,
 //!   refuses it).
+//! - `raw-userns ADDR TOKEN`: as `raw`, after `unshare(CLONE_NEWUSER | CLONE_NEWNET)` (step
+//!   `unshare`), which gives an ordinary user `CAP_NET_RAW` in namespaces of its own.
 //! - `tcp ADDR:PORT TOKEN`: a TCP connect (IPv6 socket for an IPv6 address, IPv4-mapped ones
 //!   included), then TOKEN written (steps `connect`, `write`).
 //! - `tcp-fastopen ADDR:PORT TOKEN`: TOKEN sent with `sendto(MSG_FASTOPEN)`, which connects
@@ -33,6 +35,16 @@ pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
     let outcome = match technique {
         "ping" => with_ip(args, |ip, token| icmp_echo(ip, token, false)),
         "raw" => with_ip(args, |ip, token| icmp_echo(ip, token, true)),
+        "raw-userns" => {
+            // SAFETY: plain system call on this (single-threaded) process.
+            let unshared =
+                check(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) }.into());
+            step("unshare", &unshared);
+            if let Err(e) = unshared {
+                return Some(Outcome::Setup(format!("unshare: {e}")));
+            }
+            with_ip(args, |ip, token| icmp_echo(ip, token, true))
+        }
         "tcp" => with_addr(args, tcp),
         "tcp-fastopen" => with_addr(args, tcp_fastopen),
         "udp-sendto" => with_addr(args, |addr, token| {
