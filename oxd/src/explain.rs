@@ -152,18 +152,7 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
             Some(rule) => format!("rule {} `{}`", rule.id, rule.text),
             None => format!("rule #{id}"),
         },
-        Reason::Default => match &request {
-            Request::Socket {
-                kind: SocketKind::Ping,
-            } => "no `icmp` switch: the network default".to_owned(),
-            Request::Socket {
-                kind: SocketKind::Raw,
-            } => "no `raw` switch: the network default".to_owned(),
-            Request::Socket { .. } => {
-                "no rule governs this protocol: the network default".to_owned()
-            }
-            _ => "no rule matches: the category's default".to_owned(),
-        },
+        Reason::Default => default_why(&request).to_owned(),
         Reason::PathTooLong => format!(
             "the path is longer than the {} bytes the kernel's rule keys hold: denied, fail closed",
             oxd_common::MAX_RULE_PATH_LEN
@@ -180,6 +169,20 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
         why,
         happens,
     })
+}
+
+/// Why the default decided `request`.
+fn default_why(request: &Request) -> &'static str {
+    match request {
+        Request::Socket {
+            kind: SocketKind::Ping,
+        } => "no `icmp` switch: the network default",
+        Request::Socket {
+            kind: SocketKind::Raw,
+        } => "no `raw` switch: the network default",
+        Request::Socket { .. } => "no rule governs this protocol: the network default",
+        _ => "no rule matches: the category's default",
+    }
 }
 
 fn describe(op: &str, given: &Path, real: &Path) -> String {
