@@ -153,8 +153,8 @@ fn udp_received(socket: &UdpSocket) -> Vec<Vec<u8>> {
 }
 
 /// A raw ICMP (or `ICMPv6`) socket of the test, outside the agent's cgroup: it gets a copy of
-/// every ICMP packet on the host, whoever sent it.
-struct IcmpWatch(OwnedFd);
+/// every ICMP packet on the host, whoever sent it, and keeps them.
+struct IcmpWatch(OwnedFd, std::cell::RefCell<Vec<Vec<u8>>>);
 
 impl IcmpWatch {
     fn new(ipv6: bool) -> Self {
@@ -177,13 +177,16 @@ impl IcmpWatch {
             std::io::Error::last_os_error()
         );
         // SAFETY: `fd` is new and ours.
-        Self(unsafe { OwnedFd::from_raw_fd(fd) })
+        Self(
+            unsafe { OwnedFd::from_raw_fd(fd) },
+            std::cell::RefCell::default(),
+        )
     }
 
     /// Whether any packet received so far carries `token`.
     fn saw(&self, token: &str) -> bool {
         let mut buf = [0u8; 2048];
-        let mut seen = false;
+        let mut packets = self.1.borrow_mut();
         loop {
             // SAFETY: the buffer is valid for its length.
             let n =
@@ -191,9 +194,11 @@ impl IcmpWatch {
             let Ok(n) = usize::try_from(n) else {
                 let e = std::io::Error::last_os_error();
                 assert_eq!(e.kind(), ErrorKind::WouldBlock, "recv: {e}");
-                return seen;
+                return packets
+                    .iter()
+                    .any(|p| p.windows(token.len()).any(|w| w == token.as_bytes()));
             };
-            seen |= buf[..n].windows(token.len()).any(|w| w == token.as_bytes());
+            packets.push(buf[..n].to_vec());
         }
     }
 }
@@ -255,27 +260,42 @@ fn ping_socket_under_default_deny_sends_nothing_and_is_recorded() {
 
     // The control: with `icmp = "allow"` the same echo requests go out, and are recorded.
     let (allowed4, allowed6) = (token("ping4-allowed"), token("ping6-allowed"));
+    let connected = token("ping4-connected");
     let attacks = [
         attack(&["ping", "127.0.0.1", &allowed4]),
         attack(&["ping", "::1", &allowed6]),
+        // Its connect passes `connect4` (kernels from 6.0) and is decided by the same switch.
+        attack(&["ping-connect", "127.0.0.1", &connected]),
     ];
     let policy = "name = \"net-ping\"\n[network]\ndefault = \"deny\"\nicmp = \"allow\"\n";
     let (steps, records) = run_attacks(&Scratch::new("net-ping-allowed"), policy, &attacks, false);
-    for s in &steps {
+    for s in &steps[..2] {
         assert_step_ok(s, "sendto");
     }
+    assert_step_ok(&steps[2], "send");
     assert!(watch4.saw(&allowed4), "the allowed ICMP echo was not seen");
     assert!(
         watch6.saw(&allowed6),
         "the allowed ICMPv6 echo was not seen"
     );
-    assert_record(
-        &records,
-        "socket",
-        "ipv4 dgram proto 1",
-        "allow",
-        "network.icmp",
+    assert!(
+        watch4.saw(&connected),
+        "the connected ping socket's echo was not seen"
     );
+    let connects = records_for(&records, "connect", "127.0.0.1:0");
+    assert_eq!(connects.len(), 1, "{records:#?}");
+    let c = connects[0];
+    assert_eq!(
+        (&c["protocol"], &c["decision"], &c["rule"]),
+        (&"icmp".into(), &"allow".into(), &"network.icmp".into()),
+        "{c}"
+    );
+    let sockets = records_for(&records, "socket", "ipv4 dgram proto 1");
+    assert_eq!(sockets.len(), 2, "{records:#?}");
+    for r in sockets {
+        assert_eq!(r["decision"], "allow", "{r}");
+        assert_eq!(r["rule"], "network.icmp", "{r}");
+    }
     assert_record(
         &records,
         "socket",

@@ -4,6 +4,8 @@
 //! - `ping ADDR TOKEN`: an ICMP ping socket (`SOCK_DGRAM`/`IPPROTO_ICMP`, or `IPPROTO_ICMPV6`
 //!   for an IPv6 ADDR) sends an echo request carrying TOKEN to ADDR (steps `socket`, `sendto`).
 //!   An ordinary user may make one where `net.ipv4.ping_group_range` covers its group.
+//! - `ping-connect ADDR TOKEN`: as `ping`, but the ping socket connects to ADDR first and then
+//!   sends (steps `socket`, `connect`, `send`).
 //! - `raw ADDR TOKEN`: the same echo request from a raw socket (`SOCK_RAW`; needs
 //!   `CAP_NET_RAW`, so run it as root to show that the policy, not a missing capability,
 //!   refuses it).
@@ -34,6 +36,7 @@ use crate::{check, step, Outcome};
 pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
     let outcome = match technique {
         "ping" => with_ip(args, |ip, token| icmp_echo(ip, token, false)),
+        "ping-connect" => with_ip(args, ping_connect),
         "raw" => with_ip(args, |ip, token| icmp_echo(ip, token, true)),
         "raw-userns" => {
             // SAFETY: plain system call on this (single-threaded) process.
@@ -190,6 +193,30 @@ fn icmp_echo(ip: IpAddr, token: &[u8], raw: bool) {
         packet[3] = sum[1];
     }
     step("sendto", &send_to(&fd, &packet, 0, SocketAddr::new(ip, 0)));
+}
+
+/// An echo request from a connected ping socket.
+fn ping_connect(ip: IpAddr, token: &[u8]) {
+    let (family, protocol, echo_type) = if ip.is_ipv4() {
+        (libc::AF_INET, libc::IPPROTO_ICMP, 8)
+    } else {
+        (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128)
+    };
+    let fd = socket(family, libc::SOCK_DGRAM, protocol);
+    step("socket", &fd);
+    let Ok(fd) = fd else {
+        return;
+    };
+    let fd = UdpSocket::from(fd);
+    // A ping socket takes `connect` and `send` like a UDP one; only the descriptor's calls are
+    // used, so the wrapper type does not matter.
+    let connected = fd.connect(SocketAddr::new(ip, 0));
+    step("connect", &connected);
+    if connected.is_ok() {
+        let mut packet = vec![echo_type, 0, 0, 0, 0x6f, 0x78, 0, 2];
+        packet.extend_from_slice(token);
+        step("send", &fd.send(&packet));
+    }
 }
 
 fn tcp(addr: SocketAddr, token: &[u8]) {
