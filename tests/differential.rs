@@ -18,7 +18,7 @@ use std::{
 
 use oxd::{
     compile::{compile, file_identity},
-    evaluate::{Decision, Reason, Request},
+    evaluate::{reached_address, Decision, Reason, Request, SocketKind},
     oxd_common::{MAX_RULE_PATH_LEN, PATH_KEY_LEN},
     policy::{Action, Policy},
 };
@@ -340,6 +340,17 @@ fn network_section(rng: &mut Rng, base: u16) -> (String, Vec<u16>) {
         "default = \"allow\"\n",
         "default = \"deny\"\n",
     ]));
+    // sockets: the `icmp` and `raw` switches, often absent (the default decides).
+    for switch in ["icmp", "raw"] {
+        let value = match rng.below(4) {
+            0 | 1 => None,
+            2 => Some("allow"),
+            _ => Some("deny"),
+        };
+        if let Some(value) = value {
+            text.push_str(&format!("{switch} = \"{value}\"\n"));
+        }
+    }
     let mut ports = Vec::new();
     let mut previous: Option<(String, bool)> = None;
     for _ in 0..2 + rng.below(6) {
@@ -425,12 +436,14 @@ fn open_case(path: &str, mode: usize) -> Case {
 fn network_case(addr: SocketAddr, udp: bool) -> Case {
     // A UDP send to an IPv4-mapped address goes through the kernel's IPv4 path and is reported
     // with the IPv4 address; a TCP connect is decided in connect6 and keeps the mapped form.
-    let target = match addr {
+    // An unspecified address is reported as the loopback address it reaches.
+    let reached = reached_address(addr);
+    let target = match reached {
         SocketAddr::V6(v6) if udp => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()).to_string(),
-            None => addr.to_string(),
+            None => reached.to_string(),
         },
-        _ => addr.to_string(),
+        _ => reached.to_string(),
     };
     Case {
         category: Category::Network,
@@ -469,6 +482,26 @@ fn map_case(path: &str, mprotect: bool) -> Case {
     }
 }
 
+/// Creating a socket no address rule governs (`oxd-probe socket:KIND`).
+fn socket_case(rng: &mut Rng) -> Case {
+    let (kind, name, target) = *rng.pick(&[
+        (SocketKind::Ping, "icmp4", "ipv4 dgram proto 1"),
+        (SocketKind::Ping, "icmp6", "ipv6 dgram proto 58"),
+        (SocketKind::Raw, "raw4", "ipv4 raw proto 1"),
+        (SocketKind::Raw, "raw6", "ipv6 raw proto 58"),
+        (SocketKind::Other, "udplite4", "ipv4 dgram proto 136"),
+        (SocketKind::Other, "udplite6", "ipv6 dgram proto 136"),
+    ]);
+    Case {
+        category: Category::Network,
+        action: format!("socket:{name}"),
+        request: Request::Socket { kind },
+        op: "socket",
+        target: target.to_owned(),
+        access: None,
+    }
+}
+
 fn network_target(rng: &mut Rng, base: u16, ports: &[u16]) -> SocketAddr {
     let port = if !ports.is_empty() && rng.chance(70) {
         *rng.pick(ports)
@@ -476,9 +509,13 @@ fn network_target(rng: &mut Rng, base: u16, ports: &[u16]) -> SocketAddr {
         base - 1 + rng.below_u16(11)
     };
     let v4 = Ipv4Addr::new(127, 0, 0, 1 + u8::try_from(rng.below(3)).expect("below 3"));
-    let ip = match rng.below(20) {
+    let ip = match rng.below(23) {
         0..=8 => IpAddr::V4(v4),
         9..=12 => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        // Unspecified addresses reach loopback.
+        20 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        21 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        22 => IpAddr::V6(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped()),
         _ => IpAddr::V6(v4.to_ipv6_mapped()),
     };
     SocketAddr::new(ip, port)
@@ -518,6 +555,9 @@ fn generate(
         cases.push(open_case(&path, rng.below(3)));
         let addr = network_target(rng, base, &ports);
         cases.push(network_case(addr, rng.chance(50)));
+        if rng.chance(34) {
+            cases.push(socket_case(rng));
+        }
     }
     rng.shuffle(&mut cases);
     (text, cases)
@@ -670,6 +710,8 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
     eprintln!("differential: seed {seed:#x} (set OXD_DIFFERENTIAL_SEED to change it)");
     let mut rng = Rng(seed);
     let mut map_rng = Rng(seed ^ 0x6d61_7070_696e_6773);
+    // Ping sockets need a group in `ping_group_range` before any hook sees them.
+    let _ping = crate::attack::net::PingRange::open_to_all();
 
     let scratch = Scratch::new("differential");
     let tree = build_tree(&scratch.path(""));

@@ -75,6 +75,59 @@ fn network_only_policy_is_enforced_without_bpf_lsm() {
     );
 }
 
+/// The `sock_create` hook needs no BPF-LSM either: raw and other non-TCP/UDP sockets are
+/// decided here too (ping sockets need a `ping_group_range` the host's root namespace does not
+/// grant; the guests' attack suite covers them).
+#[test]
+fn raw_and_other_protocol_sockets_are_decided_without_bpf_lsm() {
+    let scratch = Scratch::new("host-sock");
+    let policy =
+        scratch.policy("name = \"host-sock\"\n[network]\ndefault = \"allow\"\nraw = \"deny\"\n");
+    let log = scratch.path("audit.jsonl");
+    let probe = probe_bin();
+    let output = oxd_run(
+        &policy,
+        &log,
+        &[
+            probe.to_str().expect("utf-8"),
+            "socket:raw4",
+            "socket:raw6",
+            "socket:udplite4",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}",
+        output.status
+    );
+    let results = probe_results(&output);
+    assert_eperm(&results, "socket:raw4");
+    assert_eperm(&results, "socket:raw6");
+    assert_ok(&results, "socket:udplite4");
+    let records = audit_records(&log);
+    assert_record(
+        &records,
+        "socket",
+        "ipv4 raw proto 1",
+        "deny",
+        "network.raw",
+    );
+    assert_record(
+        &records,
+        "socket",
+        "ipv6 raw proto 58",
+        "deny",
+        "network.raw",
+    );
+    assert_record(
+        &records,
+        "socket",
+        "ipv4 dgram proto 136",
+        "allow",
+        "default",
+    );
+}
+
 #[test]
 fn connects_outside_the_agent_cgroup_are_not_affected() {
     let scratch = Scratch::new("host-outside");

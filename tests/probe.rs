@@ -10,6 +10,8 @@
 //!   `PROT_READ | PROT_EXEC` (the result reported is the first failure: open, mmap, mprotect);
 //! - `connect:IP:PORT` / `connect:[IPV6]:PORT` opens a TCP connection;
 //! - `udp:IP:PORT` sends one datagram from an unconnected UDP socket;
+//! - `socket:KIND` creates (and closes) an inet socket of KIND: `icmp4`/`icmp6` (ping sockets),
+//!   `raw4`/`raw6` (raw ICMP sockets), `udplite4`/`udplite6` (a protocol other than TCP/UDP);
 //! - `subcgroup:NAME` creates cgroup NAME below the probe's own cgroup and moves the probe into
 //!   it;
 //! - `wait:FILE` waits (up to 120 s) until FILE exists;
@@ -69,12 +71,26 @@ fn join_subcgroup(name: &str) -> std::io::Result<()> {
     std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
 }
 
+/// (family, type, protocol) of a `socket:KIND` action.
+fn socket_kind(kind: &str) -> Option<(i32, i32, i32)> {
+    Some(match kind {
+        "icmp4" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+        "icmp6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
+        "raw4" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        "raw6" => (libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6),
+        "udplite4" => (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
+        "udplite6" => (libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
+        _ => return None,
+    })
+}
+
 fn main() -> ExitCode {
     let actions: Vec<String> = std::env::args().skip(1).collect();
     if actions.is_empty() {
         eprintln!(
             "usage: oxd-probe exec:PATH | read:PATH | write:PATH | readwrite:PATH | \
-             map:PATH | mprotect:PATH | connect:ADDR:PORT | udp:ADDR:PORT | subcgroup:NAME | wait:FILE | flood:N:PATH | \
+             map:PATH | mprotect:PATH | connect:ADDR:PORT | udp:ADDR:PORT | socket:KIND | \
+             subcgroup:NAME | wait:FILE | flood:N:PATH | \
              repeat:FILE ..."
         );
         return ExitCode::from(2);
@@ -147,6 +163,22 @@ fn perform(action: &str) -> Result<(), ExitCode> {
             UdpSocket::bind(local)
                 .and_then(|s| s.send_to(b"oxd", addr))
                 .map(|_| None)
+        };
+        report(action, result);
+    } else if let Some(kind) = action.strip_prefix("socket:") {
+        let Some((family, kind, protocol)) = socket_kind(kind) else {
+            eprintln!("oxd-probe: unknown socket kind in {action}");
+            return Err(ExitCode::from(2));
+        };
+        // SAFETY: plain system calls on a descriptor this function owns.
+        let result = unsafe {
+            let fd = libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol);
+            if fd < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                libc::close(fd);
+                Ok(None)
+            }
         };
         report(action, result);
     } else if let Some(name) = action.strip_prefix("subcgroup:") {

@@ -395,7 +395,7 @@ fn verifier_instruction_counts() {
     let stats = oxd::progstats::verifier_stats().expect("load every program");
     assert_eq!(
         stats.iter().map(|s| s.name).collect::<Vec<_>>(),
-        oxd::progstats::PROGRAMS,
+        oxd::progstats::programs(),
         "one entry per program: {stats:#?}"
     );
     println!("verifier: program kernel verified_insns xlated_insns");

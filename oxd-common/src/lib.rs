@@ -31,7 +31,7 @@ pub const PATH_RULE_CAPACITY: u32 = 4 * MAX_PATH_RULES;
 
 /// Version of the layout of the maps oxd pins in bpffs. A daemon only adopts pins of its own
 /// layout version (they live in a directory named after it).
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Most network rules in one policy; the network rule table has this many entries per slot.
 pub const MAX_NET_RULES: u32 = 256;
@@ -70,6 +70,16 @@ pub mod op {
     /// mapping), decided in `file_mprotect` by the exec rules, as [`MMAP_EXEC`]. Recorded as
     /// [`MMAP_EXEC`] is. `detail`: the `PROT_*` bits asked for.
     pub const MPROTECT_EXEC: u32 = 8;
+
+    // sockets
+    /// Creating an inet socket that the address hooks cannot judge by destination (cgroup
+    /// `sock_create`): an ICMP ping socket (`SOCK_DGRAM` with `IPPROTO_ICMP`/`IPPROTO_ICMPV6`),
+    /// a raw socket (`SOCK_RAW`, any protocol), or a socket of a protocol other than TCP and
+    /// UDP (SCTP, MPTCP, UDP-Lite, ...). TCP and UDP sockets are not decided here (their
+    /// connects and sends are). `detail` = `family << 24 | type << 16 | protocol` (`AF_INET`
+    /// or `AF_INET6`, `SOCK_*`, the IP protocol number); `proto` = [`super::proto::ICMP`],
+    /// [`super::proto::RAW`], or 0 for another protocol.
+    pub const SOCKET: u32 = 48;
 }
 
 /// Access bits of a file open.
@@ -129,6 +139,10 @@ pub mod proto {
     pub const TCP: u32 = 1;
     pub const UDP: u32 = 2;
     pub const ANY: u32 = TCP | UDP;
+    /// Recorded only (no rule has it): an ICMP ping socket, decided by `[network] icmp`.
+    pub const ICMP: u32 = 4;
+    /// Recorded only (no rule has it): a raw socket, decided by `[network] raw`.
+    pub const RAW: u32 = 8;
 }
 
 /// `rule_id` of a decision made by a category's default.
@@ -196,6 +210,15 @@ pub struct Config {
     /// Default [`action`] for opening a file for writing.
     pub file_write_default: u32,
     pub _pad: u32,
+    // sockets
+    /// [`action`] for ICMP ping sockets: the `[network] icmp` switch, else the network default.
+    pub net_icmp: u32,
+    /// Rule id of the `icmp` switch, or [`RULE_DEFAULT`] when the default decides.
+    pub net_icmp_rule: u32,
+    /// [`action`] for raw sockets: the `[network] raw` switch, else the network default.
+    pub net_raw: u32,
+    /// Rule id of the `raw` switch, or [`RULE_DEFAULT`] when the default decides.
+    pub net_raw_rule: u32,
 }
 
 /// Key data of a path rule in an LPM trie: the policy slot, then the path bytes, NUL-padded.
@@ -368,7 +391,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Config>(), 8 + 4 * 8);
+        assert_eq!(size_of::<Config>(), 8 + 4 * 8 + 4 * 4);
         assert_eq!(size_of::<RuleValue>(), 8);
         assert_eq!(size_of::<PathKey>(), 2 + PATH_KEY_LEN);
         assert_eq!(size_of::<InodeKey>(), 16);

@@ -39,6 +39,10 @@ const NO_CONFIG: Config = Config {
     file_read_default: 0,
     file_write_default: 0,
     _pad: 0,
+    net_icmp: 0,
+    net_icmp_rule: 0,
+    net_raw: 0,
+    net_raw_rule: 0,
 };
 
 impl Gate {

@@ -9,6 +9,9 @@
 //! - [`net`]: `connect4` / `connect6` / `sendmsg4` / `sendmsg6` (cgroup `sock_addr` hooks,
 //!   attached to the agent's cgroup) decide every `connect`, and every UDP send with a
 //!   destination, of a confined task on the destination address, port and protocol.
+//! - [`sock`]: the `sock_create` program (cgroup `sock_create` hook, attached to the agent's
+//!   cgroup) decides the creation of inet sockets no destination hook can judge: ICMP ping
+//!   sockets, raw sockets, and protocols other than TCP and UDP.
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -58,6 +61,7 @@ mod maps;
 mod net;
 mod offsets;
 mod path;
+mod sock;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -1,6 +1,12 @@
 //! Network rules: `connect4`, `connect6`, `sendmsg4` and `sendmsg6` (cgroup `sock_addr` hooks,
 //! attached to the agent's cgroup) decide every `connect`, and every UDP send with a
 //! destination, on the destination address, port and protocol.
+//!
+//! An unspecified destination is judged as the address it reaches: `0.0.0.0` (and
+//! `::ffff:0.0.0.0`) as the socket's source address if it has one, else `127.0.0.1`; `::` as
+//! `::1` (`::ffff:127.0.0.1` on a socket bound to an IPv4-mapped address). The connect of an
+//! ICMP ping socket (which the kernel passes through `connect4`/`connect6` since 6.0) is decided
+//! as the socket was, by the `icmp` switch (see [`crate::sock`]).
 
 use core::{
     ffi::c_void,
@@ -14,19 +20,20 @@ use crate::{
     confine::Gate,
     event::{refuse, start_event, Verdict},
     maps::NET_RULES,
+    sock::{socket_kind, socket_verdict},
 };
 
-const IPPROTO_TCP: u32 = 6;
-const IPPROTO_UDP: u32 = 17;
+/// `127.0.0.1` as the bytes of an address in network byte order.
+const LOOPBACK4: [u8; 4] = [127, 0, 0, 1];
 
 #[cgroup_sock_addr(connect4)]
 fn connect4(ctx: SockAddrContext) -> i32 {
-    decide_sock_addr4(&ctx, op::CONNECT4)
+    decide_sock_addr4(&ctx, op::CONNECT4, false)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    decide_sock_addr4(&ctx, op::SENDMSG4)
+    decide_sock_addr4(&ctx, op::SENDMSG4, true)
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -39,46 +46,116 @@ fn sendmsg6(ctx: SockAddrContext) -> i32 {
     decide_sock_addr6(&ctx, op::SENDMSG6)
 }
 
-/// An IPv4 destination is judged as its IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one
-/// rule table serves both families.
+/// The socket's bound IPv4 source address (`sk_rcv_saddr`), network byte order; 0 if unbound.
 #[inline(always)]
-fn decide_sock_addr4(ctx: &SockAddrContext, operation: u32) -> i32 {
+fn socket_source4(ctx: &SockAddrContext) -> u32 {
+    // SAFETY: `sk` of a `bpf_sock_addr` is a valid, non-null socket pointer (the verifier
+    // types it so); `src_ip4` is readable on every socket.
+    unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_ip4 }
+}
+
+/// Where `0.0.0.0` goes: the source address (`source`, network byte order) if there is one,
+/// else `127.0.0.1` (the kernel's route lookup does exactly this).
+#[inline(always)]
+fn unspecified4(source: u32) -> [u8; 4] {
+    if source == 0 {
+        LOOPBACK4
+    } else {
+        source.to_ne_bytes()
+    }
+}
+
+/// An IPv4 destination is judged as its IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one
+/// rule table serves both families. With `sendmsg`, the source of an unspecified destination
+/// is the one the send uses (`msg_src_ip4`: the bound address or an `IP_PKTINFO` one).
+#[inline(always)]
+fn decide_sock_addr4(ctx: &SockAddrContext, operation: u32, sendmsg: bool) -> i32 {
     // SAFETY: the context is a valid `bpf_sock_addr`; the verifier checks each field access.
-    let (ip4, port, protocol) = unsafe {
+    let (ip4, port, protocol, sock_type) = unsafe {
         let sa = ctx.sock_addr;
-        ((*sa).user_ip4, (*sa).user_port, (*sa).protocol)
+        ((*sa).user_ip4, (*sa).user_port, (*sa).protocol, (*sa).type_)
     };
-    let ip = ip4.to_ne_bytes();
+    let mut ip = ip4.to_ne_bytes();
+    if ip4 == 0 {
+        let source = if sendmsg {
+            // SAFETY: as above; `msg_src_ip4` is readable in `sendmsg4`.
+            unsafe { (*ctx.sock_addr).msg_src_ip4 }
+        } else {
+            socket_source4(ctx)
+        };
+        ip = unspecified4(source);
+    }
     let addr = [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ip[0], ip[1], ip[2], ip[3],
     ];
-    decide_connect(operation, &addr, port, protocol)
+    decide_connect(operation, &addr, port, protocol, sock_type)
 }
 
 #[inline(always)]
 fn decide_sock_addr6(ctx: &SockAddrContext, operation: u32) -> i32 {
     let mut addr = [0u8; 16];
     // SAFETY: as in `decide_sock_addr4`; `user_ip6` must be read one 32-bit word at a time.
-    let (port, protocol) = unsafe {
+    let (port, protocol, sock_type, words) = unsafe {
         let sa = ctx.sock_addr;
+        let mut words = [0u32; 4];
         let mut i = 0;
         while i < 4 {
-            let word = read_volatile(addr_of!((*sa).user_ip6[i])).to_ne_bytes();
+            let word = read_volatile(addr_of!((*sa).user_ip6[i]));
+            words[i] = word;
+            let word = word.to_ne_bytes();
             addr[i * 4] = word[0];
             addr[i * 4 + 1] = word[1];
             addr[i * 4 + 2] = word[2];
             addr[i * 4 + 3] = word[3];
             i += 1;
         }
-        ((*sa).user_port, (*sa).protocol)
+        ((*sa).user_port, (*sa).protocol, (*sa).type_, words)
     };
-    decide_connect(operation, &addr, port, protocol)
+    if words[0] == 0 && words[1] == 0 {
+        if words[2] == 0 && words[3] == 0 {
+            // `::` reaches `::1`, or `127.0.0.1` from a socket bound to an IPv4-mapped address.
+            if source6_is_mapped(ctx) {
+                addr[10] = 0xff;
+                addr[11] = 0xff;
+                addr[12] = 127;
+                addr[15] = 1;
+            } else {
+                addr[15] = 1;
+            }
+        } else if words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) && words[3] == 0 {
+            // `::ffff:0.0.0.0` is `0.0.0.0` through an IPv6 socket.
+            let ip = unspecified4(socket_source4(ctx));
+            addr[12] = ip[0];
+            addr[13] = ip[1];
+            addr[14] = ip[2];
+            addr[15] = ip[3];
+        }
+    }
+    decide_connect(operation, &addr, port, protocol, sock_type)
+}
+
+/// Whether the socket is bound to an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+#[inline(always)]
+fn source6_is_mapped(ctx: &SockAddrContext) -> bool {
+    // SAFETY: as in `socket_source4`; `src_ip6` is read one 32-bit word at a time.
+    unsafe {
+        let sk = (*ctx.sock_addr).__bindgen_anon_1.sk;
+        read_volatile(addr_of!((*sk).src_ip6[0])) == 0
+            && read_volatile(addr_of!((*sk).src_ip6[1])) == 0
+            && read_volatile(addr_of!((*sk).src_ip6[2])) == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+    }
 }
 
 /// Decides a connect to `addr` (IPv6 or IPv4-mapped) and `port_be` (network byte order in the
 /// low 16 bits). Returns 1 to allow and 0 to deny with EPERM.
 #[inline(always)]
-fn decide_connect(operation: u32, addr: &[u8; 16], port_be: u32, protocol: u32) -> i32 {
+fn decide_connect(
+    operation: u32,
+    addr: &[u8; 16],
+    port_be: u32,
+    protocol: u32,
+    sock_type: u32,
+) -> i32 {
     // Not confined only if the agent was released while a connect was in flight: the
     // programs are attached to the agent's cgroup.
     let gate = Gate::open(governs::NETWORK);
@@ -86,13 +163,14 @@ fn decide_connect(operation: u32, addr: &[u8; 16], port_be: u32, protocol: u32) 
         return 1;
     }
     let port = u16::from_be(port_be as u16);
-    let proto_bit = match protocol {
-        IPPROTO_TCP => proto::TCP,
-        IPPROTO_UDP => proto::UDP,
-        _ => 0,
-    };
+    let proto_bit = socket_kind(sock_type, protocol);
     let verdict = if gate.configured {
-        match_net_rules(&gate.config, gate.slot, addr, port, proto_bit)
+        if proto_bit == proto::ICMP || proto_bit == proto::RAW {
+            // Decided as a whole, as when the socket was created: its other sends pass no hook.
+            socket_verdict(&gate.config, proto_bit)
+        } else {
+            match_net_rules(&gate.config, gate.slot, addr, port, proto_bit)
+        }
     } else {
         Verdict::deny(gate.missing_reason())
     };

@@ -169,7 +169,8 @@ fn cgroup_hooks_check() -> Check {
     match result {
         Ok(()) => Check::ok(
             "cgroup hooks",
-            "connect4, connect6, sendmsg4, sendmsg6 load (network rules can be enforced)",
+            "connect4, connect6, sendmsg4, sendmsg6, sock_create load (network rules can be \
+             enforced)",
         ),
         Err(e) => Check::missing(
             "cgroup hooks",

@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm},
     Ebpf, EbpfLoader,
 };
 use oxd_common::{counter, Config, InodeKey, InodeRules, PathKey, RuleValue, MAX_POLICY_SLOTS};
@@ -29,6 +29,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ox
 
 /// The cgroup programs that decide egress.
 pub const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// The cgroup `sock_create` program that decides ICMP, raw and other non-TCP/UDP inet sockets
+/// when they are created; attached and pinned with [`SOCK_ADDR_PROGRAMS`].
+pub const SOCK_CREATE_PROGRAM: &str = "sock_create";
 
 /// Every BPF-LSM program: (program, hook).
 pub const LSM_PROGRAMS: [(&str, &str); 4] = [
@@ -533,7 +537,43 @@ impl Enforcer {
                 pin_link(link, &pin, name)?;
             }
         }
+        self.attach_sock_create(&dir, cgroup_id, label)
+    }
+
+    /// Attaches `sock_create` to the cgroup, as [`Self::attach_network`] does the `sock_addr`
+    /// programs: a link already pinned for this cgroup is kept (a daemon adopting what an
+    /// earlier one attached, or an earlier one's cgroups that predate this program).
+    fn attach_sock_create(&mut self, dir: impl AsFd, cgroup_id: u64, label: &str) -> Result<()> {
+        let name = SOCK_CREATE_PROGRAM;
+        let pin = self.link_pin(&format!("cg{cgroup_id}-{name}"));
+        if pin.as_ref().is_some_and(|p| p.exists()) {
+            return Ok(());
+        }
+        let program = self.sock_create_program()?;
+        let id = program
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(prog_err(format!("attach the {name} program to {label}")))?;
+        if let Some(pin) = pin {
+            let link = FdLink::try_from(
+                program
+                    .take_link(id)
+                    .map_err(prog_err(format!("take the {name} link")))?,
+            )
+            .map_err(|source| EnforcerError::NotAnFdLink {
+                program: name,
+                source,
+            })?;
+            pin_link(link, &pin, name)?;
+        }
         Ok(())
+    }
+
+    fn sock_create_program(&mut self) -> Result<&mut CgroupSock> {
+        self.ebpf
+            .program_mut(SOCK_CREATE_PROGRAM)
+            .ok_or(EnforcerError::Missing("cgroup sock_create program"))?
+            .try_into()
+            .map_err(prog_err(format!("open the {SOCK_CREATE_PROGRAM} program")))
     }
 
     /// Detaches the pinned cgroup programs of `cgroup_id` (removing a pin drops the link).
@@ -541,6 +581,8 @@ impl Enforcer {
         for name in SOCK_ADDR_PROGRAMS {
             self.unpin_link(&format!("cg{cgroup_id}-{name}"), name)?;
         }
+        let name = SOCK_CREATE_PROGRAM;
+        self.unpin_link(&format!("cg{cgroup_id}-{name}"), name)?;
         Ok(())
     }
 
@@ -572,6 +614,12 @@ impl Enforcer {
                     .load()
                     .map_err(|source| load_error(source, name, None, ""))?;
             }
+        }
+        let program = self.sock_create_program()?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|source| load_error(source, SOCK_CREATE_PROGRAM, None, ""))?;
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! differential tests check that on real kernels), and `oxd explain` uses it. It works on
 //! resolved paths: callers that start from a name resolve it first, as the kernel does.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use oxd_common::{InodeRules, PATH_KEY_LEN, RULE_NONE};
 
@@ -24,12 +24,42 @@ pub enum Request {
     /// Mapping the file at this resolved path executable (`mmap` with `PROT_EXEC`, or `mprotect`
     /// adding it): decided by the exec rules, as an exec of the file.
     MapExec { path: String },
-    /// Connecting (or, with `send`, sending a UDP datagram) to an address.
+    /// Connecting (or, with `send`, sending a UDP datagram) to an address, from a socket not
+    /// bound to a source address.
     Connect {
         addr: SocketAddr,
         udp: bool,
         send: bool,
     },
+    /// Creating an inet socket that is neither TCP nor UDP (IPv4 or IPv6 alike).
+    Socket { kind: SocketKind },
+}
+
+/// Inet sockets decided when they are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    /// An ICMP ping socket (`SOCK_DGRAM` with `IPPROTO_ICMP` or `IPPROTO_ICMPV6`); its connect,
+    /// if it makes one, is decided the same way.
+    Ping,
+    /// A raw socket (`SOCK_RAW`, any protocol).
+    Raw,
+    /// Another protocol (SCTP, MPTCP, UDP-Lite, ...).
+    Other,
+}
+
+/// The address a connect or send to `addr` reaches from a socket with no source address, as
+/// the kernel routes it and as oxd judges it: `0.0.0.0` is `127.0.0.1` (`::ffff:0.0.0.0` is
+/// `::ffff:127.0.0.1`), `::` is `::1`; any other address is itself.
+pub fn reached_address(addr: SocketAddr) -> SocketAddr {
+    let ip: IpAddr = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(v6) if v6.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped() == Some(Ipv4Addr::UNSPECIFIED) => {
+            Ipv4Addr::LOCALHOST.to_ipv6_mapped().into()
+        }
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
 }
 
 /// Why a decision was made.
@@ -121,7 +151,28 @@ impl Policy {
             },
             Request::Connect { addr, udp, .. } => match &self.network {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
-                Some(network) => decide_network(&network.rules, network.default, *addr, *udp),
+                Some(network) => decide_network(
+                    &network.rules,
+                    network.default,
+                    reached_address(*addr),
+                    *udp,
+                ),
+            },
+            Request::Socket { kind } => match &self.network {
+                None => Decision::new(Action::Allow, Reason::NotDecided),
+                Some(network) => {
+                    let switch = match kind {
+                        SocketKind::Ping => network.icmp,
+                        SocketKind::Raw => network.raw,
+                        SocketKind::Other => {
+                            return Decision::new(network.default, Reason::Default)
+                        }
+                    };
+                    match switch.rule {
+                        Some(rule) => Decision::new(switch.action, Reason::Rule(rule)),
+                        None => Decision::new(switch.action, Reason::Default),
+                    }
+                }
             },
         }
     }
@@ -307,6 +358,72 @@ protocol = "udp"
             (Action::Allow, "network.allow[1]".into())
         );
         assert_eq!(connect("[::1]:53", false), (Action::Deny, "default".into()));
+    }
+
+    #[test]
+    fn unspecified_destinations_are_judged_as_loopback() {
+        let p = policy(
+            r#"
+[network]
+default = "allow"
+[[network.deny]]
+cidr = "127.0.0.1"
+[[network.deny]]
+cidr = "::1"
+protocol = "tcp"
+"#,
+        );
+        let connect = |addr: &str, udp| {
+            let d = p.evaluate(&Request::Connect {
+                addr: addr.parse().unwrap(),
+                udp,
+                send: udp,
+            });
+            (d.action, d.rule_label(&p))
+        };
+        let deny4 = (Action::Deny, "network.deny[0]".to_owned());
+        assert_eq!(connect("0.0.0.0:80", false), deny4);
+        assert_eq!(connect("0.0.0.0:53", true), deny4);
+        assert_eq!(connect("[::ffff:0.0.0.0]:80", false), deny4);
+        assert_eq!(
+            connect("[::]:80", false),
+            (Action::Deny, "network.deny[1]".into())
+        );
+        assert_eq!(connect("[::]:53", true), (Action::Allow, "default".into()));
+        assert_eq!(
+            connect("127.0.0.2:80", false),
+            (Action::Allow, "default".into())
+        );
+        assert_eq!(
+            reached_address("[::ffff:0.0.0.0]:7".parse().unwrap()),
+            "[::ffff:127.0.0.1]:7".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn icmp_and_raw_sockets_follow_their_switch_or_the_default() {
+        let socket = |p: &Policy, kind| {
+            let d = p.evaluate(&Request::Socket { kind });
+            (d.action, d.rule_label(p), d.reason)
+        };
+        let p = policy("[network]\nicmp = \"allow\"\n");
+        assert_eq!(socket(&p, SocketKind::Ping).0, Action::Allow);
+        assert_eq!(socket(&p, SocketKind::Ping).1, "network.icmp");
+        assert_eq!(
+            socket(&p, SocketKind::Raw),
+            (Action::Deny, "default".into(), Reason::Default)
+        );
+        assert_eq!(
+            socket(&p, SocketKind::Other),
+            (Action::Deny, "default".into(), Reason::Default)
+        );
+        let p = policy("[network]\ndefault = \"allow\"\nraw = \"deny\"\n");
+        assert_eq!(socket(&p, SocketKind::Ping).0, Action::Allow);
+        assert_eq!(socket(&p, SocketKind::Raw).1, "network.raw");
+        assert_eq!(socket(&p, SocketKind::Raw).0, Action::Deny);
+        assert_eq!(socket(&p, SocketKind::Other).0, Action::Allow);
+        let p = policy("[exec]\n");
+        assert_eq!(socket(&p, SocketKind::Raw).2, Reason::NotDecided);
     }
 
     #[test]

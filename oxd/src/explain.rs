@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     compile::{denied_files, file_identity},
-    evaluate::{Decision, Reason, Request},
+    evaluate::{reached_address, Decision, Reason, Request, SocketKind},
     policy::{Action, Mode, Policy},
 };
 
@@ -29,6 +29,8 @@ pub enum Probe {
     MapExec(PathBuf),
     /// Connecting to this address, on a UDP socket or a TCP one.
     Connect { addr: SocketAddr, udp: bool },
+    /// Creating an inet socket that is neither TCP nor UDP.
+    Socket(SocketKind),
 }
 
 /// What a policy decides for one action, and why, in words.
@@ -113,15 +115,30 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
         }
         Probe::Connect { addr, udp } => {
             let proto = if *udp { "udp" } else { "tcp" };
+            let reached = reached_address(*addr);
+            let judged = if reached == *addr {
+                String::new()
+            } else {
+                format!(" (reaches {reached}: judged as that)")
+            };
             (
                 Request::Connect {
                     addr: *addr,
                     udp: *udp,
                     send: false,
                 },
-                format!("connect {addr} ({proto})"),
+                format!("connect {addr} ({proto}){judged}"),
             )
         }
+        Probe::Socket(kind) => (
+            Request::Socket { kind: *kind },
+            match kind {
+                SocketKind::Ping => "create an ICMP ping socket",
+                SocketKind::Raw => "create a raw socket",
+                SocketKind::Other => "create a socket of a protocol other than TCP, UDP or ICMP",
+            }
+            .to_owned(),
+        ),
     };
 
     // A file named by an exact deny rule is denied under any of its names (hard links).
@@ -133,7 +150,7 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                     .find_map(|(file, rules)| (file == id).then_some(rules))
             })
         }
-        Request::Connect { .. } => None,
+        Request::Connect { .. } | Request::Socket { .. } => None,
     };
     let decision = policy.evaluate_with(&request, denied);
     let verdict = match (decision.action, policy.mode) {
@@ -148,7 +165,7 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
             Some(rule) => format!("rule {} `{}`", rule.id, rule.text),
             None => format!("rule #{id}"),
         },
-        Reason::Default => "no rule matches: the category's default".to_owned(),
+        Reason::Default => default_why(&request).to_owned(),
         Reason::PathTooLong => format!(
             "the path is longer than the {} bytes the kernel's rule keys hold: denied, fail closed",
             oxd_common::MAX_RULE_PATH_LEN
@@ -165,6 +182,20 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
         why,
         happens,
     })
+}
+
+/// Why the default decided `request`.
+fn default_why(request: &Request) -> &'static str {
+    match request {
+        Request::Socket {
+            kind: SocketKind::Ping,
+        } => "no `icmp` switch: the network default",
+        Request::Socket {
+            kind: SocketKind::Raw,
+        } => "no `raw` switch: the network default",
+        Request::Socket { .. } => "no rule governs this protocol: the network default",
+        _ => "no rule matches: the category's default",
+    }
 }
 
 fn describe(op: &str, given: &Path, real: &Path) -> String {

@@ -10,19 +10,20 @@ use std::collections::HashSet;
 
 use aya::programs::{loaded_programs, ProgramError};
 
-use crate::enforcer::{Enforcer, EnforcerError, LoadOptions, LSM_PROGRAMS, SOCK_ADDR_PROGRAMS};
+use crate::enforcer::{
+    Enforcer, EnforcerError, LoadOptions, LSM_PROGRAMS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM,
+};
 
-/// Every program of oxd's kernel object, in the order [`verifier_stats`] reports them.
-pub const PROGRAMS: [&str; 8] = [
-    LSM_PROGRAMS[0].0,
-    LSM_PROGRAMS[1].0,
-    LSM_PROGRAMS[2].0,
-    SOCK_ADDR_PROGRAMS[0],
-    SOCK_ADDR_PROGRAMS[1],
-    SOCK_ADDR_PROGRAMS[2],
-    SOCK_ADDR_PROGRAMS[3],
-    LSM_PROGRAMS[3].0,
-];
+/// Every program of oxd's kernel object, in the order [`verifier_stats`] reports them: the
+/// BPF-LSM programs, then the cgroup programs.
+pub fn programs() -> Vec<&'static str> {
+    LSM_PROGRAMS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(SOCK_ADDR_PROGRAMS)
+        .chain([SOCK_CREATE_PROGRAM])
+        .collect()
+}
 
 /// What the kernel reports about one loaded program.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +55,7 @@ fn loaded_ids() -> Result<HashSet<u32>, ProgStatsError> {
 }
 
 /// Loads every program of oxd's object (the BPF-LSM ones too, so this needs a kernel with
-/// BPF-LSM), attaches none, and returns what the kernel reports for each, in [`PROGRAMS`]
+/// BPF-LSM), attaches none, and returns what the kernel reports for each, in [`programs`]
 /// order. The programs are unloaded again when this returns.
 ///
 /// Programs are found in the kernel's list by name among those that appeared while loading. If
@@ -68,13 +69,14 @@ pub fn verifier_stats() -> Result<Vec<ProgramStats>, ProgStatsError> {
     })?;
     enforcer.load_lsm()?;
     enforcer.load_cgroup_programs()?;
-    let mut found: Vec<Option<ProgramStats>> = vec![None; PROGRAMS.len()];
+    let programs = programs();
+    let mut found: Vec<Option<ProgramStats>> = vec![None; programs.len()];
     for info in loaded_programs() {
         let info = info.map_err(ProgStatsError::List)?;
         if before.contains(&info.id()) {
             continue;
         }
-        let Some(index) = PROGRAMS
+        let Some(index) = programs
             .iter()
             .position(|name| info.name_as_str() == Some(*name))
         else {
@@ -86,7 +88,7 @@ pub fn verifier_stats() -> Result<Vec<ProgramStats>, ProgStatsError> {
             continue;
         }
         found[index] = Some(ProgramStats {
-            name: PROGRAMS[index],
+            name: programs[index],
             id: info.id(),
             verified_insns: info.verified_instruction_count(),
             xlated_insns: info.size_translated().map(|bytes| bytes / 8),
@@ -95,7 +97,7 @@ pub fn verifier_stats() -> Result<Vec<ProgramStats>, ProgStatsError> {
     drop(enforcer);
     found
         .into_iter()
-        .zip(PROGRAMS)
+        .zip(programs)
         .map(|(stats, name)| stats.ok_or(ProgStatsError::NotFound(name)))
         .collect()
 }

@@ -5,5 +5,5 @@
 mod exec;
 mod fs;
 mod ipc;
-mod net;
+pub(crate) mod net;
 mod ns;

@@ -7,10 +7,12 @@
 //!   policy it loads or replaces, increasing);
 //! - `op`: `exec`, `open`, `mmap-exec` and `mprotect-exec` (mapping a file executable, or
 //!   making a file mapping executable; recorded when denied, and in audit mode when allowed),
-//!   `connect` or `sendmsg` (a UDP send with a destination);
-//! - `target`: the resolved path of the executed or opened file, or `ip:port` (`[ipv6]:port`);
+//!   `connect` or `sendmsg` (a UDP send with a destination), `socket` (creating an ICMP ping,
+//!   raw or other non-TCP/UDP inet socket);
+//! - `target`: the resolved path of the executed or opened file, or `ip:port` (`[ipv6]:port`),
+//!   or for `socket` the family, type and IP protocol (`ipv4 dgram proto 1`);
 //! - `access` (open only): `read`, `write` or `read,write`;
-//! - `protocol` (connect and sendmsg only): `tcp`, `udp` or `other`;
+//! - `protocol` (connect, sendmsg and socket only): `tcp`, `udp`, `icmp`, `raw` or `other`;
 //! - `decision`: `allow` or `deny`; `enforced`: false when the policy is in audit mode (a
 //!   `deny` that was recorded but not enforced);
 //! - `rule`: the rule that decided (`exec.allow[0]`, ...) or `default`; `rule_text`: the rule as
@@ -118,6 +120,24 @@ fn c_string(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+/// The target of a `socket` record: family, type and IP protocol number, from the event's
+/// `detail` (`family << 24 | type << 16 | protocol`), e.g. `ipv4 dgram proto 1` (a ping socket).
+fn socket_target(detail: u32) -> String {
+    let family = match detail >> 24 {
+        2 => "ipv4".to_owned(),
+        10 => "ipv6".to_owned(),
+        n => format!("family {n}"),
+    };
+    let sock_type = match (detail >> 16) & 0xff {
+        1 => "stream".to_owned(),
+        2 => "dgram".to_owned(),
+        3 => "raw".to_owned(),
+        5 => "seqpacket".to_owned(),
+        n => format!("type {n}"),
+    };
+    format!("{family} {sock_type} proto {}", detail & 0xffff)
+}
+
 impl Record {
     /// The record of `event`, decided by `policy` (`None`: a generation this process does not
     /// know, named as such).
@@ -147,16 +167,19 @@ impl Record {
             op::CONNECT6 => ("connect", socket(false)),
             op::SENDMSG4 => ("sendmsg", socket(true)),
             op::SENDMSG6 => ("sendmsg", socket(false)),
+            op::SOCKET => ("socket", socket_target(event.detail)),
             _ => ("unknown", String::new()),
         };
         let is_network = matches!(
             event.op,
-            op::CONNECT4 | op::CONNECT6 | op::SENDMSG4 | op::SENDMSG6
+            op::CONNECT4 | op::CONNECT6 | op::SENDMSG4 | op::SENDMSG6 | op::SOCKET
         );
         let protocol = is_network.then(|| {
             match event.proto {
                 proto::TCP => "tcp",
                 proto::UDP => "udp",
+                proto::ICMP => "icmp",
+                proto::RAW => "raw",
                 _ => "other",
             }
             .to_owned()
@@ -489,6 +512,21 @@ mod tests {
         assert_eq!(record.protocol.as_deref(), Some("tcp"));
         assert_eq!(record.comm, "curl");
         assert!(record.enforced);
+    }
+
+    #[test]
+    fn socket_record_names_the_socket_and_switch() {
+        let policy = Policy::parse(Path::new("p.toml"), "[network]\nicmp = \"deny\"\n").unwrap();
+        let mut e = event();
+        e.op = op::SOCKET;
+        e.proto = proto::ICMP;
+        e.detail = 0x0a02_003a; // AF_INET6 << 24 | SOCK_DGRAM << 16 | IPPROTO_ICMPV6
+        let record = Record::from_event(&e, Some(&policy), &Clock::new());
+        assert_eq!(record.op, "socket");
+        assert_eq!(record.target, "ipv6 dgram proto 58");
+        assert_eq!(record.protocol.as_deref(), Some("icmp"));
+        assert_eq!(record.rule, "network.icmp");
+        assert_eq!(record.rule_text.as_deref(), Some("icmp = \"deny\""));
     }
 
     #[test]

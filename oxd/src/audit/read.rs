@@ -120,7 +120,7 @@ pub fn render(record: &Value) -> String {
     };
     let detail = match s("op").as_str() {
         "open" => format!(" ({})", s("access")),
-        "connect" | "sendmsg" => format!(" ({})", s("protocol")),
+        "connect" | "sendmsg" | "socket" => format!(" ({})", s("protocol")),
         _ => String::new(),
     };
     format!(

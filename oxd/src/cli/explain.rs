@@ -4,12 +4,13 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{bail, Result};
 use oxd::{
+    evaluate::SocketKind,
     explain::{explain, Probe},
     policy::Policy,
 };
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect"])))]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect", "socket"])))]
 #[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
 pub(crate) struct ExplainArgs {
     /// Policy file (TOML).
@@ -36,6 +37,10 @@ pub(crate) struct ExplainArgs {
     /// The connect is on a UDP socket (default TCP).
     #[arg(long, requires = "connect")]
     udp: bool,
+    /// Creating a socket no address rule governs: `icmp` (a ping socket), `raw`, or `other`
+    /// (SCTP, MPTCP, UDP-Lite, ...).
+    #[arg(long, value_name = "KIND", value_parser = ["icmp", "raw", "other"])]
+    socket: Option<String>,
 }
 
 impl ExplainArgs {
@@ -54,12 +59,15 @@ impl ExplainArgs {
                 addr,
                 udp: self.udp,
             },
-            (None, None, None) => {
-                bail!(
-                    "name an action: --exec PATH, --map PATH, --open PATH --read|--write, or \
-                     --connect ADDR"
-                )
-            }
+            (None, None, None) => match self.socket.as_deref() {
+                Some("icmp") => Probe::Socket(SocketKind::Ping),
+                Some("raw") => Probe::Socket(SocketKind::Raw),
+                Some(_) => Probe::Socket(SocketKind::Other),
+                None => bail!(
+                    "name an action: --exec PATH, --map PATH, --open PATH --read|--write, \
+                     --connect ADDR or --socket KIND"
+                ),
+            },
         })
     }
 }

@@ -13,7 +13,8 @@ use std::path::Path;
 
 use oxd_common::{
     action, governs, mode, proto, Config, InodeKey, InodeRules, NetRule, PathKey, RuleValue,
-    MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_NONE, SLOT_PREFIX_BITS,
+    MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_DEFAULT, RULE_NONE,
+    SLOT_PREFIX_BITS,
 };
 
 pub use self::identity::{file_identity, FileId};
@@ -297,7 +298,28 @@ fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
                 .map_or(Action::Allow, |f| f.write_default),
         ),
         _pad: 0,
+        // sockets
+        net_icmp: action_bits(
+            policy
+                .network
+                .as_ref()
+                .map_or(Action::Allow, |n| n.icmp.action),
+        ),
+        net_icmp_rule: switch_rule(policy.network.as_ref().and_then(|n| n.icmp.rule)),
+        net_raw: action_bits(
+            policy
+                .network
+                .as_ref()
+                .map_or(Action::Allow, |n| n.raw.action),
+        ),
+        net_raw_rule: switch_rule(policy.network.as_ref().and_then(|n| n.raw.rule)),
     })
+}
+
+/// The rule id a socket switch is reported as: its own, or [`RULE_DEFAULT`] when the policy
+/// leaves it to the network default.
+fn switch_rule(rule: Option<u32>) -> u32 {
+    rule.unwrap_or(RULE_DEFAULT)
 }
 
 fn check_count(category: &'static str, count: usize, max: u32) -> Result<u32, CompileError> {

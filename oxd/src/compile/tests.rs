@@ -377,6 +377,10 @@ fn config_fields() {
             file_read_default: action::ALLOW,
             file_write_default: action::ALLOW,
             _pad: 0,
+            net_icmp: action::ALLOW,
+            net_icmp_rule: RULE_DEFAULT,
+            net_raw: action::ALLOW,
+            net_raw_rule: RULE_DEFAULT,
         },
         "ungoverned categories default to allow (never consulted)"
     );
@@ -410,6 +414,10 @@ cidr = "198.51.100.0/24"
             file_read_default: action::ALLOW,
             file_write_default: action::DENY,
             _pad: 0,
+            net_icmp: action::ALLOW,
+            net_icmp_rule: RULE_DEFAULT,
+            net_raw: action::ALLOW,
+            net_raw_rule: RULE_DEFAULT,
         }
     );
 

@@ -128,6 +128,21 @@ pub struct NetworkPolicy {
     /// Ordered from most to least specific, deny before allow among equals: the first match
     /// decides.
     pub rules: Vec<NetworkRule>,
+    // sockets
+    /// ICMP ping sockets: the `icmp` switch, or the default when it is absent.
+    pub icmp: SocketSwitch,
+    /// Raw sockets: the `raw` switch, or the default when it is absent.
+    pub raw: SocketSwitch,
+}
+
+/// What a `[network]` socket switch (`icmp`, `raw`) decides: sockets that no address rule can
+/// govern, allowed or denied as a whole when they are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketSwitch {
+    pub action: Action,
+    /// The switch's index into [`Policy::rules`]; `None` when the policy does not set it and
+    /// the network default decides.
+    pub rule: Option<u32>,
 }
 
 /// A validated policy.

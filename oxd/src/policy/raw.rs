@@ -46,6 +46,11 @@ pub(super) struct RawNetSection {
     pub(super) allow: Vec<Spanned<RawNetRule>>,
     #[serde(default)]
     pub(super) deny: Vec<Spanned<RawNetRule>>,
+    // sockets
+    /// ICMP ping sockets: `"allow"` or `"deny"` (absent: the default decides).
+    pub(super) icmp: Option<Spanned<Action>>,
+    /// Raw sockets: `"allow"` or `"deny"` (absent: the default decides).
+    pub(super) raw: Option<Spanned<Action>>,
 }
 
 #[derive(Debug, Deserialize)]

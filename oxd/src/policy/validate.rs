@@ -11,7 +11,7 @@ use super::{
     path::parse_path_pattern,
     raw::{RawFileSection, RawNetSection, RawPathSection, RawPolicy},
     Action, ExecPolicy, FilePolicy, NetworkPolicy, NetworkRule, PathRule, Policy, Protocol,
-    RuleInfo,
+    RuleInfo, SocketSwitch,
 };
 
 /// An error at a byte range of the policy text.
@@ -194,9 +194,29 @@ impl Validator {
                 r.action != Action::Deny,
             )
         });
+        let default = section.default.unwrap_or(Action::Deny);
+        let mut switch = |name: &str, value: Option<toml::Spanned<Action>>| match value {
+            None => SocketSwitch {
+                action: default,
+                rule: None,
+            },
+            Some(value) => {
+                let action = *value.get_ref();
+                let text = format!("{name} = \"{}\"", action.as_str());
+                let rule = self.add_rule(format!("network.{name}"), text, action);
+                SocketSwitch {
+                    action,
+                    rule: Some(rule),
+                }
+            }
+        };
+        let icmp = switch("icmp", section.icmp);
+        let raw = switch("raw", section.raw);
         Ok(NetworkPolicy {
-            default: section.default.unwrap_or(Action::Deny),
+            default,
             rules,
+            icmp,
+            raw,
         })
     }
 }
