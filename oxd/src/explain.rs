@@ -78,7 +78,44 @@ fn path_string(path: &Path) -> Result<String> {
 /// Decides `probe` under `policy` as the kernel would, resolving its path first as the kernel
 /// does (symlinks, `.`, `..`) and taking exact deny rules by file identity into account.
 pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
-    let (request, what) = match probe {
+    let (request, what) = request_for(probe)?;
+    let denied = denied_identity(policy, &request);
+    let decision = policy.evaluate_with(&request, denied);
+    let verdict = match (decision.action, policy.mode) {
+        (Action::Allow, _) => "allow".to_owned(),
+        (Action::Deny, Mode::Enforce) => "deny (fails with EPERM)".to_owned(),
+        (Action::Deny, Mode::Audit) => {
+            "deny, not enforced (audit mode: recorded, allowed)".to_owned()
+        }
+    };
+    let why = match decision.reason {
+        Reason::Rule(id) => match policy.rule(id) {
+            Some(rule) => format!("rule {} `{}`", rule.id, rule.text),
+            None => format!("rule #{id}"),
+        },
+        Reason::Default => default_why(&request).to_owned(),
+        Reason::PathTooLong => format!(
+            "the path is longer than the {} bytes the kernel's rule keys hold: denied, fail closed",
+            oxd_common::MAX_RULE_PATH_LEN
+        ),
+        Reason::NotDecided => {
+            "the policy has no section for this category: not decided, not recorded".to_owned()
+        }
+    };
+    let happens = decision.action == Action::Allow || policy.mode == Mode::Audit;
+    Ok(Explanation {
+        what,
+        decision,
+        verdict,
+        why,
+        happens,
+    })
+}
+
+/// The evaluator's request for `probe` (paths resolved as the kernel resolves them), and the
+/// action in words.
+fn request_for(probe: &Probe) -> Result<(Request, String)> {
+    Ok(match probe {
         Probe::Exec(path) => {
             let real = resolve(path)?;
             (
@@ -139,10 +176,13 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
             }
             .to_owned(),
         ),
-    };
+    })
+}
 
-    // A file named by an exact deny rule is denied under any of its names (hard links).
-    let denied = match &request {
+/// The exact deny rules that name the file `request` is about under any of its names (hard
+/// links), as the kernel finds them by the file's identity.
+fn denied_identity(policy: &Policy, request: &Request) -> Option<oxd_common::InodeRules> {
+    match request {
         Request::Exec { path } | Request::MapExec { path } | Request::Open { path, .. } => {
             file_identity(Path::new(path)).and_then(|id| {
                 denied_files(policy, &file_identity)
@@ -151,37 +191,7 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
             })
         }
         Request::Connect { .. } | Request::Socket { .. } => None,
-    };
-    let decision = policy.evaluate_with(&request, denied);
-    let verdict = match (decision.action, policy.mode) {
-        (Action::Allow, _) => "allow".to_owned(),
-        (Action::Deny, Mode::Enforce) => "deny (fails with EPERM)".to_owned(),
-        (Action::Deny, Mode::Audit) => {
-            "deny, not enforced (audit mode: recorded, allowed)".to_owned()
-        }
-    };
-    let why = match decision.reason {
-        Reason::Rule(id) => match policy.rule(id) {
-            Some(rule) => format!("rule {} `{}`", rule.id, rule.text),
-            None => format!("rule #{id}"),
-        },
-        Reason::Default => default_why(&request).to_owned(),
-        Reason::PathTooLong => format!(
-            "the path is longer than the {} bytes the kernel's rule keys hold: denied, fail closed",
-            oxd_common::MAX_RULE_PATH_LEN
-        ),
-        Reason::NotDecided => {
-            "the policy has no section for this category: not decided, not recorded".to_owned()
-        }
-    };
-    let happens = decision.action == Action::Allow || policy.mode == Mode::Audit;
-    Ok(Explanation {
-        what,
-        decision,
-        verdict,
-        why,
-        happens,
-    })
+    }
 }
 
 /// Why the default decided `request`.
