@@ -39,6 +39,8 @@ const NO_CONFIG: Config = Config {
     file_read_default: 0,
     file_write_default: 0,
     _pad: 0,
+    namespaces: 0,
+    namespaces_rule: 0,
 };
 
 impl Gate {

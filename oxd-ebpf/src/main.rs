@@ -9,6 +9,11 @@
 //! - [`net`]: `connect4` / `connect6` / `sendmsg4` / `sendmsg6` (cgroup `sock_addr` hooks,
 //!   attached to the agent's cgroup) decide every `connect`, and every UDP send with a
 //!   destination, of a confined task on the destination address, port and protocol.
+//! - [`ns`]: `[process] namespaces` (BPF-LSM `userns_create`, `sb_mount`, `sb_umount`,
+//!   `move_mount`, `sb_pivotroot`, `path_chroot`, `capable`, and `ns_file_open` /
+//!   `ns_exec_check` beside the file and exec hooks): no user namespace, mount or chroot, no
+//!   entering another namespace, no file of another mount namespace, while the policy denies
+//!   namespaces, so paths keep the meaning exec and file rules judge them by.
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -56,6 +61,7 @@ mod exec;
 mod file;
 mod maps;
 mod net;
+mod ns;
 mod offsets;
 mod path;
 

@@ -279,6 +279,17 @@ pub struct KernelOffsets {
     pub inode_i_sb: u32,
     /// `offsetof(struct super_block, s_dev)`.
     pub sb_s_dev: u32,
+    // namespaces
+    /// `offsetof(struct cred, user_ns)`.
+    pub cred_user_ns: u32,
+    /// `offsetof(struct task_struct, nsproxy)`.
+    pub task_nsproxy: u32,
+    /// `offsetof(struct nsproxy, mnt_ns)`.
+    pub nsproxy_mnt_ns: u32,
+    /// `offsetof(struct mount, mnt)`.
+    pub mount_mnt: u32,
+    /// `offsetof(struct mount, mnt_ns)`.
+    pub mount_mnt_ns: u32,
 }
 
 impl KernelOffsets {
@@ -292,6 +303,11 @@ impl KernelOffsets {
             inode_i_ino: btf.member_offset("inode", "i_ino")?,
             inode_i_sb: btf.member_offset("inode", "i_sb")?,
             sb_s_dev: btf.member_offset("super_block", "s_dev")?,
+            cred_user_ns: btf.member_offset("cred", "user_ns")?,
+            task_nsproxy: btf.member_offset("task_struct", "nsproxy")?,
+            nsproxy_mnt_ns: btf.member_offset("nsproxy", "mnt_ns")?,
+            mount_mnt: btf.member_offset("mount", "mnt")?,
+            mount_mnt_ns: btf.member_offset("mount", "mnt_ns")?,
         })
     }
 }

@@ -31,11 +31,24 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ox
 pub const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
 /// Every BPF-LSM program: (program, hook).
-pub const LSM_PROGRAMS: [(&str, &str); 3] = [
+pub const LSM_PROGRAMS: [(&str, &str); 12] = [
     ("exec_check", "bprm_check_security"),
     ("mmap_file", "mmap_file"),
     ("file_open", "file_open"),
+    // namespaces ([process] namespaces): NS_PROGRAMS
+    ("userns_create", "userns_create"),
+    ("sb_mount", "sb_mount"),
+    ("sb_umount", "sb_umount"),
+    ("move_mount", "move_mount"),
+    ("sb_pivotroot", "sb_pivotroot"),
+    ("path_chroot", "path_chroot"),
+    ("capable", "capable"),
+    ("ns_file_open", "file_open"),
+    ("ns_exec_check", "bprm_check_security"),
 ];
+
+/// The BPF-LSM programs of `[process] namespaces`, attached when the policy governs it.
+pub const NS_PROGRAMS: std::ops::Range<usize> = 3..12;
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
 const PINNED_MAPS: [&str; 9] = [
@@ -215,6 +228,11 @@ impl Enforcer {
         .into_iter()
         .flatten()
         .collect();
+        if policy.namespaces.is_some() {
+            enforcer
+                .lsm_programs
+                .extend_from_slice(&LSM_PROGRAMS[NS_PROGRAMS]);
+        }
         enforcer.enforces_network = policy.network.is_some();
         let image = compile(policy, 0, 1, &file_identity)?;
         enforcer.write_slot(&image)?;
@@ -265,6 +283,11 @@ impl Enforcer {
             .override_global("INODE_I_INO_OFFSET", &offsets.inode_i_ino, true)
             .override_global("INODE_I_SB_OFFSET", &offsets.inode_i_sb, true)
             .override_global("SB_S_DEV_OFFSET", &offsets.sb_s_dev, true)
+            .override_global("CRED_USER_NS_OFFSET", &offsets.cred_user_ns, true)
+            .override_global("TASK_NSPROXY_OFFSET", &offsets.task_nsproxy, true)
+            .override_global("NSPROXY_MNT_NS_OFFSET", &offsets.nsproxy_mnt_ns, true)
+            .override_global("MOUNT_MNT_OFFSET", &offsets.mount_mnt, true)
+            .override_global("MOUNT_MNT_NS_OFFSET", &offsets.mount_mnt_ns, true)
             .load(OBJECT)?;
         Ok(Self {
             ebpf,

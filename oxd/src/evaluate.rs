@@ -27,6 +27,59 @@ pub enum Request {
         udp: bool,
         send: bool,
     },
+    /// Creating a user namespace, changing mounts, chroot, or entering another namespace:
+    /// decided by `[process] namespaces`.
+    Namespace { op: NamespaceOp },
+}
+
+/// The operations `[process] namespaces` decides, by their audit `op` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamespaceOp {
+    /// `unshare`/`clone` with `CLONE_NEWUSER`.
+    UsernsCreate,
+    /// `mount(2)`: new, bind, move, remount, propagation change.
+    Mount,
+    /// `umount2(2)`.
+    Umount,
+    /// `move_mount(2)` (the new mount API's attach).
+    MoveMount,
+    /// `pivot_root(2)`.
+    PivotRoot,
+    /// `chroot(2)`.
+    Chroot,
+    /// A capability in a user namespace other than the task's own, or `CAP_SYS_CHROOT`: how
+    /// `setns` into an existing namespace is checked (audit `op` `capable`).
+    Capable,
+}
+
+impl NamespaceOp {
+    pub const ALL: [Self; 7] = [
+        Self::UsernsCreate,
+        Self::Mount,
+        Self::Umount,
+        Self::MoveMount,
+        Self::PivotRoot,
+        Self::Chroot,
+        Self::Capable,
+    ];
+
+    /// The audit record's `op`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UsernsCreate => "userns-create",
+            Self::Mount => "mount",
+            Self::Umount => "umount",
+            Self::MoveMount => "move-mount",
+            Self::PivotRoot => "pivot-root",
+            Self::Chroot => "chroot",
+            Self::Capable => "capable",
+        }
+    }
+
+    /// The operation named by an audit `op`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.as_str() == name)
+    }
 }
 
 /// Why a decision was made.
@@ -119,6 +172,10 @@ impl Policy {
             Request::Connect { addr, udp, .. } => match &self.network {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
                 Some(network) => decide_network(&network.rules, network.default, *addr, *udp),
+            },
+            Request::Namespace { .. } => match &self.namespaces {
+                None => Decision::new(Action::Allow, Reason::NotDecided),
+                Some(ns) => Decision::new(ns.action, Reason::Rule(ns.rule)),
             },
         }
     }
@@ -363,6 +420,38 @@ deny = [{ path = "/etc/shadow", access = ["read"] }]
         assert_eq!(open(false, true), (Action::Allow, "default".into()));
         // A file no deny rule names has no identity entry.
         assert_eq!(image.denied(FileId { dev: 1, ino: 3 }), None);
+    }
+
+    #[test]
+    fn namespaces_are_denied_by_default_wherever_paths_are_judged() {
+        let ns = |p: &Policy| {
+            let d = p.evaluate(&Request::Namespace {
+                op: NamespaceOp::Mount,
+            });
+            (d.action, d.rule_label(p))
+        };
+        let deny = (Action::Deny, "process.namespaces".to_owned());
+        assert_eq!(ns(&policy("[exec]\n")), deny);
+        assert_eq!(ns(&policy("[file]\ndefault = \"allow\"\n")), deny);
+        assert_eq!(
+            ns(&policy("[exec]\n[process]\nnamespaces = \"deny\"\n")),
+            deny
+        );
+        assert_eq!(
+            ns(&policy("[file]\n[process]\nnamespaces = \"allow\"\n")),
+            (Action::Allow, "process.namespaces".to_owned())
+        );
+        // Nothing whose paths a namespace could rewrite: not decided.
+        let p = policy("[network]\n");
+        assert_eq!(
+            p.evaluate(&Request::Namespace {
+                op: NamespaceOp::UsernsCreate
+            }),
+            Decision::new(Action::Allow, Reason::NotDecided)
+        );
+        for op in NamespaceOp::ALL {
+            assert_eq!(NamespaceOp::from_name(op.as_str()), Some(op));
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     compile::{denied_files, file_identity},
-    evaluate::{Decision, Reason, Request},
+    evaluate::{Decision, NamespaceOp, Reason, Request},
     policy::{Action, Mode, Policy},
 };
 
@@ -26,6 +26,8 @@ pub enum Probe {
     },
     /// Connecting to this address, on a UDP socket or a TCP one.
     Connect { addr: SocketAddr, udp: bool },
+    /// A namespace, mount or chroot operation (`[process] namespaces`).
+    Namespace(NamespaceOp),
 }
 
 /// What a policy decides for one action, and why, in words.
@@ -110,6 +112,7 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                 format!("connect {addr} ({proto})"),
             )
         }
+        Probe::Namespace(op) => (Request::Namespace { op: *op }, op.as_str().to_owned()),
     };
 
     // A file named by an exact deny rule is denied under any of its names (hard links).
@@ -120,7 +123,7 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                     .into_iter()
                     .find_map(|(file, rules)| (file == id).then_some(rules))
             }),
-        Request::Connect { .. } => None,
+        Request::Connect { .. } | Request::Namespace { .. } => None,
     };
     let decision = policy.evaluate_with(&request, denied);
     let verdict = match (decision.action, policy.mode) {
@@ -140,6 +143,10 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
             "the path is longer than the {} bytes the kernel's rule keys hold: denied, fail closed",
             oxd_common::MAX_RULE_PATH_LEN
         ),
+        Reason::NotDecided if matches!(probe, Probe::Namespace(_)) => {
+            "the policy has neither [exec] nor [file]: namespaces are not decided, not recorded"
+                .to_owned()
+        }
         Reason::NotDecided => {
             "the policy has no section for this category: not decided, not recorded".to_owned()
         }

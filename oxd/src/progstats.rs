@@ -13,10 +13,19 @@ use aya::programs::{loaded_programs, ProgramError};
 use crate::enforcer::{Enforcer, EnforcerError, LoadOptions, LSM_PROGRAMS, SOCK_ADDR_PROGRAMS};
 
 /// Every program of oxd's kernel object, in the order [`verifier_stats`] reports them.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 16] = [
     LSM_PROGRAMS[0].0,
     LSM_PROGRAMS[1].0,
     LSM_PROGRAMS[2].0,
+    LSM_PROGRAMS[3].0,
+    LSM_PROGRAMS[4].0,
+    LSM_PROGRAMS[5].0,
+    LSM_PROGRAMS[6].0,
+    LSM_PROGRAMS[7].0,
+    LSM_PROGRAMS[8].0,
+    LSM_PROGRAMS[9].0,
+    LSM_PROGRAMS[10].0,
+    LSM_PROGRAMS[11].0,
     SOCK_ADDR_PROGRAMS[0],
     SOCK_ADDR_PROGRAMS[1],
     SOCK_ADDR_PROGRAMS[2],

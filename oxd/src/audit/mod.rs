@@ -7,6 +7,10 @@
 //!   policy it loads or replaces, increasing);
 //! - `op`: `exec`, `open`, `mmap-exec` (mapping a file executable, recorded when denied),
 //!   `connect` or `sendmsg` (a UDP send with a destination);
+//! - `op` (namespaces, `[process] namespaces`): `userns-create`, `mount`, `umount`,
+//!   `move-mount`, `pivot-root`, `chroot`, `capable` (a capability in another user namespace,
+//!   or `CAP_SYS_CHROOT`: how `setns` is checked; recorded when denied);
+//! - `detail` (`mount`, `umount`: the flags; `capable`: the capability number);
 //! - `target`: the resolved path of the executed or opened file, or `ip:port` (`[ipv6]:port`);
 //! - `access` (open only): `read`, `write` or `read,write`;
 //! - `protocol` (connect and sendmsg only): `tcp`, `udp` or `other`;
@@ -86,6 +90,9 @@ pub struct Record {
     pub access: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub protocol: Option<String>,
+    /// Namespaces: the mount flags (`mount`, `umount`) or the capability number (`capable`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<u32>,
     pub decision: String,
     pub enforced: bool,
     pub rule: String,
@@ -145,8 +152,16 @@ impl Record {
             op::CONNECT6 => ("connect", socket(false)),
             op::SENDMSG4 => ("sendmsg", socket(true)),
             op::SENDMSG6 => ("sendmsg", socket(false)),
+            op::USERNS_CREATE => ("userns-create", String::new()),
+            op::MOUNT => ("mount", path()),
+            op::UMOUNT => ("umount", String::new()),
+            op::MOVE_MOUNT => ("move-mount", String::new()),
+            op::PIVOT_ROOT => ("pivot-root", String::new()),
+            op::CHROOT => ("chroot", String::new()),
+            op::CAPABLE => ("capable", String::new()),
             _ => ("unknown", String::new()),
         };
+        let detail = matches!(event.op, op::MOUNT | op::UMOUNT | op::CAPABLE).then_some(event.detail);
         let is_network = matches!(
             event.op,
             op::CONNECT4 | op::CONNECT6 | op::SENDMSG4 | op::SENDMSG6
@@ -185,6 +200,7 @@ impl Record {
             reason::PATH_UNRESOLVED => "path could not be resolved (fail closed)",
             reason::NO_CONFIG => "policy configuration missing (fail closed)",
             reason::EMPTY_SLOT => "policy slot empty (fail closed)",
+            reason::FOREIGN_MOUNT_NS => "the file is in another mount namespace (namespaces denied)",
             _ => "unknown",
         };
         Self {
@@ -196,6 +212,7 @@ impl Record {
             target,
             access,
             protocol,
+            detail,
             decision: if event.decision == action::ALLOW {
                 "allow"
             } else {

@@ -4,12 +4,13 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{bail, Result};
 use oxd::{
+    evaluate::NamespaceOp,
     explain::{explain, Probe},
     policy::Policy,
 };
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "open", "connect"])))]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "open", "connect", "namespace"])))]
 #[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
 pub(crate) struct ExplainArgs {
     /// Policy file (TOML).
@@ -33,10 +34,24 @@ pub(crate) struct ExplainArgs {
     /// The connect is on a UDP socket (default TCP).
     #[arg(long, requires = "connect")]
     udp: bool,
+    /// A namespace, mount or chroot operation, by its audit name: userns-create, mount,
+    /// umount, move-mount, pivot-root, chroot, capable (setns into an existing namespace).
+    #[arg(long, value_name = "OP", value_parser = parse_namespace_op)]
+    namespace: Option<NamespaceOp>,
+}
+
+fn parse_namespace_op(name: &str) -> Result<NamespaceOp, String> {
+    NamespaceOp::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = NamespaceOp::ALL.iter().map(|op| op.as_str()).collect();
+        format!("expected one of {}", names.join(", "))
+    })
 }
 
 impl ExplainArgs {
     fn probe(&self) -> Result<Probe> {
+        if let Some(op) = self.namespace {
+            return Ok(Probe::Namespace(op));
+        }
         Ok(match (&self.exec, &self.open, self.connect) {
             (Some(path), _, _) => Probe::Exec(path.clone()),
             (None, Some(path), _) => Probe::Open {
@@ -49,7 +64,10 @@ impl ExplainArgs {
                 udp: self.udp,
             },
             (None, None, None) => {
-                bail!("name an action: --exec PATH, --open PATH --read|--write, or --connect ADDR")
+                bail!(
+                    "name an action: --exec PATH, --open PATH --read|--write, --connect ADDR, or \
+                     --namespace OP"
+                )
             }
         })
     }

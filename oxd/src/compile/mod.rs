@@ -13,7 +13,8 @@ use std::path::Path;
 
 use oxd_common::{
     action, governs, mode, proto, Config, InodeKey, InodeRules, NetRule, PathKey, RuleValue,
-    MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_NONE, SLOT_PREFIX_BITS,
+    MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_DEFAULT, RULE_NONE,
+    SLOT_PREFIX_BITS,
 };
 
 pub use self::identity::{file_identity, FileId};
@@ -276,6 +277,9 @@ fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
     if policy.network.is_some() {
         governed |= governs::NETWORK;
     }
+    if policy.namespaces.is_some() {
+        governed |= governs::PROCESS;
+    }
     let net_rules = policy.network.as_ref().map_or(0, |n| n.rules.len());
     Ok(Config {
         generation,
@@ -297,6 +301,8 @@ fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
                 .map_or(Action::Allow, |f| f.write_default),
         ),
         _pad: 0,
+        namespaces: action_bits(policy.namespaces.map_or(Action::Allow, |n| n.action)),
+        namespaces_rule: policy.namespaces.map_or(RULE_DEFAULT, |n| n.rule),
     })
 }
 
