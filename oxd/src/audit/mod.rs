@@ -152,16 +152,11 @@ impl Record {
             op::CONNECT6 => ("connect", socket(false)),
             op::SENDMSG4 => ("sendmsg", socket(true)),
             op::SENDMSG6 => ("sendmsg", socket(false)),
-            op::USERNS_CREATE => ("userns-create", String::new()),
             op::MOUNT => ("mount", path()),
-            op::UMOUNT => ("umount", String::new()),
-            op::MOVE_MOUNT => ("move-mount", String::new()),
-            op::PIVOT_ROOT => ("pivot-root", String::new()),
-            op::CHROOT => ("chroot", String::new()),
-            op::CAPABLE => ("capable", String::new()),
-            _ => ("unknown", String::new()),
+            other => (namespace_op(other).unwrap_or("unknown"), String::new()),
         };
-        let detail = matches!(event.op, op::MOUNT | op::UMOUNT | op::CAPABLE).then_some(event.detail);
+        let detail =
+            matches!(event.op, op::MOUNT | op::UMOUNT | op::CAPABLE).then_some(event.detail);
         let is_network = matches!(
             event.op,
             op::CONNECT4 | op::CONNECT6 | op::SENDMSG4 | op::SENDMSG6
@@ -200,7 +195,9 @@ impl Record {
             reason::PATH_UNRESOLVED => "path could not be resolved (fail closed)",
             reason::NO_CONFIG => "policy configuration missing (fail closed)",
             reason::EMPTY_SLOT => "policy slot empty (fail closed)",
-            reason::FOREIGN_MOUNT_NS => "the file is in another mount namespace (namespaces denied)",
+            reason::FOREIGN_MOUNT_NS => {
+                "the file is in another mount namespace (namespaces denied)"
+            }
             _ => "unknown",
         };
         Self {
@@ -231,6 +228,19 @@ impl Record {
             cgroup_id: event.cgroup_id,
         }
     }
+}
+
+/// The `op` of a namespace operation recorded without a path (`[process] namespaces`).
+fn namespace_op(event_op: u32) -> Option<&'static str> {
+    Some(match event_op {
+        op::USERNS_CREATE => "userns-create",
+        op::UMOUNT => "umount",
+        op::MOVE_MOUNT => "move-mount",
+        op::PIVOT_ROOT => "pivot-root",
+        op::CHROOT => "chroot",
+        op::CAPABLE => "capable",
+        _ => return None,
+    })
 }
 
 /// Record of decisions lost to a full ring buffer.

@@ -431,12 +431,8 @@ cidr = "198.51.100.0/24"
         assert_eq!(config.governs, governed, "{text:?}");
         assert_eq!(config.mode, mode::ENFORCE, "{text:?}");
     }
-    let allowed = *compile_ok(
-        &policy("[exec]\n[process]\nnamespaces = \"allow\"\n"),
-        0,
-        1,
-    )
-    .config();
+    let allowed =
+        *compile_ok(&policy("[exec]\n[process]\nnamespaces = \"allow\"\n"), 0, 1).config();
     assert_eq!(
         (allowed.governs, allowed.namespaces, allowed.namespaces_rule),
         (governs::EXEC | governs::PROCESS, action::ALLOW, 0)
