@@ -227,12 +227,13 @@ fn foreign(file: *const u8) -> bool {
 /// `op` with `access`) while the policy denies namespaces.
 #[inline(always)]
 fn decide_foreign(op: u32, wanted: u32, file: *const u8) -> i32 {
-    let gate = Gate::open(governs::PROCESS);
-    if !gate.decide {
+    // Foreign files are rare and the check is cheaper than the gate's cgroup walk: first.
+    if !foreign(file) {
         return 0;
     }
+    let gate = Gate::open(governs::PROCESS);
     // Without a configuration the file and exec hooks already fail closed, and record it.
-    if !gate.configured || gate.config.namespaces != action::DENY || !foreign(file) {
+    if !gate.decide || !gate.configured || gate.config.namespaces != action::DENY {
         return 0;
     }
     let mut verdict = switch_verdict(&gate);
