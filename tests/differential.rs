@@ -578,7 +578,7 @@ struct Decided {
 fn request_path(request: &Request) -> &str {
     match request {
         Request::Exec { path } | Request::MapExec { path } | Request::Open { path, .. } => path,
-        Request::Connect { .. } | Request::Socket { .. } => "",
+        Request::Connect { .. } | Request::Socket { .. } | Request::Namespace { .. } => "",
     }
 }
 

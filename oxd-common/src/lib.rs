@@ -80,6 +80,29 @@ pub mod op {
     /// or `AF_INET6`, `SOCK_*`, the IP protocol number); `proto` = [`super::proto::ICMP`],
     /// [`super::proto::RAW`], or 0 for another protocol.
     pub const SOCKET: u32 = 48;
+
+    // namespaces and mounts (`[process] namespaces`): each governed by the policy's switch,
+    // decided in the hook named. `detail` as noted; `path` where the hook may resolve one.
+    /// Creating a user namespace (`unshare`/`clone` with `CLONE_NEWUSER`), decided in
+    /// `userns_create` (kernel 6.1+).
+    pub const USERNS_CREATE: u32 = 40;
+    /// `mount(2)` of any kind (new, bind, move, remount, propagation), decided in `sb_mount`;
+    /// `path` is the mount point, `detail` the low 32 bits of the mount flags.
+    pub const MOUNT: u32 = 41;
+    /// `umount2(2)`, decided in `sb_umount`; `detail` holds its flags.
+    pub const UMOUNT: u32 = 42;
+    /// `move_mount(2)` (attaching a mount made by `fsmount` or `open_tree`), decided in
+    /// `move_mount`.
+    pub const MOVE_MOUNT: u32 = 43;
+    /// `pivot_root(2)`, decided in `sb_pivotroot`.
+    pub const PIVOT_ROOT: u32 = 44;
+    /// `chroot(2)`, decided in `path_chroot`.
+    pub const CHROOT: u32 = 45;
+    /// A capability the commoncap module grants, checked against a user namespace other than
+    /// the task's own, or `CAP_SYS_CHROOT` (how `setns` into an existing user or mount
+    /// namespace is checked), decided in `capable`; recorded only when denied. `detail` is the
+    /// capability number.
+    pub const CAPABLE: u32 = 46;
 }
 
 /// Access bits of a file open.
@@ -124,6 +147,13 @@ pub mod reason {
     /// (mapped before the task was confined or under another policy generation, or its
     /// decision was evicted from `MAPPED_FILES`): denied, fail closed.
     pub const MAPPING_UNDECIDED: u32 = 8;
+
+    // namespaces
+    /// An `open` or `exec` of a file that lives in a mount namespace other than the task's
+    /// (reached through `/proc/PID/root` or `/proc/PID/cwd` of a process in another
+    /// namespace), where its path means something else: denied while the policy denies
+    /// namespaces, whatever the path rules say.
+    pub const FOREIGN_MOUNT_NS: u32 = 16;
 }
 
 /// Policy modes.
@@ -183,6 +213,9 @@ pub mod governs {
     pub const EXEC: u32 = 1;
     pub const FILE: u32 = 2;
     pub const NETWORK: u32 = 4;
+    /// `[process] namespaces`: user namespaces, mounts, `pivot_root`, `chroot`. Set whenever
+    /// the policy governs exec or file (the categories whose paths namespaces rewrite).
+    pub const PROCESS: u32 = 8;
 }
 
 /// Settings of the policy in one slot: element `slot` of the `CONFIG` array map.
@@ -219,6 +252,12 @@ pub struct Config {
     pub net_raw: u32,
     /// Rule id of the `raw` switch, or [`RULE_DEFAULT`] when the default decides.
     pub net_raw_rule: u32,
+    // namespaces
+    /// [`action`] of `[process] namespaces`: whether confined tasks may create user namespaces,
+    /// mount, unmount, move or pivot mounts, chroot, or enter other namespaces.
+    pub namespaces: u32,
+    /// Rule id of the `process.namespaces` switch (it is named like a rule in audit records).
+    pub namespaces_rule: u32,
 }
 
 /// Key data of a path rule in an LPM trie: the policy slot, then the path bytes, NUL-padded.
@@ -391,7 +430,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Config>(), 8 + 4 * 8 + 4 * 4);
+        assert_eq!(size_of::<Config>(), 8 + 4 * 8 + 4 * 4 + 4 * 2);
         assert_eq!(size_of::<RuleValue>(), 8);
         assert_eq!(size_of::<PathKey>(), 2 + PATH_KEY_LEN);
         assert_eq!(size_of::<InodeKey>(), 16);

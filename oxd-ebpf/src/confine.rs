@@ -43,6 +43,8 @@ const NO_CONFIG: Config = Config {
     net_icmp_rule: 0,
     net_raw: 0,
     net_raw_rule: 0,
+    namespaces: 0,
+    namespaces_rule: 0,
 };
 
 impl Gate {

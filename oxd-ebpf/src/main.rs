@@ -12,6 +12,11 @@
 //! - [`sock`]: the `sock_create` program (cgroup `sock_create` hook, attached to the agent's
 //!   cgroup) decides the creation of inet sockets no destination hook can judge: ICMP ping
 //!   sockets, raw sockets, and protocols other than TCP and UDP.
+//! - [`ns`]: `[process] namespaces` (BPF-LSM `userns_create`, `sb_mount`, `sb_umount`,
+//!   `move_mount`, `sb_pivotroot`, `path_chroot`, `capable`, and `ns_file_open` /
+//!   `ns_exec_check` beside the file and exec hooks): no user namespace, mount or chroot, no
+//!   entering another namespace, no file of another mount namespace, while the policy denies
+//!   namespaces, so paths keep the meaning exec and file rules judge them by.
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -59,6 +64,7 @@ mod exec;
 mod file;
 mod maps;
 mod net;
+mod ns;
 mod offsets;
 mod path;
 mod sock;

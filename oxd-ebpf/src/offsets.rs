@@ -137,3 +137,68 @@ pub(crate) fn file_inode_flags(file: *const u8) -> u32 {
         *(inode.add(offset(&INODE_I_FLAGS_OFFSET)).cast::<u32>())
     }
 }
+
+// namespaces
+
+/// Offset of `user_ns` in `struct cred`.
+#[no_mangle]
+static CRED_USER_NS_OFFSET: u32 = 0;
+
+/// Offset of `nsproxy` in `struct task_struct`.
+#[no_mangle]
+static TASK_NSPROXY_OFFSET: u32 = 0;
+
+/// Offset of `mnt_ns` in `struct nsproxy`.
+#[no_mangle]
+static NSPROXY_MNT_NS_OFFSET: u32 = 0;
+
+/// Offset of `mnt` (the embedded `struct vfsmount`) in `struct mount`.
+#[no_mangle]
+static MOUNT_MNT_OFFSET: u32 = 0;
+
+/// Offset of `mnt_ns` in `struct mount`.
+#[no_mangle]
+static MOUNT_MNT_NS_OFFSET: u32 = 0;
+
+/// `cred->user_ns`: the user namespace a credential's capabilities belong to.
+#[inline(always)]
+pub(crate) fn cred_user_ns(cred: *const u8) -> *const u8 {
+    // SAFETY: a BTF-checked load of `cred.user_ns` (module docs).
+    unsafe { *(cred.add(offset(&CRED_USER_NS_OFFSET)).cast::<*const u8>()) }
+}
+
+/// The mount namespace of the mount `file` lives on (`real_mount(file->f_path.mnt)->mnt_ns`):
+/// 0 if it cannot be read. `struct mount` is reached backwards from the `struct vfsmount` it
+/// embeds, which the verifier cannot type, so that part goes through `bpf_probe_read_kernel`.
+#[inline(always)]
+pub(crate) fn file_mnt_ns(file: *const u8) -> u64 {
+    // SAFETY: a BTF-checked load of `file.f_path.mnt` (`mnt` is the first member of
+    // `struct path`), then a fault-tolerant read of the enclosing `struct mount`'s `mnt_ns`.
+    unsafe {
+        let vfsmount = *(file_path(file).cast::<u64>());
+        let field = vfsmount
+            .wrapping_sub(offset(&MOUNT_MNT_OFFSET) as u64)
+            .wrapping_add(offset(&MOUNT_MNT_NS_OFFSET) as u64);
+        aya_ebpf::helpers::bpf_probe_read_kernel(field as *const u64).unwrap_or(0)
+    }
+}
+
+/// The current task's mount namespace (`current->nsproxy->mnt_ns`): 0 if it cannot be read.
+#[inline(always)]
+pub(crate) fn current_mnt_ns() -> u64 {
+    // SAFETY: fault-tolerant reads of the current task's `nsproxy` and its `mnt_ns`.
+    unsafe {
+        let task = aya_ebpf::helpers::generated::bpf_get_current_task();
+        let nsproxy = aya_ebpf::helpers::bpf_probe_read_kernel(
+            task.wrapping_add(offset(&TASK_NSPROXY_OFFSET) as u64) as *const u64,
+        )
+        .unwrap_or(0);
+        if nsproxy == 0 {
+            return 0;
+        }
+        aya_ebpf::helpers::bpf_probe_read_kernel(
+            nsproxy.wrapping_add(offset(&NSPROXY_MNT_NS_OFFSET) as u64) as *const u64,
+        )
+        .unwrap_or(0)
+    }
+}

@@ -286,6 +286,17 @@ pub struct KernelOffsets {
     pub vma_vm_flags: u32,
     /// `offsetof(struct inode, i_flags)`.
     pub inode_i_flags: u32,
+    // namespaces
+    /// `offsetof(struct cred, user_ns)`.
+    pub cred_user_ns: u32,
+    /// `offsetof(struct task_struct, nsproxy)`.
+    pub task_nsproxy: u32,
+    /// `offsetof(struct nsproxy, mnt_ns)`.
+    pub nsproxy_mnt_ns: u32,
+    /// `offsetof(struct mount, mnt)`.
+    pub mount_mnt: u32,
+    /// `offsetof(struct mount, mnt_ns)`.
+    pub mount_mnt_ns: u32,
 }
 
 impl KernelOffsets {
@@ -302,6 +313,11 @@ impl KernelOffsets {
             vma_vm_file: btf.member_offset("vm_area_struct", "vm_file")?,
             vma_vm_flags: btf.member_offset("vm_area_struct", "vm_flags")?,
             inode_i_flags: btf.member_offset("inode", "i_flags")?,
+            cred_user_ns: btf.member_offset("cred", "user_ns")?,
+            task_nsproxy: btf.member_offset("task_struct", "nsproxy")?,
+            nsproxy_mnt_ns: btf.member_offset("nsproxy", "mnt_ns")?,
+            mount_mnt: btf.member_offset("mount", "mnt")?,
+            mount_mnt_ns: btf.member_offset("mount", "mnt_ns")?,
         })
     }
 }

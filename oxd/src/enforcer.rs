@@ -35,12 +35,25 @@ pub const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "
 pub const SOCK_CREATE_PROGRAM: &str = "sock_create";
 
 /// Every BPF-LSM program: (program, hook).
-pub const LSM_PROGRAMS: [(&str, &str); 4] = [
+pub const LSM_PROGRAMS: [(&str, &str); 13] = [
     ("exec_check", "bprm_check_security"),
     ("mmap_file", "mmap_file"),
     ("file_open", "file_open"),
     ("file_mprotect", "file_mprotect"),
+    // namespaces ([process] namespaces): NS_PROGRAMS
+    ("userns_create", "userns_create"),
+    ("sb_mount", "sb_mount"),
+    ("sb_umount", "sb_umount"),
+    ("move_mount", "move_mount"),
+    ("sb_pivotroot", "sb_pivotroot"),
+    ("path_chroot", "path_chroot"),
+    ("capable", "capable"),
+    ("ns_file_open", "file_open"),
+    ("ns_exec_check", "bprm_check_security"),
 ];
+
+/// The BPF-LSM programs of `[process] namespaces`, attached when the policy governs it.
+pub const NS_PROGRAMS: std::ops::Range<usize> = 4..13;
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
 const PINNED_MAPS: [&str; 10] = [
@@ -222,6 +235,11 @@ impl Enforcer {
         .into_iter()
         .flatten()
         .collect();
+        if policy.namespaces.is_some() {
+            enforcer
+                .lsm_programs
+                .extend_from_slice(&LSM_PROGRAMS[NS_PROGRAMS]);
+        }
         enforcer.enforces_network = policy.network.is_some();
         let image = compile(policy, 0, 1, &file_identity)?;
         enforcer.write_slot(&image)?;
@@ -275,6 +293,11 @@ impl Enforcer {
             .override_global("VMA_VM_FILE_OFFSET", &offsets.vma_vm_file, true)
             .override_global("VMA_VM_FLAGS_OFFSET", &offsets.vma_vm_flags, true)
             .override_global("INODE_I_FLAGS_OFFSET", &offsets.inode_i_flags, true)
+            .override_global("CRED_USER_NS_OFFSET", &offsets.cred_user_ns, true)
+            .override_global("TASK_NSPROXY_OFFSET", &offsets.task_nsproxy, true)
+            .override_global("NSPROXY_MNT_NS_OFFSET", &offsets.nsproxy_mnt_ns, true)
+            .override_global("MOUNT_MNT_OFFSET", &offsets.mount_mnt, true)
+            .override_global("MOUNT_MNT_NS_OFFSET", &offsets.mount_mnt_ns, true)
             .load(OBJECT)?;
         Ok(Self {
             ebpf,

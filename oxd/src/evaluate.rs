@@ -33,6 +33,9 @@ pub enum Request {
     },
     /// Creating an inet socket that is neither TCP nor UDP (IPv4 or IPv6 alike).
     Socket { kind: SocketKind },
+    /// Creating a user namespace, changing mounts, chroot, or entering another namespace:
+    /// decided by `[process] namespaces`.
+    Namespace { op: NamespaceOp },
 }
 
 /// Inet sockets decided when they are created.
@@ -60,6 +63,56 @@ pub fn reached_address(addr: SocketAddr) -> SocketAddr {
         ip => ip,
     };
     SocketAddr::new(ip, addr.port())
+}
+
+/// The operations `[process] namespaces` decides, by their audit `op` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamespaceOp {
+    /// `unshare`/`clone` with `CLONE_NEWUSER`.
+    UsernsCreate,
+    /// `mount(2)`: new, bind, move, remount, propagation change.
+    Mount,
+    /// `umount2(2)`.
+    Umount,
+    /// `move_mount(2)` (the new mount API's attach).
+    MoveMount,
+    /// `pivot_root(2)`.
+    PivotRoot,
+    /// `chroot(2)`.
+    Chroot,
+    /// A capability in a user namespace other than the task's own, or `CAP_SYS_CHROOT`: how
+    /// `setns` into an existing namespace is checked (audit `op` `capable`).
+    Capable,
+}
+
+impl NamespaceOp {
+    pub const ALL: [Self; 7] = [
+        Self::UsernsCreate,
+        Self::Mount,
+        Self::Umount,
+        Self::MoveMount,
+        Self::PivotRoot,
+        Self::Chroot,
+        Self::Capable,
+    ];
+
+    /// The audit record's `op`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UsernsCreate => "userns-create",
+            Self::Mount => "mount",
+            Self::Umount => "umount",
+            Self::MoveMount => "move-mount",
+            Self::PivotRoot => "pivot-root",
+            Self::Chroot => "chroot",
+            Self::Capable => "capable",
+        }
+    }
+
+    /// The operation named by an audit `op`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.as_str() == name)
+    }
 }
 
 /// Why a decision was made.
@@ -173,6 +226,10 @@ impl Policy {
                         None => Decision::new(switch.action, Reason::Default),
                     }
                 }
+            },
+            Request::Namespace { .. } => match &self.namespaces {
+                None => Decision::new(Action::Allow, Reason::NotDecided),
+                Some(ns) => Decision::new(ns.action, Reason::Rule(ns.rule)),
             },
         }
     }
@@ -509,6 +566,38 @@ deny = ["/usr/bin/id"]
             map("/memfd:payload (deleted)"),
             (Action::Deny, "default".into())
         );
+    }
+
+    #[test]
+    fn namespaces_are_denied_by_default_wherever_paths_are_judged() {
+        let ns = |p: &Policy| {
+            let d = p.evaluate(&Request::Namespace {
+                op: NamespaceOp::Mount,
+            });
+            (d.action, d.rule_label(p))
+        };
+        let deny = (Action::Deny, "process.namespaces".to_owned());
+        assert_eq!(ns(&policy("[exec]\n")), deny);
+        assert_eq!(ns(&policy("[file]\ndefault = \"allow\"\n")), deny);
+        assert_eq!(
+            ns(&policy("[exec]\n[process]\nnamespaces = \"deny\"\n")),
+            deny
+        );
+        assert_eq!(
+            ns(&policy("[file]\n[process]\nnamespaces = \"allow\"\n")),
+            (Action::Allow, "process.namespaces".to_owned())
+        );
+        // Nothing whose paths a namespace could rewrite: not decided.
+        let p = policy("[network]\n");
+        assert_eq!(
+            p.evaluate(&Request::Namespace {
+                op: NamespaceOp::UsernsCreate
+            }),
+            Decision::new(Action::Allow, Reason::NotDecided)
+        );
+        for op in NamespaceOp::ALL {
+            assert_eq!(NamespaceOp::from_name(op.as_str()), Some(op));
+        }
     }
 
     #[test]

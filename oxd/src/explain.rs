@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     compile::{denied_files, file_identity},
-    evaluate::{reached_address, Decision, Reason, Request, SocketKind},
+    evaluate::{reached_address, Decision, NamespaceOp, Reason, Request, SocketKind},
     policy::{Action, Mode, Policy},
 };
 
@@ -31,6 +31,8 @@ pub enum Probe {
     Connect { addr: SocketAddr, udp: bool },
     /// Creating an inet socket that is neither TCP nor UDP.
     Socket(SocketKind),
+    /// A namespace, mount or chroot operation (`[process] namespaces`).
+    Namespace(NamespaceOp),
 }
 
 /// What a policy decides for one action, and why, in words.
@@ -98,6 +100,10 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
             "the path is longer than the {} bytes the kernel's rule keys hold: denied, fail closed",
             oxd_common::MAX_RULE_PATH_LEN
         ),
+        Reason::NotDecided if matches!(probe, Probe::Namespace(_)) => {
+            "the policy has neither [exec] nor [file]: namespaces are not decided, not recorded"
+                .to_owned()
+        }
         Reason::NotDecided => {
             "the policy has no section for this category: not decided, not recorded".to_owned()
         }
@@ -176,6 +182,7 @@ fn request_for(probe: &Probe) -> Result<(Request, String)> {
             }
             .to_owned(),
         ),
+        Probe::Namespace(op) => (Request::Namespace { op: *op }, op.as_str().to_owned()),
     })
 }
 
@@ -190,7 +197,7 @@ fn denied_identity(policy: &Policy, request: &Request) -> Option<oxd_common::Ino
                     .find_map(|(file, rules)| (file == id).then_some(rules))
             })
         }
-        Request::Connect { .. } | Request::Socket { .. } => None,
+        Request::Connect { .. } | Request::Socket { .. } | Request::Namespace { .. } => None,
     }
 }
 

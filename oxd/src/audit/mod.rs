@@ -9,6 +9,10 @@
 //!   making a file mapping executable; recorded when denied, and in audit mode when allowed),
 //!   `connect` or `sendmsg` (a UDP send with a destination), `socket` (creating an ICMP ping,
 //!   raw or other non-TCP/UDP inet socket);
+//! - `op` (namespaces, `[process] namespaces`): `userns-create`, `mount`, `umount`,
+//!   `move-mount`, `pivot-root`, `chroot`, `capable` (a capability in another user namespace,
+//!   or `CAP_SYS_CHROOT`: how `setns` is checked; recorded when denied);
+//! - `detail` (`mount`, `umount`: the flags; `capable`: the capability number);
 //! - `target`: the resolved path of the executed or opened file, or `ip:port` (`[ipv6]:port`),
 //!   or for `socket` the family, type and IP protocol (`ipv4 dgram proto 1`);
 //! - `access` (open only): `read`, `write` or `read,write`;
@@ -89,6 +93,9 @@ pub struct Record {
     pub access: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub protocol: Option<String>,
+    /// Namespaces: the mount flags (`mount`, `umount`) or the capability number (`capable`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<u32>,
     pub decision: String,
     pub enforced: bool,
     pub rule: String,
@@ -168,8 +175,11 @@ impl Record {
             op::SENDMSG4 => ("sendmsg", socket(true)),
             op::SENDMSG6 => ("sendmsg", socket(false)),
             op::SOCKET => ("socket", socket_target(event.detail)),
-            _ => ("unknown", String::new()),
+            op::MOUNT => ("mount", path()),
+            other => (namespace_op(other).unwrap_or("unknown"), String::new()),
         };
+        let detail =
+            matches!(event.op, op::MOUNT | op::UMOUNT | op::CAPABLE).then_some(event.detail);
         let is_network = matches!(
             event.op,
             op::CONNECT4 | op::CONNECT6 | op::SENDMSG4 | op::SENDMSG6 | op::SOCKET
@@ -203,16 +213,7 @@ impl Record {
                 None => (format!("#{}", event.rule_id), None),
             }
         };
-        let reason = match event.reason {
-            reason::RULE => "rule",
-            reason::DEFAULT => "default",
-            reason::PATH_TOO_LONG => "path too long for the kernel's rule keys (fail closed)",
-            reason::PATH_UNRESOLVED => "path could not be resolved (fail closed)",
-            reason::NO_CONFIG => "policy configuration missing (fail closed)",
-            reason::EMPTY_SLOT => "policy slot empty (fail closed)",
-            reason::MAPPING_UNDECIDED => "mapping not decided when it was made (fail closed)",
-            _ => "unknown",
-        };
+        let reason = reason_text(event.reason);
         Self {
             time: humantime::format_rfc3339_nanos(clock.wall(event.boot_ns)).to_string(),
             policy: policy.map_or_else(|| "<unknown>".to_owned(), |p| p.name.clone()),
@@ -222,6 +223,7 @@ impl Record {
             target,
             access,
             protocol,
+            detail,
             decision: if event.decision == action::ALLOW {
                 "allow"
             } else {
@@ -240,6 +242,34 @@ impl Record {
             cgroup_id: event.cgroup_id,
         }
     }
+}
+
+/// The record's `reason` for a kernel [`reason`] code.
+fn reason_text(reason: u32) -> &'static str {
+    match reason {
+        reason::RULE => "rule",
+        reason::DEFAULT => "default",
+        reason::PATH_TOO_LONG => "path too long for the kernel's rule keys (fail closed)",
+        reason::PATH_UNRESOLVED => "path could not be resolved (fail closed)",
+        reason::NO_CONFIG => "policy configuration missing (fail closed)",
+        reason::EMPTY_SLOT => "policy slot empty (fail closed)",
+        reason::MAPPING_UNDECIDED => "mapping not decided when it was made (fail closed)",
+        reason::FOREIGN_MOUNT_NS => "the file is in another mount namespace (namespaces denied)",
+        _ => "unknown",
+    }
+}
+
+/// The `op` of a namespace operation recorded without a path (`[process] namespaces`).
+fn namespace_op(event_op: u32) -> Option<&'static str> {
+    Some(match event_op {
+        op::USERNS_CREATE => "userns-create",
+        op::UMOUNT => "umount",
+        op::MOVE_MOUNT => "move-mount",
+        op::PIVOT_ROOT => "pivot-root",
+        op::CHROOT => "chroot",
+        op::CAPABLE => "capable",
+        _ => return None,
+    })
 }
 
 /// Record of decisions lost to a full ring buffer.

@@ -4,13 +4,13 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{bail, Result};
 use oxd::{
-    evaluate::SocketKind,
+    evaluate::{NamespaceOp, SocketKind},
     explain::{explain, Probe},
     policy::Policy,
 };
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect", "socket"])))]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect", "socket", "namespace"])))]
 #[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
 pub(crate) struct ExplainArgs {
     /// Policy file (TOML).
@@ -41,34 +41,54 @@ pub(crate) struct ExplainArgs {
     /// (SCTP, MPTCP, UDP-Lite, ...).
     #[arg(long, value_name = "KIND", value_parser = ["icmp", "raw", "other"])]
     socket: Option<String>,
+    /// A namespace, mount or chroot operation, by its audit name: userns-create, mount,
+    /// umount, move-mount, pivot-root, chroot, capable (setns into an existing namespace).
+    #[arg(long, value_name = "OP", value_parser = parse_namespace_op)]
+    namespace: Option<NamespaceOp>,
+}
+
+fn parse_namespace_op(name: &str) -> Result<NamespaceOp, String> {
+    NamespaceOp::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = NamespaceOp::ALL.iter().map(|op| op.as_str()).collect();
+        format!("expected one of {}", names.join(", "))
+    })
 }
 
 impl ExplainArgs {
     fn probe(&self) -> Result<Probe> {
+        if let Some(path) = &self.exec {
+            return Ok(Probe::Exec(path.clone()));
+        }
         if let Some(path) = &self.map {
             return Ok(Probe::MapExec(path.clone()));
         }
-        Ok(match (&self.exec, &self.open, self.connect) {
-            (Some(path), _, _) => Probe::Exec(path.clone()),
-            (None, Some(path), _) => Probe::Open {
+        if let Some(path) = &self.open {
+            return Ok(Probe::Open {
                 path: path.clone(),
                 read: self.read,
                 write: self.write,
-            },
-            (None, None, Some(addr)) => Probe::Connect {
+            });
+        }
+        if let Some(addr) = self.connect {
+            return Ok(Probe::Connect {
                 addr,
                 udp: self.udp,
-            },
-            (None, None, None) => match self.socket.as_deref() {
-                Some("icmp") => Probe::Socket(SocketKind::Ping),
-                Some("raw") => Probe::Socket(SocketKind::Raw),
-                Some(_) => Probe::Socket(SocketKind::Other),
-                None => bail!(
-                    "name an action: --exec PATH, --map PATH, --open PATH --read|--write, \
-                     --connect ADDR or --socket KIND"
-                ),
-            },
-        })
+            });
+        }
+        if let Some(kind) = self.socket.as_deref() {
+            return Ok(Probe::Socket(match kind {
+                "icmp" => SocketKind::Ping,
+                "raw" => SocketKind::Raw,
+                _ => SocketKind::Other,
+            }));
+        }
+        if let Some(op) = self.namespace {
+            return Ok(Probe::Namespace(op));
+        }
+        bail!(
+            "name an action: --exec PATH, --map PATH, --open PATH --read|--write, --connect ADDR, \
+             --socket KIND or --namespace OP"
+        )
     }
 }
 

@@ -277,6 +277,9 @@ fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
     if policy.network.is_some() {
         governed |= governs::NETWORK;
     }
+    if policy.namespaces.is_some() {
+        governed |= governs::PROCESS;
+    }
     let net_rules = policy.network.as_ref().map_or(0, |n| n.rules.len());
     Ok(Config {
         generation,
@@ -313,6 +316,8 @@ fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
                 .map_or(Action::Allow, |n| n.raw.action),
         ),
         net_raw_rule: switch_rule(policy.network.as_ref().and_then(|n| n.raw.rule)),
+        namespaces: action_bits(policy.namespaces.map_or(Action::Allow, |n| n.action)),
+        namespaces_rule: policy.namespaces.map_or(RULE_DEFAULT, |n| n.rule),
     })
 }
 

@@ -381,6 +381,8 @@ fn config_fields() {
             net_icmp_rule: RULE_DEFAULT,
             net_raw: action::ALLOW,
             net_raw_rule: RULE_DEFAULT,
+            namespaces: action::ALLOW,
+            namespaces_rule: RULE_DEFAULT,
         },
         "ungoverned categories default to allow (never consulted)"
     );
@@ -406,7 +408,7 @@ cidr = "198.51.100.0/24"
         *all.config(),
         Config {
             generation: u64::MAX,
-            governs: governs::EXEC | governs::FILE | governs::NETWORK,
+            governs: governs::EXEC | governs::FILE | governs::NETWORK | governs::PROCESS,
             mode: mode::ENFORCE,
             exec_default: action::DENY,
             net_default: action::ALLOW,
@@ -418,19 +420,31 @@ cidr = "198.51.100.0/24"
             net_icmp_rule: RULE_DEFAULT,
             net_raw: action::ALLOW,
             net_raw_rule: RULE_DEFAULT,
+            namespaces: action::DENY,
+            // After the two network rules.
+            namespaces_rule: 2,
         }
     );
 
     for (text, governed) in [
-        ("[exec]\n", governs::EXEC),
-        ("[file]\n", governs::FILE),
+        ("[exec]\n", governs::EXEC | governs::PROCESS),
+        ("[file]\n", governs::FILE | governs::PROCESS),
         ("[network]\n", governs::NETWORK),
-        ("[exec]\n[network]\n", governs::EXEC | governs::NETWORK),
+        (
+            "[exec]\n[network]\n",
+            governs::EXEC | governs::NETWORK | governs::PROCESS,
+        ),
     ] {
         let config = *compile_ok(&policy(text), 0, 1).config();
         assert_eq!(config.governs, governed, "{text:?}");
         assert_eq!(config.mode, mode::ENFORCE, "{text:?}");
     }
+    let allowed =
+        *compile_ok(&policy("[exec]\n[process]\nnamespaces = \"allow\"\n"), 0, 1).config();
+    assert_eq!(
+        (allowed.governs, allowed.namespaces, allowed.namespaces_rule),
+        (governs::EXEC | governs::PROCESS, action::ALLOW, 0)
+    );
     let file = *compile_ok(&policy("[file]\ndefault = \"allow\"\n"), 0, 1).config();
     assert_eq!(
         (file.file_read_default, file.file_write_default),

@@ -160,6 +160,19 @@ pub struct Policy {
     pub network: Option<NetworkPolicy>,
     /// Every rule, indexed by the ids the kernel reports.
     pub rules: Vec<RuleInfo>,
+    /// `[process] namespaces`: absent when the policy governs neither exec nor file (nothing
+    /// whose paths namespaces could rewrite), else the switch (default deny).
+    pub namespaces: Option<NamespacePolicy>,
+}
+
+/// `[process] namespaces`: whether confined tasks may create user namespaces, mount, unmount,
+/// move or pivot mounts, chroot, or enter existing namespaces. A namespace, a mount or a
+/// chroot changes what a path names, and exec and file rules judge paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NamespacePolicy {
+    pub action: Action,
+    /// Index into [`Policy::rules`]: the switch is named `process.namespaces` in records.
+    pub rule: u32,
 }
 
 impl Policy {

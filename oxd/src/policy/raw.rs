@@ -14,6 +14,15 @@ pub(super) struct RawPolicy {
     pub(super) exec: Option<RawPathSection>,
     pub(super) file: Option<RawFileSection>,
     pub(super) network: Option<RawNetSection>,
+    pub(super) process: Option<RawProcessSection>,
+}
+
+/// `[process]`: what confined tasks may do to their own view of the system.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProcessSection {
+    /// `"deny"` (default) or `"allow"`: user namespaces, mounts, `pivot_root`, `chroot`.
+    pub(super) namespaces: Option<Spanned<Action>>,
 }
 
 #[derive(Debug, Deserialize)]

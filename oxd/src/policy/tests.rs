@@ -136,3 +136,32 @@ fn line_col_counts_characters_from_one() {
     assert_eq!(line_col(text, text.rfind('=').unwrap()), (2, 4));
     assert_eq!(line_col(text, text.len() + 10), (3, 1));
 }
+
+#[test]
+fn process_namespaces_switch() {
+    // Default deny wherever exec or file rules judge paths, named like a rule after all others.
+    let p = parse("[exec]\nallow = [\"/usr/bin/**\"]\n").unwrap();
+    let ns = p.namespaces.expect("governed with [exec]");
+    assert_eq!(ns.action, Action::Deny);
+    assert_eq!(ns.rule, 1);
+    assert_eq!(p.rules[1].id, "process.namespaces");
+    assert_eq!(p.rules[1].text, "namespaces = \"deny\" (default)");
+
+    let p = parse("[file]\n[process]\nnamespaces = \"allow\"\n").unwrap();
+    let ns = p.namespaces.expect("governed with [file]");
+    assert_eq!(ns.action, Action::Allow);
+    assert_eq!(p.rules[ns.rule as usize].text, "namespaces = \"allow\"");
+
+    // Nothing whose paths a namespace could rewrite: not governed, and saying so is an error.
+    assert_eq!(parse("[network]\n").unwrap().namespaces, None);
+    let err = parse("[network]\n[process]\nnamespaces = \"deny\"\n").unwrap_err();
+    assert!(err.starts_with("test.toml:3:14: "), "{err}");
+    assert!(err.contains("[exec] or [file]"), "{err}");
+
+    let err = parse("[exec]\n[process]\nnamespaces = \"maybe\"\n").unwrap_err();
+    assert!(err.starts_with("test.toml:3:14: "), "{err}");
+    assert!(err.contains("allow") && err.contains("deny"), "{err}");
+    let err = parse("[exec]\n[process]\nnamespace = \"deny\"\n").unwrap_err();
+    assert!(err.starts_with("test.toml:3:1: "), "{err}");
+    assert!(err.contains("unknown field `namespace`"), "{err}");
+}

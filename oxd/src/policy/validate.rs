@@ -9,9 +9,9 @@ use sha2::{Digest, Sha256};
 use super::{
     net::{parse_cidr, parse_ports},
     path::parse_path_pattern,
-    raw::{RawFileSection, RawNetSection, RawPathSection, RawPolicy},
-    Action, ExecPolicy, FilePolicy, NetworkPolicy, NetworkRule, PathRule, Policy, Protocol,
-    RuleInfo, SocketSwitch,
+    raw::{RawFileSection, RawNetSection, RawPathSection, RawPolicy, RawProcessSection},
+    Action, ExecPolicy, FilePolicy, NamespacePolicy, NetworkPolicy, NetworkRule, PathRule, Policy,
+    Protocol, RuleInfo, SocketSwitch,
 };
 
 /// An error at a byte range of the policy text.
@@ -52,6 +52,7 @@ impl Validator {
             .network
             .map(|section| self.network(section))
             .transpose()?;
+        let namespaces = self.namespaces(raw.process, exec.is_some() || file.is_some())?;
         let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
         Ok(Policy {
             name,
@@ -61,7 +62,39 @@ impl Validator {
             file,
             network,
             rules: self.rules,
+            namespaces,
         })
+    }
+
+    /// `[process] namespaces`, governed whenever exec or file is (default deny); numbered
+    /// after every other rule, so the other rules' ids do not depend on it.
+    fn namespaces(
+        &mut self,
+        section: Option<RawProcessSection>,
+        governed: bool,
+    ) -> ValidateResult<Option<NamespacePolicy>> {
+        let written = section.and_then(|s| s.namespaces);
+        if !governed {
+            return match written {
+                Some(value) => Err((
+                    value.span(),
+                    "`[process] namespaces` only applies to a policy with an [exec] or [file] \
+                     section (the paths a namespace, mount or chroot would rewrite): remove it \
+                     or add the section"
+                        .into(),
+                )),
+                None => Ok(None),
+            };
+        }
+        let (action, text) = match written {
+            Some(value) => {
+                let action = *value.get_ref();
+                (action, format!("namespaces = \"{}\"", action.as_str()))
+            }
+            None => (Action::Deny, "namespaces = \"deny\" (default)".to_owned()),
+        };
+        let rule = self.add_rule("process.namespaces".to_owned(), text, action);
+        Ok(Some(NamespacePolicy { action, rule }))
     }
 
     fn add_rule(&mut self, id: String, text: String, action: Action) -> u32 {
