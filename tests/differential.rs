@@ -497,6 +497,9 @@ fn expected_reason(reason: Reason) -> &'static str {
         Reason::Default => "default",
         Reason::PathTooLong => "path too long",
         Reason::NotDecided => "not decided",
+        Reason::IpcInside => "inside the agent's confinement",
+        Reason::IpcOutside => "outside the agent's confinement",
+        Reason::TtyInject => "terminal input injection is never allowed",
     }
 }
 

@@ -63,6 +63,28 @@ pub mod op {
     /// Mapping a file executable (`mmap` with `PROT_EXEC`), decided in `mmap_file`: how a
     /// dynamic loader run as a command (`ld.so BINARY`) loads its program.
     pub const MMAP_EXEC: u32 = 7;
+
+    // ipc / process (56-63)
+    /// A confined task's ptrace access to another task (BPF-LSM `ptrace_access_check`):
+    /// `ptrace(2)` attach, `process_vm_readv`/`writev`, `pidfd_getfd`, `/proc/PID/mem`, and the
+    /// `/proc/PID` files that need `PTRACE_MODE_READ` (`environ`, `root`, `cwd`, `fd`, `ns/*`,
+    /// ...), and `PTRACE_TRACEME` (BPF-LSM `ptrace_traceme`). `detail`: the `PTRACE_MODE_*`
+    /// bits of the access check, 0 for `PTRACE_TRACEME`; `peer_pid`: the other task (for
+    /// `PTRACE_TRACEME`, the would-be tracer).
+    pub const PTRACE: u32 = 56;
+    /// A signal from a confined task to another task (BPF-LSM `task_kill`). `detail`: the signal
+    /// number; `peer_pid`: the receiving task.
+    pub const SIGNAL: u32 = 57;
+    /// `TIOCSTI` or `TIOCLINUX` by a confined task (BPF-LSM `file_ioctl`). `detail`: the ioctl
+    /// command.
+    pub const TTY_INJECT: u32 = 58;
+    /// `connect` on a Unix stream or seqpacket socket (BPF-LSM `unix_stream_connect`). `path`:
+    /// the listening socket's address (abstract names start with a NUL), `path_len` its
+    /// length; `peer_pid`: the listening process.
+    pub const UNIX_CONNECT: u32 = 59;
+    /// `connect` or a send on a Unix datagram socket (BPF-LSM `unix_may_send`). `path`,
+    /// `path_len` and `peer_pid` as for [`UNIX_CONNECT`] (the receiving socket).
+    pub const UNIX_SEND: u32 = 60;
 }
 
 /// Access bits of a file open.
@@ -102,6 +124,16 @@ pub mod reason {
     pub const NO_CONFIG: u32 = 4;
     /// The confined cgroup points at an empty policy slot: denied, fail closed.
     pub const EMPTY_SLOT: u32 = 5;
+
+    // ipc (24-27)
+    /// The other task or socket is outside the agent's confinement.
+    pub const IPC_OUTSIDE: u32 = 24;
+    /// The other task or socket is inside the agent's confinement: allowed.
+    pub const IPC_INSIDE: u32 = 25;
+    /// The other task's or socket's cgroup could not be read: denied, fail closed.
+    pub const IPC_PEER_UNKNOWN: u32 = 26;
+    /// Pushing input into a terminal (`TIOCSTI`, `TIOCLINUX`) is never allowed.
+    pub const TTY_INJECT: u32 = 27;
 }
 
 /// Policy modes.
@@ -157,6 +189,9 @@ pub mod governs {
     pub const EXEC: u32 = 1;
     pub const FILE: u32 = 2;
     pub const NETWORK: u32 = 4;
+    /// Acting through other tasks, sockets and terminals (ptrace, signals, terminal input
+    /// injection, Unix sockets).
+    pub const IPC: u32 = 16;
 }
 
 /// Settings of the policy in one slot: element `slot` of the `CONFIG` array map.
@@ -184,6 +219,11 @@ pub struct Config {
     /// Default [`action`] for opening a file for writing.
     pub file_write_default: u32,
     pub _pad: u32,
+    // ipc
+    /// [`action`] for a Unix socket connect or send to a socket outside the agent's
+    /// confinement.
+    pub ipc_unix_default: u32,
+    pub _pad_ipc: u32,
 }
 
 /// Key data of a path rule in an LPM trie: the policy slot, then the path bytes, NUL-padded.
@@ -320,7 +360,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Config>(), 8 + 4 * 8);
+        assert_eq!(size_of::<Config>(), 8 + 4 * 8 + 4 * 2);
         assert_eq!(size_of::<RuleValue>(), 8);
         assert_eq!(size_of::<PathKey>(), 2 + PATH_KEY_LEN);
         assert_eq!(size_of::<InodeKey>(), 16);

@@ -39,6 +39,8 @@ const NO_CONFIG: Config = Config {
     file_read_default: 0,
     file_write_default: 0,
     _pad: 0,
+    ipc_unix_default: 0,
+    _pad_ipc: 0,
 };
 
 impl Gate {

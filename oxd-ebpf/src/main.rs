@@ -9,6 +9,10 @@
 //! - [`net`]: `connect4` / `connect6` / `sendmsg4` / `sendmsg6` (cgroup `sock_addr` hooks,
 //!   attached to the agent's cgroup) decide every `connect`, and every UDP send with a
 //!   destination, of a confined task on the destination address, port and protocol.
+//! - [`ipc`]: `ptrace_access_check`, `ptrace_traceme`, `task_kill` (BPF-LSM) deny a confined
+//!   task ptrace access to, and signals to, tasks outside its confinement; `tty_ioctl`
+//!   (BPF-LSM, `file_ioctl`, and `file_ioctl_compat` from 6.8) denies `TIOCSTI`/`TIOCLINUX`;
+//!   `unix_stream_connect` / `unix_may_send` (BPF-LSM) decide Unix sockets outside it.
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -54,6 +58,7 @@ mod confine;
 mod event;
 mod exec;
 mod file;
+mod ipc;
 mod maps;
 mod net;
 mod offsets;

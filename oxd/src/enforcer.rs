@@ -37,6 +37,21 @@ pub const LSM_PROGRAMS: [(&str, &str); 3] = [
     ("file_open", "file_open"),
 ];
 
+/// The BPF-LSM programs that decide acting through other tasks, sockets and terminals
+/// (policies that govern ipc): (program, hook).
+pub const IPC_LSM_PROGRAMS: [(&str, &str); 6] = [
+    ("ptrace_access_check", "ptrace_access_check"),
+    ("ptrace_traceme", "ptrace_traceme"),
+    ("task_kill", "task_kill"),
+    ("tty_ioctl", "file_ioctl"),
+    ("unix_stream_connect", "unix_stream_connect"),
+    ("unix_may_send", "unix_may_send"),
+];
+
+/// `TIOCSTI`/`TIOCLINUX` from 32-bit callers: the kernel has this hook from 6.8 (before, the
+/// compat path calls `file_ioctl`). Attached with [`IPC_LSM_PROGRAMS`] where it exists.
+pub const IPC_COMPAT_LSM_PROGRAM: (&str, &str) = ("tty_ioctl_compat", "file_ioctl_compat");
+
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
 const PINNED_MAPS: [&str; 9] = [
     "CONFIG",
@@ -195,6 +210,8 @@ pub struct Enforcer {
     ebpf: Ebpf,
     /// The BPF-LSM programs to attach: (program, hook).
     lsm_programs: Vec<(&'static str, &'static str)>,
+    /// The ipc programs this kernel has hooks for.
+    ipc_programs: Vec<(&'static str, &'static str)>,
     enforces_network: bool,
     pin_dir: Option<PathBuf>,
 }
@@ -207,6 +224,11 @@ impl Enforcer {
             lsm: policy.needs_lsm(),
             pin_dir: None,
         })?;
+        let ipc_programs = if policy.ipc.is_some() {
+            enforcer.ipc_programs.clone()
+        } else {
+            Vec::new()
+        };
         enforcer.lsm_programs = [
             policy.exec.as_ref().map(|_| LSM_PROGRAMS[0]),
             policy.exec.as_ref().map(|_| LSM_PROGRAMS[1]),
@@ -214,6 +236,7 @@ impl Enforcer {
         ]
         .into_iter()
         .flatten()
+        .chain(ipc_programs)
         .collect();
         enforcer.enforces_network = policy.network.is_some();
         let image = compile(policy, 0, 1, &file_identity)?;
@@ -226,6 +249,7 @@ impl Enforcer {
     /// there if already pinned) and links pinned as they are made.
     pub fn open(options: &LoadOptions) -> Result<Self> {
         let needs_lsm = options.lsm;
+        let mut ipc_programs = Vec::new();
         let offsets = if needs_lsm {
             if let Some(active) = host::active_lsms() {
                 if !active.iter().any(|l| l == "bpf") {
@@ -234,7 +258,12 @@ impl Enforcer {
                     });
                 }
             }
-            KernelOffsets::read(&Btf::from_kernel()?)?
+            let btf = Btf::from_kernel()?;
+            ipc_programs.extend(IPC_LSM_PROGRAMS);
+            if btf.has_function(&format!("bpf_lsm_{}", IPC_COMPAT_LSM_PROGRAM.1)) {
+                ipc_programs.push(IPC_COMPAT_LSM_PROGRAM);
+            }
+            KernelOffsets::read(&btf)?
         } else {
             // Never read: the exec program is not loaded.
             KernelOffsets::default()
@@ -265,14 +294,29 @@ impl Enforcer {
             .override_global("INODE_I_INO_OFFSET", &offsets.inode_i_ino, true)
             .override_global("INODE_I_SB_OFFSET", &offsets.inode_i_sb, true)
             .override_global("SB_S_DEV_OFFSET", &offsets.sb_s_dev, true)
+            .override_global("TASK_CGROUPS_OFFSET", &offsets.task_cgroups, true)
+            .override_global("TASK_TGID_OFFSET", &offsets.task_tgid, true)
+            .override_global("CSS_SET_DFL_CGRP_OFFSET", &offsets.css_set_dfl_cgrp, true)
+            .override_global("CGROUP_KN_OFFSET", &offsets.cgroup_kn, true)
+            .override_global("CGROUP_PARENT_CSS_OFFSET", &offsets.cgroup_parent_css, true)
+            .override_global("CSS_CGROUP_OFFSET", &offsets.css_cgroup, true)
+            .override_global("KERNFS_NODE_ID_OFFSET", &offsets.kernfs_node_id, true)
+            .override_global("SOCKET_SK_OFFSET", &offsets.socket_sk, true)
+            .override_global("SOCK_CGROUP_OFFSET", &offsets.sock_cgroup, true)
+            .override_global("SOCK_PEER_PID_OFFSET", &offsets.sock_peer_pid, true)
+            .override_global("PID_NR_OFFSET", &offsets.pid_nr, true)
+            .override_global("UNIX_SOCK_ADDR_OFFSET", &offsets.unix_sock_addr, true)
+            .override_global("UNIX_ADDRESS_LEN_OFFSET", &offsets.unix_address_len, true)
+            .override_global("UNIX_ADDRESS_NAME_OFFSET", &offsets.unix_address_name, true)
             .load(OBJECT)?;
         Ok(Self {
             ebpf,
             lsm_programs: if needs_lsm {
-                LSM_PROGRAMS.to_vec()
+                LSM_PROGRAMS.iter().chain(&ipc_programs).copied().collect()
             } else {
                 Vec::new()
             },
+            ipc_programs,
             enforces_network: true,
             pin_dir: options.pin_dir.clone(),
         })
@@ -540,7 +584,11 @@ impl Enforcer {
 
     /// Detaches the pinned BPF-LSM programs.
     pub fn detach_lsm(&mut self) -> Result<()> {
-        for (name, _) in LSM_PROGRAMS {
+        for (name, _) in LSM_PROGRAMS
+            .iter()
+            .chain(&IPC_LSM_PROGRAMS)
+            .chain([&IPC_COMPAT_LSM_PROGRAM])
+        {
             self.unpin_link(&format!("lsm-{name}"), name)?;
         }
         Ok(())

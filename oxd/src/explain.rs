@@ -26,6 +26,24 @@ pub enum Probe {
     },
     /// Connecting to this address, on a UDP socket or a TCP one.
     Connect { addr: SocketAddr, udp: bool },
+    /// Ptrace access to a task inside or outside the agent's confinement.
+    Ptrace { inside: bool },
+    /// Sending a signal to a task inside or outside the agent's confinement.
+    Signal { sig: i32, inside: bool },
+    /// `TIOCSTI`/`TIOCLINUX` on a terminal.
+    TtyInject,
+    /// Connecting or sending to a Unix socket (`@name`: abstract) created inside or outside
+    /// the agent's confinement.
+    Unix { path: String, inside: bool },
+}
+
+/// Where the other party of an ipc probe stands, in words.
+fn side(inside: bool) -> &'static str {
+    if inside {
+        "inside the agent's confinement"
+    } else {
+        "outside the agent's confinement"
+    }
 }
 
 /// What a policy decides for one action, and why, in words.
@@ -110,6 +128,28 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                 format!("connect {addr} ({proto})"),
             )
         }
+        Probe::Ptrace { inside } => (
+            Request::Ptrace { inside: *inside },
+            format!("ptrace a task {}", side(*inside)),
+        ),
+        Probe::Signal { sig, inside } => (
+            Request::Signal {
+                sig: *sig,
+                inside: *inside,
+            },
+            format!("signal {sig} to a task {}", side(*inside)),
+        ),
+        Probe::TtyInject => (
+            Request::TtyInject,
+            "TIOCSTI/TIOCLINUX on a terminal".to_owned(),
+        ),
+        Probe::Unix { path, inside } => (
+            Request::Unix {
+                path: path.clone(),
+                inside: *inside,
+            },
+            format!("unix socket {path} created {}", side(*inside)),
+        ),
     };
 
     // A file named by an exact deny rule is denied under any of its names (hard links).
@@ -120,7 +160,7 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                     .into_iter()
                     .find_map(|(file, rules)| (file == id).then_some(rules))
             }),
-        Request::Connect { .. } => None,
+        _ => None,
     };
     let decision = policy.evaluate_with(&request, denied);
     let verdict = match (decision.action, policy.mode) {
@@ -135,14 +175,28 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
             Some(rule) => format!("rule {} `{}`", rule.id, rule.text),
             None => format!("rule #{id}"),
         },
+        Reason::Default if matches!(request, Request::Unix { .. }) => {
+            "Unix sockets outside the agent's confinement: the [ipc] `unix` setting".to_owned()
+        }
         Reason::Default => "no rule matches: the category's default".to_owned(),
         Reason::PathTooLong => format!(
             "the path is longer than the {} bytes the kernel's rule keys hold: denied, fail closed",
             oxd_common::MAX_RULE_PATH_LEN
         ),
-        Reason::NotDecided => {
-            "the policy has no section for this category: not decided, not recorded".to_owned()
+        Reason::NotDecided => match request {
+            Request::Signal { sig: 0, .. } => {
+                "signal 0 delivers nothing (it probes whether the task exists): not decided"
+                    .to_owned()
+            }
+            _ => {
+                "the policy has no section for this category: not decided, not recorded".to_owned()
+            }
+        },
+        Reason::IpcInside => "the other party is inside the agent's confinement".to_owned(),
+        Reason::IpcOutside => {
+            "a confined agent may not ptrace or signal a task outside its confinement".to_owned()
         }
+        Reason::TtyInject => "pushing input into a terminal is never allowed".to_owned(),
     };
     let happens = decision.action == Action::Allow || policy.mode == Mode::Audit;
     Ok(Explanation {

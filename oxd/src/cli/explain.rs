@@ -9,7 +9,7 @@ use oxd::{
 };
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "open", "connect"])))]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "open", "connect", "ptrace", "signal", "tty_inject", "unix"])))]
 #[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
 pub(crate) struct ExplainArgs {
     /// Policy file (TOML).
@@ -33,10 +33,47 @@ pub(crate) struct ExplainArgs {
     /// The connect is on a UDP socket (default TCP).
     #[arg(long, requires = "connect")]
     udp: bool,
+    /// Ptrace access (attach, process_vm_*, pidfd_getfd, /proc/PID/mem, environ, ...) to a
+    /// task (outside the agent's confinement unless --inside).
+    #[arg(long)]
+    ptrace: bool,
+    /// Sending this signal number to a task (outside the confinement unless --inside).
+    #[arg(long, value_name = "SIG")]
+    signal: Option<i32>,
+    /// TIOCSTI or TIOCLINUX on a terminal.
+    #[arg(long)]
+    tty_inject: bool,
+    /// Connecting to the Unix socket at PATH (`@NAME` for an abstract name), created outside
+    /// the confinement unless --inside.
+    #[arg(long, value_name = "PATH")]
+    unix: Option<String>,
+    /// The other task or socket is inside the agent's confinement.
+    #[arg(long)]
+    inside: bool,
 }
 
 impl ExplainArgs {
     fn probe(&self) -> Result<Probe> {
+        if self.ptrace {
+            return Ok(Probe::Ptrace {
+                inside: self.inside,
+            });
+        }
+        if let Some(sig) = self.signal {
+            return Ok(Probe::Signal {
+                sig,
+                inside: self.inside,
+            });
+        }
+        if self.tty_inject {
+            return Ok(Probe::TtyInject);
+        }
+        if let Some(path) = &self.unix {
+            return Ok(Probe::Unix {
+                path: path.clone(),
+                inside: self.inside,
+            });
+        }
         Ok(match (&self.exec, &self.open, self.connect) {
             (Some(path), _, _) => Probe::Exec(path.clone()),
             (None, Some(path), _) => Probe::Open {

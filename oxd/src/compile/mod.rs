@@ -276,6 +276,9 @@ fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
     if policy.network.is_some() {
         governed |= governs::NETWORK;
     }
+    if policy.ipc.is_some() {
+        governed |= governs::IPC;
+    }
     let net_rules = policy.network.as_ref().map_or(0, |n| n.rules.len());
     Ok(Config {
         generation,
@@ -297,6 +300,8 @@ fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
                 .map_or(Action::Allow, |f| f.write_default),
         ),
         _pad: 0,
+        ipc_unix_default: action_bits(policy.ipc.as_ref().map_or(Action::Allow, |i| i.unix)),
+        _pad_ipc: 0,
     })
 }
 

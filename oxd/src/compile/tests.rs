@@ -377,6 +377,8 @@ fn config_fields() {
             file_read_default: action::ALLOW,
             file_write_default: action::ALLOW,
             _pad: 0,
+            ipc_unix_default: action::ALLOW,
+            _pad_ipc: 0,
         },
         "ungoverned categories default to allow (never consulted)"
     );
@@ -402,7 +404,7 @@ cidr = "198.51.100.0/24"
         *all.config(),
         Config {
             generation: u64::MAX,
-            governs: governs::EXEC | governs::FILE | governs::NETWORK,
+            governs: governs::EXEC | governs::FILE | governs::NETWORK | governs::IPC,
             mode: mode::ENFORCE,
             exec_default: action::DENY,
             net_default: action::ALLOW,
@@ -410,14 +412,24 @@ cidr = "198.51.100.0/24"
             file_read_default: action::ALLOW,
             file_write_default: action::DENY,
             _pad: 0,
+            ipc_unix_default: action::DENY,
+            _pad_ipc: 0,
         }
     );
 
     for (text, governed) in [
-        ("[exec]\n", governs::EXEC),
-        ("[file]\n", governs::FILE),
+        ("[exec]\n", governs::EXEC | governs::IPC),
+        ("[file]\n", governs::FILE | governs::IPC),
         ("[network]\n", governs::NETWORK),
-        ("[exec]\n[network]\n", governs::EXEC | governs::NETWORK),
+        (
+            "[exec]\n[network]\n",
+            governs::EXEC | governs::NETWORK | governs::IPC,
+        ),
+        ("[ipc]\n", governs::IPC),
+        (
+            "[network]\n[ipc]\nunix = \"allow\"\n",
+            governs::NETWORK | governs::IPC,
+        ),
     ] {
         let config = *compile_ok(&policy(text), 0, 1).config();
         assert_eq!(config.governs, governed, "{text:?}");
@@ -433,6 +445,15 @@ cidr = "198.51.100.0/24"
         (file.file_read_default, file.file_write_default),
         (action::DENY, action::ALLOW)
     );
+    for (text, unix) in [
+        ("[exec]\n", action::DENY),
+        ("[ipc]\n", action::DENY),
+        ("[ipc]\nunix = \"deny\"\n", action::DENY),
+        ("[file]\n[ipc]\nunix = \"allow\"\n", action::ALLOW),
+    ] {
+        let config = *compile_ok(&policy(text), 0, 1).config();
+        assert_eq!(config.ipc_unix_default, unix, "{text:?}");
+    }
 }
 
 #[test]

@@ -10,8 +10,8 @@ use super::{
     net::{parse_cidr, parse_ports},
     path::parse_path_pattern,
     raw::{RawFileSection, RawNetSection, RawPathSection, RawPolicy},
-    Action, ExecPolicy, FilePolicy, NetworkPolicy, NetworkRule, PathRule, Policy, Protocol,
-    RuleInfo,
+    Action, ExecPolicy, FilePolicy, IpcPolicy, NetworkPolicy, NetworkRule, PathRule, Policy,
+    Protocol, RuleInfo,
 };
 
 /// An error at a byte range of the policy text.
@@ -52,6 +52,15 @@ impl Validator {
             .network
             .map(|section| self.network(section))
             .transpose()?;
+        // An agent confined at all may not act through others: governing exec or file governs
+        // ipc too, with its defaults.
+        let ipc = match raw.ipc {
+            Some(section) => Some(IpcPolicy {
+                unix: section.unix.unwrap_or(Action::Deny),
+            }),
+            None if exec.is_some() || file.is_some() => Some(IpcPolicy { unix: Action::Deny }),
+            None => None,
+        };
         let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
         Ok(Policy {
             name,
@@ -60,6 +69,7 @@ impl Validator {
             exec,
             file,
             network,
+            ipc,
             rules: self.rules,
         })
     }
