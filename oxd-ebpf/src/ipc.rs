@@ -54,7 +54,7 @@ fn own_confinement() -> u64 {
     // SAFETY: helper calls without pointer arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the key and value are plain integers.
-    if unsafe { CONFINED.get(&cgroup_id) }.is_some() {
+    if unsafe { CONFINED.get(cgroup_id) }.is_some() {
         return cgroup_id;
     }
     let mut found = 0;
@@ -66,7 +66,7 @@ fn own_confinement() -> u64 {
             break;
         }
         // SAFETY: as above.
-        if unsafe { CONFINED.get(&ancestor) }.is_some() {
+        if unsafe { CONFINED.get(ancestor) }.is_some() {
             found = ancestor;
         }
         level += 1;
@@ -90,7 +90,7 @@ fn side_of(cgroup: u64) -> Side {
             return Side::Unknown;
         };
         // SAFETY: the key and value are plain integers.
-        if unsafe { CONFINED.get(&id) }.is_some() {
+        if unsafe { CONFINED.get(id) }.is_some() {
             return if id == own {
                 Side::Inside
             } else {

@@ -215,7 +215,6 @@ impl Btf {
 
     /// Byte offset of `member` in `struct strukt`, looking inside anonymous struct and union
     /// members (as in `struct file` on recent kernels).
-
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
         let id = self
             .types

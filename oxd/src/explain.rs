@@ -170,7 +170,20 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
             "deny, not enforced (audit mode: recorded, allowed)".to_owned()
         }
     };
-    let why = match decision.reason {
+    let why = why(policy, &request, decision.reason);
+    let happens = decision.action == Action::Allow || policy.mode == Mode::Audit;
+    Ok(Explanation {
+        what,
+        decision,
+        verdict,
+        why,
+        happens,
+    })
+}
+
+/// Why `reason` decided `request`, in words.
+fn why(policy: &Policy, request: &Request, reason: Reason) -> String {
+    match reason {
         Reason::Rule(id) => match policy.rule(id) {
             Some(rule) => format!("rule {} `{}`", rule.id, rule.text),
             None => format!("rule #{id}"),
@@ -197,15 +210,7 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
             "a confined agent may not ptrace or signal a task outside its confinement".to_owned()
         }
         Reason::TtyInject => "pushing input into a terminal is never allowed".to_owned(),
-    };
-    let happens = decision.action == Action::Allow || policy.mode == Mode::Audit;
-    Ok(Explanation {
-        what,
-        decision,
-        verdict,
-        why,
-        happens,
-    })
+    }
 }
 
 fn describe(op: &str, given: &Path, real: &Path) -> String {

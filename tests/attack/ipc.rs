@@ -159,7 +159,7 @@ fn assert_step_ok(results: &[Value], name: &str) {
 }
 
 /// The ipc records of `op` about `peer_pid` (any peer when `None`).
-fn ipc_records<'a>(log: &Path, op: &str, peer_pid: Option<u32>) -> Vec<Value> {
+fn ipc_records(log: &Path, op: &str, peer_pid: Option<u32>) -> Vec<Value> {
     audit_records(log)
         .into_iter()
         .filter(|r| r["op"] == op && peer_pid.is_none_or(|p| r["peer_pid"] == p))
@@ -300,8 +300,8 @@ fn openpty() -> (OwnedFd, OwnedFd) {
     // SAFETY: openpty writes two descriptors; no name, termios or window size.
     let ret = unsafe {
         libc::openpty(
-            &mut master,
-            &mut slave,
+            &raw mut master,
+            &raw mut slave,
             std::ptr::null_mut(),
             std::ptr::null(),
             std::ptr::null(),
@@ -318,9 +318,9 @@ fn pending_input(tty: &OwnedFd) -> Vec<u8> {
     // SAFETY: termios calls and a non-blocking read on a terminal we own.
     unsafe {
         let mut termios = std::mem::zeroed();
-        libc::tcgetattr(fd, &mut termios);
-        libc::cfmakeraw(&mut termios);
-        libc::tcsetattr(fd, libc::TCSANOW, &termios);
+        libc::tcgetattr(fd, &raw mut termios);
+        libc::cfmakeraw(&raw mut termios);
+        libc::tcsetattr(fd, libc::TCSANOW, &raw const termios);
         let flags = libc::fcntl(fd, libc::F_GETFL);
         libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
         let mut buf = [0u8; 256];
@@ -470,4 +470,72 @@ fn unix_connect_outside_is_allowed_when_the_policy_says_so() {
     assert_eq!(records[0]["decision"], "allow", "{}", records[0]);
     assert_eq!(records[0]["target"], path.as_str(), "{}", records[0]);
     assert_eq!(records[0]["reason"], "default", "{}", records[0]);
+}
+
+/// The name of the terminal open as `fd`.
+fn tty_name(fd: &OwnedFd) -> String {
+    let mut buf = [0u8; 128];
+    // SAFETY: ttyname_r writes at most buf.len() bytes.
+    let ret = unsafe { libc::ttyname_r(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(ret, 0, "ttyname_r");
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[test]
+fn run_gives_the_agent_its_own_session_and_terminal() {
+    let setup = Setup::new("pty", "");
+    let (master, slave) = openpty();
+    let caller_tty = tty_name(&slave);
+    let script = "tty; read -r _ _ _ _ _ sid _ < /proc/self/stat; echo \"sid:$sid pid:$$\"; \
+                  ls -l /proc/$$/fd; read -r line; echo \"got:$line\"";
+    let mut cmd = oxd_run_command(&setup.policy, &setup.log, &["/bin/sh", "-c", script]);
+    cmd.stdin(Stdio::from(slave.try_clone().expect("dup the slave")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn oxd run");
+    // Typed on the caller's terminal: relayed to the agent's.
+    let mut keyboard = fs::File::from(master.try_clone().expect("dup the master"));
+    keyboard.write_all(b"hello\n").expect("type");
+    let output = child.wait_with_output().expect("wait for oxd run");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    eprintln!(
+        "--- stdout\n{stdout}--- stderr\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}",
+        output.status
+    );
+    assert!(
+        stdout.contains("got:hello"),
+        "the keys did not reach the agent: {stdout}"
+    );
+    let agent_tty = stdout
+        .lines()
+        .find(|l| l.starts_with("/dev/"))
+        .unwrap_or_else(|| panic!("no tty line: {stdout}"));
+    assert!(agent_tty.starts_with("/dev/pts/"), "{agent_tty}");
+    assert_ne!(
+        agent_tty, caller_tty,
+        "the agent holds the caller's terminal"
+    );
+    assert!(
+        !stdout.contains(&format!("-> {caller_tty}")),
+        "the agent has a descriptor of the caller's terminal: {stdout}"
+    );
+    let ids = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("sid:"))
+        .unwrap_or_else(|| panic!("no sid line: {stdout}"));
+    let (sid, pid) = ids.split_once(" pid:").expect("sid and pid");
+    assert_eq!(sid, pid, "the agent leads its own session: {ids}");
+    // SAFETY: a plain system call.
+    let own_sid = unsafe { libc::getsid(0) };
+    assert_ne!(
+        sid,
+        own_sid.to_string(),
+        "the agent is in the caller's session"
+    );
 }

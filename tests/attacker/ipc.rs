@@ -2,7 +2,7 @@
 //! socket or terminal outside the agent's confinement.
 //!
 //! - `victim SECRET_FILE`: not an attack: the process the attacks aim at. It keeps a buffer
-//!   holding `UNTOUCHED`, opens SECRET_FILE and keeps it open, prints
+//!   holding `UNTOUCHED`, opens `SECRET_FILE` and keeps it open, prints
 //!   `{"pid":..,"addr":..,"fd":..}`, then for every line on stdin prints `{"buffer":"..."}`
 //!   (the buffer's contents now); it exits at the end of stdin.
 //! - `ptrace-attach PID`: `PTRACE_ATTACH` (then `PTRACE_SEIZE`) to PID.
@@ -158,7 +158,7 @@ fn process_vm(pid: libc::pid_t, addr: usize) -> Outcome {
         iov_len: data.len(),
     };
     // SAFETY: the iovecs describe our own buffer and an address in the other process.
-    let ret = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+    let ret = unsafe { libc::process_vm_writev(pid, &raw const local, 1, &raw const remote, 1, 0) };
     step("process_vm_writev", &check(ret as libc::c_long));
     let mut read = [0u8; 16];
     let local = libc::iovec {
@@ -166,7 +166,7 @@ fn process_vm(pid: libc::pid_t, addr: usize) -> Outcome {
         iov_len: read.len(),
     };
     // SAFETY: as above.
-    let ret = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    let ret = unsafe { libc::process_vm_readv(pid, &raw const local, 1, &raw const remote, 1, 0) };
     step("process_vm_readv", &check(ret as libc::c_long));
     if ret > 0 {
         print(&serde_json::json!({ "read": String::from_utf8_lossy(&read) }));
@@ -186,9 +186,9 @@ fn pidfd_getfd(pid: libc::pid_t, fd: i32) -> Outcome {
     // SAFETY: as above.
     let stolen = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
     step("pidfd_getfd", &check(stolen));
-    if stolen >= 0 {
+    if let Some(stolen) = i32::try_from(stolen).ok().filter(|fd| *fd >= 0) {
         // SAFETY: the kernel just gave us this descriptor.
-        let mut file = unsafe { std::fs::File::from_raw_fd(stolen as i32) };
+        let mut file = unsafe { std::fs::File::from_raw_fd(stolen) };
         let mut text = String::new();
         let result = file.read_to_string(&mut text);
         step("read-stolen", &result);
@@ -241,7 +241,7 @@ fn tiocsti(text: &[u8]) -> Outcome {
         child => {
             let mut status = 0;
             // SAFETY: waiting for our own child.
-            unsafe { libc::waitpid(child, &mut status, 0) };
+            unsafe { libc::waitpid(child, &raw mut status, 0) };
             Outcome::Done
         }
     }
@@ -278,7 +278,8 @@ fn inside() -> Outcome {
         iov_len: word.len(),
     };
     // SAFETY: reading a static that the child shares with us, into our own buffer.
-    let ret = unsafe { libc::process_vm_readv(child, &local, 1, &remote, 1, 0) };
+    let ret =
+        unsafe { libc::process_vm_readv(child, &raw const local, 1, &raw const remote, 1, 0) };
     step("process_vm_readv-child", &check(ret as libc::c_long));
     // SAFETY: as above.
     step(
@@ -287,7 +288,7 @@ fn inside() -> Outcome {
     );
     let mut status = 0;
     // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(child, &mut status, 0) };
+    unsafe { libc::waitpid(child, &raw mut status, 0) };
     let signal = if libc::WIFSIGNALED(status) {
         libc::WTERMSIG(status)
     } else {
@@ -317,7 +318,7 @@ fn fork_pausing() -> Result<libc::pid_t, Outcome> {
 fn sockaddr_un(addr: &str) -> Option<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: an all-zero sockaddr_un is valid.
     let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    sun.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or_default();
     let bytes: Vec<u8> = match addr.strip_prefix('@') {
         Some(name) => std::iter::once(0).chain(name.bytes()).collect(),
         None => addr.bytes().collect(),
@@ -326,7 +327,7 @@ fn sockaddr_un(addr: &str) -> Option<(libc::sockaddr_un, libc::socklen_t)> {
         return None;
     }
     for (dst, src) in sun.sun_path.iter_mut().zip(&bytes) {
-        *dst = *src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([*src]);
     }
     let len = size_of::<libc::sa_family_t>() + bytes.len();
     Some((sun, libc::socklen_t::try_from(len).ok()?))

@@ -155,25 +155,8 @@ impl Record {
             op::CONNECT6 => ("connect", socket(false)),
             op::SENDMSG4 => ("sendmsg", socket(true)),
             op::SENDMSG6 => ("sendmsg", socket(false)),
-            op::PTRACE => ("ptrace", format!("pid {}", event.peer_pid)),
-            op::SIGNAL => ("signal", format!("pid {}", event.peer_pid)),
-            op::TTY_INJECT => (
-                "tty-inject",
-                if event.detail == 0x541C {
-                    "TIOCLINUX"
-                } else {
-                    "TIOCSTI"
-                }
-                .to_owned(),
-            ),
-            op::UNIX_CONNECT => ("unix-connect", unix_path(event)),
-            op::UNIX_SEND => ("unix-send", unix_path(event)),
-            _ => ("unknown", String::new()),
+            _ => ipc_target(event).unwrap_or(("unknown", String::new())),
         };
-        let is_ipc = matches!(
-            event.op,
-            op::PTRACE | op::SIGNAL | op::TTY_INJECT | op::UNIX_CONNECT | op::UNIX_SEND
-        );
         let is_network = matches!(
             event.op,
             op::CONNECT4 | op::CONNECT6 | op::SENDMSG4 | op::SENDMSG6
@@ -243,11 +226,32 @@ impl Record {
             gid: event.gid,
             comm: c_string(&event.comm),
             cgroup_id: event.cgroup_id,
-            detail: (is_ipc && event.op != op::UNIX_CONNECT && event.op != op::UNIX_SEND)
+            detail: matches!(event.op, op::PTRACE | op::SIGNAL | op::TTY_INJECT)
                 .then_some(event.detail),
-            peer_pid: (is_ipc && event.peer_pid != 0).then_some(event.peer_pid),
+            peer_pid: (ipc_target(event).is_some() && event.peer_pid != 0)
+                .then_some(event.peer_pid),
         }
     }
+}
+
+/// The op name and target of an ipc event; `None` for other ops.
+fn ipc_target(event: &Event) -> Option<(&'static str, String)> {
+    Some(match event.op {
+        op::PTRACE => ("ptrace", format!("pid {}", event.peer_pid)),
+        op::SIGNAL => ("signal", format!("pid {}", event.peer_pid)),
+        op::TTY_INJECT => (
+            "tty-inject",
+            if event.detail == 0x541C {
+                "TIOCLINUX"
+            } else {
+                "TIOCSTI"
+            }
+            .to_owned(),
+        ),
+        op::UNIX_CONNECT => ("unix-connect", unix_path(event)),
+        op::UNIX_SEND => ("unix-send", unix_path(event)),
+        _ => return None,
+    })
 }
 
 /// The address of the Unix socket in an ipc event: its path, `@name` for an abstract name (NUL

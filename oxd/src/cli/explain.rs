@@ -11,6 +11,10 @@ use oxd::{
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "open", "connect", "ptrace", "signal", "tty_inject", "unix"])))]
 #[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "clap flags: one per kind of action, and each action's options"
+)]
 pub(crate) struct ExplainArgs {
     /// Policy file (TOML).
     #[arg(long, value_name = "FILE")]
@@ -33,7 +37,7 @@ pub(crate) struct ExplainArgs {
     /// The connect is on a UDP socket (default TCP).
     #[arg(long, requires = "connect")]
     udp: bool,
-    /// Ptrace access (attach, process_vm_*, pidfd_getfd, /proc/PID/mem, environ, ...) to a
+    /// Ptrace access (attach, `process_vm_*`, `pidfd_getfd`, /proc/PID/mem, environ, ...) to a
     /// task (outside the agent's confinement unless --inside).
     #[arg(long)]
     ptrace: bool,
