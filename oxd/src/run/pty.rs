@@ -44,6 +44,8 @@ pub(super) struct Relay {
     slave: Option<OwnedFd>,
     /// The caller's terminal modes, restored when the relay ends.
     saved: libc::termios,
+    /// Whether the caller's terminal was put in raw mode (and must be restored).
+    raw: bool,
     /// Copies the agent's terminal output to the caller's; ends when every copy of the
     /// agent's end is closed.
     output: Option<JoinHandle<()>>,
@@ -89,6 +91,7 @@ impl Relay {
             master,
             slave: Some(slave),
             saved,
+            raw: false,
             output: None,
         })
     }
@@ -103,10 +106,25 @@ impl Relay {
 
     /// Starts relaying, once the agent holds its end: the caller's terminal goes raw, its input
     /// goes to the agent's terminal and that terminal's output to `out` (oxd's stdout or
-    /// stderr).
+    /// stderr). When oxd is a background job of that terminal, its input and modes are left
+    /// alone (touching them would stop oxd with `SIGTTIN`/`SIGTTOU`): the agent then gets no
+    /// input, as a background job would not.
     pub(super) fn start(&mut self, out: RawFd) -> io::Result<()> {
         // oxd's own copy of the agent's end goes, so the output relay sees the end of it.
         self.slave = None;
+        // SAFETY: plain system calls about stdin and this process.
+        let background = unsafe {
+            let foreground = libc::tcgetpgrp(0);
+            foreground > 0 && foreground != libc::getpgrp()
+        };
+        if !background {
+            self.relay_input()?;
+        }
+        self.relay_output(out)
+    }
+
+    /// The caller's terminal in raw mode, and its keys to the agent's terminal.
+    fn relay_input(&mut self) -> io::Result<()> {
         let mut raw = self.saved;
         // SAFETY: termios calls on stdin with a struct we own.
         unsafe {
@@ -115,6 +133,7 @@ impl Relay {
                 return Err(last_error("tcsetattr(stdin)"));
             }
         }
+        self.raw = true;
         let mut to_agent = File::from(self.master.try_clone()?);
         // Reads the caller's keys until oxd exits; not joined: a read of a terminal cannot be
         // interrupted, and the thread ends with the process.
@@ -131,6 +150,11 @@ impl Relay {
                     }
                 }
             })?;
+        Ok(())
+    }
+
+    /// The agent's terminal output to `out`.
+    fn relay_output(&mut self, out: RawFd) -> io::Result<()> {
         let mut from_agent = File::from(self.master.try_clone()?);
         // SAFETY: duplicating oxd's own stdout or stderr.
         let out = unsafe { libc::fcntl(out, libc::F_DUPFD_CLOEXEC, 3) };
@@ -179,15 +203,17 @@ impl Relay {
                 let _ = output.join();
             }
         }
-        // The caller's modes come back in `drop`.
+        // The caller's modes come back in `drop`, if they were changed.
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        // SAFETY: restoring the caller's modes saved in `open`.
-        unsafe {
-            libc::tcsetattr(0, libc::TCSADRAIN, &raw const self.saved);
+        if self.raw {
+            // SAFETY: restoring the caller's modes saved in `open`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSADRAIN, &raw const self.saved);
+            }
         }
     }
 }
