@@ -578,7 +578,7 @@ struct Decided {
 fn request_path(request: &Request) -> &str {
     match request {
         Request::Exec { path } | Request::MapExec { path } | Request::Open { path, .. } => path,
-        Request::Connect { .. } | Request::Socket { .. } | Request::Namespace { .. } => "",
+        _ => "",
     }
 }
 
@@ -628,6 +628,9 @@ fn expected_reason(reason: Reason) -> &'static str {
         Reason::Default => "default",
         Reason::PathTooLong => "path too long",
         Reason::NotDecided => "not decided",
+        Reason::IpcInside => "inside the agent's confinement",
+        Reason::IpcOutside => "outside the agent's confinement",
+        Reason::TtyInject => "terminal input injection is never allowed",
     }
 }
 

@@ -103,6 +103,28 @@ pub mod op {
     /// namespace is checked), decided in `capable`; recorded only when denied. `detail` is the
     /// capability number.
     pub const CAPABLE: u32 = 46;
+
+    // ipc / process (56-63)
+    /// A confined task's ptrace access to another task (BPF-LSM `ptrace_access_check`):
+    /// `ptrace(2)` attach, `process_vm_readv`/`writev`, `pidfd_getfd`, `/proc/PID/mem`, and the
+    /// `/proc/PID` files that need `PTRACE_MODE_READ` (`environ`, `root`, `cwd`, `fd`, `ns/*`,
+    /// ...), and `PTRACE_TRACEME` (BPF-LSM `ptrace_traceme`). `detail`: the `PTRACE_MODE_*`
+    /// bits of the access check, 0 for `PTRACE_TRACEME`; `peer_pid`: the other task (for
+    /// `PTRACE_TRACEME`, the would-be tracer).
+    pub const PTRACE: u32 = 56;
+    /// A signal from a confined task to another task (BPF-LSM `task_kill`). `detail`: the signal
+    /// number; `peer_pid`: the receiving task.
+    pub const SIGNAL: u32 = 57;
+    /// `TIOCSTI` or `TIOCLINUX` by a confined task (BPF-LSM `file_ioctl`). `detail`: the ioctl
+    /// command.
+    pub const TTY_INJECT: u32 = 58;
+    /// `connect` on a Unix stream or seqpacket socket (BPF-LSM `unix_stream_connect`). `path`:
+    /// the listening socket's address (abstract names start with a NUL), `path_len` its
+    /// length; `peer_pid`: the listening process.
+    pub const UNIX_CONNECT: u32 = 59;
+    /// `connect` or a send on a Unix datagram socket (BPF-LSM `unix_may_send`). `path`,
+    /// `path_len` and `peer_pid` as for [`UNIX_CONNECT`] (the receiving socket).
+    pub const UNIX_SEND: u32 = 60;
 }
 
 /// Access bits of a file open.
@@ -154,6 +176,16 @@ pub mod reason {
     /// namespace), where its path means something else: denied while the policy denies
     /// namespaces, whatever the path rules say.
     pub const FOREIGN_MOUNT_NS: u32 = 16;
+
+    // ipc (24-27)
+    /// The other task or socket is outside the agent's confinement.
+    pub const IPC_OUTSIDE: u32 = 24;
+    /// The other task or socket is inside the agent's confinement: allowed.
+    pub const IPC_INSIDE: u32 = 25;
+    /// The other task's or socket's cgroup could not be read: denied, fail closed.
+    pub const IPC_PEER_UNKNOWN: u32 = 26;
+    /// Pushing input into a terminal (`TIOCSTI`, `TIOCLINUX`) is never allowed.
+    pub const TTY_INJECT: u32 = 27;
 }
 
 /// Policy modes.
@@ -216,6 +248,9 @@ pub mod governs {
     /// `[process] namespaces`: user namespaces, mounts, `pivot_root`, `chroot`. Set whenever
     /// the policy governs exec or file (the categories whose paths namespaces rewrite).
     pub const PROCESS: u32 = 8;
+    /// Acting through other tasks, sockets and terminals (ptrace, signals, terminal input
+    /// injection, Unix sockets).
+    pub const IPC: u32 = 16;
 }
 
 /// Settings of the policy in one slot: element `slot` of the `CONFIG` array map.
@@ -258,6 +293,11 @@ pub struct Config {
     pub namespaces: u32,
     /// Rule id of the `process.namespaces` switch (it is named like a rule in audit records).
     pub namespaces_rule: u32,
+    // ipc
+    /// [`action`] for a Unix socket connect or send to a socket outside the agent's
+    /// confinement.
+    pub ipc_unix_default: u32,
+    pub _pad_ipc: u32,
 }
 
 /// Key data of a path rule in an LPM trie: the policy slot, then the path bytes, NUL-padded.
@@ -430,7 +470,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Config>(), 8 + 4 * 8 + 4 * 4 + 4 * 2);
+        assert_eq!(size_of::<Config>(), 8 + 4 * 8 + 4 * 4 + 4 * 2 + 4 * 2);
         assert_eq!(size_of::<RuleValue>(), 8);
         assert_eq!(size_of::<PathKey>(), 2 + PATH_KEY_LEN);
         assert_eq!(size_of::<InodeKey>(), 16);

@@ -45,6 +45,8 @@ const NO_CONFIG: Config = Config {
     net_raw_rule: 0,
     namespaces: 0,
     namespaces_rule: 0,
+    ipc_unix_default: 0,
+    _pad_ipc: 0,
 };
 
 impl Gate {

@@ -17,6 +17,10 @@
 //!   `ns_exec_check` beside the file and exec hooks): no user namespace, mount or chroot, no
 //!   entering another namespace, no file of another mount namespace, while the policy denies
 //!   namespaces, so paths keep the meaning exec and file rules judge them by.
+//! - [`ipc`]: `ptrace_access_check`, `ptrace_traceme`, `task_kill` (BPF-LSM) deny a confined
+//!   task ptrace access to, and signals to, tasks outside its confinement; `tty_ioctl`
+//!   (BPF-LSM, `file_ioctl`, and `file_ioctl_compat` from 6.8) denies `TIOCSTI`/`TIOCLINUX`;
+//!   `unix_stream_connect` / `unix_may_send` (BPF-LSM) decide Unix sockets outside it.
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -62,6 +66,7 @@ mod confine;
 mod event;
 mod exec;
 mod file;
+mod ipc;
 mod maps;
 mod net;
 mod ns;

@@ -202,3 +202,140 @@ pub(crate) fn current_mnt_ns() -> u64 {
         .unwrap_or(0)
     }
 }
+
+// ipc: the other party of a ptrace, signal or Unix socket operation, read with
+// `bpf_probe_read_kernel` (a failed read fails closed), so these need no BTF-typed pointers.
+
+/// Offset of `cgroups` (`struct css_set *`) in `struct task_struct`.
+#[no_mangle]
+static TASK_CGROUPS_OFFSET: u32 = 0;
+
+/// Offset of `tgid` in `struct task_struct`.
+#[no_mangle]
+static TASK_TGID_OFFSET: u32 = 0;
+
+/// Offset of `dfl_cgrp` (the task's cgroup v2) in `struct css_set`.
+#[no_mangle]
+static CSS_SET_DFL_CGRP_OFFSET: u32 = 0;
+
+/// Offset of `kn` in `struct cgroup`.
+#[no_mangle]
+static CGROUP_KN_OFFSET: u32 = 0;
+
+/// Offset of `self.parent` in `struct cgroup`: the parent's `struct cgroup_subsys_state *`.
+#[no_mangle]
+static CGROUP_PARENT_CSS_OFFSET: u32 = 0;
+
+/// Offset of `cgroup` in `struct cgroup_subsys_state`.
+#[no_mangle]
+static CSS_CGROUP_OFFSET: u32 = 0;
+
+/// Offset of `id` (the cgroup id, a `u64`) in `struct kernfs_node`.
+#[no_mangle]
+static KERNFS_NODE_ID_OFFSET: u32 = 0;
+
+/// Offset of `sk` in `struct socket`.
+#[no_mangle]
+static SOCKET_SK_OFFSET: u32 = 0;
+
+/// Offset of `sk_cgrp_data.cgroup` (the cgroup of the socket's creator) in `struct sock`.
+#[no_mangle]
+static SOCK_CGROUP_OFFSET: u32 = 0;
+
+/// Offset of `sk_peer_pid` in `struct sock`.
+#[no_mangle]
+static SOCK_PEER_PID_OFFSET: u32 = 0;
+
+/// Offset of `numbers[0].nr` in `struct pid`.
+#[no_mangle]
+static PID_NR_OFFSET: u32 = 0;
+
+/// Offset of `addr` in `struct unix_sock`.
+#[no_mangle]
+static UNIX_SOCK_ADDR_OFFSET: u32 = 0;
+
+/// Offset of `len` in `struct unix_address`.
+#[no_mangle]
+static UNIX_ADDRESS_LEN_OFFSET: u32 = 0;
+
+/// Offset of `name` (a `struct sockaddr_un`) in `struct unix_address`.
+#[no_mangle]
+static UNIX_ADDRESS_NAME_OFFSET: u32 = 0;
+
+/// Reads the `T` at `base + offset(global)` of kernel memory; `None` if `base` is null or the
+/// read fails.
+#[inline(always)]
+fn read_at<T>(base: u64, global: &'static u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    let at = base.wrapping_add(offset(global) as u64) as *const T;
+    // SAFETY: `bpf_probe_read_kernel` checks the address; a bad one is an error, not a fault.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(at).ok() }
+}
+
+/// `task->cgroups->dfl_cgrp`: the task's cgroup v2, as an address.
+#[inline(always)]
+pub(crate) fn task_cgroup(task: u64) -> Option<u64> {
+    let css_set = read_at::<u64>(task, &TASK_CGROUPS_OFFSET)?;
+    read_at::<u64>(css_set, &CSS_SET_DFL_CGRP_OFFSET).filter(|&c| c != 0)
+}
+
+/// `task->tgid`: the task's process id (0 if it cannot be read).
+#[inline(always)]
+pub(crate) fn task_tgid(task: u64) -> u32 {
+    read_at::<u32>(task, &TASK_TGID_OFFSET).unwrap_or(0)
+}
+
+/// `cgroup->kn->id`: the cgroup's id.
+#[inline(always)]
+pub(crate) fn cgroup_id(cgroup: u64) -> Option<u64> {
+    let kn = read_at::<u64>(cgroup, &CGROUP_KN_OFFSET)?;
+    read_at::<u64>(kn, &KERNFS_NODE_ID_OFFSET)
+}
+
+/// The parent of `cgroup` (`cgroup->self.parent->cgroup`): `Some(0)` for the root cgroup,
+/// `None` if it cannot be read.
+#[inline(always)]
+pub(crate) fn cgroup_parent(cgroup: u64) -> Option<u64> {
+    let css = read_at::<u64>(cgroup, &CGROUP_PARENT_CSS_OFFSET)?;
+    if css == 0 {
+        return Some(0);
+    }
+    read_at::<u64>(css, &CSS_CGROUP_OFFSET)
+}
+
+/// `socket->sk`.
+#[inline(always)]
+pub(crate) fn socket_sk(socket: u64) -> Option<u64> {
+    read_at::<u64>(socket, &SOCKET_SK_OFFSET).filter(|&s| s != 0)
+}
+
+/// `sk->sk_cgrp_data.cgroup`: the cgroup of the task that created the socket.
+#[inline(always)]
+pub(crate) fn sock_cgroup(sk: u64) -> Option<u64> {
+    read_at::<u64>(sk, &SOCK_CGROUP_OFFSET).filter(|&c| c != 0)
+}
+
+/// `pid_nr(sk->sk_peer_pid)`: for a listening Unix socket, its listener's process id; 0 if
+/// none.
+#[inline(always)]
+pub(crate) fn sock_peer_pid(sk: u64) -> u32 {
+    read_at::<u64>(sk, &SOCK_PEER_PID_OFFSET)
+        .and_then(|pid| read_at::<u32>(pid, &PID_NR_OFFSET))
+        .unwrap_or(0)
+}
+
+/// `unix_sk(sk)->addr`: the socket's `struct unix_address`, as an address (0: unnamed).
+#[inline(always)]
+pub(crate) fn unix_address(sk: u64) -> u64 {
+    read_at::<u64>(sk, &UNIX_SOCK_ADDR_OFFSET).unwrap_or(0)
+}
+
+/// `addr->len` (the length of `addr->name`, `sun_family` included) and the address of
+/// `addr->name`.
+#[inline(always)]
+pub(crate) fn unix_address_name(addr: u64) -> Option<(i32, u64)> {
+    let len = read_at::<i32>(addr, &UNIX_ADDRESS_LEN_OFFSET)?;
+    Some((len, addr + offset(&UNIX_ADDRESS_NAME_OFFSET) as u64))
+}

@@ -205,6 +205,14 @@ impl Btf {
         id
     }
 
+    /// Whether the kernel has a function `name` (e.g. `bpf_lsm_file_ioctl_compat`: whether
+    /// that LSM hook exists).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.types
+            .iter()
+            .any(|t| t.kind == kind::FUNC && self.name(t.name_off) == name.as_bytes())
+    }
+
     /// Byte offset of `member` in `struct strukt`, looking inside anonymous struct and union
     /// members (as in `struct file` on recent kernels).
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
@@ -297,6 +305,35 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     /// `offsetof(struct mount, mnt_ns)`.
     pub mount_mnt_ns: u32,
+    // ipc
+    /// `offsetof(struct task_struct, cgroups)`.
+    pub task_cgroups: u32,
+    /// `offsetof(struct task_struct, tgid)`.
+    pub task_tgid: u32,
+    /// `offsetof(struct css_set, dfl_cgrp)`.
+    pub css_set_dfl_cgrp: u32,
+    /// `offsetof(struct cgroup, kn)`.
+    pub cgroup_kn: u32,
+    /// `offsetof(struct cgroup, self) + offsetof(struct cgroup_subsys_state, parent)`.
+    pub cgroup_parent_css: u32,
+    /// `offsetof(struct cgroup_subsys_state, cgroup)`.
+    pub css_cgroup: u32,
+    /// `offsetof(struct kernfs_node, id)`.
+    pub kernfs_node_id: u32,
+    /// `offsetof(struct socket, sk)`.
+    pub socket_sk: u32,
+    /// `offsetof(struct sock, sk_cgrp_data) + offsetof(struct sock_cgroup_data, cgroup)`.
+    pub sock_cgroup: u32,
+    /// `offsetof(struct sock, sk_peer_pid)`.
+    pub sock_peer_pid: u32,
+    /// `offsetof(struct pid, numbers) + offsetof(struct upid, nr)`.
+    pub pid_nr: u32,
+    /// `offsetof(struct unix_sock, addr)`.
+    pub unix_sock_addr: u32,
+    /// `offsetof(struct unix_address, len)`.
+    pub unix_address_len: u32,
+    /// `offsetof(struct unix_address, name)`.
+    pub unix_address_name: u32,
 }
 
 impl KernelOffsets {
@@ -318,6 +355,22 @@ impl KernelOffsets {
             nsproxy_mnt_ns: btf.member_offset("nsproxy", "mnt_ns")?,
             mount_mnt: btf.member_offset("mount", "mnt")?,
             mount_mnt_ns: btf.member_offset("mount", "mnt_ns")?,
+            task_cgroups: btf.member_offset("task_struct", "cgroups")?,
+            task_tgid: btf.member_offset("task_struct", "tgid")?,
+            css_set_dfl_cgrp: btf.member_offset("css_set", "dfl_cgrp")?,
+            cgroup_kn: btf.member_offset("cgroup", "kn")?,
+            cgroup_parent_css: btf.member_offset("cgroup", "self")?
+                + btf.member_offset("cgroup_subsys_state", "parent")?,
+            css_cgroup: btf.member_offset("cgroup_subsys_state", "cgroup")?,
+            kernfs_node_id: btf.member_offset("kernfs_node", "id")?,
+            socket_sk: btf.member_offset("socket", "sk")?,
+            sock_cgroup: btf.member_offset("sock", "sk_cgrp_data")?
+                + btf.member_offset("sock_cgroup_data", "cgroup")?,
+            sock_peer_pid: btf.member_offset("sock", "sk_peer_pid")?,
+            pid_nr: btf.member_offset("pid", "numbers")? + btf.member_offset("upid", "nr")?,
+            unix_sock_addr: btf.member_offset("unix_sock", "addr")?,
+            unix_address_len: btf.member_offset("unix_address", "len")?,
+            unix_address_name: btf.member_offset("unix_address", "name")?,
         })
     }
 }

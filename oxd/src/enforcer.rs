@@ -54,6 +54,20 @@ pub const LSM_PROGRAMS: [(&str, &str); 13] = [
 
 /// The BPF-LSM programs of `[process] namespaces`, attached when the policy governs it.
 pub const NS_PROGRAMS: std::ops::Range<usize> = 4..13;
+/// The BPF-LSM programs that decide acting through other tasks, sockets and terminals
+/// (policies that govern ipc): (program, hook).
+pub const IPC_LSM_PROGRAMS: [(&str, &str); 6] = [
+    ("ptrace_access_check", "ptrace_access_check"),
+    ("ptrace_traceme", "ptrace_traceme"),
+    ("task_kill", "task_kill"),
+    ("tty_ioctl", "file_ioctl"),
+    ("unix_stream_connect", "unix_stream_connect"),
+    ("unix_may_send", "unix_may_send"),
+];
+
+/// `TIOCSTI`/`TIOCLINUX` from 32-bit callers: the kernel has this hook from 6.8 (before, the
+/// compat path calls `file_ioctl`). Attached with [`IPC_LSM_PROGRAMS`] where it exists.
+pub const IPC_COMPAT_LSM_PROGRAM: (&str, &str) = ("tty_ioctl_compat", "file_ioctl_compat");
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
 const PINNED_MAPS: [&str; 10] = [
@@ -214,6 +228,8 @@ pub struct Enforcer {
     ebpf: Ebpf,
     /// The BPF-LSM programs to attach: (program, hook).
     lsm_programs: Vec<(&'static str, &'static str)>,
+    /// The ipc programs this kernel has hooks for.
+    ipc_programs: Vec<(&'static str, &'static str)>,
     enforces_network: bool,
     pin_dir: Option<PathBuf>,
 }
@@ -226,6 +242,11 @@ impl Enforcer {
             lsm: policy.needs_lsm(),
             pin_dir: None,
         })?;
+        let ipc_programs = if policy.ipc.is_some() {
+            enforcer.ipc_programs.clone()
+        } else {
+            Vec::new()
+        };
         enforcer.lsm_programs = [
             policy.exec.as_ref().map(|_| LSM_PROGRAMS[0]),
             policy.exec.as_ref().map(|_| LSM_PROGRAMS[1]),
@@ -234,6 +255,7 @@ impl Enforcer {
         ]
         .into_iter()
         .flatten()
+        .chain(ipc_programs)
         .collect();
         if policy.namespaces.is_some() {
             enforcer
@@ -246,11 +268,23 @@ impl Enforcer {
         Ok(enforcer)
     }
 
+    /// The names of the programs this enforcer loads: its BPF-LSM programs (those this kernel
+    /// has hooks for), then the cgroup programs.
+    pub fn program_names(&self) -> Vec<&'static str> {
+        self.lsm_programs
+            .iter()
+            .map(|(name, _)| *name)
+            .chain(SOCK_ADDR_PROGRAMS)
+            .chain([SOCK_CREATE_PROGRAM])
+            .collect()
+    }
+
     /// Loads the object. With `options.lsm`, every BPF-LSM program will be attached by
     /// [`Self::attach_lsm`]; with `options.pin_dir`, maps are pinned there (or adopted from
     /// there if already pinned) and links pinned as they are made.
     pub fn open(options: &LoadOptions) -> Result<Self> {
         let needs_lsm = options.lsm;
+        let mut ipc_programs = Vec::new();
         let offsets = if needs_lsm {
             if let Some(active) = host::active_lsms() {
                 if !active.iter().any(|l| l == "bpf") {
@@ -259,7 +293,12 @@ impl Enforcer {
                     });
                 }
             }
-            KernelOffsets::read(&Btf::from_kernel()?)?
+            let btf = Btf::from_kernel()?;
+            ipc_programs.extend(IPC_LSM_PROGRAMS);
+            if btf.has_function(&format!("bpf_lsm_{}", IPC_COMPAT_LSM_PROGRAM.1)) {
+                ipc_programs.push(IPC_COMPAT_LSM_PROGRAM);
+            }
+            KernelOffsets::read(&btf)?
         } else {
             // Never read: the exec program is not loaded.
             KernelOffsets::default()
@@ -298,14 +337,29 @@ impl Enforcer {
             .override_global("NSPROXY_MNT_NS_OFFSET", &offsets.nsproxy_mnt_ns, true)
             .override_global("MOUNT_MNT_OFFSET", &offsets.mount_mnt, true)
             .override_global("MOUNT_MNT_NS_OFFSET", &offsets.mount_mnt_ns, true)
+            .override_global("TASK_CGROUPS_OFFSET", &offsets.task_cgroups, true)
+            .override_global("TASK_TGID_OFFSET", &offsets.task_tgid, true)
+            .override_global("CSS_SET_DFL_CGRP_OFFSET", &offsets.css_set_dfl_cgrp, true)
+            .override_global("CGROUP_KN_OFFSET", &offsets.cgroup_kn, true)
+            .override_global("CGROUP_PARENT_CSS_OFFSET", &offsets.cgroup_parent_css, true)
+            .override_global("CSS_CGROUP_OFFSET", &offsets.css_cgroup, true)
+            .override_global("KERNFS_NODE_ID_OFFSET", &offsets.kernfs_node_id, true)
+            .override_global("SOCKET_SK_OFFSET", &offsets.socket_sk, true)
+            .override_global("SOCK_CGROUP_OFFSET", &offsets.sock_cgroup, true)
+            .override_global("SOCK_PEER_PID_OFFSET", &offsets.sock_peer_pid, true)
+            .override_global("PID_NR_OFFSET", &offsets.pid_nr, true)
+            .override_global("UNIX_SOCK_ADDR_OFFSET", &offsets.unix_sock_addr, true)
+            .override_global("UNIX_ADDRESS_LEN_OFFSET", &offsets.unix_address_len, true)
+            .override_global("UNIX_ADDRESS_NAME_OFFSET", &offsets.unix_address_name, true)
             .load(OBJECT)?;
         Ok(Self {
             ebpf,
             lsm_programs: if needs_lsm {
-                LSM_PROGRAMS.to_vec()
+                LSM_PROGRAMS.iter().chain(&ipc_programs).copied().collect()
             } else {
                 Vec::new()
             },
+            ipc_programs,
             enforces_network: true,
             pin_dir: options.pin_dir.clone(),
         })
@@ -611,7 +665,11 @@ impl Enforcer {
 
     /// Detaches the pinned BPF-LSM programs.
     pub fn detach_lsm(&mut self) -> Result<()> {
-        for (name, _) in LSM_PROGRAMS {
+        for (name, _) in LSM_PROGRAMS
+            .iter()
+            .chain(&IPC_LSM_PROGRAMS)
+            .chain([&IPC_COMPAT_LSM_PROGRAM])
+        {
             self.unpin_link(&format!("lsm-{name}"), name)?;
         }
         Ok(())

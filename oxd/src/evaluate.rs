@@ -36,6 +36,16 @@ pub enum Request {
     /// Creating a user namespace, changing mounts, chroot, or entering another namespace:
     /// decided by `[process] namespaces`.
     Namespace { op: NamespaceOp },
+    /// Ptrace access (any mode, or `PTRACE_TRACEME` under it) to a task inside or outside the
+    /// agent's confinement.
+    Ptrace { inside: bool },
+    /// Sending signal `sig` to a task inside or outside the agent's confinement.
+    Signal { sig: i32, inside: bool },
+    /// `TIOCSTI` or `TIOCLINUX` on any terminal.
+    TtyInject,
+    /// Connecting or sending to a Unix socket (`path`, `@name` for abstract names) created
+    /// inside or outside the agent's confinement.
+    Unix { path: String, inside: bool },
 }
 
 /// Inet sockets decided when they are created.
@@ -126,6 +136,12 @@ pub enum Reason {
     PathTooLong,
     /// The policy has no section for this category: nothing is decided, the action happens.
     NotDecided,
+    /// The other task or socket is inside the agent's confinement: allowed.
+    IpcInside,
+    /// The other task is outside the agent's confinement: denied.
+    IpcOutside,
+    /// Pushing input into a terminal is never allowed.
+    TtyInject,
 }
 
 /// A decision, as the kernel would make it.
@@ -231,7 +247,34 @@ impl Policy {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
                 Some(ns) => Decision::new(ns.action, Reason::Rule(ns.rule)),
             },
+            Request::Ptrace { inside } => match &self.ipc {
+                None => Decision::new(Action::Allow, Reason::NotDecided),
+                Some(_) => decide_task(*inside),
+            },
+            Request::Signal { sig, inside } => match &self.ipc {
+                // Signal 0 only probes whether the task exists: nothing is delivered.
+                Some(_) if *sig != 0 => decide_task(*inside),
+                _ => Decision::new(Action::Allow, Reason::NotDecided),
+            },
+            Request::TtyInject => match &self.ipc {
+                None => Decision::new(Action::Allow, Reason::NotDecided),
+                Some(_) => Decision::new(Action::Deny, Reason::TtyInject),
+            },
+            Request::Unix { inside, .. } => match &self.ipc {
+                None => Decision::new(Action::Allow, Reason::NotDecided),
+                Some(_) if *inside => Decision::new(Action::Allow, Reason::IpcInside),
+                Some(ipc) => Decision::new(ipc.unix, Reason::Default),
+            },
         }
+    }
+}
+
+/// Acting on another task: inside the confinement allowed, outside denied.
+fn decide_task(inside: bool) -> Decision {
+    if inside {
+        Decision::new(Action::Allow, Reason::IpcInside)
+    } else {
+        Decision::new(Action::Deny, Reason::IpcOutside)
     }
 }
 
@@ -607,5 +650,66 @@ deny = ["/usr/bin/id"]
             path: "/usr/bin/id".into(),
         });
         assert_eq!(d, Decision::new(Action::Allow, Reason::NotDecided));
+    }
+
+    #[test]
+    fn acting_through_others() {
+        let unix = |inside| Request::Unix {
+            path: "/run/user/1000/bus".into(),
+            inside,
+        };
+        // Governing exec (or file) governs ipc, with Unix sockets outside denied.
+        for text in [
+            "[exec]\n",
+            "[file]\n",
+            "[ipc]\n",
+            "[network]\n[ipc]\nunix = \"deny\"\n",
+        ] {
+            let p = policy(text);
+            let decide = |r: &Request| p.evaluate(r);
+            let deny_outside = Decision::new(Action::Deny, Reason::IpcOutside);
+            let inside = Decision::new(Action::Allow, Reason::IpcInside);
+            assert_eq!(decide(&Request::Ptrace { inside: false }), deny_outside);
+            assert_eq!(decide(&Request::Ptrace { inside: true }), inside);
+            let kill = |sig, inside| Request::Signal { sig, inside };
+            assert_eq!(decide(&kill(9, false)), deny_outside);
+            assert_eq!(decide(&kill(15, true)), inside);
+            assert_eq!(
+                decide(&kill(0, false)),
+                Decision::new(Action::Allow, Reason::NotDecided),
+                "signal 0 only probes"
+            );
+            assert_eq!(
+                decide(&Request::TtyInject),
+                Decision::new(Action::Deny, Reason::TtyInject)
+            );
+            assert_eq!(
+                decide(&unix(false)),
+                Decision::new(Action::Deny, Reason::Default),
+                "{text:?}"
+            );
+            assert_eq!(decide(&unix(true)), inside);
+        }
+        let p = policy("[exec]\n[ipc]\nunix = \"allow\"\n");
+        assert_eq!(
+            p.evaluate(&unix(false)),
+            Decision::new(Action::Allow, Reason::Default)
+        );
+        assert_eq!(
+            p.evaluate(&Request::Ptrace { inside: false }).action,
+            Action::Deny
+        );
+        // A network-only policy decides none of it.
+        let p = policy("[network]\n");
+        for request in [
+            Request::Ptrace { inside: false },
+            Request::TtyInject,
+            unix(false),
+        ] {
+            assert_eq!(
+                p.evaluate(&request),
+                Decision::new(Action::Allow, Reason::NotDecided)
+            );
+        }
     }
 }

@@ -33,6 +33,24 @@ pub enum Probe {
     Socket(SocketKind),
     /// A namespace, mount or chroot operation (`[process] namespaces`).
     Namespace(NamespaceOp),
+    /// Ptrace access to a task inside or outside the agent's confinement.
+    Ptrace { inside: bool },
+    /// Sending a signal to a task inside or outside the agent's confinement.
+    Signal { sig: i32, inside: bool },
+    /// `TIOCSTI`/`TIOCLINUX` on a terminal.
+    TtyInject,
+    /// Connecting or sending to a Unix socket (`@name`: abstract) created inside or outside
+    /// the agent's confinement.
+    Unix { path: String, inside: bool },
+}
+
+/// Where the other party of an ipc probe stands, in words.
+fn side(inside: bool) -> &'static str {
+    if inside {
+        "inside the agent's confinement"
+    } else {
+        "outside the agent's confinement"
+    }
 }
 
 /// What a policy decides for one action, and why, in words.
@@ -90,24 +108,7 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
             "deny, not enforced (audit mode: recorded, allowed)".to_owned()
         }
     };
-    let why = match decision.reason {
-        Reason::Rule(id) => match policy.rule(id) {
-            Some(rule) => format!("rule {} `{}`", rule.id, rule.text),
-            None => format!("rule #{id}"),
-        },
-        Reason::Default => default_why(&request).to_owned(),
-        Reason::PathTooLong => format!(
-            "the path is longer than the {} bytes the kernel's rule keys hold: denied, fail closed",
-            oxd_common::MAX_RULE_PATH_LEN
-        ),
-        Reason::NotDecided if matches!(probe, Probe::Namespace(_)) => {
-            "the policy has neither [exec] nor [file]: namespaces are not decided, not recorded"
-                .to_owned()
-        }
-        Reason::NotDecided => {
-            "the policy has no section for this category: not decided, not recorded".to_owned()
-        }
-    };
+    let why = why(policy, probe, &request, decision.reason);
     let happens = decision.action == Action::Allow || policy.mode == Mode::Audit;
     Ok(Explanation {
         what,
@@ -183,6 +184,28 @@ fn request_for(probe: &Probe) -> Result<(Request, String)> {
             .to_owned(),
         ),
         Probe::Namespace(op) => (Request::Namespace { op: *op }, op.as_str().to_owned()),
+        Probe::Ptrace { inside } => (
+            Request::Ptrace { inside: *inside },
+            format!("ptrace a task {}", side(*inside)),
+        ),
+        Probe::Signal { sig, inside } => (
+            Request::Signal {
+                sig: *sig,
+                inside: *inside,
+            },
+            format!("signal {sig} to a task {}", side(*inside)),
+        ),
+        Probe::TtyInject => (
+            Request::TtyInject,
+            "TIOCSTI/TIOCLINUX on a terminal".to_owned(),
+        ),
+        Probe::Unix { path, inside } => (
+            Request::Unix {
+                path: path.clone(),
+                inside: *inside,
+            },
+            format!("unix socket {path} created {}", side(*inside)),
+        ),
     })
 }
 
@@ -197,7 +220,43 @@ fn denied_identity(policy: &Policy, request: &Request) -> Option<oxd_common::Ino
                     .find_map(|(file, rules)| (file == id).then_some(rules))
             })
         }
-        Request::Connect { .. } | Request::Socket { .. } | Request::Namespace { .. } => None,
+        _ => None,
+    }
+}
+
+/// Why `reason` decided `request`, in words.
+fn why(policy: &Policy, probe: &Probe, request: &Request, reason: Reason) -> String {
+    match reason {
+        Reason::Rule(id) => match policy.rule(id) {
+            Some(rule) => format!("rule {} `{}`", rule.id, rule.text),
+            None => format!("rule #{id}"),
+        },
+        Reason::Default if matches!(request, Request::Unix { .. }) => {
+            "Unix sockets outside the agent's confinement: the [ipc] `unix` setting".to_owned()
+        }
+        Reason::Default => default_why(request).to_owned(),
+        Reason::PathTooLong => format!(
+            "the path is longer than the {} bytes the kernel's rule keys hold: denied, fail closed",
+            oxd_common::MAX_RULE_PATH_LEN
+        ),
+        Reason::NotDecided => match (probe, request) {
+            (Probe::Namespace(_), _) => {
+                "the policy has neither [exec] nor [file]: namespaces are not decided, not recorded"
+                    .to_owned()
+            }
+            (_, Request::Signal { sig: 0, .. }) => {
+                "signal 0 delivers nothing (it probes whether the task exists): not decided"
+                    .to_owned()
+            }
+            _ => {
+                "the policy has no section for this category: not decided, not recorded".to_owned()
+            }
+        },
+        Reason::IpcInside => "the other party is inside the agent's confinement".to_owned(),
+        Reason::IpcOutside => {
+            "a confined agent may not ptrace or signal a task outside its confinement".to_owned()
+        }
+        Reason::TtyInject => "pushing input into a terminal is never allowed".to_owned(),
     }
 }
 

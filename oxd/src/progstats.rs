@@ -10,20 +10,7 @@ use std::collections::HashSet;
 
 use aya::programs::{loaded_programs, ProgramError};
 
-use crate::enforcer::{
-    Enforcer, EnforcerError, LoadOptions, LSM_PROGRAMS, SOCK_ADDR_PROGRAMS, SOCK_CREATE_PROGRAM,
-};
-
-/// Every program of oxd's kernel object, in the order [`verifier_stats`] reports them: the
-/// BPF-LSM programs, then the cgroup programs.
-pub fn programs() -> Vec<&'static str> {
-    LSM_PROGRAMS
-        .iter()
-        .map(|(name, _)| *name)
-        .chain(SOCK_ADDR_PROGRAMS)
-        .chain([SOCK_CREATE_PROGRAM])
-        .collect()
-}
+use crate::enforcer::{Enforcer, EnforcerError, LoadOptions};
 
 /// What the kernel reports about one loaded program.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +42,7 @@ fn loaded_ids() -> Result<HashSet<u32>, ProgStatsError> {
 }
 
 /// Loads every program of oxd's object (the BPF-LSM ones too, so this needs a kernel with
-/// BPF-LSM), attaches none, and returns what the kernel reports for each, in [`programs`]
+/// BPF-LSM), attaches none, and returns what the kernel reports for each, in [`Enforcer::program_names`]
 /// order. The programs are unloaded again when this returns.
 ///
 /// Programs are found in the kernel's list by name among those that appeared while loading. If
@@ -69,7 +56,7 @@ pub fn verifier_stats() -> Result<Vec<ProgramStats>, ProgStatsError> {
     })?;
     enforcer.load_lsm()?;
     enforcer.load_cgroup_programs()?;
-    let programs = programs();
+    let programs = enforcer.program_names();
     let mut found: Vec<Option<ProgramStats>> = vec![None; programs.len()];
     for info in loaded_programs() {
         let info = info.map_err(ProgStatsError::List)?;

@@ -7,6 +7,14 @@
 //! so signal forwarding and the wait for the command never queue behind a flood of events.
 //! When the command exits, whatever it left running in its cgroup is killed, the remaining
 //! decisions are drained from the ring buffer, and oxd exits with the command's status.
+//!
+//! The command runs in its own session (`setsid`), so it has no controlling terminal of the
+//! caller's. When oxd's stdin is a terminal, the command gets a pseudo-terminal of its own
+//! instead (as its controlling terminal, and as each of its standard descriptors that is a
+//! terminal in oxd), and oxd relays between the two ([`pty`]): the agent never holds the
+//! caller's terminal. Descriptors that are not terminals (pipes, files) are passed as they are.
+
+mod pty;
 
 use std::{
     ffi::OsString,
@@ -104,10 +112,18 @@ pub fn run(args: &RunOptions) -> Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = runtime.block_on(supervise(&args.command, &cgroup, &mut pump));
+    let mut relay = if pty::is_terminal(0) {
+        Some(pty::Relay::open().context("cannot open a terminal for the command")?)
+    } else {
+        None
+    };
+    let outcome = runtime.block_on(supervise(&args.command, &cgroup, &mut pump, relay.as_mut()));
 
     // Nothing the agent started may outlive its confinement.
     let removed = cgroup.remove();
+    if let Some(relay) = relay {
+        relay.finish();
+    }
     // Decisions are in the ring buffer before the system call that caused them returns, so
     // once the command has been reaped and its cgroup emptied, everything it did is there.
     pump.finish()?;
@@ -140,19 +156,37 @@ enum Supervised {
     PumpFailed,
 }
 
-/// Starts the command in `cgroup`, forwards SIGINT, SIGTERM and SIGHUP to it, and waits for
-/// it. The event pump records decisions meanwhile, on its own thread.
+/// Starts the command in `cgroup`, in its own session (behind `relay`'s terminal if there is
+/// one), forwards SIGINT, SIGTERM and SIGHUP to it, and waits for it. The event pump records
+/// decisions meanwhile, on its own thread.
 async fn supervise(
     command: &[OsString],
     cgroup: &AgentCgroup,
     pump: &mut Pump,
+    mut relay: Option<&mut pty::Relay>,
 ) -> Result<Supervised> {
     let procs = cgroup.open_procs()?;
     let procs_fd = procs.as_raw_fd();
 
     let mut cmd = std::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
-    // SAFETY: the closure only makes async-signal-safe system calls (write, prctl, getppid).
+    let controlling_terminal = relay.is_some();
+    if let Some(relay) = relay.as_deref() {
+        let slave = || {
+            relay
+                .slave()
+                .context("cannot hand the command its terminal")
+        };
+        cmd.stdin(std::process::Stdio::from(slave()?));
+        if pty::is_terminal(1) {
+            cmd.stdout(std::process::Stdio::from(slave()?));
+        }
+        if pty::is_terminal(2) {
+            cmd.stderr(std::process::Stdio::from(slave()?));
+        }
+    }
+    // SAFETY: the closure only makes async-signal-safe system calls (write, prctl, getppid,
+    // setsid, ioctl).
     unsafe {
         let parent = libc::getpid();
         cmd.pre_exec(move || {
@@ -163,6 +197,14 @@ async fn supervise(
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent
             {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // Its own session: no controlling terminal of the caller's...
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // ...and its own terminal as its controlling terminal, if it has one.
+            if controlling_terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
@@ -181,6 +223,16 @@ async fn supervise(
             return Ok(Supervised::NotStarted { error, code });
         }
     };
+    if let Some(relay) = relay.as_deref_mut() {
+        let out = if pty::is_terminal(1) || !pty::is_terminal(2) {
+            1
+        } else {
+            2
+        };
+        relay
+            .start(out)
+            .context("cannot relay the command's terminal")?;
+    }
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
@@ -189,6 +241,7 @@ async fn supervise(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigwinch = signal(SignalKind::window_change())?;
     let forward = |sig: nix::sys::signal::Signal| {
         if let Some(pid) = pid {
             let _ = nix::sys::signal::kill(pid, sig);
@@ -201,6 +254,11 @@ async fn supervise(
             _ = sigint.recv() => forward(nix::sys::signal::Signal::SIGINT),
             _ = sigterm.recv() => forward(nix::sys::signal::Signal::SIGTERM),
             _ = sighup.recv() => forward(nix::sys::signal::Signal::SIGHUP),
+            _ = sigwinch.recv() => {
+                if let Some(relay) = relay.as_deref() {
+                    relay.resize();
+                }
+            }
         }
     };
     Ok(Supervised::Exited(status))

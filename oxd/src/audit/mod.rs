@@ -22,6 +22,12 @@
 //! - `rule`: the rule that decided (`exec.allow[0]`, ...) or `default`; `rule_text`: the rule as
 //!   written; `reason`: `rule`, `default`, or why the kernel failed closed;
 //! - `pid`, `tid`, `uid`, `gid`, `comm`, `cgroup_id`: who acted.
+//! - ipc ops: `ptrace` (target `pid N`; `detail`: the `PTRACE_MODE_*` bits of the access
+//!   check, 0 for `PTRACE_TRACEME`), `signal` (target `pid N`; `detail`: the signal number),
+//!   `tty-inject` (target `TIOCSTI` or `TIOCLINUX`; `detail`: the ioctl command),
+//!   `unix-connect` and `unix-send` (target: the socket's path, `@name` for an abstract name,
+//!   `<unnamed>` for none); `peer_pid`: the other task (the listening process for a Unix
+//!   socket, when the kernel knows it).
 //!
 //! A record with `"op": "lost"` reports decisions that were made but could not be recorded
 //! because the ring buffer was full (`count`, since the previous such record).
@@ -93,7 +99,9 @@ pub struct Record {
     pub access: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub protocol: Option<String>,
-    /// Namespaces: the mount flags (`mount`, `umount`) or the capability number (`capable`).
+    /// Op-specific number: the mount flags (`mount`, `umount`), the capability number
+    /// (`capable`), the `PTRACE_MODE_*` bits (`ptrace`), the signal (`signal`), the ioctl
+    /// command (`tty-inject`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub detail: Option<u32>,
     pub decision: String,
@@ -108,6 +116,8 @@ pub struct Record {
     pub gid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub peer_pid: Option<u32>,
 }
 
 /// The decision in one ring buffer record; `None` (logged) if the record is too short to hold
@@ -176,10 +186,16 @@ impl Record {
             op::SENDMSG6 => ("sendmsg", socket(false)),
             op::SOCKET => ("socket", socket_target(event.detail)),
             op::MOUNT => ("mount", path()),
-            other => (namespace_op(other).unwrap_or("unknown"), String::new()),
+            other => match namespace_op(other) {
+                Some(name) => (name, String::new()),
+                None => ipc_target(event).unwrap_or(("unknown", String::new())),
+            },
         };
-        let detail =
-            matches!(event.op, op::MOUNT | op::UMOUNT | op::CAPABLE).then_some(event.detail);
+        let detail = matches!(
+            event.op,
+            op::MOUNT | op::UMOUNT | op::CAPABLE | op::PTRACE | op::SIGNAL | op::TTY_INJECT
+        )
+        .then_some(event.detail);
         let is_network = matches!(
             event.op,
             op::CONNECT4 | op::CONNECT6 | op::SENDMSG4 | op::SENDMSG6 | op::SOCKET
@@ -240,6 +256,8 @@ impl Record {
             gid: event.gid,
             comm: c_string(&event.comm),
             cgroup_id: event.cgroup_id,
+            peer_pid: (ipc_target(event).is_some() && event.peer_pid != 0)
+                .then_some(event.peer_pid),
         }
     }
 }
@@ -255,6 +273,10 @@ fn reason_text(reason: u32) -> &'static str {
         reason::EMPTY_SLOT => "policy slot empty (fail closed)",
         reason::MAPPING_UNDECIDED => "mapping not decided when it was made (fail closed)",
         reason::FOREIGN_MOUNT_NS => "the file is in another mount namespace (namespaces denied)",
+        reason::IPC_OUTSIDE => "outside the agent's confinement",
+        reason::IPC_INSIDE => "inside the agent's confinement",
+        reason::IPC_PEER_UNKNOWN => "the other party's cgroup could not be read (fail closed)",
+        reason::TTY_INJECT => "terminal input injection is never allowed",
         _ => "unknown",
     }
 }
@@ -270,6 +292,43 @@ fn namespace_op(event_op: u32) -> Option<&'static str> {
         op::CAPABLE => "capable",
         _ => return None,
     })
+}
+
+/// The op name and target of an ipc event; `None` for other ops.
+fn ipc_target(event: &Event) -> Option<(&'static str, String)> {
+    Some(match event.op {
+        op::PTRACE => ("ptrace", format!("pid {}", event.peer_pid)),
+        op::SIGNAL => ("signal", format!("pid {}", event.peer_pid)),
+        op::TTY_INJECT => (
+            "tty-inject",
+            if event.detail == 0x541C {
+                "TIOCLINUX"
+            } else {
+                "TIOCSTI"
+            }
+            .to_owned(),
+        ),
+        op::UNIX_CONNECT => ("unix-connect", unix_path(event)),
+        op::UNIX_SEND => ("unix-send", unix_path(event)),
+        _ => return None,
+    })
+}
+
+/// The address of the Unix socket in an ipc event: its path, `@name` for an abstract name (NUL
+/// bytes in it shown as `@`), `<unnamed>` for a socket without one.
+fn unix_path(event: &Event) -> String {
+    let len = (event.path_len as usize).min(PATH_BUF_LEN);
+    match &event.path[..len] {
+        [] => "<unnamed>".to_owned(),
+        [0, name @ ..] => {
+            let shown: Vec<u8> = name
+                .iter()
+                .map(|&b| if b == 0 { b'@' } else { b })
+                .collect();
+            format!("@{}", String::from_utf8_lossy(&shown))
+        }
+        path => c_string(path),
+    }
 }
 
 /// Record of decisions lost to a full ring buffer.
@@ -576,5 +635,50 @@ mod tests {
         assert!(!record.enforced);
         let line = serde_json::to_string(&record).unwrap();
         assert!(line.contains("\"op\":\"exec\""), "{line}");
+    }
+
+    #[test]
+    fn ipc_records_name_the_other_party() {
+        let policy = Policy::parse(Path::new("p.toml"), "[exec]\n").unwrap();
+        let mut e = event();
+        e.op = op::SIGNAL;
+        e.rule_id = RULE_DEFAULT;
+        e.reason = reason::IPC_OUTSIDE;
+        e.detail = 9;
+        e.peer_pid = 1234;
+        let record = Record::from_event(&e, Some(&policy), &Clock::new());
+        assert_eq!(record.op, "signal");
+        assert_eq!(record.target, "pid 1234");
+        assert_eq!((record.detail, record.peer_pid), (Some(9), Some(1234)));
+        assert_eq!(record.reason, "outside the agent's confinement");
+        assert!(record.protocol.is_none());
+
+        e.op = op::UNIX_CONNECT;
+        e.path[..6].copy_from_slice(b"\0x11\0a");
+        e.path_len = 6;
+        let record = Record::from_event(&e, Some(&policy), &Clock::new());
+        assert_eq!(record.target, "@x11@a");
+        assert_eq!(record.detail, None);
+        e.path[..8].copy_from_slice(b"/run/s\0\0");
+        e.path_len = 7;
+        assert_eq!(
+            Record::from_event(&e, Some(&policy), &Clock::new()).target,
+            "/run/s"
+        );
+        e.path_len = 0;
+        assert_eq!(
+            Record::from_event(&e, Some(&policy), &Clock::new()).target,
+            "<unnamed>"
+        );
+
+        e.op = op::TTY_INJECT;
+        e.detail = 0x5412;
+        e.peer_pid = 0;
+        let record = Record::from_event(&e, Some(&policy), &Clock::new());
+        assert_eq!(
+            (record.op.as_str(), record.target.as_str()),
+            ("tty-inject", "TIOCSTI")
+        );
+        assert_eq!((record.detail, record.peer_pid), (Some(0x5412), None));
     }
 }

@@ -121,6 +121,7 @@ pub fn render(record: &Value) -> String {
     let detail = match s("op").as_str() {
         "open" => format!(" ({})", s("access")),
         "connect" | "sendmsg" | "socket" => format!(" ({})", s("protocol")),
+        "signal" => format!(" (signal {})", n("detail")),
         _ => String::new(),
     };
     format!(

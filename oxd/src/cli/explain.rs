@@ -10,8 +10,12 @@ use oxd::{
 };
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect", "socket", "namespace"])))]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect", "socket", "namespace", "ptrace", "signal", "tty_inject", "unix"])))]
 #[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "clap flags: one per kind of action, and each action's options"
+)]
 pub(crate) struct ExplainArgs {
     /// Policy file (TOML).
     #[arg(long, value_name = "FILE")]
@@ -45,6 +49,23 @@ pub(crate) struct ExplainArgs {
     /// umount, move-mount, pivot-root, chroot, capable (setns into an existing namespace).
     #[arg(long, value_name = "OP", value_parser = parse_namespace_op)]
     namespace: Option<NamespaceOp>,
+    /// Ptrace access (attach, `process_vm_*`, `pidfd_getfd`, /proc/PID/mem, environ, ...) to a
+    /// task (outside the agent's confinement unless --inside).
+    #[arg(long)]
+    ptrace: bool,
+    /// Sending this signal number to a task (outside the confinement unless --inside).
+    #[arg(long, value_name = "SIG")]
+    signal: Option<i32>,
+    /// TIOCSTI or TIOCLINUX on a terminal.
+    #[arg(long)]
+    tty_inject: bool,
+    /// Connecting to the Unix socket at PATH (`@NAME` for an abstract name), created outside
+    /// the confinement unless --inside.
+    #[arg(long, value_name = "PATH")]
+    unix: Option<String>,
+    /// The other task or socket is inside the agent's confinement.
+    #[arg(long)]
+    inside: bool,
 }
 
 fn parse_namespace_op(name: &str) -> Result<NamespaceOp, String> {
@@ -85,9 +106,29 @@ impl ExplainArgs {
         if let Some(op) = self.namespace {
             return Ok(Probe::Namespace(op));
         }
+        if self.ptrace {
+            return Ok(Probe::Ptrace {
+                inside: self.inside,
+            });
+        }
+        if let Some(sig) = self.signal {
+            return Ok(Probe::Signal {
+                sig,
+                inside: self.inside,
+            });
+        }
+        if self.tty_inject {
+            return Ok(Probe::TtyInject);
+        }
+        if let Some(path) = &self.unix {
+            return Ok(Probe::Unix {
+                path: path.clone(),
+                inside: self.inside,
+            });
+        }
         bail!(
             "name an action: --exec PATH, --map PATH, --open PATH --read|--write, --connect ADDR, \
-             --socket KIND or --namespace OP"
+             --socket KIND, --namespace OP, --ptrace, --signal SIG, --tty-inject or --unix PATH"
         )
     }
 }

@@ -280,6 +280,9 @@ fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
     if policy.namespaces.is_some() {
         governed |= governs::PROCESS;
     }
+    if policy.ipc.is_some() {
+        governed |= governs::IPC;
+    }
     let net_rules = policy.network.as_ref().map_or(0, |n| n.rules.len());
     Ok(Config {
         generation,
@@ -318,6 +321,8 @@ fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
         net_raw_rule: switch_rule(policy.network.as_ref().and_then(|n| n.raw.rule)),
         namespaces: action_bits(policy.namespaces.map_or(Action::Allow, |n| n.action)),
         namespaces_rule: policy.namespaces.map_or(RULE_DEFAULT, |n| n.rule),
+        ipc_unix_default: action_bits(policy.ipc.as_ref().map_or(Action::Allow, |i| i.unix)),
+        _pad_ipc: 0,
     })
 }
 

@@ -383,6 +383,8 @@ fn config_fields() {
             net_raw_rule: RULE_DEFAULT,
             namespaces: action::ALLOW,
             namespaces_rule: RULE_DEFAULT,
+            ipc_unix_default: action::ALLOW,
+            _pad_ipc: 0,
         },
         "ungoverned categories default to allow (never consulted)"
     );
@@ -408,7 +410,11 @@ cidr = "198.51.100.0/24"
         *all.config(),
         Config {
             generation: u64::MAX,
-            governs: governs::EXEC | governs::FILE | governs::NETWORK | governs::PROCESS,
+            governs: governs::EXEC
+                | governs::FILE
+                | governs::NETWORK
+                | governs::PROCESS
+                | governs::IPC,
             mode: mode::ENFORCE,
             exec_default: action::DENY,
             net_default: action::ALLOW,
@@ -423,16 +429,26 @@ cidr = "198.51.100.0/24"
             namespaces: action::DENY,
             // After the two network rules.
             namespaces_rule: 2,
+            ipc_unix_default: action::DENY,
+            _pad_ipc: 0,
         }
     );
+}
 
+#[test]
+fn governed_categories_and_switches() {
     for (text, governed) in [
-        ("[exec]\n", governs::EXEC | governs::PROCESS),
-        ("[file]\n", governs::FILE | governs::PROCESS),
+        ("[exec]\n", governs::EXEC | governs::PROCESS | governs::IPC),
+        ("[file]\n", governs::FILE | governs::PROCESS | governs::IPC),
         ("[network]\n", governs::NETWORK),
         (
             "[exec]\n[network]\n",
-            governs::EXEC | governs::NETWORK | governs::PROCESS,
+            governs::EXEC | governs::NETWORK | governs::PROCESS | governs::IPC,
+        ),
+        ("[ipc]\n", governs::IPC),
+        (
+            "[network]\n[ipc]\nunix = \"allow\"\n",
+            governs::NETWORK | governs::IPC,
         ),
     ] {
         let config = *compile_ok(&policy(text), 0, 1).config();
@@ -443,7 +459,11 @@ cidr = "198.51.100.0/24"
         *compile_ok(&policy("[exec]\n[process]\nnamespaces = \"allow\"\n"), 0, 1).config();
     assert_eq!(
         (allowed.governs, allowed.namespaces, allowed.namespaces_rule),
-        (governs::EXEC | governs::PROCESS, action::ALLOW, 0)
+        (
+            governs::EXEC | governs::PROCESS | governs::IPC,
+            action::ALLOW,
+            0
+        )
     );
     let file = *compile_ok(&policy("[file]\ndefault = \"allow\"\n"), 0, 1).config();
     assert_eq!(
@@ -455,6 +475,15 @@ cidr = "198.51.100.0/24"
         (file.file_read_default, file.file_write_default),
         (action::DENY, action::ALLOW)
     );
+    for (text, unix) in [
+        ("[exec]\n", action::DENY),
+        ("[ipc]\n", action::DENY),
+        ("[ipc]\nunix = \"deny\"\n", action::DENY),
+        ("[file]\n[ipc]\nunix = \"allow\"\n", action::ALLOW),
+    ] {
+        let config = *compile_ok(&policy(text), 0, 1).config();
+        assert_eq!(config.ipc_unix_default, unix, "{text:?}");
+    }
 }
 
 #[test]

@@ -145,6 +145,15 @@ pub struct SocketSwitch {
     pub rule: Option<u32>,
 }
 
+/// Acting through other tasks, sockets and terminals. Tasks outside the agent's confinement
+/// can never be ptraced or signalled, and terminal input injection is never allowed; only Unix
+/// sockets outside the confinement have a setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpcPolicy {
+    /// Connecting or sending to a Unix socket created outside the agent's confinement.
+    pub unix: Action,
+}
+
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -158,6 +167,10 @@ pub struct Policy {
     pub file: Option<FilePolicy>,
     /// Absent when the policy has no `[network]` section: connects are not decided at all.
     pub network: Option<NetworkPolicy>,
+    /// Present when the policy has an `[ipc]` section or governs exec or file (an agent
+    /// confined at all may not act through others): acting on tasks, sockets and terminals
+    /// outside the confinement is decided. Absent: not decided at all.
+    pub ipc: Option<IpcPolicy>,
     /// Every rule, indexed by the ids the kernel reports.
     pub rules: Vec<RuleInfo>,
     /// `[process] namespaces`: absent when the policy governs neither exec nor file (nothing
@@ -204,7 +217,7 @@ impl Policy {
 
     /// Whether enforcing this policy needs BPF-LSM hooks.
     pub fn needs_lsm(&self) -> bool {
-        self.exec.is_some() || self.file.is_some()
+        self.exec.is_some() || self.file.is_some() || self.ipc.is_some()
     }
 
     /// The rule named by a kernel rule id.

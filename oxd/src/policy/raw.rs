@@ -14,6 +14,7 @@ pub(super) struct RawPolicy {
     pub(super) exec: Option<RawPathSection>,
     pub(super) file: Option<RawFileSection>,
     pub(super) network: Option<RawNetSection>,
+    pub(super) ipc: Option<RawIpcSection>,
     pub(super) process: Option<RawProcessSection>,
 }
 
@@ -76,4 +77,11 @@ pub(super) struct RawNetRule {
 pub(super) enum RawPorts {
     One(i64),
     Range(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIpcSection {
+    /// Unix sockets outside the agent's confinement: `"allow"` or `"deny"` (the default).
+    pub(super) unix: Option<Action>,
 }

@@ -10,8 +10,8 @@ use super::{
     net::{parse_cidr, parse_ports},
     path::parse_path_pattern,
     raw::{RawFileSection, RawNetSection, RawPathSection, RawPolicy, RawProcessSection},
-    Action, ExecPolicy, FilePolicy, NamespacePolicy, NetworkPolicy, NetworkRule, PathRule, Policy,
-    Protocol, RuleInfo, SocketSwitch,
+    Action, ExecPolicy, FilePolicy, IpcPolicy, NamespacePolicy, NetworkPolicy, NetworkRule,
+    PathRule, Policy, Protocol, RuleInfo, SocketSwitch,
 };
 
 /// An error at a byte range of the policy text.
@@ -53,6 +53,15 @@ impl Validator {
             .map(|section| self.network(section))
             .transpose()?;
         let namespaces = self.namespaces(raw.process, exec.is_some() || file.is_some())?;
+        // An agent confined at all may not act through others: governing exec or file governs
+        // ipc too, with its defaults.
+        let ipc = match raw.ipc {
+            Some(section) => Some(IpcPolicy {
+                unix: section.unix.unwrap_or(Action::Deny),
+            }),
+            None if exec.is_some() || file.is_some() => Some(IpcPolicy { unix: Action::Deny }),
+            None => None,
+        };
         let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
         Ok(Policy {
             name,
@@ -61,6 +70,7 @@ impl Validator {
             exec,
             file,
             network,
+            ipc,
             rules: self.rules,
             namespaces,
         })
