@@ -12,6 +12,11 @@ use aya::programs::{loaded_programs, ProgramError};
 
 use crate::enforcer::{Enforcer, EnforcerError, LoadOptions};
 
+/// The name the kernel keeps for a program: at most `BPF_OBJ_NAME_LEN - 1` (15) bytes of it.
+fn kernel_name(name: &str) -> &str {
+    name.get(..15).unwrap_or(name)
+}
+
 /// What the kernel reports about one loaded program.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramStats {
@@ -65,7 +70,7 @@ pub fn verifier_stats() -> Result<Vec<ProgramStats>, ProgStatsError> {
         }
         let Some(index) = programs
             .iter()
-            .position(|name| info.name_as_str() == Some(*name))
+            .position(|name| info.name_as_str() == Some(kernel_name(name)))
         else {
             continue;
         };

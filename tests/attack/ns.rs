@@ -160,7 +160,7 @@ fn bind_mounting_a_denied_binary_over_an_allowed_one_in_a_user_namespace_is_deni
     let place = Place::new("ns-bind-exec");
     let attack = attack_bin();
     let policy = place.scratch.policy(&format!(
-        "name = \"attack-ns\"\n[exec]\ndefault = \"deny\"\nallow = [\"{}\", \"{}\"]\n",
+        "name = \"attack-ns\"\n[exec]\ndefault = \"deny\"\nallow = [\"{}\", \"{}\", {LIBRARIES}]\n",
         attack.display(),
         place.at("allowed/tool")
     ));
