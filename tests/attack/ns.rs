@@ -314,9 +314,30 @@ fn entering_or_looking_into_a_user_namespace_made_by_the_same_user_is_denied() {
     let policy = place.file_policy("");
     let pid = holder.pid.to_string();
     let public_key = place.at("public/key");
-    let (output, steps) = place.attack(&policy, &["ns-setns", &pid, &public_key]);
+    // The holder's namespaces pinned by bind mounts of their nsfs files (as tools pin
+    // namespaces), which the agent may open without looking into the holder.
+    let ns_files = ["userns", "mntns"].map(|name| place.at(name));
+    for (name, file) in ["user", "mnt"].iter().zip(&ns_files) {
+        fs::write(file, "").expect("create a mount point for a namespace file");
+        let status = Command::new("mount")
+            .arg("--bind")
+            .arg(format!("/proc/{pid}/ns/{name}"))
+            .arg(file)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "cannot pin the holder's {name} namespace");
+    }
+    let (output, steps) = place.attack(
+        &policy,
+        &["ns-setns", &pid, &public_key, &ns_files[0], &ns_files[1]],
+    );
     assert_step_ok(&steps, "pidfd-open");
+    // setns through a pidfd first checks that the caller may look into the target.
     assert_step_eperm(&steps, "setns-pidfd");
+    assert_step_ok(&steps, "open-user-file");
+    assert_step_eperm(&steps, "setns-user-file");
+    assert_step_ok(&steps, "open-mnt-file");
+    assert_step_eperm(&steps, "setns-mnt-file");
     // /proc/PID/ns/* of a process in a user namespace the agent owns: looking into it needs
     // CAP_SYS_PTRACE there, which the agent would have as its owner.
     for name in ["open-ns-user", "open-ns-mnt"] {
@@ -334,8 +355,8 @@ fn entering_or_looking_into_a_user_namespace_made_by_the_same_user_is_denied() {
     assert_eq!(read["errno"], libc::EACCES, "{read}");
     assert_secret_not_read(&place, &output);
 
-    // Entering a user namespace checks CAP_SYS_ADMIN (21) in it; looking into a process in
-    // one, CAP_SYS_PTRACE (19).
+    // Entering a user namespace, or a mount namespace it owns, checks CAP_SYS_ADMIN (21) in
+    // it; looking into a process in one, CAP_SYS_PTRACE (19).
     let records = audit_records(&place.log());
     let capable: Vec<&Value> = records
         .iter()

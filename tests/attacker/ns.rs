@@ -11,8 +11,10 @@
 //!   and `move_mount` of it onto `DIR` (the new mount API).
 //! - `ns-read PATH`: a read of `PATH` (e.g. `/proc/PID/root/...` of a process in another mount
 //!   namespace, or `/proc/self/root/...`).
-//! - `ns-setns PID PATH`: `setns` into the user and mount namespaces of process `PID` through a
-//!   pidfd, then through `/proc/PID/ns/*`, then a read of `PATH` (as seen from there).
+//! - `ns-setns PID PATH [USERNS_FILE MNTNS_FILE]`: `setns` into the user and mount namespaces
+//!   of process `PID` through a pidfd, then through `/proc/PID/ns/*`, then through the given
+//!   namespace files (bind mounts of them, as tools pin namespaces), then a read of `PATH` (as
+//!   seen from wherever it got).
 //! - `ns-hold SECRET_DIR PUBLIC_DIR [UID:GID]`: (run unconfined, as the set-up of the two
 //!   above) a user and mount namespace with `SECRET_DIR` bind-mounted over `PUBLIC_DIR`; prints
 //!   `{"step":"ready","pid":N}` and holds them until its stdin closes. With `UID:GID` (run as
@@ -48,7 +50,8 @@ pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
             read_step("read", path);
             Outcome::Done
         }
-        ("ns-setns", [pid, path]) => setns(pid, path),
+        ("ns-setns", [pid, path]) => setns(pid, path, &[]),
+        ("ns-setns", [pid, path, files @ ..]) => setns(pid, path, files),
         ("ns-hold", [secret, public]) => hold(secret, public, None),
         ("ns-hold", [secret, public, user]) => hold(secret, public, Some(user)),
         (
@@ -209,7 +212,7 @@ fn new_mount_api(dir: &str) -> Outcome {
     Outcome::Done
 }
 
-fn setns(pid: &str, path: &str) -> Outcome {
+fn setns(pid: &str, path: &str, files: &[&str]) -> Outcome {
     let Ok(pid) = pid.parse::<libc::pid_t>() else {
         return Outcome::Usage(format!("not a pid: {pid}"));
     };
@@ -232,6 +235,18 @@ fn setns(pid: &str, path: &str) -> Outcome {
     for (name, kind) in [("user", libc::CLONE_NEWUSER), ("mnt", libc::CLONE_NEWNS)] {
         let file = std::fs::File::open(format!("/proc/{pid}/ns/{name}"));
         step(&format!("open-ns-{name}"), &file);
+        if let Ok(file) = file {
+            // SAFETY: a plain system call on an open fd.
+            let entered = check(unsafe { libc::setns(file.as_raw_fd(), kind) }.into());
+            step(&format!("setns-{name}"), &entered);
+        }
+    }
+    for (file, (name, kind)) in files.iter().zip([
+        ("user-file", libc::CLONE_NEWUSER),
+        ("mnt-file", libc::CLONE_NEWNS),
+    ]) {
+        let file = std::fs::File::open(file);
+        step(&format!("open-{name}"), &file);
         if let Ok(file) = file {
             // SAFETY: a plain system call on an open fd.
             let entered = check(unsafe { libc::setns(file.as_raw_fd(), kind) }.into());

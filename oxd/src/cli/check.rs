@@ -27,8 +27,12 @@ pub(crate) fn check(path: &Path) -> Result<i32> {
         || "not decided".to_owned(),
         |n| format!("{} rules, default {}", n.rules.len(), n.default.as_str()),
     );
+    let namespaces = policy
+        .namespaces
+        .map_or("not decided", |n| n.action.as_str());
     println!(
-        "{}: ok: policy `{}` (sha256 {}), mode {}; exec: {exec}; file: {file}; network: {network}",
+        "{}: ok: policy `{}` (sha256 {}), mode {}; exec: {exec}; file: {file}; network: \
+         {network}; namespaces: {namespaces}",
         path.display(),
         policy.name,
         &policy.sha256[..16],
