@@ -168,6 +168,7 @@ async fn supervise(
     let procs = cgroup.open_procs()?;
     let procs_fd = procs.as_raw_fd();
 
+    close_inherited_terminals();
     let mut cmd = std::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
     let controlling_terminal = relay.is_some();
@@ -262,6 +263,23 @@ async fn supervise(
         }
     };
     Ok(Supervised::Exited(status))
+}
+
+/// Marks close-on-exec every terminal descriptor above stderr that oxd inherited from its
+/// caller (oxd's own are close-on-exec already), so the command never holds the caller's
+/// terminal through a stray descriptor.
+fn close_inherited_terminals() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for fd in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&fd| fd > 2 && pty::is_terminal(fd))
+    {
+        // SAFETY: setting a flag on a descriptor this process holds.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 }
 
 fn exit_code(status: ExitStatus) -> i32 {
