@@ -9,6 +9,9 @@
 //! - [`net`]: `connect4` / `connect6` / `sendmsg4` / `sendmsg6` (cgroup `sock_addr` hooks,
 //!   attached to the agent's cgroup) decide every `connect`, and every UDP send with a
 //!   destination, of a confined task on the destination address, port and protocol.
+//! - [`write`]: the BPF-LSM `path_*` hooks (`path_unlink`, `path_rmdir`, `path_mkdir`,
+//!   `path_mknod`, `path_symlink`, `path_truncate`, `path_chmod`, `path_chown`, `path_rename`,
+//!   `path_link`) decide every change to the file system as a write to the changed path(s).
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -58,6 +61,7 @@ mod maps;
 mod net;
 mod offsets;
 mod path;
+mod write;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -100,3 +100,111 @@ pub(crate) fn file_identity(file: *const u8) -> (u64, u32) {
         (ino, dev)
     }
 }
+
+// Directory entries, for the hooks that are given a directory and a name (`path_*`), and for
+// the name of a link's source (see `path::resolve_link_source`).
+
+/// Offset of `mnt` in `struct path`.
+#[no_mangle]
+static PATH_MNT_OFFSET: u32 = 0;
+
+/// Offset of `dentry` in `struct path`.
+#[no_mangle]
+static PATH_DENTRY_OFFSET: u32 = 0;
+
+/// Offset of `mnt_root` in `struct vfsmount`.
+#[no_mangle]
+static VFSMOUNT_MNT_ROOT_OFFSET: u32 = 0;
+
+/// Offset of `d_parent` in `struct dentry`.
+#[no_mangle]
+static DENTRY_D_PARENT_OFFSET: u32 = 0;
+
+/// Offset of `d_name` in `struct dentry`.
+#[no_mangle]
+static DENTRY_D_NAME_OFFSET: u32 = 0;
+
+/// Offset of `d_inode` in `struct dentry`.
+#[no_mangle]
+static DENTRY_D_INODE_OFFSET: u32 = 0;
+
+/// Offset of `len` in `struct qstr`.
+#[no_mangle]
+static QSTR_LEN_OFFSET: u32 = 0;
+
+/// Offset of `name` in `struct qstr`.
+#[no_mangle]
+static QSTR_NAME_OFFSET: u32 = 0;
+
+/// `path->dentry`.
+#[inline(always)]
+pub(crate) fn path_dentry(path: *const path) -> *const u8 {
+    // SAFETY: a BTF-checked load of `path.dentry` (module docs).
+    unsafe {
+        *(path
+            .cast::<u8>()
+            .add(offset(&PATH_DENTRY_OFFSET))
+            .cast::<*const u8>())
+    }
+}
+
+/// `path->mnt->mnt_root`: the dentry at the root of the path's mount.
+#[inline(always)]
+pub(crate) fn path_mnt_root(path: *const path) -> *const u8 {
+    // SAFETY: BTF-checked loads of `path.mnt` and `vfsmount.mnt_root` (module docs).
+    unsafe {
+        let mnt = *(path
+            .cast::<u8>()
+            .add(offset(&PATH_MNT_OFFSET))
+            .cast::<*const u8>());
+        *(mnt
+            .add(offset(&VFSMOUNT_MNT_ROOT_OFFSET))
+            .cast::<*const u8>())
+    }
+}
+
+/// `dentry->d_parent` (the dentry itself at the root of its file system).
+#[inline(always)]
+pub(crate) fn dentry_parent(dentry: *const u8) -> *const u8 {
+    // SAFETY: a BTF-checked load of `dentry.d_parent` (module docs).
+    unsafe {
+        *(dentry
+            .add(offset(&DENTRY_D_PARENT_OFFSET))
+            .cast::<*const u8>())
+    }
+}
+
+/// `dentry->d_name`: the name's bytes (not NUL-terminated for our purposes) and length.
+#[inline(always)]
+pub(crate) fn dentry_name(dentry: *const u8) -> (*const u8, u32) {
+    // SAFETY: BTF-checked loads of `dentry.d_name.name` and `dentry.d_name.len` (module docs).
+    unsafe {
+        let d_name = dentry.add(offset(&DENTRY_D_NAME_OFFSET));
+        let name = *(d_name.add(offset(&QSTR_NAME_OFFSET)).cast::<*const u8>());
+        let len = *(d_name.add(offset(&QSTR_LEN_OFFSET)).cast::<u32>());
+        (name, len)
+    }
+}
+
+/// `dentry->d_inode`: null for a name that does not exist (yet).
+#[inline(always)]
+pub(crate) fn dentry_inode(dentry: *const u8) -> *const u8 {
+    // SAFETY: a BTF-checked load of `dentry.d_inode` (module docs).
+    unsafe {
+        *(dentry
+            .add(offset(&DENTRY_D_INODE_OFFSET))
+            .cast::<*const u8>())
+    }
+}
+
+/// The identity of an inode: (`inode->i_ino`, `inode->i_sb->s_dev`).
+#[inline(always)]
+pub(crate) fn inode_identity(inode: *const u8) -> (u64, u32) {
+    // SAFETY: BTF-checked loads of `inode.i_ino`, `inode.i_sb` and `super_block.s_dev`.
+    unsafe {
+        let ino = *(inode.add(offset(&INODE_I_INO_OFFSET)).cast::<u64>());
+        let sb = *(inode.add(offset(&INODE_I_SB_OFFSET)).cast::<*const u8>());
+        let dev = *(sb.add(offset(&SB_S_DEV_OFFSET)).cast::<u32>());
+        (ino, dev)
+    }
+}

@@ -5,7 +5,7 @@ use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
     bindings::path,
-    helpers::{bpf_d_path, bpf_probe_read_kernel_buf},
+    helpers::{bpf_d_path, bpf_probe_read_kernel_buf, generated as gen},
     maps::LpmTrie,
 };
 use oxd_common::{
@@ -114,5 +114,223 @@ pub(crate) fn by_identity(denied_rule: u32, by_path: Verdict) -> Verdict {
         decision: action::DENY,
         reason: reason::RULE,
         rule_id: denied_rule,
+    }
+}
+
+// Paths of names that a `path_*` hook is given as (directory, name), or as a bare dentry.
+
+/// Longest name of one directory entry (the kernel's `NAME_MAX`).
+const NAME_MAX: u32 = 255;
+
+/// Most directory levels [`resolve_link_source`] walks between a name and its mount's root. A
+/// deeper name fails closed (as unresolved). (A rule key holds 253 bytes: a deeper path that
+/// still fits is made of one- and two-byte names.)
+const MAX_DEPTH: u32 = 96;
+
+/// Masks a position in the scratch buffer: a no-op on values the code has just bounded (below
+/// `PATH_KEY_LEN`), which tells the verifier the bound it cannot derive from the comparison.
+const POS_MASK: u32 = 0x1ff;
+
+/// `value & POS_MASK`, through a volatile read so that the compiler cannot drop the mask as
+/// redundant: the verifier only knows the bounds it sees applied to the register it checks.
+#[inline(always)]
+fn bounded(value: u32) -> u32 {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&value) & POS_MASK }
+}
+
+/// Copies the path in `scratch.buf` (`len` bytes with its NUL) into `scratch.key` for a lookup.
+#[inline(always)]
+fn prepare_key(scratch: *mut Scratch, len: u32) -> Result<u32, (Verdict, u32)> {
+    // SAFETY: copying PATH_KEY_LEN bytes between two per-CPU scratch buffers of ours.
+    let copied = unsafe {
+        let src = (*scratch).buf.as_ptr();
+        let dst = &mut *addr_of_mut!((*scratch).key.data.path);
+        bpf_probe_read_kernel_buf(src, dst)
+    };
+    if copied.is_err() {
+        return Err((Verdict::deny(reason::PATH_UNRESOLVED), len));
+    }
+    Ok(len)
+}
+
+/// Resolves `dir` into `scratch.buf` with `bpf_d_path` and returns the length of the
+/// directory's path without its NUL, or the fail-closed verdict.
+#[inline(always)]
+fn resolve_dir(dir: *mut path, scratch: *mut Scratch) -> Result<u32, (Verdict, u32)> {
+    // SAFETY: `dir` is a BTF-checked `struct path *`; the buffer is PATH_BUF_LEN bytes.
+    let len = unsafe { bpf_d_path(dir, (*scratch).buf.as_mut_ptr().cast(), PATH_BUF_LEN as u32) };
+    if len <= 0 {
+        return Err((Verdict::deny(reason::PATH_UNRESOLVED), 0));
+    }
+    let len = len as u32;
+    if len as usize > PATH_KEY_LEN {
+        return Err((Verdict::deny(reason::PATH_TOO_LONG), len));
+    }
+    Ok(len - 1)
+}
+
+/// The path of the name `dentry` in the directory `dir` (a hook's `const struct path *dir,
+/// struct dentry *dentry`): the directory resolved by `bpf_d_path`, then `/` and the name.
+/// Returns the length with the NUL and prepares `scratch.key`, or the fail-closed verdict (with
+/// the length of what `scratch.buf` holds to record: the directory).
+#[inline(always)]
+pub(crate) fn resolve_child(
+    dir: *mut path,
+    dentry: *const u8,
+    scratch: *mut Scratch,
+) -> Result<u32, (Verdict, u32)> {
+    let end = bounded(resolve_dir(dir, scratch)?);
+    let (name, name_len) = offsets::dentry_name(dentry);
+    // SAFETY: positions below PATH_KEY_LEN + NAME_MAX + 1, inside our PATH_BUF_LEN buffer.
+    unsafe {
+        let buf = (*scratch).buf.as_mut_ptr();
+        let mut at = end;
+        // The root directory resolves to `/`: its children need no second slash.
+        if at == 0 || *buf.add((at - 1) as usize) != b'/' {
+            *buf.add(at as usize) = b'/';
+            at = bounded(at + 1);
+        }
+        if name_len > NAME_MAX || at + name_len + 1 > PATH_KEY_LEN as u32 {
+            // Record the directory.
+            *buf.add(end as usize) = 0;
+            return Err((Verdict::deny(reason::PATH_TOO_LONG), end + 1));
+        }
+        let n = bounded(name_len) & NAME_MAX;
+        if gen::bpf_probe_read_kernel(buf.add(at as usize).cast(), n, name.cast()) != 0 {
+            *buf.add(end as usize) = 0;
+            return Err((Verdict::deny(reason::PATH_UNRESOLVED), end + 1));
+        }
+        let total = bounded(at + n);
+        *buf.add(total as usize) = 0;
+        prepare_key(scratch, total + 1)
+    }
+}
+
+/// Where [`resolve_link_source`] writes a name's path below its mount's root, backwards from
+/// the end: `scratch.buf[REL_START..REL_END]`, far from the resolved directory at the start.
+const REL_START: u32 = 1024;
+const REL_END: u32 = REL_START + 511;
+
+/// Bytes of `scratch.buf` at its end that hold values the verifier must forget: a value loaded
+/// from map memory is an unknown scalar to it, so the states after a loop, whichever iteration
+/// left it, are equal and the verifier explores what follows once (not once per iteration).
+const SPILL: usize = PATH_BUF_LEN - 8;
+
+/// Stores `value` in spill slot `index` (0 or 1) of `scratch.buf` and loads it back, masked:
+/// the same value, of which the verifier knows only the mask.
+#[inline(always)]
+fn forget(buf: *mut u8, index: usize, value: u32) -> u32 {
+    // SAFETY: the two u32 slots at the end of our PATH_BUF_LEN buffer, 4-byte aligned.
+    unsafe {
+        let slot = buf.add(SPILL + 4 * index).cast::<u32>();
+        core::ptr::write_volatile(slot, value);
+        core::ptr::read_volatile(slot) & POS_MASK
+    }
+}
+
+/// The path of the existing name `dentry` of a hard link's source, given the link's new
+/// directory `new_dir` (a link never crosses mounts, so both are in `new_dir`'s mount): the
+/// mount's path (the resolved `new_dir` less the part below the mount's root), then the names
+/// from the mount's root down to `dentry`. Returns the length with the NUL and prepares
+/// `scratch.key`, or the fail-closed verdict. Names renamed while this runs can give a wrong
+/// path: each walk stops at the mount's root or fails closed as unresolved.
+#[inline(always)]
+pub(crate) fn resolve_link_source(
+    new_dir: *mut path,
+    dentry: *const u8,
+    scratch: *mut Scratch,
+) -> Result<u32, (Verdict, u32)> {
+    let end = bounded(resolve_dir(new_dir, scratch)?);
+    let root = offsets::path_mnt_root(new_dir);
+    let unresolved = Err((Verdict::deny(reason::PATH_UNRESOLVED), 0));
+    // SAFETY: `buf` is our PATH_BUF_LEN scratch buffer; every position below is masked to
+    // POS_MASK (or within REL_START..=REL_END) and every copy is at most NAME_MAX bytes.
+    unsafe {
+        let buf = (*scratch).buf.as_mut_ptr();
+        // 1. How much of the resolved `new_dir` lies below the mount's root.
+        let mut current = offsets::path_dentry(new_dir);
+        let mut below = 0;
+        let mut depth = 0;
+        while current != root {
+            let parent = offsets::dentry_parent(current);
+            if depth >= MAX_DEPTH || parent == current {
+                return unresolved;
+            }
+            let (_, name_len) = offsets::dentry_name(current);
+            below = bounded(below + 1 + (name_len & NAME_MAX));
+            if below > end {
+                return unresolved;
+            }
+            current = parent;
+            depth += 1;
+        }
+        let below = forget(buf, 0, below);
+        if below > end {
+            return unresolved;
+        }
+        let mut prefix = bounded(end - below);
+        // A mount at `/` contributes nothing: the names below it start with their own `/`.
+        if prefix == 1 && *buf == b'/' {
+            prefix = 0;
+        }
+        let prefix = forget(buf, 1, prefix);
+        // 2. The source's names, from `dentry` up to the mount's root, written backwards.
+        let mut at = REL_END;
+        let mut current = dentry;
+        let mut depth = 0;
+        while current != root {
+            let parent = offsets::dentry_parent(current);
+            if depth >= MAX_DEPTH || parent == current {
+                return unresolved;
+            }
+            let (name, name_len) = offsets::dentry_name(current);
+            let n = bounded(name_len) & NAME_MAX;
+            if n + 1 > at - REL_START {
+                return Err((Verdict::deny(reason::PATH_TOO_LONG), 0));
+            }
+            at = REL_START + bounded(at - REL_START - n);
+            if gen::bpf_probe_read_kernel(buf.add(at as usize).cast(), n, name.cast()) != 0 {
+                return unresolved;
+            }
+            at -= 1;
+            *buf.add(at as usize) = b'/';
+            current = parent;
+            depth += 1;
+        }
+        let rel_len = forget(buf, 0, REL_END - at);
+        // 3. The mount's path, then the names.
+        if rel_len == 0 || prefix + rel_len + 1 > PATH_KEY_LEN as u32 {
+            return Err((Verdict::deny(reason::PATH_TOO_LONG), 0));
+        }
+        let rel_at = REL_END - rel_len;
+        if gen::bpf_probe_read_kernel(
+            buf.add(prefix as usize).cast(),
+            rel_len,
+            buf.add(rel_at as usize).cast(),
+        ) != 0
+        {
+            return unresolved;
+        }
+        let total = bounded(prefix + rel_len);
+        *buf.add(total as usize) = 0;
+        prepare_key(scratch, total + 1)
+    }
+}
+
+/// The exact deny rules that name the file behind `dentry`; none for a name that does not
+/// exist (a null inode).
+#[inline(always)]
+pub(crate) fn denied_dentry(dentry: *const u8, slot: u32) -> InodeRules {
+    let inode = offsets::dentry_inode(dentry);
+    if inode.is_null() {
+        return NO_INODE_RULES;
+    }
+    let (ino, dev) = offsets::inode_identity(inode);
+    let key = InodeKey { ino, dev, slot };
+    // SAFETY: plain-data key and value.
+    match unsafe { DENIED_INODES.get(key) } {
+        Some(rules) => *rules,
+        None => NO_INODE_RULES,
     }
 }

@@ -279,6 +279,23 @@ pub struct KernelOffsets {
     pub inode_i_sb: u32,
     /// `offsetof(struct super_block, s_dev)`.
     pub sb_s_dev: u32,
+    // File-system changes (the `path_*` hooks).
+    /// `offsetof(struct path, mnt)`.
+    pub path_mnt: u32,
+    /// `offsetof(struct path, dentry)`.
+    pub path_dentry: u32,
+    /// `offsetof(struct vfsmount, mnt_root)`.
+    pub vfsmount_mnt_root: u32,
+    /// `offsetof(struct dentry, d_parent)`.
+    pub dentry_d_parent: u32,
+    /// `offsetof(struct dentry, d_name)`.
+    pub dentry_d_name: u32,
+    /// `offsetof(struct dentry, d_inode)`.
+    pub dentry_d_inode: u32,
+    /// `offsetof(struct qstr, len)`.
+    pub qstr_len: u32,
+    /// `offsetof(struct qstr, name)`.
+    pub qstr_name: u32,
 }
 
 impl KernelOffsets {
@@ -292,6 +309,14 @@ impl KernelOffsets {
             inode_i_ino: btf.member_offset("inode", "i_ino")?,
             inode_i_sb: btf.member_offset("inode", "i_sb")?,
             sb_s_dev: btf.member_offset("super_block", "s_dev")?,
+            path_mnt: btf.member_offset("path", "mnt")?,
+            path_dentry: btf.member_offset("path", "dentry")?,
+            vfsmount_mnt_root: btf.member_offset("vfsmount", "mnt_root")?,
+            dentry_d_parent: btf.member_offset("dentry", "d_parent")?,
+            dentry_d_name: btf.member_offset("dentry", "d_name")?,
+            dentry_d_inode: btf.member_offset("dentry", "d_inode")?,
+            qstr_len: btf.member_offset("qstr", "len")?,
+            qstr_name: btf.member_offset("qstr", "name")?,
         })
     }
 }

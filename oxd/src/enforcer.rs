@@ -37,6 +37,20 @@ pub const LSM_PROGRAMS: [(&str, &str); 3] = [
     ("file_open", "file_open"),
 ];
 
+/// The BPF-LSM programs that decide changes to the file system (`[file]` write rules):
+/// (program, hook). Attached with `file_open` whenever a policy has a `[file]` section.
+pub const WRITE_LSM_PROGRAMS: [(&str, &str); 9] = [
+    ("path_unlink", "path_unlink"),
+    ("path_rmdir", "path_rmdir"),
+    ("path_mkdir", "path_mkdir"),
+    ("path_symlink", "path_symlink"),
+    ("path_truncate", "path_truncate"),
+    ("path_chmod", "path_chmod"),
+    ("path_chown", "path_chown"),
+    ("path_rename", "path_rename"),
+    ("path_link", "path_link"),
+];
+
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
 const PINNED_MAPS: [&str; 9] = [
     "CONFIG",
@@ -214,6 +228,7 @@ impl Enforcer {
         ]
         .into_iter()
         .flatten()
+        .chain(policy.file.iter().flat_map(|_| WRITE_LSM_PROGRAMS))
         .collect();
         enforcer.enforces_network = policy.network.is_some();
         let image = compile(policy, 0, 1, &file_identity)?;
@@ -265,11 +280,19 @@ impl Enforcer {
             .override_global("INODE_I_INO_OFFSET", &offsets.inode_i_ino, true)
             .override_global("INODE_I_SB_OFFSET", &offsets.inode_i_sb, true)
             .override_global("SB_S_DEV_OFFSET", &offsets.sb_s_dev, true)
+            .override_global("PATH_MNT_OFFSET", &offsets.path_mnt, true)
+            .override_global("PATH_DENTRY_OFFSET", &offsets.path_dentry, true)
+            .override_global("VFSMOUNT_MNT_ROOT_OFFSET", &offsets.vfsmount_mnt_root, true)
+            .override_global("DENTRY_D_PARENT_OFFSET", &offsets.dentry_d_parent, true)
+            .override_global("DENTRY_D_NAME_OFFSET", &offsets.dentry_d_name, true)
+            .override_global("DENTRY_D_INODE_OFFSET", &offsets.dentry_d_inode, true)
+            .override_global("QSTR_LEN_OFFSET", &offsets.qstr_len, true)
+            .override_global("QSTR_NAME_OFFSET", &offsets.qstr_name, true)
             .load(OBJECT)?;
         Ok(Self {
             ebpf,
             lsm_programs: if needs_lsm {
-                LSM_PROGRAMS.to_vec()
+                LSM_PROGRAMS.into_iter().chain(WRITE_LSM_PROGRAMS).collect()
             } else {
                 Vec::new()
             },
@@ -286,6 +309,10 @@ impl Enforcer {
             let entries = image.paths(table);
             if !entries.is_empty() {
                 self.write_path_rules(path_map(table), entries)?;
+            }
+            let dirs = image.dir_paths(table);
+            if !dirs.is_empty() {
+                self.write_path_rules(path_map(table), dirs)?;
             }
         }
         if !image.inodes().is_empty() {
@@ -540,7 +567,7 @@ impl Enforcer {
 
     /// Detaches the pinned BPF-LSM programs.
     pub fn detach_lsm(&mut self) -> Result<()> {
-        for (name, _) in LSM_PROGRAMS {
+        for (name, _) in LSM_PROGRAMS.into_iter().chain(WRITE_LSM_PROGRAMS) {
             self.unpin_link(&format!("lsm-{name}"), name)?;
         }
         Ok(())

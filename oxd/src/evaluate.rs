@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use oxd_common::{InodeRules, PATH_KEY_LEN, RULE_NONE};
 
-use crate::policy::{Action, NetworkRule, PathRule, Policy, Protocol};
+use crate::policy::{Action, NetworkRule, PathPattern, PathRule, Policy, Protocol};
 
 /// An action a confined agent attempts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +21,10 @@ pub enum Request {
         read: bool,
         write: bool,
     },
+    /// Changing the file system at this resolved path (creating, truncating, removing,
+    /// renaming, linking, changing mode or owner): a write. With `source`, the path is the
+    /// source of a rename or a hard link, which must be allowed for reading too.
+    Change { path: String, source: bool },
     /// Connecting (or, with `send`, sending a UDP datagram) to an address.
     Connect {
         addr: SocketAddr,
@@ -116,6 +120,15 @@ impl Policy {
                     }
                 }
             },
+            // Decided as an open for writing (and reading, for a source) of the same path.
+            Request::Change { path, source } => self.evaluate_with(
+                &Request::Open {
+                    path: path.clone(),
+                    read: *source,
+                    write: true,
+                },
+                denied,
+            ),
             Request::Connect { addr, udp, .. } => match &self.network {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
                 Some(network) => decide_network(&network.rules, network.default, *addr, *udp),
@@ -129,11 +142,18 @@ fn decide_path(rules: &[PathRule], default: Action, path: &str) -> Decision {
         return Decision::new(Action::Deny, Reason::PathTooLong);
     }
     // The kernel's longest-prefix match: at most one rule per pattern, and the longest key
-    // among the matching ones is the most specific.
+    // among the matching ones is the most specific. A subtree matching its own directory is as
+    // specific as an exact rule naming that directory; the exact rule wins (the compiled
+    // policy holds only its key there).
     rules
         .iter()
         .filter(|r| r.pattern.matches(path))
-        .max_by_key(|r| r.pattern.specificity())
+        .max_by_key(|r| {
+            (
+                r.pattern.specificity(),
+                matches!(r.pattern, PathPattern::Exact(_)),
+            )
+        })
         .map_or(Decision::new(default, Reason::Default), |r| {
             Decision::new(r.action, Reason::Rule(r.rule))
         })
@@ -363,6 +383,99 @@ deny = [{ path = "/etc/shadow", access = ["read"] }]
         assert_eq!(open(false, true), (Action::Allow, "default".into()));
         // A file no deny rule names has no identity entry.
         assert_eq!(image.denied(FileId { dev: 1, ino: 3 }), None);
+    }
+
+    #[test]
+    fn subtree_rules_cover_their_directory() {
+        let p = policy(
+            r#"
+[file]
+default = "allow"
+deny = ["/work/secret/**", { path = "/data/**", access = ["write"] }]
+allow = [{ path = "/data", access = ["write"] }, "/work/secret/ok/**"]
+"#,
+        );
+        let change = |path: &str, source| {
+            let d = p.evaluate(&Request::Change {
+                path: path.into(),
+                source,
+            });
+            (d.action, d.rule_label(&p))
+        };
+        // `rmdir /work/secret`, `mv /work/secret x`: changes to the subtree.
+        assert_eq!(
+            change("/work/secret", false),
+            (Action::Deny, "file.deny[0]".into())
+        );
+        assert_eq!(
+            change("/work/secret", true),
+            (Action::Deny, "file.deny[0]".into())
+        );
+        assert_eq!(
+            change("/work/secret/ok", false),
+            (Action::Allow, "file.allow[1]".into())
+        );
+        assert_eq!(
+            change("/work/secretx", false),
+            (Action::Allow, "default".into())
+        );
+        assert_eq!(change("/work", false), (Action::Allow, "default".into()));
+        // An exact rule naming the directory is more specific than the subtree's cover.
+        assert_eq!(
+            change("/data", false),
+            (Action::Allow, "file.allow[0]".into())
+        );
+        assert_eq!(
+            change("/data/x", false),
+            (Action::Deny, "file.deny[1]".into())
+        );
+        // Reading it as a directory listing: the subtree covers the directory for reads too.
+        let d = p.evaluate(&Request::Open {
+            path: "/work/secret".into(),
+            read: true,
+            write: false,
+        });
+        assert_eq!(
+            (d.action, d.rule_label(&p)),
+            (Action::Deny, "file.deny[0]".into())
+        );
+        // And for exec, `/**` still covers `/`.
+        let e = policy("[exec]\ndefault = \"allow\"\ndeny = [\"/opt/**\", \"/**\"]\n");
+        assert_eq!(exec(&e, "/opt"), (Action::Deny, "exec.deny[0]".into()));
+        assert_eq!(exec(&e, "/"), (Action::Deny, "exec.deny[1]".into()));
+    }
+
+    #[test]
+    fn a_source_must_be_readable_and_writable() {
+        let p = policy(
+            r#"
+[file]
+default = "allow"
+deny = [{ path = "/secret/**", access = ["read"] }, { path = "/ro/**", access = ["write"] }]
+"#,
+        );
+        let change = |path: &str, source| {
+            let d = p.evaluate(&Request::Change {
+                path: path.into(),
+                source,
+            });
+            (d.action, d.rule_label(&p))
+        };
+        // `ln /secret/key k2`, `mv /secret/key k2`: the source is read-denied.
+        assert_eq!(
+            change("/secret/key", true),
+            (Action::Deny, "file.deny[0]".into())
+        );
+        // Removing it is only a write.
+        assert_eq!(
+            change("/secret/key", false),
+            (Action::Allow, "default".into())
+        );
+        assert_eq!(
+            change("/ro/x", false),
+            (Action::Deny, "file.deny[1]".into())
+        );
+        assert_eq!(change("/ro/x", true), (Action::Deny, "file.deny[1]".into()));
     }
 
     #[test]

@@ -26,6 +26,43 @@ pub enum Probe {
     },
     /// Connecting to this address, on a UDP socket or a TCP one.
     Connect { addr: SocketAddr, udp: bool },
+    /// Changing the file system at this path, by operation `op` (an audit `op` name of
+    /// [`CHANGE_OPS`]).
+    Change { op: String, path: PathBuf },
+}
+
+/// The file-system changes `oxd explain --change` knows: (audit `op`, whether it is the source
+/// of a rename or link, judged as a read too, whether the kernel follows a final symlink).
+pub const CHANGE_OPS: [(&str, bool, bool); 13] = [
+    ("create", false, false),
+    ("truncate", false, true),
+    ("unlink", false, false),
+    ("rmdir", false, false),
+    ("mkdir", false, false),
+    ("mknod", false, false),
+    ("symlink", false, false),
+    ("rename-from", true, false),
+    ("rename-to", false, false),
+    ("link-from", true, false),
+    ("link-to", false, false),
+    ("chmod", false, true),
+    ("chown", false, true),
+];
+
+/// Resolves the name a change acts on: the directory as the kernel resolves it, then the name
+/// itself (a final symlink is the name removed, renamed or linked, not followed).
+fn resolve_name(path: &Path) -> Result<PathBuf> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            Ok(resolve(parent)?.join(name))
+        }
+        _ => resolve(path),
+    }
 }
 
 /// What a policy decides for one action, and why, in words.
@@ -99,6 +136,32 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                 format!("{} for {access}", describe("open", path, &real)),
             )
         }
+        Probe::Change { op, path } => {
+            let Some(&(op, source, follows)) = CHANGE_OPS.iter().find(|(name, ..)| name == op)
+            else {
+                bail!(
+                    "unknown change `{op}`: one of {}",
+                    CHANGE_OPS.map(|(name, ..)| name).join(", ")
+                );
+            };
+            let real = if follows {
+                resolve(path)?
+            } else {
+                resolve_name(path)?
+            };
+            let what = describe(op, path, &real);
+            (
+                Request::Change {
+                    path: path_string(&real)?,
+                    source,
+                },
+                if source {
+                    format!("{what} (a write, and a read of the source)")
+                } else {
+                    format!("{what} (a write)")
+                },
+            )
+        }
         Probe::Connect { addr, udp } => {
             let proto = if *udp { "udp" } else { "tcp" };
             (
@@ -114,12 +177,13 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
 
     // A file named by an exact deny rule is denied under any of its names (hard links).
     let denied = match &request {
-        Request::Exec { path } | Request::Open { path, .. } => file_identity(Path::new(path))
-            .and_then(|id| {
+        Request::Exec { path } | Request::Open { path, .. } | Request::Change { path, .. } => {
+            file_identity(Path::new(path)).and_then(|id| {
                 denied_files(policy, &file_identity)
                     .into_iter()
                     .find_map(|(file, rules)| (file == id).then_some(rules))
-            }),
+            })
+        }
         Request::Connect { .. } => None,
     };
     let decision = policy.evaluate_with(&request, denied);

@@ -10,10 +10,12 @@ use std::collections::HashSet;
 
 use aya::programs::{loaded_programs, ProgramError};
 
-use crate::enforcer::{Enforcer, EnforcerError, LoadOptions, LSM_PROGRAMS, SOCK_ADDR_PROGRAMS};
+use crate::enforcer::{
+    Enforcer, EnforcerError, LoadOptions, LSM_PROGRAMS, SOCK_ADDR_PROGRAMS, WRITE_LSM_PROGRAMS,
+};
 
 /// Every program of oxd's kernel object, in the order [`verifier_stats`] reports them.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 16] = [
     LSM_PROGRAMS[0].0,
     LSM_PROGRAMS[1].0,
     LSM_PROGRAMS[2].0,
@@ -21,6 +23,15 @@ pub const PROGRAMS: [&str; 7] = [
     SOCK_ADDR_PROGRAMS[1],
     SOCK_ADDR_PROGRAMS[2],
     SOCK_ADDR_PROGRAMS[3],
+    WRITE_LSM_PROGRAMS[0].0,
+    WRITE_LSM_PROGRAMS[1].0,
+    WRITE_LSM_PROGRAMS[2].0,
+    WRITE_LSM_PROGRAMS[3].0,
+    WRITE_LSM_PROGRAMS[4].0,
+    WRITE_LSM_PROGRAMS[5].0,
+    WRITE_LSM_PROGRAMS[6].0,
+    WRITE_LSM_PROGRAMS[7].0,
+    WRITE_LSM_PROGRAMS[8].0,
 ];
 
 /// What the kernel reports about one loaded program.

@@ -6,9 +6,13 @@
 //!   of its text, and the generation it was loaded as (`oxd run`: 1; the daemon numbers every
 //!   policy it loads or replaces, increasing);
 //! - `op`: `exec`, `open`, `mmap-exec` (mapping a file executable, recorded when denied),
-//!   `connect` or `sendmsg` (a UDP send with a destination);
+//!   `connect` or `sendmsg` (a UDP send with a destination); the changes to the file system
+//!   `create`, `truncate`, `unlink`, `rmdir`, `mkdir`, `mknod`, `symlink`, `rename-from`,
+//!   `rename-to`, `link-from`, `link-to`, `chmod`, `chown` (one record per end of a rename or
+//!   link);
 //! - `target`: the resolved path of the executed or opened file, or `ip:port` (`[ipv6]:port`);
-//! - `access` (open only): `read`, `write` or `read,write`;
+//! - `access` (open and file-system changes): `read`, `write` or `read,write` (the source of
+//!   a rename or link is judged for both);
 //! - `protocol` (connect and sendmsg only): `tcp`, `udp` or `other`;
 //! - `decision`: `allow` or `deny`; `enforced`: false when the policy is in audit mode (a
 //!   `deny` that was recorded but not enforced);
@@ -145,6 +149,19 @@ impl Record {
             op::CONNECT6 => ("connect", socket(false)),
             op::SENDMSG4 => ("sendmsg", socket(true)),
             op::SENDMSG6 => ("sendmsg", socket(false)),
+            op::CREATE => ("create", path()),
+            op::TRUNCATE => ("truncate", path()),
+            op::UNLINK => ("unlink", path()),
+            op::RMDIR => ("rmdir", path()),
+            op::MKDIR => ("mkdir", path()),
+            op::MKNOD => ("mknod", path()),
+            op::SYMLINK => ("symlink", path()),
+            op::RENAME_FROM => ("rename-from", path()),
+            op::RENAME_TO => ("rename-to", path()),
+            op::LINK_FROM => ("link-from", path()),
+            op::LINK_TO => ("link-to", path()),
+            op::CHMOD => ("chmod", path()),
+            op::CHOWN => ("chown", path()),
             _ => ("unknown", String::new()),
         };
         let is_network = matches!(
@@ -159,17 +176,18 @@ impl Record {
             }
             .to_owned()
         });
-        let access = (event.op == op::OPEN).then(|| {
-            match (
-                event.access & access::READ != 0,
-                event.access & access::WRITE != 0,
-            ) {
-                (true, true) => "read,write",
-                (false, true) => "write",
-                _ => "read",
-            }
-            .to_owned()
-        });
+        let access =
+            (event.op == op::OPEN || (op::CREATE..=op::CHOWN).contains(&event.op)).then(|| {
+                match (
+                    event.access & access::READ != 0,
+                    event.access & access::WRITE != 0,
+                ) {
+                    (true, true) => "read,write",
+                    (false, true) => "write",
+                    _ => "read",
+                }
+                .to_owned()
+            });
         let (rule, rule_text) = if event.rule_id == RULE_DEFAULT {
             ("default".to_owned(), None)
         } else {

@@ -9,7 +9,7 @@ use oxd::{
 };
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "open", "connect"])))]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "open", "connect", "change"])))]
 #[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
 pub(crate) struct ExplainArgs {
     /// Policy file (TOML).
@@ -33,10 +33,20 @@ pub(crate) struct ExplainArgs {
     /// The connect is on a UDP socket (default TCP).
     #[arg(long, requires = "connect")]
     udp: bool,
+    /// Changing the file system at PATH by OP: create, truncate, unlink, rmdir, mkdir, mknod,
+    /// symlink, rename-from, rename-to, link-from, link-to, chmod, chown.
+    #[arg(long, num_args = 2, value_names = ["OP", "PATH"])]
+    change: Option<Vec<String>>,
 }
 
 impl ExplainArgs {
     fn probe(&self) -> Result<Probe> {
+        if let Some([op, path]) = self.change.as_deref() {
+            return Ok(Probe::Change {
+                op: op.clone(),
+                path: PathBuf::from(path),
+            });
+        }
         Ok(match (&self.exec, &self.open, self.connect) {
             (Some(path), _, _) => Probe::Exec(path.clone()),
             (None, Some(path), _) => Probe::Open {
@@ -49,7 +59,7 @@ impl ExplainArgs {
                 udp: self.udp,
             },
             (None, None, None) => {
-                bail!("name an action: --exec PATH, --open PATH --read|--write, or --connect ADDR")
+                bail!("name an action: --exec PATH, --open PATH --read|--write, --connect ADDR, or --change OP PATH")
             }
         })
     }

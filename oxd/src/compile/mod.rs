@@ -120,6 +120,8 @@ pub struct SlotImage {
     file_write: Vec<PathEntry>,
     inodes: Vec<InodeEntry>,
     net: Vec<NetEntry>,
+    /// The directories of subtree rules, per table (see [`Self::dir_paths`]).
+    dirs: [Vec<PathEntry>; 3],
 }
 
 impl SlotImage {
@@ -144,6 +146,19 @@ impl SlotImage {
             PathTable::Exec => &self.exec,
             PathTable::FileRead => &self.file_read,
             PathTable::FileWrite => &self.file_write,
+        }
+    }
+
+    /// The entries that make a subtree rule `DIR/**` cover `DIR` itself: an exact key for the
+    /// directory (`DIR` and its NUL, as long as the subtree's key `DIR/`), with the subtree
+    /// rule's value. None where an exact rule names the directory (it is the more specific), nor
+    /// for `/**` (whose key `/` already matches `/`). They go into the same trie as
+    /// [`Self::paths`], so a subtree rule takes two entries.
+    pub fn dir_paths(&self, table: PathTable) -> &[PathEntry] {
+        match table {
+            PathTable::Exec => &self.dirs[0],
+            PathTable::FileRead => &self.dirs[1],
+            PathTable::FileWrite => &self.dirs[2],
         }
     }
 
@@ -199,6 +214,11 @@ pub fn compile(
     let file_read = path_entries(PathTable::FileRead, key_slot, read_rules)?;
     let file_write = path_entries(PathTable::FileWrite, key_slot, write_rules)?;
     let net = net_entries(slot, net_rules)?;
+    let dirs = [
+        dir_entries(key_slot, exec_rules),
+        dir_entries(key_slot, read_rules),
+        dir_entries(key_slot, write_rules),
+    ];
     let inodes = denied_files(policy, identity)
         .into_iter()
         .map(|(id, rules)| InodeEntry {
@@ -214,7 +234,42 @@ pub fn compile(
         file_write,
         inodes,
         net,
+        dirs,
     })
+}
+
+/// The exact keys that make each subtree rule `DIR/**` cover `DIR` itself (see
+/// [`SlotImage::dir_paths`]). Called on rules that [`path_entries`] accepted, so every key fits.
+fn dir_entries(slot: u16, rules: &[PathRule]) -> Vec<PathEntry> {
+    rules
+        .iter()
+        .filter_map(|rule| {
+            let PathPattern::Subtree(dir) = &rule.pattern else {
+                return None;
+            };
+            let dir = dir.strip_suffix('/').filter(|d| !d.is_empty())?;
+            let named_exactly = rules
+                .iter()
+                .any(|r| matches!(&r.pattern, PathPattern::Exact(p) if p == dir));
+            if named_exactly {
+                return None;
+            }
+            let (bytes, bits) = pattern_key(&PathPattern::Exact(dir.to_owned()));
+            let mut key = PathKey {
+                slot,
+                path: [0; PATH_KEY_LEN],
+            };
+            key.path[..bytes.len()].copy_from_slice(&bytes);
+            Some(PathEntry {
+                prefix_len: SLOT_PREFIX_BITS + bits,
+                key,
+                value: RuleValue {
+                    rule_id: rule.rule,
+                    action: action_bits(rule.action),
+                },
+            })
+        })
+        .collect()
 }
 
 /// The files named by exact deny rules, by identity, with the first such rule per category
