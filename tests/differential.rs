@@ -91,6 +91,8 @@ struct Tree {
     files: Vec<String>,
     /// Valid rule paths near the files: exact files, exact directories, subtrees.
     patterns: Vec<String>,
+    /// The tree's directories: targets of changes (`chmod`, `rename`, and new names in them).
+    dirs: Vec<String>,
 }
 
 fn build_tree(scratch: &Path) -> Tree {
@@ -180,7 +182,11 @@ fn build_tree(scratch: &Path) -> Tree {
     patterns.push(format!("{root}/a"));
     patterns.push(format!("{root}/a/bin"));
     patterns.push(format!("{root}/a/x/**"));
-    Tree { files, patterns }
+    Tree {
+        files,
+        patterns,
+        dirs,
+    }
 }
 
 fn quote(s: &str) -> String {
@@ -192,6 +198,8 @@ enum Category {
     Exec,
     Open,
     Network,
+    /// Changes to the file system (`chmod`, `truncate`, `rename`, `mkdir`, `create`).
+    Change,
 }
 
 /// One action and what to look for in the audit log.
@@ -413,6 +421,55 @@ fn open_case(path: &str, mode: usize) -> Case {
     }
 }
 
+/// A change that leaves the tree as it was (see the probe's `change`): `chmod` or `rename` (onto
+/// itself) of a file or directory, `truncate` of a file (to its length), `mkdir` or `create` of
+/// a new name in a directory. A rename's source is judged for reading too; its `rename-to`
+/// record (the same path, as a write) is implied by it.
+fn change_case(rng: &mut Rng, tree: &Tree, serial: usize) -> Case {
+    let (kind, op, path, source) = match rng.below(5) {
+        0 => {
+            let path = if rng.chance(50) {
+                rng.pick(&tree.files)
+            } else {
+                rng.pick(&tree.dirs)
+            };
+            ("chmod", "chmod", path.clone(), false)
+        }
+        1 => ("truncate", "truncate", rng.pick(&tree.files).clone(), false),
+        2 => {
+            let path = if rng.chance(50) {
+                rng.pick(&tree.files)
+            } else {
+                rng.pick(&tree.dirs)
+            };
+            ("rename", "rename-from", path.clone(), true)
+        }
+        3 => (
+            "mkdir",
+            "mkdir",
+            format!("{}/n{serial}", rng.pick(&tree.dirs)),
+            false,
+        ),
+        _ => (
+            "create",
+            "create",
+            format!("{}/n{serial}", rng.pick(&tree.dirs)),
+            false,
+        ),
+    };
+    Case {
+        category: Category::Change,
+        action: format!("{kind}:{path}"),
+        request: Request::Change {
+            path: path.clone(),
+            source,
+        },
+        op,
+        target: path,
+        access: Some(if source { "read,write" } else { "write" }),
+    }
+}
+
 fn network_case(addr: SocketAddr, udp: bool) -> Case {
     // A UDP send to an IPv4-mapped address goes through the kernel's IPv4 path and is reported
     // with the IPv4 address; a TCP connect is decided in connect6 and keeps the mapped form.
@@ -486,6 +543,8 @@ fn generate(
         cases.push(open_case(&path, rng.below(3)));
         let addr = network_target(rng, base, &ports);
         cases.push(network_case(addr, rng.chance(50)));
+        let serial = cases.len();
+        cases.push(change_case(rng, tree, serial));
     }
     rng.shuffle(&mut cases);
     (text, cases)
@@ -517,7 +576,7 @@ fn compare(
         // Whatever is not EPERM: a connect to a port nobody listens on is refused.
         (Action::Allow, Category::Network) => !denied,
         (Action::Allow, Category::Exec) => result["ok"] == true && result["status"] == 0,
-        (Action::Allow, Category::Open) => result["ok"] == true,
+        (Action::Allow, Category::Open | Category::Change) => result["ok"] == true,
     };
     if !outcome_ok {
         problems.push(format!(
@@ -650,7 +709,7 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
             let by_path = policy.evaluate(&case.request);
             let decision = match case.category {
                 Category::Network => by_path,
-                Category::Exec | Category::Open => {
+                Category::Exec | Category::Open | Category::Change => {
                     let rules =
                         file_identity(Path::new(&case.target)).and_then(|id| image.denied(id));
                     policy.evaluate_with(&case.request, rules)
@@ -711,10 +770,11 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
     let total: usize = counts.values().sum();
     let count = |c| counts.get(&c).copied().unwrap_or(0);
     eprintln!(
-        "differential: {total} cases (exec {}, open {}, network {}), {} mismatches",
+        "differential: {total} cases (exec {}, open {}, network {}, change {}), {} mismatches",
         count(Category::Exec),
         count(Category::Open),
         count(Category::Network),
+        count(Category::Change),
         mismatches.len()
     );
     eprintln!("differential: decisions {decisions:?}");
@@ -733,7 +793,12 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
         mismatches[0]
     );
     assert!(total >= 300, "only {total} cases");
-    for category in [Category::Exec, Category::Open, Category::Network] {
+    for category in [
+        Category::Exec,
+        Category::Open,
+        Category::Network,
+        Category::Change,
+    ] {
         assert!(
             count(category) >= 60,
             "only {} {category:?} cases",
@@ -746,7 +811,7 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
             );
         }
     }
-    for category in [Category::Exec, Category::Open] {
+    for category in [Category::Exec, Category::Open, Category::Change] {
         assert!(
             reasons.contains_key(&(category, "path too long")),
             "no {category:?} case with an over-long path: {reasons:?}"

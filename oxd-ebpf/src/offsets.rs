@@ -208,3 +208,56 @@ pub(crate) fn inode_identity(inode: *const u8) -> (u64, u32) {
         (ino, dev)
     }
 }
+
+/// Offset of `mnt` (the `struct vfsmount`) in `struct mount`.
+#[no_mangle]
+static MOUNT_MNT_OFFSET: u32 = 0;
+
+/// Offset of `mnt_parent` in `struct mount`.
+#[no_mangle]
+static MOUNT_MNT_PARENT_OFFSET: u32 = 0;
+
+/// Offset of `mnt_mountpoint` in `struct mount`.
+#[no_mangle]
+static MOUNT_MNT_MOUNTPOINT_OFFSET: u32 = 0;
+
+/// The offsets [`crate::path::resolve_by_walk`] reads through `bpf_probe_read_kernel` (it
+/// walks from a `struct vfsmount` back to its `struct mount`, a negative offset the verifier
+/// does not allow through BTF pointers).
+#[derive(Clone, Copy)]
+pub(crate) struct WalkOffsets {
+    pub(crate) mount_mnt: u64,
+    pub(crate) mount_parent: u64,
+    pub(crate) mount_mountpoint: u64,
+    pub(crate) mnt_root: u64,
+    pub(crate) d_parent: u64,
+    pub(crate) d_name_len: u64,
+    pub(crate) d_name_name: u64,
+}
+
+/// The offsets of [`WalkOffsets`].
+#[inline(always)]
+pub(crate) fn walk_offsets() -> WalkOffsets {
+    let d_name = offset(&DENTRY_D_NAME_OFFSET) as u64;
+    WalkOffsets {
+        mount_mnt: offset(&MOUNT_MNT_OFFSET) as u64,
+        mount_parent: offset(&MOUNT_MNT_PARENT_OFFSET) as u64,
+        mount_mountpoint: offset(&MOUNT_MNT_MOUNTPOINT_OFFSET) as u64,
+        mnt_root: offset(&VFSMOUNT_MNT_ROOT_OFFSET) as u64,
+        d_parent: offset(&DENTRY_D_PARENT_OFFSET) as u64,
+        d_name_len: d_name + offset(&QSTR_LEN_OFFSET) as u64,
+        d_name_name: d_name + offset(&QSTR_NAME_OFFSET) as u64,
+    }
+}
+
+/// `path->mnt`, as an address.
+#[inline(always)]
+pub(crate) fn path_mnt(path: *const path) -> u64 {
+    // SAFETY: a BTF-checked load of `path.mnt` (module docs).
+    unsafe {
+        *(path
+            .cast::<u8>()
+            .add(offset(&PATH_MNT_OFFSET))
+            .cast::<u64>())
+    }
+}

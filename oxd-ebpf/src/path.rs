@@ -136,7 +136,7 @@ const POS_MASK: u32 = 0x1ff;
 #[inline(always)]
 fn bounded(value: u32) -> u32 {
     // SAFETY: a read of a local.
-    unsafe { core::ptr::read_volatile(&value) & POS_MASK }
+    unsafe { core::ptr::read_volatile(&raw const value) & POS_MASK }
 }
 
 /// Copies the path in `scratch.buf` (`len` bytes with its NUL) into `scratch.key` for a lookup.
@@ -170,29 +170,51 @@ fn resolve_dir(dir: *mut path, scratch: *mut Scratch) -> Result<u32, (Verdict, u
     Ok(len - 1)
 }
 
+/// The furthest [`resolve_child`] appends a name: the name, its `/` and the NUL fit after it.
+const CHILD_END_MAX: u32 = (PATH_BUF_LEN as u32) - NAME_MAX - 2;
+
+/// `value & 0xfff` (a position in the scratch buffer), through a volatile read (see
+/// [`bounded`]).
+#[inline(always)]
+fn in_buf(value: u32) -> u32 {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&raw const value) & 0xfff }
+}
+
 /// The path of the name `dentry` in the directory `dir` (a hook's `const struct path *dir,
 /// struct dentry *dentry`): the directory resolved by `bpf_d_path`, then `/` and the name.
-/// Returns the length with the NUL and prepares `scratch.key`, or the fail-closed verdict (with
-/// the length of what `scratch.buf` holds to record: the directory).
+/// Returns the length with the NUL and prepares `scratch.key`, or the fail-closed verdict with
+/// the length of what `scratch.buf` holds to record (the whole path when it is merely too long
+/// for a rule key).
 #[inline(always)]
 pub(crate) fn resolve_child(
     dir: *mut path,
     dentry: *const u8,
     scratch: *mut Scratch,
 ) -> Result<u32, (Verdict, u32)> {
-    let end = bounded(resolve_dir(dir, scratch)?);
+    // SAFETY: `dir` is a BTF-checked `struct path *`; the buffer is PATH_BUF_LEN bytes.
+    let len = unsafe { bpf_d_path(dir, (*scratch).buf.as_mut_ptr().cast(), PATH_BUF_LEN as u32) };
+    if len <= 0 {
+        return Err((Verdict::deny(reason::PATH_UNRESOLVED), 0));
+    }
+    let end = in_buf(len as u32 - 1);
+    if end > CHILD_END_MAX {
+        return Err((Verdict::deny(reason::PATH_TOO_LONG), end + 1));
+    }
     let (name, name_len) = offsets::dentry_name(dentry);
-    // SAFETY: positions below PATH_KEY_LEN + NAME_MAX + 1, inside our PATH_BUF_LEN buffer.
+    // SAFETY: positions at most CHILD_END_MAX + NAME_MAX + 1, inside our PATH_BUF_LEN buffer.
     unsafe {
         let buf = (*scratch).buf.as_mut_ptr();
         let mut at = end;
         // The root directory resolves to `/`: its children need no second slash.
         if at == 0 || *buf.add((at - 1) as usize) != b'/' {
             *buf.add(at as usize) = b'/';
-            at = bounded(at + 1);
+            at = in_buf(at + 1);
+            if at > CHILD_END_MAX + 1 {
+                return Err((Verdict::deny(reason::PATH_TOO_LONG), 0));
+            }
         }
-        if name_len > NAME_MAX || at + name_len + 1 > PATH_KEY_LEN as u32 {
-            // Record the directory.
+        if name_len > NAME_MAX {
             *buf.add(end as usize) = 0;
             return Err((Verdict::deny(reason::PATH_TOO_LONG), end + 1));
         }
@@ -201,8 +223,14 @@ pub(crate) fn resolve_child(
             *buf.add(end as usize) = 0;
             return Err((Verdict::deny(reason::PATH_UNRESOLVED), end + 1));
         }
-        let total = bounded(at + n);
+        let total = in_buf(at + n);
+        if total > CHILD_END_MAX + NAME_MAX + 1 {
+            return Err((Verdict::deny(reason::PATH_TOO_LONG), 0));
+        }
         *buf.add(total as usize) = 0;
+        if total + 1 > PATH_KEY_LEN as u32 {
+            return Err((Verdict::deny(reason::PATH_TOO_LONG), total + 1));
+        }
         prepare_key(scratch, total + 1)
     }
 }
@@ -332,5 +360,94 @@ pub(crate) fn denied_dentry(dentry: *const u8, slot: u32) -> InodeRules {
     match unsafe { DENIED_INODES.get(key) } {
         Some(rules) => *rules,
         None => NO_INODE_RULES,
+    }
+}
+
+/// Most steps (names and mount crossings) [`resolve_by_walk`] takes before failing closed.
+const MAX_WALK: u32 = 64;
+
+/// Reads a kernel word at `addr` (0 if it cannot be read).
+#[inline(always)]
+fn read_u64(addr: u64) -> u64 {
+    let mut value: u64 = 0;
+    // SAFETY: the helper reads 8 bytes at a kernel address into our local, or fails and
+    // leaves it zeroed.
+    unsafe {
+        gen::bpf_probe_read_kernel((&raw mut value).cast(), 8, addr as *const core::ffi::c_void);
+    }
+    value
+}
+
+/// The path of the name `dentry` (which need not exist yet) in the mount `vfsmount`, built
+/// like the kernel's `d_path` but by hand, for the hooks where `bpf_d_path` is not allowed
+/// (`path_mknod`): the names from `dentry` up to its mount's root, then the mount point's
+/// names in the parent mount, and so on up to the root of the mount tree. Unlike `bpf_d_path`
+/// it ends at the root of the whole mount tree, not at the task's root (the two differ only
+/// under `chroot`). Returns the length with the NUL and prepares `scratch.key`, or the
+/// fail-closed verdict.
+#[inline(always)]
+pub(crate) fn resolve_by_walk(
+    vfsmount: u64,
+    dentry: u64,
+    scratch: *mut Scratch,
+) -> Result<u32, (Verdict, u32)> {
+    let o = offsets::walk_offsets();
+    let unresolved = Err((Verdict::deny(reason::PATH_UNRESOLVED), 0));
+    // SAFETY: `buf` is our PATH_BUF_LEN scratch buffer; every position below is within
+    // REL_START..=REL_END and every copy at most NAME_MAX bytes.
+    unsafe {
+        let buf = (*scratch).buf.as_mut_ptr();
+        let mut mount = vfsmount.wrapping_sub(o.mount_mnt);
+        let mut current = dentry;
+        let mut at = REL_END;
+        let mut steps = 0;
+        let mut done = false;
+        while steps < MAX_WALK {
+            steps += 1;
+            let root = read_u64(mount + o.mount_mnt + o.mnt_root);
+            let parent = read_u64(current + o.d_parent);
+            if current == root || current == parent {
+                let parent_mount = read_u64(mount + o.mount_parent);
+                if parent_mount == mount || parent_mount == 0 {
+                    done = true;
+                    break;
+                }
+                current = read_u64(mount + o.mount_mountpoint);
+                mount = parent_mount;
+                continue;
+            }
+            let name = read_u64(current + o.d_name_name);
+            let name_len = read_u64(current + o.d_name_len) as u32;
+            let n = bounded(name_len) & NAME_MAX;
+            if name_len > NAME_MAX || n + 1 > at - REL_START {
+                return Err((Verdict::deny(reason::PATH_TOO_LONG), 0));
+            }
+            at = REL_START + bounded(at - REL_START - n);
+            if gen::bpf_probe_read_kernel(
+                buf.add(at as usize).cast(),
+                n,
+                name as *const core::ffi::c_void,
+            ) != 0
+            {
+                return unresolved;
+            }
+            at -= 1;
+            *buf.add(at as usize) = b'/';
+            current = parent;
+        }
+        if !done {
+            return unresolved;
+        }
+        let len = forget(buf, 0, REL_END - at);
+        if len == 0 || len + 1 > PATH_KEY_LEN as u32 {
+            return Err((Verdict::deny(reason::PATH_TOO_LONG), 0));
+        }
+        if gen::bpf_probe_read_kernel(buf.cast(), len, buf.add((REL_END - len) as usize).cast())
+            != 0
+        {
+            return unresolved;
+        }
+        *buf.add(len as usize) = 0;
+        prepare_key(scratch, len + 1)
     }
 }

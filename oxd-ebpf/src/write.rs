@@ -19,8 +19,21 @@ use crate::{
     maps::{Scratch, FILE_READ_RULES, FILE_WRITE_RULES, SCRATCH},
     offsets,
     path::{
-        by_identity, denied_dentry, lookup_path, resolve_child, resolve_link_source, resolve_path,
+        by_identity, denied_dentry, lookup_path, resolve_by_walk, resolve_child,
+        resolve_link_source, resolve_path,
     },
+};
+
+/// `S_IFMT` and `S_IFREG` of a mode.
+const S_IFMT: u32 = 0o170_000;
+const S_IFREG: u32 = 0o100_000;
+
+/// No exact deny rule names a file that does not exist yet.
+const NO_RULES: InodeRules = InodeRules {
+    exec: oxd_common::RULE_NONE,
+    read: oxd_common::RULE_NONE,
+    write: oxd_common::RULE_NONE,
+    _pad: 0,
 };
 
 /// `RENAME_EXCHANGE`: both names stay, swapped, so each end is a source.
@@ -59,6 +72,53 @@ fn path_mkdir(ctx: LsmContext) -> i32 {
     }
     let mode: u64 = ctx.arg(2);
     change_name(ctx.arg(0), ctx.arg(1), op::MKDIR, mode as u32 & 0xffff)
+}
+
+/// Decides creating a file: a regular one (`open` with `O_CREAT` of a new file, `mknod` of a
+/// regular file) as `create`, anything else (FIFO, socket, device) as `mknod`; BPF-LSM
+/// `path_mknod`.
+#[lsm(hook = "path_mknod")]
+fn path_mknod(ctx: LsmContext) -> i32 {
+    // int path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode,
+    //                unsigned int dev), then the previous verdict.
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let mode: u64 = ctx.arg(2);
+    let mode = mode as u32 & 0xffff;
+    let kind = mode & S_IFMT;
+    let op = if kind == 0 || kind == S_IFREG {
+        op::CREATE
+    } else {
+        op::MKNOD
+    };
+    let dir: *mut path = ctx.arg(0);
+    let dentry: *const u8 = ctx.arg(1);
+    let gate = Gate::open(governs::FILE);
+    if !gate.decide {
+        return 0;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return -EPERM;
+    };
+    // `bpf_d_path` is not allowed in this hook: the path is walked by hand.
+    let decided = if gate.configured {
+        judge(
+            &gate,
+            scratch,
+            resolve_by_walk(offsets::path_mnt(dir), dentry as u64, scratch),
+            NO_RULES,
+            access::WRITE,
+        )
+    } else {
+        (Verdict::deny(gate.missing_reason()), 0)
+    };
+    record(op, &gate, &decided, scratch, access::WRITE, mode);
+    if refuse(&decided.0, &gate) {
+        return -EPERM;
+    }
+    0
 }
 
 /// Decides creating a symbolic link (its new name; what it points to is decided when it is

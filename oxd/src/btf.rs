@@ -296,6 +296,12 @@ pub struct KernelOffsets {
     pub qstr_len: u32,
     /// `offsetof(struct qstr, name)`.
     pub qstr_name: u32,
+    /// `offsetof(struct mount, mnt)`.
+    pub mount_mnt: u32,
+    /// `offsetof(struct mount, mnt_parent)`.
+    pub mount_mnt_parent: u32,
+    /// `offsetof(struct mount, mnt_mountpoint)`.
+    pub mount_mnt_mountpoint: u32,
 }
 
 impl KernelOffsets {
@@ -317,6 +323,9 @@ impl KernelOffsets {
             dentry_d_inode: btf.member_offset("dentry", "d_inode")?,
             qstr_len: btf.member_offset("qstr", "len")?,
             qstr_name: btf.member_offset("qstr", "name")?,
+            mount_mnt: btf.member_offset("mount", "mnt")?,
+            mount_mnt_parent: btf.member_offset("mount", "mnt_parent")?,
+            mount_mnt_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
         })
     }
 }

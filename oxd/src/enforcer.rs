@@ -39,10 +39,11 @@ pub const LSM_PROGRAMS: [(&str, &str); 3] = [
 
 /// The BPF-LSM programs that decide changes to the file system (`[file]` write rules):
 /// (program, hook). Attached with `file_open` whenever a policy has a `[file]` section.
-pub const WRITE_LSM_PROGRAMS: [(&str, &str); 9] = [
+pub const WRITE_LSM_PROGRAMS: [(&str, &str); 10] = [
     ("path_unlink", "path_unlink"),
     ("path_rmdir", "path_rmdir"),
     ("path_mkdir", "path_mkdir"),
+    ("path_mknod", "path_mknod"),
     ("path_symlink", "path_symlink"),
     ("path_truncate", "path_truncate"),
     ("path_chmod", "path_chmod"),
@@ -288,6 +289,13 @@ impl Enforcer {
             .override_global("DENTRY_D_INODE_OFFSET", &offsets.dentry_d_inode, true)
             .override_global("QSTR_LEN_OFFSET", &offsets.qstr_len, true)
             .override_global("QSTR_NAME_OFFSET", &offsets.qstr_name, true)
+            .override_global("MOUNT_MNT_OFFSET", &offsets.mount_mnt, true)
+            .override_global("MOUNT_MNT_PARENT_OFFSET", &offsets.mount_mnt_parent, true)
+            .override_global(
+                "MOUNT_MNT_MOUNTPOINT_OFFSET",
+                &offsets.mount_mnt_mountpoint,
+                true,
+            )
             .load(OBJECT)?;
         Ok(Self {
             ebpf,

@@ -136,32 +136,7 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                 format!("{} for {access}", describe("open", path, &real)),
             )
         }
-        Probe::Change { op, path } => {
-            let Some(&(op, source, follows)) = CHANGE_OPS.iter().find(|(name, ..)| name == op)
-            else {
-                bail!(
-                    "unknown change `{op}`: one of {}",
-                    CHANGE_OPS.map(|(name, ..)| name).join(", ")
-                );
-            };
-            let real = if follows {
-                resolve(path)?
-            } else {
-                resolve_name(path)?
-            };
-            let what = describe(op, path, &real);
-            (
-                Request::Change {
-                    path: path_string(&real)?,
-                    source,
-                },
-                if source {
-                    format!("{what} (a write, and a read of the source)")
-                } else {
-                    format!("{what} (a write)")
-                },
-            )
-        }
+        Probe::Change { op, path } => change_request(op, path)?,
         Probe::Connect { addr, udp } => {
             let proto = if *udp { "udp" } else { "tcp" };
             (
@@ -216,6 +191,33 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
         why,
         happens,
     })
+}
+
+/// The request of a change `op` (a name of [`CHANGE_OPS`]) at `path`, and its description.
+fn change_request(op: &str, path: &Path) -> Result<(Request, String)> {
+    let Some(&(op, source, follows)) = CHANGE_OPS.iter().find(|(name, ..)| *name == op) else {
+        bail!(
+            "unknown change `{op}`: one of {}",
+            CHANGE_OPS.map(|(name, ..)| name).join(", ")
+        );
+    };
+    let real = if follows {
+        resolve(path)?
+    } else {
+        resolve_name(path)?
+    };
+    let what = describe(op, path, &real);
+    Ok((
+        Request::Change {
+            path: path_string(&real)?,
+            source,
+        },
+        if source {
+            format!("{what} (a write, and a read of the source)")
+        } else {
+            format!("{what} (a write)")
+        },
+    ))
 }
 
 fn describe(op: &str, given: &Path, real: &Path) -> String {

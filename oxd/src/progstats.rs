@@ -15,7 +15,7 @@ use crate::enforcer::{
 };
 
 /// Every program of oxd's kernel object, in the order [`verifier_stats`] reports them.
-pub const PROGRAMS: [&str; 16] = [
+pub const PROGRAMS: [&str; 17] = [
     LSM_PROGRAMS[0].0,
     LSM_PROGRAMS[1].0,
     LSM_PROGRAMS[2].0,
@@ -32,6 +32,7 @@ pub const PROGRAMS: [&str; 16] = [
     WRITE_LSM_PROGRAMS[6].0,
     WRITE_LSM_PROGRAMS[7].0,
     WRITE_LSM_PROGRAMS[8].0,
+    WRITE_LSM_PROGRAMS[9].0,
 ];
 
 /// What the kernel reports about one loaded program.

@@ -25,8 +25,8 @@ const AGENT_ID: u32 = 65534;
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn new(dir: PathBuf) -> Self {
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    fn new(dir: &Path) -> Self {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let target = CString::new(dir.as_os_str().as_bytes()).expect("no NUL");
         // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
         let ret = unsafe {
@@ -45,7 +45,7 @@ impl Tmpfs {
             dir.display(),
             std::io::Error::last_os_error()
         );
-        Self(fs::canonicalize(&dir).expect("canonicalize the tmpfs"))
+        Self(fs::canonicalize(dir).expect("canonicalize the tmpfs"))
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -67,7 +67,7 @@ fn setup(test: &str) -> (Scratch, Tmpfs) {
     let scratch = Scratch::new(test);
     fs::set_permissions(scratch.path(""), fs::Permissions::from_mode(0o755))
         .expect("open the scratch directory to the agent");
-    let tmpfs = Tmpfs::new(scratch.path("fs"));
+    let tmpfs = Tmpfs::new(&scratch.path("fs"));
     // The agent owns the tmpfs's root, so it may create, rename and remove names in it.
     chown(&tmpfs.0, Some(AGENT_ID), Some(AGENT_ID)).expect("chown the tmpfs root");
     (scratch, tmpfs)
@@ -95,9 +95,9 @@ fn attack(scratch: &Scratch, policy: &str, args: &[&str]) -> (Vec<Value>, Vec<Va
     let policy = scratch.policy(policy);
     let log = scratch.path("audit.jsonl");
     let attacker = attack_bin();
-    let mut argv = vec![s(&attacker), "--as", AGENT];
-    argv.extend_from_slice(args);
-    let output = oxd_run(&policy, &log, &argv);
+    let mut command = vec![s(&attacker), "--as", AGENT];
+    command.extend_from_slice(args);
+    let output = oxd_run(&policy, &log, &command);
     assert!(
         output.status.success(),
         "oxd-attack {args:?} did not run to its end: {:?}",
@@ -151,7 +151,8 @@ fn assert_allowed(records: &[Value], op: &str, target: &Path) {
 
 /// With writing denied in `protected/`, no change to it gets through: truncating open,
 /// truncate, unlink, rmdir, rename out of and into it, links out of and into it, a new symbolic
-/// link, a symbolic link renamed over a file, mkdir, chmod, chown to the agent's own ids. The
+/// link, a symbolic link renamed over a file, mkdir, mkfifo, creating a file (`O_CREAT`),
+/// chmod, chown to the agent's own ids. The
 /// same changes in the agent's work directory (controls) succeed.
 #[test]
 fn writes_without_opening_for_write_are_decided() {
@@ -184,6 +185,8 @@ fn writes_without_opening_for_write_are_decided() {
         "symlink",
         "symlink-replace",
         "mkdir",
+        "mkfifo",
+        "create",
         "chmod",
         "chown",
     ] {
@@ -194,6 +197,7 @@ fn writes_without_opening_for_write_are_decided() {
         "control-rename",
         "control-unlink",
         "control-mkdir",
+        "control-create",
     ] {
         assert_step_ok(&steps, name);
     }
@@ -207,7 +211,7 @@ fn writes_without_opening_for_write_are_decided() {
     assert!(meta.file_type().is_file(), "the victim was replaced");
     assert_eq!(meta.permissions().mode() & 0o7777, 0o644, "mode changed");
     assert!(p.join("dir").is_dir(), "rmdir happened");
-    for gone in ["linked", "symlink", "newdir"] {
+    for gone in ["linked", "symlink", "newdir", "fifo", "created"] {
         assert!(
             fs::symlink_metadata(p.join(gone)).is_err(),
             "{gone} was created in the protected directory"
@@ -254,6 +258,9 @@ fn writes_without_opening_for_write_are_decided() {
     assert_denied(&records, "link-to", &p.join("linked"), rule);
     assert_denied(&records, "symlink", &p.join("symlink"), rule);
     assert_denied(&records, "mkdir", &p.join("newdir"), rule);
+    assert_denied(&records, "mknod", &p.join("fifo"), rule);
+    assert_denied(&records, "create", &p.join("created"), rule);
+    assert_allowed(&records, "create", &w.join("created"));
     // The allowed ends of the two-ended operations are recorded too.
     assert_allowed(&records, "rename-to", &w.join("stolen"));
     assert_allowed(&records, "rename-from", &w.join("mine"));
@@ -305,7 +312,7 @@ fn read_denied_files_cannot_be_linked_or_moved_out() {
     }
 }
 
-/// The classic routes around `open` reach `file_open` or fail: an io_uring `IORING_OP_OPENAT`
+/// The classic routes around `open` reach `file_open` or fail: an `io_uring` `IORING_OP_OPENAT`
 /// of a read-denied file is decided like `openat` (EPERM, recorded); `open_by_handle_at` needs
 /// `CAP_DAC_READ_SEARCH`, so the kernel refuses it to uid 65534 with EPERM before any open (no
 /// record: nothing was opened); an `O_PATH` descriptor opens nothing, and reopening it through

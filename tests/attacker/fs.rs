@@ -1,6 +1,6 @@
 //! Techniques of the `fs` family (see the crate documentation): changing files without opening
 //! them for writing, moving or linking a file out of a read-denied subtree, and the classic ways
-//! around `open` (io_uring, `open_by_handle_at`, `O_PATH`).
+//! around `open` (`io_uring`, `open_by_handle_at`, `O_PATH`).
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path};
 
@@ -87,6 +87,24 @@ fn writes(p: &Path, w: &Path) -> Outcome {
             "mkdir",
             &ok(libc::mkdir(c(&p.join("newdir")).as_ptr(), 0o755)),
         );
+        step(
+            "mkfifo",
+            &ok(libc::mknod(
+                c(&p.join("fifo")).as_ptr(),
+                libc::S_IFIFO | 0o644,
+                0,
+            )),
+        );
+        // O_RDONLY, so that only the creation itself is at stake.
+        let fd = libc::open(
+            c(&p.join("created")).as_ptr(),
+            libc::O_RDONLY | libc::O_CREAT,
+            0o644,
+        );
+        step("create", &ok(fd));
+        if fd >= 0 {
+            libc::close(fd);
+        }
         step("chmod", &ok(libc::chmod(victim.as_ptr(), 0o777)));
         step(
             "chown",
@@ -103,6 +121,15 @@ fn writes(p: &Path, w: &Path) -> Outcome {
             "control-unlink",
             &ok(libc::unlink(c(&w.join("junk2")).as_ptr())),
         );
+        let fd = libc::open(
+            c(&w.join("created")).as_ptr(),
+            libc::O_RDONLY | libc::O_CREAT,
+            0o644,
+        );
+        step("control-create", &ok(fd));
+        if fd >= 0 {
+            libc::close(fd);
+        }
         step(
             "control-mkdir",
             &ok(libc::mkdir(c(&w.join("newdir")).as_ptr(), 0o755)),
@@ -137,7 +164,7 @@ fn identity(secret: &Path, w: &Path) -> Outcome {
     Outcome::Done
 }
 
-/// The classic routes around `open`: io_uring's `IORING_OP_OPENAT`, `open_by_handle_at`, and an
+/// The classic routes around `open`: `io_uring`'s `IORING_OP_OPENAT`, `open_by_handle_at`, and an
 /// `O_PATH` descriptor reopened through `/proc/self/fd`.
 fn classic(secret: &Path) -> Outcome {
     let path = c(secret);
@@ -151,29 +178,29 @@ fn classic(secret: &Path) -> Outcome {
         let mut handle = [0u32; 2 + 32];
         handle[0] = 128;
         let mut mount_id = 0;
-        let named = ok(libc::syscall(
+        let named = check(libc::syscall(
             libc::SYS_name_to_handle_at,
             libc::AT_FDCWD,
             path.as_ptr(),
             handle.as_mut_ptr(),
             &raw mut mount_id,
             0,
-        ) as libc::c_int);
+        ));
         step("name-to-handle-at", &named);
         let dir = c(secret.parent().unwrap_or(Path::new("/")));
-        let mount_fd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        let dir_fd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
         let fd = check(libc::syscall(
             libc::SYS_open_by_handle_at,
-            mount_fd,
+            dir_fd,
             handle.as_mut_ptr(),
             libc::O_RDONLY,
         ));
         step("open-by-handle-at", &fd);
-        if let Ok(fd) = fd {
-            libc::close(fd as libc::c_int);
+        if let Ok(fd) = fd.map(libc::c_int::try_from) {
+            libc::close(fd.unwrap_or(-1));
         }
-        if mount_fd >= 0 {
-            libc::close(mount_fd);
+        if dir_fd >= 0 {
+            libc::close(dir_fd);
         }
         // O_PATH opens nothing for reading (no file_open); reopening it through /proc does.
         let opath = libc::open(path.as_ptr(), libc::O_PATH);
@@ -203,11 +230,11 @@ struct UringParams {
     features: u32,
     wq_fd: u32,
     resv: [u32; 3],
-    /// `struct io_sqring_offsets`: head, tail, ring_mask, ring_entries, flags, dropped, array,
-    /// resv1, user_addr.
+    /// `struct io_sqring_offsets`: `head`, `tail`, `ring_mask`, `ring_entries`, `flags`,
+    /// `dropped`, `array`, `resv1`, `user_addr`.
     sq_off: [u32; 10],
-    /// `struct io_cqring_offsets`: head, tail, ring_mask, ring_entries, overflow, cqes, flags,
-    /// resv1, user_addr.
+    /// `struct io_cqring_offsets`: `head`, `tail`, `ring_mask`, `ring_entries`, `overflow`,
+    /// `cqes`, `flags`, `resv1`, `user_addr`.
     cq_off: [u32; 10],
 }
 
@@ -219,6 +246,12 @@ const IORING_OFF_SQES: i64 = 0x1000_0000;
 
 /// Opens `path` for reading through one `IORING_OP_OPENAT` request: the opened descriptor, or
 /// the error the request completed with; the outer error if the ring cannot be used at all.
+#[expect(
+    clippy::cast_ptr_alignment,
+    clippy::cast_possible_truncation,
+    reason = "the rings are page-aligned mappings laid out by the kernel at the offsets it gave; \
+              the ring's descriptor is an int"
+)]
 fn uring_openat(path: &CString) -> io::Result<io::Result<i32>> {
     // SAFETY: the ring is set up, mapped and used as io_uring(7) describes; every pointer is
     // inside the mappings the kernel sized in `params`.

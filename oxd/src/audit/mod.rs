@@ -149,20 +149,7 @@ impl Record {
             op::CONNECT6 => ("connect", socket(false)),
             op::SENDMSG4 => ("sendmsg", socket(true)),
             op::SENDMSG6 => ("sendmsg", socket(false)),
-            op::CREATE => ("create", path()),
-            op::TRUNCATE => ("truncate", path()),
-            op::UNLINK => ("unlink", path()),
-            op::RMDIR => ("rmdir", path()),
-            op::MKDIR => ("mkdir", path()),
-            op::MKNOD => ("mknod", path()),
-            op::SYMLINK => ("symlink", path()),
-            op::RENAME_FROM => ("rename-from", path()),
-            op::RENAME_TO => ("rename-to", path()),
-            op::LINK_FROM => ("link-from", path()),
-            op::LINK_TO => ("link-to", path()),
-            op::CHMOD => ("chmod", path()),
-            op::CHOWN => ("chown", path()),
-            _ => ("unknown", String::new()),
+            other => change_op_name(other).map_or(("unknown", String::new()), |n| (n, path())),
         };
         let is_network = matches!(
             event.op,
@@ -176,18 +163,17 @@ impl Record {
             }
             .to_owned()
         });
-        let access =
-            (event.op == op::OPEN || (op::CREATE..=op::CHOWN).contains(&event.op)).then(|| {
-                match (
-                    event.access & access::READ != 0,
-                    event.access & access::WRITE != 0,
-                ) {
-                    (true, true) => "read,write",
-                    (false, true) => "write",
-                    _ => "read",
-                }
-                .to_owned()
-            });
+        let access = (event.op == op::OPEN || change_op_name(event.op).is_some()).then(|| {
+            match (
+                event.access & access::READ != 0,
+                event.access & access::WRITE != 0,
+            ) {
+                (true, true) => "read,write",
+                (false, true) => "write",
+                _ => "read",
+            }
+            .to_owned()
+        });
         let (rule, rule_text) = if event.rule_id == RULE_DEFAULT {
             ("default".to_owned(), None)
         } else {
@@ -232,6 +218,26 @@ impl Record {
             cgroup_id: event.cgroup_id,
         }
     }
+}
+
+/// The `op` name of a change to the file system (`oxd_common::op::CREATE` to `CHOWN`).
+fn change_op_name(op: u32) -> Option<&'static str> {
+    Some(match op {
+        op::CREATE => "create",
+        op::TRUNCATE => "truncate",
+        op::UNLINK => "unlink",
+        op::RMDIR => "rmdir",
+        op::MKDIR => "mkdir",
+        op::MKNOD => "mknod",
+        op::SYMLINK => "symlink",
+        op::RENAME_FROM => "rename-from",
+        op::RENAME_TO => "rename-to",
+        op::LINK_FROM => "link-from",
+        op::LINK_TO => "link-to",
+        op::CHMOD => "chmod",
+        op::CHOWN => "chown",
+        _ => return None,
+    })
 }
 
 /// Record of decisions lost to a full ring buffer.

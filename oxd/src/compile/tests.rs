@@ -549,3 +549,37 @@ allow = ["/etc/hosts", "/work/**", "/**"]
     }
     assert!(image.paths(PathTable::Exec).is_empty());
 }
+
+#[test]
+fn subtree_rules_also_key_their_directory() {
+    let p = policy(
+        r#"
+[exec]
+allow = ["/usr/bin/**", "/**", "/opt/**", "/opt"]
+[file]
+allow = [{ path = "/work/**", access = ["write"] }]
+deny = [{ path = "/work", access = ["read"] }]
+"#,
+    );
+    let image = compile_ok(&p, 2, 1);
+    let dirs: Vec<(String, u32, &str)> = image
+        .dir_paths(PathTable::Exec)
+        .iter()
+        .map(|e| (e.pattern(), e.prefix_len, rule_id(&p, e.value.rule_id)))
+        .collect();
+    // `/usr/bin/**` also keys `/usr/bin` (with its NUL, as long as `/usr/bin/`); `/**` needs no
+    // such key (its `/` matches `/`); `/opt` is named by an exact rule, which decides it.
+    assert_eq!(dirs, [("/usr/bin".to_owned(), 16 + 9 * 8, "exec.allow[0]")]);
+    let entry = image.dir_paths(PathTable::Exec)[0];
+    assert_eq!(entry.prefix(), b"/usr/bin\0");
+    assert_eq!(u32::from(entry.key.slot), 2);
+    assert_eq!(entry.value.action, action::ALLOW);
+    // Per table: the write subtree keys `/work` for writing; for reading an exact rule names it.
+    let write: Vec<String> = image
+        .dir_paths(PathTable::FileWrite)
+        .iter()
+        .map(PathEntry::pattern)
+        .collect();
+    assert_eq!(write, ["/work"]);
+    assert!(image.dir_paths(PathTable::FileRead).is_empty());
+}
