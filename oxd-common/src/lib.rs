@@ -237,6 +237,11 @@ pub struct PathKey {
 /// Bits of a path-rule prefix taken by the slot.
 pub const SLOT_PREFIX_BITS: u32 = 16;
 
+/// Set in a [`PathKey`]'s `slot` for the keys of the file write trie that name the directories
+/// above a deny rule (exact keys, with their NUL): moving such a directory would move the
+/// denied path, so the source of a rename may not be one (writes).
+pub const ANCESTOR_SLOT_BIT: u16 = 0x8000;
+
 /// Value of a path rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

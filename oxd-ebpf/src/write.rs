@@ -11,7 +11,7 @@
 //! operation is refused if either end is denied.
 
 use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
-use oxd_common::{access, action, governs, op, Config, InodeRules};
+use oxd_common::{access, action, governs, op, Config, InodeRules, ANCESTOR_SLOT_BIT};
 
 use crate::{
     confine::Gate,
@@ -199,13 +199,14 @@ fn path_rename(ctx: LsmContext) -> i32 {
     let source = access::READ | access::WRITE;
     let from = if gate.configured {
         let denied = denied_dentry(old_dentry, gate.slot);
-        judge(
+        let from = judge(
             &gate,
             scratch,
             resolve_child(old_dir, old_dentry, scratch),
             denied,
             source,
-        )
+        );
+        keep_denied_paths(&gate, scratch, from)
     } else {
         (Verdict::deny(gate.missing_reason()), 0)
     };
@@ -258,13 +259,14 @@ fn path_link(ctx: LsmContext) -> i32 {
     let source = access::READ | access::WRITE;
     let from = if gate.configured {
         let denied = denied_dentry(old_dentry, gate.slot);
-        judge(
+        let from = judge(
             &gate,
             scratch,
             resolve_link_source(new_dir, old_dentry, scratch),
             denied,
             source,
-        )
+        );
+        keep_denied_paths(&gate, scratch, from)
     } else {
         (Verdict::deny(gate.missing_reason()), 0)
     };
@@ -345,6 +347,33 @@ fn change_path(file_path: *mut path, op: u32, detail: u32) -> i32 {
         return -EPERM;
     }
     0
+}
+
+/// A rename may not move a directory above a path that a deny rule names (that would move what
+/// the rule denies out of its reach): such a source (of a rename, or of a link, which the
+/// kernel refuses for directories anyway) is denied by that rule (the compiled policy keys
+/// those directories in the write trie's ancestor namespace).
+#[inline(always)]
+fn keep_denied_paths(
+    gate: &Gate,
+    scratch: *mut Scratch,
+    decided: (Verdict, u32),
+) -> (Verdict, u32) {
+    let (verdict, len) = decided;
+    if verdict.decision != action::ALLOW || len == 0 {
+        return decided;
+    }
+    let above = lookup_path(
+        &FILE_WRITE_RULES,
+        scratch,
+        gate.slot | u32::from(ANCESTOR_SLOT_BIT),
+        len,
+        action::ALLOW,
+    );
+    if above.decision == action::DENY {
+        return (above, len);
+    }
+    decided
 }
 
 /// The verdict on a resolved name (or the fail-closed verdict of its resolution), and the

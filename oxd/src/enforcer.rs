@@ -12,7 +12,9 @@ use aya::{
     programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, Lsm},
     Ebpf, EbpfLoader,
 };
-use oxd_common::{counter, Config, InodeKey, InodeRules, PathKey, RuleValue, MAX_POLICY_SLOTS};
+use oxd_common::{
+    counter, Config, InodeKey, InodeRules, PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_POLICY_SLOTS,
+};
 
 /// Kept here until every caller asks [`crate::host`].
 pub use crate::host::bpf_lsm_active;
@@ -322,6 +324,9 @@ impl Enforcer {
             if !dirs.is_empty() {
                 self.write_path_rules(path_map(table), dirs)?;
             }
+            if table == PathTable::FileWrite && !image.ancestor_paths().is_empty() {
+                self.write_path_rules(path_map(table), image.ancestor_paths())?;
+            }
         }
         if !image.inodes().is_empty() {
             let mut inodes: HashMap<_, InodeKey, InodeRules> = HashMap::try_from(
@@ -377,7 +382,7 @@ impl Enforcer {
             let keys: Vec<Key<PathKey>> = trie
                 .keys()
                 .filter_map(std::result::Result::ok)
-                .filter(|k| u32::from(k.data().slot) == slot)
+                .filter(|k| u32::from(k.data().slot & !ANCESTOR_SLOT_BIT) == slot)
                 .collect();
             for key in keys {
                 trie.remove(&key)

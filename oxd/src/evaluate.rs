@@ -120,15 +120,33 @@ impl Policy {
                     }
                 }
             },
-            // Decided as an open for writing (and reading, for a source) of the same path.
-            Request::Change { path, source } => self.evaluate_with(
-                &Request::Open {
-                    path: path.clone(),
-                    read: *source,
-                    write: true,
-                },
-                denied,
-            ),
+            // Decided as an open for writing (and reading, for a source) of the same path; a
+            // source may not be a directory above a path a deny rule names.
+            Request::Change { path, source } => {
+                let decision = self.evaluate_with(
+                    &Request::Open {
+                        path: path.clone(),
+                        read: *source,
+                        write: true,
+                    },
+                    denied,
+                );
+                if !*source || decision.action != Action::Allow {
+                    return decision;
+                }
+                let no_rules: &[PathRule] = &[];
+                let exec = self.exec.as_ref().map_or(no_rules, |e| &e.rules);
+                let (read, write) = self
+                    .file
+                    .as_ref()
+                    .map_or((no_rules, no_rules), |f| (&f.read, &f.write));
+                crate::compile::protected_ancestors(&[exec, read, write])
+                    .into_iter()
+                    .find(|(dir, _)| dir == path)
+                    .map_or(decision, |(_, rule)| {
+                        Decision::new(Action::Deny, Reason::Rule(rule))
+                    })
+            }
             Request::Connect { addr, udp, .. } => match &self.network {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
                 Some(network) => decide_network(&network.rules, network.default, *addr, *udp),
@@ -476,6 +494,41 @@ deny = [{ path = "/secret/**", access = ["read"] }, { path = "/ro/**", access = 
             (Action::Deny, "file.deny[1]".into())
         );
         assert_eq!(change("/ro/x", true), (Action::Deny, "file.deny[1]".into()));
+    }
+
+    #[test]
+    fn directories_above_denied_paths_cannot_be_moved() {
+        let p = policy(
+            r#"
+[exec]
+default = "allow"
+deny = ["/opt/tools/bad"]
+[file]
+default = "allow"
+deny = [{ path = "/ws/proj/secret/**", access = ["read"] }]
+"#,
+        );
+        let change = |path: &str, source| {
+            let d = p.evaluate(&Request::Change {
+                path: path.into(),
+                source,
+            });
+            (d.action, d.rule_label(&p))
+        };
+        // `mv /ws/proj /elsewhere` would move the secret out of its rule's reach.
+        assert_eq!(
+            change("/ws/proj", true),
+            (Action::Deny, "file.deny[0]".into())
+        );
+        assert_eq!(change("/ws", true), (Action::Deny, "file.deny[0]".into()));
+        assert_eq!(
+            change("/opt/tools", true),
+            (Action::Deny, "exec.deny[0]".into())
+        );
+        // Other changes to it, and moving its siblings, are not concerned.
+        assert_eq!(change("/ws/proj", false), (Action::Allow, "default".into()));
+        assert_eq!(change("/ws/other", true), (Action::Allow, "default".into()));
+        assert_eq!(change("/ws/pro", true), (Action::Allow, "default".into()));
     }
 
     #[test]

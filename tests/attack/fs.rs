@@ -270,13 +270,16 @@ fn writes_without_opening_for_write_are_decided() {
     assert_allowed(&records, "mkdir", &w.join("newdir"));
 }
 
-/// A read-denied subtree has no readable other name: `ln secret/key work/k2` and
-/// `mv secret work/other` are refused (the source of a link or rename must be readable, and
-/// `secret/**` covers `secret` itself), so neither new name reads the secret.
+/// A read-denied subtree has no readable other name: `ln secret/key work/k2`,
+/// `mv secret work/other` and `mv proj work/moved` (`secret`'s parent) are refused (the source
+/// of a link or rename must be readable, `secret/**` covers `secret` itself, and a directory
+/// above a denied path cannot be moved), so no new name reads the secret.
 #[test]
 fn read_denied_files_cannot_be_linked_or_moved_out() {
     let (scratch, t) = setup("fs-identity");
-    let (secret, w) = (t.path("secret"), t.path("work"));
+    let (proj, w) = (t.path("proj"), t.path("work"));
+    let secret = proj.join("secret");
+    agent_dir(&proj);
     agent_dir(&secret);
     agent_dir(&w);
     agent_file(&secret.join("key"), "SECRET");
@@ -289,11 +292,16 @@ fn read_denied_files_cannot_be_linked_or_moved_out() {
     let rule = "file.deny[0]";
     assert_step_eperm(&steps, "ln-secret-key");
     assert_step_eperm(&steps, "mv-secret");
-    for read in ["read-k2", "read-other-key"] {
+    assert_step_eperm(&steps, "mv-parent");
+    for read in ["read-k2", "read-other-key", "read-moved-key"] {
         assert_eq!(step(&steps, read)["ok"], false, "{read} read the secret");
     }
     assert!(fs::symlink_metadata(w.join("k2")).is_err(), "linked out");
     assert!(fs::symlink_metadata(w.join("other")).is_err(), "moved out");
+    assert!(
+        fs::symlink_metadata(w.join("moved")).is_err(),
+        "parent moved"
+    );
     assert_eq!(
         fs::read_to_string(secret.join("key")).expect("the secret is still in place"),
         "SECRET"
@@ -301,6 +309,7 @@ fn read_denied_files_cannot_be_linked_or_moved_out() {
     for (op, target) in [
         ("link-from", secret.join("key")),
         ("rename-from", secret.clone()),
+        ("rename-from", proj.clone()),
     ] {
         assert_denied(&records, op, &target, rule);
         assert!(

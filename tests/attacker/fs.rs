@@ -138,8 +138,9 @@ fn writes(p: &Path, w: &Path) -> Outcome {
     Outcome::Done
 }
 
-/// Gives a read-denied file a readable name: `ln secret/key work/k2` and
-/// `mv secret work/other`, then tries to read through the new names.
+/// Gives a read-denied file a readable name: `ln secret/key work/k2`, `mv secret work/other`
+/// and `mv PARENT work/moved` (`secret`'s parent directory), then tries to read through the
+/// new names.
 fn identity(secret: &Path, w: &Path) -> Outcome {
     let read = |path: &Path| std::fs::read(path);
     // SAFETY: plain system calls on NUL-terminated paths that outlive them.
@@ -160,6 +161,19 @@ fn identity(secret: &Path, w: &Path) -> Outcome {
             )),
         );
         step("read-other-key", &read(&w.join("other/key")));
+        let parent = secret.parent().unwrap_or(Path::new("/"));
+        let name = secret.file_name().unwrap_or_default();
+        step(
+            "mv-parent",
+            &ok(libc::rename(
+                c(parent).as_ptr(),
+                c(&w.join("moved")).as_ptr(),
+            )),
+        );
+        step(
+            "read-moved-key",
+            &read(&w.join("moved").join(name).join("key")),
+        );
     }
     Outcome::Done
 }

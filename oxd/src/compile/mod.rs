@@ -13,7 +13,8 @@ use std::path::Path;
 
 use oxd_common::{
     action, governs, mode, proto, Config, InodeKey, InodeRules, NetRule, PathKey, RuleValue,
-    MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_NONE, SLOT_PREFIX_BITS,
+    ANCESTOR_SLOT_BIT, MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_NONE,
+    SLOT_PREFIX_BITS,
 };
 
 pub use self::identity::{file_identity, FileId};
@@ -122,6 +123,8 @@ pub struct SlotImage {
     net: Vec<NetEntry>,
     /// The directories of subtree rules, per table (see [`Self::dir_paths`]).
     dirs: [Vec<PathEntry>; 3],
+    /// The directories above deny rules (see [`Self::ancestor_paths`]).
+    ancestors: Vec<PathEntry>,
 }
 
 impl SlotImage {
@@ -160,6 +163,15 @@ impl SlotImage {
             PathTable::FileRead => &self.dirs[1],
             PathTable::FileWrite => &self.dirs[2],
         }
+    }
+
+    /// The directories above the paths that deny rules name (of every category), each with the
+    /// first such rule: exact keys in the file write trie, in the slot's ancestor namespace
+    /// (`slot | ANCESTOR_SLOT_BIT`). Renaming such a directory would move what the rule denies
+    /// to a path it does not name, so it cannot be the source of a rename. `/` is not one (it
+    /// cannot be renamed).
+    pub fn ancestor_paths(&self) -> &[PathEntry] {
+        &self.ancestors
     }
 
     /// The denied-file entries, one per file.
@@ -214,6 +226,7 @@ pub fn compile(
     let file_read = path_entries(PathTable::FileRead, key_slot, read_rules)?;
     let file_write = path_entries(PathTable::FileWrite, key_slot, write_rules)?;
     let net = net_entries(slot, net_rules)?;
+    let ancestors = ancestor_entries(key_slot, &[exec_rules, read_rules, write_rules]);
     let dirs = [
         dir_entries(key_slot, exec_rules),
         dir_entries(key_slot, read_rules),
@@ -235,7 +248,61 @@ pub fn compile(
         inodes,
         net,
         dirs,
+        ancestors,
     })
+}
+
+/// The directories strictly above each path a deny rule names, in rule order (exec, read,
+/// write), each with the first rule below it; `/` excluded.
+pub fn protected_ancestors(rules: &[&[PathRule]]) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for rule in rules
+        .iter()
+        .flat_map(|r| r.iter())
+        .filter(|r| r.action == Action::Deny)
+    {
+        let named = match &rule.pattern {
+            PathPattern::Exact(path) => path.as_str(),
+            PathPattern::Subtree(dir) => dir.trim_end_matches('/'),
+        };
+        let mut end = named.len();
+        while let Some(slash) = named[..end].rfind('/') {
+            if slash == 0 {
+                break;
+            }
+            let dir = &named[..slash];
+            if !out.iter().any(|(known, _)| known == dir) {
+                out.push((dir.to_owned(), rule.rule));
+            }
+            end = slash;
+        }
+    }
+    out
+}
+
+fn ancestor_entries(slot: u16, rules: &[&[PathRule]]) -> Vec<PathEntry> {
+    protected_ancestors(rules)
+        .into_iter()
+        .filter_map(|(dir, rule_id)| {
+            let (bytes, bits) = pattern_key(&PathPattern::Exact(dir));
+            if bytes.len() > PATH_KEY_LEN {
+                return None;
+            }
+            let mut key = PathKey {
+                slot: slot | ANCESTOR_SLOT_BIT,
+                path: [0; PATH_KEY_LEN],
+            };
+            key.path[..bytes.len()].copy_from_slice(&bytes);
+            Some(PathEntry {
+                prefix_len: SLOT_PREFIX_BITS + bits,
+                key,
+                value: RuleValue {
+                    rule_id,
+                    action: action::DENY,
+                },
+            })
+        })
+        .collect()
 }
 
 /// The exact keys that make each subtree rule `DIR/**` cover `DIR` itself (see

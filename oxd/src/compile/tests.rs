@@ -583,3 +583,36 @@ deny = [{ path = "/work", access = ["read"] }]
     assert_eq!(write, ["/work"]);
     assert!(image.dir_paths(PathTable::FileRead).is_empty());
 }
+
+#[test]
+fn directories_above_deny_rules_are_keyed_in_the_ancestor_namespace() {
+    let p = policy(
+        r#"
+[exec]
+deny = ["/opt/a/bad"]
+[file]
+allow = ["/ws/**"]
+deny = [{ path = "/ws/proj/secret/**", access = ["read"] }, "/opt/a/other"]
+"#,
+    );
+    let image = compile_ok(&p, 3, 1);
+    let keys: Vec<(String, u16, &str)> = image
+        .ancestor_paths()
+        .iter()
+        .map(|e| (e.pattern(), e.key.slot, rule_id(&p, e.value.rule_id)))
+        .collect();
+    let slot = 3 | oxd_common::ANCESTOR_SLOT_BIT;
+    assert_eq!(
+        keys,
+        [
+            ("/opt/a".to_owned(), slot, "exec.deny[0]"),
+            ("/opt".to_owned(), slot, "exec.deny[0]"),
+            ("/ws/proj".to_owned(), slot, "file.deny[0]"),
+            ("/ws".to_owned(), slot, "file.deny[0]"),
+        ]
+    );
+    assert!(image
+        .ancestor_paths()
+        .iter()
+        .all(|e| e.value.action == action::DENY && e.prefix().ends_with(b"\0")));
+}
