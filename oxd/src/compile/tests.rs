@@ -601,7 +601,7 @@ deny = [{ path = "/ws/proj/secret/**", access = ["read"] }, "/opt/a/other"]
         .iter()
         .map(|e| (e.pattern(), e.key.slot, rule_id(&p, e.value.rule_id)))
         .collect();
-    let slot = 3 | oxd_common::ANCESTOR_SLOT_BIT;
+    let slot = 3 | ANCESTOR_SLOT_BIT;
     assert_eq!(
         keys,
         [
