@@ -169,8 +169,22 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
             "deny, not enforced (audit mode: recorded, allowed)".to_owned()
         }
     };
+    // A rename's source denied by a rule that does not match it: a directory above what the
+    // rule denies.
+    let above = match &request {
+        Request::Change { path, source: true } => {
+            crate::compile::protected_ancestors(&policy_path_rules(policy))
+                .iter()
+                .any(|(dir, _)| dir == path)
+        }
+        _ => false,
+    };
     let why = match decision.reason {
         Reason::Rule(id) => match policy.rule(id) {
+            Some(rule) if above => format!(
+                "rule {} `{}` denies a path below it: moving it would move that path",
+                rule.id, rule.text
+            ),
             Some(rule) => format!("rule {} `{}`", rule.id, rule.text),
             None => format!("rule #{id}"),
         },
@@ -218,6 +232,17 @@ fn change_request(op: &str, path: &Path) -> Result<(Request, String)> {
             format!("{what} (a write)")
         },
     ))
+}
+
+/// The path rules of every category, in the order the compiled policy takes them.
+fn policy_path_rules(policy: &Policy) -> [&[crate::policy::PathRule]; 3] {
+    let none: &[crate::policy::PathRule] = &[];
+    let exec = policy.exec.as_ref().map_or(none, |e| &e.rules);
+    let (read, write) = policy
+        .file
+        .as_ref()
+        .map_or((none, none), |f| (&f.read[..], &f.write[..]));
+    [exec, read, write]
 }
 
 fn describe(op: &str, given: &Path, real: &Path) -> String {
