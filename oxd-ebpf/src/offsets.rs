@@ -101,8 +101,8 @@ pub(crate) fn file_identity(file: *const u8) -> (u64, u32) {
     }
 }
 
-// Directory entries, for the hooks that are given a directory and a name (`path_*`), and for
-// the name of a link's source (see `path::resolve_link_source`).
+// Directory entries and mounts, for the paths the `path_*` hooks build by hand (see
+// `path::resolve_by_walk`).
 
 /// Offset of `mnt` in `struct path`.
 #[no_mangle]
@@ -145,44 +145,6 @@ pub(crate) fn path_dentry(path: *const path) -> *const u8 {
             .cast::<u8>()
             .add(offset(&PATH_DENTRY_OFFSET))
             .cast::<*const u8>())
-    }
-}
-
-/// `path->mnt->mnt_root`: the dentry at the root of the path's mount.
-#[inline(always)]
-pub(crate) fn path_mnt_root(path: *const path) -> *const u8 {
-    // SAFETY: BTF-checked loads of `path.mnt` and `vfsmount.mnt_root` (module docs).
-    unsafe {
-        let mnt = *(path
-            .cast::<u8>()
-            .add(offset(&PATH_MNT_OFFSET))
-            .cast::<*const u8>());
-        *(mnt
-            .add(offset(&VFSMOUNT_MNT_ROOT_OFFSET))
-            .cast::<*const u8>())
-    }
-}
-
-/// `dentry->d_parent` (the dentry itself at the root of its file system).
-#[inline(always)]
-pub(crate) fn dentry_parent(dentry: *const u8) -> *const u8 {
-    // SAFETY: a BTF-checked load of `dentry.d_parent` (module docs).
-    unsafe {
-        *(dentry
-            .add(offset(&DENTRY_D_PARENT_OFFSET))
-            .cast::<*const u8>())
-    }
-}
-
-/// `dentry->d_name`: the name's bytes (not NUL-terminated for our purposes) and length.
-#[inline(always)]
-pub(crate) fn dentry_name(dentry: *const u8) -> (*const u8, u32) {
-    // SAFETY: BTF-checked loads of `dentry.d_name.name` and `dentry.d_name.len` (module docs).
-    unsafe {
-        let d_name = dentry.add(offset(&DENTRY_D_NAME_OFFSET));
-        let name = *(d_name.add(offset(&QSTR_NAME_OFFSET)).cast::<*const u8>());
-        let len = *(d_name.add(offset(&QSTR_LEN_OFFSET)).cast::<u32>());
-        (name, len)
     }
 }
 

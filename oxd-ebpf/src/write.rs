@@ -3,8 +3,10 @@
 //! `CONFIG_SECURITY_PATH`, as Debian's are).
 //!
 //! Each hook is given the changed name as a `struct path *` (truncate, chmod, chown), or as a
-//! directory and a name in it (the rest): the directory is resolved with `bpf_d_path` (allowed
-//! in these hooks, which are in the kernel's set of sleepable LSM hooks) and the name appended.
+//! directory and a name in it (the rest). `bpf_d_path` is not allowed in these hooks on 6.1
+//! (they are not in its set of sleepable LSM hooks; on 6.12 all but `path_mknod` are), so the
+//! path is built by hand on both kernels, as `d_path` builds it: the names from the changed
+//! dentry up through its mounts to the root of the mount tree (`path::resolve_by_walk`).
 //! The source of a rename or a link must be allowed for reading too: a file that cannot be read
 //! cannot be moved or linked to a name that can. Each end of a two-ended operation is decided
 //! and recorded on its own (`rename-from` and `rename-to`, `link-from` and `link-to`); the
@@ -18,10 +20,7 @@ use crate::{
     event::{record_path, refuse, start_event, Verdict, EPERM},
     maps::{Scratch, FILE_READ_RULES, FILE_WRITE_RULES, SCRATCH},
     offsets,
-    path::{
-        by_identity, denied_dentry, lookup_path, resolve_by_walk, resolve_child,
-        resolve_link_source, resolve_path,
-    },
+    path::{by_identity, denied_dentry, lookup_path, resolve_by_walk},
 };
 
 /// `S_IFMT` and `S_IFREG` of a mode.
@@ -102,7 +101,6 @@ fn path_mknod(ctx: LsmContext) -> i32 {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return -EPERM;
     };
-    // `bpf_d_path` is not allowed in this hook: the path is walked by hand.
     let decided = if gate.configured {
         judge(
             &gate,
@@ -202,7 +200,7 @@ fn path_rename(ctx: LsmContext) -> i32 {
         let from = judge(
             &gate,
             scratch,
-            resolve_child(old_dir, old_dentry, scratch),
+            resolve_by_walk(offsets::path_mnt(old_dir), old_dentry as u64, scratch),
             denied,
             source,
         );
@@ -221,7 +219,7 @@ fn path_rename(ctx: LsmContext) -> i32 {
         judge(
             &gate,
             scratch,
-            resolve_child(new_dir, new_dentry, scratch),
+            resolve_by_walk(offsets::path_mnt(new_dir), new_dentry as u64, scratch),
             denied,
             wanted,
         )
@@ -262,7 +260,7 @@ fn path_link(ctx: LsmContext) -> i32 {
         let from = judge(
             &gate,
             scratch,
-            resolve_link_source(new_dir, old_dentry, scratch),
+            resolve_by_walk(offsets::path_mnt(new_dir), old_dentry as u64, scratch),
             denied,
             source,
         );
@@ -276,7 +274,7 @@ fn path_link(ctx: LsmContext) -> i32 {
         judge(
             &gate,
             scratch,
-            resolve_child(new_dir, new_dentry, scratch),
+            resolve_by_walk(offsets::path_mnt(new_dir), new_dentry as u64, scratch),
             denied,
             access::WRITE,
         )
@@ -306,7 +304,7 @@ fn change_name(dir: *mut path, dentry: *const u8, op: u32, detail: u32) -> i32 {
         judge(
             &gate,
             scratch,
-            resolve_child(dir, dentry, scratch),
+            resolve_by_walk(offsets::path_mnt(dir), dentry as u64, scratch),
             denied,
             access::WRITE,
         )
@@ -331,11 +329,12 @@ fn change_path(file_path: *mut path, op: u32, detail: u32) -> i32 {
         return -EPERM;
     };
     let decided = if gate.configured {
-        let denied = denied_dentry(offsets::path_dentry(file_path), gate.slot);
+        let dentry = offsets::path_dentry(file_path);
+        let denied = denied_dentry(dentry, gate.slot);
         judge(
             &gate,
             scratch,
-            resolve_path(file_path, scratch),
+            resolve_by_walk(offsets::path_mnt(file_path), dentry as u64, scratch),
             denied,
             access::WRITE,
         )
