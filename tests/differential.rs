@@ -91,6 +91,8 @@ struct Tree {
     files: Vec<String>,
     /// Valid rule paths near the files: exact files, exact directories, subtrees.
     patterns: Vec<String>,
+    /// The tree's directories: targets of changes (`chmod`, `rename`, and new names in them).
+    dirs: Vec<String>,
 }
 
 fn build_tree(scratch: &Path) -> Tree {
@@ -180,7 +182,11 @@ fn build_tree(scratch: &Path) -> Tree {
     patterns.push(format!("{root}/a"));
     patterns.push(format!("{root}/a/bin"));
     patterns.push(format!("{root}/a/x/**"));
-    Tree { files, patterns }
+    Tree {
+        files,
+        patterns,
+        dirs,
+    }
 }
 
 fn quote(s: &str) -> String {
@@ -195,6 +201,8 @@ enum Category {
     /// Mapping a file executable (`mmap`, or `mprotect` after a readable `mmap`), after
     /// opening it for reading.
     Map,
+    /// Changes to the file system (`chmod`, `truncate`, `rename`, `mkdir`, `create`).
+    Change,
 }
 
 /// One action and what to look for in the audit log.
@@ -433,6 +441,55 @@ fn open_case(path: &str, mode: usize) -> Case {
     }
 }
 
+/// A change that leaves the tree as it was (see the probe's `change`): `chmod` or `rename` (onto
+/// itself) of a file or directory, `truncate` of a file (to its length), `mkdir` or `create` of
+/// a new name in a directory. A rename's source is judged for reading too; its `rename-to`
+/// record (the same path, as a write) is implied by it.
+fn change_case(rng: &mut Rng, tree: &Tree, serial: usize) -> Case {
+    let (kind, op, path, source) = match rng.below(5) {
+        0 => {
+            let path = if rng.chance(50) {
+                rng.pick(&tree.files)
+            } else {
+                rng.pick(&tree.dirs)
+            };
+            ("chmod", "chmod", path.clone(), false)
+        }
+        1 => ("truncate", "truncate", rng.pick(&tree.files).clone(), false),
+        2 => {
+            let path = if rng.chance(50) {
+                rng.pick(&tree.files)
+            } else {
+                rng.pick(&tree.dirs)
+            };
+            ("rename", "rename-from", path.clone(), true)
+        }
+        3 => (
+            "mkdir",
+            "mkdir",
+            format!("{}/n{serial}", rng.pick(&tree.dirs)),
+            false,
+        ),
+        _ => (
+            "create",
+            "create",
+            format!("{}/n{serial}", rng.pick(&tree.dirs)),
+            false,
+        ),
+    };
+    Case {
+        category: Category::Change,
+        action: format!("{kind}:{path}"),
+        request: Request::Change {
+            path: path.clone(),
+            source,
+        },
+        op,
+        target: path,
+        access: Some(if source { "read,write" } else { "write" }),
+    }
+}
+
 fn network_case(addr: SocketAddr, udp: bool) -> Case {
     // A UDP send to an IPv4-mapped address goes through the kernel's IPv4 path and is reported
     // with the IPv4 address; a TCP connect is decided in connect6 and keeps the mapped form.
@@ -558,6 +615,8 @@ fn generate(
         if rng.chance(34) {
             cases.push(socket_case(rng));
         }
+        let serial = cases.len();
+        cases.push(change_case(rng, tree, serial));
     }
     rng.shuffle(&mut cases);
     (text, cases)
@@ -577,7 +636,10 @@ struct Decided {
 
 fn request_path(request: &Request) -> &str {
     match request {
-        Request::Exec { path } | Request::MapExec { path } | Request::Open { path, .. } => path,
+        Request::Exec { path }
+        | Request::MapExec { path }
+        | Request::Open { path, .. }
+        | Request::Change { path, .. } => path,
         _ => "",
     }
 }
@@ -588,7 +650,7 @@ fn decide(case: &Case, policy: &Policy, image: &oxd::compile::SlotImage) -> Deci
         || file_identity(Path::new(request_path(&case.request))).and_then(|id| image.denied(id));
     let decision = match case.category {
         Category::Network => by_path,
-        Category::Exec | Category::Open | Category::Map => {
+        Category::Exec | Category::Open | Category::Map | Category::Change => {
             policy.evaluate_with(&case.request, rules())
         }
     };
@@ -651,7 +713,7 @@ fn compare(
         // Whatever is not EPERM: a connect to a port nobody listens on is refused.
         (Action::Allow, Category::Network) => !denied,
         (Action::Allow, Category::Exec) => result["ok"] == true && result["status"] == 0,
-        (Action::Allow, Category::Open | Category::Map) => result["ok"] == true,
+        (Action::Allow, Category::Open | Category::Map | Category::Change) => result["ok"] == true,
     };
     if !outcome_ok {
         problems.push(format!(
@@ -859,11 +921,13 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
     let total: usize = counts.values().sum();
     let count = |c| counts.get(&c).copied().unwrap_or(0);
     eprintln!(
-        "differential: {total} cases (exec {}, open {}, network {}, map {}), {} mismatches",
+        "differential: {total} cases (exec {}, open {}, network {}, map {}, change {}), {} \
+         mismatches",
         count(Category::Exec),
         count(Category::Open),
         count(Category::Network),
         count(Category::Map),
+        count(Category::Change),
         mismatches.len()
     );
     eprintln!("differential: decisions {decisions:?}");
@@ -882,7 +946,12 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
         mismatches[0]
     );
     assert!(total >= 300, "only {total} cases");
-    for category in [Category::Exec, Category::Open, Category::Network] {
+    for category in [
+        Category::Exec,
+        Category::Open,
+        Category::Network,
+        Category::Change,
+    ] {
         assert!(
             count(category) >= 60,
             "only {} {category:?} cases",
@@ -906,7 +975,7 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
             "no mapping case decided by {reason}: {reasons:?}"
         );
     }
-    for category in [Category::Exec, Category::Open] {
+    for category in [Category::Exec, Category::Open, Category::Change] {
         assert!(
             reasons.contains_key(&(category, "path too long")),
             "no {category:?} case with an over-long path: {reasons:?}"

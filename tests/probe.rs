@@ -113,6 +113,36 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A change to the file system at `path` that leaves the tree as it was when allowed: `chmod`
+/// to its own mode, `truncate` to its own length, `rename` onto itself, `mkdir` or `create`
+/// (`O_CREAT|O_WRONLY`) of a new name, removed again.
+fn change(kind: &str, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    match kind {
+        "chmod" => {
+            let mode = std::fs::symlink_metadata(path)?.permissions().mode();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        }
+        "truncate" => std::fs::metadata(path).and_then(|m| {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+            let len = libc::off_t::try_from(m.len()).unwrap_or(libc::off_t::MAX);
+            // SAFETY: truncate(2) on a NUL-terminated path.
+            if unsafe { libc::truncate(c.as_ptr(), len) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        }),
+        "rename" => std::fs::rename(path, path),
+        "mkdir" => std::fs::create_dir(path).and_then(|()| std::fs::remove_dir(path)),
+        _ => OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .and_then(|_| std::fs::remove_file(path)),
+    }
+}
+
 /// Performs one action and reports it; `Err` ends the probe with that exit code.
 fn perform(action: &str) -> Result<(), ExitCode> {
     if let Some(path) = action.strip_prefix("exec:") {
@@ -181,6 +211,11 @@ fn perform(action: &str) -> Result<(), ExitCode> {
             }
         };
         report(action, result);
+    } else if let Some((kind, path)) = action
+        .split_once(':')
+        .filter(|(k, _)| matches!(*k, "chmod" | "truncate" | "rename" | "mkdir" | "create"))
+    {
+        report(action, change(kind, Path::new(path)).map(|()| None));
     } else if let Some(name) = action.strip_prefix("subcgroup:") {
         report(action, join_subcgroup(name).map(|()| None));
     } else if let Some(file) = action.strip_prefix("wait:") {

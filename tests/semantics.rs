@@ -115,9 +115,12 @@ deny = [{{ path = "{secret}", access = ["read"] }}, {{ path = "{notes}", access 
     // allow and deny on the same path and access: deny wins.
     assert_eperm(&results, &read_notes);
     assert_ok(&results, &write_new);
-    // Known limit: the open fails, but O_CREAT has already created an empty file by the time
-    // file_open runs (creation is not decided yet).
+    // Creation is a write too (path_mknod): the file is not even created.
     assert_eperm(&results, write_etc);
+    assert!(
+        fs::symlink_metadata("/etc/oxd-test-should-not-exist").is_err(),
+        "a denied O_CREAT open created the file"
+    );
 
     let records = audit_records(&log);
     let secret_path = secret.display().to_string();

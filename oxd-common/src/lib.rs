@@ -125,6 +125,40 @@ pub mod op {
     /// `connect` or a send on a Unix datagram socket (BPF-LSM `unix_may_send`). `path`,
     /// `path_len` and `peer_pid` as for [`UNIX_CONNECT`] (the receiving socket).
     pub const UNIX_SEND: u32 = 60;
+
+    // Changes to the file system (16-39), each decided by the file write rules on the path it
+    // changes (BPF-LSM `path_*` hooks). `access` holds the accesses judged: `WRITE`, and also
+    // `READ` for the source of a rename or a link (a file that cannot be read cannot be moved
+    // or linked to a readable name). `detail` is 0 unless said otherwise.
+    /// Creating a regular file (`open` with `O_CREAT`, `mknod` of `S_IFREG`), `path_mknod`;
+    /// `detail`: the file mode.
+    pub const CREATE: u32 = 16;
+    /// `truncate(2)` (and, on 6.1, the truncation of an `O_TRUNC` open), `path_truncate`.
+    pub const TRUNCATE: u32 = 17;
+    /// Removing a name (`unlink`), `path_unlink`.
+    pub const UNLINK: u32 = 18;
+    /// Removing a directory, `path_rmdir`.
+    pub const RMDIR: u32 = 19;
+    /// Creating a directory, `path_mkdir`; `detail`: the mode.
+    pub const MKDIR: u32 = 20;
+    /// Creating a device node, FIFO or socket, `path_mknod`; `detail`: the mode (file type
+    /// bits included).
+    pub const MKNOD: u32 = 21;
+    /// Creating a symbolic link (its new name), `path_symlink`.
+    pub const SYMLINK: u32 = 22;
+    /// The old name of a rename, `path_rename`; `detail`: the `RENAME_*` flags.
+    pub const RENAME_FROM: u32 = 23;
+    /// The new name of a rename, `path_rename`; `detail`: the `RENAME_*` flags.
+    pub const RENAME_TO: u32 = 24;
+    /// The existing name of a hard link, `path_link`.
+    pub const LINK_FROM: u32 = 25;
+    /// The new name of a hard link, `path_link`.
+    pub const LINK_TO: u32 = 26;
+    /// Changing a file's mode, `path_chmod`; `detail`: the new mode.
+    pub const CHMOD: u32 = 27;
+    /// Changing a file's owner or group, `path_chown`; `detail`: the new uid (`u32::MAX`:
+    /// unchanged).
+    pub const CHOWN: u32 = 28;
 }
 
 /// Access bits of a file open.
@@ -142,6 +176,9 @@ pub mod fmode {
     /// `__FMODE_EXEC` in `f_flags`: the open flag the kernel's exec path uses (user space
     /// cannot pass it to open(2)).
     pub const EXEC_OPEN_FLAG: u32 = 0x20;
+    /// `O_TRUNC` in `f_flags`: the open empties the file, whatever its access mode (the
+    /// kernel's own permission check asks for write access too).
+    pub const TRUNC_OPEN_FLAG: u32 = 0o1000;
 }
 
 /// Rule actions and decisions.
@@ -313,6 +350,11 @@ pub struct PathKey {
 
 /// Bits of a path-rule prefix taken by the slot.
 pub const SLOT_PREFIX_BITS: u32 = 16;
+
+/// Set in a [`PathKey`]'s `slot` for the keys of the file write trie that name the directories
+/// above a deny rule (exact keys, with their NUL): moving such a directory would move the
+/// denied path, so the source of a rename may not be one (writes).
+pub const ANCESTOR_SLOT_BIT: u16 = 0x8000;
 
 /// Value of a path rule.
 #[repr(C)]

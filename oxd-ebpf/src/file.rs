@@ -37,7 +37,8 @@ fn file_open(ctx: LsmContext) -> i32 {
     if f_mode & fmode::READ != 0 {
         wanted |= access::READ;
     }
-    if f_mode & fmode::WRITE != 0 {
+    // An `O_TRUNC` open empties the file even when opened read-only: a write.
+    if f_mode & fmode::WRITE != 0 || f_flags & fmode::TRUNC_OPEN_FLAG != 0 {
         wanted |= access::WRITE;
     }
     if wanted == 0 {

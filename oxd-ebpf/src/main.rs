@@ -21,6 +21,9 @@
 //!   task ptrace access to, and signals to, tasks outside its confinement; `tty_ioctl`
 //!   (BPF-LSM, `file_ioctl`, and `file_ioctl_compat` from 6.8) denies `TIOCSTI`/`TIOCLINUX`;
 //!   `unix_stream_connect` / `unix_may_send` (BPF-LSM) decide Unix sockets outside it.
+//! - [`write`]: the BPF-LSM `path_*` hooks (`path_unlink`, `path_rmdir`, `path_mkdir`,
+//!   `path_mknod`, `path_symlink`, `path_truncate`, `path_chmod`, `path_chown`, `path_rename`,
+//!   `path_link`) decide every change to the file system as a write to the changed path(s).
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -73,6 +76,7 @@ mod ns;
 mod offsets;
 mod path;
 mod sock;
+mod write;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -339,3 +339,121 @@ pub(crate) fn unix_address_name(addr: u64) -> Option<(i32, u64)> {
     let len = read_at::<i32>(addr, &UNIX_ADDRESS_LEN_OFFSET)?;
     Some((len, addr + offset(&UNIX_ADDRESS_NAME_OFFSET) as u64))
 }
+// Directory entries and mounts, for the paths the `path_*` hooks build by hand (see
+// `path::resolve_by_walk`).
+
+/// Offset of `mnt` in `struct path`.
+#[no_mangle]
+static PATH_MNT_OFFSET: u32 = 0;
+
+/// Offset of `dentry` in `struct path`.
+#[no_mangle]
+static PATH_DENTRY_OFFSET: u32 = 0;
+
+/// Offset of `mnt_root` in `struct vfsmount`.
+#[no_mangle]
+static VFSMOUNT_MNT_ROOT_OFFSET: u32 = 0;
+
+/// Offset of `d_parent` in `struct dentry`.
+#[no_mangle]
+static DENTRY_D_PARENT_OFFSET: u32 = 0;
+
+/// Offset of `d_name` in `struct dentry`.
+#[no_mangle]
+static DENTRY_D_NAME_OFFSET: u32 = 0;
+
+/// Offset of `d_inode` in `struct dentry`.
+#[no_mangle]
+static DENTRY_D_INODE_OFFSET: u32 = 0;
+
+/// Offset of `len` in `struct qstr`.
+#[no_mangle]
+static QSTR_LEN_OFFSET: u32 = 0;
+
+/// Offset of `name` in `struct qstr`.
+#[no_mangle]
+static QSTR_NAME_OFFSET: u32 = 0;
+
+/// `path->dentry`.
+#[inline(always)]
+pub(crate) fn path_dentry(path: *const path) -> *const u8 {
+    // SAFETY: a BTF-checked load of `path.dentry` (module docs).
+    unsafe {
+        *(path
+            .cast::<u8>()
+            .add(offset(&PATH_DENTRY_OFFSET))
+            .cast::<*const u8>())
+    }
+}
+
+/// `dentry->d_inode`: null for a name that does not exist (yet).
+#[inline(always)]
+pub(crate) fn dentry_inode(dentry: *const u8) -> *const u8 {
+    // SAFETY: a BTF-checked load of `dentry.d_inode` (module docs).
+    unsafe {
+        *(dentry
+            .add(offset(&DENTRY_D_INODE_OFFSET))
+            .cast::<*const u8>())
+    }
+}
+
+/// The identity of an inode: (`inode->i_ino`, `inode->i_sb->s_dev`).
+#[inline(always)]
+pub(crate) fn inode_identity(inode: *const u8) -> (u64, u32) {
+    // SAFETY: BTF-checked loads of `inode.i_ino`, `inode.i_sb` and `super_block.s_dev`.
+    unsafe {
+        let ino = *(inode.add(offset(&INODE_I_INO_OFFSET)).cast::<u64>());
+        let sb = *(inode.add(offset(&INODE_I_SB_OFFSET)).cast::<*const u8>());
+        let dev = *(sb.add(offset(&SB_S_DEV_OFFSET)).cast::<u32>());
+        (ino, dev)
+    }
+}
+
+/// Offset of `mnt_parent` in `struct mount`.
+#[no_mangle]
+static MOUNT_MNT_PARENT_OFFSET: u32 = 0;
+
+/// Offset of `mnt_mountpoint` in `struct mount`.
+#[no_mangle]
+static MOUNT_MNT_MOUNTPOINT_OFFSET: u32 = 0;
+
+/// The offsets [`crate::path::resolve_by_walk`] reads through `bpf_probe_read_kernel` (it
+/// walks from a `struct vfsmount` back to its `struct mount`, a negative offset the verifier
+/// does not allow through BTF pointers).
+#[derive(Clone, Copy)]
+pub(crate) struct WalkOffsets {
+    pub(crate) mount_mnt: u64,
+    pub(crate) mount_parent: u64,
+    pub(crate) mount_mountpoint: u64,
+    pub(crate) mnt_root: u64,
+    pub(crate) d_parent: u64,
+    pub(crate) d_name_len: u64,
+    pub(crate) d_name_name: u64,
+}
+
+/// The offsets of [`WalkOffsets`].
+#[inline(always)]
+pub(crate) fn walk_offsets() -> WalkOffsets {
+    let d_name = offset(&DENTRY_D_NAME_OFFSET) as u64;
+    WalkOffsets {
+        mount_mnt: offset(&MOUNT_MNT_OFFSET) as u64,
+        mount_parent: offset(&MOUNT_MNT_PARENT_OFFSET) as u64,
+        mount_mountpoint: offset(&MOUNT_MNT_MOUNTPOINT_OFFSET) as u64,
+        mnt_root: offset(&VFSMOUNT_MNT_ROOT_OFFSET) as u64,
+        d_parent: offset(&DENTRY_D_PARENT_OFFSET) as u64,
+        d_name_len: d_name + offset(&QSTR_LEN_OFFSET) as u64,
+        d_name_name: d_name + offset(&QSTR_NAME_OFFSET) as u64,
+    }
+}
+
+/// `path->mnt`, as an address.
+#[inline(always)]
+pub(crate) fn path_mnt(path: *const path) -> u64 {
+    // SAFETY: a BTF-checked load of `path.mnt` (module docs).
+    unsafe {
+        *(path
+            .cast::<u8>()
+            .add(offset(&PATH_MNT_OFFSET))
+            .cast::<u64>())
+    }
+}

@@ -5,7 +5,7 @@ use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
     bindings::path,
-    helpers::{bpf_d_path, bpf_probe_read_kernel_buf},
+    helpers::{bpf_d_path, bpf_probe_read_kernel_buf, generated as gen},
     maps::LpmTrie,
 };
 use oxd_common::{
@@ -114,5 +114,175 @@ pub(crate) fn by_identity(denied_rule: u32, by_path: Verdict) -> Verdict {
         decision: action::DENY,
         reason: reason::RULE,
         rule_id: denied_rule,
+    }
+}
+
+// Paths of names that a `path_*` hook is given as a dentry in a mount, built by hand:
+// `bpf_d_path` is not allowed in these hooks on 6.1 (nor in `path_mknod` on 6.12).
+
+/// Longest name of one directory entry (the kernel's `NAME_MAX`).
+const NAME_MAX: u32 = 255;
+
+/// Most steps (names and mount crossings) [`resolve_by_walk`] takes before failing closed.
+const MAX_WALK: u32 = 48;
+
+/// Where [`resolve_by_walk`] writes a path, backwards from the end:
+/// `scratch.buf[REL_START..=REL_END]`. Paths longer than the span (2047 bytes) fail closed
+/// without being recorded; longer than a rule key (253 bytes), closed and recorded.
+const REL_START: u32 = 1024;
+const SPAN_MASK: u32 = 0x7ff;
+const REL_END: u32 = REL_START + SPAN_MASK;
+
+/// `value & SPAN_MASK`, through a volatile read so that the compiler cannot drop the mask as
+/// redundant: the verifier only knows the bounds it sees applied to the register it checks.
+#[inline(always)]
+fn in_span(value: u32) -> u32 {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&raw const value) & SPAN_MASK }
+}
+
+/// Where [`forget`] keeps a value: the last 8 bytes of `scratch.buf`, past the span.
+const SPILL: usize = PATH_BUF_LEN - 8;
+
+/// Stores `value` at the end of `scratch.buf` and loads it back, masked: the same value, of
+/// which the verifier knows only the mask. A value loaded from map memory is an unknown scalar
+/// to it, so the states after a loop, whichever iteration left it, are equal and the verifier
+/// explores what follows once (not once per iteration).
+#[inline(always)]
+fn forget(buf: *mut u8, value: u32) -> u32 {
+    // SAFETY: a u32 slot at the end of our PATH_BUF_LEN buffer, 4-byte aligned.
+    unsafe {
+        let slot = buf.add(SPILL).cast::<u32>();
+        core::ptr::write_volatile(slot, value);
+        core::ptr::read_volatile(slot) & SPAN_MASK
+    }
+}
+
+/// Copies the path in `scratch.buf` (`len` bytes with its NUL) into `scratch.key` for a lookup.
+#[inline(always)]
+fn prepare_key(scratch: *mut Scratch, len: u32) -> Result<u32, (Verdict, u32)> {
+    // SAFETY: copying PATH_KEY_LEN bytes between two per-CPU scratch buffers of ours.
+    let copied = unsafe {
+        let src = (*scratch).buf.as_ptr();
+        let dst = &mut *addr_of_mut!((*scratch).key.data.path);
+        bpf_probe_read_kernel_buf(src, dst)
+    };
+    if copied.is_err() {
+        return Err((Verdict::deny(reason::PATH_UNRESOLVED), len));
+    }
+    Ok(len)
+}
+
+/// Reads a kernel word at `addr` (0 if it cannot be read).
+#[inline(always)]
+fn read_u64(addr: u64) -> u64 {
+    let mut value: u64 = 0;
+    // SAFETY: the helper reads 8 bytes at a kernel address into our local, or fails and
+    // leaves it zeroed.
+    unsafe {
+        gen::bpf_probe_read_kernel((&raw mut value).cast(), 8, addr as *const core::ffi::c_void);
+    }
+    value
+}
+
+/// The path of the name `dentry` (which need not exist yet) in the mount `vfsmount`, built
+/// as the kernel's `d_path` builds it: the names from `dentry` up to its mount's root, then the
+/// mount point's names in the parent mount, and so on up to the root of the mount tree (not the
+/// task's root: the two differ only under `chroot`). Returns the path's length with its NUL
+/// (the path in `scratch.buf`, `scratch.key` prepared), or the fail-closed verdict with the
+/// length of what `scratch.buf` holds to record. Names renamed while this runs can give a path
+/// that never existed; the walk still ends (at most [`MAX_WALK`] steps) or fails closed.
+#[inline(always)]
+pub(crate) fn resolve_by_walk(
+    vfsmount: u64,
+    dentry: u64,
+    scratch: *mut Scratch,
+) -> Result<u32, (Verdict, u32)> {
+    let o = offsets::walk_offsets();
+    let unresolved = Err((Verdict::deny(reason::PATH_UNRESOLVED), 0));
+    let too_long = Err((Verdict::deny(reason::PATH_TOO_LONG), 0));
+    // SAFETY: `buf` is our PATH_BUF_LEN scratch buffer; every position below is within
+    // REL_START..=REL_END (or below it, for the result) and every copy at most NAME_MAX bytes
+    // (SPAN_MASK for the result).
+    unsafe {
+        let buf = (*scratch).buf.as_mut_ptr();
+        let mut mount = vfsmount.wrapping_sub(o.mount_mnt);
+        let mut current = dentry;
+        let mut at = REL_END;
+        let mut steps = 0;
+        let mut done = false;
+        while steps < MAX_WALK {
+            steps += 1;
+            // Whichever way the previous step went, the verifier sees the same state here.
+            at = REL_START + forget(buf, at - REL_START);
+            let root = read_u64(mount + o.mount_mnt + o.mnt_root);
+            let parent = read_u64(current + o.d_parent);
+            if current == root || current == parent {
+                let parent_mount = read_u64(mount + o.mount_parent);
+                if parent_mount == mount || parent_mount == 0 {
+                    done = true;
+                    break;
+                }
+                current = read_u64(mount + o.mount_mountpoint);
+                mount = parent_mount;
+                continue;
+            }
+            let name = read_u64(current + o.d_name_name);
+            let name_len = read_u64(current + o.d_name_len) as u32;
+            let n = in_span(name_len) & NAME_MAX;
+            if name_len > NAME_MAX || n + 1 > at - REL_START {
+                return too_long;
+            }
+            at = REL_START + in_span(at - REL_START - n);
+            if gen::bpf_probe_read_kernel(
+                buf.add(at as usize).cast(),
+                n,
+                name as *const core::ffi::c_void,
+            ) != 0
+            {
+                return unresolved;
+            }
+            at -= 1;
+            *buf.add(at as usize) = b'/';
+            current = parent;
+        }
+        if !done {
+            return unresolved;
+        }
+        let len = forget(buf, REL_END - at);
+        if len == 0 {
+            // The root of the mount tree itself.
+            *buf = b'/';
+            *buf.add(1) = 0;
+            return prepare_key(scratch, 2);
+        }
+        // Forward, to the start of the buffer (a copy that overlaps only towards its end).
+        if gen::bpf_probe_read_kernel(buf.cast(), len, buf.add((REL_END - len) as usize).cast())
+            != 0
+        {
+            return unresolved;
+        }
+        *buf.add(len as usize) = 0;
+        if len + 1 > PATH_KEY_LEN as u32 {
+            return Err((Verdict::deny(reason::PATH_TOO_LONG), len + 1));
+        }
+        prepare_key(scratch, len + 1)
+    }
+}
+
+/// The exact deny rules that name the file behind `dentry`; none for a name that does not
+/// exist (a null inode).
+#[inline(always)]
+pub(crate) fn denied_dentry(dentry: *const u8, slot: u32) -> InodeRules {
+    let inode = offsets::dentry_inode(dentry);
+    if inode.is_null() {
+        return NO_INODE_RULES;
+    }
+    let (ino, dev) = offsets::inode_identity(inode);
+    let key = InodeKey { ino, dev, slot };
+    // SAFETY: plain-data key and value.
+    match unsafe { DENIED_INODES.get(key) } {
+        Some(rules) => *rules,
+        None => NO_INODE_RULES,
     }
 }

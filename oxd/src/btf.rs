@@ -334,6 +334,27 @@ pub struct KernelOffsets {
     pub unix_address_len: u32,
     /// `offsetof(struct unix_address, name)`.
     pub unix_address_name: u32,
+    // File-system changes (the `path_*` hooks).
+    /// `offsetof(struct path, mnt)`.
+    pub path_mnt: u32,
+    /// `offsetof(struct path, dentry)`.
+    pub path_dentry: u32,
+    /// `offsetof(struct vfsmount, mnt_root)`.
+    pub vfsmount_mnt_root: u32,
+    /// `offsetof(struct dentry, d_parent)`.
+    pub dentry_d_parent: u32,
+    /// `offsetof(struct dentry, d_name)`.
+    pub dentry_d_name: u32,
+    /// `offsetof(struct dentry, d_inode)`.
+    pub dentry_d_inode: u32,
+    /// `offsetof(struct qstr, len)`.
+    pub qstr_len: u32,
+    /// `offsetof(struct qstr, name)`.
+    pub qstr_name: u32,
+    /// `offsetof(struct mount, mnt_parent)`.
+    pub mount_mnt_parent: u32,
+    /// `offsetof(struct mount, mnt_mountpoint)`.
+    pub mount_mnt_mountpoint: u32,
 }
 
 impl KernelOffsets {
@@ -371,6 +392,16 @@ impl KernelOffsets {
             unix_sock_addr: btf.member_offset("unix_sock", "addr")?,
             unix_address_len: btf.member_offset("unix_address", "len")?,
             unix_address_name: btf.member_offset("unix_address", "name")?,
+            path_mnt: btf.member_offset("path", "mnt")?,
+            path_dentry: btf.member_offset("path", "dentry")?,
+            vfsmount_mnt_root: btf.member_offset("vfsmount", "mnt_root")?,
+            dentry_d_parent: btf.member_offset("dentry", "d_parent")?,
+            dentry_d_name: btf.member_offset("dentry", "d_name")?,
+            dentry_d_inode: btf.member_offset("dentry", "d_inode")?,
+            qstr_len: btf.member_offset("qstr", "len")?,
+            qstr_name: btf.member_offset("qstr", "name")?,
+            mount_mnt_parent: btf.member_offset("mount", "mnt_parent")?,
+            mount_mnt_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
         })
     }
 }

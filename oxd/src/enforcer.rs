@@ -12,7 +12,9 @@ use aya::{
     programs::{links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm},
     Ebpf, EbpfLoader,
 };
-use oxd_common::{counter, Config, InodeKey, InodeRules, PathKey, RuleValue, MAX_POLICY_SLOTS};
+use oxd_common::{
+    counter, Config, InodeKey, InodeRules, PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_POLICY_SLOTS,
+};
 
 /// Kept here until every caller asks [`crate::host`].
 pub use crate::host::bpf_lsm_active;
@@ -68,6 +70,21 @@ pub const IPC_LSM_PROGRAMS: [(&str, &str); 6] = [
 /// `TIOCSTI`/`TIOCLINUX` from 32-bit callers: the kernel has this hook from 6.8 (before, the
 /// compat path calls `file_ioctl`). Attached with [`IPC_LSM_PROGRAMS`] where it exists.
 pub const IPC_COMPAT_LSM_PROGRAM: (&str, &str) = ("tty_ioctl_compat", "file_ioctl_compat");
+
+/// The BPF-LSM programs that decide changes to the file system (`[file]` write rules):
+/// (program, hook). Attached with `file_open` whenever a policy has a `[file]` section.
+pub const WRITE_LSM_PROGRAMS: [(&str, &str); 10] = [
+    ("path_unlink", "path_unlink"),
+    ("path_rmdir", "path_rmdir"),
+    ("path_mkdir", "path_mkdir"),
+    ("path_mknod", "path_mknod"),
+    ("path_symlink", "path_symlink"),
+    ("path_truncate", "path_truncate"),
+    ("path_chmod", "path_chmod"),
+    ("path_chown", "path_chown"),
+    ("path_rename", "path_rename"),
+    ("path_link", "path_link"),
+];
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
 const PINNED_MAPS: [&str; 10] = [
@@ -256,6 +273,7 @@ impl Enforcer {
         .into_iter()
         .flatten()
         .chain(ipc_programs)
+        .chain(policy.file.iter().flat_map(|_| WRITE_LSM_PROGRAMS))
         .collect();
         if policy.namespaces.is_some() {
             enforcer
@@ -351,11 +369,30 @@ impl Enforcer {
             .override_global("UNIX_SOCK_ADDR_OFFSET", &offsets.unix_sock_addr, true)
             .override_global("UNIX_ADDRESS_LEN_OFFSET", &offsets.unix_address_len, true)
             .override_global("UNIX_ADDRESS_NAME_OFFSET", &offsets.unix_address_name, true)
+            .override_global("PATH_MNT_OFFSET", &offsets.path_mnt, true)
+            .override_global("PATH_DENTRY_OFFSET", &offsets.path_dentry, true)
+            .override_global("VFSMOUNT_MNT_ROOT_OFFSET", &offsets.vfsmount_mnt_root, true)
+            .override_global("DENTRY_D_PARENT_OFFSET", &offsets.dentry_d_parent, true)
+            .override_global("DENTRY_D_NAME_OFFSET", &offsets.dentry_d_name, true)
+            .override_global("DENTRY_D_INODE_OFFSET", &offsets.dentry_d_inode, true)
+            .override_global("QSTR_LEN_OFFSET", &offsets.qstr_len, true)
+            .override_global("QSTR_NAME_OFFSET", &offsets.qstr_name, true)
+            .override_global("MOUNT_MNT_PARENT_OFFSET", &offsets.mount_mnt_parent, true)
+            .override_global(
+                "MOUNT_MNT_MOUNTPOINT_OFFSET",
+                &offsets.mount_mnt_mountpoint,
+                true,
+            )
             .load(OBJECT)?;
         Ok(Self {
             ebpf,
             lsm_programs: if needs_lsm {
-                LSM_PROGRAMS.iter().chain(&ipc_programs).copied().collect()
+                LSM_PROGRAMS
+                    .iter()
+                    .chain(&ipc_programs)
+                    .chain(&WRITE_LSM_PROGRAMS)
+                    .copied()
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -373,6 +410,13 @@ impl Enforcer {
             let entries = image.paths(table);
             if !entries.is_empty() {
                 self.write_path_rules(path_map(table), entries)?;
+            }
+            let dirs = image.dir_paths(table);
+            if !dirs.is_empty() {
+                self.write_path_rules(path_map(table), dirs)?;
+            }
+            if table == PathTable::FileWrite && !image.ancestor_paths().is_empty() {
+                self.write_path_rules(path_map(table), image.ancestor_paths())?;
             }
         }
         if !image.inodes().is_empty() {
@@ -429,7 +473,7 @@ impl Enforcer {
             let keys: Vec<Key<PathKey>> = trie
                 .keys()
                 .filter_map(std::result::Result::ok)
-                .filter(|k| u32::from(k.data().slot) == slot)
+                .filter(|k| u32::from(k.data().slot & !ANCESTOR_SLOT_BIT) == slot)
                 .collect();
             for key in keys {
                 trie.remove(&key)
@@ -669,6 +713,7 @@ impl Enforcer {
             .iter()
             .chain(&IPC_LSM_PROGRAMS)
             .chain([&IPC_COMPAT_LSM_PROGRAM])
+            .chain(&WRITE_LSM_PROGRAMS)
         {
             self.unpin_link(&format!("lsm-{name}"), name)?;
         }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use oxd_common::{InodeRules, PATH_KEY_LEN, RULE_NONE};
 
-use crate::policy::{Action, NetworkRule, PathRule, Policy, Protocol};
+use crate::policy::{Action, NetworkRule, PathPattern, PathRule, Policy, Protocol};
 
 /// An action a confined agent attempts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +24,10 @@ pub enum Request {
     /// Mapping the file at this resolved path executable (`mmap` with `PROT_EXEC`, or `mprotect`
     /// adding it): decided by the exec rules, as an exec of the file.
     MapExec { path: String },
+    /// Changing the file system at this resolved path (creating, truncating, removing,
+    /// renaming, linking, changing mode or owner): a write. With `source`, the path is the
+    /// source of a rename or a hard link, which must be allowed for reading too.
+    Change { path: String, source: bool },
     /// Connecting (or, with `send`, sending a UDP datagram) to an address, from a socket not
     /// bound to a source address.
     Connect {
@@ -174,6 +178,35 @@ impl Policy {
         self.evaluate_with(request, None)
     }
 
+    /// A change to the file system at `path`: decided as an open for writing (and reading, for
+    /// the source of a rename or link) of the same path; a source may not be a directory above
+    /// a path a deny rule names.
+    fn decide_change(&self, path: &str, source: bool, denied: Option<InodeRules>) -> Decision {
+        let decision = self.evaluate_with(
+            &Request::Open {
+                path: path.to_owned(),
+                read: source,
+                write: true,
+            },
+            denied,
+        );
+        if !source || decision.action != Action::Allow {
+            return decision;
+        }
+        let no_rules: &[PathRule] = &[];
+        let exec = self.exec.as_ref().map_or(no_rules, |e| &e.rules);
+        let (read, write) = self
+            .file
+            .as_ref()
+            .map_or((no_rules, no_rules), |f| (&f.read, &f.write));
+        crate::compile::protected_ancestors(&[exec, read, write])
+            .into_iter()
+            .find(|(dir, _)| dir == path)
+            .map_or(decision, |(_, rule)| {
+                Decision::new(Action::Deny, Reason::Rule(rule))
+            })
+    }
+
     /// Decides `request`, given the exact deny rules that name the file by identity, as the
     /// kernel finds them in its denied-file map: from [`crate::compile::SlotImage::denied`] or
     /// [`crate::compile::denied_files`] for the file's [`crate::compile::file_identity`].
@@ -218,6 +251,7 @@ impl Policy {
                     }
                 }
             },
+            Request::Change { path, source } => self.decide_change(path, *source, denied),
             Request::Connect { addr, udp, .. } => match &self.network {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
                 Some(network) => decide_network(
@@ -283,11 +317,18 @@ fn decide_path(rules: &[PathRule], default: Action, path: &str) -> Decision {
         return Decision::new(Action::Deny, Reason::PathTooLong);
     }
     // The kernel's longest-prefix match: at most one rule per pattern, and the longest key
-    // among the matching ones is the most specific.
+    // among the matching ones is the most specific. A subtree matching its own directory is as
+    // specific as an exact rule naming that directory; the exact rule wins (the compiled
+    // policy holds only its key there).
     rules
         .iter()
         .filter(|r| r.pattern.matches(path))
-        .max_by_key(|r| r.pattern.specificity())
+        .max_by_key(|r| {
+            (
+                r.pattern.specificity(),
+                matches!(r.pattern, PathPattern::Exact(_)),
+            )
+        })
         .map_or(Decision::new(default, Reason::Default), |r| {
             Decision::new(r.action, Reason::Rule(r.rule))
         })
@@ -641,6 +682,134 @@ deny = ["/usr/bin/id"]
         for op in NamespaceOp::ALL {
             assert_eq!(NamespaceOp::from_name(op.as_str()), Some(op));
         }
+    }
+
+    #[test]
+    fn subtree_rules_cover_their_directory() {
+        let p = policy(
+            r#"
+[file]
+default = "allow"
+deny = ["/work/secret/**", { path = "/data/**", access = ["write"] }]
+allow = [{ path = "/data", access = ["write"] }, "/work/secret/ok/**"]
+"#,
+        );
+        let change = |path: &str, source| {
+            let d = p.evaluate(&Request::Change {
+                path: path.into(),
+                source,
+            });
+            (d.action, d.rule_label(&p))
+        };
+        // `rmdir /work/secret`, `mv /work/secret x`: changes to the subtree.
+        assert_eq!(
+            change("/work/secret", false),
+            (Action::Deny, "file.deny[0]".into())
+        );
+        assert_eq!(
+            change("/work/secret", true),
+            (Action::Deny, "file.deny[0]".into())
+        );
+        assert_eq!(
+            change("/work/secret/ok", false),
+            (Action::Allow, "file.allow[1]".into())
+        );
+        assert_eq!(
+            change("/work/secretx", false),
+            (Action::Allow, "default".into())
+        );
+        assert_eq!(change("/work", false), (Action::Allow, "default".into()));
+        // An exact rule naming the directory is more specific than the subtree's cover.
+        assert_eq!(
+            change("/data", false),
+            (Action::Allow, "file.allow[0]".into())
+        );
+        assert_eq!(
+            change("/data/x", false),
+            (Action::Deny, "file.deny[1]".into())
+        );
+        // Reading it as a directory listing: the subtree covers the directory for reads too.
+        let d = p.evaluate(&Request::Open {
+            path: "/work/secret".into(),
+            read: true,
+            write: false,
+        });
+        assert_eq!(
+            (d.action, d.rule_label(&p)),
+            (Action::Deny, "file.deny[0]".into())
+        );
+        // And for exec, `/**` still covers `/`.
+        let e = policy("[exec]\ndefault = \"allow\"\ndeny = [\"/opt/**\", \"/**\"]\n");
+        assert_eq!(exec(&e, "/opt"), (Action::Deny, "exec.deny[0]".into()));
+        assert_eq!(exec(&e, "/"), (Action::Deny, "exec.deny[1]".into()));
+    }
+
+    #[test]
+    fn a_source_must_be_readable_and_writable() {
+        let p = policy(
+            r#"
+[file]
+default = "allow"
+deny = [{ path = "/secret/**", access = ["read"] }, { path = "/ro/**", access = ["write"] }]
+"#,
+        );
+        let change = |path: &str, source| {
+            let d = p.evaluate(&Request::Change {
+                path: path.into(),
+                source,
+            });
+            (d.action, d.rule_label(&p))
+        };
+        // `ln /secret/key k2`, `mv /secret/key k2`: the source is read-denied.
+        assert_eq!(
+            change("/secret/key", true),
+            (Action::Deny, "file.deny[0]".into())
+        );
+        // Removing it is only a write.
+        assert_eq!(
+            change("/secret/key", false),
+            (Action::Allow, "default".into())
+        );
+        assert_eq!(
+            change("/ro/x", false),
+            (Action::Deny, "file.deny[1]".into())
+        );
+        assert_eq!(change("/ro/x", true), (Action::Deny, "file.deny[1]".into()));
+    }
+
+    #[test]
+    fn directories_above_denied_paths_cannot_be_moved() {
+        let p = policy(
+            r#"
+[exec]
+default = "allow"
+deny = ["/opt/tools/bad"]
+[file]
+default = "allow"
+deny = [{ path = "/ws/proj/secret/**", access = ["read"] }]
+"#,
+        );
+        let change = |path: &str, source| {
+            let d = p.evaluate(&Request::Change {
+                path: path.into(),
+                source,
+            });
+            (d.action, d.rule_label(&p))
+        };
+        // `mv /ws/proj /elsewhere` would move the secret out of its rule's reach.
+        assert_eq!(
+            change("/ws/proj", true),
+            (Action::Deny, "file.deny[0]".into())
+        );
+        assert_eq!(change("/ws", true), (Action::Deny, "file.deny[0]".into()));
+        assert_eq!(
+            change("/opt/tools", true),
+            (Action::Deny, "exec.deny[0]".into())
+        );
+        // Other changes to it, and moving its siblings, are not concerned.
+        assert_eq!(change("/ws/proj", false), (Action::Allow, "default".into()));
+        assert_eq!(change("/ws/other", true), (Action::Allow, "default".into()));
+        assert_eq!(change("/ws/pro", true), (Action::Allow, "default".into()));
     }
 
     #[test]

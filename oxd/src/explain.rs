@@ -42,6 +42,43 @@ pub enum Probe {
     /// Connecting or sending to a Unix socket (`@name`: abstract) created inside or outside
     /// the agent's confinement.
     Unix { path: String, inside: bool },
+    /// Changing the file system at this path, by operation `op` (an audit `op` name of
+    /// [`CHANGE_OPS`]).
+    Change { op: String, path: PathBuf },
+}
+
+/// The file-system changes `oxd explain --change` knows: (audit `op`, whether it is the source
+/// of a rename or link, judged as a read too, whether the kernel follows a final symlink).
+pub const CHANGE_OPS: [(&str, bool, bool); 13] = [
+    ("create", false, false),
+    ("truncate", false, true),
+    ("unlink", false, false),
+    ("rmdir", false, false),
+    ("mkdir", false, false),
+    ("mknod", false, false),
+    ("symlink", false, false),
+    ("rename-from", true, false),
+    ("rename-to", false, false),
+    ("link-from", true, false),
+    ("link-to", false, false),
+    ("chmod", false, true),
+    ("chown", false, true),
+];
+
+/// Resolves the name a change acts on: the directory as the kernel resolves it, then the name
+/// itself (a final symlink is the name removed, renamed or linked, not followed).
+fn resolve_name(path: &Path) -> Result<PathBuf> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            Ok(resolve(parent)?.join(name))
+        }
+        _ => resolve(path),
+    }
 }
 
 /// Where the other party of an ipc probe stands, in words.
@@ -183,6 +220,7 @@ fn request_for(probe: &Probe) -> Result<(Request, String)> {
             }
             .to_owned(),
         ),
+        Probe::Change { op, path } => change_request(op, path)?,
         Probe::Namespace(op) => (Request::Namespace { op: *op }, op.as_str().to_owned()),
         Probe::Ptrace { inside } => (
             Request::Ptrace { inside: *inside },
@@ -213,13 +251,14 @@ fn request_for(probe: &Probe) -> Result<(Request, String)> {
 /// links), as the kernel finds them by the file's identity.
 fn denied_identity(policy: &Policy, request: &Request) -> Option<oxd_common::InodeRules> {
     match request {
-        Request::Exec { path } | Request::MapExec { path } | Request::Open { path, .. } => {
-            file_identity(Path::new(path)).and_then(|id| {
-                denied_files(policy, &file_identity)
-                    .into_iter()
-                    .find_map(|(file, rules)| (file == id).then_some(rules))
-            })
-        }
+        Request::Exec { path }
+        | Request::MapExec { path }
+        | Request::Open { path, .. }
+        | Request::Change { path, .. } => file_identity(Path::new(path)).and_then(|id| {
+            denied_files(policy, &file_identity)
+                .into_iter()
+                .find_map(|(file, rules)| (file == id).then_some(rules))
+        }),
         _ => None,
     }
 }
@@ -228,6 +267,10 @@ fn denied_identity(policy: &Policy, request: &Request) -> Option<oxd_common::Ino
 fn why(policy: &Policy, probe: &Probe, request: &Request, reason: Reason) -> String {
     match reason {
         Reason::Rule(id) => match policy.rule(id) {
+            Some(rule) if denies_a_path_below(policy, request) => format!(
+                "rule {} `{}` denies a path below it: moving it would move that path",
+                rule.id, rule.text
+            ),
             Some(rule) => format!("rule {} `{}`", rule.id, rule.text),
             None => format!("rule #{id}"),
         },
@@ -258,6 +301,57 @@ fn why(policy: &Policy, probe: &Probe, request: &Request, reason: Reason) -> Str
         }
         Reason::TtyInject => "pushing input into a terminal is never allowed".to_owned(),
     }
+}
+
+/// Whether `request` is a rename's or link's source that is a directory above a path a rule
+/// denies (denied by a rule that does not match it).
+fn denies_a_path_below(policy: &Policy, request: &Request) -> bool {
+    match request {
+        Request::Change { path, source: true } => {
+            crate::compile::protected_ancestors(&policy_path_rules(policy))
+                .iter()
+                .any(|(dir, _)| dir == path)
+        }
+        _ => false,
+    }
+}
+
+/// The request of a change `op` (a name of [`CHANGE_OPS`]) at `path`, and its description.
+fn change_request(op: &str, path: &Path) -> Result<(Request, String)> {
+    let Some(&(op, source, follows)) = CHANGE_OPS.iter().find(|(name, ..)| *name == op) else {
+        bail!(
+            "unknown change `{op}`: one of {}",
+            CHANGE_OPS.map(|(name, ..)| name).join(", ")
+        );
+    };
+    let real = if follows {
+        resolve(path)?
+    } else {
+        resolve_name(path)?
+    };
+    let what = describe(op, path, &real);
+    Ok((
+        Request::Change {
+            path: path_string(&real)?,
+            source,
+        },
+        if source {
+            format!("{what} (a write, and a read of the source)")
+        } else {
+            format!("{what} (a write)")
+        },
+    ))
+}
+
+/// The path rules of every category, in the order the compiled policy takes them.
+fn policy_path_rules(policy: &Policy) -> [&[crate::policy::PathRule]; 3] {
+    let none: &[crate::policy::PathRule] = &[];
+    let exec = policy.exec.as_ref().map_or(none, |e| &e.rules);
+    let (read, write) = policy
+        .file
+        .as_ref()
+        .map_or((none, none), |f| (&f.read[..], &f.write[..]));
+    [exec, read, write]
 }
 
 /// Why the default decided `request`.

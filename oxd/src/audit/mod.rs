@@ -8,14 +8,18 @@
 //! - `op`: `exec`, `open`, `mmap-exec` and `mprotect-exec` (mapping a file executable, or
 //!   making a file mapping executable; recorded when denied, and in audit mode when allowed),
 //!   `connect` or `sendmsg` (a UDP send with a destination), `socket` (creating an ICMP ping,
-//!   raw or other non-TCP/UDP inet socket);
+//!   raw or other non-TCP/UDP inet socket); the changes to the file system `create`,
+//!   `truncate`, `unlink`, `rmdir`, `mkdir`, `mknod`, `symlink`, `rename-from`, `rename-to`,
+//!   `link-from`, `link-to`, `chmod`, `chown` (one record per end of a rename or link);
 //! - `op` (namespaces, `[process] namespaces`): `userns-create`, `mount`, `umount`,
 //!   `move-mount`, `pivot-root`, `chroot`, `capable` (a capability in another user namespace,
 //!   or `CAP_SYS_CHROOT`: how `setns` is checked; recorded when denied);
+//! - `op` (ipc): `ptrace`, `signal`, `tty-inject`, `unix-connect`, `unix-send`;
 //! - `detail` (`mount`, `umount`: the flags; `capable`: the capability number);
-//! - `target`: the resolved path of the executed or opened file, or `ip:port` (`[ipv6]:port`),
-//!   or for `socket` the family, type and IP protocol (`ipv4 dgram proto 1`);
-//! - `access` (open only): `read`, `write` or `read,write`;
+//! - `target`: the resolved path of the executed, opened or changed file, or `ip:port`
+//!   (`[ipv6]:port`), or for `socket` the family, type and IP protocol (`ipv4 dgram proto 1`);
+//! - `access` (open and file-system changes): `read`, `write` or `read,write` (the source of
+//!   a rename or link is judged for both);
 //! - `protocol` (connect, sendmsg and socket only): `tcp`, `udp`, `icmp`, `raw` or `other`;
 //! - `decision`: `allow` or `deny`; `enforced`: false when the policy is in audit mode (a
 //!   `deny` that was recorded but not enforced);
@@ -186,9 +190,10 @@ impl Record {
             op::SENDMSG6 => ("sendmsg", socket(false)),
             op::SOCKET => ("socket", socket_target(event.detail)),
             op::MOUNT => ("mount", path()),
-            other => match namespace_op(other) {
-                Some(name) => (name, String::new()),
-                None => ipc_target(event).unwrap_or(("unknown", String::new())),
+            other => match (namespace_op(other), change_op_name(other)) {
+                (Some(name), _) => (name, String::new()),
+                (None, Some(name)) => (name, path()),
+                (None, None) => ipc_target(event).unwrap_or(("unknown", String::new())),
             },
         };
         let detail = matches!(
@@ -196,31 +201,8 @@ impl Record {
             op::MOUNT | op::UMOUNT | op::CAPABLE | op::PTRACE | op::SIGNAL | op::TTY_INJECT
         )
         .then_some(event.detail);
-        let is_network = matches!(
-            event.op,
-            op::CONNECT4 | op::CONNECT6 | op::SENDMSG4 | op::SENDMSG6 | op::SOCKET
-        );
-        let protocol = is_network.then(|| {
-            match event.proto {
-                proto::TCP => "tcp",
-                proto::UDP => "udp",
-                proto::ICMP => "icmp",
-                proto::RAW => "raw",
-                _ => "other",
-            }
-            .to_owned()
-        });
-        let access = (event.op == op::OPEN).then(|| {
-            match (
-                event.access & access::READ != 0,
-                event.access & access::WRITE != 0,
-            ) {
-                (true, true) => "read,write",
-                (false, true) => "write",
-                _ => "read",
-            }
-            .to_owned()
-        });
+        let protocol = protocol_of(event);
+        let access = access_of(event);
         let (rule, rule_text) = if event.rule_id == RULE_DEFAULT {
             ("default".to_owned(), None)
         } else {
@@ -262,6 +244,39 @@ impl Record {
     }
 }
 
+/// The record's `protocol`: for network ops only.
+fn protocol_of(event: &Event) -> Option<String> {
+    let is_network = matches!(
+        event.op,
+        op::CONNECT4 | op::CONNECT6 | op::SENDMSG4 | op::SENDMSG6 | op::SOCKET
+    );
+    is_network.then(|| {
+        match event.proto {
+            proto::TCP => "tcp",
+            proto::UDP => "udp",
+            proto::ICMP => "icmp",
+            proto::RAW => "raw",
+            _ => "other",
+        }
+        .to_owned()
+    })
+}
+
+/// The record's `access`: for opens and file-system changes only.
+fn access_of(event: &Event) -> Option<String> {
+    (event.op == op::OPEN || change_op_name(event.op).is_some()).then(|| {
+        match (
+            event.access & access::READ != 0,
+            event.access & access::WRITE != 0,
+        ) {
+            (true, true) => "read,write",
+            (false, true) => "write",
+            _ => "read",
+        }
+        .to_owned()
+    })
+}
+
 /// The record's `reason` for a kernel [`reason`] code.
 fn reason_text(reason: u32) -> &'static str {
     match reason {
@@ -290,6 +305,26 @@ fn namespace_op(event_op: u32) -> Option<&'static str> {
         op::PIVOT_ROOT => "pivot-root",
         op::CHROOT => "chroot",
         op::CAPABLE => "capable",
+        _ => return None,
+    })
+}
+
+/// The `op` name of a change to the file system (`oxd_common::op::CREATE` to `CHOWN`).
+fn change_op_name(op: u32) -> Option<&'static str> {
+    Some(match op {
+        op::CREATE => "create",
+        op::TRUNCATE => "truncate",
+        op::UNLINK => "unlink",
+        op::RMDIR => "rmdir",
+        op::MKDIR => "mkdir",
+        op::MKNOD => "mknod",
+        op::SYMLINK => "symlink",
+        op::RENAME_FROM => "rename-from",
+        op::RENAME_TO => "rename-to",
+        op::LINK_FROM => "link-from",
+        op::LINK_TO => "link-to",
+        op::CHMOD => "chmod",
+        op::CHOWN => "chown",
         _ => return None,
     })
 }

@@ -10,7 +10,7 @@ use oxd::{
 };
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect", "socket", "namespace", "ptrace", "signal", "tty_inject", "unix"])))]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect", "socket", "namespace", "ptrace", "signal", "tty_inject", "unix", "change"])))]
 #[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
 #[expect(
     clippy::struct_excessive_bools,
@@ -66,6 +66,10 @@ pub(crate) struct ExplainArgs {
     /// The other task or socket is inside the agent's confinement.
     #[arg(long)]
     inside: bool,
+    /// Changing the file system at PATH by OP: create, truncate, unlink, rmdir, mkdir, mknod,
+    /// symlink, rename-from, rename-to, link-from, link-to, chmod, chown.
+    #[arg(long, num_args = 2, value_names = ["OP", "PATH"])]
+    change: Option<Vec<String>>,
 }
 
 fn parse_namespace_op(name: &str) -> Result<NamespaceOp, String> {
@@ -77,6 +81,12 @@ fn parse_namespace_op(name: &str) -> Result<NamespaceOp, String> {
 
 impl ExplainArgs {
     fn probe(&self) -> Result<Probe> {
+        if let Some([op, path]) = self.change.as_deref() {
+            return Ok(Probe::Change {
+                op: op.clone(),
+                path: PathBuf::from(path),
+            });
+        }
         if let Some(path) = &self.exec {
             return Ok(Probe::Exec(path.clone()));
         }
@@ -128,7 +138,7 @@ impl ExplainArgs {
         }
         bail!(
             "name an action: --exec PATH, --map PATH, --open PATH --read|--write, --connect ADDR, \
-             --socket KIND, --namespace OP, --ptrace, --signal SIG, --tty-inject or --unix PATH"
+             --socket KIND, --namespace OP, --ptrace, --signal SIG, --tty-inject, --unix PATH or --change OP PATH"
         )
     }
 }

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use oxd_common::{
     action, governs, mode, proto, Config, InodeKey, InodeRules, NetRule, PathKey, RuleValue,
-    MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_DEFAULT, RULE_NONE,
-    SLOT_PREFIX_BITS,
+    ANCESTOR_SLOT_BIT, MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_DEFAULT,
+    RULE_NONE, SLOT_PREFIX_BITS,
 };
 
 pub use self::identity::{file_identity, FileId};
@@ -121,6 +121,10 @@ pub struct SlotImage {
     file_write: Vec<PathEntry>,
     inodes: Vec<InodeEntry>,
     net: Vec<NetEntry>,
+    /// The directories of subtree rules, per table (see [`Self::dir_paths`]).
+    dirs: [Vec<PathEntry>; 3],
+    /// The directories above deny rules (see [`Self::ancestor_paths`]).
+    ancestors: Vec<PathEntry>,
 }
 
 impl SlotImage {
@@ -146,6 +150,28 @@ impl SlotImage {
             PathTable::FileRead => &self.file_read,
             PathTable::FileWrite => &self.file_write,
         }
+    }
+
+    /// The entries that make a subtree rule `DIR/**` cover `DIR` itself: an exact key for the
+    /// directory (`DIR` and its NUL, as long as the subtree's key `DIR/`), with the subtree
+    /// rule's value. None where an exact rule names the directory (it is the more specific), nor
+    /// for `/**` (whose key `/` already matches `/`). They go into the same trie as
+    /// [`Self::paths`], so a subtree rule takes two entries.
+    pub fn dir_paths(&self, table: PathTable) -> &[PathEntry] {
+        match table {
+            PathTable::Exec => &self.dirs[0],
+            PathTable::FileRead => &self.dirs[1],
+            PathTable::FileWrite => &self.dirs[2],
+        }
+    }
+
+    /// The directories above the paths that deny rules name (of every category), each with the
+    /// first such rule: exact keys in the file write trie, in the slot's ancestor namespace
+    /// (`slot | ANCESTOR_SLOT_BIT`). Renaming such a directory would move what the rule denies
+    /// to a path it does not name, so it cannot be the source of a rename. `/` is not one (it
+    /// cannot be renamed).
+    pub fn ancestor_paths(&self) -> &[PathEntry] {
+        &self.ancestors
     }
 
     /// The denied-file entries, one per file.
@@ -200,6 +226,12 @@ pub fn compile(
     let file_read = path_entries(PathTable::FileRead, key_slot, read_rules)?;
     let file_write = path_entries(PathTable::FileWrite, key_slot, write_rules)?;
     let net = net_entries(slot, net_rules)?;
+    let ancestors = ancestor_entries(key_slot, &[exec_rules, read_rules, write_rules]);
+    let dirs = [
+        dir_entries(key_slot, exec_rules),
+        dir_entries(key_slot, read_rules),
+        dir_entries(key_slot, write_rules),
+    ];
     let inodes = denied_files(policy, identity)
         .into_iter()
         .map(|(id, rules)| InodeEntry {
@@ -215,7 +247,96 @@ pub fn compile(
         file_write,
         inodes,
         net,
+        dirs,
+        ancestors,
     })
+}
+
+/// The directories strictly above each path a deny rule names, in rule order (exec, read,
+/// write), each with the first rule below it; `/` excluded.
+pub fn protected_ancestors(rules: &[&[PathRule]]) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for rule in rules
+        .iter()
+        .flat_map(|r| r.iter())
+        .filter(|r| r.action == Action::Deny)
+    {
+        let named = match &rule.pattern {
+            PathPattern::Exact(path) => path.as_str(),
+            PathPattern::Subtree(dir) => dir.trim_end_matches('/'),
+        };
+        let mut end = named.len();
+        while let Some(slash) = named[..end].rfind('/') {
+            if slash == 0 {
+                break;
+            }
+            let dir = &named[..slash];
+            if !out.iter().any(|(known, _)| known == dir) {
+                out.push((dir.to_owned(), rule.rule));
+            }
+            end = slash;
+        }
+    }
+    out
+}
+
+fn ancestor_entries(slot: u16, rules: &[&[PathRule]]) -> Vec<PathEntry> {
+    protected_ancestors(rules)
+        .into_iter()
+        .filter_map(|(dir, rule_id)| {
+            let (bytes, bits) = pattern_key(&PathPattern::Exact(dir));
+            if bytes.len() > PATH_KEY_LEN {
+                return None;
+            }
+            let mut key = PathKey {
+                slot: slot | ANCESTOR_SLOT_BIT,
+                path: [0; PATH_KEY_LEN],
+            };
+            key.path[..bytes.len()].copy_from_slice(&bytes);
+            Some(PathEntry {
+                prefix_len: SLOT_PREFIX_BITS + bits,
+                key,
+                value: RuleValue {
+                    rule_id,
+                    action: action::DENY,
+                },
+            })
+        })
+        .collect()
+}
+
+/// The exact keys that make each subtree rule `DIR/**` cover `DIR` itself (see
+/// [`SlotImage::dir_paths`]). Called on rules that [`path_entries`] accepted, so every key fits.
+fn dir_entries(slot: u16, rules: &[PathRule]) -> Vec<PathEntry> {
+    rules
+        .iter()
+        .filter_map(|rule| {
+            let PathPattern::Subtree(dir) = &rule.pattern else {
+                return None;
+            };
+            let dir = dir.strip_suffix('/').filter(|d| !d.is_empty())?;
+            let named_exactly = rules
+                .iter()
+                .any(|r| matches!(&r.pattern, PathPattern::Exact(p) if p == dir));
+            if named_exactly {
+                return None;
+            }
+            let (bytes, bits) = pattern_key(&PathPattern::Exact(dir.to_owned()));
+            let mut key = PathKey {
+                slot,
+                path: [0; PATH_KEY_LEN],
+            };
+            key.path[..bytes.len()].copy_from_slice(&bytes);
+            Some(PathEntry {
+                prefix_len: SLOT_PREFIX_BITS + bits,
+                key,
+                value: RuleValue {
+                    rule_id: rule.rule,
+                    action: action_bits(rule.action),
+                },
+            })
+        })
+        .collect()
 }
 
 /// The files named by exact deny rules, by identity, with the first such rule per category

@@ -600,3 +600,70 @@ allow = ["/etc/hosts", "/work/**", "/**"]
     }
     assert!(image.paths(PathTable::Exec).is_empty());
 }
+
+#[test]
+fn subtree_rules_also_key_their_directory() {
+    let p = policy(
+        r#"
+[exec]
+allow = ["/usr/bin/**", "/**", "/opt/**", "/opt"]
+[file]
+allow = [{ path = "/work/**", access = ["write"] }]
+deny = [{ path = "/work", access = ["read"] }]
+"#,
+    );
+    let image = compile_ok(&p, 2, 1);
+    let dirs: Vec<(String, u32, &str)> = image
+        .dir_paths(PathTable::Exec)
+        .iter()
+        .map(|e| (e.pattern(), e.prefix_len, rule_id(&p, e.value.rule_id)))
+        .collect();
+    // `/usr/bin/**` also keys `/usr/bin` (with its NUL, as long as `/usr/bin/`); `/**` needs no
+    // such key (its `/` matches `/`); `/opt` is named by an exact rule, which decides it.
+    assert_eq!(dirs, [("/usr/bin".to_owned(), 16 + 9 * 8, "exec.allow[0]")]);
+    let entry = image.dir_paths(PathTable::Exec)[0];
+    assert_eq!(entry.prefix(), b"/usr/bin\0");
+    assert_eq!(u32::from(entry.key.slot), 2);
+    assert_eq!(entry.value.action, action::ALLOW);
+    // Per table: the write subtree keys `/work` for writing; for reading an exact rule names it.
+    let write: Vec<String> = image
+        .dir_paths(PathTable::FileWrite)
+        .iter()
+        .map(PathEntry::pattern)
+        .collect();
+    assert_eq!(write, ["/work"]);
+    assert!(image.dir_paths(PathTable::FileRead).is_empty());
+}
+
+#[test]
+fn directories_above_deny_rules_are_keyed_in_the_ancestor_namespace() {
+    let p = policy(
+        r#"
+[exec]
+deny = ["/opt/a/bad"]
+[file]
+allow = ["/ws/**"]
+deny = [{ path = "/ws/proj/secret/**", access = ["read"] }, "/opt/a/other"]
+"#,
+    );
+    let image = compile_ok(&p, 3, 1);
+    let keys: Vec<(String, u16, &str)> = image
+        .ancestor_paths()
+        .iter()
+        .map(|e| (e.pattern(), e.key.slot, rule_id(&p, e.value.rule_id)))
+        .collect();
+    let slot = 3 | ANCESTOR_SLOT_BIT;
+    assert_eq!(
+        keys,
+        [
+            ("/opt/a".to_owned(), slot, "exec.deny[0]"),
+            ("/opt".to_owned(), slot, "exec.deny[0]"),
+            ("/ws/proj".to_owned(), slot, "file.deny[0]"),
+            ("/ws".to_owned(), slot, "file.deny[0]"),
+        ]
+    );
+    assert!(image
+        .ancestor_paths()
+        .iter()
+        .all(|e| e.value.action == action::DENY && e.prefix().ends_with(b"\0")));
+}

@@ -14,11 +14,15 @@ pub enum PathPattern {
 }
 
 impl PathPattern {
-    /// Whether `path` (absolute, normalised) is matched, for the reference semantics.
+    /// Whether `path` (absolute, normalised) is matched, for the reference semantics. A subtree
+    /// matches its directory itself too (`/work/**` matches `/work`): removing, renaming or
+    /// changing the directory is an action on the subtree.
     pub fn matches(&self, path: &str) -> bool {
         match self {
             Self::Exact(p) => p == path,
-            Self::Subtree(dir) => path.starts_with(dir.as_str()),
+            Self::Subtree(dir) => {
+                path.starts_with(dir.as_str()) || dir.strip_suffix('/') == Some(path)
+            }
         }
     }
 
