@@ -201,7 +201,10 @@ fn classic(secret: &Path) -> Outcome {
             0,
         ));
         step("name-to-handle-at", &named);
-        let dir = c(secret.parent().unwrap_or(Path::new("/")));
+        // The mount's root (the secret's grandparent, readable): the secret's own directory is
+        // read-denied too, and 6.12 opens the mount descriptor before the capability check.
+        let mount_root = secret.parent().and_then(Path::parent);
+        let dir = c(mount_root.unwrap_or(Path::new("/")));
         let dir_fd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
         let fd = check(libc::syscall(
             libc::SYS_open_by_handle_at,
