@@ -295,7 +295,7 @@ fn ptrace_traceme_under_an_outside_parent_is_denied() {
 }
 
 /// A pseudo-terminal pair: (master, slave).
-fn openpty() -> (OwnedFd, OwnedFd) {
+pub(crate) fn openpty() -> (OwnedFd, OwnedFd) {
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two descriptors; no name, termios or window size.
     let ret = unsafe {
@@ -313,7 +313,7 @@ fn openpty() -> (OwnedFd, OwnedFd) {
 }
 
 /// What is waiting to be read on `tty` now (raw mode, so injected bytes show at once).
-fn pending_input(tty: &OwnedFd) -> Vec<u8> {
+pub(crate) fn pending_input(tty: &OwnedFd) -> Vec<u8> {
     let fd = tty.as_raw_fd();
     // SAFETY: termios calls and a non-blocking read on a terminal we own.
     unsafe {

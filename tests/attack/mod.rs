@@ -2,8 +2,9 @@
 //! its policy (issue 9). Each test runs `oxd-attack` inside `oxd run` as an ordinary user, fails
 //! if the forbidden effect happens, and checks the attempt's audit record.
 
+mod agent;
 mod exec;
 mod fs;
-mod ipc;
+pub(crate) mod ipc;
 pub(crate) mod net;
 mod ns;

@@ -432,3 +432,47 @@ fn in_audit_mode_namespaces_are_recorded_as_denied_but_happen() {
     assert_switch_record(ns_record(&records, "userns-create", ""), "deny", false);
     assert_switch_record(ns_record(&records, "mount", &public), "deny", false);
 }
+
+/// How many mounts have `path` as their mount point, in the test's mount namespace.
+fn mounts_at(path: &str) -> usize {
+    fs::read_to_string("/proc/self/mountinfo")
+        .expect("read mountinfo")
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(path))
+        .count()
+}
+
+#[test]
+fn attaching_a_mount_with_the_new_mount_api_is_denied() {
+    require_bpf_lsm();
+    let place = Place::new("ns-move-mount");
+    let policy = place.file_policy("");
+    let public = place.at("public");
+    let before = mounts_at(&public);
+    // As root: cloning a mount tree (`open_tree`) needs no user namespace then, so the attach
+    // (`move_mount`) is what the kernel asks oxd about.
+    let attack = attack_bin();
+    let output = oxd_run(
+        &policy,
+        &place.log(),
+        &[
+            attack.to_str().expect("utf-8 path"),
+            "ns-new-mount-api",
+            &public,
+        ],
+    );
+    let steps = steps(&output.stdout);
+    assert_step_ok(&steps, "open-tree");
+    assert_step_eperm(&steps, "move-mount");
+    assert_eq!(
+        mounts_at(&public),
+        before,
+        "a mount was attached at {public}"
+    );
+
+    let records = audit_records(&place.log());
+    let moves: Vec<&Value> = records.iter().filter(|r| r["op"] == "move-mount").collect();
+    assert_eq!(moves.len(), 1, "{records:#?}");
+    assert_switch_record(moves[0], "deny", true);
+    assert_eq!(moves[0]["uid"], 0, "{}", moves[0]);
+}
