@@ -7,3 +7,4 @@ mod fs;
 mod ipc;
 pub(crate) mod net;
 mod ns;
+mod sigio;
