@@ -693,6 +693,9 @@ fn expected_reason(reason: Reason) -> &'static str {
         Reason::IpcInside => "inside the agent's confinement",
         Reason::IpcOutside => "outside the agent's confinement",
         Reason::TtyInject => "terminal input injection is never allowed",
+        Reason::SignalOwner => {
+            "a file's I/O signals may go only to the agent's own process, with the default signal"
+        }
     }
 }
 

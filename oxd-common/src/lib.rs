@@ -125,6 +125,13 @@ pub mod op {
     /// `connect` or a send on a Unix datagram socket (BPF-LSM `unix_may_send`). `path`,
     /// `path_len` and `peer_pid` as for [`UNIX_CONNECT`] (the receiving socket).
     pub const UNIX_SEND: u32 = 60;
+    /// Choosing who gets a file's I/O signals (`SIGIO`, `SIGURG`, or the signal `F_SETSIG`
+    /// names), which the kernel sends without asking `task_kill`: `fcntl` `F_SETOWN`,
+    /// `F_SETOWN_EX`, `F_SETSIG` and `F_SETFL` with `O_ASYNC` (BPF-LSM `file_fcntl`), `ioctl`
+    /// `FIOSETOWN`, `SIOCSPGRP` and `FIOASYNC` (BPF-LSM `file_ioctl`). `detail`: the command;
+    /// `peer_pid`: the argument of `fcntl` (the owner `F_SETOWN` names, negative for a process
+    /// group; the signal of `F_SETSIG`; the flags of `F_SETFL`), 0 for an `ioctl`.
+    pub const SIGNAL_OWNER: u32 = 63;
 
     // Changes to the file system (16-39), each decided by the file write rules on the path it
     // changes (BPF-LSM `path_*` hooks). `access` holds the accesses judged: `WRITE`, and also
@@ -223,6 +230,11 @@ pub mod reason {
     pub const IPC_PEER_UNKNOWN: u32 = 26;
     /// Pushing input into a terminal (`TIOCSTI`, `TIOCLINUX`) is never allowed.
     pub const TTY_INJECT: u32 = 27;
+    /// A file's I/O signals may go only to the agent's own process, with the default signal:
+    /// an owner or signal a confined task names otherwise is denied (the kernel cannot tell
+    /// whether another process it names is inside, and an `ioctl`'s argument is in memory the
+    /// agent can change after the check).
+    pub const SIGNAL_OWNER: u32 = 28;
 }
 
 /// Policy modes.

@@ -25,7 +25,7 @@ use crate::{
     confine::Gate,
     event::{refuse, start_event, Verdict, EPERM},
     maps::CONFINED,
-    offsets,
+    offsets, sigio,
 };
 
 /// `TIOCSTI`: push a byte into a terminal's input queue.
@@ -247,6 +247,9 @@ fn tty_ioctl_compat(ctx: LsmContext) -> i32 {
 
 #[inline(always)]
 fn decide_tty_ioctl(cmd: u32) -> i32 {
+    if cmd == sigio::FIOSETOWN || cmd == sigio::SIOCSPGRP || cmd == sigio::FIOASYNC {
+        return sigio::decide_ioctl(cmd);
+    }
     if cmd != TIOCSTI && cmd != TIOCLINUX {
         return 0;
     }

@@ -21,6 +21,8 @@
 //!   task ptrace access to, and signals to, tasks outside its confinement; `tty_ioctl`
 //!   (BPF-LSM, `file_ioctl`, and `file_ioctl_compat` from 6.8) denies `TIOCSTI`/`TIOCLINUX`;
 //!   `unix_stream_connect` / `unix_may_send` (BPF-LSM) decide Unix sockets outside it.
+//! - [`sigio`]: `file_fcntl` (BPF-LSM), and `tty_ioctl` for the `ioctl` forms, let a confined
+//!   task name only itself as the owner of a file's I/O signals, with the default signal.
 //! - [`write`]: the BPF-LSM `path_*` hooks (`path_unlink`, `path_rmdir`, `path_mkdir`,
 //!   `path_mknod`, `path_symlink`, `path_truncate`, `path_chmod`, `path_chown`, `path_rename`,
 //!   `path_link`) decide every change to the file system as a write to the changed path(s).
@@ -75,6 +77,7 @@ mod net;
 mod ns;
 mod offsets;
 mod path;
+mod sigio;
 mod sock;
 mod write;
 

@@ -58,13 +58,14 @@ pub const LSM_PROGRAMS: [(&str, &str); 13] = [
 pub const NS_PROGRAMS: std::ops::Range<usize> = 4..13;
 /// The BPF-LSM programs that decide acting through other tasks, sockets and terminals
 /// (policies that govern ipc): (program, hook).
-pub const IPC_LSM_PROGRAMS: [(&str, &str); 6] = [
+pub const IPC_LSM_PROGRAMS: [(&str, &str); 7] = [
     ("ptrace_access_check", "ptrace_access_check"),
     ("ptrace_traceme", "ptrace_traceme"),
     ("task_kill", "task_kill"),
     ("tty_ioctl", "file_ioctl"),
     ("unix_stream_connect", "unix_stream_connect"),
     ("unix_may_send", "unix_may_send"),
+    ("file_fcntl", "file_fcntl"),
 ];
 
 /// `TIOCSTI`/`TIOCLINUX` from 32-bit callers: the kernel has this hook from 6.8 (before, the

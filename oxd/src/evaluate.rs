@@ -50,6 +50,10 @@ pub enum Request {
     /// Connecting or sending to a Unix socket (`path`, `@name` for abstract names) created
     /// inside or outside the agent's confinement.
     Unix { path: String, inside: bool },
+    /// Choosing who gets a file's I/O signals: with `own`, naming the agent's own process (or
+    /// nobody) with the default signal; otherwise another owner, another signal, `O_ASYNC`, or
+    /// an `ioctl` form.
+    SignalOwner { own: bool },
 }
 
 /// Inet sockets decided when they are created.
@@ -146,6 +150,8 @@ pub enum Reason {
     IpcOutside,
     /// Pushing input into a terminal is never allowed.
     TtyInject,
+    /// A file's I/O signals may go only to the agent's own process, with the default signal.
+    SignalOwner,
 }
 
 /// A decision, as the kernel would make it.
@@ -298,6 +304,11 @@ impl Policy {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
                 Some(_) if *inside => Decision::new(Action::Allow, Reason::IpcInside),
                 Some(ipc) => Decision::new(ipc.unix, Reason::Default),
+            },
+            Request::SignalOwner { own } => match &self.ipc {
+                None => Decision::new(Action::Allow, Reason::NotDecided),
+                Some(_) if *own => Decision::new(Action::Allow, Reason::IpcInside),
+                Some(_) => Decision::new(Action::Deny, Reason::SignalOwner),
             },
         }
     }
@@ -858,6 +869,11 @@ deny = [{ path = "/ws/proj/secret/**", access = ["read"] }]
                 "{text:?}"
             );
             assert_eq!(decide(&unix(true)), inside);
+            assert_eq!(decide(&Request::SignalOwner { own: true }), inside);
+            assert_eq!(
+                decide(&Request::SignalOwner { own: false }),
+                Decision::new(Action::Deny, Reason::SignalOwner)
+            );
         }
         let p = policy("[exec]\n[ipc]\nunix = \"allow\"\n");
         assert_eq!(
@@ -874,6 +890,7 @@ deny = [{ path = "/ws/proj/secret/**", access = ["read"] }]
             Request::Ptrace { inside: false },
             Request::TtyInject,
             unix(false),
+            Request::SignalOwner { own: false },
         ] {
             assert_eq!(
                 p.evaluate(&request),

@@ -42,6 +42,8 @@ pub enum Probe {
     /// Connecting or sending to a Unix socket (`@name`: abstract) created inside or outside
     /// the agent's confinement.
     Unix { path: String, inside: bool },
+    /// Choosing who gets a file's I/O signals: the agent's own process (`own`) or another.
+    SignalOwner { own: bool },
     /// Changing the file system at this path, by operation `op` (an audit `op` name of
     /// [`CHANGE_OPS`]).
     Change { op: String, path: PathBuf },
@@ -244,6 +246,15 @@ fn request_for(probe: &Probe) -> Result<(Request, String)> {
             },
             format!("unix socket {path} created {}", side(*inside)),
         ),
+        Probe::SignalOwner { own } => (
+            Request::SignalOwner { own: *own },
+            if *own {
+                "naming the agent's own process as a file's signal owner".to_owned()
+            } else {
+                "naming another process, process group or signal for a file's I/O signals"
+                    .to_owned()
+            },
+        ),
     })
 }
 
@@ -300,6 +311,10 @@ fn why(policy: &Policy, probe: &Probe, request: &Request, reason: Reason) -> Str
             "a confined agent may not ptrace or signal a task outside its confinement".to_owned()
         }
         Reason::TtyInject => "pushing input into a terminal is never allowed".to_owned(),
+        Reason::SignalOwner => "a file's I/O signals may go only to the agent's own process, \
+                                with the default signal: the kernel sends them without asking \
+                                who may be signalled"
+            .to_owned(),
     }
 }
 

@@ -8,3 +8,4 @@ mod fs;
 pub(crate) mod ipc;
 pub(crate) mod net;
 mod ns;
+mod sigio;

@@ -23,6 +23,7 @@ mod fs;
 mod ipc;
 mod net;
 mod ns;
+mod sigio;
 
 use std::{io::Write as _, process::ExitCode};
 
@@ -102,7 +103,8 @@ fn main() -> ExitCode {
         .or_else(|| fs::run(technique, rest))
         .or_else(|| ipc::run(technique, rest))
         .or_else(|| net::run(technique, rest))
-        .or_else(|| ns::run(technique, rest));
+        .or_else(|| ns::run(technique, rest))
+        .or_else(|| sigio::run(technique, rest));
     match outcome {
         Some(Outcome::Done) => ExitCode::SUCCESS,
         Some(Outcome::Usage(msg)) => {

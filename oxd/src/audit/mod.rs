@@ -14,7 +14,8 @@
 //! - `op` (namespaces, `[process] namespaces`): `userns-create`, `mount`, `umount`,
 //!   `move-mount`, `pivot-root`, `chroot`, `capable` (a capability in another user namespace,
 //!   or `CAP_SYS_CHROOT`: how `setns` is checked; recorded when denied);
-//! - `op` (ipc): `ptrace`, `signal`, `tty-inject`, `unix-connect`, `unix-send`;
+//! - `op` (ipc): `ptrace`, `signal`, `tty-inject`, `unix-connect`, `unix-send`,
+//!   `signal-owner`;
 //! - `detail` (`mount`, `umount`: the flags; `capable`: the capability number);
 //! - `target`: the resolved path of the executed, opened or changed file, or `ip:port`
 //!   (`[ipv6]:port`), or for `socket` the family, type and IP protocol (`ipv4 dgram proto 1`);
@@ -30,8 +31,11 @@
 //!   check, 0 for `PTRACE_TRACEME`), `signal` (target `pid N`; `detail`: the signal number),
 //!   `tty-inject` (target `TIOCSTI` or `TIOCLINUX`; `detail`: the ioctl command),
 //!   `unix-connect` and `unix-send` (target: the socket's path, `@name` for an abstract name,
-//!   `<unnamed>` for none); `peer_pid`: the other task (the listening process for a Unix
-//!   socket, when the kernel knows it).
+//!   `<unnamed>` for none), `signal-owner` (choosing who gets a file's I/O signals; target:
+//!   the command and what it names, `F_SETOWN pid N`, `F_SETOWN pgrp N`, `F_SETOWN none`,
+//!   `F_SETSIG N`, `F_SETFL O_ASYNC`, `F_SETOWN_EX`, `FIOSETOWN`, `SIOCSPGRP`, `FIOASYNC`;
+//!   `detail`: the command); `peer_pid`: the other task (the listening process for a Unix
+//!   socket, when the kernel knows it; the process `F_SETOWN` names).
 //!
 //! A record with `"op": "lost"` reports decisions that were made but could not be recorded
 //! because the ring buffer was full (`count`, since the previous such record).
@@ -198,7 +202,13 @@ impl Record {
         };
         let detail = matches!(
             event.op,
-            op::MOUNT | op::UMOUNT | op::CAPABLE | op::PTRACE | op::SIGNAL | op::TTY_INJECT
+            op::MOUNT
+                | op::UMOUNT
+                | op::CAPABLE
+                | op::PTRACE
+                | op::SIGNAL
+                | op::TTY_INJECT
+                | op::SIGNAL_OWNER
         )
         .then_some(event.detail);
         let protocol = protocol_of(event);
@@ -238,8 +248,7 @@ impl Record {
             gid: event.gid,
             comm: c_string(&event.comm),
             cgroup_id: event.cgroup_id,
-            peer_pid: (ipc_target(event).is_some() && event.peer_pid != 0)
-                .then_some(event.peer_pid),
+            peer_pid: peer_of(event),
         }
     }
 }
@@ -292,6 +301,9 @@ fn reason_text(reason: u32) -> &'static str {
         reason::IPC_INSIDE => "inside the agent's confinement",
         reason::IPC_PEER_UNKNOWN => "the other party's cgroup could not be read (fail closed)",
         reason::TTY_INJECT => "terminal input injection is never allowed",
+        reason::SIGNAL_OWNER => {
+            "a file's I/O signals may go only to the agent's own process, with the default signal"
+        }
         _ => "unknown",
     }
 }
@@ -345,8 +357,37 @@ fn ipc_target(event: &Event) -> Option<(&'static str, String)> {
         ),
         op::UNIX_CONNECT => ("unix-connect", unix_path(event)),
         op::UNIX_SEND => ("unix-send", unix_path(event)),
+        op::SIGNAL_OWNER => ("signal-owner", signal_owner_target(event)),
         _ => return None,
     })
+}
+
+/// The target of a `signal-owner` event: the command, and what it names (`F_SETOWN pid 42`,
+/// `F_SETOWN pgrp 7`, `F_SETSIG 9`, `F_SETFL O_ASYNC`, `FIOSETOWN`, ...).
+fn signal_owner_target(event: &Event) -> String {
+    let arg = event.peer_pid.cast_signed();
+    match event.detail {
+        4 => "F_SETFL O_ASYNC".to_owned(),
+        8 if arg > 0 => format!("F_SETOWN pid {arg}"),
+        8 if arg < 0 => format!("F_SETOWN pgrp {}", arg.unsigned_abs()),
+        8 => "F_SETOWN none".to_owned(),
+        10 => format!("F_SETSIG {arg}"),
+        15 => "F_SETOWN_EX".to_owned(),
+        0x8901 => "FIOSETOWN".to_owned(),
+        0x8902 => "SIOCSPGRP".to_owned(),
+        0x5452 => "FIOASYNC".to_owned(),
+        other => format!("command {other:#x}"),
+    }
+}
+
+/// The other task of an ipc event, if it names one.
+fn peer_of(event: &Event) -> Option<u32> {
+    let named = match event.op {
+        // Only `F_SETOWN` names a task; the other commands carry a signal or flags there.
+        op::SIGNAL_OWNER => event.detail == 8 && event.peer_pid.cast_signed() > 0,
+        _ => ipc_target(event).is_some(),
+    };
+    (named && event.peer_pid != 0).then_some(event.peer_pid)
 }
 
 /// The address of the Unix socket in an ipc event: its path, `@name` for an abstract name (NUL
@@ -670,6 +711,34 @@ mod tests {
         assert!(!record.enforced);
         let line = serde_json::to_string(&record).unwrap();
         assert!(line.contains("\"op\":\"exec\""), "{line}");
+    }
+
+    #[test]
+    fn signal_owner_records_name_the_command_and_its_argument() {
+        let policy = Policy::parse(Path::new("p.toml"), "[exec]\n").unwrap();
+        let mut e = event();
+        e.op = op::SIGNAL_OWNER;
+        e.rule_id = RULE_DEFAULT;
+        e.reason = reason::SIGNAL_OWNER;
+        let cases: [(u32, i32, &str, Option<u32>); 6] = [
+            (8, 4321, "F_SETOWN pid 4321", Some(4321)),
+            (8, -17, "F_SETOWN pgrp 17", None),
+            (10, 9, "F_SETSIG 9", None),
+            (4, 0o20002, "F_SETFL O_ASYNC", None),
+            (15, 0, "F_SETOWN_EX", None),
+            (0x8901, 0, "FIOSETOWN", None),
+        ];
+        for (cmd, arg, target, peer) in cases {
+            e.detail = cmd;
+            e.peer_pid = arg.cast_unsigned();
+            let record = Record::from_event(&e, Some(&policy), &Clock::new());
+            assert_eq!(record.op, "signal-owner");
+            assert_eq!(record.target, target);
+            assert_eq!((record.detail, record.peer_pid), (Some(cmd), peer));
+        }
+        assert!(Record::from_event(&e, Some(&policy), &Clock::new())
+            .reason
+            .starts_with("a file's I/O signals"));
     }
 
     #[test]

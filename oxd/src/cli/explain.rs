@@ -10,7 +10,7 @@ use oxd::{
 };
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect", "socket", "namespace", "ptrace", "signal", "tty_inject", "unix", "change"])))]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect", "socket", "namespace", "ptrace", "signal", "tty_inject", "unix", "signal_owner", "change"])))]
 #[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
 #[expect(
     clippy::struct_excessive_bools,
@@ -63,6 +63,11 @@ pub(crate) struct ExplainArgs {
     /// the confinement unless --inside.
     #[arg(long, value_name = "PATH")]
     unix: Option<String>,
+    /// Choosing who gets a file's I/O signals (`fcntl` `F_SETOWN` and the like): `self` (the
+    /// agent's own process, or nobody, with the default signal) or `other` (another process
+    /// or process group, another signal, `O_ASYNC`, or an `ioctl` form).
+    #[arg(long, value_name = "WHO", value_parser = ["self", "other"])]
+    signal_owner: Option<String>,
     /// The other task or socket is inside the agent's confinement.
     #[arg(long)]
     inside: bool,
@@ -130,6 +135,9 @@ impl ExplainArgs {
         if self.tty_inject {
             return Ok(Probe::TtyInject);
         }
+        if let Some(who) = self.signal_owner.as_deref() {
+            return Ok(Probe::SignalOwner { own: who == "self" });
+        }
         if let Some(path) = &self.unix {
             return Ok(Probe::Unix {
                 path: path.clone(),
@@ -138,7 +146,7 @@ impl ExplainArgs {
         }
         bail!(
             "name an action: --exec PATH, --map PATH, --open PATH --read|--write, --connect ADDR, \
-             --socket KIND, --namespace OP, --ptrace, --signal SIG, --tty-inject, --unix PATH or --change OP PATH"
+             --socket KIND, --namespace OP, --ptrace, --signal SIG, --tty-inject, --unix PATH, --signal-owner WHO or --change OP PATH"
         )
     }
 }
