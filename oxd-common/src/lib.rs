@@ -356,6 +356,21 @@ pub const SLOT_PREFIX_BITS: u32 = 16;
 /// denied path, so the source of a rename may not be one (writes).
 pub const ANCESTOR_SLOT_BIT: u16 = 0x8000;
 
+/// Unix socket rules (`[ipc] unix_allow`/`unix_deny`) live in their own trie (`UNIX_RULES`),
+/// keyed like the other path tries: a socket path with its NUL (or a subtree's directory with its
+/// `/`). Abstract names, which may hold any byte (NUL included) and always start with a NUL in
+/// `sun_path`, have key spaces of their own, told apart from paths (which start with `/`) by
+/// their first byte: an exact name `@NAME` is keyed `[UNIX_ABSTRACT_EXACT, len, NAME...]` (the
+/// length byte makes the key end where the name ends), a prefix `@NAME*` is keyed
+/// `[UNIX_ABSTRACT_PREFIX, 0, NAME...]` with its prefix length ending after `NAME`. The kernel
+/// looks an abstract name up in the exact space first (an exact name is the most specific rule
+/// there is), then in the prefix space (longest prefix wins).
+pub const UNIX_ABSTRACT_EXACT: u8 = 1;
+/// See [`UNIX_ABSTRACT_EXACT`].
+pub const UNIX_ABSTRACT_PREFIX: u8 = 2;
+/// Longest abstract name (without the NUL that starts it in `sun_path`): `sun_path` is 108 bytes.
+pub const UNIX_ABSTRACT_NAME_MAX: usize = 107;
+
 /// Value of a path rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -20,7 +20,9 @@
 //! - [`ipc`]: `ptrace_access_check`, `ptrace_traceme`, `task_kill` (BPF-LSM) deny a confined
 //!   task ptrace access to, and signals to, tasks outside its confinement; `tty_ioctl`
 //!   (BPF-LSM, `file_ioctl`, and `file_ioctl_compat` from 6.8) denies `TIOCSTI`/`TIOCLINUX`;
-//!   `unix_stream_connect` / `unix_may_send` (BPF-LSM) decide Unix sockets outside it.
+//!   `unix_stream_connect` / `unix_may_send` (BPF-LSM) decide Unix sockets outside it, by
+//!   the `[ipc]` socket rules ([`unix`]: the listening socket's bound path in the host's view,
+//!   or its abstract name).
 //! - [`write`]: the BPF-LSM `path_*` hooks (`path_unlink`, `path_rmdir`, `path_mkdir`,
 //!   `path_mknod`, `path_symlink`, `path_truncate`, `path_chmod`, `path_chown`, `path_rename`,
 //!   `path_link`) decide every change to the file system as a write to the changed path(s).
@@ -76,6 +78,7 @@ mod ns;
 mod offsets;
 mod path;
 mod sock;
+mod unix;
 mod write;
 
 #[cfg(target_arch = "bpf")]
