@@ -471,7 +471,11 @@ impl Enforcer {
         config_map
             .set(slot, Config::default(), 0)
             .map_err(map_err("clear a policy configuration"))?;
-        for map in PathTable::ALL.map(path_map).into_iter().chain([UNIX_RULES_MAP]) {
+        for map in PathTable::ALL
+            .map(path_map)
+            .into_iter()
+            .chain([UNIX_RULES_MAP])
+        {
             let mut trie: LpmTrie<_, PathKey, RuleValue> =
                 LpmTrie::try_from(self.ebpf.map_mut(map).ok_or(EnforcerError::Missing(map))?)
                     .map_err(map_err(format!("open the rule map {map}")))?;

@@ -920,7 +920,10 @@ deny = [{ path = "/ws/proj/secret/**", access = ["read"] }]
         };
         let allow = |rule: &str| (Action::Allow, rule.to_owned());
         let deny = |rule: &str| (Action::Deny, rule.to_owned());
-        assert_eq!(unix("/run/user/1000/bus", false), allow("ipc.unix_allow[0]"));
+        assert_eq!(
+            unix("/run/user/1000/bus", false),
+            allow("ipc.unix_allow[0]")
+        );
         assert_eq!(unix("/run/user/1001/bus", false), deny("default"));
         assert_eq!(unix("/run/user/1000/bus2", false), deny("default"));
         assert_eq!(unix("/tmp/.X11-unix/X0", false), allow("ipc.unix_allow[1]"));
@@ -931,13 +934,19 @@ deny = [{ path = "/ws/proj/secret/**", access = ["read"] }]
         // Abstract names: an exact name beats every prefix, a longer prefix a shorter one.
         assert_eq!(unix("@dbus-session", false), allow("ipc.unix_allow[2]"));
         assert_eq!(unix("@dbus-secret", false), deny("ipc.unix_deny[1]"));
-        assert_eq!(unix("@/tmp/.X11-unix/X0", false), allow("ipc.unix_allow[3]"));
+        assert_eq!(
+            unix("@/tmp/.X11-unix/X0", false),
+            allow("ipc.unix_allow[3]")
+        );
         assert_eq!(unix("@/tmp/.X11-unix/X1", false), deny("ipc.unix_deny[3]"));
         assert_eq!(unix("@other", false), deny("ipc.unix_deny[3]"));
         // Paths and abstract names never match each other's rules.
         assert_eq!(unix("/dbus-session", false), deny("default"));
         // Inside the confinement, rules do not matter.
-        assert_eq!(unix("/srv/private/a.sock", true), (Action::Allow, "default".into()));
+        assert_eq!(
+            unix("/srv/private/a.sock", true),
+            (Action::Allow, "default".into())
+        );
         assert_eq!(
             p.evaluate(&Request::Unix {
                 path: "/srv/private/a.sock".into(),
@@ -964,7 +973,10 @@ deny = [{ path = "/ws/proj/secret/**", access = ["read"] }]
             })
         };
         assert_eq!(d("/var/run/docker.sock").action, Action::Deny);
-        assert_eq!(d("/var/run/other.sock"), Decision::new(Action::Allow, Reason::Default));
+        assert_eq!(
+            d("/var/run/other.sock"),
+            Decision::new(Action::Allow, Reason::Default)
+        );
         // A pattern in both lists keeps its deny rule.
         let p = policy("[ipc]\nunix_allow = [\"@x\"]\nunix_deny = [\"@x\"]\n");
         let d = p.evaluate(&Request::Unix {

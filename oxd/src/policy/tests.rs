@@ -186,7 +186,10 @@ fn ipc_unix_rules_validate_with_locations() {
         ids,
         ["ipc.unix_deny[0]", "ipc.unix_allow[0]", "ipc.unix_allow[1]"]
     );
-    assert_eq!(policy.rules[ipc.unix_rules[2].rule as usize].text, "@dbus-*");
+    assert_eq!(
+        policy.rules[ipc.unix_rules[2].rule as usize].text,
+        "@dbus-*"
+    );
     // `[process] namespaces` is still numbered last.
     assert_eq!(
         policy.namespaces.unwrap().rule as usize,
@@ -198,7 +201,10 @@ fn ipc_unix_rules_validate_with_locations() {
     assert!(err.contains("wildcards"), "{err}");
     let err = parse("[ipc]\nunix_deny = [\"docker.sock\"]\n").unwrap_err();
     assert!(err.starts_with("test.toml:2:14: "), "{err}");
-    assert!(err.contains("neither a socket path nor an abstract name"), "{err}");
+    assert!(
+        err.contains("neither a socket path nor an abstract name"),
+        "{err}"
+    );
     let err = parse("[ipc]\nunix_deny = [\"@a*b\"]\n").unwrap_err();
     assert!(err.starts_with("test.toml:2:14: "), "{err}");
     let err = parse("[ipc]\nunix_alow = []\n").unwrap_err();

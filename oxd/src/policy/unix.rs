@@ -105,7 +105,9 @@ pub fn parse_unix_pattern(text: &str) -> Result<UnixPattern, String> {
             ));
         }
         if name.is_empty() && !prefix {
-            return Err("`@` names no abstract socket: write `@name`, or `@*` for every one".into());
+            return Err(
+                "`@` names no abstract socket: write `@name`, or `@*` for every one".into(),
+            );
         }
         return Ok(if prefix {
             UnixPattern::AbstractPrefix(name.to_owned())
@@ -162,7 +164,10 @@ mod tests {
             "@a\nb",
             "/run/",
         ] {
-            assert!(parse_unix_pattern(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                parse_unix_pattern(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         let long = format!("@{}", "a".repeat(UNIX_ABSTRACT_NAME_MAX + 1));
         assert!(parse_unix_pattern(&long).is_err());
@@ -186,7 +191,12 @@ mod tests {
         assert!(name.specificity() > any.specificity());
         let prefix = parse_unix_pattern("@ru*").unwrap();
         assert!(prefix.specificity() > any.specificity());
-        assert!(name.specificity() > parse_unix_pattern("@run-longer-prefix*").unwrap().specificity());
+        assert!(
+            name.specificity()
+                > parse_unix_pattern("@run-longer-prefix*")
+                    .unwrap()
+                    .specificity()
+        );
         assert_eq!(prefix.to_string(), "@ru*");
         assert_eq!(path.to_string(), "/run/**");
     }

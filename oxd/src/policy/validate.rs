@@ -10,8 +10,7 @@ use super::{
     net::{parse_cidr, parse_ports},
     path::parse_path_pattern,
     raw::{
-        RawFileSection, RawIpcSection, RawNetSection, RawPathSection, RawPolicy,
-        RawProcessSection,
+        RawFileSection, RawIpcSection, RawNetSection, RawPathSection, RawPolicy, RawProcessSection,
     },
     unix::parse_unix_pattern,
     Action, ExecPolicy, FilePolicy, IpcPolicy, NamespacePolicy, NetworkPolicy, NetworkRule,
