@@ -96,7 +96,7 @@ pub(crate) fn judge(gate: &Gate, sk: u64, scratch: *mut Scratch) -> Judged {
         return unresolved;
     }
     let n = len - SUN_FAMILY_LEN - 1;
-    if n < 0 || n > UNIX_ABSTRACT_NAME_MAX as i32 {
+    if n < 0 || n as usize > UNIX_ABSTRACT_NAME_MAX {
         return unresolved;
     }
     Judged {

@@ -549,11 +549,11 @@ fn run_gives_the_agent_its_own_session_and_terminal() {
 // agent reaches them by.
 
 /// A tmpfs mounted for one test (the sockets live on a plain file system, not the guest's
-/// overlay root), unmounted when dropped.
-struct Tmpfs(PathBuf);
+/// overlay root), unmounted when dropped. Also used by the differential test.
+pub(crate) struct Tmpfs(pub(crate) PathBuf);
 
 impl Tmpfs {
-    fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         use std::os::unix::ffi::OsStrExt as _;
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("no NUL");
@@ -578,7 +578,7 @@ impl Tmpfs {
     }
 
     /// `rel` inside the tmpfs, as a string (the form rules and records take).
-    fn path(&self, rel: &str) -> String {
+    pub(crate) fn path(&self, rel: &str) -> String {
         self.0.join(rel).to_str().expect("utf-8 path").to_owned()
     }
 }

@@ -4,6 +4,6 @@
 
 mod exec;
 mod fs;
-mod ipc;
+pub(crate) mod ipc;
 pub(crate) mod net;
 mod ns;

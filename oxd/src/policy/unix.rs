@@ -86,7 +86,7 @@ pub fn parse_unix_pattern(text: &str) -> Result<UnixPattern, String> {
             Some(name) => (name, true),
             None => (name, false),
         };
-        if name.chars().any(|c| c.is_control()) {
+        if name.chars().any(char::is_control) {
             return Err(format!(
                 "`{text}`: abstract names in rules are printable text (no NUL or control \
                  characters)"
