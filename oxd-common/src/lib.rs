@@ -119,8 +119,9 @@ pub mod op {
     /// command.
     pub const TTY_INJECT: u32 = 58;
     /// `connect` on a Unix stream or seqpacket socket (BPF-LSM `unix_stream_connect`). `path`:
-    /// the listening socket's address (abstract names start with a NUL), `path_len` its
-    /// length; `peer_pid`: the listening process.
+    /// for a listening socket outside the confinement bound to a path, that path resolved in
+    /// the host's view (with its NUL); otherwise its address as bound (abstract names start
+    /// with a NUL); `path_len` its length; `peer_pid`: the listening process.
     pub const UNIX_CONNECT: u32 = 59;
     /// `connect` or a send on a Unix datagram socket (BPF-LSM `unix_may_send`). `path`,
     /// `path_len` and `peer_pid` as for [`UNIX_CONNECT`] (the receiving socket).

@@ -29,8 +29,9 @@
 //! - ipc ops: `ptrace` (target `pid N`; `detail`: the `PTRACE_MODE_*` bits of the access
 //!   check, 0 for `PTRACE_TRACEME`), `signal` (target `pid N`; `detail`: the signal number),
 //!   `tty-inject` (target `TIOCSTI` or `TIOCLINUX`; `detail`: the ioctl command),
-//!   `unix-connect` and `unix-send` (target: the socket's path, `@name` for an abstract name,
-//!   `<unnamed>` for none); `peer_pid`: the other task (the listening process for a Unix
+//!   `unix-connect` and `unix-send` (target: the socket's path (for a socket outside the
+//!   confinement, its bound path resolved in the host's view), `@name` for an abstract name,
+//!   `<unnamed>` for none; `rule`: the `[ipc]` socket rule that decided, or `default`); `peer_pid`: the other task (the listening process for a Unix
 //!   socket, when the kernel knows it).
 //!
 //! A record with `"op": "lost"` reports decisions that were made but could not be recorded
