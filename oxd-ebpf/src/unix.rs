@@ -100,9 +100,18 @@ pub(crate) fn judge(gate: &Gate, sk: u64, scratch: *mut Scratch) -> Judged {
         return unresolved;
     }
     Judged {
-        verdict: abstract_lookup(gate, scratch, name, (n as u32) & 0x7f, default),
+        verdict: abstract_lookup(gate, scratch, name, bounded_len(n as u32), default),
         resolved_len: 0,
     }
+}
+
+/// `len & 0x7f` through a volatile read, so that the compiler cannot drop the mask as
+/// redundant (it knows `len <= 107`): the 6.1 verifier learns the bound only from a mask or a
+/// comparison applied to the very register it checks, not from one applied to a copy.
+#[inline(always)]
+fn bounded_len(len: u32) -> u32 {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&raw const len) & 0x7f }
 }
 
 /// Looks the abstract name of `n` bytes at `name + 3` (past `sun_family` and the leading NUL)
