@@ -985,3 +985,249 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
         );
     }
 }
+
+/// One Unix socket a unix differential case reaches: the name the agent uses, and what the
+/// kernel judges (the bound path, or `@name`).
+struct UnixTarget {
+    /// `stream` or `dgram` (`oxd-attack unix-reach KIND`).
+    kind: &'static str,
+    name: String,
+    judged: String,
+}
+
+/// Unix socket rules (`[ipc]`): random `unix_allow`/`unix_deny` lists and defaults over a fixed
+/// set of outside servers (stream listeners and a datagram socket bound to paths on a tmpfs,
+/// one also reached through a symlink, and abstract names), each connect or send decided by
+/// the kernel and by the evaluator (given the bound path, as the kernel judges it), which must
+/// agree on the outcome and on the records (decision, rule, target).
+#[test]
+fn differential_unix_kernel_agrees_with_reference_evaluator() {
+    use std::os::{linux::net::SocketAddrExt as _, unix::fs::PermissionsExt as _};
+
+    require_bpf_lsm();
+    let seed = std::env::var("OXD_DIFFERENTIAL_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_SEED)
+        ^ 0x756e_6978;
+    let mut rng = Rng(seed);
+    let scratch = Scratch::new("differential-unix");
+    fs::set_permissions(scratch.path(""), fs::Permissions::from_mode(0o755))
+        .expect("open the scratch directory to the agent");
+    let tmpfs = crate::attack::ipc::Tmpfs::new(&scratch.path("fs"));
+    let root = tmpfs.0.to_str().expect("utf-8 path").to_owned();
+    for dir in ["a", "a/b", "c"] {
+        fs::create_dir(tmpfs.path(dir)).expect("create a directory");
+    }
+    let me = std::process::id();
+    let mut listeners = Vec::new();
+    let mut targets = Vec::new();
+    for rel in ["a/s1", "a/b/s2", "a/b/s3", "c/s4", "c/s44"] {
+        let path = tmpfs.path(rel);
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o777)).expect("chmod socket");
+        listener.set_nonblocking(true).expect("nonblocking");
+        listeners.push(listener);
+        targets.push(UnixTarget {
+            kind: "stream",
+            name: path.clone(),
+            judged: path,
+        });
+    }
+    std::os::unix::fs::symlink("a/b/s2", tmpfs.path("link")).expect("symlink");
+    targets.push(UnixTarget {
+        kind: "stream",
+        name: tmpfs.path("link"),
+        judged: tmpfs.path("a/b/s2"),
+    });
+    let dgram_path = tmpfs.path("c/d1");
+    let dgram = std::os::unix::net::UnixDatagram::bind(&dgram_path).expect("bind a datagram");
+    fs::set_permissions(&dgram_path, fs::Permissions::from_mode(0o777)).expect("chmod socket");
+    dgram.set_nonblocking(true).expect("nonblocking");
+    targets.push(UnixTarget {
+        kind: "dgram",
+        name: dgram_path.clone(),
+        judged: dgram_path,
+    });
+    let names: Vec<String> = ["x", "xy", "z"]
+        .iter()
+        .map(|n| format!("oxd-d-{me}-{n}"))
+        .collect();
+    for name in &names {
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name");
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr).expect("bind abstract");
+        listener.set_nonblocking(true).expect("nonblocking");
+        listeners.push(listener);
+        targets.push(UnixTarget {
+            kind: "stream",
+            name: format!("@{name}"),
+            judged: format!("@{name}"),
+        });
+    }
+    // Rule patterns near the targets: each socket, each directory, a name that does not exist,
+    // each abstract name, and prefixes of them (one as long as a name).
+    let mut patterns: Vec<String> = ["a/s1", "a/b/s2", "a/b/s3", "c/s4", "c/s44", "c/d1", "c/s4x"]
+        .iter()
+        .map(|rel| tmpfs.path(rel))
+        .collect();
+    for dir in ["a", "a/b", "c"] {
+        patterns.push(format!("{}/**", tmpfs.path(dir)));
+    }
+    patterns.push(format!("{root}/**"));
+    for name in &names {
+        patterns.push(format!("@{name}"));
+    }
+    for prefix in [
+        format!("oxd-d-{me}-"),
+        format!("oxd-d-{me}-x"),
+        names[1].clone(),
+    ] {
+        patterns.push(format!("@{prefix}*"));
+    }
+    patterns.push("@*".to_owned());
+
+    let attack = fs::canonicalize(attack_bin()).expect("canonicalize the attacker");
+    let attack = attack.to_str().expect("utf-8 path");
+    let mut mismatches = Vec::new();
+    let mut cases = 0;
+    let mut outcomes: BTreeMap<(&'static str, &'static str), usize> = BTreeMap::new();
+    for index in 0..6 {
+        let quoted = |rng: &mut Rng, count: usize| {
+            (0..count)
+                .map(|_| quote(rng.pick::<String>(&patterns)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let allow_count = rng.below(5);
+        let deny_count = rng.below(4);
+        let mut text =
+            format!("name = \"differential-unix-{index}\"\n[exec]\ndefault = \"allow\"\n[ipc]\n");
+        match rng.below(3) {
+            0 => text.push_str("unix = \"allow\"\n"),
+            1 => text.push_str("unix = \"deny\"\n"),
+            _ => {}
+        }
+        text.push_str(&format!(
+            "unix_allow = [{}]\n",
+            quoted(&mut rng, allow_count)
+        ));
+        text.push_str(&format!("unix_deny = [{}]\n", quoted(&mut rng, deny_count)));
+        let policy_path = scratch.path(&format!("policy-unix-{index}.toml"));
+        let log = scratch.path(&format!("audit-unix-{index}.jsonl"));
+        fs::write(&policy_path, &text).expect("write the policy");
+        let policy = Policy::parse(&policy_path, &text)
+            .unwrap_or_else(|e| panic!("generated policy {index} does not compile: {e}\n{text}"));
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        rng.shuffle(&mut order);
+        let streams: Vec<&str> = order
+            .iter()
+            .filter(|&&i| targets[i].kind == "stream")
+            .map(|&i| targets[i].name.as_str())
+            .collect();
+        let dgrams: Vec<&str> = order
+            .iter()
+            .filter(|&&i| targets[i].kind == "dgram")
+            .map(|&i| targets[i].name.as_str())
+            .collect();
+        let script = format!(
+            "{attack} --as 65534:65534 unix-reach stream {}; \
+             {attack} --as 65534:65534 unix-reach dgram {}",
+            streams.join(" "),
+            dgrams.join(" ")
+        );
+        let output = oxd_run(&policy_path, &log, &["/bin/sh", "-c", &script]);
+        assert!(
+            output.status.success(),
+            "oxd run failed for policy {index}: {:?}\n{text}",
+            output.status
+        );
+        let results = probe_results(&output);
+        let records = audit_records(&log);
+        for target in &targets {
+            cases += 1;
+            let decision = policy.evaluate(&Request::Unix {
+                path: target.judged.clone(),
+                inside: false,
+            });
+            let label = decision.rule_label(&policy);
+            *outcomes
+                .entry((decision.action.as_str(), expected_reason(decision.reason)))
+                .or_default() += 1;
+            let (step, op) = if target.kind == "stream" {
+                ("connect", "unix-connect")
+            } else {
+                ("sendto", "unix-send")
+            };
+            let step = format!("{step}:{}", target.name);
+            let Some(result) = results.iter().find(|r| r["step"] == step.as_str()) else {
+                mismatches.push(format!("policy {index}: no step {step}\n{text}"));
+                continue;
+            };
+            let denied = result["ok"] == false && result["errno"] == EPERM;
+            let mut problems = Vec::new();
+            if denied != (decision.action == Action::Deny) || (!denied && result["ok"] != true) {
+                problems.push(format!("outcome {result}"));
+            }
+            // Every attempt on the same bound socket is recorded under its bound path.
+            let attempts = targets
+                .iter()
+                .filter(|t| t.judged == target.judged && t.kind == target.kind)
+                .count();
+            let found: Vec<&Value> = records
+                .iter()
+                .filter(|r| r["op"] == op && r["target"] == target.judged.as_str())
+                .collect();
+            if found.len() != attempts {
+                problems.push(format!("{} records, expected {attempts}", found.len()));
+            }
+            for r in &found {
+                if r["decision"] != decision.action.as_str()
+                    || r["rule"] != label.as_str()
+                    || r["enforced"] != true
+                    || !r["reason"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with(expected_reason(decision.reason))
+                {
+                    problems.push(format!("record {r}"));
+                }
+            }
+            if !problems.is_empty() {
+                mismatches.push(format!(
+                    "policy {index}, {} (judged {}): evaluator {} ({label}): {}\n{text}",
+                    target.name,
+                    target.judged,
+                    decision.action.as_str(),
+                    problems.join("; ")
+                ));
+            }
+        }
+        // Drain what the allowed attempts queued, so no backlog fills up.
+        for listener in &listeners {
+            while listener.accept().is_ok() {}
+        }
+        let mut buf = [0u8; 16];
+        while dgram.recv(&mut buf).is_ok() {}
+    }
+    eprintln!(
+        "differential-unix: {cases} cases, {outcomes:?}, {} mismatches",
+        mismatches.len()
+    );
+    for m in &mismatches {
+        eprintln!("MISMATCH {m}");
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {cases} unix cases disagree between the kernel and the reference evaluator; \
+         first:\n{}",
+        mismatches.len(),
+        mismatches[0]
+    );
+    for key in [("allow", "rule"), ("deny", "rule"), ("deny", "default")] {
+        assert!(
+            outcomes.contains_key(&key),
+            "no unix case decided {key:?}: {outcomes:?}"
+        );
+    }
+}

@@ -31,7 +31,7 @@ pub const PATH_RULE_CAPACITY: u32 = 4 * MAX_PATH_RULES;
 
 /// Version of the layout of the maps oxd pins in bpffs. A daemon only adopts pins of its own
 /// layout version (they live in a directory named after it).
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// Most network rules in one policy; the network rule table has this many entries per slot.
 pub const MAX_NET_RULES: u32 = 256;
@@ -119,8 +119,9 @@ pub mod op {
     /// command.
     pub const TTY_INJECT: u32 = 58;
     /// `connect` on a Unix stream or seqpacket socket (BPF-LSM `unix_stream_connect`). `path`:
-    /// the listening socket's address (abstract names start with a NUL), `path_len` its
-    /// length; `peer_pid`: the listening process.
+    /// for a listening socket outside the confinement bound to a path, that path resolved in
+    /// the host's view (with its NUL); otherwise its address as bound (abstract names start
+    /// with a NUL); `path_len` its length; `peer_pid`: the listening process.
     pub const UNIX_CONNECT: u32 = 59;
     /// `connect` or a send on a Unix datagram socket (BPF-LSM `unix_may_send`). `path`,
     /// `path_len` and `peer_pid` as for [`UNIX_CONNECT`] (the receiving socket).
@@ -367,6 +368,21 @@ pub const SLOT_PREFIX_BITS: u32 = 16;
 /// above a deny rule (exact keys, with their NUL): moving such a directory would move the
 /// denied path, so the source of a rename may not be one (writes).
 pub const ANCESTOR_SLOT_BIT: u16 = 0x8000;
+
+/// Unix socket rules (`[ipc] unix_allow`/`unix_deny`) live in their own trie (`UNIX_RULES`),
+/// keyed like the other path tries: a socket path with its NUL (or a subtree's directory with its
+/// `/`). Abstract names, which may hold any byte (NUL included) and always start with a NUL in
+/// `sun_path`, have key spaces of their own, told apart from paths (which start with `/`) by
+/// their first byte: an exact name `@NAME` is keyed `[UNIX_ABSTRACT_EXACT, len, NAME...]` (the
+/// length byte makes the key end where the name ends), a prefix `@NAME*` is keyed
+/// `[UNIX_ABSTRACT_PREFIX, 0, NAME...]` with its prefix length ending after `NAME`. The kernel
+/// looks an abstract name up in the exact space first (an exact name is the most specific rule
+/// there is), then in the prefix space (longest prefix wins).
+pub const UNIX_ABSTRACT_EXACT: u8 = 1;
+/// See [`UNIX_ABSTRACT_EXACT`].
+pub const UNIX_ABSTRACT_PREFIX: u8 = 2;
+/// Longest abstract name (without the NUL that starts it in `sun_path`): `sun_path` is 108 bytes.
+pub const UNIX_ABSTRACT_NAME_MAX: usize = 107;
 
 /// Value of a path rule.
 #[repr(C)]

@@ -23,9 +23,9 @@ use oxd_common::{action, governs, op, reason, MAX_CGROUP_DEPTH, PATH_BUF_LEN, RU
 
 use crate::{
     confine::Gate,
-    event::{refuse, start_event, Verdict, EPERM},
-    maps::CONFINED,
-    offsets, sigio,
+    event::{record_path, refuse, start_event, Verdict, EPERM},
+    maps::{CONFINED, SCRATCH},
+    offsets, sigio, unix,
 };
 
 /// `TIOCSTI`: push a byte into a terminal's input queue.
@@ -310,31 +310,49 @@ fn unix_may_send(ctx: LsmContext) -> i32 {
 }
 
 /// The decision on reaching the Unix socket `sk` (a `struct sock *`, 0 if unreadable): inside
-/// the confinement allowed, outside as the policy's `[ipc] unix` says.
+/// the confinement allowed, outside as the policy's `[ipc]` socket rules say ([`crate::unix`]).
 #[inline(always)]
 fn decide_unix(gate: &Gate, op: u32, sk: u64) -> i32 {
     let side = match offsets::sock_cgroup(sk) {
         Some(cgroup) => side_of(cgroup),
         None => Side::Unknown,
     };
-    let verdict = verdict_for(gate, side, gate.config.ipc_unix_default, reason::DEFAULT);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return -EPERM;
+    };
+    let judged = if gate.configured && side == Side::Outside {
+        unix::judge(gate, sk, scratch)
+    } else {
+        unix::Judged {
+            verdict: verdict_for(gate, side, action::DENY, reason::DEFAULT),
+            resolved_len: 0,
+        }
+    };
+    let verdict = judged.verdict;
     if let Some(mut entry) = start_event(op, gate, &verdict) {
         let event = entry.as_mut_ptr();
         // SAFETY: the event is ours until submitted; the copy is bounded by `sun_path`'s size,
         // within the event's path buffer.
         unsafe {
             (*event).peer_pid = offsets::sock_peer_pid(sk);
-            let addr = offsets::unix_address(sk);
-            if let Some((len, name)) = offsets::unix_address_name(addr) {
-                let mut n = len - SUN_FAMILY_LEN;
-                if n > SUN_PATH_LEN {
-                    n = SUN_PATH_LEN;
-                }
-                if n > 0 && (n as usize) < PATH_BUF_LEN {
-                    let dst = core::ptr::addr_of_mut!((*event).path).cast::<u8>();
-                    let src = (name + SUN_FAMILY_LEN as u64) as *const core::ffi::c_void;
-                    if gen::bpf_probe_read_kernel(dst.cast(), n as u32, src) == 0 {
-                        (*event).path_len = n as u32;
+        }
+        if judged.resolved_len != 0 {
+            record_path(event, scratch, judged.resolved_len);
+        } else {
+            // SAFETY: as above.
+            unsafe {
+                let addr = offsets::unix_address(sk);
+                if let Some((len, name)) = offsets::unix_address_name(addr) {
+                    let mut n = len - SUN_FAMILY_LEN;
+                    if n > SUN_PATH_LEN {
+                        n = SUN_PATH_LEN;
+                    }
+                    if n > 0 && (n as usize) < PATH_BUF_LEN {
+                        let dst = core::ptr::addr_of_mut!((*event).path).cast::<u8>();
+                        let src = (name + SUN_FAMILY_LEN as u64) as *const core::ffi::c_void;
+                        if gen::bpf_probe_read_kernel(dst.cast(), n as u32, src) == 0 {
+                            (*event).path_len = n as u32;
+                        }
                     }
                 }
             }

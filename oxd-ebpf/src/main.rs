@@ -20,7 +20,9 @@
 //! - [`ipc`]: `ptrace_access_check`, `ptrace_traceme`, `task_kill` (BPF-LSM) deny a confined
 //!   task ptrace access to, and signals to, tasks outside its confinement; `tty_ioctl`
 //!   (BPF-LSM, `file_ioctl`, and `file_ioctl_compat` from 6.8) denies `TIOCSTI`/`TIOCLINUX`;
-//!   `unix_stream_connect` / `unix_may_send` (BPF-LSM) decide Unix sockets outside it.
+//!   `unix_stream_connect` / `unix_may_send` (BPF-LSM) decide Unix sockets outside it, by
+//!   the `[ipc]` socket rules ([`unix`]: the listening socket's bound path in the host's view,
+//!   or its abstract name).
 //! - [`sigio`]: `file_fcntl` (BPF-LSM), and `tty_ioctl` for the `ioctl` forms, let a confined
 //!   task name only itself as the owner of a file's I/O signals, with the default signal.
 //! - [`write`]: the BPF-LSM `path_*` hooks (`path_unlink`, `path_rmdir`, `path_mkdir`,
@@ -79,6 +81,7 @@ mod offsets;
 mod path;
 mod sigio;
 mod sock;
+mod unix;
 mod write;
 
 #[cfg(target_arch = "bpf")]

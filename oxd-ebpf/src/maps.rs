@@ -75,3 +75,10 @@ pub(crate) static MAPPED_FILES: LruHashMap<u64, MappedFile> =
 /// Per-CPU room to build a [`MAPPED_FILES`] value in (too large for the stack).
 #[map]
 pub(crate) static MAPPED_FILE: PerCpuArray<MappedFile> = PerCpuArray::with_max_entries(1, 0);
+
+/// Unix socket rules (`[ipc] unix_allow`/`unix_deny`): longest matching prefix of (slot, the
+/// listening socket's bound path), or of (slot, abstract-name key); see
+/// `oxd_common::UNIX_ABSTRACT_EXACT`.
+#[map]
+pub(crate) static UNIX_RULES: LpmTrie<PathKey, RuleValue> =
+    LpmTrie::with_max_entries(PATH_RULE_CAPACITY, 0);

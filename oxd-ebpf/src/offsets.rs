@@ -457,3 +457,40 @@ pub(crate) fn path_mnt(path: *const path) -> u64 {
             .cast::<u64>())
     }
 }
+
+// Unix socket rules (`[ipc] unix_allow`/`unix_deny`, see `crate::unix`).
+
+/// Offset of `path` (the `struct path` a socket bound to a file-system name was bound at) in
+/// `struct unix_sock`.
+#[no_mangle]
+static UNIX_SOCK_PATH_OFFSET: u32 = 0;
+
+/// `unix_sk(sk)->addr`, telling a failed read (`None`) from an unnamed socket (`Some(0)`).
+#[inline(always)]
+pub(crate) fn unix_address_checked(sk: u64) -> Option<u64> {
+    read_at::<u64>(sk, &UNIX_SOCK_ADDR_OFFSET)
+}
+
+/// `unix_sk(sk)->path` as (`mnt`, `dentry`) addresses: both 0 for a socket not bound to a
+/// file-system name (abstract or unnamed); `None` if they cannot be read.
+#[inline(always)]
+pub(crate) fn unix_sock_path(sk: u64) -> Option<(u64, u64)> {
+    if sk == 0 {
+        return None;
+    }
+    let path = sk.wrapping_add(offset(&UNIX_SOCK_PATH_OFFSET) as u64);
+    let mnt = read_at::<u64>(path, &PATH_MNT_OFFSET)?;
+    let dentry = read_at::<u64>(path, &PATH_DENTRY_OFFSET)?;
+    Some((mnt, dentry))
+}
+
+/// The first byte of `sun_path` in a `struct unix_address`'s `name` at `name` (0 for an
+/// abstract name); `None` if it cannot be read.
+#[inline(always)]
+pub(crate) fn unix_sun_path_first(name: u64) -> Option<u8> {
+    if name == 0 {
+        return None;
+    }
+    // SAFETY: `bpf_probe_read_kernel` checks the address; a bad one is an error, not a fault.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((name + 2) as *const u8).ok() }
+}

@@ -355,6 +355,9 @@ pub struct KernelOffsets {
     pub mount_mnt_parent: u32,
     /// `offsetof(struct mount, mnt_mountpoint)`.
     pub mount_mnt_mountpoint: u32,
+    // Unix socket rules
+    /// `offsetof(struct unix_sock, path)`.
+    pub unix_sock_path: u32,
 }
 
 impl KernelOffsets {
@@ -402,6 +405,7 @@ impl KernelOffsets {
             qstr_name: btf.member_offset("qstr", "name")?,
             mount_mnt_parent: btf.member_offset("mount", "mnt_parent")?,
             mount_mnt_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
+            unix_sock_path: btf.member_offset("unix_sock", "path")?,
         })
     }
 }

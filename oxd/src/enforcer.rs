@@ -88,7 +88,7 @@ pub const WRITE_LSM_PROGRAMS: [(&str, &str); 10] = [
 ];
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
-const PINNED_MAPS: [&str; 10] = [
+const PINNED_MAPS: [&str; 11] = [
     "CONFIG",
     "CONFINED",
     "EXEC_RULES",
@@ -99,6 +99,7 @@ const PINNED_MAPS: [&str; 10] = [
     "EVENTS",
     "COUNTERS",
     "MAPPED_FILES",
+    "UNIX_RULES",
 ];
 
 pub(crate) const LSM_FIX: &str =
@@ -384,6 +385,7 @@ impl Enforcer {
                 &offsets.mount_mnt_mountpoint,
                 true,
             )
+            .override_global("UNIX_SOCK_PATH_OFFSET", &offsets.unix_sock_path, true)
             .load(OBJECT)?;
         Ok(Self {
             ebpf,
@@ -419,6 +421,9 @@ impl Enforcer {
             if table == PathTable::FileWrite && !image.ancestor_paths().is_empty() {
                 self.write_path_rules(path_map(table), image.ancestor_paths())?;
             }
+        }
+        if !image.unix_paths().is_empty() {
+            self.write_path_rules(UNIX_RULES_MAP, image.unix_paths())?;
         }
         if !image.inodes().is_empty() {
             let mut inodes: HashMap<_, InodeKey, InodeRules> = HashMap::try_from(
@@ -467,7 +472,11 @@ impl Enforcer {
         config_map
             .set(slot, Config::default(), 0)
             .map_err(map_err("clear a policy configuration"))?;
-        for map in PathTable::ALL.map(path_map) {
+        for map in PathTable::ALL
+            .map(path_map)
+            .into_iter()
+            .chain([UNIX_RULES_MAP])
+        {
             let mut trie: LpmTrie<_, PathKey, RuleValue> =
                 LpmTrie::try_from(self.ebpf.map_mut(map).ok_or(EnforcerError::Missing(map))?)
                     .map_err(map_err(format!("open the rule map {map}")))?;
@@ -821,6 +830,9 @@ impl Enforcer {
         PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err("open the counters"))
     }
 }
+
+/// The trie that holds the `[ipc]` Unix socket rules ([`SlotImage::unix_paths`]).
+const UNIX_RULES_MAP: &str = "UNIX_RULES";
 
 /// The trie that holds a path-rule table.
 fn path_map(table: PathTable) -> &'static str {

@@ -300,10 +300,10 @@ impl Policy {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
                 Some(_) => Decision::new(Action::Deny, Reason::TtyInject),
             },
-            Request::Unix { inside, .. } => match &self.ipc {
+            Request::Unix { path, inside } => match &self.ipc {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
                 Some(_) if *inside => Decision::new(Action::Allow, Reason::IpcInside),
-                Some(ipc) => Decision::new(ipc.unix, Reason::Default),
+                Some(ipc) => decide_unix(&ipc.unix_rules, ipc.unix, path),
             },
             Request::SignalOwner { own } => match &self.ipc {
                 None => Decision::new(Action::Allow, Reason::NotDecided),
@@ -321,6 +321,26 @@ fn decide_task(inside: bool) -> Decision {
     } else {
         Decision::new(Action::Deny, Reason::IpcOutside)
     }
+}
+
+/// A Unix socket outside the confinement, at its bound path (or `@name`, abstract): the most
+/// specific matching `[ipc]` rule (an exact abstract name over any prefix; among paths, as for
+/// file rules), else the `unix` default. Validation keeps one rule per pattern, deny on a tie.
+fn decide_unix(rules: &[crate::policy::UnixRule], default: Action, target: &str) -> Decision {
+    let too_long = match target.strip_prefix('@') {
+        Some(name) => name.len() > oxd_common::UNIX_ABSTRACT_NAME_MAX,
+        None => target.len() + 1 > PATH_KEY_LEN,
+    };
+    if too_long {
+        return Decision::new(Action::Deny, Reason::PathTooLong);
+    }
+    rules
+        .iter()
+        .filter(|r| r.pattern.matches(target))
+        .max_by_key(|r| r.pattern.specificity())
+        .map_or(Decision::new(default, Reason::Default), |r| {
+            Decision::new(r.action, Reason::Rule(r.rule))
+        })
 }
 
 fn decide_path(rules: &[PathRule], default: Action, path: &str) -> Decision {
@@ -897,5 +917,90 @@ deny = [{ path = "/ws/proj/secret/**", access = ["read"] }]
                 Decision::new(Action::Allow, Reason::NotDecided)
             );
         }
+    }
+
+    #[test]
+    fn unix_socket_rules() {
+        let p = policy(concat!(
+            "[exec]\n[ipc]\nunix = \"deny\"\n",
+            "unix_allow = [\"/run/user/1000/bus\", \"/tmp/.X11-unix/**\", \"@dbus-*\", ",
+            "\"@/tmp/.X11-unix/X0\", \"/srv/**\"]\n",
+            "unix_deny = [\"/tmp/.X11-unix/X9\", \"@dbus-secret\", \"/srv/private/**\", ",
+            "\"@*\"]\n",
+        ));
+        let unix = |path: &str, inside| {
+            let d = p.evaluate(&Request::Unix {
+                path: path.into(),
+                inside,
+            });
+            (d.action, d.rule_label(&p))
+        };
+        let allow = |rule: &str| (Action::Allow, rule.to_owned());
+        let deny = |rule: &str| (Action::Deny, rule.to_owned());
+        assert_eq!(
+            unix("/run/user/1000/bus", false),
+            allow("ipc.unix_allow[0]")
+        );
+        assert_eq!(unix("/run/user/1001/bus", false), deny("default"));
+        assert_eq!(unix("/run/user/1000/bus2", false), deny("default"));
+        assert_eq!(unix("/tmp/.X11-unix/X0", false), allow("ipc.unix_allow[1]"));
+        // The exact deny is more specific than the subtree allow.
+        assert_eq!(unix("/tmp/.X11-unix/X9", false), deny("ipc.unix_deny[0]"));
+        assert_eq!(unix("/srv/a.sock", false), allow("ipc.unix_allow[4]"));
+        assert_eq!(unix("/srv/private/a.sock", false), deny("ipc.unix_deny[2]"));
+        // Abstract names: an exact name beats every prefix, a longer prefix a shorter one.
+        assert_eq!(unix("@dbus-session", false), allow("ipc.unix_allow[2]"));
+        assert_eq!(unix("@dbus-secret", false), deny("ipc.unix_deny[1]"));
+        assert_eq!(
+            unix("@/tmp/.X11-unix/X0", false),
+            allow("ipc.unix_allow[3]")
+        );
+        assert_eq!(unix("@/tmp/.X11-unix/X1", false), deny("ipc.unix_deny[3]"));
+        assert_eq!(unix("@other", false), deny("ipc.unix_deny[3]"));
+        // Paths and abstract names never match each other's rules.
+        assert_eq!(unix("/dbus-session", false), deny("default"));
+        // Inside the confinement, rules do not matter.
+        assert_eq!(
+            unix("/srv/private/a.sock", true),
+            (Action::Allow, "default".into())
+        );
+        assert_eq!(
+            p.evaluate(&Request::Unix {
+                path: "/srv/private/a.sock".into(),
+                inside: true
+            })
+            .reason,
+            Reason::IpcInside
+        );
+        // Over-long targets fail closed.
+        let long = format!("/srv/{}", "a".repeat(PATH_KEY_LEN));
+        assert_eq!(
+            p.evaluate(&Request::Unix {
+                path: long,
+                inside: false
+            }),
+            Decision::new(Action::Deny, Reason::PathTooLong)
+        );
+        // With `unix = "allow"`, deny rules carve exceptions out of it.
+        let p = policy("[ipc]\nunix = \"allow\"\nunix_deny = [\"/var/run/docker.sock\"]\n");
+        let d = |path: &str| {
+            p.evaluate(&Request::Unix {
+                path: path.into(),
+                inside: false,
+            })
+        };
+        assert_eq!(d("/var/run/docker.sock").action, Action::Deny);
+        assert_eq!(
+            d("/var/run/other.sock"),
+            Decision::new(Action::Allow, Reason::Default)
+        );
+        // A pattern in both lists keeps its deny rule.
+        let p = policy("[ipc]\nunix_allow = [\"@x\"]\nunix_deny = [\"@x\"]\n");
+        let d = p.evaluate(&Request::Unix {
+            path: "@x".into(),
+            inside: false,
+        });
+        assert_eq!(d.action, Action::Deny);
+        assert_eq!(d.rule_label(&p), "ipc.unix_deny[0]");
     }
 }

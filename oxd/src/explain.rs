@@ -239,13 +239,7 @@ fn request_for(probe: &Probe) -> Result<(Request, String)> {
             Request::TtyInject,
             "TIOCSTI/TIOCLINUX on a terminal".to_owned(),
         ),
-        Probe::Unix { path, inside } => (
-            Request::Unix {
-                path: path.clone(),
-                inside: *inside,
-            },
-            format!("unix socket {path} created {}", side(*inside)),
-        ),
+        Probe::Unix { path, inside } => unix_request(path, *inside)?,
         Probe::SignalOwner { own } => (
             Request::SignalOwner { own: *own },
             if *own {
@@ -256,6 +250,25 @@ fn request_for(probe: &Probe) -> Result<(Request, String)> {
             },
         ),
     })
+}
+
+/// Reaching the Unix socket `path`: a socket path is judged as the path the kernel resolves it
+/// to (the socket's bound path in the host's view); an abstract name (`@NAME`) as it is.
+fn unix_request(path: &str, inside: bool) -> Result<(Request, String)> {
+    let (target, what) = if path.starts_with('@') {
+        (path.to_owned(), format!("unix socket {path}"))
+    } else {
+        let real = path_string(&resolve(Path::new(path))?)?;
+        let what = describe("unix socket", Path::new(path), Path::new(&real));
+        (real, what)
+    };
+    Ok((
+        Request::Unix {
+            path: target,
+            inside,
+        },
+        format!("{what} created {}", side(inside)),
+    ))
 }
 
 /// The exact deny rules that name the file `request` is about under any of its names (hard
@@ -286,7 +299,9 @@ fn why(policy: &Policy, probe: &Probe, request: &Request, reason: Reason) -> Str
             None => format!("rule #{id}"),
         },
         Reason::Default if matches!(request, Request::Unix { .. }) => {
-            "Unix sockets outside the agent's confinement: the [ipc] `unix` setting".to_owned()
+            "no [ipc] unix_allow/unix_deny rule matches this socket outside the agent's \
+             confinement: the [ipc] `unix` default"
+                .to_owned()
         }
         Reason::Default => default_why(request).to_owned(),
         Reason::PathTooLong => format!(

@@ -543,3 +543,327 @@ fn run_gives_the_agent_its_own_session_and_terminal() {
         "the agent is in the caller's session"
     );
 }
+
+// Unix socket rules (`[ipc] unix_allow` / `unix_deny`): outside servers are judged by the path
+// their socket was bound at (in the host's view) or by their abstract name, whatever name the
+// agent reaches them by.
+
+/// A tmpfs mounted for one test (the sockets live on a plain file system, not the guest's
+/// overlay root), unmounted when dropped. Also used by the differential test.
+pub(crate) struct Tmpfs(pub(crate) PathBuf);
+
+impl Tmpfs {
+    pub(crate) fn new(dir: &Path) -> Self {
+        use std::os::unix::ffi::OsStrExt as _;
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let target = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("no NUL");
+        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+        let ret = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                c"mode=0755".as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            ret,
+            0,
+            "mount a tmpfs on {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        Self(fs::canonicalize(dir).expect("canonicalize the tmpfs"))
+    }
+
+    /// `rel` inside the tmpfs, as a string (the form rules and records take).
+    pub(crate) fn path(&self, rel: &str) -> String {
+        self.0.join(rel).to_str().expect("utf-8 path").to_owned()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt as _;
+        if let Ok(target) = std::ffi::CString::new(self.0.as_os_str().as_bytes()) {
+            // SAFETY: umount2(2) on a NUL-terminated path; detaching takes the bind mounts on it
+            // along.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// A scratch directory the agent can enter, a tmpfs in it with the directories `allowed` and
+/// `denied`, and a policy (named `ipc-TEST`) that lets the agent run and read anything, with
+/// the `[ipc]` section `ipc` (`{fs}` in it stands for the tmpfs).
+fn unix_setup(test: &str, ipc: &str) -> (Scratch, Tmpfs, PathBuf, PathBuf) {
+    require_bpf_lsm();
+    let scratch = Scratch::new(test);
+    fs::set_permissions(scratch.path(""), fs::Permissions::from_mode(0o755))
+        .expect("open the scratch directory to the agent");
+    let tmpfs = Tmpfs::new(&scratch.path("fs"));
+    for dir in ["allowed", "denied"] {
+        fs::create_dir(tmpfs.path(dir)).expect("create a socket directory");
+        fs::set_permissions(tmpfs.path(dir), fs::Permissions::from_mode(0o755))
+            .expect("chmod a socket directory");
+    }
+    let ipc = ipc.replace("{fs}", tmpfs.0.to_str().expect("utf-8 path"));
+    let policy = scratch.policy(&format!(
+        "name = \"ipc-{test}\"\n[exec]\ndefault = \"allow\"\n[file]\ndefault = \"allow\"\n\
+         [ipc]\n{ipc}\n"
+    ));
+    let log = scratch.path("audit.jsonl");
+    (scratch, tmpfs, policy, log)
+}
+
+/// A stream listener at `path` that any user may connect to, outside the agent's confinement.
+fn listen_at(path: &str) -> std::os::unix::net::UnixListener {
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o777)).expect("chmod socket");
+    listener.set_nonblocking(true).expect("nonblocking");
+    listener
+}
+
+/// Every connection `listener` has queued, with what each sent.
+fn accepted(listener: &std::os::unix::net::UnixListener) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                conn.set_nonblocking(false).expect("blocking");
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut conn, &mut text).expect("read");
+                got.push(text);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return got,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// Every datagram `socket` has queued.
+fn received(socket: &std::os::unix::net::UnixDatagram) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        match socket.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return got,
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+}
+
+/// Runs `oxd-attack --as 65534:65534 unix-reach KIND ADDRS...` confined.
+fn reach(policy: &Path, log: &Path, kind: &str, addrs: &[&str]) -> Vec<Value> {
+    let attack = attack();
+    let mut args = vec![attack.as_str(), "--as", AGENT, "unix-reach", kind];
+    args.extend_from_slice(addrs);
+    let output = oxd_run(policy, log, &args);
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}",
+        output.status
+    );
+    probe_results(&output)
+}
+
+/// The one `op` record about `target`, checked for `decision`, `rule` and enforcement.
+fn unix_record(log: &Path, op: &str, target: &str, decision: &str, rule: &str) -> Vec<Value> {
+    let records: Vec<Value> = ipc_records(log, op, None)
+        .into_iter()
+        .filter(|r| r["target"] == target)
+        .collect();
+    assert!(
+        !records.is_empty(),
+        "no {op} record for {target}: {:#?}",
+        audit_records(log)
+    );
+    for r in &records {
+        assert_eq!(r["decision"], decision, "{r}");
+        assert_eq!(r["rule"], rule, "{r}");
+        assert_eq!(r["enforced"], true, "{r}");
+        assert_eq!(r["uid"], 65534, "{r}");
+        assert_eq!(
+            r["policy"].as_str().map(|p| p.starts_with("ipc-")),
+            Some(true),
+            "{r}"
+        );
+        if op == "unix-connect" {
+            // The listening process (a datagram socket has no peer credentials).
+            assert_eq!(r["peer_pid"], std::process::id(), "{r}");
+        }
+    }
+    records
+}
+
+#[test]
+fn unix_rules_judge_outside_servers_by_their_bound_path() {
+    let (_scratch, tmpfs, policy, log) = unix_setup(
+        "unix-paths",
+        "unix = \"deny\"\nunix_allow = [\"{fs}/allowed/**\"]\n\
+         unix_deny = [\"{fs}/allowed/secret.sock\"]",
+    );
+    let ok = tmpfs.path("allowed/ok.sock");
+    let secret = tmpfs.path("allowed/secret.sock");
+    let denied = tmpfs.path("denied/no.sock");
+    let ok_server = listen_at(&ok);
+    let secret_server = listen_at(&secret);
+    let denied_server = listen_at(&denied);
+    // Other names of the denied socket, in the allowed directory, made by someone else: a
+    // symlink, a hard link, and a bind mount of the socket file over an allowed file.
+    let symlink = tmpfs.path("allowed/sym.sock");
+    std::os::unix::fs::symlink("../denied/no.sock", &symlink).expect("symlink");
+    let hardlink = tmpfs.path("allowed/hard.sock");
+    fs::hard_link(&denied, &hardlink).expect("hard link the socket");
+    let bind = tmpfs.path("allowed/bind.sock");
+    fs::write(&bind, "").expect("create the mount point");
+    {
+        let src = std::ffi::CString::new(denied.as_str()).expect("no NUL");
+        let dst = std::ffi::CString::new(bind.as_str()).expect("no NUL");
+        // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+        let ret = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(ret, 0, "bind mount: {}", std::io::Error::last_os_error());
+    }
+
+    let results = reach(
+        &policy,
+        &log,
+        "stream",
+        &[&ok, &secret, &denied, &symlink, &hardlink, &bind],
+    );
+    assert_step_ok(&results, &format!("connect:{ok}"));
+    for name in [&secret, &denied, &symlink, &hardlink, &bind] {
+        assert_step_fails(&results, &format!("connect:{name}"), EPERM);
+    }
+    // The effect: only the allowed server heard from the agent.
+    assert_eq!(accepted(&ok_server), ["HELLO"]);
+    assert!(
+        accepted(&secret_server).is_empty(),
+        "the denied server got a connection"
+    );
+    assert!(
+        accepted(&denied_server).is_empty(),
+        "the denied server got a connection through another name"
+    );
+    // The records: the allowed one by its rule; each attempt on the denied server under its
+    // bound path, whichever name the agent used (four attempts), by the default; the carved-out
+    // socket by its deny rule.
+    unix_record(&log, "unix-connect", &ok, "allow", "ipc.unix_allow[0]");
+    unix_record(&log, "unix-connect", &secret, "deny", "ipc.unix_deny[0]");
+    let through_names = unix_record(&log, "unix-connect", &denied, "deny", "default");
+    assert_eq!(through_names.len(), 4, "{through_names:#?}");
+    for name in [&symlink, &hardlink, &bind] {
+        assert!(
+            records_for(&audit_records(&log), "unix-connect", name).is_empty(),
+            "a record names {name} instead of the bound path"
+        );
+    }
+}
+
+#[test]
+fn unix_rules_decide_abstract_names_and_datagrams() {
+    use std::os::linux::net::SocketAddrExt as _;
+
+    let me = std::process::id();
+    let (_scratch, tmpfs, policy, log) = unix_setup(
+        "unix-abstract",
+        &format!(
+            "unix_allow = [\"@oxd-ok-{me}\", \"@oxd-pre-{me}-*\", \"{{fs}}/allowed/**\"]\n\
+             unix_deny = [\"@oxd-pre-{me}-no\"]"
+        ),
+    );
+    let abstract_listener = |name: &str| {
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name");
+        let listener =
+            std::os::unix::net::UnixListener::bind_addr(&addr).expect("bind an abstract name");
+        listener.set_nonblocking(true).expect("nonblocking");
+        listener
+    };
+    let ok = format!("oxd-ok-{me}");
+    let prefixed = format!("oxd-pre-{me}-yes");
+    let carved = format!("oxd-pre-{me}-no");
+    // Longer than an allowed name: exact names do not match as prefixes.
+    let longer = format!("oxd-ok-{me}x");
+    let servers: Vec<_> = [&ok, &prefixed, &carved, &longer]
+        .into_iter()
+        .map(|name| abstract_listener(name))
+        .collect();
+    let datagram = |path: &str| {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind a datagram");
+        fs::set_permissions(path, fs::Permissions::from_mode(0o777)).expect("chmod socket");
+        socket.set_nonblocking(true).expect("nonblocking");
+        socket
+    };
+    let dgram_ok = tmpfs.path("allowed/dgram.sock");
+    let dgram_no = tmpfs.path("denied/dgram.sock");
+    let dgram_ok_socket = datagram(&dgram_ok);
+    let dgram_no_socket = datagram(&dgram_no);
+
+    let at = |name: &str| format!("@{name}");
+    let attack = attack();
+    let script = format!(
+        "{attack} --as {AGENT} unix-reach stream {} {} {} {}; \
+         {attack} --as {AGENT} unix-reach dgram {dgram_ok} {dgram_no}",
+        at(&ok),
+        at(&prefixed),
+        at(&carved),
+        at(&longer),
+    );
+    let output = oxd_run(&policy, &log, &["/bin/sh", "-c", &script]);
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}",
+        output.status
+    );
+    let results = probe_results(&output);
+    assert_step_ok(&results, &format!("connect:@{ok}"));
+    assert_step_ok(&results, &format!("connect:@{prefixed}"));
+    assert_step_fails(&results, &format!("connect:@{carved}"), EPERM);
+    assert_step_fails(&results, &format!("connect:@{longer}"), EPERM);
+    assert_step_ok(&results, &format!("sendto:{dgram_ok}"));
+    assert_step_fails(&results, &format!("sendto:{dgram_no}"), EPERM);
+    assert_eq!(accepted(&servers[0]), ["HELLO"]);
+    assert_eq!(accepted(&servers[1]), ["HELLO"]);
+    assert!(
+        accepted(&servers[2]).is_empty(),
+        "the denied name got a connection"
+    );
+    assert!(
+        accepted(&servers[3]).is_empty(),
+        "the longer name got a connection"
+    );
+    assert_eq!(received(&dgram_ok_socket), ["HELLO"]);
+    assert!(
+        received(&dgram_no_socket).is_empty(),
+        "the denied socket got a datagram"
+    );
+    unix_record(&log, "unix-connect", &at(&ok), "allow", "ipc.unix_allow[0]");
+    unix_record(
+        &log,
+        "unix-connect",
+        &at(&prefixed),
+        "allow",
+        "ipc.unix_allow[1]",
+    );
+    unix_record(
+        &log,
+        "unix-connect",
+        &at(&carved),
+        "deny",
+        "ipc.unix_deny[0]",
+    );
+    unix_record(&log, "unix-connect", &at(&longer), "deny", "default");
+    unix_record(&log, "unix-send", &dgram_ok, "allow", "ipc.unix_allow[2]");
+    unix_record(&log, "unix-send", &dgram_no, "deny", "default");
+}

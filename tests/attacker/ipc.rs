@@ -21,6 +21,10 @@
 //! - `unix-connect ADDR`: connects a stream socket to ADDR (a path, or `@name` for an abstract
 //!   name) and sends `HELLO`.
 //! - `unix-send ADDR`: sends the datagram `HELLO` to ADDR.
+//! - `unix-reach stream|dgram ADDR...`: for each ADDR (a path, reached through whatever
+//!   symlink, hard link or bind mount names it, or `@name`), connects a stream socket and sends
+//!   `HELLO` (steps `connect:ADDR`, `send:ADDR`), or sends the datagram `HELLO`
+//!   (step `sendto:ADDR`).
 
 use std::{
     io::{BufRead as _, Read as _, Write as _},
@@ -68,9 +72,14 @@ pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
         ("inside", []) => inside(),
         ("unix-connect", [addr]) => unix(addr, libc::SOCK_STREAM),
         ("unix-send", [addr]) => unix(addr, libc::SOCK_DGRAM),
+        ("unix-reach", [kind, addrs @ ..]) if !addrs.is_empty() => match kind.as_str() {
+            "stream" => unix_reach(addrs, libc::SOCK_STREAM),
+            "dgram" => unix_reach(addrs, libc::SOCK_DGRAM),
+            _ => Outcome::Usage(format!("unknown socket kind {kind:?}")),
+        },
         (
             "victim" | "ptrace-attach" | "process-vm" | "pidfd-getfd" | "kill" | "proc-read"
-            | "traceme" | "tiocsti" | "inside" | "unix-connect" | "unix-send",
+            | "traceme" | "tiocsti" | "inside" | "unix-connect" | "unix-send" | "unix-reach",
             _,
         ) => Outcome::Usage("wrong arguments (see tests/attacker/ipc.rs)".into()),
         _ => return None,
@@ -353,6 +362,35 @@ fn unix(addr: &str, kind: libc::c_int) -> Outcome {
             step("sendto", &check(ret as libc::c_long));
         }
         libc::close(fd);
+    }
+    Outcome::Done
+}
+
+fn unix_reach(addrs: &[String], kind: libc::c_int) -> Outcome {
+    for addr in addrs {
+        let Some((sun, len)) = sockaddr_un(addr) else {
+            return Outcome::Usage(format!("address too long: {addr:?}"));
+        };
+        // SAFETY: plain system calls on a socket of ours, with a valid address.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, kind, 0);
+            if fd < 0 {
+                return Outcome::Setup(format!("socket: {}", std::io::Error::last_os_error()));
+            }
+            let sa = std::ptr::from_ref(&sun).cast::<libc::sockaddr>();
+            if kind == libc::SOCK_STREAM {
+                let connected = check(libc::connect(fd, sa, len).into());
+                step(&format!("connect:{addr}"), &connected);
+                if connected.is_ok() {
+                    let ret = libc::send(fd, b"HELLO".as_ptr().cast(), 5, libc::MSG_NOSIGNAL);
+                    step(&format!("send:{addr}"), &check(ret as libc::c_long));
+                }
+            } else {
+                let ret = libc::sendto(fd, b"HELLO".as_ptr().cast(), 5, 0, sa, len);
+                step(&format!("sendto:{addr}"), &check(ret as libc::c_long));
+            }
+            libc::close(fd);
+        }
     }
     Outcome::Done
 }

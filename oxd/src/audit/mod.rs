@@ -30,12 +30,14 @@
 //! - ipc ops: `ptrace` (target `pid N`; `detail`: the `PTRACE_MODE_*` bits of the access
 //!   check, 0 for `PTRACE_TRACEME`), `signal` (target `pid N`; `detail`: the signal number),
 //!   `tty-inject` (target `TIOCSTI` or `TIOCLINUX`; `detail`: the ioctl command),
-//!   `unix-connect` and `unix-send` (target: the socket's path, `@name` for an abstract name,
-//!   `<unnamed>` for none), `signal-owner` (choosing who gets a file's I/O signals; target:
-//!   the command and what it names, `F_SETOWN pid N`, `F_SETOWN pgrp N`, `F_SETOWN none`,
-//!   `F_SETSIG N`, `F_SETFL O_ASYNC`, `F_SETOWN_EX`, `FIOSETOWN`, `SIOCSPGRP`, `FIOASYNC`;
-//!   `detail`: the command); `peer_pid`: the other task (the listening process for a Unix
-//!   socket, when the kernel knows it; the process `F_SETOWN` names).
+//!   `unix-connect` and `unix-send` (target: the socket's path (for a socket outside the
+//!   confinement, its bound path resolved in the host's view), `@name` for an abstract name,
+//!   `<unnamed>` for none; `rule`: the `[ipc]` socket rule that decided, or `default`),
+//!   `signal-owner` (choosing who gets a file's I/O signals; target: the command and what it
+//!   names, `F_SETOWN pid N`, `F_SETOWN pgrp N`, `F_SETOWN none`, `F_SETSIG N`,
+//!   `F_SETFL O_ASYNC`, `F_SETOWN_EX`, `FIOSETOWN`, `SIOCSPGRP`, `FIOASYNC`; `detail`: the
+//!   command); `peer_pid`: the other task (the listening process for a Unix socket, when the
+//!   kernel knows it; the process `F_SETOWN` names).
 //!
 //! A record with `"op": "lost"` reports decisions that were made but could not be recorded
 //! because the ring buffer was full (`count`, since the previous such record).

@@ -27,12 +27,16 @@ pub(crate) fn check(path: &Path) -> Result<i32> {
         || "not decided".to_owned(),
         |n| format!("{} rules, default {}", n.rules.len(), n.default.as_str()),
     );
+    let unix = policy.ipc.as_ref().map_or_else(
+        || "not decided".to_owned(),
+        |i| format!("{} rules, default {}", i.unix_rules.len(), i.unix.as_str()),
+    );
     let namespaces = policy
         .namespaces
         .map_or("not decided", |n| n.action.as_str());
     println!(
         "{}: ok: policy `{}` (sha256 {}), mode {}; exec: {exec}; file: {file}; network: \
-         {network}; namespaces: {namespaces}",
+         {network}; namespaces: {namespaces}; unix sockets outside: {unix}",
         path.display(),
         policy.name,
         &policy.sha256[..16],

@@ -8,6 +8,7 @@
 //! as it is.
 
 mod identity;
+mod unix;
 
 use std::path::Path;
 
@@ -17,7 +18,10 @@ use oxd_common::{
     RULE_NONE, SLOT_PREFIX_BITS,
 };
 
-pub use self::identity::{file_identity, FileId};
+pub use self::{
+    identity::{file_identity, FileId},
+    unix::unix_key,
+};
 use crate::policy::{Action, Mode, NetworkRule, PathPattern, PathRule, Policy, Protocol};
 
 /// Why a policy cannot be compiled into a slot. A validated policy loaded into a free slot
@@ -125,6 +129,8 @@ pub struct SlotImage {
     dirs: [Vec<PathEntry>; 3],
     /// The directories above deny rules (see [`Self::ancestor_paths`]).
     ancestors: Vec<PathEntry>,
+    /// The `[ipc]` Unix socket rules (see [`Self::unix_paths`]).
+    unix: Vec<PathEntry>,
 }
 
 impl SlotImage {
@@ -172,6 +178,12 @@ impl SlotImage {
     /// cannot be renamed).
     pub fn ancestor_paths(&self) -> &[PathEntry] {
         &self.ancestors
+    }
+
+    /// The entries of the `UNIX_RULES` trie: the `[ipc]` Unix socket rules (with the exact
+    /// keys that make a subtree rule cover its directory), see [`unix_key`].
+    pub fn unix_paths(&self) -> &[PathEntry] {
+        &self.unix
     }
 
     /// The denied-file entries, one per file.
@@ -226,6 +238,10 @@ pub fn compile(
     let file_read = path_entries(PathTable::FileRead, key_slot, read_rules)?;
     let file_write = path_entries(PathTable::FileWrite, key_slot, write_rules)?;
     let net = net_entries(slot, net_rules)?;
+    let unix = unix::unix_entries(
+        key_slot,
+        policy.ipc.as_ref().map_or(&[][..], |i| &i.unix_rules),
+    )?;
     let ancestors = ancestor_entries(key_slot, &[exec_rules, read_rules, write_rules]);
     let dirs = [
         dir_entries(key_slot, exec_rules),
@@ -249,6 +265,7 @@ pub fn compile(
         net,
         dirs,
         ancestors,
+        unix,
     })
 }
 

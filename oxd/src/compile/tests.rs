@@ -667,3 +667,97 @@ deny = [{ path = "/ws/proj/secret/**", access = ["read"] }, "/opt/a/other"]
         .iter()
         .all(|e| e.value.action == action::DENY && e.prefix().ends_with(b"\0")));
 }
+
+/// The kernel's `UNIX_RULES` lookups (`oxd-ebpf/src/unix.rs`), over the compiled entries: a
+/// path with its NUL in one longest-prefix match; an abstract name in the exact space, then the
+/// prefix space.
+fn kernel_unix_lookup(image: &SlotImage, target: &str) -> Option<RuleValue> {
+    let slot = u16::try_from(image.slot()).unwrap();
+    let lpm = |key: &[u8]| {
+        image
+            .unix_paths()
+            .iter()
+            .filter(|e| e.key.slot == slot)
+            .filter(|e| {
+                let len = ((e.prefix_len - SLOT_PREFIX_BITS) / 8) as usize;
+                len <= key.len() && e.key.path[..len] == key[..len]
+            })
+            .max_by_key(|e| e.prefix_len)
+            .map(|e| e.value)
+    };
+    match target.strip_prefix('@') {
+        None => {
+            let mut key = target.as_bytes().to_vec();
+            key.push(0);
+            lpm(&key)
+        }
+        Some(name) => {
+            let mut key = vec![
+                oxd_common::UNIX_ABSTRACT_EXACT,
+                u8::try_from(name.len()).unwrap(),
+            ];
+            key.extend_from_slice(name.as_bytes());
+            lpm(&key).or_else(|| {
+                key[0] = oxd_common::UNIX_ABSTRACT_PREFIX;
+                key[1] = 0;
+                lpm(&key)
+            })
+        }
+    }
+}
+
+#[test]
+fn unix_rules_compile_to_keys_the_kernel_finds_as_the_evaluator_decides() {
+    let p = policy(concat!(
+        "[exec]\n[ipc]\n",
+        "unix_allow = [\"/run/user/1000/bus\", \"/tmp/.X11-unix/**\", \"@dbus-*\", \"@ab\", ",
+        "\"/srv/**\", \"/srv/private\"]\n",
+        "unix_deny = [\"/tmp/.X11-unix/X9\", \"@dbus-secret\", \"/srv/private/**\", \"@*\", ",
+        "\"@a*\"]\n",
+    ));
+    let image = compile_ok(&p, 5, 1);
+    assert!(image.unix_paths().iter().all(|e| e.key.slot == 5));
+    // `@ab` is keyed with its length, so `@abc` does not match it as a prefix.
+    let (key, bits) = unix_key(&crate::policy::UnixPattern::Abstract("ab".into()));
+    assert_eq!(key, [oxd_common::UNIX_ABSTRACT_EXACT, 2, b'a', b'b']);
+    assert_eq!(bits, 32);
+    for target in [
+        "/run/user/1000/bus",
+        "/run/user/1000/bus2",
+        "/run/user/1000",
+        "/tmp/.X11-unix/X0",
+        "/tmp/.X11-unix/X9",
+        "/tmp/.X11-unix",
+        "/srv",
+        "/srv/a",
+        "/srv/private",
+        "/srv/private/x",
+        "/other",
+        "@dbus-session",
+        "@dbus-secret",
+        "@dbus-secret2",
+        "@ab",
+        "@abc",
+        "@a",
+        "@",
+        "@x",
+        "@/srv/a",
+    ] {
+        let decision = p.evaluate(&crate::evaluate::Request::Unix {
+            path: target.into(),
+            inside: false,
+        });
+        let kernel = kernel_unix_lookup(&image, target);
+        let expected = match decision.reason {
+            crate::evaluate::Reason::Rule(rule) => Some(RuleValue {
+                rule_id: rule,
+                action: action_bits(decision.action),
+            }),
+            _ => None,
+        };
+        assert_eq!(kernel, expected, "{target}");
+    }
+    // Clearing the slot finds these entries by their slot, like the other tries'.
+    let empty = compile_ok(&policy("[exec]\n"), 5, 1);
+    assert!(empty.unix_paths().is_empty());
+}

@@ -13,6 +13,7 @@ mod error;
 mod net;
 mod path;
 mod raw;
+mod unix;
 mod validate;
 
 use std::path::Path;
@@ -23,6 +24,7 @@ pub use self::{
     error::{line_col, PolicyError},
     net::{parse_cidr, Protocol},
     path::{parse_path_pattern, PathPattern},
+    unix::{parse_unix_pattern, UnixPattern, UnixSpecificity},
 };
 
 /// Allow or deny.
@@ -150,8 +152,20 @@ pub struct SocketSwitch {
 /// sockets outside the confinement have a setting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpcPolicy {
-    /// Connecting or sending to a Unix socket created outside the agent's confinement.
+    /// Connecting or sending to a Unix socket created outside the agent's confinement, when
+    /// no rule of [`Self::unix_rules`] matches it: the default.
     pub unix: Action,
+    /// `unix_allow` and `unix_deny`: at most one rule per pattern (deny kept on a tie).
+    pub unix_rules: Vec<UnixRule>,
+}
+
+/// A validated Unix socket rule (`[ipc] unix_allow` / `unix_deny`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnixRule {
+    pub pattern: UnixPattern,
+    pub action: Action,
+    /// Index into [`Policy::rules`].
+    pub rule: u32,
 }
 
 /// A validated policy.

@@ -84,4 +84,11 @@ pub(super) enum RawPorts {
 pub(super) struct RawIpcSection {
     /// Unix sockets outside the agent's confinement: `"allow"` or `"deny"` (the default).
     pub(super) unix: Option<Action>,
+    /// Unix sockets outside the confinement that may be reached: socket paths (`/dir/**`
+    /// subtrees) and abstract names (`@name`, `@prefix*`).
+    #[serde(default)]
+    pub(super) unix_allow: Vec<Spanned<String>>,
+    /// Unix sockets outside the confinement that may not be reached.
+    #[serde(default)]
+    pub(super) unix_deny: Vec<Spanned<String>>,
 }

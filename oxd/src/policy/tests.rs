@@ -165,3 +165,52 @@ fn process_namespaces_switch() {
     assert!(err.starts_with("test.toml:3:1: "), "{err}");
     assert!(err.contains("unknown field `namespace`"), "{err}");
 }
+
+#[test]
+fn ipc_unix_rules_validate_with_locations() {
+    let policy = parse(concat!(
+        "[exec]\n[ipc]\nunix = \"deny\"\n",
+        "unix_allow = [\"/run/user/1000/bus\", \"@dbus-*\", \"/run/user/1000/bus\"]\n",
+        "unix_deny = [\"/var/run/docker.sock\"]\n",
+    ))
+    .unwrap();
+    let ipc = policy.ipc.as_ref().unwrap();
+    assert_eq!(ipc.unix, Action::Deny);
+    // Deny rules first; a repeated pattern is kept once.
+    let ids: Vec<&str> = ipc
+        .unix_rules
+        .iter()
+        .map(|r| policy.rules[r.rule as usize].id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["ipc.unix_deny[0]", "ipc.unix_allow[0]", "ipc.unix_allow[1]"]
+    );
+    assert_eq!(
+        policy.rules[ipc.unix_rules[2].rule as usize].text,
+        "@dbus-*"
+    );
+    // `[process] namespaces` is still numbered last.
+    assert_eq!(
+        policy.namespaces.unwrap().rule as usize,
+        policy.rules.len() - 1
+    );
+
+    let err = parse("[ipc]\nunix_allow = [\n  \"/run/user/*/bus\",\n]\n").unwrap_err();
+    assert!(err.starts_with("test.toml:3:3: "), "{err}");
+    assert!(err.contains("wildcards"), "{err}");
+    let err = parse("[ipc]\nunix_deny = [\"docker.sock\"]\n").unwrap_err();
+    assert!(err.starts_with("test.toml:2:14: "), "{err}");
+    assert!(
+        err.contains("neither a socket path nor an abstract name"),
+        "{err}"
+    );
+    let err = parse("[ipc]\nunix_deny = [\"@a*b\"]\n").unwrap_err();
+    assert!(err.starts_with("test.toml:2:14: "), "{err}");
+    let err = parse("[ipc]\nunix_alow = []\n").unwrap_err();
+    assert!(err.starts_with("test.toml:2:1: "), "{err}");
+
+    let many: Vec<String> = (0..=MAX_PATH_RULES).map(|i| format!("\"@s{i}\"")).collect();
+    let err = parse(&format!("[ipc]\nunix_allow = [{}]\n", many.join(", "))).unwrap_err();
+    assert!(err.contains("too many Unix socket rules"), "{err}");
+}

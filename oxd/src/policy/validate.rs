@@ -9,9 +9,12 @@ use sha2::{Digest, Sha256};
 use super::{
     net::{parse_cidr, parse_ports},
     path::parse_path_pattern,
-    raw::{RawFileSection, RawNetSection, RawPathSection, RawPolicy, RawProcessSection},
+    raw::{
+        RawFileSection, RawIpcSection, RawNetSection, RawPathSection, RawPolicy, RawProcessSection,
+    },
+    unix::parse_unix_pattern,
     Action, ExecPolicy, FilePolicy, IpcPolicy, NamespacePolicy, NetworkPolicy, NetworkRule,
-    PathRule, Policy, Protocol, RuleInfo, SocketSwitch,
+    PathRule, Policy, Protocol, RuleInfo, SocketSwitch, UnixRule,
 };
 
 /// An error at a byte range of the policy text.
@@ -52,16 +55,17 @@ impl Validator {
             .network
             .map(|section| self.network(section))
             .transpose()?;
-        let namespaces = self.namespaces(raw.process, exec.is_some() || file.is_some())?;
         // An agent confined at all may not act through others: governing exec or file governs
         // ipc too, with its defaults.
         let ipc = match raw.ipc {
-            Some(section) => Some(IpcPolicy {
-                unix: section.unix.unwrap_or(Action::Deny),
+            Some(section) => Some(self.ipc(section)?),
+            None if exec.is_some() || file.is_some() => Some(IpcPolicy {
+                unix: Action::Deny,
+                unix_rules: Vec::new(),
             }),
-            None if exec.is_some() || file.is_some() => Some(IpcPolicy { unix: Action::Deny }),
             None => None,
         };
+        let namespaces = self.namespaces(raw.process, exec.is_some() || file.is_some())?;
         let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
         Ok(Policy {
             name,
@@ -73,6 +77,40 @@ impl Validator {
             ipc,
             rules: self.rules,
             namespaces,
+        })
+    }
+
+    /// `[ipc]`: the `unix` default (deny) and the Unix socket rules, deny rules first so that
+    /// a pattern named by both lists keeps its deny rule.
+    fn ipc(&mut self, section: RawIpcSection) -> ValidateResult<IpcPolicy> {
+        let total = section.unix_allow.len() + section.unix_deny.len();
+        let mut unix_rules: Vec<UnixRule> = Vec::new();
+        for (list, action, name) in [
+            (section.unix_deny, Action::Deny, "unix_deny"),
+            (section.unix_allow, Action::Allow, "unix_allow"),
+        ] {
+            for (index, entry) in list.into_iter().enumerate() {
+                let span = entry.span();
+                if total > MAX_PATH_RULES as usize {
+                    let hint = "use a directory rule (`/dir/**`) or a prefix (`@prefix*`)";
+                    return Err((span, too_many("Unix socket", total, MAX_PATH_RULES, hint)));
+                }
+                let pattern = parse_unix_pattern(entry.get_ref()).map_err(|m| (span.clone(), m))?;
+                if unix_rules.iter().any(|r| r.pattern == pattern) {
+                    continue;
+                }
+                let id = format!("ipc.{name}[{index}]");
+                let rule = self.add_rule(id, pattern.to_string(), action);
+                unix_rules.push(UnixRule {
+                    pattern,
+                    action,
+                    rule,
+                });
+            }
+        }
+        Ok(IpcPolicy {
+            unix: section.unix.unwrap_or(Action::Deny),
+            unix_rules,
         })
     }
 
