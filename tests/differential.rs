@@ -443,10 +443,12 @@ fn open_case(path: &str, mode: usize) -> Case {
 
 /// A change that leaves the tree as it was (see the probe's `change`): `chmod` or `rename` (onto
 /// itself) of a file or directory, `truncate` of a file (to its length), `mkdir` or `create` of
-/// a new name in a directory. A rename's source is judged for reading too; its `rename-to`
-/// record (the same path, as a write) is implied by it.
+/// a new name in a directory, and of a file or directory: `utimes` (to its own times),
+/// `setxattr` of an access ACL that restates its mode, `removexattr` of its (absent) access
+/// ACL. A rename's source is judged for reading too; its `rename-to` record (the same path, as
+/// a write) is implied by it.
 fn change_case(rng: &mut Rng, tree: &Tree, serial: usize) -> Case {
-    let (kind, op, path, source) = match rng.below(5) {
+    let (kind, op, path, source) = match rng.below(8) {
         0 => {
             let path = if rng.chance(50) {
                 rng.pick(&tree.files)
@@ -463,6 +465,15 @@ fn change_case(rng: &mut Rng, tree: &Tree, serial: usize) -> Case {
                 rng.pick(&tree.dirs)
             };
             ("rename", "rename-from", path.clone(), true)
+        }
+        5..=7 => {
+            let path = if rng.chance(50) {
+                rng.pick(&tree.files)
+            } else {
+                rng.pick(&tree.dirs)
+            };
+            let kind = ["utimes", "setxattr", "removexattr"][rng.below(3)];
+            (kind, kind, path.clone(), false)
         }
         3 => (
             "mkdir",
