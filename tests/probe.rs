@@ -207,6 +207,18 @@ fn mode_acl(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The kinds of [`change`].
+const CHANGES: [&str; 8] = [
+    "chmod",
+    "truncate",
+    "rename",
+    "mkdir",
+    "create",
+    "utimes",
+    "setxattr",
+    "removexattr",
+];
+
 /// Performs one action and reports it; `Err` ends the probe with that exit code.
 fn perform(action: &str) -> Result<(), ExitCode> {
     if let Some(path) = action.strip_prefix("exec:") {
@@ -275,19 +287,7 @@ fn perform(action: &str) -> Result<(), ExitCode> {
             }
         };
         report(action, result);
-    } else if let Some((kind, path)) = action.split_once(':').filter(|(k, _)| {
-        matches!(
-            *k,
-            "chmod"
-                | "truncate"
-                | "rename"
-                | "mkdir"
-                | "create"
-                | "utimes"
-                | "setxattr"
-                | "removexattr"
-        )
-    }) {
+    } else if let Some((kind, path)) = action.split_once(':').filter(|(k, _)| CHANGES.contains(k)) {
         report(action, change(kind, Path::new(path)).map(|()| None));
     } else if let Some(name) = action.strip_prefix("subcgroup:") {
         report(action, join_subcgroup(name).map(|()| None));

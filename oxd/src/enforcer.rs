@@ -100,6 +100,34 @@ pub const ATTR_LSM_PROGRAMS: [(&str, &str); 4] = [
     ("inode_setattr_dentry", "inode_setattr"),
 ];
 
+/// The [`ATTR_LSM_PROGRAMS`] for the kernel of `btf`: the ACL hooks it has, and the
+/// `inode_setattr` program for its hook's arguments.
+fn attr_programs_for(btf: &Btf, offsets: &KernelOffsets) -> Vec<(&'static str, &'static str)> {
+    let mut programs: Vec<_> = ATTR_LSM_PROGRAMS[..2]
+        .iter()
+        .filter(|(_, hook)| btf.has_function(&format!("bpf_lsm_{hook}")))
+        .copied()
+        .collect();
+    programs.push(if offsets.inode_setattr_idmap != 0 {
+        ATTR_LSM_PROGRAMS[2]
+    } else {
+        ATTR_LSM_PROGRAMS[3]
+    });
+    programs
+}
+
+/// Sets the offsets the programs of `oxd-ebpf/src/attr.rs` read.
+fn override_attr_offsets<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a KernelOffsets) {
+    loader
+        .override_global("DENTRY_D_SB_OFFSET", &offsets.dentry_d_sb, true)
+        .override_global("SB_S_MOUNTS_OFFSET", &offsets.sb_s_mounts, true)
+        .override_global("MOUNT_SB_LINK_OFFSET", &offsets.mount_sb_link, true)
+        .override_global("SB_MOUNTS_LIST", &offsets.sb_mounts_list, true)
+        .override_global("TASK_CRED_OFFSET", &offsets.task_cred, true)
+        .override_global("TASK_REAL_CRED_OFFSET", &offsets.task_real_cred, true)
+        .override_global("IATTR_IA_VALID_OFFSET", &offsets.iattr_ia_valid, true);
+}
+
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
 const PINNED_MAPS: [&str; 10] = [
     "CONFIG",
@@ -322,6 +350,10 @@ impl Enforcer {
     /// Loads the object. With `options.lsm`, every BPF-LSM program will be attached by
     /// [`Self::attach_lsm`]; with `options.pin_dir`, maps are pinned there (or adopted from
     /// there if already pinned) and links pinned as they are made.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one load-time global per kernel offset, in one chain of the loader"
+    )]
     pub fn open(options: &LoadOptions) -> Result<Self> {
         let needs_lsm = options.lsm;
         let mut ipc_programs = Vec::new();
@@ -339,17 +371,8 @@ impl Enforcer {
             if btf.has_function(&format!("bpf_lsm_{}", IPC_COMPAT_LSM_PROGRAM.1)) {
                 ipc_programs.push(IPC_COMPAT_LSM_PROGRAM);
             }
-            attr_programs.extend(
-                ATTR_LSM_PROGRAMS[..2]
-                    .iter()
-                    .filter(|(_, hook)| btf.has_function(&format!("bpf_lsm_{hook}"))),
-            );
             let offsets = KernelOffsets::read(&btf)?;
-            attr_programs.push(if offsets.inode_setattr_idmap != 0 {
-                ATTR_LSM_PROGRAMS[2]
-            } else {
-                ATTR_LSM_PROGRAMS[3]
-            });
+            attr_programs = attr_programs_for(&btf, &offsets);
             offsets
         } else {
             // Never read: the exec program is not loaded.
@@ -372,6 +395,7 @@ impl Enforcer {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        override_attr_offsets(&mut loader, &offsets);
         let ebpf = loader
             .override_global("BPRM_FILE_OFFSET", &offsets.bprm_file, true)
             .override_global("FILE_F_PATH_OFFSET", &offsets.file_f_path, true)
@@ -417,13 +441,6 @@ impl Enforcer {
                 &offsets.mount_mnt_mountpoint,
                 true,
             )
-            .override_global("DENTRY_D_SB_OFFSET", &offsets.dentry_d_sb, true)
-            .override_global("SB_S_MOUNTS_OFFSET", &offsets.sb_s_mounts, true)
-            .override_global("MOUNT_SB_LINK_OFFSET", &offsets.mount_sb_link, true)
-            .override_global("SB_MOUNTS_LIST", &offsets.sb_mounts_list, true)
-            .override_global("TASK_CRED_OFFSET", &offsets.task_cred, true)
-            .override_global("TASK_REAL_CRED_OFFSET", &offsets.task_real_cred, true)
-            .override_global("IATTR_IA_VALID_OFFSET", &offsets.iattr_ia_valid, true)
             .load(OBJECT)?;
         Ok(Self {
             ebpf,

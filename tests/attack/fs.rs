@@ -417,6 +417,9 @@ fn mtime(path: &Path) -> i64 {
         .mtime()
 }
 
+/// The times the files of `attributes_and_times_are_writes` start with (2017-07-14).
+const OLD: i64 = 1_500_000_000;
+
 /// With writing denied in `protected/` (and an exact rule denying `work/exact`), extended
 /// attributes, ACLs and times cannot be changed there: `setxattr`/`lsetxattr` of a `user.`
 /// attribute, setting and removing the access ACL by path and by a read-only descriptor,
@@ -457,7 +460,6 @@ fn attributes_and_times_are_writes() {
         "give protected/acl an ACL: {}",
         std::io::Error::last_os_error()
     );
-    const OLD: i64 = 1_500_000_000;
     for file in [&victim, &exact, &mine] {
         set_mtime(file, OLD);
     }

@@ -363,6 +363,54 @@ fn acl_blob() -> Vec<u8> {
     blob
 }
 
+/// `fsetxattr` of an ACL and `futimens` on a read-only descriptor of `victim`,
+/// `fremovexattr` of the ACL on one of `acl_file`.
+fn by_descriptor(
+    victim: &CString,
+    acl_file: &CString,
+    acl: &[u8],
+    times: &[libc::timespec; 2],
+) -> Result<(), Outcome> {
+    let acl_name = c"system.posix_acl_access";
+    let open = |path: &CString| {
+        // SAFETY: open(2) on a NUL-terminated path.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+        if fd < 0 {
+            return Err(Outcome::Setup(format!(
+                "open {path:?} for reading: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        Ok(fd)
+    };
+    let fd = open(victim)?;
+    // SAFETY: system calls on our descriptor, NUL-terminated names and buffers that outlive them.
+    unsafe {
+        step(
+            "fsetxattr-acl",
+            &ok(libc::fsetxattr(
+                fd,
+                acl_name.as_ptr(),
+                acl.as_ptr().cast(),
+                acl.len(),
+                0,
+            )),
+        );
+        step("futimens", &ok(libc::futimens(fd, times.as_ptr())));
+        libc::close(fd);
+    }
+    let fd = open(acl_file)?;
+    // SAFETY: as above.
+    unsafe {
+        step(
+            "fremovexattr-acl",
+            &ok(libc::fremovexattr(fd, acl_name.as_ptr())),
+        );
+        libc::close(fd);
+    }
+    Ok(())
+}
+
 /// Changes the extended attributes, ACL and times of `protected/victim` (which has no ACL) and
 /// `protected/acl` (which has one) without opening them for writing: by path, without
 /// following (`l*`), by descriptor (opened read-only), and through aliases in `work`: `sym`
@@ -444,37 +492,9 @@ fn attrs(p: &Path, w: &Path) -> Outcome {
             "lremovexattr-user",
             &ok(libc::lremovexattr(victim.as_ptr(), user_name.as_ptr())),
         );
-        let fd = libc::open(victim.as_ptr(), libc::O_RDONLY);
-        if fd < 0 {
-            return Outcome::Setup(format!(
-                "open the victim for reading: {}",
-                io::Error::last_os_error()
-            ));
+        if let Err(setup) = by_descriptor(&victim, &acl_file, &acl, &times) {
+            return setup;
         }
-        step(
-            "fsetxattr-acl",
-            &ok(libc::fsetxattr(
-                fd,
-                acl_name.as_ptr(),
-                acl.as_ptr().cast(),
-                acl.len(),
-                0,
-            )),
-        );
-        step("futimens", &ok(libc::futimens(fd, times.as_ptr())));
-        libc::close(fd);
-        let fd = libc::open(acl_file.as_ptr(), libc::O_RDONLY);
-        if fd < 0 {
-            return Outcome::Setup(format!(
-                "open the ACL file for reading: {}",
-                io::Error::last_os_error()
-            ));
-        }
-        step(
-            "fremovexattr-acl",
-            &ok(libc::fremovexattr(fd, acl_name.as_ptr())),
-        );
-        libc::close(fd);
         step("utimensat-now", &touch(&victim, None));
         step("utimensat-set", &touch(&victim, Some(&times)));
         step("setxattr-symlink-alias", &set_acl(&sym));
