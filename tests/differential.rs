@@ -443,12 +443,10 @@ fn open_case(path: &str, mode: usize) -> Case {
 
 /// A change that leaves the tree as it was (see the probe's `change`): `chmod` or `rename` (onto
 /// itself) of a file or directory, `truncate` of a file (to its length), `mkdir` or `create` of
-/// a new name in a directory, and of a file or directory: `utimes` (to its own times),
-/// `setxattr` of an access ACL that restates its mode, `removexattr` of its (absent) access
-/// ACL. A rename's source is judged for reading too; its `rename-to` record (the same path, as
-/// a write) is implied by it.
+/// a new name in a directory. A rename's source is judged for reading too; its `rename-to`
+/// record (the same path, as a write) is implied by it.
 fn change_case(rng: &mut Rng, tree: &Tree, serial: usize) -> Case {
-    let (kind, op, path, source) = match rng.below(8) {
+    let (kind, op, path, source) = match rng.below(5) {
         0 => {
             let path = if rng.chance(50) {
                 rng.pick(&tree.files)
@@ -465,15 +463,6 @@ fn change_case(rng: &mut Rng, tree: &Tree, serial: usize) -> Case {
                 rng.pick(&tree.dirs)
             };
             ("rename", "rename-from", path.clone(), true)
-        }
-        5..=7 => {
-            let path = if rng.chance(50) {
-                rng.pick(&tree.files)
-            } else {
-                rng.pick(&tree.dirs)
-            };
-            let kind = ["utimes", "setxattr", "removexattr"][rng.below(3)];
-            (kind, kind, path.clone(), false)
         }
         3 => (
             "mkdir",
@@ -498,6 +487,31 @@ fn change_case(rng: &mut Rng, tree: &Tree, serial: usize) -> Case {
         op,
         target: path,
         access: Some(if source { "read,write" } else { "write" }),
+    }
+}
+
+/// A change given to the kernel as a dentry (see the probe's `change`), of a file or directory:
+/// `utimes` (to its own times), `setxattr` of an access ACL that restates its mode,
+/// `removexattr` of its (absent) access ACL. Drawn from a generator of its own, so the other
+/// cases are those the seed gave before these were added.
+fn attr_case(rng: &mut Rng, tree: &Tree) -> Case {
+    let path = if rng.chance(50) {
+        rng.pick(&tree.files)
+    } else {
+        rng.pick(&tree.dirs)
+    }
+    .clone();
+    let kind = ["utimes", "setxattr", "removexattr"][rng.below(3)];
+    Case {
+        category: Category::Change,
+        action: format!("{kind}:{path}"),
+        request: Request::Change {
+            path: path.clone(),
+            source: false,
+        },
+        op: kind,
+        target: path,
+        access: Some("write"),
     }
 }
 
@@ -616,6 +630,7 @@ fn generate(
     }
 
     let mut cases = Vec::new();
+    let mut attr_rng = Rng(0x6f78_645f_6174_7472 ^ index as u64);
     for _ in 0..ACTIONS_PER_CATEGORY {
         let path = rng.pick(&tree.files).clone();
         cases.push(exec_case(&path));
@@ -628,6 +643,7 @@ fn generate(
         }
         let serial = cases.len();
         cases.push(change_case(rng, tree, serial));
+        cases.push(attr_case(&mut attr_rng, tree));
     }
     rng.shuffle(&mut cases);
     (text, cases)
