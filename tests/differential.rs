@@ -490,6 +490,31 @@ fn change_case(rng: &mut Rng, tree: &Tree, serial: usize) -> Case {
     }
 }
 
+/// A change given to the kernel as a dentry (see the probe's `change`), of a file or directory:
+/// `utimes` (to its own times), `setxattr` of an access ACL that restates its mode,
+/// `removexattr` of its (absent) access ACL. Drawn from a generator of its own, so the other
+/// cases are those the seed gave before these were added.
+fn attr_case(rng: &mut Rng, tree: &Tree) -> Case {
+    let path = if rng.chance(50) {
+        rng.pick(&tree.files)
+    } else {
+        rng.pick(&tree.dirs)
+    }
+    .clone();
+    let kind = ["utimes", "setxattr", "removexattr"][rng.below(3)];
+    Case {
+        category: Category::Change,
+        action: format!("{kind}:{path}"),
+        request: Request::Change {
+            path: path.clone(),
+            source: false,
+        },
+        op: kind,
+        target: path,
+        access: Some("write"),
+    }
+}
+
 fn network_case(addr: SocketAddr, udp: bool) -> Case {
     // A UDP send to an IPv4-mapped address goes through the kernel's IPv4 path and is reported
     // with the IPv4 address; a TCP connect is decided in connect6 and keeps the mapped form.
@@ -605,6 +630,7 @@ fn generate(
     }
 
     let mut cases = Vec::new();
+    let mut attr_rng = Rng(0x6f78_645f_6174_7472 ^ index as u64);
     for _ in 0..ACTIONS_PER_CATEGORY {
         let path = rng.pick(&tree.files).clone();
         cases.push(exec_case(&path));
@@ -617,6 +643,7 @@ fn generate(
         }
         let serial = cases.len();
         cases.push(change_case(rng, tree, serial));
+        cases.push(attr_case(&mut attr_rng, tree));
     }
     rng.shuffle(&mut cases);
     (text, cases)

@@ -134,6 +134,18 @@ fn change(kind: &str, path: &Path) -> std::io::Result<()> {
             }
         }),
         "rename" => std::fs::rename(path, path),
+        "utimes" => same_times(path),
+        "setxattr" => mode_acl(path),
+        "removexattr" => {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+            // SAFETY: removexattr(2) on NUL-terminated strings.
+            let ret = unsafe { libc::removexattr(c.as_ptr(), c"system.posix_acl_access".as_ptr()) };
+            if ret == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        }
         "mkdir" => std::fs::create_dir(path).and_then(|()| std::fs::remove_dir(path)),
         _ => OpenOptions::new()
             .write(true)
@@ -142,6 +154,70 @@ fn change(kind: &str, path: &Path) -> std::io::Result<()> {
             .and_then(|_| std::fs::remove_file(path)),
     }
 }
+
+/// Sets the access and modification times of `path` to the ones it has.
+fn same_times(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path)?;
+    let times = [
+        libc::timespec {
+            tv_sec: meta.atime(),
+            tv_nsec: meta.atime_nsec(),
+        },
+        libc::timespec {
+            tv_sec: meta.mtime(),
+            tv_nsec: meta.mtime_nsec(),
+        },
+    ];
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: utimensat(2) on a NUL-terminated path with times that outlive the call.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Sets the access ACL of `path` to the one its mode implies (`user::`, `group::`, `other::`),
+/// which the kernel stores as the mode alone: nothing changes.
+fn mode_acl(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    let mut blob = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, mode >> 6), (0x04, mode >> 3), (0x20, mode)] {
+        blob.extend_from_slice(&tag.to_le_bytes());
+        blob.extend_from_slice(&u16::try_from(perm & 7).unwrap_or(0).to_le_bytes());
+        blob.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: setxattr(2) on NUL-terminated strings and a buffer that outlive the call.
+    let ret = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            blob.as_ptr().cast(),
+            blob.len(),
+            0,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The kinds of [`change`].
+const CHANGES: [&str; 8] = [
+    "chmod",
+    "truncate",
+    "rename",
+    "mkdir",
+    "create",
+    "utimes",
+    "setxattr",
+    "removexattr",
+];
 
 /// Performs one action and reports it; `Err` ends the probe with that exit code.
 fn perform(action: &str) -> Result<(), ExitCode> {
@@ -211,10 +287,7 @@ fn perform(action: &str) -> Result<(), ExitCode> {
             }
         };
         report(action, result);
-    } else if let Some((kind, path)) = action
-        .split_once(':')
-        .filter(|(k, _)| matches!(*k, "chmod" | "truncate" | "rename" | "mkdir" | "create"))
-    {
+    } else if let Some((kind, path)) = action.split_once(':').filter(|(k, _)| CHANGES.contains(k)) {
         report(action, change(kind, Path::new(path)).map(|()| None));
     } else if let Some(name) = action.strip_prefix("subcgroup:") {
         report(action, join_subcgroup(name).map(|()| None));

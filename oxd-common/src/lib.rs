@@ -167,6 +167,21 @@ pub mod op {
     /// Changing a file's owner or group, `path_chown`; `detail`: the new uid (`u32::MAX`:
     /// unchanged).
     pub const CHOWN: u32 = 28;
+    // Changes the hooks are given as a dentry without a mount (BPF-LSM `inode_*` hooks, see
+    // `oxd-ebpf/src/attr.rs`): judged on the file's path through every mount of its file
+    // system in the agent's mount namespace (all must allow). `path`: a denied path, or the
+    // last allowed one.
+    /// Setting an extended attribute (`setxattr`, `lsetxattr`, `fsetxattr`; on 6.2+ also
+    /// POSIX ACLs, `setfacl`), `inode_setxattr` (and `inode_set_acl` from 6.2); `detail`: the
+    /// `XATTR_CREATE`/`XATTR_REPLACE` flags (0 for an ACL).
+    pub const SETXATTR: u32 = 29;
+    /// Removing an extended attribute (`removexattr` and its variants; on 6.2+ also removing
+    /// a POSIX ACL), `inode_removexattr` (and `inode_remove_acl` from 6.2).
+    pub const REMOVEXATTR: u32 = 30;
+    /// Changing a file's access or modification time (`utimes`, `utimensat`, `futimens`,
+    /// `touch`), `inode_setattr` when it changes times only; `detail`: the `ATTR_*` bits
+    /// (`ia_valid`).
+    pub const UTIMES: u32 = 31;
 }
 
 /// Access bits of a file open.
@@ -221,6 +236,12 @@ pub mod reason {
     /// namespace), where its path means something else: denied while the policy denies
     /// namespaces, whatever the path rules say.
     pub const FOREIGN_MOUNT_NS: u32 = 16;
+
+    // writes (12-15)
+    /// A change the kernel gives without a mount (`setxattr`, `removexattr`, `utimes`) to a
+    /// file that no mount in the agent's mount namespace reaches (or whose file system has more
+    /// mounts than the kernel side scans): its path cannot be judged, so it is denied.
+    pub const NO_PATH_IN_NS: u32 = 12;
 
     // ipc (24-27)
     /// The other task or socket is outside the agent's confinement.

@@ -28,6 +28,9 @@
 //! - [`write`]: the BPF-LSM `path_*` hooks (`path_unlink`, `path_rmdir`, `path_mkdir`,
 //!   `path_mknod`, `path_symlink`, `path_truncate`, `path_chmod`, `path_chown`, `path_rename`,
 //!   `path_link`) decide every change to the file system as a write to the changed path(s).
+//! - [`attr`]: `inode_setxattr`, `inode_removexattr`, `inode_set_acl`, `inode_remove_acl`
+//!   and `inode_setattr` (time changes) (BPF-LSM) decide the changes the kernel hands over as
+//!   a dentry without a mount, as writes to every path the agent's mount namespace has to it.
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -69,6 +72,7 @@
               code has just bounded; checked conversions would add branches the verifier walks"
 )]
 
+mod attr;
 mod confine;
 mod event;
 mod exec;

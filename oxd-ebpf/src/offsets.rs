@@ -494,3 +494,94 @@ pub(crate) fn unix_sun_path_first(name: u64) -> Option<u8> {
     // SAFETY: `bpf_probe_read_kernel` checks the address; a bad one is an error, not a fault.
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((name + 2) as *const u8).ok() }
 }
+
+// Changes given as a dentry without a mount (`attr.rs`): the file system's mounts, the task's
+// credentials, the attributes a `setattr` changes.
+
+/// Offset of `d_sb` in `struct dentry`.
+#[no_mangle]
+static DENTRY_D_SB_OFFSET: u32 = 0;
+
+/// Offset of `s_mounts` in `struct super_block`.
+#[no_mangle]
+static SB_S_MOUNTS_OFFSET: u32 = 0;
+
+/// Offset of a mount's link in its file system's `s_mounts`: `mnt_instance` (a `list_head`)
+/// or, on kernels where `s_mounts` points at the first mount, `mnt_next_for_sb`.
+#[no_mangle]
+static MOUNT_SB_LINK_OFFSET: u32 = 0;
+
+/// 1 if `s_mounts` is a `list_head` (6.1, 6.12), 0 if it is a `struct mount *`.
+#[no_mangle]
+static SB_MOUNTS_LIST: u32 = 0;
+
+/// Offset of `cred` in `struct task_struct`.
+#[no_mangle]
+static TASK_CRED_OFFSET: u32 = 0;
+
+/// Offset of `real_cred` in `struct task_struct`.
+#[no_mangle]
+static TASK_REAL_CRED_OFFSET: u32 = 0;
+
+/// Offset of `ia_valid` in `struct iattr`.
+#[no_mangle]
+static IATTR_IA_VALID_OFFSET: u32 = 0;
+
+/// `dentry->d_sb`, as an address.
+#[inline(always)]
+pub(crate) fn dentry_sb(dentry: *const u8) -> u64 {
+    // SAFETY: a BTF-checked load of `dentry.d_sb` (module docs).
+    unsafe { *(dentry.add(offset(&DENTRY_D_SB_OFFSET)).cast::<u64>()) }
+}
+
+/// `attr->ia_valid`: the `ATTR_*` bits of what a `setattr` changes.
+#[inline(always)]
+pub(crate) fn iattr_valid(attr: *const u8) -> u32 {
+    // SAFETY: a BTF-checked load of `iattr.ia_valid` (module docs).
+    unsafe { *(attr.add(offset(&IATTR_IA_VALID_OFFSET)).cast::<u32>()) }
+}
+
+/// Whether the current task acts with credentials other than its own
+/// (`current->cred != current->real_cred`), as overlayfs does for the changes it makes to its
+/// layers. `None` if they cannot be read.
+#[inline(always)]
+pub(crate) fn creds_overridden() -> Option<bool> {
+    // SAFETY: a helper call without arguments.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    let cred = read_at::<u64>(task, &TASK_CRED_OFFSET)?;
+    let real = read_at::<u64>(task, &TASK_REAL_CRED_OFFSET)?;
+    Some(cred != real)
+}
+
+/// The offsets the scan of a file system's mounts reads through `bpf_probe_read_kernel`.
+#[derive(Clone, Copy)]
+pub(crate) struct MountScanOffsets {
+    /// `super_block.s_mounts`.
+    pub(crate) sb_mounts: u64,
+    /// A mount's link in `s_mounts`.
+    pub(crate) sb_link: u64,
+    /// Whether `s_mounts` is a `list_head`.
+    pub(crate) is_list: bool,
+    /// `struct mount.mnt_ns`.
+    pub(crate) mount_ns: u64,
+    /// `struct mount.mnt` (the embedded `vfsmount`).
+    pub(crate) mount_mnt: u64,
+    /// `vfsmount.mnt_root`.
+    pub(crate) mnt_root: u64,
+    /// `dentry.d_parent`.
+    pub(crate) d_parent: u64,
+}
+
+/// The offsets of [`MountScanOffsets`].
+#[inline(always)]
+pub(crate) fn mount_scan_offsets() -> MountScanOffsets {
+    MountScanOffsets {
+        sb_mounts: offset(&SB_S_MOUNTS_OFFSET) as u64,
+        sb_link: offset(&MOUNT_SB_LINK_OFFSET) as u64,
+        is_list: offset(&SB_MOUNTS_LIST) != 0,
+        mount_ns: offset(&MOUNT_MNT_NS_OFFSET) as u64,
+        mount_mnt: offset(&MOUNT_MNT_OFFSET) as u64,
+        mnt_root: offset(&VFSMOUNT_MNT_ROOT_OFFSET) as u64,
+        d_parent: offset(&DENTRY_D_PARENT_OFFSET) as u64,
+    }
+}

@@ -67,6 +67,8 @@ struct Type {
     /// For modifiers, typedefs and pointers: the referenced type.
     target: u32,
     members: Vec<Member>,
+    /// The `vlen` of the type's info word (for a function prototype: its parameter count).
+    vlen: u32,
 }
 
 /// A parsed BTF blob.
@@ -123,6 +125,7 @@ impl Btf {
             kind: 0,
             target: 0,
             members: Vec::new(),
+            vlen: 0,
         }];
         let mut off = start;
         while off < end {
@@ -172,6 +175,7 @@ impl Btf {
                 kind,
                 target: size_or_type,
                 members,
+                vlen: info & 0xffff,
             });
         }
         Ok(Self { strings, types })
@@ -211,6 +215,18 @@ impl Btf {
         self.types
             .iter()
             .any(|t| t.kind == kind::FUNC && self.name(t.name_off) == name.as_bytes())
+    }
+
+    /// The number of parameters of the kernel function `name`, if the kernel has it (e.g.
+    /// `bpf_lsm_inode_setattr`: 2 on 6.1, 3 from the kernels that pass a `struct mnt_idmap *`
+    /// first).
+    pub fn function_params(&self, name: &str) -> Option<u32> {
+        let func = self
+            .types
+            .iter()
+            .find(|t| t.kind == kind::FUNC && self.name(t.name_off) == name.as_bytes())?;
+        let proto = self.types.get(func.target as usize)?;
+        (proto.kind == kind::FUNC_PROTO).then_some(proto.vlen)
     }
 
     /// Byte offset of `member` in `struct strukt`, looking inside anonymous struct and union
@@ -358,6 +374,24 @@ pub struct KernelOffsets {
     // Unix socket rules
     /// `offsetof(struct unix_sock, path)`.
     pub unix_sock_path: u32,
+    // Extended attributes and times (the `inode_*` hooks, given a dentry without a mount).
+    /// `offsetof(struct dentry, d_sb)`.
+    pub dentry_d_sb: u32,
+    /// `offsetof(struct super_block, s_mounts)`: the file system's mounts.
+    pub sb_s_mounts: u32,
+    /// A mount's link in `s_mounts`: `offsetof(struct mount, mnt_instance)` (a `list_head`,
+    /// up to 6.15), or `offsetof(struct mount, mnt_next_for_sb)` (a `struct mount *`, later).
+    pub mount_sb_link: u32,
+    /// 1 if `s_mounts` is a `list_head` (6.1, 6.12), 0 if it points at the first mount.
+    pub sb_mounts_list: u32,
+    /// `offsetof(struct task_struct, cred)`.
+    pub task_cred: u32,
+    /// `offsetof(struct task_struct, real_cred)`.
+    pub task_real_cred: u32,
+    /// `offsetof(struct iattr, ia_valid)`.
+    pub iattr_ia_valid: u32,
+    /// 1 if the `inode_setattr` hook takes a `struct mnt_idmap *` first (6.12; not 6.1).
+    pub inode_setattr_idmap: u32,
 }
 
 impl KernelOffsets {
@@ -406,6 +440,20 @@ impl KernelOffsets {
             mount_mnt_parent: btf.member_offset("mount", "mnt_parent")?,
             mount_mnt_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
             unix_sock_path: btf.member_offset("unix_sock", "path")?,
+            dentry_d_sb: btf.member_offset("dentry", "d_sb")?,
+            sb_s_mounts: btf.member_offset("super_block", "s_mounts")?,
+            mount_sb_link: btf
+                .member_offset("mount", "mnt_instance")
+                .or_else(|_| btf.member_offset("mount", "mnt_next_for_sb"))?,
+            sb_mounts_list: u32::from(btf.member_offset("mount", "mnt_instance").is_ok()),
+            task_cred: btf.member_offset("task_struct", "cred")?,
+            task_real_cred: btf.member_offset("task_struct", "real_cred")?,
+            iattr_ia_valid: btf.member_offset("iattr", "ia_valid")?,
+            inode_setattr_idmap: u32::from(
+                btf.function_params("bpf_lsm_inode_setattr")
+                    .ok_or(BtfError::Malformed("no bpf_lsm_inode_setattr function"))?
+                    == 3,
+            ),
         })
     }
 }

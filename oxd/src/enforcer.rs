@@ -74,7 +74,7 @@ pub const IPC_COMPAT_LSM_PROGRAM: (&str, &str) = ("tty_ioctl_compat", "file_ioct
 
 /// The BPF-LSM programs that decide changes to the file system (`[file]` write rules):
 /// (program, hook). Attached with `file_open` whenever a policy has a `[file]` section.
-pub const WRITE_LSM_PROGRAMS: [(&str, &str); 10] = [
+pub const WRITE_LSM_PROGRAMS: [(&str, &str); 12] = [
     ("path_unlink", "path_unlink"),
     ("path_rmdir", "path_rmdir"),
     ("path_mkdir", "path_mkdir"),
@@ -85,7 +85,49 @@ pub const WRITE_LSM_PROGRAMS: [(&str, &str); 10] = [
     ("path_chown", "path_chown"),
     ("path_rename", "path_rename"),
     ("path_link", "path_link"),
+    // Given a dentry without a mount (oxd-ebpf/src/attr.rs).
+    ("inode_setxattr", "inode_setxattr"),
+    ("inode_removexattr", "inode_removexattr"),
 ];
+
+/// The write programs that depend on the kernel, attached with [`WRITE_LSM_PROGRAMS`]: the
+/// POSIX ACL hooks, which kernels from 6.2 have (they set and remove ACLs through them rather
+/// than `inode_setxattr`/`inode_removexattr`), and one of the two `inode_setattr` programs,
+/// by the hook's arguments (6.12 passes a `struct mnt_idmap *` first, 6.1 does not).
+pub const ATTR_LSM_PROGRAMS: [(&str, &str); 4] = [
+    ("inode_set_acl", "inode_set_acl"),
+    ("inode_remove_acl", "inode_remove_acl"),
+    ("inode_setattr", "inode_setattr"),
+    ("inode_setattr_dentry", "inode_setattr"),
+];
+
+/// The [`ATTR_LSM_PROGRAMS`] for the kernel of `btf`: the ACL hooks it has, and the
+/// `inode_setattr` program for its hook's arguments.
+fn attr_programs_for(btf: &Btf, offsets: &KernelOffsets) -> Vec<(&'static str, &'static str)> {
+    let mut programs: Vec<_> = ATTR_LSM_PROGRAMS[..2]
+        .iter()
+        .filter(|(_, hook)| btf.has_function(&format!("bpf_lsm_{hook}")))
+        .copied()
+        .collect();
+    programs.push(if offsets.inode_setattr_idmap != 0 {
+        ATTR_LSM_PROGRAMS[2]
+    } else {
+        ATTR_LSM_PROGRAMS[3]
+    });
+    programs
+}
+
+/// Sets the offsets the programs of `oxd-ebpf/src/attr.rs` read.
+fn override_attr_offsets<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a KernelOffsets) {
+    loader
+        .override_global("DENTRY_D_SB_OFFSET", &offsets.dentry_d_sb, true)
+        .override_global("SB_S_MOUNTS_OFFSET", &offsets.sb_s_mounts, true)
+        .override_global("MOUNT_SB_LINK_OFFSET", &offsets.mount_sb_link, true)
+        .override_global("SB_MOUNTS_LIST", &offsets.sb_mounts_list, true)
+        .override_global("TASK_CRED_OFFSET", &offsets.task_cred, true)
+        .override_global("TASK_REAL_CRED_OFFSET", &offsets.task_real_cred, true)
+        .override_global("IATTR_IA_VALID_OFFSET", &offsets.iattr_ia_valid, true);
+}
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
 const PINNED_MAPS: [&str; 11] = [
@@ -249,6 +291,8 @@ pub struct Enforcer {
     lsm_programs: Vec<(&'static str, &'static str)>,
     /// The ipc programs this kernel has hooks for.
     ipc_programs: Vec<(&'static str, &'static str)>,
+    /// The [`ATTR_LSM_PROGRAMS`] for this kernel.
+    attr_programs: Vec<(&'static str, &'static str)>,
     enforces_network: bool,
     pin_dir: Option<PathBuf>,
 }
@@ -276,6 +320,12 @@ impl Enforcer {
         .flatten()
         .chain(ipc_programs)
         .chain(policy.file.iter().flat_map(|_| WRITE_LSM_PROGRAMS))
+        .chain(
+            policy
+                .file
+                .iter()
+                .flat_map(|_| enforcer.attr_programs.clone()),
+        )
         .collect();
         if policy.namespaces.is_some() {
             enforcer
@@ -302,9 +352,14 @@ impl Enforcer {
     /// Loads the object. With `options.lsm`, every BPF-LSM program will be attached by
     /// [`Self::attach_lsm`]; with `options.pin_dir`, maps are pinned there (or adopted from
     /// there if already pinned) and links pinned as they are made.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one load-time global per kernel offset, in one chain of the loader"
+    )]
     pub fn open(options: &LoadOptions) -> Result<Self> {
         let needs_lsm = options.lsm;
         let mut ipc_programs = Vec::new();
+        let mut attr_programs = Vec::new();
         let offsets = if needs_lsm {
             if let Some(active) = host::active_lsms() {
                 if !active.iter().any(|l| l == "bpf") {
@@ -318,7 +373,9 @@ impl Enforcer {
             if btf.has_function(&format!("bpf_lsm_{}", IPC_COMPAT_LSM_PROGRAM.1)) {
                 ipc_programs.push(IPC_COMPAT_LSM_PROGRAM);
             }
-            KernelOffsets::read(&btf)?
+            let offsets = KernelOffsets::read(&btf)?;
+            attr_programs = attr_programs_for(&btf, &offsets);
+            offsets
         } else {
             // Never read: the exec program is not loaded.
             KernelOffsets::default()
@@ -340,6 +397,7 @@ impl Enforcer {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        override_attr_offsets(&mut loader, &offsets);
         let ebpf = loader
             .override_global("BPRM_FILE_OFFSET", &offsets.bprm_file, true)
             .override_global("FILE_F_PATH_OFFSET", &offsets.file_f_path, true)
@@ -394,12 +452,14 @@ impl Enforcer {
                     .iter()
                     .chain(&ipc_programs)
                     .chain(&WRITE_LSM_PROGRAMS)
+                    .chain(&attr_programs)
                     .copied()
                     .collect()
             } else {
                 Vec::new()
             },
             ipc_programs,
+            attr_programs,
             enforces_network: true,
             pin_dir: options.pin_dir.clone(),
         })
@@ -724,6 +784,7 @@ impl Enforcer {
             .chain(&IPC_LSM_PROGRAMS)
             .chain([&IPC_COMPAT_LSM_PROGRAM])
             .chain(&WRITE_LSM_PROGRAMS)
+            .chain(&ATTR_LSM_PROGRAMS)
         {
             self.unpin_link(&format!("lsm-{name}"), name)?;
         }

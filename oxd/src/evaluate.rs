@@ -196,7 +196,10 @@ impl Policy {
             },
             denied,
         );
-        if !source || decision.action != Action::Allow {
+        // Without a `[file]` section the kernel decides no change to the file system (not even
+        // moving a directory above an exec deny rule: under an exec deny list a copy gets as
+        // far), so neither does this.
+        if !source || decision.action != Action::Allow || self.file.is_none() {
             return decision;
         }
         let no_rules: &[PathRule] = &[];
@@ -400,6 +403,23 @@ mod tests {
     fn exec(p: &Policy, path: &str) -> (Action, String) {
         let d = p.evaluate(&Request::Exec { path: path.into() });
         (d.action, d.rule_label(p))
+    }
+
+    #[test]
+    fn moving_a_directory_above_a_deny_rule_is_decided_only_with_a_file_section() {
+        let rename = Request::Change {
+            path: "/t/a".into(),
+            source: true,
+        };
+        // As the kernel: without [file], no change to the file system is decided.
+        let p = policy("[exec]\ndeny = [\"/t/a/b/**\"]\n");
+        assert_eq!(
+            p.evaluate(&rename),
+            Decision::new(Action::Allow, Reason::NotDecided)
+        );
+        let p = policy("[exec]\ndeny = [\"/t/a/b/**\"]\n[file]\ndefault = \"allow\"\n");
+        assert_eq!(p.evaluate(&rename).action, Action::Deny);
+        assert_eq!(p.evaluate(&rename).rule_label(&p), "exec.deny[0]");
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub enum Probe {
 
 /// The file-system changes `oxd explain --change` knows: (audit `op`, whether it is the source
 /// of a rename or link, judged as a read too, whether the kernel follows a final symlink).
-pub const CHANGE_OPS: [(&str, bool, bool); 13] = [
+pub const CHANGE_OPS: [(&str, bool, bool); 16] = [
     ("create", false, false),
     ("truncate", false, true),
     ("unlink", false, false),
@@ -65,6 +65,9 @@ pub const CHANGE_OPS: [(&str, bool, bool); 13] = [
     ("link-to", false, false),
     ("chmod", false, true),
     ("chown", false, true),
+    ("setxattr", false, true),
+    ("removexattr", false, true),
+    ("utimes", false, true),
 ];
 
 /// Resolves the name a change acts on: the directory as the kernel resolves it, then the name

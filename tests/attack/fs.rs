@@ -349,3 +349,210 @@ fn uring_handles_and_o_path_do_not_open_denied_files() {
     assert_eq!(opens.len(), 2, "{records:#?}");
     assert_denied(&records, "open", &key, "file.deny[0]");
 }
+
+/// `oxd-attack`'s access ACL (`user:1000:rw-` and the mode's entries), in the kernel's xattr
+/// format.
+fn acl_blob() -> Vec<u8> {
+    const UNDEFINED: u32 = u32::MAX;
+    let mut blob = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, UNDEFINED),
+        (0x02, 6, 1000),
+        (0x04, 4, UNDEFINED),
+        (0x10, 6, UNDEFINED),
+        (0x20, 4, UNDEFINED),
+    ] {
+        blob.extend_from_slice(&tag.to_le_bytes());
+        blob.extend_from_slice(&perm.to_le_bytes());
+        blob.extend_from_slice(&id.to_le_bytes());
+    }
+    blob
+}
+
+const ACL_XATTR: &std::ffi::CStr = c"system.posix_acl_access";
+
+/// The value of extended attribute `name` of `path` (not following a final symlink), `None`
+/// if it has none.
+fn xattr(path: &Path, name: &std::ffi::CStr) -> Option<Vec<u8>> {
+    let target = CString::new(path.as_os_str().as_bytes()).expect("no NUL");
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings and a buffer of the length given, all outliving the call.
+    let len = unsafe {
+        libc::lgetxattr(
+            target.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if len < 0 {
+        let err = std::io::Error::last_os_error();
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)),
+            "getxattr {name:?} of {}: {err}",
+            path.display()
+        );
+        return None;
+    }
+    buf.truncate(usize::try_from(len).expect("a length"));
+    Some(buf)
+}
+
+/// Sets the access and modification times of `path` to `secs`.
+fn set_mtime(path: &Path, secs: i64) {
+    let target = CString::new(path.as_os_str().as_bytes()).expect("no NUL");
+    let when = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    // SAFETY: a NUL-terminated path and times that outlive the call.
+    let ret = unsafe { libc::utimensat(libc::AT_FDCWD, target.as_ptr(), [when, when].as_ptr(), 0) };
+    assert_eq!(ret, 0, "set the times of {}", path.display());
+}
+
+fn mtime(path: &Path) -> i64 {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .mtime()
+}
+
+/// The times the files of `attributes_and_times_are_writes` start with (2017-07-14).
+const OLD: i64 = 1_500_000_000;
+
+/// With writing denied in `protected/` (and an exact rule denying `work/exact`), extended
+/// attributes, ACLs and times cannot be changed there: `setxattr`/`lsetxattr` of a `user.`
+/// attribute, setting and removing the access ACL by path and by a read-only descriptor,
+/// `utimensat` (now, and set times as `touch -d`), `futimens`, and the same through a symbolic
+/// link in `work` to the victim and a hard link in `work` to `work/exact` (denied by identity).
+/// The same changes to the agent's own file in `work` (controls) succeed and are recorded as
+/// allowed.
+#[test]
+fn attributes_and_times_are_writes() {
+    let (scratch, t) = setup("fs-attrs");
+    let (p, w) = (t.path("protected"), t.path("work"));
+    agent_dir(&p);
+    agent_dir(&w);
+    let victim = p.join("victim");
+    let acl_file = p.join("acl");
+    let exact = w.join("exact");
+    let (sym, alias, mine) = (w.join("sym"), w.join("alias"), w.join("mine"));
+    for file in [&victim, &acl_file, &exact, &mine] {
+        agent_file(file, "data");
+    }
+    std::os::unix::fs::symlink(&victim, &sym).expect("symlink work/sym to the victim");
+    fs::hard_link(&exact, &alias).expect("hard link work/alias to work/exact");
+    let acl = acl_blob();
+    let acl_target = CString::new(acl_file.as_os_str().as_bytes()).expect("no NUL");
+    // SAFETY: NUL-terminated strings and a buffer that outlive the call.
+    let ret = unsafe {
+        libc::setxattr(
+            acl_target.as_ptr(),
+            ACL_XATTR.as_ptr(),
+            acl.as_ptr().cast(),
+            acl.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        ret,
+        0,
+        "give protected/acl an ACL: {}",
+        std::io::Error::last_os_error()
+    );
+    for file in [&victim, &exact, &mine] {
+        set_mtime(file, OLD);
+    }
+    let policy = format!(
+        "name = \"attack-fs-attrs\"\n[file]\ndefault = \"allow\"\ndeny = [{{ path = \"{}/**\", \
+         access = [\"write\"] }}, {{ path = \"{}\", access = [\"write\"] }}]\n",
+        s(&p),
+        s(&exact)
+    );
+    let (steps, records) = attack(&scratch, &policy, &["fs-attrs", s(&p), s(&w)]);
+
+    for name in [
+        "setxattr-user",
+        "lsetxattr-user",
+        "setxattr-acl",
+        "removexattr-acl",
+        "lremovexattr-user",
+        "fsetxattr-acl",
+        "fremovexattr-acl",
+        "futimens",
+        "utimensat-now",
+        "utimensat-set",
+        "setxattr-symlink-alias",
+        "utimes-symlink-alias",
+        "setxattr-hardlink-alias",
+        "utimes-hardlink-alias",
+    ] {
+        assert_step_eperm(&steps, name);
+    }
+    for name in [
+        "control-setxattr-acl",
+        "control-removexattr-acl",
+        "control-utimensat",
+    ] {
+        assert_step_ok(&steps, name);
+    }
+
+    // The effects: no attribute planted or removed, no time changed.
+    assert_eq!(xattr(&victim, c"user.oxd"), None, "user.oxd was set");
+    assert_eq!(
+        xattr(&victim, ACL_XATTR),
+        None,
+        "an ACL was set on the victim"
+    );
+    assert_eq!(
+        xattr(&exact, ACL_XATTR),
+        None,
+        "an ACL was set through the alias"
+    );
+    assert_eq!(
+        xattr(&acl_file, ACL_XATTR).as_deref(),
+        Some(&acl[..]),
+        "the ACL of protected/acl was removed"
+    );
+    assert_eq!(mtime(&victim), OLD, "the victim's times changed");
+    assert_eq!(
+        mtime(&exact),
+        OLD,
+        "work/exact's times changed through the alias"
+    );
+    assert_eq!(
+        mtime(&mine),
+        1_234_567_890,
+        "the control utimensat did not happen"
+    );
+    assert_eq!(
+        xattr(&mine, ACL_XATTR),
+        None,
+        "the control removexattr did not happen"
+    );
+
+    // The records: each attempt denied under its own op, by the subtree rule or, through the
+    // hard link, by the exact rule naming the file.
+    for op in ["setxattr", "removexattr", "utimes"] {
+        assert_denied(&records, op, &victim, "file.deny[0]");
+    }
+    assert_denied(&records, "removexattr", &acl_file, "file.deny[0]");
+    for op in ["setxattr", "utimes"] {
+        assert_denied(&records, op, &alias, "file.deny[1]");
+    }
+    // Five setxattr attempts on the victim reach the hook (user. by path and without
+    // following, the ACL by path, by descriptor and through the symlink), and four utimes.
+    assert_eq!(
+        records_for(&records, "setxattr", s(&victim)).len(),
+        5,
+        "{records:#?}"
+    );
+    assert_eq!(
+        records_for(&records, "utimes", s(&victim)).len(),
+        4,
+        "{records:#?}"
+    );
+    for op in ["setxattr", "removexattr", "utimes"] {
+        assert_allowed(&records, op, &mine);
+    }
+}

@@ -1,6 +1,7 @@
 //! Techniques of the `fs` family (see the crate documentation): changing files without opening
-//! them for writing, moving or linking a file out of a read-denied subtree, and the classic ways
-//! around `open` (`io_uring`, `open_by_handle_at`, `O_PATH`).
+//! them for writing, moving or linking a file out of a read-denied subtree, the classic ways
+//! around `open` (`io_uring`, `open_by_handle_at`, `O_PATH`), and changing a file's extended
+//! attributes, ACLs and times.
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt as _, path::Path};
 
@@ -20,6 +21,10 @@ pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
         "fs-classic" => match args {
             [secret_file] => classic(Path::new(secret_file)),
             _ => Outcome::Usage("fs-classic SECRET_FILE".into()),
+        },
+        "fs-attrs" => match args {
+            [protected, work] => attrs(Path::new(protected), Path::new(work)),
+            _ => Outcome::Usage("fs-attrs PROTECTED_DIR WORK_DIR".into()),
         },
         _ => return None,
     })
@@ -335,4 +340,174 @@ fn uring_openat(path: &CString) -> io::Result<io::Result<i32>> {
             Ok(Ok(res))
         }
     }
+}
+
+/// The access ACL `attrs` sets (`system.posix_acl_access`, in the kernel's xattr format:
+/// version 2, then (tag, permissions, id) entries sorted by tag): `user::rw-`, `user:1000:rw-`,
+/// `group::r--`, `mask::rw-`, `other::r--`. It names a user, so the file system stores it (an
+/// ACL that only restates the mode would not be).
+fn acl_blob() -> Vec<u8> {
+    const UNDEFINED: u32 = u32::MAX;
+    let mut blob = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, UNDEFINED),
+        (0x02, 6, 1000),
+        (0x04, 4, UNDEFINED),
+        (0x10, 6, UNDEFINED),
+        (0x20, 4, UNDEFINED),
+    ] {
+        blob.extend_from_slice(&tag.to_le_bytes());
+        blob.extend_from_slice(&perm.to_le_bytes());
+        blob.extend_from_slice(&id.to_le_bytes());
+    }
+    blob
+}
+
+/// `fsetxattr` of an ACL and `futimens` on a read-only descriptor of `victim`,
+/// `fremovexattr` of the ACL on one of `acl_file`.
+fn by_descriptor(
+    victim: &CString,
+    acl_file: &CString,
+    acl: &[u8],
+    times: &[libc::timespec; 2],
+) -> Result<(), Outcome> {
+    let acl_name = c"system.posix_acl_access";
+    let open = |path: &CString| {
+        // SAFETY: open(2) on a NUL-terminated path.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+        if fd < 0 {
+            return Err(Outcome::Setup(format!(
+                "open {path:?} for reading: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        Ok(fd)
+    };
+    let fd = open(victim)?;
+    // SAFETY: system calls on our descriptor, NUL-terminated names and buffers that outlive them.
+    unsafe {
+        step(
+            "fsetxattr-acl",
+            &ok(libc::fsetxattr(
+                fd,
+                acl_name.as_ptr(),
+                acl.as_ptr().cast(),
+                acl.len(),
+                0,
+            )),
+        );
+        step("futimens", &ok(libc::futimens(fd, times.as_ptr())));
+        libc::close(fd);
+    }
+    let fd = open(acl_file)?;
+    // SAFETY: as above.
+    unsafe {
+        step(
+            "fremovexattr-acl",
+            &ok(libc::fremovexattr(fd, acl_name.as_ptr())),
+        );
+        libc::close(fd);
+    }
+    Ok(())
+}
+
+/// Changes the extended attributes, ACL and times of `protected/victim` (which has no ACL) and
+/// `protected/acl` (which has one) without opening them for writing: by path, without
+/// following (`l*`), by descriptor (opened read-only), and through aliases in `work`: `sym`
+/// (a symbolic link to the victim) and `alias` (a hard link to `work/exact`, which an exact
+/// rule denies). Then the same changes to `work/mine` as controls.
+fn attrs(p: &Path, w: &Path) -> Outcome {
+    let victim = c(&p.join("victim"));
+    let acl_file = c(&p.join("acl"));
+    let sym = c(&w.join("sym"));
+    let alias = c(&w.join("alias"));
+    let mine = c(&w.join("mine"));
+    let acl = acl_blob();
+    let acl_name = c"system.posix_acl_access";
+    let user_name = c"user.oxd";
+    let value = b"planted";
+    // 2001-09-09, as `touch -d` would set.
+    let when = libc::timespec {
+        tv_sec: 1_000_000_000,
+        tv_nsec: 0,
+    };
+    let times = [when, when];
+    // The control's times: 2009-02-13.
+    let control = libc::timespec {
+        tv_sec: 1_234_567_890,
+        tv_nsec: 0,
+    };
+    let control_times = [control, control];
+    let set_acl = |path: &CString| {
+        // SAFETY: NUL-terminated strings and a buffer that outlive the call.
+        ok(unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                acl_name.as_ptr(),
+                acl.as_ptr().cast(),
+                acl.len(),
+                0,
+            )
+        })
+    };
+    let touch = |path: &CString, times: Option<&[libc::timespec; 2]>| {
+        // SAFETY: a NUL-terminated path, and times (or null: now) that outlive the call.
+        ok(unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                times.map_or(std::ptr::null(), |t| t.as_ptr()),
+                0,
+            )
+        })
+    };
+    // SAFETY: plain system calls on NUL-terminated strings and buffers that outlive them.
+    unsafe {
+        step(
+            "setxattr-user",
+            &ok(libc::setxattr(
+                victim.as_ptr(),
+                user_name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )),
+        );
+        step(
+            "lsetxattr-user",
+            &ok(libc::lsetxattr(
+                victim.as_ptr(),
+                user_name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )),
+        );
+        step("setxattr-acl", &set_acl(&victim));
+        step(
+            "removexattr-acl",
+            &ok(libc::removexattr(acl_file.as_ptr(), acl_name.as_ptr())),
+        );
+        step(
+            "lremovexattr-user",
+            &ok(libc::lremovexattr(victim.as_ptr(), user_name.as_ptr())),
+        );
+        if let Err(setup) = by_descriptor(&victim, &acl_file, &acl, &times) {
+            return setup;
+        }
+        step("utimensat-now", &touch(&victim, None));
+        step("utimensat-set", &touch(&victim, Some(&times)));
+        step("setxattr-symlink-alias", &set_acl(&sym));
+        step("utimes-symlink-alias", &touch(&sym, Some(&times)));
+        step("setxattr-hardlink-alias", &set_acl(&alias));
+        step("utimes-hardlink-alias", &touch(&alias, Some(&times)));
+        // Controls: the same changes where writing is allowed.
+        step("control-setxattr-acl", &set_acl(&mine));
+        step(
+            "control-removexattr-acl",
+            &ok(libc::removexattr(mine.as_ptr(), acl_name.as_ptr())),
+        );
+        step("control-utimensat", &touch(&mine, Some(&control_times)));
+    }
+    Outcome::Done
 }

@@ -299,6 +299,9 @@ fn reason_text(reason: u32) -> &'static str {
         reason::EMPTY_SLOT => "policy slot empty (fail closed)",
         reason::MAPPING_UNDECIDED => "mapping not decided when it was made (fail closed)",
         reason::FOREIGN_MOUNT_NS => "the file is in another mount namespace (namespaces denied)",
+        reason::NO_PATH_IN_NS => {
+            "no path to the file in the agent's mount namespace could be judged (fail closed)"
+        }
         reason::IPC_OUTSIDE => "outside the agent's confinement",
         reason::IPC_INSIDE => "inside the agent's confinement",
         reason::IPC_PEER_UNKNOWN => "the other party's cgroup could not be read (fail closed)",
@@ -323,7 +326,7 @@ fn namespace_op(event_op: u32) -> Option<&'static str> {
     })
 }
 
-/// The `op` name of a change to the file system (`oxd_common::op::CREATE` to `CHOWN`).
+/// The `op` name of a change to the file system (`oxd_common::op::CREATE` to `UTIMES`).
 fn change_op_name(op: u32) -> Option<&'static str> {
     Some(match op {
         op::CREATE => "create",
@@ -339,6 +342,9 @@ fn change_op_name(op: u32) -> Option<&'static str> {
         op::LINK_TO => "link-to",
         op::CHMOD => "chmod",
         op::CHOWN => "chown",
+        op::SETXATTR => "setxattr",
+        op::REMOVEXATTR => "removexattr",
+        op::UTIMES => "utimes",
         _ => return None,
     })
 }

@@ -72,7 +72,8 @@ pub(crate) struct ExplainArgs {
     #[arg(long)]
     inside: bool,
     /// Changing the file system at PATH by OP: create, truncate, unlink, rmdir, mkdir, mknod,
-    /// symlink, rename-from, rename-to, link-from, link-to, chmod, chown.
+    /// symlink, rename-from, rename-to, link-from, link-to, chmod, chown, setxattr,
+    /// removexattr, utimes.
     #[arg(long, num_args = 2, value_names = ["OP", "PATH"])]
     change: Option<Vec<String>>,
 }
