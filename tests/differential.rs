@@ -1258,3 +1258,382 @@ fn differential_unix_kernel_agrees_with_reference_evaluator() {
         );
     }
 }
+
+/// One case of the namespace and ipc differential test: a probe action, the request the
+/// evaluator decides, and the op its records carry.
+struct ProcessCase {
+    action: String,
+    request: Request,
+    op: &'static str,
+    /// The record's target, when known before the run (`None`: `pid N` of the probe's child).
+    target: Option<String>,
+    /// The signal number in a `signal` record's `detail`.
+    signal: Option<i32>,
+}
+
+/// `[process] namespaces` and `[ipc]` operations: random policies over the switches that decide
+/// them (`[exec]`, `[file]`, `[ipc]` present or not, `namespaces` absent, `allow` or `deny`,
+/// `mode` `enforce` or `audit`), one `oxd run` of the probe (as root) per policy doing each
+/// operation once: creating a user namespace, mounting a tmpfs, unmounting one, chroot;
+/// `process_vm_readv` of and signals to a `sleep` outside (started here) and a child inside,
+/// signal 0, `TIOCSTI` on a new pty, `F_SETOWN` of the probe itself and of the outside
+/// `sleep`. The kernel's outcome (EPERM only for an enforced deny) and records (op, target,
+/// decision, enforced, rule, reason; none when the evaluator says not decided) must agree with
+/// the evaluator's decision.
+///
+/// `chroot` by root passes the capability check first, which the kernel's `capable` hook decides
+/// by the same switch (`CAP_SYS_CHROOT`, recorded only when denied): while namespaces are denied
+/// the kernel records `capable` (detail 18) and, in enforce mode, never reaches `chroot`.
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: generate the policies, run each confined, compare case by case"
+)]
+fn differential_namespaces_and_ipc_kernel_agrees_with_reference_evaluator() {
+    use oxd::evaluate::NamespaceOp;
+
+    require_bpf_lsm();
+    let seed = std::env::var("OXD_DIFFERENTIAL_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_SEED)
+        ^ 0x6e73_5f69_7063;
+    eprintln!("differential-process: seed {seed:#x} (OXD_DIFFERENTIAL_SEED ^ 0x6e735f697063)");
+    let mut rng = Rng(seed);
+    let scratch = Scratch::new("differential-process");
+    let sleep = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start sleep"),
+    );
+    let outside = sleep.0.id();
+    // A readable address of the outside `sleep`: the start of its first mapping.
+    let maps = wait_for(
+        "the sleep's first mapping",
+        std::time::Duration::from_secs(10),
+        || {
+            let maps = fs::read_to_string(format!("/proc/{outside}/maps")).ok()?;
+            let line = maps.lines().next()?.to_owned();
+            line.contains("sleep").then_some(line)
+        },
+    );
+    let addr = maps.split('-').next().expect("an address range").to_owned();
+    let root_dir = scratch.path("root");
+    fs::create_dir(&root_dir).expect("create the chroot directory");
+    let root_dir = root_dir.to_str().expect("utf-8 path").to_owned();
+    let probe = fs::canonicalize(probe_bin()).expect("canonicalize the probe's path");
+    let probe = probe.to_str().expect("utf-8 probe path").to_owned();
+
+    let mut mismatches = Vec::new();
+    let mut cases = 0;
+    let mut outcomes: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
+    for index in 0..10 {
+        let exec = rng.chance(50);
+        let file = rng.chance(50);
+        let ipc = rng.chance(50);
+        let namespaces = if exec || file {
+            *rng.pick(&[None, Some("allow"), Some("deny"), Some("deny")])
+        } else {
+            None
+        };
+        let audit = rng.chance(30);
+        let mut text = format!(
+            "name = \"differential-process-{index}\"\nmode = \"{}\"\n",
+            if audit { "audit" } else { "enforce" }
+        );
+        if exec {
+            text.push_str("[exec]\ndefault = \"allow\"\n");
+        }
+        if file {
+            text.push_str("[file]\ndefault = \"allow\"\n");
+        }
+        if ipc {
+            text.push_str("[ipc]\n");
+        }
+        if let Some(ns) = namespaces {
+            text.push_str(&format!("[process]\nnamespaces = \"{ns}\"\n"));
+        }
+        if !(exec || file || ipc) {
+            text.push_str("[network]\ndefault = \"allow\"\n");
+        }
+        let policy_path = scratch.path(&format!("policy-process-{index}.toml"));
+        let log = scratch.path(&format!("audit-process-{index}.jsonl"));
+        fs::write(&policy_path, &text).expect("write the policy");
+        let policy = Policy::parse(&policy_path, &text)
+            .unwrap_or_else(|e| panic!("generated policy {index} does not compile: {e}\n{text}"));
+
+        let mount_dir = scratch.path(&format!("mnt-{index}"));
+        fs::create_dir(&mount_dir).expect("create a mount point");
+        let mount_dir = mount_dir.to_str().expect("utf-8 path").to_owned();
+        let mounted = crate::attack::ipc::Tmpfs::new(&scratch.path(&format!("umnt-{index}")));
+        let ns = |action: String, op: NamespaceOp| ProcessCase {
+            action,
+            request: Request::Namespace { op },
+            op: op.as_str(),
+            target: None,
+            signal: None,
+        };
+        let task =
+            |action: String, request: Request, op, target: Option<String>, signal| ProcessCase {
+                action,
+                request,
+                op,
+                target,
+                signal,
+            };
+        let pid = format!("pid {outside}");
+        let mut plan = vec![
+            ns("userns".to_owned(), NamespaceOp::UsernsCreate),
+            ns(format!("mount:{mount_dir}"), NamespaceOp::Mount),
+            ns(
+                format!("umount:{}", mounted.0.display()),
+                NamespaceOp::Umount,
+            ),
+            ns(format!("chroot:{root_dir}"), NamespaceOp::Chroot),
+            task(
+                format!("ptrace:{outside}:{addr}"),
+                Request::Ptrace { inside: false },
+                "ptrace",
+                Some(pid.clone()),
+                None,
+            ),
+            task(
+                "ptrace-child".to_owned(),
+                Request::Ptrace { inside: true },
+                "ptrace",
+                None,
+                None,
+            ),
+            task(
+                format!("signal:{outside}:{}", libc::SIGCONT),
+                Request::Signal {
+                    sig: libc::SIGCONT,
+                    inside: false,
+                },
+                "signal",
+                Some(pid.clone()),
+                Some(libc::SIGCONT),
+            ),
+            task(
+                format!("signal:{outside}:0"),
+                Request::Signal {
+                    sig: 0,
+                    inside: false,
+                },
+                "signal",
+                Some(pid.clone()),
+                Some(0),
+            ),
+            task(
+                format!("signal-child:{}", libc::SIGTERM),
+                Request::Signal {
+                    sig: libc::SIGTERM,
+                    inside: true,
+                },
+                "signal",
+                None,
+                Some(libc::SIGTERM),
+            ),
+            task(
+                "tiocsti".to_owned(),
+                Request::TtyInject,
+                "tty-inject",
+                Some("TIOCSTI".to_owned()),
+                None,
+            ),
+            task(
+                "setown:self".to_owned(),
+                Request::SignalOwner { own: true },
+                "signal-owner",
+                None,
+                None,
+            ),
+            task(
+                format!("setown:{outside}"),
+                Request::SignalOwner { own: false },
+                "signal-owner",
+                Some(format!("F_SETOWN pid {outside}")),
+                None,
+            ),
+        ];
+        rng.shuffle(&mut plan);
+
+        let mut args = vec![probe.as_str()];
+        args.extend(plan.iter().map(|c| c.action.as_str()));
+        let output = oxd_run(&policy_path, &log, &args);
+        // What the allowed operations left behind: a tmpfs on the mount point.
+        if let Ok(dir) = std::ffi::CString::new(mount_dir.as_str()) {
+            // SAFETY: umount2(2) on a NUL-terminated path (EINVAL if nothing is mounted there).
+            unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+        }
+        drop(mounted);
+        assert!(
+            output.status.success(),
+            "oxd run failed for policy {index}: {:?}\n{text}",
+            output.status
+        );
+        let results = probe_results(&output);
+        assert_eq!(
+            results.len(),
+            plan.len(),
+            "the probe reported {} results for {} actions under policy {index}:\n{text}",
+            results.len(),
+            plan.len()
+        );
+        let records = audit_records(&log);
+        let lost: Vec<_> = records.iter().filter(|r| r["op"] == "lost").collect();
+        assert!(lost.is_empty(), "decisions were lost under policy {index}");
+
+        // The target of each case's records, now that the children's pids are known.
+        let targets: Vec<Option<String>> = plan
+            .iter()
+            .zip(&results)
+            .map(|(case, result)| match &case.target {
+                Some(t) => Some(t.clone()),
+                None if case.op == "ptrace" || case.op == "signal" => {
+                    result["peer"].as_i64().map(|p| format!("pid {p}"))
+                }
+                None => None,
+            })
+            .collect();
+        let matching = |case: &ProcessCase, target: Option<&String>| -> Vec<&Value> {
+            records
+                .iter()
+                .filter(|r| r["op"] == case.op)
+                .filter(|r| match target {
+                    Some(t) => r["target"] == t.as_str(),
+                    // `F_SETOWN` of the probe itself: the owner it names is the actor.
+                    None if case.op == "signal-owner" => {
+                        r["peer_pid"] == r["pid"]
+                            && r["target"]
+                                .as_str()
+                                .is_some_and(|t| t.starts_with("F_SETOWN pid "))
+                    }
+                    None => true,
+                })
+                .filter(|r| case.signal.is_none_or(|s| r["detail"] == s))
+                .collect()
+        };
+        for ((case, result), target) in plan.iter().zip(&results).zip(&targets) {
+            cases += 1;
+            assert_eq!(
+                result["action"],
+                case.action.as_str(),
+                "probe results out of order under policy {index}"
+            );
+            let decision = policy.evaluate(&case.request);
+            let label = decision.rule_label(&policy);
+            let decided = decision.reason != Reason::NotDecided;
+            let deny = decided && decision.action == Action::Deny;
+            let refused = deny && !audit;
+            let kind = if matches!(case.request, Request::Namespace { .. }) {
+                "namespaces"
+            } else {
+                "ipc"
+            };
+            *outcomes
+                .entry((
+                    kind,
+                    if decided {
+                        format!(
+                            "{} {}",
+                            decision.action.as_str(),
+                            if audit { "audit" } else { "enforce" }
+                        )
+                    } else {
+                        "not decided".to_owned()
+                    },
+                ))
+                .or_default() += 1;
+            let mut problems = Vec::new();
+            let denied = result["ok"] == false && result["errno"] == EPERM;
+            if refused != denied || (!refused && result["ok"] != true) {
+                problems.push(format!(
+                    "outcome: expected {}, the probe reported {result}",
+                    if refused { "EPERM" } else { "success" }
+                ));
+            }
+            if target.is_none() && (case.op == "ptrace" || case.op == "signal") {
+                problems.push("the probe reported no child pid".to_owned());
+            }
+            // Records expected of this case's (op, target): the chroot case by the kernel's
+            // order of checks, the others one per decided case.
+            let expected = |recorded: bool| usize::from(recorded);
+            let mut checks: Vec<(&str, Vec<&Value>, usize)> = Vec::new();
+            if case.op == "chroot" {
+                checks.push((
+                    "chroot",
+                    matching(case, target.as_ref()),
+                    expected(decided && !refused),
+                ));
+                let capable: Vec<&Value> = records
+                    .iter()
+                    .filter(|r| r["op"] == "capable" && r["detail"] == 18)
+                    .collect();
+                checks.push(("capable", capable, expected(deny)));
+            } else {
+                checks.push((case.op, matching(case, target.as_ref()), expected(decided)));
+            }
+            for (op, found, count) in checks {
+                if found.len() != count {
+                    problems.push(format!(
+                        "records: expected {count} {op} record(s), found {}: {found:?}",
+                        found.len()
+                    ));
+                    continue;
+                }
+                for r in found {
+                    if r["decision"] != decision.action.as_str()
+                        || r["rule"] != label.as_str()
+                        || r["enforced"] != !audit
+                        || !r["reason"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .starts_with(expected_reason(decision.reason))
+                    {
+                        problems.push(format!(
+                            "record: expected decision {} rule {label} enforced {} reason {:?}, \
+                             found {r}",
+                            decision.action.as_str(),
+                            !audit,
+                            expected_reason(decision.reason)
+                        ));
+                    }
+                }
+            }
+            if !problems.is_empty() {
+                mismatches.push(format!(
+                    "policy {index}, action {}: evaluator {} ({label}, {:?})\n  {}\n--- policy \
+                     {index}\n{text}",
+                    case.action,
+                    decision.action.as_str(),
+                    decision.reason,
+                    problems.join("\n  ")
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "differential-process: {cases} cases, {outcomes:?}, {} mismatches",
+        mismatches.len()
+    );
+    for m in &mismatches {
+        eprintln!("MISMATCH {m}");
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {cases} namespace and ipc cases disagree between the kernel and the reference \
+         evaluator (seed {seed:#x}); first:\n{}",
+        mismatches.len(),
+        mismatches[0]
+    );
+    for kind in ["namespaces", "ipc"] {
+        for outcome in ["not decided", "allow enforce", "deny enforce", "deny audit"] {
+            assert!(
+                outcomes.contains_key(&(kind, outcome.to_owned())),
+                "no {kind} case {outcome}: {outcomes:?}"
+            );
+        }
+    }
+}

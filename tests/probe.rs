@@ -18,7 +18,17 @@
 //! - `flood:N:PATH` opens PATH for reading N times (closing it each time) and reports once: the
 //!   first failure, or success;
 //! - `repeat:FILE` performs the actions after it round after round until FILE exists (checked
-//!   before each round), then ends the probe.
+//!   before each round), then ends the probe;
+//! - `userns` creates a user namespace (`unshare(CLONE_NEWUSER)`) in a forked child;
+//! - `chroot:DIR` chroots to DIR in a forked child;
+//! - `mount:DIR` mounts a tmpfs on DIR; `umount:DIR` unmounts DIR (`umount2`, no flags);
+//! - `ptrace:PID:ADDR` reads one byte at ADDR (hex) of process PID with `process_vm_readv`;
+//! - `ptrace-child` does the same to a child it forks (at an address valid in both), and
+//!   `signal-child:SIG` sends SIG to such a child (both report the child's pid as `peer`);
+//! - `signal:PID:SIG` sends SIG to PID (`kill`);
+//! - `tiocsti` pushes one byte into a new pty's input with `TIOCSTI`;
+//! - `setown:PID` sets the owner of a pipe's read end to PID (`self`: the probe) with
+//!   `fcntl(F_SETOWN)`.
 //!
 //! Output: `{"action":"exec:/usr/bin/id","ok":false,"errno":1}` or
 //! `{"action":"exec:/usr/bin/true","ok":true,"status":0}`.
@@ -84,14 +94,235 @@ fn socket_kind(kind: &str) -> Option<(i32, i32, i32)> {
     })
 }
 
+/// The result of a system call that returns -1 and sets `errno` on failure.
+fn check(ret: libc::c_long) -> std::io::Result<()> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs `f` in a forked child and returns its result (the child exits with the errno, or 0).
+fn in_child(f: impl FnOnce() -> std::io::Result<()>) -> std::io::Result<()> {
+    // SAFETY: the probe is single-threaded; the child only makes system calls and exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let code = match f() {
+            Ok(()) => 0,
+            Err(e) => e.raw_os_error().unwrap_or(255),
+        };
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    check(unsafe { libc::waitpid(pid, &raw mut status, 0) }.into())?;
+    match libc::WEXITSTATUS(status) {
+        0 if libc::WIFEXITED(status) => Ok(()),
+        code if libc::WIFEXITED(status) => Err(std::io::Error::from_raw_os_error(code)),
+        _ => Err(std::io::Error::other(format!(
+            "child ended with status {status:#x}"
+        ))),
+    }
+}
+
+/// A byte the probe and the children it forks have at the same address.
+static PEEK: u8 = 0x6f;
+
+/// Reads one byte at `addr` of process `pid` (`process_vm_readv`).
+fn peek(pid: libc::pid_t, addr: usize) -> std::io::Result<()> {
+    let mut byte = 0u8;
+    let local = libc::iovec {
+        iov_base: (&raw mut byte).cast(),
+        iov_len: 1,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: one iovec each, valid for the call; the remote one is only read by the kernel.
+    check(unsafe { libc::process_vm_readv(pid, &raw const local, 1, &raw const remote, 1, 0) } as _)
+}
+
+/// Forks a child that waits until its pipe closes, calls `f` with its pid, then lets it end
+/// (if `f` has not ended it) and reaps it; reports the result with the child's pid.
+fn with_child(action: &str, f: impl FnOnce(libc::pid_t) -> std::io::Result<()>) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) into a two-element array.
+    if let Err(e) = check(unsafe { libc::pipe(fds.as_mut_ptr()) }.into()) {
+        report(action, Err(e));
+        return;
+    }
+    // SAFETY: the probe is single-threaded; the child only reads its pipe and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut byte = 0u8;
+        // SAFETY: plain system calls on the child's own descriptors.
+        unsafe {
+            libc::close(fds[1]);
+            libc::read(fds[0], (&raw mut byte).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing descriptors this function owns.
+    unsafe { libc::close(fds[0]) };
+    let result = if pid < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        f(pid)
+    };
+    // SAFETY: closing the pipe ends the child, which is then reaped.
+    unsafe {
+        libc::close(fds[1]);
+        if pid > 0 {
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+    let line = match result {
+        Ok(()) => serde_json::json!({ "action": action, "ok": true, "peer": pid }),
+        Err(e) => serde_json::json!({
+            "action": action,
+            "ok": false,
+            "errno": e.raw_os_error(),
+            "error": e.to_string(),
+            "peer": pid,
+        }),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Pushes one byte into the input of a new pty with `TIOCSTI`.
+fn tiocsti() -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain system calls; every descriptor is owned (and closed) by an `OwnedFd`.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        check(master.into())?;
+        let master = OwnedFd::from_raw_fd(master);
+        check(libc::grantpt(master.as_raw_fd()).into())?;
+        check(libc::unlockpt(master.as_raw_fd()).into())?;
+        let mut name = [0 as libc::c_char; 64];
+        let ret = libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len());
+        if ret != 0 {
+            return Err(std::io::Error::from_raw_os_error(ret));
+        }
+        let slave = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        check(slave.into())?;
+        let slave = OwnedFd::from_raw_fd(slave);
+        let byte = b'x';
+        check(libc::ioctl(slave.as_raw_fd(), libc::TIOCSTI, &raw const byte).into())
+    }
+}
+
+/// Makes `owner` the owner of a pipe's read end (`fcntl(F_SETOWN)`).
+fn set_owner(owner: libc::pid_t) -> std::io::Result<()> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) into a two-element array, both ends closed here.
+    unsafe {
+        check(libc::pipe(fds.as_mut_ptr()).into())?;
+        let result = check(libc::fcntl(fds[0], libc::F_SETOWN, owner).into());
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+        result
+    }
+}
+
+/// A NUL-terminated copy of `path`.
+fn c_path(path: &str) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(path).map_err(std::io::Error::other)
+}
+
+/// The namespace and process actions (`userns`, `chroot:`, `mount:`, `umount:`, `ptrace:`,
+/// `ptrace-child`, `signal-child:`, `signal:`, `tiocsti`, `setown:`); `false` if `action` is
+/// none of them.
+fn perform_process(action: &str) -> bool {
+    let (kind, arg) = action.split_once(':').unwrap_or((action, ""));
+    let result = match kind {
+        "userns" => {
+            // SAFETY: unshare(2) in the single-threaded child.
+            in_child(|| check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into()))
+        }
+        "chroot" => c_path(arg).and_then(|dir| {
+            // SAFETY: chroot(2) on a NUL-terminated path, in the child.
+            in_child(|| check(unsafe { libc::chroot(dir.as_ptr()) }.into()))
+        }),
+        "mount" => c_path(arg).and_then(|dir| {
+            // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+            check(
+                unsafe {
+                    libc::mount(
+                        c"tmpfs".as_ptr(),
+                        dir.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    )
+                }
+                .into(),
+            )
+        }),
+        // SAFETY: umount2(2) on a NUL-terminated path.
+        "umount" => {
+            c_path(arg).and_then(|dir| check(unsafe { libc::umount2(dir.as_ptr(), 0) }.into()))
+        }
+        "ptrace" => match arg.split_once(':').and_then(|(pid, addr)| {
+            Some((pid.parse().ok()?, usize::from_str_radix(addr, 16).ok()?))
+        }) {
+            Some((pid, addr)) => peek(pid, addr),
+            None => Err(std::io::Error::other("ptrace:PID:ADDR")),
+        },
+        "ptrace-child" => {
+            with_child(action, |pid| peek(pid, (&raw const PEEK) as usize));
+            return true;
+        }
+        "signal-child" => {
+            let sig = arg.parse().unwrap_or(libc::SIGTERM);
+            // SAFETY: kill(2).
+            with_child(action, |pid| check(unsafe { libc::kill(pid, sig) }.into()));
+            return true;
+        }
+        "signal" => match arg
+            .split_once(':')
+            .and_then(|(pid, sig)| Some((pid.parse().ok()?, sig.parse().ok()?)))
+        {
+            // SAFETY: kill(2).
+            Some((pid, sig)) => check(unsafe { libc::kill(pid, sig) }.into()),
+            None => Err(std::io::Error::other("signal:PID:SIG")),
+        },
+        "tiocsti" => tiocsti(),
+        "setown" => {
+            let owner = if arg == "self" {
+                // SAFETY: getpid(2).
+                unsafe { libc::getpid() }
+            } else {
+                arg.parse().unwrap_or(-1)
+            };
+            set_owner(owner)
+        }
+        _ => return false,
+    };
+    report(action, result.map(|()| None));
+    true
+}
+
 fn main() -> ExitCode {
     let actions: Vec<String> = std::env::args().skip(1).collect();
     if actions.is_empty() {
         eprintln!(
             "usage: oxd-probe exec:PATH | read:PATH | write:PATH | readwrite:PATH | \
              map:PATH | mprotect:PATH | connect:ADDR:PORT | udp:ADDR:PORT | socket:KIND | \
-             subcgroup:NAME | wait:FILE | flood:N:PATH | \
-             repeat:FILE ..."
+             subcgroup:NAME | wait:FILE | flood:N:PATH | userns | chroot:DIR | \
+             mount:DIR | umount:DIR | ptrace:PID:ADDR | ptrace-child | signal-child:SIG | \
+             signal:PID:SIG | tiocsti | setown:PID|self | repeat:FILE ..."
         );
         return ExitCode::from(2);
     }
@@ -221,6 +452,9 @@ const CHANGES: [&str; 8] = [
 
 /// Performs one action and reports it; `Err` ends the probe with that exit code.
 fn perform(action: &str) -> Result<(), ExitCode> {
+    if perform_process(action) {
+        return Ok(());
+    }
     if let Some(path) = action.strip_prefix("exec:") {
         let result = Command::new(path)
             .stdin(Stdio::null())
