@@ -134,6 +134,10 @@ pub mod op {
     /// group; the signal of `F_SETSIG`; the flags of `F_SETFL`), 0 for an `ioctl`.
     pub const SIGNAL_OWNER: u32 = 63;
 
+    // guard (64-79): actions that could switch oxd off, leave the confinement or change the
+    // kernel, denied for every confined task (`governs::GUARD`, reason `GUARD`).
+    // cgroups, bpf, kernel file systems: 64-69; kernel, devices, sockets, oxd's tasks: 70-79.
+
     // Changes to the file system (16-39), each decided by the file write rules on the path it
     // changes (BPF-LSM `path_*` hooks). `access` holds the accesses judged: `WRITE`, and also
     // `READ` for the source of a rename or a link (a file that cannot be read cannot be moved
@@ -257,6 +261,11 @@ pub mod reason {
     /// whether another process it names is inside, and an `ioctl`'s argument is in memory the
     /// agent can change after the check).
     pub const SIGNAL_OWNER: u32 = 28;
+
+    // guard (32-39)
+    /// The action could switch oxd off, let the agent leave its confinement or change the
+    /// kernel: denied for every confined task whatever its uid, capabilities or policy mode.
+    pub const GUARD: u32 = 32;
 }
 
 /// Policy modes.
@@ -322,6 +331,10 @@ pub mod governs {
     /// Acting through other tasks, sockets and terminals (ptrace, signals, terminal input
     /// injection, Unix sockets).
     pub const IPC: u32 = 16;
+    /// Guarding oxd and the kernel against the agent (`bpf()`, cgroup moves, kernel modules,
+    /// raw devices, signals to oxd, ...): set by every policy. Guard decisions deny in every
+    /// mode (audit mode learns a policy; it does not let the agent switch oxd off).
+    pub const GUARD: u32 = 32;
 }
 
 /// Settings of the policy in one slot: element `slot` of the `CONFIG` array map.

@@ -46,6 +46,12 @@ fn count(index: u32) {
     }
 }
 
+/// Counts one refusal (for hooks that refuse without [`refuse`]).
+#[inline(always)]
+pub(crate) fn count_denied() {
+    count(counter::DENIED);
+}
+
 /// Reserves an event, fills the fields every operation has, and returns it to be completed and
 /// submitted; counts the loss if the ring buffer is full.
 #[inline(always)]

@@ -32,6 +32,9 @@
 //!   and `inode_setattr` (time changes) (BPF-LSM) decide the changes the kernel hands over as
 //!   a dentry without a mount, as writes to every path the agent's mount namespace has to it.
 //!
+//! - [`guard`]: what every confined task is denied whatever its policy, uid and capabilities,
+//!   so that it cannot switch oxd off, leave its confinement or change the kernel.
+//!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
 //! share lives apart: [`maps`] (every map, by the names user space knows them by), [`offsets`]
@@ -77,6 +80,7 @@ mod confine;
 mod event;
 mod exec;
 mod file;
+mod guard;
 mod ipc;
 mod maps;
 mod net;

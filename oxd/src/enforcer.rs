@@ -90,6 +90,14 @@ pub const WRITE_LSM_PROGRAMS: [(&str, &str); 12] = [
     ("inode_removexattr", "inode_removexattr"),
 ];
 
+/// The BPF-LSM programs of the guard (`oxd-ebpf/src/guard.rs`): what every confined task is
+/// denied whatever its policy, so that it cannot switch oxd off, leave its confinement or
+/// change the kernel. Attached whenever BPF-LSM programs are: (program, hook).
+pub const GUARD_LSM_PROGRAMS: &[(&str, &str)] = &[
+    // cgroups, bpf(), kernel file systems
+    // kernel, devices, sockets, oxd's own tasks
+];
+
 /// The write programs that depend on the kernel, attached with [`WRITE_LSM_PROGRAMS`]: the
 /// POSIX ACL hooks, which kernels from 6.2 have (they set and remove ACLs through them rather
 /// than `inode_setxattr`/`inode_removexattr`), and one of the two `inode_setattr` programs,
@@ -321,6 +329,12 @@ impl Enforcer {
         .chain(ipc_programs)
         .chain(policy.file.iter().flat_map(|_| WRITE_LSM_PROGRAMS))
         .chain(
+            GUARD_LSM_PROGRAMS
+                .iter()
+                .copied()
+                .filter(|_| policy.needs_lsm()),
+        )
+        .chain(
             policy
                 .file
                 .iter()
@@ -453,6 +467,7 @@ impl Enforcer {
                     .chain(&ipc_programs)
                     .chain(&WRITE_LSM_PROGRAMS)
                     .chain(&attr_programs)
+                    .chain(GUARD_LSM_PROGRAMS)
                     .copied()
                     .collect()
             } else {

@@ -309,6 +309,10 @@ fn reason_text(reason: u32) -> &'static str {
         reason::SIGNAL_OWNER => {
             "a file's I/O signals may go only to the agent's own process, with the default signal"
         }
+        reason::GUARD => {
+            "guard: it could switch oxd off, leave the confinement or change the kernel; denied \
+             under every policy and mode"
+        }
         _ => "unknown",
     }
 }

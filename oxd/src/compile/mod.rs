@@ -405,7 +405,8 @@ pub fn denied_files(
 /// The slot's settings: which categories it governs, its mode and defaults. An ungoverned
 /// category's default is allow (never consulted: the kernel skips ungoverned categories).
 fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
-    let mut governed = 0;
+    // Every policy guards oxd and the kernel against its agent.
+    let mut governed = governs::GUARD;
     if policy.exec.is_some() {
         governed |= governs::EXEC;
     }

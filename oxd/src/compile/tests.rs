@@ -369,7 +369,8 @@ fn config_fields() {
         *none.config(),
         Config {
             generation: 5,
-            governs: 0,
+            // Only the guard, which every policy has.
+            governs: governs::GUARD,
             mode: mode::AUDIT,
             exec_default: action::ALLOW,
             net_default: action::ALLOW,
@@ -414,7 +415,8 @@ cidr = "198.51.100.0/24"
                 | governs::FILE
                 | governs::NETWORK
                 | governs::PROCESS
-                | governs::IPC,
+                | governs::IPC
+                | governs::GUARD,
             mode: mode::ENFORCE,
             exec_default: action::DENY,
             net_default: action::ALLOW,
@@ -452,7 +454,7 @@ fn governed_categories_and_switches() {
         ),
     ] {
         let config = *compile_ok(&policy(text), 0, 1).config();
-        assert_eq!(config.governs, governed, "{text:?}");
+        assert_eq!(config.governs, governed | governs::GUARD, "{text:?}");
         assert_eq!(config.mode, mode::ENFORCE, "{text:?}");
     }
     let allowed =
@@ -460,7 +462,7 @@ fn governed_categories_and_switches() {
     assert_eq!(
         (allowed.governs, allowed.namespaces, allowed.namespaces_rule),
         (
-            governs::EXEC | governs::PROCESS | governs::IPC,
+            governs::EXEC | governs::PROCESS | governs::IPC | governs::GUARD,
             action::ALLOW,
             0
         )
