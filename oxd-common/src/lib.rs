@@ -31,13 +31,16 @@ pub const PATH_RULE_CAPACITY: u32 = 4 * MAX_PATH_RULES;
 
 /// Version of the layout of the maps oxd pins in bpffs. A daemon only adopts pins of its own
 /// layout version (they live in a directory named after it).
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// Most network rules in one policy; the network rule table has this many entries per slot.
 pub const MAX_NET_RULES: u32 = 256;
 
 /// How many cgroups one oxd instance can confine.
 pub const MAX_CONFINED_CGROUPS: u32 = 1024;
+
+/// How many of oxd's own processes the guard protects at once (`PROTECTED` map).
+pub const MAX_PROTECTED_TASKS: u32 = 64;
 
 /// How deep below the root cgroup an agent's cgroup (or one it creates) may sit and still be
 /// recognised as confined.

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use oxd_common::{
     counter, Config, InodeKey, InodeRules, MappedFile, NetRule, PathKey, RuleValue,
-    MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_NET_RULES, MAX_POLICY_SLOTS, PATH_BUF_LEN,
-    PATH_RULE_CAPACITY, RING_BUF_BYTES,
+    MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_NET_RULES, MAX_POLICY_SLOTS, MAX_PROTECTED_TASKS,
+    PATH_BUF_LEN, PATH_RULE_CAPACITY, RING_BUF_BYTES,
 };
 
 /// Policy settings, one element per policy slot.
@@ -19,6 +19,11 @@ pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(MAX_POLICY_SLO
 /// policy repoints this one value, so a decision sees either the old slot or the new one.
 #[map]
 pub(crate) static CONFINED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CONFINED_CGROUPS, 0);
+
+/// oxd's own processes (the daemon, `oxd run` and its watchdog), by thread-group id: no
+/// confined task may signal, trace or otherwise act on them (the guard). The value is unused.
+#[map]
+pub(crate) static PROTECTED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROTECTED_TASKS, 0);
 
 /// Exec rules: longest matching prefix of (slot, the executed file's resolved path).
 #[map]

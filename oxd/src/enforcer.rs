@@ -138,7 +138,7 @@ fn override_attr_offsets<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a KernelOff
 }
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
-const PINNED_MAPS: [&str; 11] = [
+const PINNED_MAPS: [&str; 12] = [
     "CONFIG",
     "CONFINED",
     "EXEC_RULES",
@@ -150,6 +150,7 @@ const PINNED_MAPS: [&str; 11] = [
     "COUNTERS",
     "MAPPED_FILES",
     "UNIX_RULES",
+    "PROTECTED",
 ];
 
 pub(crate) const LSM_FIX: &str =
@@ -623,6 +624,34 @@ impl Enforcer {
         self.confined_map()?
             .insert(cgroup_id, slot, 0)
             .map_err(map_err(format!("confine cgroup {cgroup_id}")))
+    }
+
+    /// Makes `tgids` (oxd's own processes) the ones the guard protects from every confined
+    /// task (signals, ptrace and the like toward them are denied), forgetting those an earlier
+    /// process left in a pinned map.
+    pub fn protect(&mut self, tgids: &[u32]) -> Result<()> {
+        let mut map: HashMap<_, u32, u32> = HashMap::try_from(
+            self.ebpf
+                .map_mut("PROTECTED")
+                .ok_or(EnforcerError::Missing("PROTECTED map"))?,
+        )
+        .map_err(map_err("open the protected-task map"))?;
+        for &tgid in tgids {
+            map.insert(tgid, 1, 0)
+                .map_err(map_err(format!("protect process {tgid}")))?;
+        }
+        let stale: Vec<u32> = map
+            .keys()
+            .flatten()
+            .filter(|k| !tgids.contains(k))
+            .collect();
+        for tgid in stale {
+            match map.remove(&tgid) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(format!("forget process {tgid}"))(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Stops confining `cgroup_id` (its processes are decided by nothing any more).

@@ -73,6 +73,7 @@ pub fn run(args: &RunOptions) -> Result<i32> {
     };
 
     let mut enforcer = Enforcer::load(&policy)?;
+    enforcer.protect(&[std::process::id()])?;
     enforcer.attach_lsm()?;
     let cgroup = AgentCgroup::create(&format!("run-{}", std::process::id()))
         .context("cannot create the agent's cgroup")?;

@@ -198,6 +198,7 @@ impl Daemon {
             lsm,
             pin_dir: Some(pin_dir.clone()),
         })?;
+        enforcer.protect(&[std::process::id()])?;
         if lsm {
             enforcer.attach_lsm()?;
         }
