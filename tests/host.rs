@@ -635,3 +635,182 @@ fn daemon_without_bpf_lsm_enforces_network_policies_pinned_and_refuses_exec_poli
     assert_eq!(daemon.status()["targets"], 0);
     assert_audit_log_verifies(&daemon.audit_log);
 }
+
+/// Whether process `pid` is alive (not gone and not a zombie).
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next());
+        !matches!(state, Some("Z" | "X"))
+    })
+}
+
+/// The pid of the child of `parent` named `comm`, if there is one.
+fn child_named(parent: u32, comm: &str) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+        let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let parent_pid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (parent_pid == parent && name == comm).then_some(pid)
+    })
+}
+
+/// An agent whose background process, started with `setsid` so it is neither oxd's child nor
+/// in its session, keeps trying a denied connect (to `denied`, where the test listens) and
+/// writes its pid to `pidfile`.
+fn persistent_agent(probe: &Path, denied: u16, pidfile: &Path) -> String {
+    format!(
+        "setsid sh -c 'echo $$ > {pidfile}; while :; do {probe} connect:127.0.0.1:{denied} \
+         >/dev/null 2>&1; done' & sleep 300",
+        pidfile = pidfile.display(),
+        probe = probe.display(),
+    )
+}
+
+/// Whether `listener` (non-blocking) has accepted a connection.
+fn accepted_any(listener: &TcpListener) -> bool {
+    match listener.accept() {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) => panic!("accept: {e}"),
+    }
+}
+
+/// Issue 10, item 4: when oxd dies under `oxd run` (here: SIGKILL from outside), nothing the
+/// agent started runs on unconfined. The watchdog keeps the programs attached while it kills
+/// the agent's cgroup, so the agent's background process, which keeps trying a denied connect,
+/// never gets one through and is gone soon after.
+#[test]
+fn killing_oxd_run_kills_the_agent_which_stays_confined_to_the_end() {
+    let scratch = Scratch::new("host-oxd-killed");
+    let denied = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    denied.set_nonblocking(true).expect("non-blocking");
+    let denied_port = denied.local_addr().expect("local addr").port();
+    let policy = scratch.policy(&net_policy(9));
+    let log = scratch.path("audit.jsonl");
+    let pidfile = scratch.path("agent.pid");
+    let script = persistent_agent(&probe_bin(), denied_port, &pidfile);
+    let mut oxd = oxd_run_spawn(&policy, &log, &["/bin/sh", "-c", &script]);
+    let oxd_pid = oxd.id();
+    let agent: u32 = wait_for(
+        "the agent's background process",
+        Duration::from_secs(30),
+        || fs::read_to_string(&pidfile).ok()?.trim().parse().ok(),
+    );
+    let cgroup = Path::new("/sys/fs/cgroup/oxd").join(format!("run-{oxd_pid}"));
+    // Its attempts are being denied and recorded.
+    wait_for("a recorded denial", Duration::from_secs(30), || {
+        audit_records_so_far(&log)
+            .iter()
+            .any(|r| r["op"] == "connect" && r["decision"] == "deny")
+            .then_some(())
+    });
+    let watchdog = child_named(oxd_pid, "oxd-watchdog").expect("oxd run has a watchdog");
+    oxd.kill().expect("SIGKILL oxd run");
+    oxd.wait().expect("reap oxd run");
+    wait_for("the agent to be killed", Duration::from_secs(20), || {
+        (!alive(agent)).then_some(())
+    });
+    wait_for("the watchdog to exit", Duration::from_secs(20), || {
+        (!alive(watchdog)).then_some(())
+    });
+    assert!(
+        !accepted_any(&denied),
+        "a denied connect got through after oxd died"
+    );
+    assert!(
+        !cgroup.exists(),
+        "the watchdog left the agent's cgroup {} behind",
+        cgroup.display()
+    );
+}
+
+/// If the watchdog dies while oxd lives, oxd's own death would no longer be covered: the run
+/// ends, the agent is killed, and oxd says why (exit status 125).
+#[test]
+fn killing_the_watchdog_ends_the_run() {
+    let scratch = Scratch::new("host-watchdog-killed");
+    let denied = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    denied.set_nonblocking(true).expect("non-blocking");
+    let denied_port = denied.local_addr().expect("local addr").port();
+    let policy = scratch.policy(&net_policy(9));
+    let log = scratch.path("audit.jsonl");
+    let pidfile = scratch.path("agent.pid");
+    let script = persistent_agent(&probe_bin(), denied_port, &pidfile);
+    let mut cmd = oxd_run_command(&policy, &log, &["/bin/sh", "-c", &script]);
+    cmd.stderr(std::process::Stdio::piped());
+    let oxd = cmd.spawn().expect("spawn oxd run");
+    let oxd_pid = oxd.id();
+    let agent: u32 = wait_for(
+        "the agent's background process",
+        Duration::from_secs(30),
+        || fs::read_to_string(&pidfile).ok()?.trim().parse().ok(),
+    );
+    let watchdog = wait_for("the watchdog", Duration::from_secs(10), || {
+        child_named(oxd_pid, "oxd-watchdog")
+    });
+    let status = Command::new("kill")
+        .args(["-KILL", &watchdog.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "cannot kill the watchdog");
+    let output = oxd.wait_with_output().expect("wait for oxd run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("watchdog"), "{stderr}");
+    assert!(!alive(agent), "the agent outlived the run");
+    assert!(!accepted_any(&denied), "a denied connect got through");
+}
+
+/// Issue 10, item 2: `oxd run --user` runs the agent without privileges: its user, group and
+/// supplementary groups are the ones named, no capability is left in any set (bounding
+/// included), and `no_new_privs` keeps set-user-ID programs from giving any back.
+#[test]
+fn run_user_drops_every_privilege_before_the_command() {
+    let scratch = Scratch::new("host-run-user");
+    let policy = scratch.policy(&net_policy(9));
+    let log = scratch.path("audit.jsonl");
+    let script = "id -u; id -g; id -G; grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' \
+                  /proc/self/status";
+    let output = oxd_run_command(&policy, &log, &["/bin/sh", "-c", script])
+        .output()
+        .expect("spawn oxd run");
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("CapEff:\t0000000000000000"),
+        "without --user, the agent is root with capabilities: {output:?}"
+    );
+    let mut cmd = Command::new(oxd_bin());
+    cmd.args(["run", "--user", "65534:65534", "--policy"])
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&log)
+        .args(["--", "/bin/sh", "-c", script])
+        .stdin(std::process::Stdio::null());
+    let output = cmd.output().expect("spawn oxd run --user");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(&lines[..3], &["65534", "65534", "65534"], "{stdout}");
+    for field in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(
+            lines.contains(&format!("{field}:\t0000000000000000").as_str()),
+            "{field} is not empty: {stdout}"
+        );
+    }
+    assert!(lines.contains(&"NoNewPrivs:\t1"), "{stdout}");
+    // Root is not a user to drop to.
+    let mut cmd = Command::new(oxd_bin());
+    cmd.args(["run", "--user", "root", "--policy"])
+        .arg(&policy)
+        .args(["--", "/bin/true"]);
+    let output = cmd.output().expect("spawn oxd run --user root");
+    assert_eq!(output.status.code(), Some(125), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("is root"),
+        "{output:?}"
+    );
+}

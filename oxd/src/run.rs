@@ -15,6 +15,8 @@
 //! caller's terminal. Descriptors that are not terminals (pipes, files) are passed as they are.
 
 mod pty;
+mod user;
+mod watchdog;
 
 use std::{
     ffi::OsString,
@@ -27,7 +29,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
+pub use user::RunAs;
 
+use self::watchdog::Watchdog;
 use crate::{
     audit::{AuditLog, RecordFilter, Rotation},
     cgroup::AgentCgroup,
@@ -57,6 +61,9 @@ pub struct RunOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// Which decisions to record.
     pub record: RecordFilter,
+    /// Run the command as this user (`NAME`, `UID`, `NAME:GROUP` or `UID:GID`) rather than as
+    /// oxd's own user: privileges are dropped after confinement, before exec.
+    pub user: Option<String>,
     /// The command to confine, and its arguments (at least the command).
     pub command: Vec<OsString>,
 }
@@ -67,17 +74,20 @@ pub fn run(args: &RunOptions) -> Result<i32> {
         bail!("no command to run");
     }
     let policy = Arc::new(Policy::load(&args.policy)?);
+    let run_as = args.user.as_deref().map(RunAs::parse).transpose()?;
     let audit = match &args.audit_log {
         Some(path) => AuditLog::append(path, args.record, args.rotation.clone())?,
         None => AuditLog::new(Box::new(io::stderr()), args.record),
     };
 
     let mut enforcer = Enforcer::load(&policy)?;
-    enforcer.protect(&[std::process::id()])?;
     enforcer.attach_lsm()?;
     let cgroup = AgentCgroup::create(&format!("run-{}", std::process::id()))
         .context("cannot create the agent's cgroup")?;
     enforcer.confine(&cgroup)?;
+    // From here on, oxd's death leaves nothing running unconfined (see `watchdog`).
+    let watchdog = Watchdog::spawn(cgroup.path())?;
+    enforcer.protect(&[std::process::id(), watchdog.pid()])?;
     let events = enforcer.take_events()?;
     let metrics = Metrics::new();
     metrics.set_policy(
@@ -118,10 +128,20 @@ pub fn run(args: &RunOptions) -> Result<i32> {
     } else {
         None
     };
-    let outcome = runtime.block_on(supervise(&args.command, &cgroup, &mut pump, relay.as_mut()));
+    let outcome = runtime.block_on(supervise(
+        &Command {
+            argv: &args.command,
+            run_as: run_as.as_ref(),
+        },
+        &cgroup,
+        &watchdog,
+        &mut pump,
+        relay.as_mut(),
+    ));
 
     // Nothing the agent started may outlive its confinement.
     let removed = cgroup.remove();
+    watchdog.finish();
     if let Some(relay) = relay {
         relay.finish();
     }
@@ -144,6 +164,10 @@ pub fn run(args: &RunOptions) -> Result<i32> {
         }
         // `pump.finish()` above returns the pump's error; it stops for no other reason.
         Supervised::PumpFailed => Err(anyhow!("the event pump stopped")),
+        Supervised::WatchdogDied => Err(anyhow!(
+            "oxd's watchdog process died (killed from outside?): the agent was stopped, since \
+             oxd's own death would no longer stop it"
+        )),
     }
 }
 
@@ -155,14 +179,23 @@ enum Supervised {
     NotStarted { error: io::Error, code: i32 },
     /// The event pump stopped (it failed).
     PumpFailed,
+    /// The watchdog exited while the command ran.
+    WatchdogDied,
+}
+
+/// The command `oxd run` starts, and whom it runs as.
+struct Command<'a> {
+    argv: &'a [OsString],
+    run_as: Option<&'a RunAs>,
 }
 
 /// Starts the command in `cgroup`, in its own session (behind `relay`'s terminal if there is
 /// one), forwards SIGINT, SIGTERM and SIGHUP to it, and waits for it. The event pump records
 /// decisions meanwhile, on its own thread.
 async fn supervise(
-    command: &[OsString],
+    command: &Command<'_>,
     cgroup: &AgentCgroup,
+    watchdog: &Watchdog,
     pump: &mut Pump,
     mut relay: Option<&mut pty::Relay>,
 ) -> Result<Supervised> {
@@ -170,8 +203,13 @@ async fn supervise(
     let procs_fd = procs.as_raw_fd();
 
     close_inherited_terminals();
-    let mut cmd = std::process::Command::new(&command[0]);
-    cmd.args(&command[1..]);
+    let argv = command.argv;
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    let run_as = command.run_as.cloned();
+    if let Some(run_as) = &run_as {
+        cmd.envs(run_as.environment());
+    }
     let controlling_terminal = relay.is_some();
     if let Some(relay) = relay.as_deref() {
         let slave = || {
@@ -187,30 +225,7 @@ async fn supervise(
             cmd.stderr(std::process::Stdio::from(slave()?));
         }
     }
-    // SAFETY: the closure only makes async-signal-safe system calls (write, prctl, getppid,
-    // setsid, ioctl).
-    unsafe {
-        let parent = libc::getpid();
-        cmd.pre_exec(move || {
-            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(io::Error::last_os_error());
-            }
-            // If oxd dies, its agent dies too rather than running on unconfined.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent
-            {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            // Its own session: no controlling terminal of the caller's...
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // ...and its own terminal as its controlling terminal, if it has one.
-            if controlling_terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    confine_on_start(&mut cmd, procs_fd, run_as, controlling_terminal);
     let mut cmd = tokio::process::Command::from(cmd);
     let spawned = cmd.spawn();
     drop(procs);
@@ -249,10 +264,13 @@ async fn supervise(
             let _ = nix::sys::signal::kill(pid, sig);
         }
     };
+    let watchdog_exited = watchdog.exited();
+    tokio::pin!(watchdog_exited);
     let status: ExitStatus = loop {
         tokio::select! {
             status = child.wait() => break status.context("cannot wait for the command")?,
             () = pump.stopped() => return Ok(Supervised::PumpFailed),
+            _ = &mut watchdog_exited => return Ok(Supervised::WatchdogDied),
             _ = sigint.recv() => forward(nix::sys::signal::Signal::SIGINT),
             _ = sigterm.recv() => forward(nix::sys::signal::Signal::SIGTERM),
             _ = sighup.recv() => forward(nix::sys::signal::Signal::SIGHUP),
@@ -264,6 +282,46 @@ async fn supervise(
         }
     };
     Ok(Supervised::Exited(status))
+}
+
+/// What the command does between fork and exec: join its cgroup (so its own exec is decided),
+/// drop privileges (`--user`), die with oxd, leave the caller's session, and take its own
+/// terminal as its controlling terminal if it has one.
+fn confine_on_start(
+    cmd: &mut std::process::Command,
+    procs_fd: i32,
+    run_as: Option<RunAs>,
+    controlling_terminal: bool,
+) {
+    // SAFETY: the closure only makes async-signal-safe system calls (write, prctl, getppid,
+    // setsid, ioctl, and those of `RunAs::apply`).
+    unsafe {
+        let parent = libc::getpid();
+        cmd.pre_exec(move || {
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            // Confined first, then without privileges (which also clears the parent-death
+            // signal, so that comes after).
+            if let Some(run_as) = &run_as {
+                run_as.apply()?;
+            }
+            // If oxd dies, its agent dies too rather than running on unconfined.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent
+            {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // Its own session: no controlling terminal of the caller's...
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // ...and its own terminal as its controlling terminal, if it has one.
+            if controlling_terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Marks close-on-exec every terminal descriptor above stderr that oxd inherited from its

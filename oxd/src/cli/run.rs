@@ -46,6 +46,12 @@ pub(crate) struct RunArgs {
     /// Which decisions to record.
     #[arg(long, value_enum, default_value_t = RecordArg::All)]
     record: RecordArg,
+    /// Run the command as this user (NAME, UID, NAME:GROUP or UID:GID) instead of as oxd's own
+    /// user: after the command is confined and before it starts, its supplementary groups, group
+    /// and user are set, its capability bounding set cleared and `no_new_privs` set. Running the
+    /// agent without privileges is the recommended setup.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     /// The command to confine, and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -61,6 +67,7 @@ impl From<RunArgs> for RunOptions {
                 .map(|max| Rotation::new(max, args.audit_keep)),
             metrics: args.metrics,
             record: args.record.into(),
+            user: args.user,
             command: args.command,
         }
     }
