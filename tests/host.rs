@@ -814,3 +814,39 @@ fn run_user_drops_every_privilege_before_the_command() {
         "{output:?}"
     );
 }
+
+/// Issue 10, item 3: a cgroup inside a tree delegated to an ordinary user (here: its parent's
+/// `cgroup.procs` belongs to uid 65534, as systemd's `Delegate=` leaves it) is refused where
+/// no guard can deny the move out of it (this host has no BPF-LSM), naming the delegation
+/// root; the same cgroup is confined once the delegation is undone.
+#[test]
+fn daemon_refuses_a_cgroup_in_a_delegated_tree_without_the_guard() {
+    let scratch = Scratch::new("host-delegated");
+    let policy = scratch.path("net.toml");
+    fs::write(&policy, net_policy(9)).expect("write the policy");
+    let tree = TestCgroup::new("host-delegated");
+    let agent = tree.path().join("agent");
+    fs::create_dir(&agent).expect("create the agent's cgroup");
+    let procs = tree.path().join("cgroup.procs");
+    std::os::unix::fs::chown(&procs, Some(65534), Some(65534)).expect("delegate the tree");
+    let bpffs = BpffsMount::new(&scratch, "bpffs");
+    let mut daemon = Daemon::new(&scratch, "delegated", &[]);
+    daemon.bpffs = bpffs.path.join("oxd");
+    daemon.start();
+    let agent_str = agent.to_str().expect("utf-8");
+    let policy_str = policy.to_str().expect("utf-8");
+    let confine = ["confine", "--cgroup", agent_str, "--policy", policy_str];
+    let output = daemon.ctl_output(&confine);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a delegated cgroup was confined");
+    assert!(
+        stderr.contains(&format!("{} is delegated to uid 65534", tree.path_str())),
+        "{stderr}"
+    );
+    assert!(daemon.list().is_empty(), "nothing may be half-confined");
+    std::os::unix::fs::chown(&procs, Some(0), Some(0)).expect("undo the delegation");
+    daemon.ctl(&confine);
+    assert_eq!(daemon.list().len(), 1);
+    daemon.ctl(&["release", "--cgroup", agent_str]);
+    fs::remove_dir(&agent).expect("remove the agent's cgroup");
+}

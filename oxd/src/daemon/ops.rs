@@ -94,6 +94,28 @@ fn resolve_target(target: &Target) -> Result<(PathBuf, u64)> {
     Ok((path, id))
 }
 
+/// The highest cgroup above `path` (below the cgroup2 `mount`) whose `cgroup.procs` a user
+/// other than root may write (owned by that user, or writable by group or others): the root of
+/// a tree delegated to that user (systemd's `Delegate=`, `user@UID.service`), and that user's
+/// id. Within such a tree, the kernel's own permission checks let the user move a process from
+/// the confined cgroup to any other cgroup of the tree.
+fn delegation_root(mount: &Path, path: &Path) -> Option<(PathBuf, u32)> {
+    let mut found = None;
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if !d.starts_with(mount) {
+            break;
+        }
+        if let Ok(meta) = fs::metadata(d.join("cgroup.procs")) {
+            if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+                found = Some((d.to_owned(), meta.uid()));
+            }
+        }
+        dir = d.parent();
+    }
+    found
+}
+
 fn parse(source: &PolicySource) -> Result<Policy> {
     Ok(Policy::parse(&source.path, &source.text)?)
 }
@@ -178,6 +200,25 @@ impl Daemon {
 
     fn confine(&mut self, target: &Target, source: &PolicySource) -> Result<String> {
         let (cgroup, cgroup_id) = resolve_target(target)?;
+        let delegated = delegation_root(&cgroup2_mount()?, &cgroup);
+        let note = match &delegated {
+            // Without BPF-LSM there is no guard to deny the move out of the confined cgroup.
+            Some((root, uid)) if !self.lsm => bail!(
+                "refusing to confine {}: the cgroup tree {} is delegated to uid {uid}, who could \
+                 move the agent out of the confined cgroup into another cgroup of that tree, and \
+                 without BPF-LSM oxd cannot deny that move; confine {} instead (the whole \
+                 delegated tree), or run the agent in a cgroup outside the delegation",
+                cgroup.display(),
+                root.display(),
+                root.display()
+            ),
+            Some((root, uid)) => format!(
+                "; note: {} is delegated to uid {uid}: the guard denies the agent moves out of \
+                 the confined cgroup",
+                root.display()
+            ),
+            None => String::new(),
+        };
         if let Some(t) = self.state.targets.iter().find(|t| t.cgroup_id == cgroup_id) {
             bail!(
                 "{} is already confined under policy {}: use `oxd ctl replace` to change the \
@@ -231,7 +272,7 @@ impl Daemon {
             .set_policy(&label, &g.name, &g.sha256, g.generation);
         tracing::info!(cgroup = %label, cgroup_id, policy = %name, generation, "confined");
         Ok(format!(
-            "confined {} (cgroup id {cgroup_id}) under policy {name} generation {generation}",
+            "confined {} (cgroup id {cgroup_id}) under policy {name} generation {generation}{note}",
             cgroup.display()
         ))
     }
