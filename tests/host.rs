@@ -332,6 +332,21 @@ fn doctor_names_bpf_lsm_as_missing_on_this_host() {
     for present in ["kernel BTF", "cgroup v2", "cgroup hooks", "capabilities"] {
         assert!(line(present).starts_with("ok"), "{present}: {stdout}");
     }
+    // Without BPF-LSM there is no guard: doctor says so, and what to do.
+    assert!(line("guard").starts_with("warn"), "{stdout}");
+    assert!(stdout.contains("--user"), "{stdout}");
+    // And what the host's own settings add, as this host has them.
+    let unprivileged_bpf = fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
+        .expect("read kernel.unprivileged_bpf_disabled");
+    let expected = if unprivileged_bpf.trim() == "0" {
+        "warn"
+    } else {
+        "ok"
+    };
+    assert!(line("unprivileged BPF").starts_with(expected), "{stdout}");
+    for hardening in ["lockdown hardening", "module loading", "ptrace scope"] {
+        line(hardening);
+    }
 }
 
 #[test]

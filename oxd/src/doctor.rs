@@ -215,15 +215,105 @@ fn bpf_lsm_check() -> Check {
     }
 }
 
+/// A sysctl's value, trimmed; `None` when this kernel does not have it.
+fn sysctl(name: &str) -> Option<String> {
+    fs::read_to_string(Path::new("/proc/sys").join(name.replace('.', "/")))
+        .ok()
+        .map(|v| v.trim().to_owned())
+}
+
+/// Whether the guard runs: with BPF-LSM, root agents cannot switch oxd off or leave their
+/// confinement; without it only the kernel's own permission checks stand in their way.
+fn guard_check(lsm: &Check) -> Check {
+    if lsm.status == Status::Ok {
+        Check::ok(
+            "guard",
+            "runs with every policy: a confined agent, root or not, cannot use bpf(), move out of \
+             its cgroup, load kernel modules, write kernel file systems, raw devices or oxd's \
+             pins, or signal oxd",
+        )
+    } else {
+        Check::warn(
+            "guard",
+            "off (needs BPF-LSM): an agent running as root could switch oxd off",
+            "enable BPF-LSM (see above), and run agents as an ordinary user: oxd run --user NAME",
+        )
+    }
+}
+
+/// What the host's own configuration adds to the guard (each is defence in depth: the guard
+/// denies these to confined agents either way, but the setting also covers what runs
+/// unconfined, and oxd's bugs).
+fn hardening_checks() -> Vec<Check> {
+    let mut out = Vec::new();
+    out.push(match sysctl("kernel.unprivileged_bpf_disabled").as_deref() {
+        Some("1" | "2") => Check::ok(
+            "unprivileged BPF",
+            "disabled (kernel.unprivileged_bpf_disabled): only privileged processes may use bpf()",
+        ),
+        Some(v) => Check::warn(
+            "unprivileged BPF",
+            format!("allowed (kernel.unprivileged_bpf_disabled = {v})"),
+            "sysctl -w kernel.unprivileged_bpf_disabled=2",
+        ),
+        None => Check::warn(
+            "unprivileged BPF",
+            "unknown (no kernel.unprivileged_bpf_disabled)",
+            "use a kernel with CONFIG_BPF_UNPRIV_DEFAULT_OFF=y",
+        ),
+    });
+    out.push(match host::lockdown().as_deref() {
+        Some("integrity" | "confidentiality") => Check::ok(
+            "lockdown hardening",
+            "the kernel itself refuses unsigned modules, kexec, /dev/mem and raw I/O to root",
+        ),
+        _ => Check::warn(
+            "lockdown hardening",
+            "none: root outside oxd's confinement can still change the running kernel",
+            "boot with lockdown=integrity (module signing) for a second line of defence",
+        ),
+    });
+    out.push(match sysctl("kernel.modules_disabled").as_deref() {
+        Some("1") => Check::ok("module loading", "disabled (kernel.modules_disabled = 1)"),
+        _ => Check::warn(
+            "module loading",
+            "allowed to root (the guard denies it to confined agents)",
+            "sysctl -w kernel.modules_disabled=1 once the host's modules are loaded",
+        ),
+    });
+    out.push(match sysctl("kernel.yama.ptrace_scope").as_deref() {
+        Some(v @ ("1" | "2" | "3")) => Check::ok(
+            "ptrace scope",
+            format!("restricted (kernel.yama.ptrace_scope = {v})"),
+        ),
+        Some(v) => Check::warn(
+            "ptrace scope",
+            format!("unrestricted (kernel.yama.ptrace_scope = {v})"),
+            "sysctl -w kernel.yama.ptrace_scope=1",
+        ),
+        None => Check::warn(
+            "ptrace scope",
+            "Yama is not active",
+            "boot with yama in lsm= and set kernel.yama.ptrace_scope=1",
+        ),
+    });
+    out
+}
+
 /// Runs every check.
 pub fn checks() -> Vec<Check> {
-    vec![
+    let lsm = bpf_lsm_check();
+    let guard = guard_check(&lsm);
+    let mut checks = vec![
         capability_check(),
         btf_check(),
         cgroup_check(),
         cgroup_hooks_check(),
-        bpf_lsm_check(),
+        lsm,
+        guard,
         lockdown_check(),
         bpffs_check(),
-    ]
+    ];
+    checks.extend(hardening_checks());
+    checks
 }

@@ -5,15 +5,16 @@ use oxd::doctor::{checks, Status};
 /// Prints the checks; returns the exit status: 0 when nothing is missing, 1 otherwise.
 pub(crate) fn doctor() -> i32 {
     let checks = checks();
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
     for check in &checks {
         let label = match check.status {
             Status::Ok => "ok",
             Status::Warn => "warn",
             Status::Missing => "MISSING",
         };
-        println!("{label:<8} {:<13} {}", check.name, check.found);
+        println!("{label:<8} {:<width$} {}", check.name, check.found);
         if let Some(fix) = &check.fix {
-            println!("{:<8} {:<13} fix: {fix}", "", "");
+            println!("{:<8} {:<width$} fix: {fix}", "", "");
         }
     }
     let missing = checks
