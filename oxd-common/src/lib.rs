@@ -328,8 +328,8 @@ pub mod governs {
     pub const EXEC: u32 = 1;
     pub const FILE: u32 = 2;
     pub const NETWORK: u32 = 4;
-    /// `[process] namespaces`: user namespaces, mounts, `pivot_root`, `chroot`. Set whenever
-    /// the policy governs exec or file (the categories whose paths namespaces rewrite).
+    /// `[process] namespaces`: user namespaces, mounts, `pivot_root`, `chroot`. Set by every
+    /// policy (default deny).
     pub const PROCESS: u32 = 8;
     /// Acting through other tasks, sockets and terminals (ptrace, signals, terminal input
     /// injection, Unix sockets).

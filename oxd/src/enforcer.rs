@@ -310,8 +310,11 @@ impl Enforcer {
     /// Loads the object for `oxd run`, compiles `policy` for slot 0 as generation 1 (with the
     /// identities its exact deny rules name now) and writes it. Attaches nothing yet.
     pub fn load(policy: &Policy) -> Result<Self> {
+        // Exec, file and ipc rules need BPF-LSM; the guard and namespaces run wherever it is
+        // active, whatever the policy (a network-only policy runs without it otherwise).
+        let lsm = policy.needs_lsm() || host::bpf_lsm_active();
         let mut enforcer = Self::open(&LoadOptions {
-            lsm: policy.needs_lsm(),
+            lsm,
             pin_dir: None,
         })?;
         let ipc_programs = if policy.ipc.is_some() {
@@ -330,22 +333,21 @@ impl Enforcer {
         .chain(ipc_programs)
         .chain(policy.file.iter().flat_map(|_| WRITE_LSM_PROGRAMS))
         .chain(
-            GUARD_LSM_PROGRAMS
-                .iter()
-                .copied()
-                .filter(|_| policy.needs_lsm()),
-        )
-        .chain(
             policy
                 .file
                 .iter()
                 .flat_map(|_| enforcer.attr_programs.clone()),
         )
         .collect();
-        if policy.namespaces.is_some() {
+        if lsm {
             enforcer
                 .lsm_programs
-                .extend_from_slice(&LSM_PROGRAMS[NS_PROGRAMS]);
+                .extend(GUARD_LSM_PROGRAMS.iter().copied());
+            if policy.namespaces.is_some() {
+                enforcer
+                    .lsm_programs
+                    .extend_from_slice(&LSM_PROGRAMS[NS_PROGRAMS]);
+            }
         }
         enforcer.enforces_network = policy.network.is_some();
         let image = compile(policy, 0, 1, &file_identity)?;

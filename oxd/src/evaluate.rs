@@ -704,7 +704,7 @@ deny = ["/usr/bin/id"]
     }
 
     #[test]
-    fn namespaces_are_denied_by_default_wherever_paths_are_judged() {
+    fn namespaces_are_denied_by_default_under_every_policy() {
         let ns = |p: &Policy| {
             let d = p.evaluate(&Request::Namespace {
                 op: NamespaceOp::Mount,
@@ -722,13 +722,14 @@ deny = ["/usr/bin/id"]
             ns(&policy("[file]\n[process]\nnamespaces = \"allow\"\n")),
             (Action::Allow, "process.namespaces".to_owned())
         );
-        // Nothing whose paths a namespace could rewrite: not decided.
+        // Every policy governs them, a network-only one too (issue 10).
         let p = policy("[network]\n");
         assert_eq!(
             p.evaluate(&Request::Namespace {
                 op: NamespaceOp::UsernsCreate
-            }),
-            Decision::new(Action::Allow, Reason::NotDecided)
+            })
+            .action,
+            Action::Deny
         );
         for op in NamespaceOp::ALL {
             assert_eq!(NamespaceOp::from_name(op.as_str()), Some(op));

@@ -369,8 +369,8 @@ fn config_fields() {
         *none.config(),
         Config {
             generation: 5,
-            // Only the guard, which every policy has.
-            governs: governs::GUARD,
+            // Only the guard and namespaces, which every policy governs.
+            governs: governs::GUARD | governs::PROCESS,
             mode: mode::AUDIT,
             exec_default: action::ALLOW,
             net_default: action::ALLOW,
@@ -382,8 +382,8 @@ fn config_fields() {
             net_icmp_rule: RULE_DEFAULT,
             net_raw: action::ALLOW,
             net_raw_rule: RULE_DEFAULT,
-            namespaces: action::ALLOW,
-            namespaces_rule: RULE_DEFAULT,
+            namespaces: action::DENY,
+            namespaces_rule: 0,
             ipc_unix_default: action::ALLOW,
             _pad_ipc: 0,
         },
@@ -442,15 +442,15 @@ fn governed_categories_and_switches() {
     for (text, governed) in [
         ("[exec]\n", governs::EXEC | governs::PROCESS | governs::IPC),
         ("[file]\n", governs::FILE | governs::PROCESS | governs::IPC),
-        ("[network]\n", governs::NETWORK),
+        ("[network]\n", governs::NETWORK | governs::PROCESS),
         (
             "[exec]\n[network]\n",
             governs::EXEC | governs::NETWORK | governs::PROCESS | governs::IPC,
         ),
-        ("[ipc]\n", governs::IPC),
+        ("[ipc]\n", governs::IPC | governs::PROCESS),
         (
             "[network]\n[ipc]\nunix = \"allow\"\n",
-            governs::NETWORK | governs::IPC,
+            governs::NETWORK | governs::IPC | governs::PROCESS,
         ),
     ] {
         let config = *compile_ok(&policy(text), 0, 1).config();

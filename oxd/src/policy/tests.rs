@@ -152,11 +152,12 @@ fn process_namespaces_switch() {
     assert_eq!(ns.action, Action::Allow);
     assert_eq!(p.rules[ns.rule as usize].text, "namespaces = \"allow\"");
 
-    // Nothing whose paths a namespace could rewrite: not governed, and saying so is an error.
-    assert_eq!(parse("[network]\n").unwrap().namespaces, None);
-    let err = parse("[network]\n[process]\nnamespaces = \"deny\"\n").unwrap_err();
-    assert!(err.starts_with("test.toml:3:14: "), "{err}");
-    assert!(err.contains("[exec] or [file]"), "{err}");
+    // Every policy governs them (issue 10: no mount or user namespace for any agent unless
+    // its policy says so), a network-only one too.
+    let ns = parse("[network]\n").unwrap().namespaces.expect("always governed");
+    assert_eq!(ns.action, Action::Deny);
+    let p = parse("[network]\n[process]\nnamespaces = \"allow\"\n").unwrap();
+    assert_eq!(p.namespaces.expect("written").action, Action::Allow);
 
     let err = parse("[exec]\n[process]\nnamespaces = \"maybe\"\n").unwrap_err();
     assert!(err.starts_with("test.toml:3:14: "), "{err}");

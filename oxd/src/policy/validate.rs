@@ -65,7 +65,7 @@ impl Validator {
             }),
             None => None,
         };
-        let namespaces = self.namespaces(raw.process, exec.is_some() || file.is_some())?;
+        let namespaces = self.namespaces(raw.process)?;
         let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
         Ok(Policy {
             name,
@@ -114,26 +114,14 @@ impl Validator {
         })
     }
 
-    /// `[process] namespaces`, governed whenever exec or file is (default deny); numbered
-    /// after every other rule, so the other rules' ids do not depend on it.
+    /// `[process] namespaces`, governed by every policy (default deny: a namespace, mount or
+    /// chroot rewrites what paths mean, and a mount can hide oxd's own files); numbered after
+    /// every other rule, so the other rules' ids do not depend on it.
     fn namespaces(
         &mut self,
         section: Option<RawProcessSection>,
-        governed: bool,
     ) -> ValidateResult<Option<NamespacePolicy>> {
         let written = section.and_then(|s| s.namespaces);
-        if !governed {
-            return match written {
-                Some(value) => Err((
-                    value.span(),
-                    "`[process] namespaces` only applies to a policy with an [exec] or [file] \
-                     section (the paths a namespace, mount or chroot would rewrite): remove it \
-                     or add the section"
-                        .into(),
-                )),
-                None => Ok(None),
-            };
-        }
         let (action, text) = match written {
             Some(value) => {
                 let action = *value.get_ref();
