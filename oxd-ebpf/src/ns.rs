@@ -10,8 +10,9 @@
 //! mount namespace, as reached through `/proc/PID/root` of a process in one (`ns_file_open` on
 //! `file_open`, `ns_exec_check` on `bprm_check_security`).
 //!
-//! Each hook passes the gate with `governs::PROCESS`, which every policy sets. The switch's verdict is the policy's `namespaces` action, named by its rule id;
-//! a slot without a configuration fails closed. The mount operations are recorded whether
+//! Each hook passes the gate with `governs::PROCESS`, which every policy sets. The switch's
+//! verdict is the policy's `namespaces` action, named by its rule id; a slot without a
+//! configuration fails closed. The mount operations are recorded whether
 //! allowed or denied; `capable` and the foreign-mount checks only when they deny (they run on
 //! every capability check and every open).
 
