@@ -312,11 +312,8 @@ impl Enforcer {
     pub fn load(policy: &Policy) -> Result<Self> {
         // Exec, file and ipc rules need BPF-LSM; the guard and namespaces run wherever it is
         // active, whatever the policy (a network-only policy runs without it otherwise).
-        let lsm = policy.needs_lsm() || host::bpf_lsm_active();
-        let mut enforcer = Self::open(&LoadOptions {
-            lsm,
-            pin_dir: None,
-        })?;
+        let lsm = policy.needs_lsm() || bpf_lsm_active();
+        let mut enforcer = Self::open(&LoadOptions { lsm, pin_dir: None })?;
         let ipc_programs = if policy.ipc.is_some() {
             enforcer.ipc_programs.clone()
         } else {

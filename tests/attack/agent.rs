@@ -125,8 +125,9 @@ fn assert_worked(groups: &[(String, Vec<Value>)], label: &str, name: &str) {
     assert_eq!(s["ok"], true, "{label}: {name} must work: {s}");
 }
 
-/// At least one enforced deny of `op` whose target satisfies `target`, by the agent's uid.
-fn assert_denied(records: &[Value], op: &str, target: impl Fn(&str) -> bool) {
+/// At least one enforced deny of `op` whose target satisfies `target`, by the agent's uid
+/// `uid`.
+fn assert_denied_by(uid: u32, records: &[Value], op: &str, target: impl Fn(&str) -> bool) {
     let found: Vec<_> = records
         .iter()
         .filter(|r| r["op"] == op && r["target"].as_str().is_some_and(&target))
@@ -138,14 +139,25 @@ fn assert_denied(records: &[Value], op: &str, target: impl Fn(&str) -> bool) {
     for r in found {
         assert_eq!(r["decision"], "deny", "{r}");
         assert_eq!(r["enforced"], true, "{r}");
-        assert_eq!(r["uid"], NOBODY, "{r}");
+        assert_eq!(r["uid"], uid, "{r}");
         assert_eq!(r["policy"], "coding-agent", "{r}");
     }
 }
 
 #[test]
-#[allow(clippy::too_many_lines)] // one scenario, checked attempt by attempt
 fn an_agent_under_the_coding_agent_policy_cannot_route_around_it() {
+    coding_agent_scenario(NOBODY, "", |_, _| {});
+}
+
+/// What the agent did: its attempts (`== LABEL` groups) and the audit records.
+pub(crate) type Outcome<'a> = (&'a [(String, Vec<Value>)], &'a [Value]);
+
+/// The scenario, as uid `uid` (0: a root agent, started by `oxd run` as it is; otherwise
+/// dropped to `uid` with `setpriv`), with `extra` appended to the agent's script (`$A` is the
+/// attack program, `$W` the workspace, `$O` the directory it must not change; `label` and
+/// `try` as in the script) and `check` run on the outcome after the common checks.
+#[allow(clippy::too_many_lines)] // one scenario, checked attempt by attempt
+pub(crate) fn coding_agent_scenario(uid: u32, extra: &str, check: impl FnOnce(Outcome<'_>, &Path)) {
     require_bpf_lsm();
     assert!(
         Path::new(SSH_CONFIG).exists(),
@@ -167,7 +179,7 @@ fn an_agent_under_the_coding_agent_policy_cannot_route_around_it() {
     fs::write(&keep, KEEP).expect("write keep");
     fs::set_permissions(&keep, fs::Permissions::from_mode(0o644)).expect("chmod keep");
     for path in [&outside, &keep] {
-        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
+        std::os::unix::fs::chown(path, Some(uid), Some(uid)).expect("chown to the agent's uid");
     }
     let keep_mode = fs::metadata(&keep).expect("stat keep").mode();
 
@@ -178,11 +190,7 @@ fn an_agent_under_the_coding_agent_policy_cannot_route_around_it() {
     unix_server.set_nonblocking(true).expect("nonblocking");
     fs::set_permissions(&socket_path, fs::Permissions::from_mode(0o777)).expect("chmod sock");
     let mut victim = Command::new("sleep");
-    victim
-        .arg("600")
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .stdin(Stdio::null());
+    victim.arg("600").uid(uid).gid(uid).stdin(Stdio::null());
     let mut victim = KillOnDrop(victim.spawn().expect("start the victim"));
     let _denied_address = DeniedAddress::add();
     // Ping sockets open to every group, as systemd sets it: only oxd refuses the agent's.
@@ -228,6 +236,7 @@ label signal; "$A" kill {victim_pid} 15
 label tiocsti; "$A" tiocsti 'id>/tmp/pwned
 '
 label userns; try unshare unshare -U true
+{extra}
 "#,
             attack = attack_bin().display(),
             workspace = workspace.display(),
@@ -239,20 +248,20 @@ label userns; try unshare unshare -U true
     .expect("write the agent's script");
     fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).expect("chmod script");
 
-    let script_arg = script.to_str().expect("utf-8 path").to_owned();
-    let mut cmd = oxd_run_command(
-        &policy,
-        &log,
-        &[
-            "/usr/bin/setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            "/bin/sh",
-            &script_arg,
-        ],
-    );
+    // An ordinary user's agent is dropped to its uid by `oxd run --user` (the recommended
+    // setup); a root agent runs as oxd started it.
+    let mut cmd = Command::new(oxd_bin());
+    cmd.arg("run");
+    if uid != 0 {
+        cmd.arg("--user").arg(format!("{uid}:{uid}"));
+    }
+    cmd.arg("--policy")
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&log)
+        .arg("--")
+        .arg("/bin/sh")
+        .arg(&script);
     cmd.stdin(Stdio::from(slave.try_clone().expect("dup the slave")));
     let output = cmd.output().expect("run oxd run");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -280,10 +289,10 @@ label userns; try unshare unshare -U true
     assert_refused(&groups, "memfd-exec", "memfd-mmap-exec");
     assert_refused(&groups, "memfd-exec", "memfd-fexecve");
     assert_worked(&groups, "copy-exec", "copy");
-    assert_denied(&records, "exec", |t| t == "/usr/bin/mount");
+    assert_denied_by(uid, &records, "exec", |t| t == "/usr/bin/mount");
     let copy = workspace.join("mount");
-    assert_denied(&records, "exec", |t| Path::new(t) == copy);
-    assert_denied(&records, "exec", |t| t.starts_with("/memfd:"));
+    assert_denied_by(uid, &records, "exec", |t| Path::new(t) == copy);
+    assert_denied_by(uid, &records, "exec", |t| t.starts_with("/memfd:"));
 
     // A denied file, directly and through a symlink.
     assert_refused(&groups, "read", "cat");
@@ -294,7 +303,7 @@ label userns; try unshare unshare -U true
         secret.is_empty() || !stolen.contains(secret.trim()),
         "the agent read {SSH_CONFIG}"
     );
-    assert_denied(&records, "open", |t| t == SSH_CONFIG);
+    assert_denied_by(uid, &records, "open", |t| t == SSH_CONFIG);
 
     // Changes outside the write rules: every attempt refused, nothing changed.
     for name in [
@@ -317,13 +326,13 @@ label userns; try unshare unshare -U true
         let path = outside.join(name);
         move |t: &str| Path::new(t) == path
     };
-    assert_denied(&records, "create", at("new"));
-    assert_denied(&records, "open", at("keep"));
-    assert_denied(&records, "unlink", at("keep"));
-    assert_denied(&records, "rename-from", at("keep"));
-    assert_denied(&records, "chmod", at("keep"));
-    assert_denied(&records, "mkdir", at("dir"));
-    assert_denied(&records, "symlink", at("sym"));
+    assert_denied_by(uid, &records, "create", at("new"));
+    assert_denied_by(uid, &records, "open", at("keep"));
+    assert_denied_by(uid, &records, "unlink", at("keep"));
+    assert_denied_by(uid, &records, "rename-from", at("keep"));
+    assert_denied_by(uid, &records, "chmod", at("keep"));
+    assert_denied_by(uid, &records, "mkdir", at("dir"));
+    assert_denied_by(uid, &records, "symlink", at("sym"));
 
     // Denied addresses, by ICMP, UDP and TCP.
     assert_refused(&groups, "network", "socket");
@@ -333,11 +342,11 @@ label userns; try unshare unshare -U true
         connect["errno"], EPERM,
         "TCP to a denied address: {connect}"
     );
-    assert_denied(&records, "socket", |t| t == "ipv4 dgram proto 1");
+    assert_denied_by(uid, &records, "socket", |t| t == "ipv4 dgram proto 1");
     let udp_target = denied_udp.to_string();
-    assert_denied(&records, "sendmsg", |t| t == udp_target);
+    assert_denied_by(uid, &records, "sendmsg", |t| t == udp_target);
     let tcp_target = format!("{}:443", DeniedAddress::IP);
-    assert_denied(&records, "connect", |t| t == tcp_target);
+    assert_denied_by(uid, &records, "connect", |t| t == tcp_target);
     // A datagram sent now from outside the confinement arrives; one the agent got through
     // would be ahead of it (both go through the loopback device's queue).
     UdpSocket::bind(("127.0.0.1", 0))
@@ -361,14 +370,14 @@ label userns; try unshare unshare -U true
         other => panic!("the Unix server outside was reached: {other:?}"),
     }
     let sock = socket_path.to_str().expect("utf-8").to_owned();
-    assert_denied(&records, "unix-connect", |t| t == sock);
+    assert_denied_by(uid, &records, "unix-connect", |t| t == sock);
     assert_refused(&groups, "signal", "kill");
     assert!(
         victim.0.try_wait().expect("poll the victim").is_none(),
         "the agent's signal killed a process outside its cgroup"
     );
     let victim_target = format!("pid {}", victim.0.id());
-    assert_denied(&records, "signal", |t| t == victim_target);
+    assert_denied_by(uid, &records, "signal", |t| t == victim_target);
     assert_refused(&groups, "tiocsti", "tiocsti");
     let pending = pending_input(&slave);
     assert!(
@@ -376,11 +385,12 @@ label userns; try unshare unshare -U true
         "input was pushed into the caller's terminal: {:?}",
         String::from_utf8_lossy(&pending)
     );
-    assert_denied(&records, "tty-inject", |t| t == "TIOCSTI");
+    assert_denied_by(uid, &records, "tty-inject", |t| t == "TIOCSTI");
 
     // A user namespace, the first step of every path rewrite.
     assert_refused(&groups, "userns", "unshare");
-    assert_denied(&records, "userns-create", |_| true);
+    assert_denied_by(uid, &records, "userns-create", |_| true);
 
+    check((&groups, &records), &outside);
     let _ = fs::remove_dir_all(&outside);
 }

@@ -154,7 +154,10 @@ fn process_namespaces_switch() {
 
     // Every policy governs them (issue 10: no mount or user namespace for any agent unless
     // its policy says so), a network-only one too.
-    let ns = parse("[network]\n").unwrap().namespaces.expect("always governed");
+    let ns = parse("[network]\n")
+        .unwrap()
+        .namespaces
+        .expect("always governed");
     assert_eq!(ns.action, Action::Deny);
     let p = parse("[network]\n[process]\nnamespaces = \"allow\"\n").unwrap();
     assert_eq!(p.namespaces.expect("written").action, Action::Allow);

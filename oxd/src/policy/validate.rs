@@ -65,7 +65,7 @@ impl Validator {
             }),
             None => None,
         };
-        let namespaces = self.namespaces(raw.process)?;
+        let namespaces = Some(self.namespaces(raw.process));
         let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
         Ok(Policy {
             name,
@@ -117,10 +117,7 @@ impl Validator {
     /// `[process] namespaces`, governed by every policy (default deny: a namespace, mount or
     /// chroot rewrites what paths mean, and a mount can hide oxd's own files); numbered after
     /// every other rule, so the other rules' ids do not depend on it.
-    fn namespaces(
-        &mut self,
-        section: Option<RawProcessSection>,
-    ) -> ValidateResult<Option<NamespacePolicy>> {
+    fn namespaces(&mut self, section: Option<RawProcessSection>) -> NamespacePolicy {
         let written = section.and_then(|s| s.namespaces);
         let (action, text) = match written {
             Some(value) => {
@@ -130,7 +127,7 @@ impl Validator {
             None => (Action::Deny, "namespaces = \"deny\" (default)".to_owned()),
         };
         let rule = self.add_rule("process.namespaces".to_owned(), text, action);
-        Ok(Some(NamespacePolicy { action, rule }))
+        NamespacePolicy { action, rule }
     }
 
     fn add_rule(&mut self, id: String, text: String, action: Action) -> u32 {
