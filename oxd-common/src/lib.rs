@@ -42,6 +42,15 @@ pub const MAX_CONFINED_CGROUPS: u32 = 1024;
 /// How many of oxd's own processes the guard protects at once (`PROTECTED` map).
 pub const MAX_PROTECTED_TASKS: u32 = 64;
 
+/// How many of oxd's own files and directories the guard protects at once (`PROTECTED_FILES`).
+pub const MAX_PROTECTED_FILES: u32 = 256;
+
+/// In `PROTECTED_FILES`: the file itself is protected.
+pub const PROTECTED_FILE: u32 = 1;
+/// In `PROTECTED_FILES`: a directory whose entries are protected too (created, removed,
+/// renamed, written).
+pub const PROTECTED_DIR: u32 = 2;
+
 /// How deep below the root cgroup an agent's cgroup (or one it creates) may sit and still be
 /// recognised as confined.
 pub const MAX_CGROUP_DEPTH: i32 = 32;
@@ -139,7 +148,12 @@ pub mod op {
 
     // guard (64-79): actions that could switch oxd off, leave the confinement or change the
     // kernel, denied for every confined task (`governs::GUARD`, reason `GUARD`).
-    // cgroups, bpf, kernel file systems: 64-69; kernel, devices, sockets, oxd's tasks: 70-79.
+    // cgroups, bpf, kernel file systems: 64-68; kernel, devices, sockets, oxd's tasks: 70-79.
+    /// A change to one of oxd's own files (its binary, the policy files, the audit log, the
+    /// daemon's state), or to an entry of one of its directories (`governs::GUARD`): opening
+    /// for writing, removing, renaming, truncating, chmod, chown, creating. `detail`: which
+    /// (see `oxd-ebpf/src/guard_files.rs`).
+    pub const PROTECTED_WRITE: u32 = 69;
 
     // Changes to the file system (16-39), each decided by the file write rules on the path it
     // changes (BPF-LSM `path_*` hooks). `access` holds the accesses judged: `WRITE`, and also

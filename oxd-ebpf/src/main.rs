@@ -33,7 +33,8 @@
 //!   a dentry without a mount, as writes to every path the agent's mount namespace has to it.
 //!
 //! - [`guard`]: what every confined task is denied whatever its policy, uid and capabilities,
-//!   so that it cannot switch oxd off, leave its confinement or change the kernel.
+//!   so that it cannot switch oxd off, leave its confinement or change the kernel;
+//!   [`guard_files`]: no change to oxd's own files (`file_open` and the `path_*` hooks).
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -81,6 +82,7 @@ mod event;
 mod exec;
 mod file;
 mod guard;
+mod guard_files;
 mod ipc;
 mod maps;
 mod net;

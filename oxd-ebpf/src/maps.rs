@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use oxd_common::{
     counter, Config, InodeKey, InodeRules, MappedFile, NetRule, PathKey, RuleValue,
-    MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_NET_RULES, MAX_POLICY_SLOTS, MAX_PROTECTED_TASKS,
-    PATH_BUF_LEN, PATH_RULE_CAPACITY, RING_BUF_BYTES,
+    MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_NET_RULES, MAX_POLICY_SLOTS, MAX_PROTECTED_FILES,
+    MAX_PROTECTED_TASKS, PATH_BUF_LEN, PATH_RULE_CAPACITY, RING_BUF_BYTES,
 };
 
 /// Policy settings, one element per policy slot.
@@ -24,6 +24,14 @@ pub(crate) static CONFINED: HashMap<u64, u32> = HashMap::with_max_entries(MAX_CO
 /// confined task may signal, trace or otherwise act on them (the guard). The value is unused.
 #[map]
 pub(crate) static PROTECTED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROTECTED_TASKS, 0);
+
+/// oxd's own files (its binary, the policy files, the audit log, the daemon's state
+/// directory), by identity (`slot` unused, 0): no confined task may open them for writing,
+/// remove, rename, truncate, chmod or chown them, or (for a directory, `PROTECTED_DIR`) change
+/// anything in it (the guard).
+#[map]
+pub(crate) static PROTECTED_FILES: HashMap<InodeKey, u32> =
+    HashMap::with_max_entries(MAX_PROTECTED_FILES, 0);
 
 /// Exec rules: longest matching prefix of (slot, the executed file's resolved path).
 #[map]

@@ -397,6 +397,17 @@ pub(crate) fn dentry_inode(dentry: *const u8) -> *const u8 {
     }
 }
 
+/// `dentry->d_parent` (a dentry is its own parent at the root of its file system).
+#[inline(always)]
+pub(crate) fn dentry_parent(dentry: *const u8) -> *const u8 {
+    // SAFETY: a BTF-checked load of `dentry.d_parent` (module docs).
+    unsafe {
+        *(dentry
+            .add(offset(&DENTRY_D_PARENT_OFFSET))
+            .cast::<*const u8>())
+    }
+}
+
 /// The identity of an inode: (`inode->i_ino`, `inode->i_sb->s_dev`).
 #[inline(always)]
 pub(crate) fn inode_identity(inode: *const u8) -> (u64, u32) {

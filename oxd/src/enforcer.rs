@@ -96,6 +96,18 @@ pub const WRITE_LSM_PROGRAMS: [(&str, &str); 12] = [
 pub const GUARD_LSM_PROGRAMS: &[(&str, &str)] = &[
     // cgroups, bpf(), kernel file systems
     // kernel, devices, sockets, oxd's own tasks
+    // oxd's own files (oxd-ebpf/src/guard_files.rs)
+    ("guard_file_open", "file_open"),
+    ("guard_unlink", "path_unlink"),
+    ("guard_rmdir", "path_rmdir"),
+    ("guard_rename", "path_rename"),
+    ("guard_truncate", "path_truncate"),
+    ("guard_chmod", "path_chmod"),
+    ("guard_chown", "path_chown"),
+    ("guard_mknod", "path_mknod"),
+    ("guard_mkdir", "path_mkdir"),
+    ("guard_symlink", "path_symlink"),
+    ("guard_link", "path_link"),
 ];
 
 /// The write programs that depend on the kernel, attached with [`WRITE_LSM_PROGRAMS`]: the
@@ -137,8 +149,47 @@ fn override_attr_offsets<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a KernelOff
         .override_global("IATTR_IA_VALID_OFFSET", &offsets.iattr_ia_valid, true);
 }
 
+/// The guard's map of oxd's own files, by identity (see [`Enforcer::protect_files`]).
+pub struct FileGuard {
+    map: HashMap<MapData, InodeKey, u32>,
+}
+
+impl FileGuard {
+    /// Forgets every protected file (a daemon starting over pins an earlier one left).
+    pub fn clear(&mut self) -> Result<()> {
+        let keys: Vec<InodeKey> = self.map.keys().flatten().collect();
+        for key in keys {
+            match self.map.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("forget a protected file")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Protects `path` (and, if `dir`, every entry in it); a missing file is skipped.
+    pub fn protect(&mut self, path: &Path, dir: bool) -> Result<()> {
+        let Some(id) = file_identity(path) else {
+            return Ok(());
+        };
+        let key = InodeKey {
+            ino: id.ino,
+            dev: id.dev,
+            slot: 0,
+        };
+        let flags = if dir {
+            oxd_common::PROTECTED_FILE | oxd_common::PROTECTED_DIR
+        } else {
+            oxd_common::PROTECTED_FILE
+        };
+        self.map
+            .insert(key, flags, 0)
+            .map_err(map_err(format!("protect {}", path.display())))
+    }
+}
+
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
-const PINNED_MAPS: [&str; 12] = [
+const PINNED_MAPS: [&str; 13] = [
     "CONFIG",
     "CONFINED",
     "EXEC_RULES",
@@ -151,6 +202,7 @@ const PINNED_MAPS: [&str; 12] = [
     "MAPPED_FILES",
     "UNIX_RULES",
     "PROTECTED",
+    "PROTECTED_FILES",
 ];
 
 pub(crate) const LSM_FIX: &str =
@@ -651,6 +703,44 @@ impl Enforcer {
             }
         }
         Ok(())
+    }
+
+    /// Protects oxd's own files from every confined task: each `(path, directory)` is
+    /// protected itself and, for a directory, so is every entry in it (see
+    /// `oxd-ebpf/src/guard_files.rs`). Files that do not exist are skipped. Adds to what is
+    /// protected already.
+    pub fn protect_files(&mut self, files: &[(&Path, bool)]) -> Result<()> {
+        let mut guard = self.file_guard()?;
+        for &(path, dir) in files {
+            guard.protect(path, dir)?;
+        }
+        Ok(())
+    }
+
+    /// A handle on the protected-file map that lives apart from the enforcer (the audit
+    /// writer protects each new file a rotation opens).
+    pub fn file_guard(&self) -> Result<FileGuard> {
+        let map = self
+            .ebpf
+            .map("PROTECTED_FILES")
+            .ok_or(EnforcerError::Missing("PROTECTED_FILES map"))?;
+        let fd = match map {
+            Map::HashMap(data) => {
+                data.fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|source| EnforcerError::Pin {
+                        what: "duplicate the descriptor of".to_owned(),
+                        path: PathBuf::from("PROTECTED_FILES"),
+                        source,
+                    })?
+            }
+            _ => return Err(EnforcerError::Missing("PROTECTED_FILES hash map")),
+        };
+        let data = MapData::from_fd(fd).map_err(map_err("reopen the protected-file map"))?;
+        let map = HashMap::try_from(Map::HashMap(data))
+            .map_err(map_err("open the protected-file map"))?;
+        Ok(FileGuard { map })
     }
 
     /// Stops confining `cgroup_id` (its processes are decided by nothing any more).

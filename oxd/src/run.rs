@@ -75,7 +75,7 @@ pub fn run(args: &RunOptions) -> Result<i32> {
     }
     let policy = Arc::new(Policy::load(&args.policy)?);
     let run_as = args.user.as_deref().map(RunAs::parse).transpose()?;
-    let audit = match &args.audit_log {
+    let mut audit = match &args.audit_log {
         Some(path) => AuditLog::append(path, args.record, args.rotation.clone())?,
         None => AuditLog::new(Box::new(io::stderr()), args.record),
     };
@@ -88,6 +88,17 @@ pub fn run(args: &RunOptions) -> Result<i32> {
     // From here on, oxd's death leaves nothing running unconfined (see `watchdog`).
     let watchdog = Watchdog::spawn(cgroup.path())?;
     enforcer.protect(&[std::process::id(), watchdog.pid()])?;
+    // oxd's own files, out of the agent's reach: its binary, the policy, the audit log (and
+    // each file a rotation opens).
+    let mut files = enforcer.file_guard()?;
+    if let Ok(exe) = std::env::current_exe() {
+        files.protect(&exe, false)?;
+    }
+    files.protect(&args.policy, false)?;
+    if let Some(log) = &args.audit_log {
+        files.protect(log, false)?;
+        audit.on_new_file(crate::audit::protect_each(files));
+    }
     let events = enforcer.take_events()?;
     let metrics = Metrics::new();
     metrics.set_policy(

@@ -83,7 +83,7 @@ impl Drop for DeniedAddress {
 }
 
 /// The agent's output: `== LABEL` lines, each followed by its JSON step lines.
-fn groups(stdout: &str) -> Vec<(String, Vec<Value>)> {
+pub(crate) fn groups(stdout: &str) -> Vec<(String, Vec<Value>)> {
     let mut out: Vec<(String, Vec<Value>)> = Vec::new();
     for line in stdout.lines() {
         if let Some(label) = line.strip_prefix("== ") {
@@ -101,7 +101,7 @@ fn groups(stdout: &str) -> Vec<(String, Vec<Value>)> {
 }
 
 /// The step `step` of the attempt `label`.
-fn step<'a>(groups: &'a [(String, Vec<Value>)], label: &str, step: &str) -> &'a Value {
+pub(crate) fn step<'a>(groups: &'a [(String, Vec<Value>)], label: &str, step: &str) -> &'a Value {
     let (_, steps) = groups
         .iter()
         .find(|(l, _)| l == label)
@@ -112,7 +112,7 @@ fn step<'a>(groups: &'a [(String, Vec<Value>)], label: &str, step: &str) -> &'a 
         .unwrap_or_else(|| panic!("{label} reported no {step} step: {steps:#?}"))
 }
 
-fn assert_refused(groups: &[(String, Vec<Value>)], label: &str, name: &str) {
+pub(crate) fn assert_refused(groups: &[(String, Vec<Value>)], label: &str, name: &str) {
     let s = step(groups, label, name);
     assert_eq!(s["ok"], false, "{label}: {name} must be refused: {s}");
     if let Some(errno) = s.get("errno") {
@@ -120,7 +120,7 @@ fn assert_refused(groups: &[(String, Vec<Value>)], label: &str, name: &str) {
     }
 }
 
-fn assert_worked(groups: &[(String, Vec<Value>)], label: &str, name: &str) {
+pub(crate) fn assert_worked(groups: &[(String, Vec<Value>)], label: &str, name: &str) {
     let s = step(groups, label, name);
     assert_eq!(s["ok"], true, "{label}: {name} must work: {s}");
 }

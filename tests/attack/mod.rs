@@ -2,10 +2,11 @@
 //! its policy (issue 9). Each test runs `oxd-attack` inside `oxd run` as an ordinary user, fails
 //! if the forbidden effect happens, and checks the attempt's audit record.
 
-mod agent;
+pub(crate) mod agent;
 mod exec;
 mod fs;
 pub(crate) mod ipc;
 pub(crate) mod net;
 mod ns;
+mod oxdfiles;
 mod sigio;

@@ -330,6 +330,24 @@ fn namespace_op(event_op: u32) -> Option<&'static str> {
     })
 }
 
+/// The target of a `protected-write` event: what was attempted on one of oxd's own files (the
+/// `detail` numbers of `oxd-ebpf/src/guard_files.rs`).
+fn protected_write_target(detail: u32) -> String {
+    let attempt = match detail {
+        1 => "open for writing",
+        2 => "unlink",
+        3 => "rmdir",
+        4 => "rename",
+        5 => "truncate",
+        6 => "chmod",
+        7 => "chown",
+        8 => "create in",
+        9 => "link into",
+        _ => "change",
+    };
+    format!("oxd's own file: {attempt}")
+}
+
 /// The `op` name of a change to the file system (`oxd_common::op::CREATE` to `UTIMES`).
 fn change_op_name(op: u32) -> Option<&'static str> {
     Some(match op {
@@ -370,6 +388,7 @@ fn ipc_target(event: &Event) -> Option<(&'static str, String)> {
         op::UNIX_CONNECT => ("unix-connect", unix_path(event)),
         op::UNIX_SEND => ("unix-send", unix_path(event)),
         op::SIGNAL_OWNER => ("signal-owner", signal_owner_target(event)),
+        op::PROTECTED_WRITE => ("protected-write", protected_write_target(event.detail)),
         _ => return None,
     })
 }
@@ -482,6 +501,23 @@ pub struct AuditLog {
     prev: String,
     filter: RecordFilter,
     rotation: Option<Rotation>,
+    /// Told the path of each new file a rotation opens (oxd protects it from the agent).
+    on_new_file: Option<NewFileHook>,
+}
+
+/// What [`AuditLog::on_new_file`] calls with each new file's path.
+pub type NewFileHook = Box<dyn FnMut(&Path) + Send>;
+
+/// An [`AuditLog::on_new_file`] callback that protects each new file with `files`.
+pub fn protect_each(mut files: crate::enforcer::FileGuard) -> NewFileHook {
+    Box::new(move |path| {
+        if let Err(e) = files.protect(path, false) {
+            tracing::error!(
+                "cannot protect the new audit log file {}: {e}",
+                path.display()
+            );
+        }
+    })
 }
 
 /// Size-based rotation of a log file: `FILE` becomes `FILE.1`, `FILE.1` becomes `FILE.2`, ...
@@ -537,7 +573,13 @@ impl AuditLog {
             prev: GENESIS.to_owned(),
             filter,
             rotation: None,
+            on_new_file: None,
         }
+    }
+
+    /// Calls `f` with the path of each new file a rotation opens.
+    pub fn on_new_file(&mut self, f: NewFileHook) {
+        self.on_new_file = Some(f);
     }
 
     /// Appends to the log at `path`, continuing the chain of the records already there, and
@@ -597,6 +639,9 @@ impl AuditLog {
             if rotation.written > 0 && rotation.written + size > rotation.max_bytes {
                 self.out.flush()?;
                 self.out = Box::new(std::io::BufWriter::new(rotation.rotate()?));
+                if let Some(f) = &mut self.on_new_file {
+                    f(&rotation.path);
+                }
             }
             rotation.written += size;
         }

@@ -206,7 +206,17 @@ impl Daemon {
             fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        let audit = AuditLog::append(&args.audit_log, args.record, args.rotation.clone())?;
+        let mut audit = AuditLog::append(&args.audit_log, args.record, args.rotation.clone())?;
+        // oxd's own files, out of every agent's reach: its binary, its state directory, its
+        // audit log (and each file a rotation opens).
+        let mut files = enforcer.file_guard()?;
+        files.clear()?;
+        if let Ok(exe) = std::env::current_exe() {
+            files.protect(&exe, false)?;
+        }
+        files.protect(&args.state_dir, true)?;
+        files.protect(&args.audit_log, false)?;
+        audit.on_new_file(crate::audit::protect_each(files));
         let mut daemon = Self {
             _lock: lock,
             _pin_lock: pin_lock,

@@ -270,6 +270,8 @@ impl Daemon {
         }
         self.metrics
             .set_policy(&label, &g.name, &g.sha256, g.generation);
+        // The policy file, out of its agents' reach (as the daemon sees the path).
+        self.enforcer.protect_files(&[(&source.path, false)])?;
         tracing::info!(cgroup = %label, cgroup_id, policy = %name, generation, "confined");
         Ok(format!(
             "confined {} (cgroup id {cgroup_id}) under policy {name} generation {generation}{note}",

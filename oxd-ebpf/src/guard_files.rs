@@ -1,0 +1,210 @@
+//! The guard over oxd's own files: its binary, the policy files it enforces, its audit log and
+//! the daemon's state directory (the `PROTECTED_FILES` map, filled by user space). Whatever a
+//! policy's file rules say, a confined task may not open one of them for writing, remove,
+//! rename, truncate, chmod or chown it, nor create, remove or rename anything in a protected
+//! directory, nor write to a file in one. Files are known by identity (device and inode), so
+//! a hard link, bind mount or other path to the same file is the same file; a protected
+//! directory's entries are known by their parent (`d_parent`), so files that appear in it
+//! later (a rotated audit log, a state file replaced by rename) are covered too.
+//!
+//! Each hook checks its cheapest condition first: these run on every open and every change to
+//! the file system on the host.
+
+use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
+use oxd_common::{fmode, op, InodeKey, PROTECTED_DIR, PROTECTED_FILE};
+
+use crate::{guard, maps::PROTECTED_FILES, offsets};
+
+/// What the record's `detail` says was attempted.
+mod attempt {
+    pub(super) const OPEN_WRITE: u32 = 1;
+    pub(super) const UNLINK: u32 = 2;
+    pub(super) const RMDIR: u32 = 3;
+    pub(super) const RENAME: u32 = 4;
+    pub(super) const TRUNCATE: u32 = 5;
+    pub(super) const CHMOD: u32 = 6;
+    pub(super) const CHOWN: u32 = 7;
+    pub(super) const CREATE: u32 = 8;
+    pub(super) const LINK: u32 = 9;
+}
+
+/// The `PROTECTED_FILES` flags of `inode` (0: not protected, or a null inode).
+#[inline(always)]
+fn flags(inode: *const u8) -> u32 {
+    if inode.is_null() {
+        return 0;
+    }
+    let (ino, dev) = offsets::inode_identity(inode);
+    let key = InodeKey { ino, dev, slot: 0 };
+    // SAFETY: plain-data key and value.
+    unsafe { PROTECTED_FILES.get(key) }.map_or(0, |f| *f)
+}
+
+/// Whether the name `dentry` is protected: its file is, or the directory it is in is a
+/// protected directory. A negative dentry (a name about to be created) has only its parent.
+#[inline(always)]
+fn protected(dentry: *const u8) -> bool {
+    if dentry.is_null() {
+        return false;
+    }
+    if flags(offsets::dentry_inode(dentry)) & (PROTECTED_FILE | PROTECTED_DIR) != 0 {
+        return true;
+    }
+    let parent = offsets::dentry_parent(dentry);
+    !parent.is_null() && flags(offsets::dentry_inode(parent)) & PROTECTED_DIR != 0
+}
+
+/// Denies `attempt` on `dentry` for a confined task if the name is protected.
+#[inline(always)]
+fn check(dentry: *const u8, attempt: u32) -> i32 {
+    let gate = guard::gate();
+    if !gate.decide || !protected(dentry) {
+        return 0;
+    }
+    guard::deny(&gate, op::PROTECTED_WRITE, attempt, 0)
+}
+
+/// Opening one of oxd's files for writing (BPF-LSM `file_open`).
+#[lsm(hook = "file_open")]
+fn guard_file_open(ctx: LsmContext) -> i32 {
+    // int file_open(struct file *file), then the previous LSM's verdict.
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let file: *const u8 = ctx.arg(0);
+    if offsets::file_mode(file) & fmode::WRITE == 0 {
+        return 0;
+    }
+    check(
+        offsets::path_dentry(offsets::file_path(file)),
+        attempt::OPEN_WRITE,
+    )
+}
+
+/// Removing a name (BPF-LSM `path_unlink`).
+#[lsm(hook = "path_unlink")]
+fn guard_unlink(ctx: LsmContext) -> i32 {
+    // int path_unlink(const struct path *dir, struct dentry *dentry), then the previous verdict.
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    check(ctx.arg(1), attempt::UNLINK)
+}
+
+/// Removing a directory (BPF-LSM `path_rmdir`).
+#[lsm(hook = "path_rmdir")]
+fn guard_rmdir(ctx: LsmContext) -> i32 {
+    // int path_rmdir(const struct path *dir, struct dentry *dentry), then the previous verdict.
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    check(ctx.arg(1), attempt::RMDIR)
+}
+
+/// Renaming: either end may be protected (moving a protected file away, or another file over
+/// it or into a protected directory) (BPF-LSM `path_rename`).
+#[lsm(hook = "path_rename")]
+fn guard_rename(ctx: LsmContext) -> i32 {
+    // int path_rename(const struct path *old_dir, struct dentry *old_dentry,
+    //                 const struct path *new_dir, struct dentry *new_dentry,
+    //                 unsigned int flags), then the previous verdict.
+    let previous: i32 = ctx.arg(5);
+    if previous != 0 {
+        return previous;
+    }
+    let denied = check(ctx.arg(1), attempt::RENAME);
+    if denied != 0 {
+        return denied;
+    }
+    check(ctx.arg(3), attempt::RENAME)
+}
+
+/// Truncating (BPF-LSM `path_truncate`).
+#[lsm(hook = "path_truncate")]
+fn guard_truncate(ctx: LsmContext) -> i32 {
+    // int path_truncate(const struct path *path), then the previous verdict.
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let file_path: *const path = ctx.arg(0);
+    check(offsets::path_dentry(file_path), attempt::TRUNCATE)
+}
+
+/// Changing the mode (BPF-LSM `path_chmod`).
+#[lsm(hook = "path_chmod")]
+fn guard_chmod(ctx: LsmContext) -> i32 {
+    // int path_chmod(const struct path *path, umode_t mode), then the previous verdict.
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let file_path: *const path = ctx.arg(0);
+    check(offsets::path_dentry(file_path), attempt::CHMOD)
+}
+
+/// Changing the owner (BPF-LSM `path_chown`).
+#[lsm(hook = "path_chown")]
+fn guard_chown(ctx: LsmContext) -> i32 {
+    // int path_chown(const struct path *path, kuid_t uid, kgid_t gid), then the previous
+    // verdict.
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let file_path: *const path = ctx.arg(0);
+    check(offsets::path_dentry(file_path), attempt::CHOWN)
+}
+
+/// Creating a file, device node or socket in a protected directory (BPF-LSM `path_mknod`, also
+/// the first step of `open(O_CREAT)`).
+#[lsm(hook = "path_mknod")]
+fn guard_mknod(ctx: LsmContext) -> i32 {
+    // int path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode,
+    //                unsigned int dev), then the previous verdict.
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    check(ctx.arg(1), attempt::CREATE)
+}
+
+/// Creating a directory in a protected directory (BPF-LSM `path_mkdir`).
+#[lsm(hook = "path_mkdir")]
+fn guard_mkdir(ctx: LsmContext) -> i32 {
+    // int path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode), then the
+    // previous verdict.
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    check(ctx.arg(1), attempt::CREATE)
+}
+
+/// Creating a symbolic link in a protected directory (BPF-LSM `path_symlink`).
+#[lsm(hook = "path_symlink")]
+fn guard_symlink(ctx: LsmContext) -> i32 {
+    // int path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name),
+    // then the previous verdict.
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    check(ctx.arg(1), attempt::CREATE)
+}
+
+/// Making a hard link in a protected directory (BPF-LSM `path_link`). A link elsewhere to a
+/// protected file is allowed: it is the same file, protected under every name.
+#[lsm(hook = "path_link")]
+fn guard_link(ctx: LsmContext) -> i32 {
+    // int path_link(struct dentry *old_dentry, const struct path *new_dir,
+    //               struct dentry *new_dentry), then the previous verdict.
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    check(ctx.arg(2), attempt::LINK)
+}
