@@ -394,3 +394,78 @@ label userns; try unshare unshare -U true
     check((&groups, &records), &outside);
     let _ = fs::remove_dir_all(&outside);
 }
+
+/// Issue 10, "Done when": a root agent under `policies/coding-agent.toml` fails every technique
+/// an ordinary user's agent fails, and every way root has to switch oxd off or leave its
+/// confinement: out of its cgroup, a sysctl that makes the kernel start a program outside it,
+/// a bind mount, chroot or the new mount API, a raw socket, signals to or ptrace of `oxd run`
+/// and its watchdog. Each attempt fails and is recorded; `oxd run` keeps recording to the end.
+#[test]
+fn a_root_agent_under_the_coding_agent_policy_cannot_switch_oxd_off() {
+    let core_pattern = fs::read_to_string("/proc/sys/kernel/core_pattern").expect("read");
+    let extra = r#"label root
+echo "{\"step\":\"oxd\",\"ok\":true,\"pid\":$PPID}"
+label root-cgroup
+try escape sh -c 'echo $$ > /sys/fs/cgroup/cgroup.procs'
+sh -c 'echo $$ > /sys/fs/cgroup/cgroup.procs 2>/dev/null; echo "{\"step\":\"where\",\"ok\":true,\"cgroup\":\"$(cat /proc/self/cgroup)\"}"'
+label root-sysctl
+try core-pattern sh -c "echo '|/bin/false' > /proc/sys/kernel/core_pattern"
+label root-mount
+mkdir -p "$W/public" && echo public > "$W/public/key"
+"$A" ns-bind-read "$O" "$W/public" keep
+"$A" ns-chroot-read "$O" keep
+mkdir -p "$W/m"; "$A" ns-new-mount-api "$W/m"
+label root-raw
+"$A" raw 127.0.0.1 raw-token
+label root-oxd
+"$A" kill $PPID 19
+"$A" kill $PPID 18
+"$A" kill $PPID 9
+"$A" ptrace-attach $PPID
+label root-watchdog
+"$A" kill "$(pgrep -x oxd-watchdog)" 9
+"#;
+    coding_agent_scenario(0, extra, |(groups, records), _outside| {
+        let oxd_pid = step(groups, "root", "oxd")["pid"]
+            .as_u64()
+            .expect("the agent named oxd's pid");
+        // Still in its cgroup, below oxd's.
+        assert_refused(groups, "root-cgroup", "escape");
+        let cgroup = step(groups, "root-cgroup", "where")["cgroup"]
+            .as_str()
+            .expect("the agent's cgroup")
+            .to_owned();
+        assert!(
+            cgroup.contains("/oxd/run-"),
+            "the agent left its cgroup: {cgroup}"
+        );
+        assert_refused(groups, "root-sysctl", "core-pattern");
+        assert_eq!(
+            fs::read_to_string("/proc/sys/kernel/core_pattern").expect("read"),
+            core_pattern,
+            "the agent changed kernel.core_pattern"
+        );
+        assert_refused(groups, "root-mount", "bind-mount");
+        assert_refused(groups, "root-mount", "chroot");
+        assert_refused(groups, "root-mount", "move-mount");
+        assert_refused(groups, "root-raw", "socket");
+        assert_refused(groups, "root-oxd", "kill");
+        assert_refused(groups, "root-oxd", "ptrace-attach");
+        assert_refused(groups, "root-watchdog", "kill");
+        let guarded = |op: &str, target: &dyn Fn(&str) -> bool| {
+            assert_denied_by(0, records, op, target);
+        };
+        guarded("mount", &|t| t.ends_with("/public"));
+        guarded("move-mount", &|_| true);
+        guarded("socket", &|t| t == "ipv4 raw proto 1");
+        let oxd_target = format!("pid {oxd_pid}");
+        guarded("signal", &|t| t == oxd_target);
+        guarded("ptrace", &|t| t == oxd_target);
+        assert!(
+            records
+                .iter()
+                .any(|r| r["reason"].as_str().is_some_and(|s| s.starts_with("guard"))),
+            "no guard record: {records:#?}"
+        );
+    });
+}
