@@ -3,6 +3,7 @@
 //! if the forbidden effect happens, and checks the attempt's audit record.
 
 pub(crate) mod agent;
+mod daemon_guard;
 mod exec;
 mod fs;
 pub(crate) mod ipc;

@@ -215,6 +215,10 @@ impl Daemon {
             files.protect(&exe, false)?;
         }
         files.protect(&args.state_dir, true)?;
+        // The pins too (bpffs is out of reach for every agent anyway; this names them).
+        for dir in [pin_dir.clone(), pin_dir.join("maps"), pin_dir.join("links")] {
+            files.protect(&dir, true)?;
+        }
         files.protect(&args.audit_log, false)?;
         audit.on_new_file(crate::audit::protect_each(files));
         let mut daemon = Self {
