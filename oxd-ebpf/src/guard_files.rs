@@ -26,6 +26,7 @@ mod attempt {
     pub(super) const CHOWN: u32 = 7;
     pub(super) const CREATE: u32 = 8;
     pub(super) const LINK: u32 = 9;
+    pub(super) const XATTR: u32 = 10;
 }
 
 /// The `PROTECTED_FILES` flags of `inode` (0: not protected, or a null inode).
@@ -207,4 +208,31 @@ fn guard_link(ctx: LsmContext) -> i32 {
         return previous;
     }
     check(ctx.arg(2), attempt::LINK)
+}
+
+/// Setting an extended attribute (a file capability, an ACL through `system.posix_acl_*` on
+/// 6.1, an LSM label) (BPF-LSM `inode_setxattr`; ACLs from 6.2 go through `inode_set_acl`,
+/// which `[file]` rules decide, and need ownership or `CAP_FOWNER` as chmod does).
+#[lsm(hook = "inode_setxattr")]
+fn guard_setxattr(ctx: LsmContext) -> i32 {
+    // int inode_setxattr(struct user_namespace * (6.1) | struct mnt_idmap * (6.3+),
+    //                    struct dentry *dentry, const char *name, const void *value,
+    //                    size_t size, int flags), then the previous verdict.
+    let previous: i32 = ctx.arg(6);
+    if previous != 0 {
+        return previous;
+    }
+    check(ctx.arg(1), attempt::XATTR)
+}
+
+/// Removing an extended attribute (BPF-LSM `inode_removexattr`).
+#[lsm(hook = "inode_removexattr")]
+fn guard_removexattr(ctx: LsmContext) -> i32 {
+    // int inode_removexattr(struct user_namespace * | struct mnt_idmap *, struct dentry *,
+    //                       const char *name), then the previous verdict.
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    check(ctx.arg(1), attempt::XATTR)
 }

@@ -108,6 +108,8 @@ pub const GUARD_LSM_PROGRAMS: &[(&str, &str)] = &[
     ("guard_mkdir", "path_mkdir"),
     ("guard_symlink", "path_symlink"),
     ("guard_link", "path_link"),
+    ("guard_setxattr", "inode_setxattr"),
+    ("guard_removexattr", "inode_removexattr"),
 ];
 
 /// The write programs that depend on the kernel, attached with [`WRITE_LSM_PROGRAMS`]: the

@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::agent::{assert_refused, assert_worked, groups};
+use super::agent::{assert_refused, assert_worked, groups, step};
 use crate::{common::*, require_bpf_lsm};
 
 /// Every record of the audit log at `log` and its rotated parts (`LOG.1`, `LOG.2`, ...).
@@ -75,6 +75,12 @@ try unlink rm -f "$L"
 label binary
 try chmod chmod {oxd_mode:o} "$X"
 try append sh -c ": >> $X"
+python3 -c 'import json, os, sys
+try:
+    os.setxattr(sys.argv[1], "trusted.oxd", b"pwned")
+    print(json.dumps({{"step": "setxattr", "ok": True}}))
+except OSError as e:
+    print(json.dumps({{"step": "setxattr", "ok": False, "errno": e.errno}}))' "$X"
 label allowed
 try write sh -c "echo ok > $S/ok"
 "#,
@@ -105,6 +111,12 @@ try write sh -c "echo ok > $S/ok"
     }
     assert_refused(&groups, "binary", "chmod");
     assert_refused(&groups, "binary", "append");
+    // EPERM from the guard, before the file system is asked (whether it has trusted.*).
+    assert_eq!(
+        step(&groups, "binary", "setxattr")["errno"],
+        EPERM,
+        "{groups:#?}"
+    );
     assert_worked(&groups, "allowed", "write");
 
     // Nothing changed.
@@ -127,7 +139,14 @@ try write sh -c "echo ok > $S/ok"
             .contains("forged"),
         "the agent wrote into the audit log"
     );
-    for attempt in ["open for writing", "truncate", "rename", "unlink", "chmod"] {
+    for attempt in [
+        "open for writing",
+        "truncate",
+        "rename",
+        "unlink",
+        "chmod",
+        "extended attribute",
+    ] {
         assert!(
             protected_denials(&records, attempt) > 0,
             "no protected-write record of {attempt}: {records:#?}"

@@ -343,6 +343,7 @@ fn protected_write_target(detail: u32) -> String {
         7 => "chown",
         8 => "create in",
         9 => "link into",
+        10 => "extended attribute",
         _ => "change",
     };
     format!("oxd's own file: {attempt}")
