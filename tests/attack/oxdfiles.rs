@@ -45,6 +45,7 @@ const POLICY: &str =
     "name = \"oxd-files\"\n[exec]\ndefault = \"allow\"\n[file]\ndefault = \"allow\"\n";
 
 #[test]
+#[allow(clippy::too_many_lines)] // one agent, attempt by attempt
 fn a_root_agent_cannot_change_oxds_own_files() {
     require_bpf_lsm();
     let scratch = Scratch::new("oxd-files");
