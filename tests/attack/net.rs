@@ -334,12 +334,26 @@ fn raw_socket_of_root_agent_is_denied_by_policy_and_recorded() {
 }
 
 /// An ordinary user gets `CAP_NET_RAW` in a user and network namespace it makes: the policy
-/// still refuses the raw socket there (the cgroup hook runs whatever the namespace).
+/// still refuses the raw socket there (the cgroup hook runs whatever the namespace). Every
+/// policy governs namespaces (issue 10), a network-only one too: by default the namespace is
+/// refused first; a policy that allows namespaces still refuses the raw socket.
 #[test]
 fn raw_socket_in_own_user_and_network_namespace_is_denied_and_recorded() {
     let scratch = Scratch::new("net-raw-userns");
     let attacks = [attack(&["raw-userns", "127.0.0.1", &token("raw-userns")])];
     let policy = "name = \"net-raw-userns\"\n[network]\ndefault = \"deny\"\n";
+    let (steps, records) = run_attacks(&scratch, policy, &attacks, false);
+    assert_step_eperm(&steps[0], "unshare");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["op"] == "userns-create" && r["decision"] == "deny" && r["uid"] == 65534),
+        "{records:#?}"
+    );
+
+    let scratch = Scratch::new("net-raw-userns-allowed");
+    let policy = "name = \"net-raw-userns\"\n[network]\ndefault = \"deny\"\n\
+                  [process]\nnamespaces = \"allow\"\n";
     let (steps, records) = run_attacks(&scratch, policy, &attacks, false);
     assert_step_ok(&steps[0], "unshare");
     assert_step_eperm(&steps[0], "socket");
