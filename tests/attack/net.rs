@@ -341,9 +341,28 @@ fn raw_socket_of_root_agent_is_denied_by_policy_and_recorded() {
 fn raw_socket_in_own_user_and_network_namespace_is_denied_and_recorded() {
     let scratch = Scratch::new("net-raw-userns");
     let attacks = [attack(&["raw-userns", "127.0.0.1", &token("raw-userns")])];
-    let policy = "name = \"net-raw-userns\"\n[network]\ndefault = \"deny\"\n";
-    let (steps, records) = run_attacks(&scratch, policy, &attacks, false);
-    assert_step_eperm(&steps[0], "unshare");
+    let policy = scratch.policy("name = \"net-raw-userns\"\n[network]\ndefault = \"deny\"\n");
+    let log = scratch.path("audit.jsonl");
+    let output = oxd_run(
+        &policy,
+        &log,
+        &[
+            "/usr/bin/setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "/usr/bin/unshare",
+            "-U",
+            "-n",
+            "true",
+        ],
+    );
+    assert!(
+        !output.status.success(),
+        "the namespaces were made: {output:?}"
+    );
+    let records = audit_records(&log);
     assert!(
         records
             .iter()
