@@ -368,7 +368,7 @@ impl Enforcer {
         // active, whatever the policy (a network-only policy runs without it otherwise).
         let lsm = policy.needs_lsm() || bpf_lsm_active();
         let mut enforcer = Self::open(&LoadOptions { lsm, pin_dir: None })?;
-        let ipc_programs = if policy.ipc.is_some() {
+        let ipc_programs = if lsm && policy.ipc.is_some() {
             enforcer.ipc_programs.clone()
         } else {
             Vec::new()

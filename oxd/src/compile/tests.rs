@@ -369,8 +369,8 @@ fn config_fields() {
         *none.config(),
         Config {
             generation: 5,
-            // Only the guard and namespaces, which every policy governs.
-            governs: governs::GUARD | governs::PROCESS,
+            // Only the guard, namespaces and ipc, which every policy governs.
+            governs: governs::GUARD | governs::PROCESS | governs::IPC,
             mode: mode::AUDIT,
             exec_default: action::ALLOW,
             net_default: action::ALLOW,
@@ -384,7 +384,7 @@ fn config_fields() {
             net_raw_rule: RULE_DEFAULT,
             namespaces: action::DENY,
             namespaces_rule: 0,
-            ipc_unix_default: action::ALLOW,
+            ipc_unix_default: action::DENY,
             _pad_ipc: 0,
         },
         "ungoverned categories default to allow (never consulted)"
@@ -442,7 +442,7 @@ fn governed_categories_and_switches() {
     for (text, governed) in [
         ("[exec]\n", governs::EXEC | governs::PROCESS | governs::IPC),
         ("[file]\n", governs::FILE | governs::PROCESS | governs::IPC),
-        ("[network]\n", governs::NETWORK | governs::PROCESS),
+        ("[network]\n", governs::NETWORK | governs::PROCESS | governs::IPC),
         (
             "[exec]\n[network]\n",
             governs::EXEC | governs::NETWORK | governs::PROCESS | governs::IPC,

@@ -157,6 +157,9 @@ pub struct IpcPolicy {
     pub unix: Action,
     /// `unix_allow` and `unix_deny`: at most one rule per pattern (deny kept on a tie).
     pub unix_rules: Vec<UnixRule>,
+    /// Whether the policy has an `[ipc]` section (then it cannot be enforced without BPF-LSM;
+    /// without one, every policy still governs ipc where BPF-LSM runs).
+    pub written: bool,
 }
 
 /// A validated Unix socket rule (`[ipc] unix_allow` / `unix_deny`).
@@ -181,14 +184,13 @@ pub struct Policy {
     pub file: Option<FilePolicy>,
     /// Absent when the policy has no `[network]` section: connects are not decided at all.
     pub network: Option<NetworkPolicy>,
-    /// Present when the policy has an `[ipc]` section or governs exec or file (an agent
-    /// confined at all may not act through others): acting on tasks, sockets and terminals
-    /// outside the confinement is decided. Absent: not decided at all.
+    /// Present in every policy (an agent confined at all may not act through others, nor ask
+    /// a service outside, such as systemd, to start a process for it): acting on tasks,
+    /// sockets and terminals outside the confinement is decided.
     pub ipc: Option<IpcPolicy>,
     /// Every rule, indexed by the ids the kernel reports.
     pub rules: Vec<RuleInfo>,
-    /// `[process] namespaces`: absent when the policy governs neither exec nor file (nothing
-    /// whose paths namespaces could rewrite), else the switch (default deny).
+    /// `[process] namespaces`: present in every policy, the switch (default deny).
     pub namespaces: Option<NamespacePolicy>,
 }
 
@@ -231,7 +233,7 @@ impl Policy {
 
     /// Whether enforcing this policy needs BPF-LSM hooks.
     pub fn needs_lsm(&self) -> bool {
-        self.exec.is_some() || self.file.is_some() || self.ipc.is_some()
+        self.exec.is_some() || self.file.is_some() || self.ipc.as_ref().is_some_and(|i| i.written)
     }
 
     /// The rule named by a kernel rule id.

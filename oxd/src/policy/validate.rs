@@ -59,11 +59,11 @@ impl Validator {
         // ipc too, with its defaults.
         let ipc = match raw.ipc {
             Some(section) => Some(self.ipc(section)?),
-            None if exec.is_some() || file.is_some() => Some(IpcPolicy {
+            None => Some(IpcPolicy {
                 unix: Action::Deny,
                 unix_rules: Vec::new(),
+                written: false,
             }),
-            None => None,
         };
         let namespaces = Some(self.namespaces(raw.process));
         let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
@@ -111,6 +111,7 @@ impl Validator {
         Ok(IpcPolicy {
             unix: section.unix.unwrap_or(Action::Deny),
             unix_rules,
+            written: true,
         })
     }
 
