@@ -10,10 +10,16 @@
 //! Each hook checks its cheapest condition first: these run on every open and every change to
 //! the file system on the host.
 
-use aya_ebpf::{bindings::path, macros::lsm, programs::LsmContext};
+use aya_ebpf::{
+    bindings::path, helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext,
+};
 use oxd_common::{fmode, op, InodeKey, PROTECTED_DIR, PROTECTED_FILE};
 
-use crate::{guard, maps::PROTECTED_FILES, offsets};
+use crate::{
+    guard,
+    maps::{PROTECTED_FILES, REGISTRAR},
+    offsets,
+};
 
 /// What the record's `detail` says was attempted.
 mod attempt {
@@ -55,6 +61,28 @@ fn protected(dentry: *const u8) -> bool {
     !parent.is_null() && flags(offsets::dentry_inode(parent)) & PROTECTED_DIR != 0
 }
 
+/// While oxd registers a file (`REGISTRAR`), its own open of that file puts the file's identity
+/// as the hooks see it (the inode of the opened path's dentry) into `PROTECTED_FILES`.
+#[inline(always)]
+fn register(file: *const u8) {
+    let Some(registration) = REGISTRAR.get(0) else {
+        return;
+    };
+    let registration = *registration;
+    // SAFETY: helper call without arguments.
+    let tgid = unsafe { bpf_get_current_pid_tgid() } >> 32;
+    if registration == 0 || registration >> 32 != tgid {
+        return;
+    }
+    let inode = offsets::dentry_inode(offsets::path_dentry(offsets::file_path(file)));
+    if inode.is_null() {
+        return;
+    }
+    let (ino, dev) = offsets::inode_identity(inode);
+    let key = InodeKey { ino, dev, slot: 0 };
+    let _ = PROTECTED_FILES.insert(&key, &(registration as u32), 0);
+}
+
 /// Denies `attempt` on `dentry` for a confined task if the name is protected.
 #[inline(always)]
 fn check(dentry: *const u8, attempt: u32) -> i32 {
@@ -74,6 +102,7 @@ fn guard_file_open(ctx: LsmContext) -> i32 {
         return previous;
     }
     let file: *const u8 = ctx.arg(0);
+    register(file);
     if offsets::file_mode(file) & fmode::WRITE == 0 {
         return 0;
     }

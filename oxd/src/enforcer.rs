@@ -154,7 +154,11 @@ fn override_attr_offsets<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a KernelOff
 /// The guard's map of oxd's own files, by identity (see [`Enforcer::protect_files`]).
 pub struct FileGuard {
     map: HashMap<MapData, InodeKey, u32>,
+    registrar: Array<MapData, u64>,
 }
+
+/// One registration at a time in this process (`REGISTRAR` holds one).
+static REGISTERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl FileGuard {
     /// Forgets every protected file (a daemon starting over pins an earlier one left).
@@ -169,7 +173,10 @@ impl FileGuard {
         Ok(())
     }
 
-    /// Protects `path` (and, if `dir`, every entry in it); a missing file is skipped.
+    /// Protects `path` (and, if `dir`, every entry in it); a missing file is skipped. The
+    /// identity is recorded twice: as `stat` gives it, and as the kernel's hooks see it (oxd
+    /// opens the file while `REGISTRAR` names this process, and `guard_file_open` records the
+    /// opened dentry's inode: on overlayfs the two differ).
     pub fn protect(&mut self, path: &Path, dir: bool) -> Result<()> {
         let Some(id) = file_identity(path) else {
             return Ok(());
@@ -186,12 +193,25 @@ impl FileGuard {
         };
         self.map
             .insert(key, flags, 0)
-            .map_err(map_err(format!("protect {}", path.display())))
+            .map_err(map_err(format!("protect {}", path.display())))?;
+        let _one = REGISTERING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let registration = u64::from(std::process::id()) << 32 | u64::from(flags);
+        self.registrar
+            .set(0, registration, 0)
+            .map_err(map_err("start registering a protected file"))?;
+        let opened = fs::File::open(path);
+        self.registrar
+            .set(0, 0, 0)
+            .map_err(map_err("stop registering a protected file"))?;
+        opened.map_err(pin_err("open (to protect)", path))?;
+        Ok(())
     }
 }
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
-const PINNED_MAPS: [&str; 13] = [
+const PINNED_MAPS: [&str; 14] = [
     "CONFIG",
     "CONFINED",
     "EXEC_RULES",
@@ -205,6 +225,7 @@ const PINNED_MAPS: [&str; 13] = [
     "UNIX_RULES",
     "PROTECTED",
     "PROTECTED_FILES",
+    "REGISTRAR",
 ];
 
 pub(crate) const LSM_FIX: &str =
@@ -722,27 +743,33 @@ impl Enforcer {
     /// A handle on the protected-file map that lives apart from the enforcer (the audit
     /// writer protects each new file a rotation opens).
     pub fn file_guard(&self) -> Result<FileGuard> {
-        let map = self
-            .ebpf
-            .map("PROTECTED_FILES")
-            .ok_or(EnforcerError::Missing("PROTECTED_FILES map"))?;
-        let fd = match map {
-            Map::HashMap(data) => {
-                data.fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|source| EnforcerError::Pin {
-                        what: "duplicate the descriptor of".to_owned(),
-                        path: PathBuf::from("PROTECTED_FILES"),
-                        source,
-                    })?
-            }
-            _ => return Err(EnforcerError::Missing("PROTECTED_FILES hash map")),
-        };
-        let data = MapData::from_fd(fd).map_err(map_err("reopen the protected-file map"))?;
-        let map = HashMap::try_from(Map::HashMap(data))
+        let map = HashMap::try_from(self.reopen("PROTECTED_FILES")?)
             .map_err(map_err("open the protected-file map"))?;
-        Ok(FileGuard { map })
+        let registrar = Array::try_from(self.reopen("REGISTRAR")?)
+            .map_err(map_err("open the protected-file registrar"))?;
+        Ok(FileGuard { map, registrar })
+    }
+
+    /// A second handle on map `name`, independent of the enforcer's.
+    fn reopen(&self, name: &'static str) -> Result<Map> {
+        let map = self.ebpf.map(name).ok_or(EnforcerError::Missing(name))?;
+        let (Map::HashMap(data) | Map::Array(data)) = map else {
+            return Err(EnforcerError::Missing(name));
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| EnforcerError::Pin {
+                what: "duplicate the descriptor of".to_owned(),
+                path: PathBuf::from(name),
+                source,
+            })?;
+        let data = MapData::from_fd(fd).map_err(map_err(format!("reopen the {name} map")))?;
+        Ok(match map {
+            Map::HashMap(_) => Map::HashMap(data),
+            _ => Map::Array(data),
+        })
     }
 
     /// Stops confining `cgroup_id` (its processes are decided by nothing any more).

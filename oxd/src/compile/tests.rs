@@ -442,7 +442,10 @@ fn governed_categories_and_switches() {
     for (text, governed) in [
         ("[exec]\n", governs::EXEC | governs::PROCESS | governs::IPC),
         ("[file]\n", governs::FILE | governs::PROCESS | governs::IPC),
-        ("[network]\n", governs::NETWORK | governs::PROCESS | governs::IPC),
+        (
+            "[network]\n",
+            governs::NETWORK | governs::PROCESS | governs::IPC,
+        ),
         (
             "[exec]\n[network]\n",
             governs::EXEC | governs::NETWORK | governs::PROCESS | governs::IPC,
