@@ -6,6 +6,7 @@ mod agent;
 mod exec;
 mod fs;
 pub(crate) mod ipc;
+mod kernel;
 pub(crate) mod net;
 mod ns;
 mod sigio;
