@@ -723,6 +723,7 @@ fn expected_reason(reason: Reason) -> &'static str {
         Reason::SignalOwner => {
             "a file's I/O signals may go only to the agent's own process, with the default signal"
         }
+        Reason::Guard => "guard",
     }
 }
 

@@ -154,6 +154,29 @@ pub mod op {
     /// for writing, removing, renaming, truncating, chmod, chown, creating. `detail`: which
     /// (see `oxd-ebpf/src/guard_files.rs`).
     pub const PROTECTED_WRITE: u32 = 69;
+    /// Loading something into the kernel (BPF-LSM `kernel_read_file`, `kernel_load_data`):
+    /// `finit_module`/`init_module`, `kexec_file_load`/`kexec_load`, IMA policies and X.509
+    /// certificates; firmware is left alone. `detail`: the kernel's `kernel_read_file_id` /
+    /// `kernel_load_data_id` (the same numbers: 2 module, 3 kexec image, 4 kexec initramfs, 5
+    /// policy, 6 X.509 certificate, 0 unknown).
+    pub const KERNEL_LOAD: u32 = 70;
+    /// The kernel asked to load a module on a confined task's behalf (autoloading, BPF-LSM
+    /// `kernel_module_request`). `path`: the requested name (`net-pf-5`, ...), with its NUL.
+    pub const MODULE_REQUEST: u32 = 71;
+    /// A capability that acts on the whole machine, checked against the initial user namespace
+    /// (BPF-LSM `capable`): `CAP_SYS_MODULE`, `CAP_SYS_RAWIO`, `CAP_SYS_BOOT`, `CAP_MKNOD`,
+    /// `CAP_MAC_ADMIN`, `CAP_MAC_OVERRIDE`, `CAP_BPF`, `CAP_PERFMON`, `CAP_NET_ADMIN`,
+    /// `CAP_SYS_TIME`, `CAP_AUDIT_CONTROL`. Recorded unless the kernel checks it without
+    /// auditing (`CAP_OPT_NOAUDIT`: a probe, denied as well). `detail`: the capability number.
+    pub const CAPABILITY: u32 = 72;
+    /// Opening a block device for writing (BPF-LSM `file_open`): raw disk writes pass no path
+    /// rule. `detail`: the device number (`MKDEV(major, minor)`: major in the top 12 bits).
+    pub const DEVICE_WRITE: u32 = 73;
+    /// Changing the scheduling of one of oxd's own processes (BPF-LSM `task_setnice`,
+    /// `task_setioprio`, `task_setscheduler`, `task_movememory`). `detail`: the hook, 1 to 4 in
+    /// that order; `peer_pid`: oxd's process. (Signals to and ptrace of oxd's processes are
+    /// recorded as [`SIGNAL`] and [`PTRACE`], with reason `GUARD`.)
+    pub const SCHED: u32 = 74;
 
     // Changes to the file system (16-39), each decided by the file write rules on the path it
     // changes (BPF-LSM `path_*` hooks). `access` holds the accesses judged: `WRITE`, and also

@@ -35,6 +35,9 @@
 //! - [`guard`]: what every confined task is denied whatever its policy, uid and capabilities,
 //!   so that it cannot switch oxd off, leave its confinement or change the kernel;
 //!   [`guard_files`]: no change to oxd's own files (`file_open` and the `path_*` hooks).
+//! - [`guard_kernel`]: the guard's programs about oxd's own processes (signals, ptrace,
+//!   scheduling), the kernel (module, kexec and policy loads, module autoloading, machine-wide
+//!   capabilities), block devices opened for writing, and packet and raw sockets.
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -83,6 +86,7 @@ mod exec;
 mod file;
 mod guard;
 mod guard_files;
+mod guard_kernel;
 mod ipc;
 mod maps;
 mod net;

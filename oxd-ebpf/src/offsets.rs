@@ -596,3 +596,12 @@ pub(crate) fn mount_scan_offsets() -> MountScanOffsets {
         d_parent: offset(&DENTRY_D_PARENT_OFFSET) as u64,
     }
 }
+
+// The guard (`guard_kernel.rs`).
+
+/// `file->f_inode`, as a BTF pointer for loads at the guard's inode offsets.
+#[inline(always)]
+pub(crate) fn file_inode(file: *const u8) -> *const u8 {
+    // SAFETY: a BTF-checked load of `file.f_inode` (module docs).
+    unsafe { *(file.add(offset(&FILE_F_INODE_OFFSET)).cast::<*const u8>()) }
+}

@@ -392,6 +392,13 @@ pub struct KernelOffsets {
     pub iattr_ia_valid: u32,
     /// 1 if the `inode_setattr` hook takes a `struct mnt_idmap *` first (6.12; not 6.1).
     pub inode_setattr_idmap: u32,
+    // The guard (`guard_kernel.rs`).
+    /// `offsetof(struct user_namespace, level)`.
+    pub user_ns_level: u32,
+    /// `offsetof(struct inode, i_mode)`.
+    pub inode_i_mode: u32,
+    /// `offsetof(struct inode, i_rdev)`.
+    pub inode_i_rdev: u32,
 }
 
 impl KernelOffsets {
@@ -454,6 +461,9 @@ impl KernelOffsets {
                     .ok_or(BtfError::Malformed("no bpf_lsm_inode_setattr function"))?
                     == 3,
             ),
+            user_ns_level: btf.member_offset("user_namespace", "level")?,
+            inode_i_mode: btf.member_offset("inode", "i_mode")?,
+            inode_i_rdev: btf.member_offset("inode", "i_rdev")?,
         })
     }
 }

@@ -110,6 +110,18 @@ pub const GUARD_LSM_PROGRAMS: &[(&str, &str)] = &[
     ("guard_link", "path_link"),
     ("guard_setxattr", "inode_setxattr"),
     ("guard_removexattr", "inode_removexattr"),
+    ("oxd_task_kill", "task_kill"),
+    ("oxd_ptrace", "ptrace_access_check"),
+    ("oxd_setnice", "task_setnice"),
+    ("oxd_setioprio", "task_setioprio"),
+    ("oxd_setscheduler", "task_setscheduler"),
+    ("oxd_movememory", "task_movememory"),
+    ("kernel_read_file", "kernel_read_file"),
+    ("kernel_load_data", "kernel_load_data"),
+    ("kernel_module_request", "kernel_module_request"),
+    ("kernel_capable", "capable"),
+    ("block_device_write", "file_open"),
+    ("raw_socket_create", "socket_create"),
 ];
 
 /// The write programs that depend on the kernel, attached with [`WRITE_LSM_PROGRAMS`]: the
@@ -533,6 +545,9 @@ impl Enforcer {
                 true,
             )
             .override_global("UNIX_SOCK_PATH_OFFSET", &offsets.unix_sock_path, true)
+            .override_global("USER_NS_LEVEL_OFFSET", &offsets.user_ns_level, true)
+            .override_global("INODE_I_MODE_OFFSET", &offsets.inode_i_mode, true)
+            .override_global("INODE_I_RDEV_OFFSET", &offsets.inode_i_rdev, true)
             .load(OBJECT)?;
         Ok(Self {
             ebpf,

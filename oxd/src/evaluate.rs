@@ -152,6 +152,9 @@ pub enum Reason {
     TtyInject,
     /// A file's I/O signals may go only to the agent's own process, with the default signal.
     SignalOwner,
+    /// The guard: denied under every policy that loads BPF-LSM programs, whatever its mode
+    /// (a raw socket under a policy without `[network]`).
+    Guard,
 }
 
 /// A decision, as the kernel would make it.
@@ -271,6 +274,11 @@ impl Policy {
                 ),
             },
             Request::Socket { kind } => match &self.network {
+                // The guard's `socket_create`: no raw socket without a `[network]` that
+                // allows them, wherever BPF-LSM programs are loaded.
+                None if *kind == SocketKind::Raw && self.needs_lsm() => {
+                    Decision::new(Action::Deny, Reason::Guard)
+                }
                 None => Decision::new(Action::Allow, Reason::NotDecided),
                 Some(network) => {
                     let switch = match kind {
@@ -614,8 +622,14 @@ protocol = "tcp"
         assert_eq!(socket(&p, SocketKind::Raw).1, "network.raw");
         assert_eq!(socket(&p, SocketKind::Raw).0, Action::Deny);
         assert_eq!(socket(&p, SocketKind::Other).0, Action::Allow);
+        // Without [network], the guard denies raw (and packet) sockets; the rest is not decided.
         let p = policy("[exec]\n");
-        assert_eq!(socket(&p, SocketKind::Raw).2, Reason::NotDecided);
+        assert_eq!(
+            socket(&p, SocketKind::Raw),
+            (Action::Deny, "default".into(), Reason::Guard)
+        );
+        assert_eq!(socket(&p, SocketKind::Ping).2, Reason::NotDecided);
+        assert_eq!(socket(&p, SocketKind::Other).2, Reason::NotDecided);
     }
 
     #[test]

@@ -333,6 +333,9 @@ fn why(policy: &Policy, probe: &Probe, request: &Request, reason: Reason) -> Str
                                 with the default signal: the kernel sends them without asking \
                                 who may be signalled"
             .to_owned(),
+        Reason::Guard => "the guard: raw and packet sockets need a [network] section that \
+                          allows them (`raw = \"allow\"`), in every mode"
+            .to_owned(),
     }
 }
 

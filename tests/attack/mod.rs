@@ -7,6 +7,7 @@ mod daemon_guard;
 mod exec;
 mod fs;
 pub(crate) mod ipc;
+mod kernel;
 pub(crate) mod net;
 mod ns;
 mod oxdfiles;

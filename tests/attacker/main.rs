@@ -21,6 +21,7 @@
 mod exec;
 mod fs;
 mod ipc;
+mod kernel;
 mod net;
 mod ns;
 mod sigio;
@@ -102,6 +103,7 @@ fn main() -> ExitCode {
     let outcome = exec::run(technique, rest)
         .or_else(|| fs::run(technique, rest))
         .or_else(|| ipc::run(technique, rest))
+        .or_else(|| kernel::run(technique, rest))
         .or_else(|| net::run(technique, rest))
         .or_else(|| ns::run(technique, rest))
         .or_else(|| sigio::run(technique, rest));

@@ -38,6 +38,15 @@
 //!   `F_SETFL O_ASYNC`, `F_SETOWN_EX`, `FIOSETOWN`, `SIOCSPGRP`, `FIOASYNC`; `detail`: the
 //!   command); `peer_pid`: the other task (the listening process for a Unix socket, when the
 //!   kernel knows it; the process `F_SETOWN` names).
+//! - guard ops about oxd's processes and the kernel (denied under every policy and mode, reason
+//!   `guard`): `signal` and `ptrace` of one of oxd's processes; `sched` (target `pid N`;
+//!   `detail`: 1 `setpriority`, 2 `ioprio_set`, 3 `sched_setscheduler` and the like, 4
+//!   `migrate_pages`/`move_pages`); `kernel-load` (target `module`, `kexec-image`,
+//!   `kexec-initramfs`, `policy`, `x509-certificate` or `unknown`; `detail`: the kernel's id);
+//!   `module-request` (target: the module name asked for); `capability` (target: the
+//!   capability's name, `CAP_SYS_MODULE`, ...; `detail`: its number); `device-write` (target
+//!   `block MAJOR:MINOR`; `detail`: the device number); `socket` also for `AF_PACKET`
+//!   (`packet raw proto 768`).
 //!
 //! A record with `"op": "lost"` reports decisions that were made but could not be recorded
 //! because the ring buffer was full (`count`, since the previous such record).
@@ -153,6 +162,7 @@ fn socket_target(detail: u32) -> String {
     let family = match detail >> 24 {
         2 => "ipv4".to_owned(),
         10 => "ipv6".to_owned(),
+        17 => "packet".to_owned(),
         n => format!("family {n}"),
     };
     let sock_type = match (detail >> 16) & 0xff {
@@ -199,7 +209,9 @@ impl Record {
             other => match (namespace_op(other), change_op_name(other)) {
                 (Some(name), _) => (name, String::new()),
                 (None, Some(name)) => (name, path()),
-                (None, None) => ipc_target(event).unwrap_or(("unknown", String::new())),
+                (None, None) => ipc_target(event)
+                    .or_else(|| guard_kernel_target(event))
+                    .unwrap_or(("unknown", String::new())),
             },
         };
         let detail = matches!(
@@ -211,6 +223,10 @@ impl Record {
                 | op::SIGNAL
                 | op::TTY_INJECT
                 | op::SIGNAL_OWNER
+                | op::KERNEL_LOAD
+                | op::CAPABILITY
+                | op::DEVICE_WRITE
+                | op::SCHED
         )
         .then_some(event.detail);
         let protocol = protocol_of(event);
@@ -394,6 +410,56 @@ fn ipc_target(event: &Event) -> Option<(&'static str, String)> {
     })
 }
 
+/// The op name and target of a guard event about oxd's processes, the kernel, block devices
+/// (`oxd-ebpf/src/guard_kernel.rs`); `None` for other ops.
+fn guard_kernel_target(event: &Event) -> Option<(&'static str, String)> {
+    Some(match event.op {
+        op::KERNEL_LOAD => (
+            "kernel-load",
+            match event.detail {
+                1 => "firmware",
+                2 => "module",
+                3 => "kexec-image",
+                4 => "kexec-initramfs",
+                5 => "policy",
+                6 => "x509-certificate",
+                _ => "unknown",
+            }
+            .to_owned(),
+        ),
+        op::MODULE_REQUEST => {
+            let len = (event.path_len as usize).min(PATH_BUF_LEN);
+            ("module-request", c_string(&event.path[..len]))
+        }
+        op::CAPABILITY => ("capability", capability_name(event.detail)),
+        op::DEVICE_WRITE => (
+            "device-write",
+            format!("block {}:{}", event.detail >> 20, event.detail & 0xf_ffff),
+        ),
+        op::SCHED => ("sched", format!("pid {}", event.peer_pid)),
+        _ => return None,
+    })
+}
+
+/// The name of a capability the guard refuses (`CAP_SYS_MODULE`), `cap N` for another.
+fn capability_name(cap: u32) -> String {
+    match cap {
+        12 => "CAP_NET_ADMIN",
+        16 => "CAP_SYS_MODULE",
+        17 => "CAP_SYS_RAWIO",
+        22 => "CAP_SYS_BOOT",
+        25 => "CAP_SYS_TIME",
+        27 => "CAP_MKNOD",
+        30 => "CAP_AUDIT_CONTROL",
+        32 => "CAP_MAC_OVERRIDE",
+        33 => "CAP_MAC_ADMIN",
+        38 => "CAP_PERFMON",
+        39 => "CAP_BPF",
+        n => return format!("cap {n}"),
+    }
+    .to_owned()
+}
+
 /// The target of a `signal-owner` event: the command, and what it names (`F_SETOWN pid 42`,
 /// `F_SETOWN pgrp 7`, `F_SETSIG 9`, `F_SETFL O_ASYNC`, `FIOSETOWN`, ...).
 fn signal_owner_target(event: &Event) -> String {
@@ -417,6 +483,7 @@ fn peer_of(event: &Event) -> Option<u32> {
     let named = match event.op {
         // Only `F_SETOWN` names a task; the other commands carry a signal or flags there.
         op::SIGNAL_OWNER => event.detail == 8 && event.peer_pid.cast_signed() > 0,
+        op::SCHED => true,
         _ => ipc_target(event).is_some(),
     };
     (named && event.peer_pid != 0).then_some(event.peer_pid)
@@ -842,5 +909,65 @@ mod tests {
             ("tty-inject", "TIOCSTI")
         );
         assert_eq!((record.detail, record.peer_pid), (Some(0x5412), None));
+    }
+
+    #[test]
+    fn guard_kernel_records_name_what_was_refused() {
+        let policy = Policy::parse(Path::new("p.toml"), "[exec]\n").unwrap();
+        let mut e = event();
+        e.rule_id = RULE_DEFAULT;
+        e.reason = reason::GUARD;
+        let show = |e: &Event| {
+            let r = Record::from_event(e, Some(&policy), &Clock::new());
+            assert_eq!((r.decision.as_str(), r.enforced), ("deny", true));
+            assert!(r.reason.starts_with("guard:"), "{}", r.reason);
+            (r.op, r.target, r.detail, r.peer_pid)
+        };
+        e.op = op::KERNEL_LOAD;
+        e.detail = 2;
+        assert_eq!(
+            show(&e),
+            ("kernel-load".into(), "module".into(), Some(2), None)
+        );
+        e.op = op::CAPABILITY;
+        e.detail = 16;
+        assert_eq!(
+            show(&e),
+            ("capability".into(), "CAP_SYS_MODULE".into(), Some(16), None)
+        );
+        e.detail = 39;
+        assert_eq!(show(&e).1, "CAP_BPF");
+        e.op = op::DEVICE_WRITE;
+        e.detail = 7 << 20 | 3;
+        assert_eq!(
+            show(&e),
+            (
+                "device-write".into(),
+                "block 7:3".into(),
+                Some(7 << 20 | 3),
+                None
+            )
+        );
+        e.op = op::SCHED;
+        e.detail = 1;
+        e.peer_pid = 321;
+        assert_eq!(
+            show(&e),
+            ("sched".into(), "pid 321".into(), Some(1), Some(321))
+        );
+        e.op = op::MODULE_REQUEST;
+        e.peer_pid = 0;
+        e.path[..9].copy_from_slice(b"net-pf-5\0");
+        e.path_len = 9;
+        assert_eq!(
+            show(&e),
+            ("module-request".into(), "net-pf-5".into(), None, None)
+        );
+        e.op = op::SOCKET;
+        e.proto = proto::RAW;
+        e.detail = 17 << 24 | 3 << 16 | 0x300;
+        let r = Record::from_event(&e, Some(&policy), &Clock::new());
+        assert_eq!(r.target, "packet raw proto 768");
+        assert_eq!(r.protocol.as_deref(), Some("raw"));
     }
 }
