@@ -62,7 +62,7 @@ label() {{ echo "== $1"; }}
 try() {{ n=$1; shift; if "$@" 2>/dev/null; then echo "{{\"step\":\"$n\",\"ok\":true}}"; else echo "{{\"step\":\"$n\",\"ok\":false}}"; fi; }}
 label policy
 try append sh -c "echo '[exec]' >> $P"
-try truncate truncate -s 0 "$P"
+try truncate python3 -c 'import os, sys; os.truncate(sys.argv[1], 0)' "$P"
 try rename mv "$P" "$S/moved"
 try unlink rm -f "$P"
 try chmod chmod 666 "$P"
@@ -71,7 +71,7 @@ try write-alias sh -c "echo x >> $S/alias"
 try rename-over sh -c "echo fake > $S/fake && mv -f $S/fake $P"
 label log
 try append sh -c "echo forged >> $L"
-try truncate truncate -s 0 "$L"
+try truncate python3 -c 'import os, sys; os.truncate(sys.argv[1], 0)' "$L"
 try unlink rm -f "$L"
 label binary
 try chmod chmod {oxd_mode:o} "$X"
