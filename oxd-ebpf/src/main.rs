@@ -34,6 +34,9 @@
 //!
 //! - [`guard`]: what every confined task is denied whatever its policy, uid and capabilities,
 //!   so that it cannot switch oxd off, leave its confinement or change the kernel.
+//! - [`guard_fs`]: `bpf` and `inode_permission` (BPF-LSM): no `bpf()` at all, no write to a
+//!   cgroup outside the confinement (nor a move across its border), to bpffs, sysfs, `/proc/sys`
+//!   and the other kernel interface file systems, or to `/proc/PID` entries of oxd's processes.
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -81,6 +84,7 @@ mod event;
 mod exec;
 mod file;
 mod guard;
+mod guard_fs;
 mod ipc;
 mod maps;
 mod net;

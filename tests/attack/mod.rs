@@ -3,6 +3,7 @@
 //! if the forbidden effect happens, and checks the attempt's audit record.
 
 mod agent;
+mod cgroup;
 mod exec;
 mod fs;
 pub(crate) mod ipc;
