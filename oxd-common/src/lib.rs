@@ -177,6 +177,22 @@ pub mod op {
     /// that order; `peer_pid`: oxd's process. (Signals to and ptrace of oxd's processes are
     /// recorded as [`SIGNAL`] and [`PTRACE`], with reason `GUARD`.)
     pub const SCHED: u32 = 74;
+    /// A `bpf()` system call by a confined task (BPF-LSM `bpf`): every command is denied.
+    /// `detail`: the command (`BPF_PROG_LOAD`, `BPF_LINK_DETACH`, ...).
+    pub const BPF: u32 = 64;
+    /// A write to a cgroup file system outside the agent's confinement (BPF-LSM
+    /// `inode_permission` with `MAY_WRITE`): opening a cgroup's files for writing, creating or
+    /// removing a cgroup, and the kernel's migration check on the common ancestor's
+    /// `cgroup.procs` (moving a process across the confinement's border, `clone3` with
+    /// `CLONE_INTO_CGROUP`); every write to a cgroup v1 hierarchy. `detail`: the low 32 bits of
+    /// the cgroup's id (0 for cgroup v1 or when it cannot be read).
+    pub const CGROUP_WRITE: u32 = 65;
+    /// A write to a kernel interface file system (BPF-LSM `inode_permission` with
+    /// `MAY_WRITE`): bpffs, sysfs, securityfs, debugfs, tracefs, configfs, `binfmt_misc`, pstore,
+    /// efivarfs, and procfs entries that are not a process's own (`/proc/sys`,
+    /// `/proc/sysrq-trigger`, ...) or are oxd's processes'. `detail`: the file system's magic
+    /// number; `peer_pid`: for a `/proc/PID` entry of oxd's, that process.
+    pub const KERNEL_FS_WRITE: u32 = 66;
 
     // Changes to the file system (16-39), each decided by the file write rules on the path it
     // changes (BPF-LSM `path_*` hooks). `access` holds the accesses judged: `WRITE`, and also

@@ -40,7 +40,7 @@ const SUN_FAMILY_LEN: i32 = 2;
 
 /// Where the other party of an operation stands.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub(crate) enum Side {
     Inside,
     Outside,
     /// Its cgroup could not be read: fail closed.
@@ -78,7 +78,7 @@ fn own_confinement() -> u64 {
 /// relative to the current task's confinement: walks up from it to its nearest confined
 /// ancestor-or-self and compares that with the current task's.
 #[inline(always)]
-fn side_of(cgroup: u64) -> Side {
+pub(crate) fn side_of(cgroup: u64) -> Side {
     let own = own_confinement();
     if own == 0 || cgroup == 0 {
         return Side::Unknown;

@@ -38,6 +38,9 @@
 //! - [`guard_kernel`]: the guard's programs about oxd's own processes (signals, ptrace,
 //!   scheduling), the kernel (module, kexec and policy loads, module autoloading, machine-wide
 //!   capabilities), block devices opened for writing, and packet and raw sockets.
+//! - [`guard_fs`]: `bpf` and `inode_permission` (BPF-LSM): no `bpf()` at all, no write to a
+//!   cgroup outside the confinement (nor a move across its border), to bpffs, sysfs, `/proc/sys`
+//!   and the other kernel interface file systems, or to `/proc/PID` entries of oxd's processes.
 //!
 //! Every hook starts at the same gate ([`confine::Gate`]): whether the task is confined, under
 //! which policy slot, and whether that policy governs the hook's category. What the hooks
@@ -87,6 +90,7 @@ mod file;
 mod guard;
 mod guard_files;
 mod guard_kernel;
+mod guard_fs;
 mod ipc;
 mod maps;
 mod net;

@@ -605,3 +605,102 @@ pub(crate) fn file_inode(file: *const u8) -> *const u8 {
     // SAFETY: a BTF-checked load of `file.f_inode` (module docs).
     unsafe { *(file.add(offset(&FILE_F_INODE_OFFSET)).cast::<*const u8>()) }
 }
+
+// The guard's kernel file systems (`guard_fs.rs`): which file system an inode is on, the
+// cgroup of a cgroup file system's inode, the process of a `/proc/PID` inode.
+
+/// Offset of `s_magic` in `struct super_block`.
+#[no_mangle]
+static SB_S_MAGIC_OFFSET: u32 = 0;
+
+/// Offset of `i_private` in `struct inode` (a kernfs inode's `struct kernfs_node *`).
+#[no_mangle]
+static INODE_I_PRIVATE_OFFSET: u32 = 0;
+
+/// Offset of `priv` in `struct kernfs_node` (a cgroup directory's `struct cgroup *`).
+#[no_mangle]
+static KERNFS_NODE_PRIV_OFFSET: u32 = 0;
+
+/// Offset of `parent` (`__parent` on newer kernels) in `struct kernfs_node`.
+#[no_mangle]
+static KERNFS_NODE_PARENT_OFFSET: u32 = 0;
+
+/// Offset of `flags` (an `unsigned short`) in `struct kernfs_node`.
+#[no_mangle]
+static KERNFS_NODE_FLAGS_OFFSET: u32 = 0;
+
+/// Offset of `vfs_inode` in `struct proc_inode`.
+#[no_mangle]
+static PROC_INODE_VFS_INODE_OFFSET: u32 = 0;
+
+/// Offset of `pid` (a `struct pid *`, set for the entries of one process) in
+/// `struct proc_inode`.
+#[no_mangle]
+static PROC_INODE_PID_OFFSET: u32 = 0;
+
+/// Offset of `tasks[PIDTYPE_PID].first` in `struct pid`.
+#[no_mangle]
+static PID_TASKS_OFFSET: u32 = 0;
+
+/// Offset of `pid_links[PIDTYPE_PID]` in `struct task_struct`.
+#[no_mangle]
+static TASK_PID_LINKS_OFFSET: u32 = 0;
+
+/// `inode->i_sb->s_magic`: the magic number of the file system `inode` is on.
+#[inline(always)]
+pub(crate) fn inode_sb_magic(inode: *const u8) -> u64 {
+    // SAFETY: BTF-checked loads of `inode.i_sb` and `super_block.s_magic` (module docs).
+    unsafe {
+        let sb = *(inode.add(offset(&INODE_I_SB_OFFSET)).cast::<*const u8>());
+        *(sb.add(offset(&SB_S_MAGIC_OFFSET)).cast::<u64>())
+    }
+}
+
+/// `inode->i_private`, as an address.
+#[inline(always)]
+pub(crate) fn inode_private(inode: u64) -> Option<u64> {
+    read_at::<u64>(inode, &INODE_I_PRIVATE_OFFSET)
+}
+
+/// `kn->priv`, as an address.
+#[inline(always)]
+pub(crate) fn kernfs_priv(kn: u64) -> Option<u64> {
+    read_at::<u64>(kn, &KERNFS_NODE_PRIV_OFFSET)
+}
+
+/// `kn->parent`, as an address (0 for a root).
+#[inline(always)]
+pub(crate) fn kernfs_parent(kn: u64) -> Option<u64> {
+    read_at::<u64>(kn, &KERNFS_NODE_PARENT_OFFSET)
+}
+
+/// `kn->flags` (`KERNFS_*` bits; the low four give the node's type).
+#[inline(always)]
+pub(crate) fn kernfs_flags(kn: u64) -> Option<u16> {
+    read_at::<u16>(kn, &KERNFS_NODE_FLAGS_OFFSET)
+}
+
+/// `PROC_I(inode)->pid`, as an address (0 for a `/proc` entry that is not a process's).
+#[inline(always)]
+pub(crate) fn proc_inode_pid(inode: u64) -> Option<u64> {
+    let proc_inode = inode.wrapping_sub(offset(&PROC_INODE_VFS_INODE_OFFSET) as u64);
+    read_at::<u64>(proc_inode, &PROC_INODE_PID_OFFSET)
+}
+
+/// `pid->numbers[0].nr`: the number of `pid` in the initial pid namespace.
+#[inline(always)]
+pub(crate) fn pid_number(pid: u64) -> Option<u32> {
+    read_at::<u32>(pid, &PID_NR_OFFSET)
+}
+
+/// The thread-group id of the task `pid` names (`pid_task(pid, PIDTYPE_PID)->tgid`): 0 if no
+/// task holds it any more, `None` if it cannot be read.
+#[inline(always)]
+pub(crate) fn pid_task_tgid(pid: u64) -> Option<u32> {
+    let first = read_at::<u64>(pid, &PID_TASKS_OFFSET)?;
+    if first == 0 {
+        return Some(0);
+    }
+    let task = first.wrapping_sub(offset(&TASK_PID_LINKS_OFFSET) as u64);
+    read_at::<u32>(task, &TASK_TGID_OFFSET)
+}

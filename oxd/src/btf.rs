@@ -399,6 +399,24 @@ pub struct KernelOffsets {
     pub inode_i_mode: u32,
     /// `offsetof(struct inode, i_rdev)`.
     pub inode_i_rdev: u32,
+    /// `offsetof(struct super_block, s_magic)`.
+    pub sb_s_magic: u32,
+    /// `offsetof(struct inode, i_private)`.
+    pub inode_i_private: u32,
+    /// `offsetof(struct kernfs_node, priv)`.
+    pub kernfs_node_priv: u32,
+    /// `offsetof(struct kernfs_node, parent)` (`__parent` from 6.15).
+    pub kernfs_node_parent: u32,
+    /// `offsetof(struct kernfs_node, flags)`.
+    pub kernfs_node_flags: u32,
+    /// `offsetof(struct proc_inode, vfs_inode)`.
+    pub proc_inode_vfs_inode: u32,
+    /// `offsetof(struct proc_inode, pid)`.
+    pub proc_inode_pid: u32,
+    /// `offsetof(struct pid, tasks)` (`tasks[PIDTYPE_PID].first`).
+    pub pid_tasks: u32,
+    /// `offsetof(struct task_struct, pid_links)` (`pid_links[PIDTYPE_PID]`).
+    pub task_pid_links: u32,
 }
 
 impl KernelOffsets {
@@ -464,6 +482,17 @@ impl KernelOffsets {
             user_ns_level: btf.member_offset("user_namespace", "level")?,
             inode_i_mode: btf.member_offset("inode", "i_mode")?,
             inode_i_rdev: btf.member_offset("inode", "i_rdev")?,
+            sb_s_magic: btf.member_offset("super_block", "s_magic")?,
+            inode_i_private: btf.member_offset("inode", "i_private")?,
+            kernfs_node_priv: btf.member_offset("kernfs_node", "priv")?,
+            kernfs_node_parent: btf
+                .member_offset("kernfs_node", "parent")
+                .or_else(|_| btf.member_offset("kernfs_node", "__parent"))?,
+            kernfs_node_flags: btf.member_offset("kernfs_node", "flags")?,
+            proc_inode_vfs_inode: btf.member_offset("proc_inode", "vfs_inode")?,
+            proc_inode_pid: btf.member_offset("proc_inode", "pid")?,
+            pid_tasks: btf.member_offset("pid", "tasks")?,
+            task_pid_links: btf.member_offset("task_struct", "pid_links")?,
         })
     }
 }

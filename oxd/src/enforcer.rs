@@ -95,6 +95,8 @@ pub const WRITE_LSM_PROGRAMS: [(&str, &str); 12] = [
 /// change the kernel. Attached whenever BPF-LSM programs are: (program, hook).
 pub const GUARD_LSM_PROGRAMS: &[(&str, &str)] = &[
     // cgroups, bpf(), kernel file systems
+    ("bpf", "bpf"),
+    ("inode_permission", "inode_permission"),
     // kernel, devices, sockets, oxd's own tasks
     // oxd's own files (oxd-ebpf/src/guard_files.rs)
     ("guard_file_open", "file_open"),
@@ -220,6 +222,28 @@ impl FileGuard {
         opened.map_err(pin_err("open (to protect)", path))?;
         Ok(())
     }
+}
+
+/// Sets the offsets the programs of `oxd-ebpf/src/guard_fs.rs` read.
+fn override_guard_fs_offsets<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a KernelOffsets) {
+    loader
+        .override_global("SB_S_MAGIC_OFFSET", &offsets.sb_s_magic, true)
+        .override_global("INODE_I_PRIVATE_OFFSET", &offsets.inode_i_private, true)
+        .override_global("KERNFS_NODE_PRIV_OFFSET", &offsets.kernfs_node_priv, true)
+        .override_global(
+            "KERNFS_NODE_PARENT_OFFSET",
+            &offsets.kernfs_node_parent,
+            true,
+        )
+        .override_global("KERNFS_NODE_FLAGS_OFFSET", &offsets.kernfs_node_flags, true)
+        .override_global(
+            "PROC_INODE_VFS_INODE_OFFSET",
+            &offsets.proc_inode_vfs_inode,
+            true,
+        )
+        .override_global("PROC_INODE_PID_OFFSET", &offsets.proc_inode_pid, true)
+        .override_global("PID_TASKS_OFFSET", &offsets.pid_tasks, true)
+        .override_global("TASK_PID_LINKS_OFFSET", &offsets.task_pid_links, true);
 }
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
@@ -499,6 +523,7 @@ impl Enforcer {
             loader.map_pin_path(name, path.as_path());
         }
         override_attr_offsets(&mut loader, &offsets);
+        override_guard_fs_offsets(&mut loader, &offsets);
         let ebpf = loader
             .override_global("BPRM_FILE_OFFSET", &offsets.bprm_file, true)
             .override_global("FILE_F_PATH_OFFSET", &offsets.file_f_path, true)

@@ -3,6 +3,8 @@
 //! if the forbidden effect happens, and checks the attempt's audit record.
 
 pub(crate) mod agent;
+mod agent;
+mod cgroup;
 mod daemon_guard;
 mod exec;
 mod fs;

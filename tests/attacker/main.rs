@@ -18,6 +18,7 @@
     reason = "the shared helpers are used by the technique modules as they are filled in"
 )]
 
+mod cgroup;
 mod exec;
 mod fs;
 mod ipc;
@@ -101,6 +102,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let outcome = exec::run(technique, rest)
+        .or_else(|| cgroup::run(technique, rest))
         .or_else(|| fs::run(technique, rest))
         .or_else(|| ipc::run(technique, rest))
         .or_else(|| kernel::run(technique, rest))

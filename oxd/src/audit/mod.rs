@@ -16,6 +16,12 @@
 //!   or `CAP_SYS_CHROOT`: how `setns` is checked; recorded when denied);
 //! - `op` (ipc): `ptrace`, `signal`, `tty-inject`, `unix-connect`, `unix-send`,
 //!   `signal-owner`;
+//! - `op` (guard, denied under every policy and mode): `bpf` (any `bpf()` command; target the
+//!   command, `detail` its number), `cgroup-write` (a write to a cgroup outside the agent's
+//!   confinement, or a move across its border; target `cgroup N`, `detail` the low 32 bits
+//!   of the cgroup's id, 0 when unknown or cgroup v1), `kernel-fs-write` (a write to a kernel
+//!   interface file system; target its name, `proc pid N` for an entry of oxd's process N,
+//!   `detail` its magic number);
 //! - `detail` (`mount`, `umount`: the flags; `capable`: the capability number);
 //! - `target`: the resolved path of the executed, opened or changed file, or `ip:port`
 //!   (`[ipv6]:port`), or for `socket` the family, type and IP protocol (`ipv4 dgram proto 1`);
@@ -211,6 +217,7 @@ impl Record {
                 (None, Some(name)) => (name, path()),
                 (None, None) => ipc_target(event)
                     .or_else(|| guard_kernel_target(event))
+                    .or_else(|| guard_fs_target(event))
                     .unwrap_or(("unknown", String::new())),
             },
         };
@@ -227,6 +234,9 @@ impl Record {
                 | op::CAPABILITY
                 | op::DEVICE_WRITE
                 | op::SCHED
+                | op::BPF
+                | op::CGROUP_WRITE
+                | op::KERNEL_FS_WRITE
         )
         .then_some(event.detail);
         let protocol = protocol_of(event);
@@ -441,6 +451,26 @@ fn guard_kernel_target(event: &Event) -> Option<(&'static str, String)> {
     })
 }
 
+/// The op name and target of a guard event on `bpf()`, cgroups or kernel file systems
+/// (`bpf`: the command, `BPF_PROG_LOAD` or `command N`; `cgroup-write`: `cgroup N` with the
+/// low 32 bits of its id, `cgroup` when unknown or v1; `kernel-fs-write`: the file system);
+/// `None` for other ops.
+fn guard_fs_target(event: &Event) -> Option<(&'static str, String)> {
+    Some(match event.op {
+        op::BPF => ("bpf", bpf_command(event.detail)),
+        op::CGROUP_WRITE => (
+            "cgroup-write",
+            if event.detail == 0 {
+                "cgroup".to_owned()
+            } else {
+                format!("cgroup {}", event.detail)
+            },
+        ),
+        op::KERNEL_FS_WRITE => ("kernel-fs-write", kernel_fs_name(event)),
+        _ => return None,
+    })
+}
+
 /// The name of a capability the guard refuses (`CAP_SYS_MODULE`), `cap N` for another.
 fn capability_name(cap: u32) -> String {
     match cap {
@@ -458,6 +488,71 @@ fn capability_name(cap: u32) -> String {
         n => return format!("cap {n}"),
     }
     .to_owned()
+}
+
+/// The name of a `bpf()` command.
+fn bpf_command(cmd: u32) -> String {
+    const NAMES: [&str; 37] = [
+        "BPF_MAP_CREATE",
+        "BPF_MAP_LOOKUP_ELEM",
+        "BPF_MAP_UPDATE_ELEM",
+        "BPF_MAP_DELETE_ELEM",
+        "BPF_MAP_GET_NEXT_KEY",
+        "BPF_PROG_LOAD",
+        "BPF_OBJ_PIN",
+        "BPF_OBJ_GET",
+        "BPF_PROG_ATTACH",
+        "BPF_PROG_DETACH",
+        "BPF_PROG_TEST_RUN",
+        "BPF_PROG_GET_NEXT_ID",
+        "BPF_MAP_GET_NEXT_ID",
+        "BPF_PROG_GET_FD_BY_ID",
+        "BPF_MAP_GET_FD_BY_ID",
+        "BPF_OBJ_GET_INFO_BY_FD",
+        "BPF_PROG_QUERY",
+        "BPF_RAW_TRACEPOINT_OPEN",
+        "BPF_BTF_LOAD",
+        "BPF_BTF_GET_FD_BY_ID",
+        "BPF_TASK_FD_QUERY",
+        "BPF_MAP_LOOKUP_AND_DELETE_ELEM",
+        "BPF_MAP_FREEZE",
+        "BPF_BTF_GET_NEXT_ID",
+        "BPF_MAP_LOOKUP_BATCH",
+        "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
+        "BPF_MAP_UPDATE_BATCH",
+        "BPF_MAP_DELETE_BATCH",
+        "BPF_LINK_CREATE",
+        "BPF_LINK_UPDATE",
+        "BPF_LINK_GET_FD_BY_ID",
+        "BPF_LINK_GET_NEXT_ID",
+        "BPF_ENABLE_STATS",
+        "BPF_ITER_CREATE",
+        "BPF_LINK_DETACH",
+        "BPF_PROG_BIND_MAP",
+        "BPF_TOKEN_CREATE",
+    ];
+    NAMES
+        .get(cmd as usize)
+        .map_or_else(|| format!("command {cmd}"), |name| (*name).to_owned())
+}
+
+/// The kernel file system of a `kernel-fs-write` event, by its magic number.
+fn kernel_fs_name(event: &Event) -> String {
+    let name = match event.detail {
+        0x9fa0 if event.peer_pid != 0 => return format!("proc pid {}", event.peer_pid),
+        0x9fa0 => "proc",
+        0xcafe_4a11 => "bpf",
+        0x6265_6572 => "sysfs",
+        0x7363_6673 => "securityfs",
+        0x6462_6720 => "debugfs",
+        0x7472_6163 => "tracefs",
+        0x6265_6570 => "configfs",
+        0x4249_4e4d => "binfmt_misc",
+        0x6165_676c => "pstore",
+        0xde5e_81e4 => "efivarfs",
+        other => return format!("magic {other:#x}"),
+    };
+    name.to_owned()
 }
 
 /// The target of a `signal-owner` event: the command, and what it names (`F_SETOWN pid 42`,
@@ -483,7 +578,7 @@ fn peer_of(event: &Event) -> Option<u32> {
     let named = match event.op {
         // Only `F_SETOWN` names a task; the other commands carry a signal or flags there.
         op::SIGNAL_OWNER => event.detail == 8 && event.peer_pid.cast_signed() > 0,
-        op::SCHED => true,
+        op::SCHED | op::KERNEL_FS_WRITE => true,
         _ => ipc_target(event).is_some(),
     };
     (named && event.peer_pid != 0).then_some(event.peer_pid)
@@ -864,6 +959,42 @@ mod tests {
         assert!(Record::from_event(&e, Some(&policy), &Clock::new())
             .reason
             .starts_with("a file's I/O signals"));
+    }
+
+    #[test]
+    fn guard_fs_records_name_the_command_cgroup_and_file_system() {
+        let policy = Policy::parse(Path::new("p.toml"), "[exec]\n").unwrap();
+        let mut e = event();
+        e.rule_id = RULE_DEFAULT;
+        e.reason = reason::GUARD;
+        e.peer_pid = 0;
+        let cases: [(u32, u32, &str, &str); 6] = [
+            (op::BPF, 5, "bpf", "BPF_PROG_LOAD"),
+            (op::BPF, 34, "bpf", "BPF_LINK_DETACH"),
+            (op::BPF, 99, "bpf", "command 99"),
+            (op::CGROUP_WRITE, 1, "cgroup-write", "cgroup 1"),
+            (op::CGROUP_WRITE, 0, "cgroup-write", "cgroup"),
+            (op::KERNEL_FS_WRITE, 0xcafe_4a11, "kernel-fs-write", "bpf"),
+        ];
+        for (event_op, detail, name, target) in cases {
+            e.op = event_op;
+            e.detail = detail;
+            let record = Record::from_event(&e, Some(&policy), &Clock::new());
+            assert_eq!((record.op.as_str(), record.target.as_str()), (name, target));
+            assert_eq!((record.detail, record.peer_pid), (Some(detail), None));
+            assert_eq!(record.decision, "deny");
+            assert!(record.reason.starts_with("guard:"), "{}", record.reason);
+        }
+        e.op = op::KERNEL_FS_WRITE;
+        e.detail = 0x9fa0;
+        assert_eq!(
+            Record::from_event(&e, Some(&policy), &Clock::new()).target,
+            "proc"
+        );
+        e.peer_pid = 77;
+        let record = Record::from_event(&e, Some(&policy), &Clock::new());
+        assert_eq!(record.target, "proc pid 77");
+        assert_eq!((record.detail, record.peer_pid), (Some(0x9fa0), Some(77)));
     }
 
     #[test]
