@@ -69,8 +69,7 @@ fn register(file: *const u8) {
         return;
     };
     let registration = *registration;
-    // SAFETY: helper call without arguments.
-    let tgid = unsafe { bpf_get_current_pid_tgid() } >> 32;
+    let tgid = bpf_get_current_pid_tgid() >> 32;
     if registration == 0 || registration >> 32 != tgid {
         return;
     }
@@ -80,7 +79,7 @@ fn register(file: *const u8) {
     }
     let (ino, dev) = offsets::inode_identity(inode);
     let key = InodeKey { ino, dev, slot: 0 };
-    let _ = PROTECTED_FILES.insert(&key, &(registration as u32), 0);
+    let _ = PROTECTED_FILES.insert(key, registration as u32, 0);
 }
 
 /// Denies `attempt` on `dentry` for a confined task if the name is protected.
