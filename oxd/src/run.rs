@@ -152,14 +152,19 @@ pub fn run(args: &RunOptions) -> Result<i32> {
 
     // Nothing the agent started may outlive its confinement.
     let removed = cgroup.remove();
-    watchdog.finish();
     if let Some(relay) = relay {
         relay.finish();
     }
     // Decisions are in the ring buffer before the system call that caused them returns, so
     // once the command has been reaped and its cgroup emptied, everything it did is there.
-    pump.finish()?;
+    let drained = pump.finish();
+    // Our copies of the links go first: the watchdog still holds its own, so nothing is
+    // detached yet. Then the watchdog, the last holder, detaches the programs as it exits,
+    // after oxd is gone (detaching waits for the kernel's trampoline updates, about 0.1 s
+    // per program under emulation): see `Watchdog::release`.
     drop(enforcer);
+    watchdog.release(removed.is_err());
+    drained?;
     removed.context("cannot remove the agent's cgroup")?;
     match outcome? {
         Supervised::Exited(status) => Ok(exit_code(status)),

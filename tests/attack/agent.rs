@@ -423,7 +423,7 @@ label root-oxd
 "$A" kill $PPID 9
 "$A" ptrace-attach $PPID
 label root-watchdog
-"$A" kill "$(pgrep -x oxd-watchdog)" 9
+"$A" kill "$(pgrep -x -P $PPID oxd-watchdog)" 9
 "#;
     coding_agent_scenario(0, extra, |(groups, records), _outside| {
         let oxd_pid = step(groups, "root", "oxd")["pid"]

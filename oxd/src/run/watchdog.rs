@@ -9,10 +9,11 @@
 //! once), waits until the cgroup is empty, removes it, and only then exits, releasing the
 //! links. So nothing the agent started runs on unconfined: it dies, confined to the end.
 //!
-//! When oxd finishes normally it removes the cgroup itself, then closes the pipe; the watchdog
-//! finds the cgroup gone and exits. Both are protected from the agent by the guard (signals,
-//! ptrace, ... toward them are denied), and each watches the other: if the watchdog dies, oxd
-//! ends the run ([`Watchdog::exited`]).
+//! When oxd finishes normally it removes the cgroup itself, drops its own copies of the links,
+//! then closes the pipe and exits; the watchdog finds the cgroup gone and exits too, detaching
+//! the programs as the last holder of their links, after `oxd run` has returned. Both are
+//! protected from the agent by the guard (signals, ptrace, ... toward them are denied), and
+//! each watches the other: if the watchdog dies, oxd ends the run ([`Watchdog::exited`]).
 
 use std::{
     ffi::CString,
@@ -101,12 +102,22 @@ impl Watchdog {
         Ok(())
     }
 
-    /// Tells the watchdog the run is over (the agent's cgroup is gone) and reaps it.
-    pub(super) fn finish(mut self) {
+    /// Tells the watchdog the run is over. Once oxd has dropped its own copies of the links,
+    /// the watchdog holds the last ones: it detaches the programs by exiting, in the
+    /// background, so that `oxd run` returns without waiting for the kernel to take them off
+    /// their hooks (each detach waits for a trampoline update; dozens of programs take
+    /// seconds). Nothing is confined by then: the agent's cgroup is gone.
+    ///
+    /// With `cgroup_left` (oxd could not remove the agent's cgroup), the watchdog goes on
+    /// killing what is left and removes it; then oxd waits for it, so that `oxd run` returns
+    /// only once nothing the agent started is alive.
+    pub(super) fn release(mut self, cgroup_left: bool) {
         self.pipe = None;
-        let mut status = 0;
-        // SAFETY: reaping our own child.
-        unsafe { libc::waitpid(self.pid, &raw mut status, 0) };
+        if cgroup_left {
+            let mut status = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(self.pid, &raw mut status, 0) };
+        }
     }
 }
 
