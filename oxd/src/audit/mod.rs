@@ -183,7 +183,13 @@ fn c_string(bytes: &[u8]) -> String {
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// The bytes of `hex` (as [`hex`] writes them); `None` if it is not hex.
@@ -1196,8 +1202,14 @@ mod tests {
         e.comm = *b"x\xc3(\0\0\0\0\0\0\0\0\0\0\0\0\0";
         let record = Record::from_event(&e, Some(&policy), &Clock::new());
         assert_eq!(record.target, "/tmp/a\u{fffd}\u{fffd}b\n");
-        assert_eq!(unhex(record.target_bytes.as_deref().unwrap()).unwrap(), path);
-        assert_eq!(unhex(record.comm_bytes.as_deref().unwrap()).unwrap(), b"x\xc3(");
+        assert_eq!(
+            unhex(record.target_bytes.as_deref().unwrap()).unwrap(),
+            path
+        );
+        assert_eq!(
+            unhex(record.comm_bytes.as_deref().unwrap()).unwrap(),
+            b"x\xc3("
+        );
         let line = serde_json::to_string(&record).unwrap();
         assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), record);
 
@@ -1277,7 +1289,10 @@ mod tests {
         };
         let (size, last) = last_line(&mut counting).unwrap();
         assert_eq!(size, HOLE + 1 + chain.len() as u64);
-        let want = chain[..chain.len() - 1].rsplit(|&b| b == b'\n').next().unwrap();
+        let want = chain[..chain.len() - 1]
+            .rsplit(|&b| b == b'\n')
+            .next()
+            .unwrap();
         assert_eq!(
             last,
             LastLine::Line {
@@ -1306,7 +1321,10 @@ mod tests {
     #[test]
     fn a_last_line_without_newline_within_the_bound_is_refused_after_a_bounded_read() {
         let mut data = records(3);
-        data.resize(data.len() + usize::try_from(MAX_LAST_LINE).unwrap() + 10, b'x');
+        data.resize(
+            data.len() + usize::try_from(MAX_LAST_LINE).unwrap() + 10,
+            b'x',
+        );
         let mut counting = Counting {
             inner: std::io::Cursor::new(&data),
             read: 0,
@@ -1354,12 +1372,16 @@ mod tests {
         // Blank lines after the last record are passed over; an empty file starts a chain.
         std::fs::write(&path, [&chain[..], b"\n\n"].concat()).unwrap();
         assert_eq!(
-            AuditLog::append(&path, RecordFilter::All, None).unwrap().seq,
+            AuditLog::append(&path, RecordFilter::All, None)
+                .unwrap()
+                .seq,
             3
         );
         std::fs::write(&path, b"\n").unwrap();
         assert_eq!(
-            AuditLog::append(&path, RecordFilter::All, None).unwrap().seq,
+            AuditLog::append(&path, RecordFilter::All, None)
+                .unwrap()
+                .seq,
             0
         );
     }
