@@ -1,5 +1,6 @@
-//! Developer tasks for oxd: `cargo xtask setup | vm | test | verifier-stats`.
+//! Developer tasks for oxd: `cargo xtask setup | vm | test | verifier-stats | bench`.
 
+mod bench;
 mod kernel;
 mod setup;
 mod test;
@@ -58,6 +59,36 @@ enum Task {
         #[arg(long, value_enum)]
         kernel: Option<Series>,
     },
+    /// Measure what confinement costs on this host (as root): loopback connect under 0, 1,000
+    /// and 10,000 network rules, open/close, fork+exec, UDP sends, audit records/s and the
+    /// cold start of `oxd run`, each against the bare kernel, interleaved over rounds; prints a
+    /// table and writes target/bench.json.
+    Bench {
+        /// Rounds (each runs every setup once; figures are medians over rounds).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Use the release binaries already built.
+        #[arg(long)]
+        no_build: bool,
+        /// Network rule counts for the connect figure (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "0,1,1000,10000")]
+        rules: Vec<usize>,
+        /// TCP connects per run.
+        #[arg(long, default_value_t = 5000)]
+        connects: u64,
+        /// Opens per run.
+        #[arg(long, default_value_t = 50_000)]
+        opens: u64,
+        /// Fork+execs per run.
+        #[arg(long, default_value_t = 300)]
+        execs: u64,
+        /// UDP sends per run (each a recorded decision when confined).
+        #[arg(long, default_value_t = 50_000)]
+        sends: u64,
+        /// Cold starts per setup and round.
+        #[arg(long, default_value_t = 3)]
+        starts: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +111,26 @@ fn main() -> ExitCode {
             let series = kernel.map_or(Series::ALL.to_vec(), |k| vec![k]);
             verifier::run(&series).map(|()| ExitCode::SUCCESS)
         }
+        Task::Bench {
+            rounds,
+            no_build,
+            rules,
+            connects,
+            opens,
+            execs,
+            sends,
+            starts,
+        } => bench::run(&bench::Options {
+            rounds,
+            no_build,
+            rules,
+            connects,
+            opens,
+            execs,
+            sends,
+            starts,
+        })
+        .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

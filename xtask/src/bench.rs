@@ -1,0 +1,912 @@
+//! `cargo xtask bench`: what confinement costs, against the bare kernel, on this host.
+//!
+//! Every figure is a loop timed inside the process that runs it: `oxd-bench-workload` (the
+//! tests crate) runs N iterations of one operation and prints how long they took; the bench
+//! starts it bare, and confined by `oxd run` under generated network-only policies. Runs are
+//! interleaved (each round runs every setup once, starting with a different one each round) so
+//! that the machine's noise falls on all sides; a figure is the median over the rounds, and
+//! its ratio the median of the per-round ratios against the bare run of the same round.
+//!
+//! The host's kernel refuses BPF-LSM programs: only the cgroup network hooks run here. The
+//! open and fork+exec figures therefore show what network-only confinement costs those
+//! operations (nothing decides them); LSM figures need the guests and are not measured yet.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::{TcpListener, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    thread,
+    time::{Instant, SystemTime},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::util;
+
+/// What `cargo xtask bench` runs.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub(crate) rounds: usize,
+    pub(crate) no_build: bool,
+    /// Network rule counts for the connect figure.
+    pub(crate) rules: Vec<usize>,
+    pub(crate) connects: u64,
+    pub(crate) opens: u64,
+    pub(crate) execs: u64,
+    pub(crate) sends: u64,
+    /// Cold starts timed per setup and round.
+    pub(crate) starts: usize,
+}
+
+/// What one run of `oxd-bench-workload` printed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Loop {
+    iterations: u64,
+    elapsed_ns: u64,
+    errors: u64,
+    first_errno: Option<i64>,
+}
+
+impl Loop {
+    fn ns_per_op(&self) -> f64 {
+        to_f64(self.elapsed_ns) / to_f64(self.iterations.max(1))
+    }
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "counts and nanoseconds far below 2^52 in a bench"
+)]
+fn to_f64(n: u64) -> f64 {
+    n as f64
+}
+
+/// The workload's result line: the last line of `stdout` that is a JSON object with
+/// `elapsed_ns` (`oxd run` may print around it).
+fn parse_loop(stdout: &str) -> Result<Loop> {
+    let value = stdout
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .find(|v| v.get("elapsed_ns").is_some())
+        .with_context(|| format!("no workload result in its output: {stdout:?}"))?;
+    let n = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_u64)
+            .with_context(|| format!("workload result without a number `{key}`: {value}"))
+    };
+    Ok(Loop {
+        iterations: n("iterations")?,
+        elapsed_ns: n("elapsed_ns")?,
+        errors: n("errors")?,
+        first_errno: value.get("first_errno").and_then(Value::as_i64),
+    })
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` if empty.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        f64::midpoint(v[mid - 1], v[mid])
+    })
+}
+
+/// The median of the per-round ratios `confined[i] / bare[i]` (rounds where both ran).
+fn paired_ratio(confined: &[Option<f64>], bare: &[Option<f64>]) -> Option<f64> {
+    let ratios: Vec<f64> = confined
+        .iter()
+        .zip(bare)
+        .filter_map(|(c, b)| Some((*c)? / (*b)?))
+        .collect();
+    median(&ratios)
+}
+
+/// A network-only policy with `rules` CIDR rules: none (and everything allowed) for 0;
+/// otherwise `rules - 1` allows of `10.x.y.0/24` networks that never match loopback, then the
+/// one allow of `127.0.0.1` the workload needs, last, with everything else denied.
+fn network_policy(rules: usize) -> String {
+    let mut text = format!("name = \"bench-{rules}-rules\"\n\n[network]\n");
+    if rules == 0 {
+        text.push_str("default = \"allow\"\n");
+        return text;
+    }
+    text.push_str("default = \"deny\"\n");
+    for i in 0..rules - 1 {
+        let _ = write!(
+            text,
+            "\n[[network.allow]]\ncidr = \"10.{}.{}.0/24\"\n",
+            (i >> 8) & 0xff,
+            i & 0xff
+        );
+    }
+    text.push_str("\n[[network.allow]]\ncidr = \"127.0.0.1\"\n");
+    text
+}
+
+/// `ns` readably: `850 ns`, `12.3 µs`, `4.56 ms`.
+fn human_ns(ns: f64) -> String {
+    if ns < 1_000.0 {
+        format!("{ns:.0} ns")
+    } else if ns < 1_000_000.0 {
+        format!("{:.2} µs", ns / 1_000.0)
+    } else if ns < 1_000_000_000.0 {
+        format!("{:.2} ms", ns / 1_000_000.0)
+    } else {
+        format!("{:.2} s", ns / 1_000_000_000.0)
+    }
+}
+
+/// One line of the table: a figure under one setup.
+#[derive(Debug, Serialize)]
+struct Figure {
+    name: &'static str,
+    setup: String,
+    /// `ns/op` (nanoseconds per iteration), `ns` (one run), or `records/s`.
+    unit: &'static str,
+    /// One value per round, in round order (`null`: that round did not run it).
+    samples: Vec<Option<f64>>,
+    median: Option<f64>,
+    /// Median of the per-round ratios against the bare kernel in the same round.
+    ratio: Option<f64>,
+    /// Why there is no figure: `refused: ...` (`oxd check` refused the policy) or
+    /// `failed: ...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+impl Figure {
+    fn new(name: &'static str, setup: impl Into<String>, unit: &'static str) -> Self {
+        Self {
+            name,
+            setup: setup.into(),
+            unit,
+            samples: Vec::new(),
+            median: None,
+            ratio: None,
+            error: None,
+            note: None,
+        }
+    }
+
+    fn values(&self) -> Vec<f64> {
+        self.samples.iter().flatten().copied().collect()
+    }
+
+    /// Sets `median`, and `ratio` against `bare` (the same figure's bare-kernel line).
+    fn finish(&mut self, bare: Option<&Figure>) {
+        self.median = median(&self.values());
+        self.ratio = bare.and_then(|b| paired_ratio(&self.samples, &b.samples));
+    }
+
+    fn shown(&self) -> String {
+        if let Some(e) = &self.error {
+            return e.clone();
+        }
+        match (self.median, self.unit) {
+            (None, _) => "no value".to_owned(),
+            (Some(m), "ns/op") => format!("{}/op", human_ns(m)),
+            (Some(m), "ns") => human_ns(m),
+            (Some(m), unit) => format!("{m:.0} {unit}"),
+        }
+    }
+}
+
+/// The table as printed.
+fn table(figures: &[Figure]) -> String {
+    let mut out = format!(
+        "{:<28} {:<36} {:>16} {:>7}\n",
+        "figure", "setup", "median", "ratio"
+    );
+    let mut last = "";
+    for f in figures {
+        let name = if f.name == last { "" } else { f.name };
+        last = f.name;
+        let ratio = f.ratio.map_or("-".to_owned(), |r| format!("{r:.2}x"));
+        let _ = writeln!(
+            out,
+            "{name:<28} {:<36} {:>16} {ratio:>7}",
+            f.setup,
+            f.shown()
+        );
+        if let Some(note) = &f.note {
+            let _ = writeln!(out, "{:<28}   ({note})", "");
+        }
+    }
+    out
+}
+
+/// Where and on what the bench ran.
+#[derive(Debug, Serialize)]
+struct Machine {
+    kernel: String,
+    cpu_model: String,
+    cores: usize,
+    load_average_before: String,
+    load_average_after: String,
+    build_profile: &'static str,
+    oxd_commit: String,
+    unix_time: u64,
+    rounds: usize,
+}
+
+fn read_trimmed(path: &str) -> String {
+    fs::read_to_string(path).map_or_else(|e| format!("unknown ({e})"), |s| s.trim().to_owned())
+}
+
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn commit() -> String {
+    let root = util::repo_root();
+    let head = util::output(
+        Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(["rev-parse", "HEAD"]),
+    )
+    .map_or_else(|e| format!("unknown ({e:#})"), |s| s.trim().to_owned());
+    let dirty = util::output(Command::new("git").arg("-C").arg(&root).args([
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+    ]))
+    .is_ok_and(|s| !s.trim().is_empty());
+    if dirty {
+        format!("{head}-dirty")
+    } else {
+        head
+    }
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("oxd-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A setup of the connect figure: its policy, or why `oxd check` refused it.
+struct Policy {
+    rules: usize,
+    path: PathBuf,
+    refused: Option<String>,
+}
+
+impl Policy {
+    fn setup(&self) -> String {
+        format!(
+            "oxd run, {} network rule{}",
+            self.rules,
+            if self.rules == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// The programs the bench runs, and its scratch files.
+struct Bench {
+    oxd: PathBuf,
+    workload: PathBuf,
+    scratch: Scratch,
+    runs: u64,
+}
+
+impl Bench {
+    fn policy(&self, rules: usize) -> Result<Policy> {
+        let path = self.scratch.0.join(format!("net-{rules}.toml"));
+        util::write_file(&path, network_policy(rules))?;
+        let out = util::raw_output(Command::new(&self.oxd).arg("check").arg(&path))?;
+        let refused = (!out.status.success()).then(|| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
+            let first = text.lines().next().unwrap_or("").trim();
+            format!("refused: {}", first.trim_start_matches("oxd: error: "))
+        });
+        Ok(Policy {
+            rules,
+            path,
+            refused,
+        })
+    }
+
+    fn new_log(&mut self) -> PathBuf {
+        self.runs += 1;
+        self.scratch.0.join(format!("audit-{}.jsonl", self.runs))
+    }
+
+    /// `oxd run` of `argv` under `policy`, its records going to `log`.
+    fn oxd_run(&self, policy: &Path, log: &Path, argv: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.oxd);
+        cmd.arg("run")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--audit-log")
+            .arg(log)
+            .arg("--")
+            .args(argv);
+        cmd
+    }
+
+    /// Runs the workload with `args`, under `policy` if given; its loop, the audit log it
+    /// left (removed unless `keep_log`) and the run's wall time.
+    fn workload(
+        &mut self,
+        policy: Option<&Path>,
+        args: &[&str],
+        keep_log: bool,
+    ) -> Result<(Loop, Option<PathBuf>, f64)> {
+        let program = self.workload.to_string_lossy().into_owned();
+        let command: Vec<&str> = std::iter::once(program.as_str())
+            .chain(args.iter().copied())
+            .collect();
+        let log = self.new_log();
+        let mut cmd = if let Some(p) = policy {
+            self.oxd_run(p, &log, &command)
+        } else {
+            let mut c = Command::new(&self.workload);
+            c.args(args);
+            c
+        };
+        let start = Instant::now();
+        let out = util::raw_output(&mut cmd)?;
+        let wall = start.elapsed().as_secs_f64() * 1e9;
+        let result =
+            check_run(&cmd, &out).and_then(|()| parse_loop(&String::from_utf8_lossy(&out.stdout)));
+        let result = result.and_then(|l| {
+            if l.errors > 0 {
+                bail!(
+                    "{} of {} iterations failed (first errno {:?})",
+                    l.errors,
+                    l.iterations,
+                    l.first_errno
+                );
+            }
+            Ok(l)
+        });
+        if !keep_log || result.is_err() {
+            let _ = fs::remove_file(&log);
+        }
+        Ok((result?, (keep_log && policy.is_some()).then_some(log), wall))
+    }
+
+    /// The wall time of `oxd run --policy P -- /bin/true` (`policy` given) or of `/bin/true`.
+    fn cold_start(&mut self, policy: Option<&Path>) -> Result<f64> {
+        let log = self.new_log();
+        let mut cmd = match policy {
+            Some(p) => self.oxd_run(p, &log, &["/bin/true"]),
+            None => Command::new("/bin/true"),
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let start = Instant::now();
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot start `{}`", util::describe(&cmd)))?;
+        let wall = start.elapsed().as_secs_f64() * 1e9;
+        let _ = fs::remove_file(&log);
+        check_run(&cmd, &out)?;
+        Ok(wall)
+    }
+}
+
+fn check_run(cmd: &Command, out: &Output) -> Result<()> {
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}{}",
+            util::describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(())
+}
+
+/// What an audit log holds: records of `op`, and decisions reported lost.
+fn count_records(log: &Path, op: &str) -> Result<(u64, u64)> {
+    let text = fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
+    let (mut records, mut lost) = (0, 0);
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        match v.get("op").and_then(Value::as_str) {
+            Some("lost") => lost += v.get("count").and_then(Value::as_u64).unwrap_or(0),
+            Some(o) if o == op => records += 1,
+            _ => {}
+        }
+    }
+    Ok((records, lost))
+}
+
+/// Runs `f` for each round's sample of `figure`, unless it already failed; a failure is kept
+/// as the figure's error and ends its runs.
+fn sample(figure: &mut Figure, round: usize, f: impl FnOnce() -> Result<f64>) {
+    figure.samples.resize(round + 1, None);
+    if figure.error.is_some() {
+        return;
+    }
+    match f() {
+        Ok(v) => figure.samples[round] = Some(v),
+        Err(e) => figure.error = Some(format!("failed: {e:#}")),
+    }
+}
+
+/// The setups of a round in the order they run: rotated by the round so none always goes
+/// first.
+fn round_order(setups: usize, round: usize) -> Vec<usize> {
+    (0..setups).map(|i| (i + round) % setups.max(1)).collect()
+}
+
+const NOTES: [&str; 4] = [
+    "host kernel: the cgroup network hooks are real; this kernel refuses BPF-LSM, so exec and \
+     file rules are not enforced here and the open and fork+exec figures show what \
+     network-only confinement costs them (no hook decides them)",
+    "every confined run records all decisions (`oxd run` default, --record all) to an audit log \
+     in a temporary directory",
+    "not measured yet: LSM figures (guests, emulated), per-program run time from the kernel's \
+     BPF statistics, policy swap time in the daemon",
+    "audit records/s: the records of one confined loop of UDP sends divided by the time from the \
+     loop's start to the end of `oxd run` (its wall time less the same round's cold start); \
+     sends not in the log as records or lost counts are reported as unaccounted",
+];
+
+/// The arguments of each workload, and the policies they run under.
+struct Plan {
+    connect: Vec<String>,
+    open: Vec<String>,
+    exec: Vec<String>,
+    udp: Vec<String>,
+    /// The connect figure's policies, by rule count.
+    policies: Vec<Policy>,
+    /// The one-rule policy of the other figures.
+    one: PathBuf,
+    /// The cold start's policies: none (bare `/bin/true`), the one-rule policy, the largest
+    /// accepted.
+    cold: Vec<Option<PathBuf>>,
+}
+
+const BARE: &str = "bare kernel";
+const ONE_RULE: &str = "oxd run, 1 network rule";
+
+/// Every figure of a bench, filled round by round.
+struct Figures {
+    connect: Vec<Figure>,
+    open: [Figure; 2],
+    exec: [Figure; 2],
+    udp: [Figure; 2],
+    cold: Vec<Figure>,
+    audit: Figure,
+    /// Sends, records logged, decisions reported lost, sends neither logged nor counted lost.
+    audit_counts: (u64, u64, u64, i64),
+}
+
+impl Figures {
+    fn new(plan: &Plan, largest: Option<&Policy>) -> Self {
+        const CONNECT: &str = "loopback TCP connect+close";
+        const COLD: &str = "cold start (`-- true`)";
+        let mut connect = vec![Figure::new(CONNECT, BARE, "ns/op")];
+        for p in &plan.policies {
+            let mut f = Figure::new(CONNECT, p.setup(), "ns/op");
+            f.error.clone_from(&p.refused);
+            connect.push(f);
+        }
+        let pair = |name| {
+            [
+                Figure::new(name, BARE, "ns/op"),
+                Figure::new(name, ONE_RULE, "ns/op"),
+            ]
+        };
+        let mut cold = vec![
+            Figure::new(COLD, "/bin/true, bare", "ns"),
+            Figure::new(COLD, ONE_RULE, "ns"),
+        ];
+        if let Some(p) = largest {
+            cold.push(Figure::new(COLD, p.setup(), "ns"));
+        }
+        Self {
+            connect,
+            open: pair("open+close of a file"),
+            exec: pair("fork+exec of /bin/true"),
+            udp: pair("UDP sendto (loopback)"),
+            cold,
+            audit: Figure::new("audit records/s to file", ONE_RULE, "records/s"),
+            audit_counts: (0, 0, 0, 0),
+        }
+    }
+
+    /// All figures, medians and ratios set, in table order.
+    fn finish(self) -> Vec<Figure> {
+        let Self {
+            connect,
+            open,
+            exec,
+            udp,
+            cold,
+            mut audit,
+            audit_counts: (sent, logged, lost, unaccounted),
+        } = self;
+        let mut figures: Vec<Figure> = Vec::new();
+        for mut group in [connect, open.into(), exec.into(), udp.into(), cold] {
+            let (bare, rest) = group.split_at_mut(1);
+            bare[0].finish(None);
+            for f in rest {
+                f.finish(Some(&bare[0]));
+            }
+            figures.extend(group);
+        }
+        audit.finish(None);
+        audit.note = Some(format!(
+            "{sent} sends, {logged} records logged, {lost} reported lost, {unaccounted} \
+             unaccounted"
+        ));
+        figures.push(audit);
+        figures
+    }
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// One round: every setup of every figure once, in an order rotated by the round.
+fn round(bench: &mut Bench, plan: &Plan, figures: &mut Figures, round: usize, starts: usize) {
+    for i in round_order(figures.connect.len(), round) {
+        let policy = (i > 0).then(|| plan.policies[i - 1].path.as_path());
+        sample(&mut figures.connect[i], round, || {
+            Ok(bench
+                .workload(policy, &strs(&plan.connect), false)?
+                .0
+                .ns_per_op())
+        });
+    }
+    for (pair, args) in [
+        (&mut figures.open, &plan.open),
+        (&mut figures.exec, &plan.exec),
+    ] {
+        for i in round_order(2, round) {
+            let policy = (i > 0).then_some(plan.one.as_path());
+            sample(&mut pair[i], round, || {
+                Ok(bench.workload(policy, &strs(args), false)?.0.ns_per_op())
+            });
+        }
+    }
+    // Several starts per round, interleaved: the round's sample is their median.
+    let mut values: Vec<Vec<f64>> = vec![Vec::new(); figures.cold.len()];
+    for _ in 0..starts {
+        for i in round_order(figures.cold.len(), round) {
+            if figures.cold[i].error.is_some() {
+                continue;
+            }
+            match bench.cold_start(plan.cold[i].as_deref()) {
+                Ok(v) => values[i].push(v),
+                Err(e) => figures.cold[i].error = Some(format!("failed: {e:#}")),
+            }
+        }
+    }
+    for (f, v) in figures.cold.iter_mut().zip(&values) {
+        sample(f, round, || median(v).context("no start"));
+    }
+    let round_cold = figures.cold[1].samples.get(round).copied().flatten();
+    let mut audit_rate = None;
+    for i in round_order(2, round) {
+        if i == 0 {
+            sample(&mut figures.udp[0], round, || {
+                Ok(bench.workload(None, &strs(&plan.udp), false)?.0.ns_per_op())
+            });
+            continue;
+        }
+        let counts = &mut figures.audit_counts;
+        sample(&mut figures.udp[1], round, || {
+            let (result, log, wall) = bench.workload(Some(&plan.one), &strs(&plan.udp), true)?;
+            let log = log.context("no audit log")?;
+            let counted = count_records(&log, "sendmsg");
+            let _ = fs::remove_file(&log);
+            let (records, lost) = counted?;
+            counts.0 += result.iterations;
+            counts.1 += records;
+            counts.2 += lost;
+            counts.3 += i64::try_from(result.iterations).unwrap_or(i64::MAX)
+                - i64::try_from(records + lost).unwrap_or(i64::MAX);
+            if let Some(c) = round_cold {
+                audit_rate = Some(to_f64(records) / ((wall - c).max(1.0) / 1e9));
+            }
+            Ok(result.ns_per_op())
+        });
+    }
+    figures.audit.samples.resize(round + 1, None);
+    figures.audit.samples[round] = audit_rate;
+}
+
+/// Prints the table and writes target/bench.json.
+fn report(
+    machine: &Machine,
+    options: &Options,
+    figures: &[Figure],
+    audit: (u64, u64, u64, i64),
+) -> Result<()> {
+    println!(
+        "kernel {}, {} ({} cores), {} build, oxd {}, {} rounds, load {} -> {}",
+        machine.kernel,
+        machine.cpu_model,
+        machine.cores,
+        machine.build_profile,
+        machine.oxd_commit,
+        machine.rounds,
+        machine.load_average_before,
+        machine.load_average_after
+    );
+    print!("{}", table(figures));
+    for note in NOTES {
+        println!("note: {note}");
+    }
+    let (sends, records, lost, unaccounted) = audit;
+    let json = serde_json::json!({
+        "machine": machine,
+        "iterations": {
+            "connect": options.connects,
+            "open": options.opens,
+            "exec": options.execs,
+            "udp_sends": options.sends,
+            "cold_starts_per_round": options.starts,
+        },
+        "figures": figures,
+        "audit": { "sends": sends, "records": records, "lost": lost, "unaccounted": unaccounted },
+        "notes": NOTES,
+    });
+    let out = util::target_dir().join("bench.json");
+    util::write_file(&out, serde_json::to_string_pretty(&json)? + "\n")?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    eprintln!("[bench] building: cargo build --release -p oxd -p oxd-tests");
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "oxd",
+        "-p",
+        "oxd-tests",
+        "--bin",
+        "oxd",
+        "--bin",
+        "oxd-bench-workload",
+    ]))
+}
+
+pub(crate) fn run(options: &Options) -> Result<()> {
+    if !util::is_root() {
+        bail!("`cargo xtask bench` runs `oxd run`, which needs root: run it as root");
+    }
+    if options.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    if !options.no_build {
+        build()?;
+    }
+    let bin = util::target_dir().join("release");
+    let mut bench = Bench {
+        oxd: bin.join("oxd"),
+        workload: bin.join("oxd-bench-workload"),
+        scratch: Scratch::new()?,
+        runs: 0,
+    };
+    for b in [&bench.oxd, &bench.workload] {
+        if !b.is_file() {
+            bail!("{} is missing: build it (drop --no-build)", b.display());
+        }
+    }
+    let load_before = read_trimmed("/proc/loadavg");
+
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on 127.0.0.1")?;
+    let tcp_port = listener.local_addr()?.port().to_string();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    let sink = UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP socket on 127.0.0.1")?;
+    let udp_port = sink.local_addr()?.port().to_string();
+    let file = bench.scratch.0.join("file");
+    util::write_file(&file, "oxd bench\n")?;
+    let file = file.to_string_lossy().into_owned();
+
+    let mut policies = Vec::new();
+    for &rules in &options.rules {
+        policies.push(bench.policy(rules)?);
+    }
+    let one = bench.policy(1)?;
+    if let Some(refused) = &one.refused {
+        bail!("the one-rule network policy was {refused}");
+    }
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let mut cold = vec![None, Some(one.path.clone())];
+    cold.extend(largest_of(&policies).map(|p| Some(p.path.clone())));
+    let plan = Plan {
+        connect: args(&["connect", &tcp_port, &options.connects.to_string()]),
+        open: args(&["open", &file, &options.opens.to_string()]),
+        exec: args(&["exec", "/bin/true", &options.execs.to_string()]),
+        udp: args(&["udp", &udp_port, &options.sends.to_string()]),
+        one: one.path.clone(),
+        cold,
+        policies,
+    };
+    let mut figures = Figures::new(&plan, largest_of(&plan.policies));
+    for r in 0..options.rounds {
+        eprintln!("[bench] round {} of {}", r + 1, options.rounds);
+        round(&mut bench, &plan, &mut figures, r, options.starts);
+    }
+    drop(sink);
+    let audit = figures.audit_counts;
+    let figures = figures.finish();
+    let machine = Machine {
+        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        cpu_model: cpu_model(),
+        cores: thread::available_parallelism().map_or(0, usize::from),
+        load_average_before: load_before,
+        load_average_after: read_trimmed("/proc/loadavg"),
+        build_profile: "release",
+        oxd_commit: commit(),
+        unix_time: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        rounds: options.rounds,
+    };
+    report(&machine, options, &figures, audit)
+}
+
+/// The accepted policy with the most rules (more than one), for the cold start.
+fn largest_of(policies: &[Policy]) -> Option<&Policy> {
+    policies
+        .iter()
+        .filter(|p| p.refused.is_none() && p.rules > 1)
+        .max_by_key(|p| p.rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_result_is_read_from_the_last_result_line() {
+        let out = "noise\n{\"op\":\"open\",\"iterations\":4,\"elapsed_ns\":400,\"errors\":0}\n\
+                   {\"other\":1}\n";
+        let l = parse_loop(out).unwrap();
+        assert_eq!(
+            l,
+            Loop {
+                iterations: 4,
+                elapsed_ns: 400,
+                errors: 0,
+                first_errno: None
+            }
+        );
+        assert!((l.ns_per_op() - 100.0).abs() < f64::EPSILON);
+        let failed = parse_loop(
+            "{\"op\":\"connect\",\"iterations\":2,\"elapsed_ns\":9,\"errors\":2,\"first_errno\":1}",
+        )
+        .unwrap();
+        assert_eq!((failed.errors, failed.first_errno), (2, Some(1)));
+        assert!(parse_loop("oxd: error: no\n").is_err());
+        assert!(parse_loop("{\"elapsed_ns\":\"x\",\"iterations\":1,\"errors\":0}").is_err());
+    }
+
+    #[test]
+    fn median_and_paired_ratio() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[f64::NAN, 5.0]), Some(5.0));
+        // Per-round ratios 2, 3, 1.5 (the round without a bare run is left out): median 2.
+        let confined = [Some(20.0), Some(30.0), Some(3.0), Some(7.0)];
+        let bare = [Some(10.0), Some(10.0), Some(2.0), None];
+        assert_eq!(paired_ratio(&confined, &bare), Some(2.0));
+        assert_eq!(paired_ratio(&[None], &[Some(1.0)]), None);
+    }
+
+    #[test]
+    fn rounds_rotate_the_order() {
+        assert_eq!(round_order(3, 0), [0, 1, 2]);
+        assert_eq!(round_order(3, 1), [1, 2, 0]);
+        assert_eq!(round_order(3, 5), [2, 0, 1]);
+        assert_eq!(round_order(1, 3), [0]);
+    }
+
+    #[test]
+    fn policies_have_the_asked_number_of_rules_and_one_loopback_allow() {
+        let count = |text: &str| text.matches("[[network.allow]]").count();
+        let none = network_policy(0);
+        assert_eq!(count(&none), 0);
+        assert!(none.contains("default = \"allow\""));
+        for n in [1, 1000, 10_000] {
+            let text = network_policy(n);
+            assert_eq!(count(&text), n, "{n}");
+            assert!(text.contains("default = \"deny\""));
+            assert_eq!(text.matches("cidr = \"127.0.0.1\"").count(), 1);
+            let cidrs: std::collections::HashSet<&str> =
+                text.lines().filter(|l| l.starts_with("cidr")).collect();
+            assert_eq!(cidrs.len(), n, "every rule distinct");
+        }
+    }
+
+    #[test]
+    fn figures_are_written_with_their_samples_ratio_and_error() {
+        let mut bare = Figure::new("connect", "bare kernel", "ns/op");
+        bare.samples = vec![Some(1000.0), Some(1200.0), Some(1100.0)];
+        bare.finish(None);
+        let mut confined = Figure::new("connect", "oxd run, 1 network rule", "ns/op");
+        confined.samples = vec![Some(2000.0), Some(2400.0), Some(3300.0)];
+        confined.finish(Some(&bare));
+        assert_eq!(bare.median, Some(1100.0));
+        assert_eq!(confined.ratio, Some(2.0));
+        let mut refused = Figure::new("connect", "oxd run, 10000 network rules", "ns/op");
+        refused.error = Some("refused: too many network rules (10000)".to_owned());
+        refused.finish(Some(&bare));
+        let v = serde_json::to_value([&bare, &confined, &refused]).unwrap();
+        assert_eq!(v[1]["ratio"], 2.0);
+        assert_eq!(v[1]["samples"][2], 3300.0);
+        assert_eq!(v[2]["error"], "refused: too many network rules (10000)");
+        assert!(v[2]["median"].is_null());
+        assert!(v[0].get("error").is_none());
+        let t = table(&[bare, confined, refused]);
+        assert!(t.contains("1.10 µs/op"), "{t}");
+        assert!(t.contains("2.00x"), "{t}");
+        assert!(t.contains("refused: too many network rules (10000)"), "{t}");
+        assert_eq!(human_ns(850.0), "850 ns");
+        assert_eq!(human_ns(4_560_000.0), "4.56 ms");
+    }
+
+    #[test]
+    fn audit_logs_are_counted_by_op_and_losses() {
+        let dir = std::env::temp_dir().join(format!("oxd-bench-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("a.jsonl");
+        fs::write(
+            &log,
+            "{\"op\":\"sendmsg\"}\n{\"op\":\"lost\",\"count\":5}\n{\"op\":\"connect\"}\n\
+             {\"op\":\"sendmsg\"}\nnot json\n{\"op\":\"lost\",\"count\":2}\n",
+        )
+        .unwrap();
+        assert_eq!(count_records(&log, "sendmsg").unwrap(), (2, 7));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
