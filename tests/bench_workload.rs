@@ -8,10 +8,20 @@
 //! - `exec PATH N`: N times `fork` + `execv(PATH)` in the child + `waitpid`;
 //! - `udp PORT N`: N one-byte `sendto`s to `127.0.0.1:PORT` from one unconnected UDP socket.
 //!
+//! And `oxd-bench-workload listen`: listens on `127.0.0.1` (a free port, backlog 4096), prints
+//! the port on a line, then accepts and closes connections until killed: the connect figure's
+//! listener, with a backlog the loop cannot fill (a full accept queue drops SYNs, and the
+//! client's retry after a second would dwarf what is measured).
+//!
 //! Output, one JSON line: `{"op":"connect","iterations":N,"elapsed_ns":T,"errors":E}` with
 //! `first_errno` when an iteration failed. The loop is timed with `CLOCK_MONOTONIC`
 //! (`Instant`); the exit status is 0 when every iteration succeeded, 1 otherwise, 2 for a usage
 //! error.
+
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "the sizes of socket structures and AF_INET fit the C types they are passed as"
+)]
 
 use std::{ffi::CString, process::ExitCode, time::Instant};
 
@@ -100,8 +110,44 @@ fn exec_once(path: &CString) -> Result<(), i32> {
     Ok(())
 }
 
+/// `listen`: never returns unless the listener cannot be set up.
+fn listen() -> ExitCode {
+    let addr = loopback(0);
+    // SAFETY: plain system calls on descriptors this function owns; the pointers are to live
+    // values of the sizes given.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let mut bound = addr;
+        let mut len = SOCKADDR_IN_LEN;
+        if fd < 0
+            || libc::bind(fd, (&raw const addr).cast(), SOCKADDR_IN_LEN) != 0
+            || libc::listen(fd, 4096) != 0
+            || libc::getsockname(fd, (&raw mut bound).cast(), &raw mut len) != 0
+        {
+            eprintln!("cannot listen on 127.0.0.1: errno {}", errno());
+            return ExitCode::FAILURE;
+        }
+        println!("{}", u16::from_be(bound.sin_port));
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        loop {
+            let conn = libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            );
+            if conn >= 0 {
+                libc::close(conn);
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args == ["listen"] {
+        return listen();
+    }
     let [op, arg, n] = args.as_slice() else {
         eprintln!("usage: oxd-bench-workload connect|open|exec|udp PORT|PATH N");
         return ExitCode::from(2);

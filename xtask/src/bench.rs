@@ -14,9 +14,10 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::{TcpListener, UdpSocket},
+    io::{BufRead as _, BufReader},
+    net::UdpSocket,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     thread,
     time::{Instant, SystemTime},
 };
@@ -216,14 +217,13 @@ fn table(figures: &[Figure]) -> String {
         let name = if f.name == last { "" } else { f.name };
         last = f.name;
         let ratio = f.ratio.map_or("-".to_owned(), |r| format!("{r:.2}x"));
-        let _ = writeln!(
-            out,
-            "{name:<28} {:<36} {:>16} {ratio:>7}",
-            f.setup,
-            f.shown()
-        );
-        if let Some(note) = &f.note {
-            let _ = writeln!(out, "{:<28}   ({note})", "");
+        let shown = match f.error.as_deref().and_then(|e| e.split_once(": ")) {
+            Some((kind, _)) => kind.to_owned(),
+            None => f.shown(),
+        };
+        let _ = writeln!(out, "{name:<28} {:<36} {shown:>16} {ratio:>7}", f.setup);
+        for note in f.error.iter().chain(&f.note) {
+            let _ = writeln!(out, "{:<28}   {note}", "");
         }
     }
     out
@@ -241,6 +241,15 @@ struct Machine {
     oxd_commit: String,
     unix_time: u64,
     rounds: usize,
+}
+
+/// The three load averages of `/proc/loadavg`.
+fn load_average() -> String {
+    read_trimmed("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn read_trimmed(path: &str) -> String {
@@ -299,6 +308,42 @@ impl Drop for Scratch {
     }
 }
 
+/// The connect figure's listener: `oxd-bench-workload listen`, killed on drop.
+struct Listener {
+    child: Child,
+    port: String,
+}
+
+impl Listener {
+    fn start(workload: &Path) -> Result<Self> {
+        let mut child = Command::new(workload)
+            .arg("listen")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {} listen", workload.display()))?;
+        let mut line = String::new();
+        let read = child
+            .stdout
+            .take()
+            .map(|out| BufReader::new(out).read_line(&mut line));
+        let port = line.trim().to_owned();
+        let listener = Self { child, port };
+        if !matches!(read, Some(Ok(n)) if n > 0) || listener.port.parse::<u16>().is_err() {
+            // Dropping the listener kills the child.
+            bail!("the listener did not say its port ({read:?}, {line:?})");
+        }
+        Ok(listener)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A setup of the connect figure: its policy, or why `oxd check` refused it.
 struct Policy {
     rules: usize,
@@ -336,7 +381,7 @@ impl Bench {
                 String::from_utf8_lossy(&out.stdout)
             );
             let first = text.lines().next().unwrap_or("").trim();
-            format!("refused: {}", first.trim_start_matches("oxd: error: "))
+            format!("refused: {}", refusal(first, &path))
         });
         Ok(Policy {
             rules,
@@ -423,6 +468,25 @@ impl Bench {
         let _ = fs::remove_file(&log);
         check_run(&cmd, &out)?;
         Ok(wall)
+    }
+}
+
+/// `oxd check`'s first line of output without its `oxd: error: FILE:LINE:COLUMN: ` prefix.
+fn refusal<'a>(line: &'a str, policy: &Path) -> &'a str {
+    let line = line.trim_start_matches("oxd: error: ");
+    let Some(rest) = line.strip_prefix(&*policy.to_string_lossy()) else {
+        return line;
+    };
+    let mut parts = rest.splitn(4, ':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(""), Some(l), Some(c), Some(message))
+            if [l, c]
+                .iter()
+                .all(|n| n.chars().all(|ch| ch.is_ascii_digit())) =>
+        {
+            message.trim()
+        }
+        _ => line,
     }
 }
 
@@ -735,15 +799,10 @@ pub(crate) fn run(options: &Options) -> Result<()> {
             bail!("{} is missing: build it (drop --no-build)", b.display());
         }
     }
-    let load_before = read_trimmed("/proc/loadavg");
+    let load_before = load_average();
 
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on 127.0.0.1")?;
-    let tcp_port = listener.local_addr()?.port().to_string();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            drop(stream);
-        }
-    });
+    let listener = Listener::start(&bench.workload)?;
+    let tcp_port = listener.port.clone();
     let sink = UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP socket on 127.0.0.1")?;
     let udp_port = sink.local_addr()?.port().to_string();
     let file = bench.scratch.0.join("file");
@@ -776,6 +835,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         round(&mut bench, &plan, &mut figures, r, options.starts);
     }
     drop(sink);
+    drop(listener);
     let audit = figures.audit_counts;
     let figures = figures.finish();
     let machine = Machine {
@@ -783,7 +843,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         cpu_model: cpu_model(),
         cores: thread::available_parallelism().map_or(0, usize::from),
         load_average_before: load_before,
-        load_average_after: read_trimmed("/proc/loadavg"),
+        load_average_after: load_average(),
         build_profile: "release",
         oxd_commit: commit(),
         unix_time: SystemTime::now()
@@ -892,6 +952,15 @@ mod tests {
         assert!(t.contains("2.00x"), "{t}");
         assert!(t.contains("refused: too many network rules (10000)"), "{t}");
         assert_eq!(human_ns(850.0), "850 ns");
+        let policy = Path::new("/tmp/b/net-1000.toml");
+        assert_eq!(
+            refusal(
+                "oxd: error: /tmp/b/net-1000.toml:6:1: too many network rules (1000); at most 256",
+                policy
+            ),
+            "too many network rules (1000); at most 256"
+        );
+        assert_eq!(refusal("oxd: error: cannot read", policy), "cannot read");
         assert_eq!(human_ns(4_560_000.0), "4.56 ms");
     }
 

@@ -65,7 +65,7 @@ enum Task {
     /// table and writes target/bench.json.
     Bench {
         /// Rounds (each runs every setup once; figures are medians over rounds).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 9)]
         rounds: usize,
         /// Use the release binaries already built.
         #[arg(long)]
@@ -73,8 +73,8 @@ enum Task {
         /// Network rule counts for the connect figure (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "0,1,1000,10000")]
         rules: Vec<usize>,
-        /// TCP connects per run.
-        #[arg(long, default_value_t = 5000)]
+        /// TCP connects per run (at most 4,096: the listener's backlog).
+        #[arg(long, default_value_t = 2000)]
         connects: u64,
         /// Opens per run.
         #[arg(long, default_value_t = 50_000)]
