@@ -888,6 +888,8 @@ impl AuditLog {
     /// its hash. A last line cut short (a crash in the middle of a write), a foreign file, or a
     /// last line longer than the bound is refused: the chain cannot be continued and nothing is
     /// written. A complete record whose newline is missing gets it before the next record.
+    /// Something other than a regular file (a pipe, a terminal, `/dev/null`) holds no chain to
+    /// continue: a new one starts there, and it is never rotated.
     pub fn append(
         path: &Path,
         filter: RecordFilter,
@@ -904,7 +906,18 @@ impl AuditLog {
             .open(path)
             .map_err(open_err)?;
         let mut log = Self::new(Box::new(std::io::sink()), filter);
-        let (size, last) = last_line(&mut file).map_err(open_err)?;
+        let regular = file.metadata().map_err(open_err)?.file_type().is_file();
+        let (size, last) = if regular {
+            last_line(&mut file).map_err(open_err)?
+        } else {
+            if rotation.is_some() {
+                tracing::warn!(
+                    "{} is not a regular file: it is not rotated",
+                    path.display()
+                );
+            }
+            (0, LastLine::None)
+        };
         match last {
             LastLine::None => {}
             LastLine::TooLong => {
@@ -932,7 +945,7 @@ impl AuditLog {
             }
         }
         log.out = Box::new(std::io::BufWriter::new(file));
-        log.rotation = rotation.map(|mut r| {
+        log.rotation = rotation.filter(|_| regular).map(|mut r| {
             path.clone_into(&mut r.path);
             r.written = size;
             r
@@ -1384,6 +1397,14 @@ mod tests {
                 .seq,
             0
         );
+        // Not a file: a new chain, never rotated (renaming /dev/null would be a disaster).
+        let null = AuditLog::append(
+            Path::new("/dev/null"),
+            RecordFilter::All,
+            Some(Rotation::new(10, 2)),
+        )
+        .unwrap();
+        assert_eq!((null.seq, null.rotation.is_none()), (0, true));
     }
 
     #[test]
