@@ -10,6 +10,10 @@
 //! The host's kernel refuses BPF-LSM programs: only the cgroup network hooks run here. The
 //! open and fork+exec figures therefore show what network-only confinement costs those
 //! operations (nothing decides them); LSM figures need the guests and are not measured yet.
+//!
+//! The kernel's own run time of each program (`bpf_prog_info.run_time_ns / run_cnt`) comes
+//! from separate confined runs with `kernel.bpf_stats_enabled` at 1: the workload reads the
+//! counters of the programs in effect on its cgroup before and after its loop.
 
 use std::{
     fmt::Write as _,
@@ -50,6 +54,17 @@ struct Loop {
     elapsed_ns: u64,
     errors: u64,
     first_errno: Option<i64>,
+    /// With `bpf-stats`: what each BPF program in effect on the workload's cgroup ran during
+    /// the loop.
+    bpf: Vec<ProgramRun>,
+}
+
+/// How much one BPF program ran during a loop (from `bpf_prog_info`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ProgramRun {
+    name: String,
+    run_time_ns: u64,
+    run_cnt: u64,
 }
 
 impl Loop {
@@ -86,7 +101,36 @@ fn parse_loop(stdout: &str) -> Result<Loop> {
         elapsed_ns: n("elapsed_ns")?,
         errors: n("errors")?,
         first_errno: value.get("first_errno").and_then(Value::as_i64),
+        bpf: match value.get("bpf") {
+            None => Vec::new(),
+            Some(list) => parse_programs(list)?,
+        },
     })
+}
+
+/// The workload's `"bpf"` array.
+fn parse_programs(list: &Value) -> Result<Vec<ProgramRun>> {
+    let list = list
+        .as_array()
+        .with_context(|| format!("`bpf` is not an array: {list}"))?;
+    list.iter()
+        .map(|p| {
+            let n = |key: &str| {
+                p.get(key)
+                    .and_then(Value::as_u64)
+                    .with_context(|| format!("BPF program without a number `{key}`: {p}"))
+            };
+            Ok(ProgramRun {
+                name: p
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .with_context(|| format!("BPF program without a name: {p}"))?
+                    .to_owned(),
+                run_time_ns: n("run_time_ns")?,
+                run_cnt: n("run_cnt")?,
+            })
+        })
+        .collect()
 }
 
 /// The median of `values` (the mean of the middle two for an even count); `None` if empty.
@@ -539,14 +583,17 @@ fn round_order(setups: usize, round: usize) -> Vec<usize> {
     (0..setups).map(|i| (i + round) % setups.max(1)).collect()
 }
 
-const NOTES: [&str; 4] = [
+const NOTES: [&str; 5] = [
     "host kernel: the cgroup network hooks are real; this kernel refuses BPF-LSM, so exec and \
      file rules are not enforced here and the open and fork+exec figures show what \
      network-only confinement costs them (no hook decides them)",
     "every confined run records all decisions (`oxd run` default, --record all) to an audit log \
      in a temporary directory",
-    "not measured yet: LSM figures (guests, emulated), per-program run time from the kernel's \
-     BPF statistics, policy swap time in the daemon",
+    "not measured yet: LSM figures (guests, emulated), policy swap time in the daemon",
+    "BPF program run time: the kernel's run_time_ns / run_cnt (bpf_prog_info) of each program \
+     in effect on the workload's cgroup, over one loop, from separate confined runs with \
+     kernel.bpf_stats_enabled = 1 (restored afterwards); the timed rounds above run without \
+     it, since counting adds to every program run",
     "audit records/s: the records of one confined loop of UDP sends divided by the time from the \
      loop's start to the end of `oxd run` (its wall time less the same round's cold start); \
      sends not in the log as records or lost counts are reported as unaccounted",
@@ -719,6 +766,111 @@ fn round(bench: &mut Bench, plan: &Plan, figures: &mut Figures, round: usize, st
     figures.audit.samples[round] = audit_rate;
 }
 
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled` at 1 while this lives; its old value is restored on drop, also
+/// when the bench fails on the way.
+struct BpfStats {
+    old: String,
+}
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let old = fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("cannot read {BPF_STATS}"))?
+            .trim()
+            .to_owned();
+        fs::write(BPF_STATS, "1").with_context(|| format!("cannot write 1 to {BPF_STATS}"))?;
+        Ok(Self { old })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(BPF_STATS, &self.old) {
+            eprintln!("[bench] cannot restore {BPF_STATS} to {}: {e}", self.old);
+        }
+    }
+}
+
+const PROGRAM_RUN: &str = "BPF program run time";
+
+/// The confined setups whose programs are timed: (label, policy, workload arguments).
+fn program_setups(plan: &Plan) -> Vec<(String, &Path, Vec<&str>)> {
+    let mut setups: Vec<(String, &Path, Vec<&str>)> = plan
+        .policies
+        .iter()
+        .filter(|p| p.refused.is_none())
+        .map(|p| {
+            (
+                format!(
+                    "connect, {} rule{}",
+                    p.rules,
+                    if p.rules == 1 { "" } else { "s" }
+                ),
+                p.path.as_path(),
+                strs(&plan.connect),
+            )
+        })
+        .collect();
+    for (label, args) in [
+        ("open, 1 rule", &plan.open),
+        ("fork+exec, 1 rule", &plan.exec),
+        ("UDP sendto, 1 rule", &plan.udp),
+    ] {
+        setups.push((label.to_owned(), plan.one.as_path(), strs(args)));
+    }
+    setups
+}
+
+/// Adds one loop's program runs to `figures` (one figure per setup and program that ran).
+fn add_program_runs(figures: &mut Vec<Figure>, label: &str, round: usize, runs: &[ProgramRun]) {
+    for run in runs.iter().filter(|r| r.run_cnt > 0) {
+        let setup = format!("{}: {label}", run.name);
+        let index = figures
+            .iter()
+            .position(|f| f.setup == setup)
+            .unwrap_or_else(|| {
+                figures.push(Figure::new(PROGRAM_RUN, setup, "ns/run"));
+                figures.len() - 1
+            });
+        let f = &mut figures[index];
+        f.samples.resize(round + 1, None);
+        f.samples[round] = Some(to_f64(run.run_time_ns) / to_f64(run.run_cnt));
+        f.note = Some(format!("{} run(s) in the last loop", run.run_cnt));
+    }
+}
+
+/// The kernel's per-program run time (`run_time_ns / run_cnt`) in each confined setup, from
+/// separate runs with `kernel.bpf_stats_enabled` at 1 (counting costs every program run a
+/// little, so the timed rounds run without it).
+fn program_runs(bench: &mut Bench, plan: &Plan, rounds: usize) -> Result<Vec<Figure>> {
+    let _stats = BpfStats::enable()?;
+    let setups = program_setups(plan);
+    let mut figures = Vec::new();
+    for r in 0..rounds {
+        eprintln!("[bench] BPF statistics, round {} of {rounds}", r + 1);
+        for i in round_order(setups.len(), r) {
+            let (label, policy, args) = &setups[i];
+            let mut args = args.clone();
+            args.push("bpf-stats");
+            match bench.workload(Some(policy), &args, false) {
+                Ok((l, _, _)) => add_program_runs(&mut figures, label, r, &l.bpf),
+                Err(e) => {
+                    let mut f = Figure::new(PROGRAM_RUN, label.clone(), "ns/run");
+                    f.error = Some(format!("failed: {e:#}"));
+                    figures.push(f);
+                }
+            }
+        }
+    }
+    for f in &mut figures {
+        f.samples.resize(rounds, None);
+        f.finish(None);
+    }
+    Ok(figures)
+}
+
 /// Prints the table and writes target/bench.json.
 fn report(
     machine: &Machine,
@@ -834,10 +986,12 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         eprintln!("[bench] round {} of {}", r + 1, options.rounds);
         round(&mut bench, &plan, &mut figures, r, options.starts);
     }
+    let programs = program_runs(&mut bench, &plan, options.rounds)?;
     drop(sink);
     drop(listener);
     let audit = figures.audit_counts;
-    let figures = figures.finish();
+    let mut figures = figures.finish();
+    figures.extend(programs);
     let machine = Machine {
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         cpu_model: cpu_model(),
@@ -877,7 +1031,8 @@ mod tests {
                 iterations: 4,
                 elapsed_ns: 400,
                 errors: 0,
-                first_errno: None
+                first_errno: None,
+                bpf: Vec::new(),
             }
         );
         assert!((l.ns_per_op() - 100.0).abs() < f64::EPSILON);
@@ -888,6 +1043,54 @@ mod tests {
         assert_eq!((failed.errors, failed.first_errno), (2, Some(1)));
         assert!(parse_loop("oxd: error: no\n").is_err());
         assert!(parse_loop("{\"elapsed_ns\":\"x\",\"iterations\":1,\"errors\":0}").is_err());
+    }
+
+    #[test]
+    fn program_runs_are_read_and_become_figures_per_setup_and_program() {
+        let out = "{\"op\":\"connect\",\"iterations\":10,\"elapsed_ns\":1000,\"errors\":0,\
+                   \"bpf\":[{\"id\":7,\"name\":\"connect4\",\"attach_type\":10,\
+                   \"run_time_ns\":5000,\"run_cnt\":10},{\"id\":8,\"name\":\"connect6\",\
+                   \"attach_type\":11,\"run_time_ns\":0,\"run_cnt\":0}]}";
+        let l = parse_loop(out).unwrap();
+        assert_eq!(
+            l.bpf,
+            [
+                ProgramRun {
+                    name: "connect4".to_owned(),
+                    run_time_ns: 5000,
+                    run_cnt: 10
+                },
+                ProgramRun {
+                    name: "connect6".to_owned(),
+                    run_time_ns: 0,
+                    run_cnt: 0
+                }
+            ]
+        );
+        assert!(parse_loop(
+            "{\"iterations\":1,\"elapsed_ns\":1,\"errors\":0,\"bpf\":[{\"name\":\"x\"}]}"
+        )
+        .is_err());
+        assert!(parse_loop("{\"iterations\":1,\"elapsed_ns\":1,\"errors\":0,\"bpf\":3}").is_err());
+        let mut figures = Vec::new();
+        add_program_runs(&mut figures, "connect, 1 rule", 0, &l.bpf);
+        let later = [ProgramRun {
+            name: "connect4".to_owned(),
+            run_time_ns: 3000,
+            run_cnt: 10,
+        }];
+        add_program_runs(&mut figures, "connect, 1 rule", 2, &later);
+        // The program that did not run has no figure; the other one a sample per round.
+        assert_eq!(figures.len(), 1);
+        assert_eq!(figures[0].setup, "connect4: connect, 1 rule");
+        assert_eq!(figures[0].samples, [Some(500.0), None, Some(300.0)]);
+        figures[0].finish(None);
+        assert_eq!(figures[0].median, Some(400.0));
+        assert!(
+            table(&figures).contains("400 ns/run"),
+            "{}",
+            table(&figures)
+        );
     }
 
     #[test]
