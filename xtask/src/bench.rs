@@ -583,13 +583,17 @@ fn round_order(setups: usize, round: usize) -> Vec<usize> {
     (0..setups).map(|i| (i + round) % setups.max(1)).collect()
 }
 
-const NOTES: [&str; 5] = [
+const NOTES: [&str; 6] = [
     "host kernel: the cgroup network hooks are real; this kernel refuses BPF-LSM, so exec and \
      file rules are not enforced here and the open and fork+exec figures show what \
      network-only confinement costs them (no hook decides them)",
     "every confined run records all decisions (`oxd run` default, --record all) to an audit log \
      in a temporary directory",
-    "not measured yet: LSM figures (guests, emulated), policy swap time in the daemon",
+    "not measured yet: LSM figures (guests, emulated)",
+    "policy swap: the round trip of a `replace` request on an `oxd daemon`'s control socket \
+     (the daemon does not report its own swap time): it reads, checks and compiles the policy, \
+     writes the new generation's slot and points the confined cgroup (one, empty) at it; the \
+     table shows the median over rounds",
     "BPF program run time: the kernel's run_time_ns / run_cnt (bpf_prog_info) of each program \
      in effect on the workload's cgroup, over one loop, from separate confined runs with \
      kernel.bpf_stats_enabled = 1 (restored afterwards); the timed rounds above run without \
@@ -793,6 +797,197 @@ impl Drop for BpfStats {
     }
 }
 
+/// The mount point of the cgroup v2 hierarchy in `mountinfo` (`/proc/self/mountinfo`'s text).
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        (fs.split_whitespace().next() == Some("cgroup2"))
+            .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
+}
+
+/// One request on a daemon's control socket and its answer, which must say `"ok":true`.
+fn control(socket: &Path, request: &Value) -> Result<Value> {
+    use std::{io::Write as _, os::unix::net::UnixStream};
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("cannot connect to {}", socket.display()))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_mins(1)))?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    let answer: Value = serde_json::from_str(line.trim())
+        .with_context(|| format!("the daemon answered {line:?}"))?;
+    if answer.get("ok") != Some(&Value::Bool(true)) {
+        bail!("the daemon refused {}: {answer}", request["op"]);
+    }
+    Ok(answer)
+}
+
+/// A replace request for `text` (whose name is already loaded).
+fn replace_request(path: &Path, text: &str) -> Value {
+    serde_json::json!({
+        "op": "replace",
+        "policy": { "path": path.to_string_lossy(), "text": text },
+    })
+}
+
+/// An `oxd daemon` of the bench's own (socket, state, bpffs pins, audit log, one cgroup),
+/// stopped and cleaned up on drop.
+struct SwapDaemon {
+    child: Child,
+    socket: PathBuf,
+    bpffs: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl SwapDaemon {
+    fn start(oxd: &Path, scratch: &Path) -> Result<Self> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+        let mount = cgroup2_mount(&mountinfo).context("no cgroup2 mount in mountinfo")?;
+        let pid = std::process::id();
+        let cgroup = mount.join(format!("oxd-bench-{pid}"));
+        fs::create_dir(&cgroup).with_context(|| format!("cannot create {}", cgroup.display()))?;
+        // A private bpf file system for the pins (a host may have none at /sys/fs/bpf),
+        // unmounted on drop.
+        let bpffs = scratch.join("bpffs");
+        fs::create_dir_all(&bpffs)?;
+        let mounted =
+            util::raw_output(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs))
+                .and_then(|out| check_run(&Command::new("mount"), &out));
+        if let Err(e) = mounted {
+            let _ = fs::remove_dir(&cgroup);
+            bail!(
+                "cannot mount a bpf file system at {}: {e:#}",
+                bpffs.display()
+            );
+        }
+        let socket = scratch.join("daemon.sock");
+        let output = fs::File::create(scratch.join("daemon.log"))?;
+        let spawned = Command::new(oxd)
+            .arg("daemon")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(scratch.join("daemon-state"))
+            .arg("--bpffs")
+            .arg(bpffs.join("oxd"))
+            .arg("--audit-log")
+            .arg(scratch.join("daemon-audit.jsonl"))
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output)
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = Command::new("umount").arg("-l").arg(&bpffs).status();
+                let _ = fs::remove_dir(&cgroup);
+                bail!("cannot start oxd daemon: {e}");
+            }
+        };
+        let mut daemon = Self {
+            child,
+            socket,
+            bpffs,
+            cgroup,
+        };
+        let started = Instant::now();
+        while control(&daemon.socket, &serde_json::json!({"op": "status"})).is_err() {
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!(
+                    "oxd daemon exited ({status}): {}",
+                    read_trimmed(&scratch.join("daemon.log").to_string_lossy())
+                );
+            }
+            if started.elapsed().as_secs() > 60 {
+                bail!("oxd daemon did not answer `status` within 60 s");
+            }
+            thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(daemon)
+    }
+}
+
+impl Drop for SwapDaemon {
+    fn drop(&mut self) {
+        let _ = control(
+            &self.socket,
+            &serde_json::json!({"op": "release", "all": true}),
+        );
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        let started = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && started.elapsed().as_secs() < 5 {
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount").arg("-l").arg(&self.bpffs).status();
+        let _ = fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// `network_policy(rules)` under the one name the swap replaces, in one of two variants that
+/// differ in text (a comment), so that every replace loads a new generation.
+fn swap_policy(rules: usize, variant: usize) -> String {
+    let text = network_policy(rules);
+    let body = text
+        .split_once('\n')
+        .map_or(text.as_str(), |(_, rest)| rest);
+    format!("name = \"bench-swap\"\n# variant {variant}\n{body}")
+}
+
+const SWAP: &str = "policy swap (`replace`)";
+
+/// The round trip of a `replace` request on the daemon's socket, for policies of each accepted
+/// rule count, `rounds` times each (alternating two texts): one daemon confining one empty
+/// cgroup, first under the same policy.
+fn swap_times(bench: &Bench, policies: &[Policy], rounds: usize) -> Result<Vec<Figure>> {
+    let daemon = SwapDaemon::start(&bench.oxd, &bench.scratch.0)?;
+    let mut figures = Vec::new();
+    for p in policies {
+        let mut f = Figure::new(SWAP, p.setup().replace("oxd run, ", "oxd daemon, "), "ns");
+        if let Some(refused) = &p.refused {
+            f.error = Some(refused.clone());
+            figures.push(f);
+            continue;
+        }
+        eprintln!("[bench] policy swap, {} rules", p.rules);
+        let path = bench.scratch.0.join(format!("swap-{}.toml", p.rules));
+        let confine = serde_json::json!({
+            "op": "confine",
+            "target": { "cgroup": daemon.cgroup.to_string_lossy() },
+            "policy": { "path": path.to_string_lossy(), "text": swap_policy(p.rules, 0) },
+        });
+        let measured = control(&daemon.socket, &confine).and_then(|_| {
+            for r in 0..rounds {
+                let request = replace_request(&path, &swap_policy(p.rules, (r + 1) % 2));
+                let start = Instant::now();
+                let answer = control(&daemon.socket, &request)?;
+                f.samples.push(Some(start.elapsed().as_secs_f64() * 1e9));
+                f.note = answer
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map(|m| format!("last answer: {m}"));
+            }
+            control(
+                &daemon.socket,
+                &serde_json::json!({"op": "release", "all": true}),
+            )
+        });
+        if let Err(e) = measured {
+            f.error = Some(format!("failed: {e:#}"));
+        }
+        f.finish(None);
+        figures.push(f);
+    }
+    Ok(figures)
+}
+
 const PROGRAM_RUN: &str = "BPF program run time";
 
 /// The confined setups whose programs are timed: (label, policy, workload arguments).
@@ -987,11 +1182,14 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         round(&mut bench, &plan, &mut figures, r, options.starts);
     }
     let programs = program_runs(&mut bench, &plan, options.rounds)?;
+    let swap_sizes = swap_policies(&mut bench, &plan.policies)?;
+    let swaps = swap_times(&bench, &swap_sizes, options.rounds)?;
     drop(sink);
     drop(listener);
     let audit = figures.audit_counts;
     let mut figures = figures.finish();
     figures.extend(programs);
+    figures.extend(swaps);
     let machine = Machine {
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         cpu_model: cpu_model(),
@@ -1006,6 +1204,23 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         rounds: options.rounds,
     };
     report(&machine, options, &figures, audit)
+}
+
+/// The swap's policy sizes: the connect figure's, and 256 rules when a larger one was refused
+/// (the largest size every oxd so far accepts).
+fn swap_policies(bench: &mut Bench, policies: &[Policy]) -> Result<Vec<Policy>> {
+    let mut out: Vec<Policy> = policies
+        .iter()
+        .map(|p| Policy {
+            rules: p.rules,
+            path: p.path.clone(),
+            refused: p.refused.clone(),
+        })
+        .collect();
+    if policies.iter().any(|p| p.refused.is_some()) && !policies.iter().any(|p| p.rules == 256) {
+        out.push(bench.policy(256)?);
+    }
+    Ok(out)
 }
 
 /// The accepted policy with the most rules (more than one), for the cold start.
@@ -1091,6 +1306,35 @@ mod tests {
             "{}",
             table(&figures)
         );
+    }
+
+    #[test]
+    fn the_swap_finds_cgroup2_and_alternates_two_texts_of_one_policy() {
+        let hybrid = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                      35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount("30 1 0:27 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            cgroup2_mount("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"),
+            None
+        );
+        let (a, b) = (swap_policy(300, 0), swap_policy(300, 1));
+        assert_ne!(a, b);
+        for text in [&a, &b] {
+            assert!(text.starts_with("name = \"bench-swap\"\n"), "{text}");
+            assert_eq!(text.matches("name =").count(), 1);
+            assert_eq!(text.matches("[[network.allow]]").count(), 300);
+        }
+        let r = replace_request(Path::new("/tmp/p.toml"), &a);
+        assert_eq!(r["op"], "replace");
+        assert_eq!(r["policy"]["text"], a.as_str());
     }
 
     #[test]
