@@ -30,7 +30,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::util;
+use crate::{kernel::Series, setup, util, vm};
 
 /// What `cargo xtask bench` runs.
 #[derive(Clone, Debug)]
@@ -45,6 +45,10 @@ pub(crate) struct Options {
     pub(crate) sends: u64,
     /// Cold starts timed per setup and round.
     pub(crate) starts: usize,
+    /// Run the LSM figures in guests booting these kernels instead.
+    pub(crate) guest: Vec<Series>,
+    /// This is the guest's side of `guest`.
+    pub(crate) in_guest: bool,
 }
 
 /// What one run of `oxd-bench-workload` printed.
@@ -1124,12 +1128,185 @@ fn build() -> Result<()> {
     ]))
 }
 
+/// The guest bench's policy: exec allowed from the system's directories and the workload's,
+/// files read anywhere but credentials and written only in /tmp and /dev, every network
+/// allowed; so that the exec, mmap and file-open hooks decide every iteration.
+fn lsm_policy(workload_dir: &Path) -> String {
+    format!(
+        "name = \"bench-lsm\"\n\n[exec]\ndefault = \"deny\"\nallow = [\"/usr/**\", \"/bin/**\", \
+         \"/lib/**\", \"/lib64/**\", \"{}/**\"]\ndeny = [\"/usr/bin/sudo\"]\n\n[file]\n\
+         default = {{ read = \"allow\", write = \"deny\" }}\nallow = [\"/tmp/**\", \"/dev/**\"]\n\
+         deny = [\"/root/.ssh/**\", \"/etc/shadow\"]\n\n[network]\ndefault = \"allow\"\n",
+        workload_dir.display()
+    )
+}
+
+const GUEST_NOTE: &str = "emulated (TCG): ratios only indicative; the guest kernel has BPF-LSM, \
+                          so the exec and file-open hooks decide every iteration under the \
+                          policy's [exec] and [file] rules; every confined run records all \
+                          decisions to an audit log on the guest's tmpfs";
+
+/// `--guest`: boots each kernel and runs [`run_in_guest`] there, one guest at a time on this
+/// machine (holding `/tmp/oxd-vm.lock`).
+fn run_guests(options: &Options) -> Result<()> {
+    if !options.no_build {
+        build()?;
+    }
+    let setup = setup::run(true);
+    let exe = std::env::current_exe().context("cannot find the xtask executable")?;
+    let mut failed = Vec::new();
+    for &series in &options.guest {
+        let Some(kernel) = setup.kernel(series) else {
+            failed.push(format!("{series}: setup prepared no guest kernel"));
+            continue;
+        };
+        let argv: Vec<String> = [
+            exe.to_string_lossy().into_owned(),
+            "bench".to_owned(),
+            "--in-guest".to_owned(),
+            "--no-build".to_owned(),
+            format!("--rounds={}", options.rounds),
+            format!("--opens={}", options.opens),
+            format!("--execs={}", options.execs),
+        ]
+        .into();
+        let lock = fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/tmp/oxd-vm.lock")
+            .context("cannot open /tmp/oxd-vm.lock")?;
+        eprintln!("[bench] {series}: waiting for /tmp/oxd-vm.lock");
+        lock.lock().context("cannot lock /tmp/oxd-vm.lock")?;
+        eprintln!("[bench] {series}: booting {}", kernel.release);
+        let opts = vm::VmOptions {
+            timeout: std::time::Duration::from_hours(1),
+            ..vm::VmOptions::default()
+        };
+        let outcome = vm::run_in_vm(kernel, &argv, &opts);
+        drop(lock);
+        match outcome {
+            Ok(o) if o.status == 0 => {}
+            Ok(o) => failed.push(format!("{series}: the guest bench exited with {}", o.status)),
+            Err(e) => failed.push(format!("{series}: {e:#}")),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
+    }
+    Ok(())
+}
+
+/// `--in-guest`: the open/close and fork+exec figures, bare and under [`lsm_policy`]; prints
+/// the table and writes `target/bench-guest-RELEASE.json`.
+fn run_in_guest(options: &Options) -> Result<()> {
+    let bin = util::target_dir().join("release");
+    let mut bench = Bench {
+        oxd: bin.join("oxd"),
+        workload: bin.join("oxd-bench-workload"),
+        scratch: Scratch::new()?,
+        runs: 0,
+    };
+    for b in [&bench.oxd, &bench.workload] {
+        if !b.is_file() {
+            bail!("{} is missing: build it (drop --no-build)", b.display());
+        }
+    }
+    let load_before = load_average();
+    let policy = bench.scratch.0.join("lsm.toml");
+    util::write_file(&policy, lsm_policy(&bin))?;
+    let out = util::raw_output(Command::new(&bench.oxd).arg("check").arg(&policy))?;
+    check_run(&Command::new("oxd check"), &out)?;
+    let file = bench.scratch.0.join("file");
+    util::write_file(&file, "oxd bench\n")?;
+    let file = file.to_string_lossy().into_owned();
+    let (opens, execs) = (options.opens.to_string(), options.execs.to_string());
+    let plans: [(&str, Vec<&str>); 2] = [
+        ("open+close of a file", vec!["open", &file, &opens]),
+        ("fork+exec of /bin/true", vec!["exec", "/bin/true", &execs]),
+    ];
+    const LSM: &str = "oxd run, [exec] and [file] rules";
+    let mut groups: Vec<[Figure; 2]> = plans
+        .iter()
+        .map(|(name, _)| {
+            [
+                Figure::new(name, BARE, "ns/op"),
+                Figure::new(name, LSM, "ns/op"),
+            ]
+        })
+        .collect();
+    for r in 0..options.rounds {
+        eprintln!("[bench] guest round {} of {}", r + 1, options.rounds);
+        for (pair, (_, args)) in groups.iter_mut().zip(&plans) {
+            for i in round_order(2, r) {
+                let p = (i > 0).then_some(policy.as_path());
+                sample(&mut pair[i], r, || {
+                    Ok(bench.workload(p, args, false)?.0.ns_per_op())
+                });
+            }
+        }
+    }
+    let mut figures = Vec::new();
+    for [mut bare, mut lsm] in groups {
+        bare.finish(None);
+        lsm.finish(Some(&bare));
+        figures.extend([bare, lsm]);
+    }
+    let machine = machine(options, load_before);
+    println!(
+        "guest kernel {}, {} ({} cores), release build, oxd {}, {} rounds, load {} -> {}",
+        machine.kernel,
+        machine.cpu_model,
+        machine.cores,
+        machine.oxd_commit,
+        machine.rounds,
+        machine.load_average_before,
+        machine.load_average_after
+    );
+    print!("{}", table(&figures));
+    println!("note: {GUEST_NOTE}");
+    let json = serde_json::json!({
+        "machine": machine,
+        "emulated": true,
+        "iterations": { "open": options.opens, "exec": options.execs },
+        "policy": lsm_policy(&bin),
+        "figures": figures,
+        "notes": [GUEST_NOTE],
+    });
+    let out = util::target_dir().join(format!("bench-guest-{}.json", machine.kernel));
+    util::write_file(&out, serde_json::to_string_pretty(&json)? + "\n")?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+fn machine(options: &Options, load_before: String) -> Machine {
+    Machine {
+        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        cpu_model: cpu_model(),
+        cores: thread::available_parallelism().map_or(0, usize::from),
+        load_average_before: load_before,
+        load_average_after: load_average(),
+        build_profile: "release",
+        oxd_commit: commit(),
+        unix_time: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        rounds: options.rounds,
+    }
+}
+
 pub(crate) fn run(options: &Options) -> Result<()> {
     if !util::is_root() {
         bail!("`cargo xtask bench` runs `oxd run`, which needs root: run it as root");
     }
     if options.rounds == 0 {
         bail!("--rounds must be at least 1");
+    }
+    if options.in_guest {
+        return run_in_guest(options);
+    }
+    if !options.guest.is_empty() {
+        return run_guests(options);
     }
     if !options.no_build {
         build()?;
@@ -1190,19 +1367,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     let mut figures = figures.finish();
     figures.extend(programs);
     figures.extend(swaps);
-    let machine = Machine {
-        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
-        cpu_model: cpu_model(),
-        cores: thread::available_parallelism().map_or(0, usize::from),
-        load_average_before: load_before,
-        load_average_after: load_average(),
-        build_profile: "release",
-        oxd_commit: commit(),
-        unix_time: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        rounds: options.rounds,
-    };
+    let machine = machine(options, load_before);
     report(&machine, options, &figures, audit)
 }
 

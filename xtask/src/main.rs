@@ -88,6 +88,16 @@ enum Task {
         /// Cold starts per setup and round.
         #[arg(long, default_value_t = 3)]
         starts: usize,
+        /// Instead, run the open/close and fork+exec figures in a QEMU guest booting this
+        /// kernel series (repeatable), under a policy with [exec] and [file] rules so that
+        /// BPF-LSM decides them; emulated (TCG), so only the ratios mean something. Holds
+        /// /tmp/oxd-vm.lock while a guest runs. Each `oxd run` takes seconds there: keep
+        /// --rounds, --opens and --execs small.
+        #[arg(long, value_enum)]
+        guest: Vec<Series>,
+        /// The guest's side of --guest (run inside the guest).
+        #[arg(long, hide = true)]
+        in_guest: bool,
     },
 }
 
@@ -120,6 +130,8 @@ fn main() -> ExitCode {
             execs,
             sends,
             starts,
+            guest,
+            in_guest,
         } => bench::run(&bench::Options {
             rounds,
             no_build,
@@ -129,6 +141,8 @@ fn main() -> ExitCode {
             execs,
             sends,
             starts,
+            guest,
+            in_guest,
         })
         .map(|()| ExitCode::SUCCESS),
     };
