@@ -1141,6 +1141,8 @@ fn lsm_policy(workload_dir: &Path) -> String {
     )
 }
 
+const LSM: &str = "oxd run, [exec] and [file] rules";
+
 const GUEST_NOTE: &str = "emulated (TCG): ratios only indicative; the guest kernel has BPF-LSM, \
                           so the exec and file-open hooks decide every iteration under the \
                           policy's [exec] and [file] rules; every confined run records all \
@@ -1187,7 +1189,10 @@ fn run_guests(options: &Options) -> Result<()> {
         drop(lock);
         match outcome {
             Ok(o) if o.status == 0 => {}
-            Ok(o) => failed.push(format!("{series}: the guest bench exited with {}", o.status)),
+            Ok(o) => failed.push(format!(
+                "{series}: the guest bench exited with {}",
+                o.status
+            )),
             Err(e) => failed.push(format!("{series}: {e:#}")),
         }
     }
@@ -1225,7 +1230,6 @@ fn run_in_guest(options: &Options) -> Result<()> {
         ("open+close of a file", vec!["open", &file, &opens]),
         ("fork+exec of /bin/true", vec!["exec", "/bin/true", &execs]),
     ];
-    const LSM: &str = "oxd run, [exec] and [file] rules";
     let mut groups: Vec<[Figure; 2]> = plans
         .iter()
         .map(|(name, _)| {
@@ -1500,6 +1504,20 @@ mod tests {
         let r = replace_request(Path::new("/tmp/p.toml"), &a);
         assert_eq!(r["op"], "replace");
         assert_eq!(r["policy"]["text"], a.as_str());
+    }
+
+    #[test]
+    fn the_guest_policy_lets_the_workload_run_and_has_exec_and_file_rules() {
+        let text = lsm_policy(Path::new("/repo/target/release"));
+        for section in ["[exec]", "[file]", "[network]"] {
+            assert_eq!(text.matches(section).count(), 1, "{section} in {text}");
+        }
+        assert!(text.contains("\"/repo/target/release/**\""), "{text}");
+        assert!(text.contains("\"/usr/**\""), "{text}");
+        assert!(
+            text.contains("default = { read = \"allow\", write = \"deny\" }"),
+            "{text}"
+        );
     }
 
     #[test]
