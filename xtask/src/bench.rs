@@ -9,7 +9,8 @@
 //!
 //! The host's kernel refuses BPF-LSM programs: only the cgroup network hooks run here. The
 //! open and fork+exec figures therefore show what network-only confinement costs those
-//! operations (nothing decides them); LSM figures need the guests and are not measured yet.
+//! operations (nothing decides them); LSM figures need the guests: `--guest SERIES` runs the
+//! open and fork+exec figures in a QEMU guest under a policy with exec and file rules.
 //!
 //! The kernel's own run time of each program (`bpf_prog_info.run_time_ns / run_cnt`) comes
 //! from separate confined runs with `kernel.bpf_stats_enabled` at 1: the workload reads the
@@ -593,7 +594,8 @@ const NOTES: [&str; 6] = [
      network-only confinement costs them (no hook decides them)",
     "every confined run records all decisions (`oxd run` default, --record all) to an audit log \
      in a temporary directory",
-    "not measured yet: LSM figures (guests, emulated)",
+    "LSM figures (exec and file rules decided by BPF-LSM) are measured in guests: \
+     `cargo xtask bench --guest 6.12` (emulated)",
     "policy swap: the round trip of a `replace` request on an `oxd daemon`'s control socket \
      (the daemon does not report its own swap time): it reads, checks and compiles the policy, \
      writes the new generation's slot and points the confined cgroup (one, empty) at it; the \
