@@ -996,6 +996,18 @@ fn swap_times(bench: &Bench, policies: &[Policy], rounds: usize) -> Result<Vec<F
 
 const PROGRAM_RUN: &str = "BPF program run time";
 
+/// A figure that could not be measured at all, with why.
+fn failed_figure(
+    name: &'static str,
+    setup: &str,
+    unit: &'static str,
+    error: &anyhow::Error,
+) -> Figure {
+    let mut f = Figure::new(name, setup, unit);
+    f.error = Some(format!("failed: {error:#}"));
+    f
+}
+
 /// The confined setups whose programs are timed: (label, policy, workload arguments).
 fn program_setups(plan: &Plan) -> Vec<(String, &Path, Vec<&str>)> {
     let mut setups: Vec<(String, &Path, Vec<&str>)> = plan
@@ -1364,9 +1376,12 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         eprintln!("[bench] round {} of {}", r + 1, options.rounds);
         round(&mut bench, &plan, &mut figures, r, options.starts);
     }
-    let programs = program_runs(&mut bench, &plan, options.rounds)?;
+    // Neither of these ends the bench when it cannot run: its line says why.
+    let programs = program_runs(&mut bench, &plan, options.rounds)
+        .unwrap_or_else(|e| vec![failed_figure(PROGRAM_RUN, "every setup", "ns/run", &e)]);
     let swap_sizes = swap_policies(&mut bench, &plan.policies)?;
-    let swaps = swap_times(&bench, &swap_sizes, options.rounds)?;
+    let swaps = swap_times(&bench, &swap_sizes, options.rounds)
+        .unwrap_or_else(|e| vec![failed_figure(SWAP, "oxd daemon", "ns", &e)]);
     drop(sink);
     drop(listener);
     let audit = figures.audit_counts;
