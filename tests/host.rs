@@ -409,6 +409,69 @@ fn audit_log_hash_chain_verifies_and_catches_an_edit() {
 }
 
 #[test]
+fn audit_tail_shows_a_forged_command_name_escaped_on_one_line() {
+    use std::os::unix::ffi::OsStrExt as _;
+
+    let scratch = Scratch::new("host-audit-escape");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    let policy = scratch.policy(&net_policy(port));
+    let log = scratch.path("audit.jsonl");
+    // The agent names its program: the kernel's `comm` is the name it executes, here one that
+    // would clear the screen, end the line, and carry a byte that is not UTF-8 and a bidi
+    // override.
+    let name: &[u8] = b"\x1b[2J\n\xff\xe2\x80\xae";
+    let program = scratch.path("x").join(std::ffi::OsStr::from_bytes(name));
+    fs::create_dir_all(program.parent().expect("parent")).expect("mkdir");
+    std::os::unix::fs::symlink(probe_bin(), &program).expect("symlink to the probe");
+    let output = Command::new(oxd_bin())
+        .arg("run")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&log)
+        .arg("--")
+        // `exec -a`: the probe's argv[0] stays UTF-8 (it reads its arguments as text); the
+        // kernel names the task after the file executed.
+        .args(["/bin/bash", "-c", "exec -a oxd-probe \"$0\" \"$1\""])
+        .arg(&program)
+        .arg(format!("connect:127.0.0.1:{port}"))
+        .output()
+        .expect("run oxd");
+    assert!(output.status.success(), "{output:?}");
+    let records = audit_records(&log);
+    let connect: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["op"] == "connect").collect();
+    assert_eq!(connect.len(), 1, "{records:#?}");
+    assert_eq!(
+        connect[0]["comm_bytes"], "1b5b324a0affe280ae",
+        "{}",
+        connect[0]
+    );
+
+    let output = Command::new(oxd_bin())
+        .args(["audit", "tail"])
+        .arg(&log)
+        .output()
+        .expect("run oxd audit tail");
+    assert!(output.status.success(), "{output:?}");
+    let out = String::from_utf8(output.stdout).expect("tail prints UTF-8");
+    assert_eq!(
+        out.lines().count(),
+        records.len(),
+        "one line per record: {out}"
+    );
+    assert!(
+        !out.contains(['\x1b', '\r', '\u{202e}', '\u{fffd}']),
+        "raw control characters in {out:?}"
+    );
+    assert!(
+        out.contains(r"[\x1b[2J\n\xff\u{202e} pid "),
+        "the name shown escaped: {out}"
+    );
+}
+
+#[test]
 fn record_denied_writes_only_denials() {
     let scratch = Scratch::new("host-record-denied");
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");

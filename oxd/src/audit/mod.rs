@@ -33,6 +33,11 @@
 //! - `rule`: the rule that decided (`exec.allow[0]`, ...) or `default`; `rule_text`: the rule as
 //!   written; `reason`: `rule`, `default`, or why the kernel failed closed;
 //! - `pid`, `tid`, `uid`, `gid`, `comm`, `cgroup_id`: who acted.
+//! - `target_bytes`, `comm_bytes`: the exact bytes (hex) of a path, Unix socket name or
+//!   command name the agent chose, present only when `target` or `comm` cannot show them
+//!   exactly: bytes that are not UTF-8 (shown there as U+FFFD), or NUL bytes inside an
+//!   abstract socket name (shown there as `@`). The kernel hands over bytes, not text; these
+//!   fields keep the log exact without changing `target` for the usual, valid names.
 //! - ipc ops: `ptrace` (target `pid N`; `detail`: the `PTRACE_MODE_*` bits of the access
 //!   check, 0 for `PTRACE_TRACEME`), `signal` (target `pid N`; `detail`: the signal number),
 //!   `tty-inject` (target `TIOCSTI` or `TIOCLINUX`; `detail`: the ioctl command),
@@ -63,7 +68,7 @@
 pub mod read;
 
 use std::{
-    io::Write,
+    io::{Read, Seek, SeekFrom, Write},
     net::{Ipv6Addr, SocketAddr, SocketAddrV6},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -143,6 +148,13 @@ pub struct Record {
     pub cgroup_id: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub peer_pid: Option<u32>,
+    /// The exact bytes of the path or socket name behind `target`, hex, when `target` cannot
+    /// show them (not UTF-8, or an abstract socket name with NUL bytes).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub target_bytes: Option<String>,
+    /// The exact bytes of `comm`, hex, when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub comm_bytes: Option<String>,
 }
 
 /// The decision in one ring buffer record; `None` (logged) if the record is too short to hold
@@ -157,9 +169,63 @@ pub fn decode_event(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
-fn c_string(bytes: &[u8]) -> String {
+/// `bytes` up to the first NUL.
+fn until_nul(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    &bytes[..end]
+}
+
+/// `bytes` up to the first NUL as text, each byte that is not UTF-8 as U+FFFD (the exact bytes
+/// go to [`exact_bytes`]).
+fn c_string(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(until_nul(bytes)).into_owned()
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// The bytes of `hex` (as [`hex`] writes them); `None` if it is not hex.
+pub fn unhex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `bytes` as hex when the text made of them cannot show them exactly: not UTF-8.
+fn exact_bytes(bytes: &[u8]) -> Option<String> {
+    std::str::from_utf8(bytes).is_err().then(|| hex(bytes))
+}
+
+/// The record's `target_bytes`: the exact path or socket name behind `target`, when `target`
+/// cannot show it.
+fn target_bytes(event: &Event) -> Option<String> {
+    let raw = &event.path[..(event.path_len as usize).min(PATH_BUF_LEN)];
+    match event.op {
+        op::UNIX_CONNECT | op::UNIX_SEND => match raw {
+            [0, name @ ..] if name.contains(&0) => Some(hex(raw)),
+            _ => exact_bytes(raw),
+        },
+        op::EXEC
+        | op::OPEN
+        | op::MMAP_EXEC
+        | op::MPROTECT_EXEC
+        | op::MOUNT
+        | op::MODULE_REQUEST => exact_bytes(until_nul(raw)),
+        other if change_op_name(other).is_some() => exact_bytes(until_nul(raw)),
+        _ => None,
+    }
 }
 
 /// The target of a `socket` record: family, type and IP protocol number, from the event's
@@ -277,6 +343,8 @@ impl Record {
             comm: c_string(&event.comm),
             cgroup_id: event.cgroup_id,
             peer_pid: peer_of(event),
+            target_bytes: target_bytes(event),
+            comm_bytes: exact_bytes(until_nul(&event.comm)),
         }
     }
 }
@@ -649,10 +717,77 @@ pub enum AuditError {
         source: std::io::Error,
     },
     #[error(
-        "audit log {path} does not end with an oxd record (line {line}), so its hash chain cannot \
-         be continued: give a new file"
+        "audit log {path} does not end with an oxd record (the line at byte {offset} is not one, \
+         or was cut short), so its hash chain cannot be continued: give a new file"
     )]
-    NotAChain { path: PathBuf, line: usize },
+    NotAChain { path: PathBuf, offset: u64 },
+    #[error(
+        "audit log {path} does not end with an oxd record (its last line is longer than \
+         {MAX_LAST_LINE} bytes), so its hash chain cannot be continued: give a new file"
+    )]
+    LastLineTooLong { path: PathBuf },
+}
+
+/// The longest last line [`AuditLog::append`] reads back to continue a chain: far more than a
+/// record (a 4,096-byte path escaped in JSON, its hex, the rule's text).
+pub const MAX_LAST_LINE: u64 = 1 << 20;
+
+/// How much [`last_line`] reads at a time, backwards.
+const TAIL_CHUNK: u64 = 64 << 10;
+
+/// The last non-empty line of a file.
+#[derive(Debug, PartialEq, Eq)]
+enum LastLine {
+    /// The file holds no line.
+    None,
+    /// No newline within [`MAX_LAST_LINE`] bytes of the end.
+    TooLong,
+    Line {
+        /// Where the line starts in the file.
+        offset: u64,
+        /// The line, without its newline.
+        bytes: Vec<u8>,
+        /// Whether a newline follows it.
+        terminated: bool,
+    },
+}
+
+/// The size of `file` and its last non-empty line, read backwards from the end in
+/// [`TAIL_CHUNK`]s: at most [`MAX_LAST_LINE`] plus one chunk, whatever the file's size.
+fn last_line<F: Read + Seek>(file: &mut F) -> std::io::Result<(u64, LastLine)> {
+    let size = file.seek(SeekFrom::End(0))?;
+    // The file's bytes from `start` to its end.
+    let mut tail: Vec<u8> = Vec::new();
+    let mut start = size;
+    loop {
+        if let Some(end) = tail.iter().rposition(|&b| b != b'\n') {
+            let newline = tail[..end].iter().rposition(|&b| b == b'\n');
+            if newline.is_some() || start == 0 {
+                let first = newline.map_or(0, |n| n + 1);
+                return Ok((
+                    size,
+                    LastLine::Line {
+                        offset: start + first as u64,
+                        bytes: tail[first..=end].to_vec(),
+                        terminated: end + 1 < tail.len(),
+                    },
+                ));
+            }
+        }
+        if start == 0 {
+            return Ok((size, LastLine::None));
+        }
+        if size - start >= MAX_LAST_LINE {
+            return Ok((size, LastLine::TooLong));
+        }
+        let step = start.min(TAIL_CHUNK);
+        start -= step;
+        let mut chunk = vec![0; usize::try_from(step).unwrap_or(usize::MAX)];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+    }
 }
 
 /// Writes audit records as JSON lines, each carrying its sequence number (`seq`) and the
@@ -747,6 +882,14 @@ impl AuditLog {
 
     /// Appends to the log at `path`, continuing the chain of the records already there, and
     /// rotating it by size if `rotation` is given.
+    ///
+    /// Only the end of the file is read (at most [`MAX_LAST_LINE`] bytes and a chunk): its last
+    /// non-empty line must be an oxd record (a JSON object with `seq`); the chain goes on from
+    /// its hash. A last line cut short (a crash in the middle of a write), a foreign file, or a
+    /// last line longer than the bound is refused: the chain cannot be continued and nothing is
+    /// written. A complete record whose newline is missing gets it before the next record.
+    /// Something other than a regular file (a pipe, a terminal, `/dev/null`) holds no chain to
+    /// continue: a new one starts there, and it is never rotated.
     pub fn append(
         path: &Path,
         filter: RecordFilter,
@@ -756,36 +899,55 @@ impl AuditLog {
             path: path.to_owned(),
             source,
         };
-        let existing = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(open_err(e)),
-        };
-        let mut log = Self::new(Box::new(std::io::sink()), filter);
-        let lines: Vec<&[u8]> = existing
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .collect();
-        if let Some(last) = lines.last() {
-            let seq = serde_json::from_slice::<serde_json::Value>(last)
-                .ok()
-                .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
-                .ok_or_else(|| AuditError::NotAChain {
-                    path: path.to_owned(),
-                    line: lines.len(),
-                })?;
-            log.seq = seq + 1;
-            log.prev = line_hash(last);
-        }
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)
             .map_err(open_err)?;
+        let mut log = Self::new(Box::new(std::io::sink()), filter);
+        let regular = file.metadata().map_err(open_err)?.file_type().is_file();
+        let (size, last) = if regular {
+            last_line(&mut file).map_err(open_err)?
+        } else {
+            if rotation.is_some() {
+                tracing::warn!(
+                    "{} is not a regular file: it is not rotated",
+                    path.display()
+                );
+            }
+            (0, LastLine::None)
+        };
+        match last {
+            LastLine::None => {}
+            LastLine::TooLong => {
+                return Err(AuditError::LastLineTooLong {
+                    path: path.to_owned(),
+                })
+            }
+            LastLine::Line {
+                offset,
+                bytes,
+                terminated,
+            } => {
+                let seq = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
+                    .ok_or_else(|| AuditError::NotAChain {
+                        path: path.to_owned(),
+                        offset,
+                    })?;
+                if !terminated {
+                    file.write_all(b"\n").map_err(open_err)?;
+                }
+                log.seq = seq + 1;
+                log.prev = line_hash(&bytes);
+            }
+        }
         log.out = Box::new(std::io::BufWriter::new(file));
-        log.rotation = rotation.map(|mut r| {
+        log.rotation = rotation.filter(|_| regular).map(|mut r| {
             path.clone_into(&mut r.path);
-            r.written = existing.len() as u64;
+            r.written = size;
             r
         });
         Ok(log)
@@ -1040,6 +1202,209 @@ mod tests {
             ("tty-inject", "TIOCSTI")
         );
         assert_eq!((record.detail, record.peer_pid), (Some(0x5412), None));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_kept_exactly() {
+        let policy = Policy::parse(Path::new("p.toml"), "[exec]\n").unwrap();
+        let mut e = event();
+        e.op = op::OPEN;
+        let path = b"/tmp/a\xff\xfeb\n";
+        e.path[..path.len()].copy_from_slice(path);
+        e.path_len = u32::try_from(path.len()).unwrap();
+        e.comm = *b"x\xc3(\0\0\0\0\0\0\0\0\0\0\0\0\0";
+        let record = Record::from_event(&e, Some(&policy), &Clock::new());
+        assert_eq!(record.target, "/tmp/a\u{fffd}\u{fffd}b\n");
+        assert_eq!(
+            unhex(record.target_bytes.as_deref().unwrap()).unwrap(),
+            path
+        );
+        assert_eq!(
+            unhex(record.comm_bytes.as_deref().unwrap()).unwrap(),
+            b"x\xc3("
+        );
+        let line = serde_json::to_string(&record).unwrap();
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), record);
+
+        // Valid names: no extra field.
+        e.path[..8].copy_from_slice(b"/bin/ls\0");
+        e.path_len = 7;
+        e.comm = *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+        let record = Record::from_event(&e, Some(&policy), &Clock::new());
+        assert_eq!((record.target_bytes, record.comm_bytes), (None, None));
+        let line = serde_json::to_string(&Record::from_event(&e, Some(&policy), &Clock::new()));
+        assert!(!line.unwrap().contains("_bytes"));
+
+        // An abstract socket name with a NUL inside: `@a@b` could be `\0a@b` or `\0a\0b`.
+        e.op = op::UNIX_CONNECT;
+        e.path[..4].copy_from_slice(b"\0a\0b");
+        e.path_len = 4;
+        let record = Record::from_event(&e, Some(&policy), &Clock::new());
+        assert_eq!(record.target, "@a@b");
+        assert_eq!(record.target_bytes.as_deref(), Some("00610062"));
+        e.path[..4].copy_from_slice(b"\0a@b");
+        assert_eq!(
+            Record::from_event(&e, Some(&policy), &Clock::new()).target_bytes,
+            None
+        );
+        assert_eq!(unhex("0g"), None);
+        assert_eq!(unhex("abc"), None);
+    }
+
+    /// Counts the bytes read through it.
+    struct Counting<R> {
+        inner: R,
+        read: u64,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    impl<R: Seek> Seek for Counting<R> {
+        fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+
+    fn records(n: usize) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let mut log = AuditLog::append(&path, RecordFilter::All, None).unwrap();
+        for _ in 0..n {
+            log.write_lost(None, 1).unwrap();
+        }
+        log.flush().unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    #[test]
+    fn append_reads_only_the_end_of_a_large_log() {
+        // 256 MiB that `append` would have to read (a hole: no disk) and then a chain.
+        const HOLE: u64 = 256 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let chain = records(50);
+        {
+            let mut f = std::fs::File::create(&path).unwrap();
+            f.set_len(HOLE).unwrap();
+            f.seek(SeekFrom::End(0)).unwrap();
+            f.write_all(b"\n").unwrap();
+            f.write_all(&chain).unwrap();
+        }
+        let mut counting = Counting {
+            inner: std::fs::File::open(&path).unwrap(),
+            read: 0,
+        };
+        let (size, last) = last_line(&mut counting).unwrap();
+        assert_eq!(size, HOLE + 1 + chain.len() as u64);
+        let want = chain[..chain.len() - 1]
+            .rsplit(|&b| b == b'\n')
+            .next()
+            .unwrap();
+        assert_eq!(
+            last,
+            LastLine::Line {
+                offset: size - want.len() as u64 - 1,
+                bytes: want.to_vec(),
+                terminated: true,
+            }
+        );
+        assert!(counting.read <= TAIL_CHUNK, "read {} bytes", counting.read);
+
+        // The chain goes on from the last record.
+        let mut log = AuditLog::append(&path, RecordFilter::All, None).unwrap();
+        log.write_lost(None, 2).unwrap();
+        log.flush().unwrap();
+        let mut rest = std::fs::File::open(&path).unwrap();
+        rest.seek(SeekFrom::Start(HOLE + 1)).unwrap();
+        let mut tail = Vec::new();
+        rest.read_to_end(&mut tail).unwrap();
+        let tail_path = dir.path().join("tail.jsonl");
+        std::fs::write(&tail_path, &tail).unwrap();
+        let report = read::verify(&[tail_path], false).unwrap();
+        assert_eq!(report.records, 51);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn a_last_line_without_newline_within_the_bound_is_refused_after_a_bounded_read() {
+        let mut data = records(3);
+        data.resize(
+            data.len() + usize::try_from(MAX_LAST_LINE).unwrap() + 10,
+            b'x',
+        );
+        let mut counting = Counting {
+            inner: std::io::Cursor::new(&data),
+            read: 0,
+        };
+        assert_eq!(last_line(&mut counting).unwrap().1, LastLine::TooLong);
+        assert!(counting.read <= MAX_LAST_LINE + TAIL_CHUNK);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        std::fs::write(&path, &data).unwrap();
+        assert!(matches!(
+            AuditLog::append(&path, RecordFilter::All, None),
+            Err(AuditError::LastLineTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn a_cut_short_last_record_is_refused_and_a_missing_newline_is_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let chain = records(3);
+        // Cut in the middle of the last record: refused, the file unchanged.
+        let cut = &chain[..chain.len() - 20];
+        std::fs::write(&path, cut).unwrap();
+        let start = chain[..chain.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .unwrap()
+            + 1;
+        match AuditLog::append(&path, RecordFilter::All, None) {
+            Err(AuditError::NotAChain { offset, .. }) => assert_eq!(offset, start as u64),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), cut);
+
+        // Whole but without its newline: the newline is written before the next record.
+        std::fs::write(&path, &chain[..chain.len() - 1]).unwrap();
+        let mut log = AuditLog::append(&path, RecordFilter::All, None).unwrap();
+        log.write_lost(None, 1).unwrap();
+        log.flush().unwrap();
+        let report = read::verify(std::slice::from_ref(&path), false).unwrap();
+        assert_eq!(report.records, 4);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+        // Blank lines after the last record are passed over; an empty file starts a chain.
+        std::fs::write(&path, [&chain[..], b"\n\n"].concat()).unwrap();
+        assert_eq!(
+            AuditLog::append(&path, RecordFilter::All, None)
+                .unwrap()
+                .seq,
+            3
+        );
+        std::fs::write(&path, b"\n").unwrap();
+        assert_eq!(
+            AuditLog::append(&path, RecordFilter::All, None)
+                .unwrap()
+                .seq,
+            0
+        );
+        // Not a file: a new chain, never rotated (renaming /dev/null would be a disaster).
+        let null = AuditLog::append(
+            Path::new("/dev/null"),
+            RecordFilter::All,
+            Some(Rotation::new(10, 2)),
+        )
+        .unwrap();
+        assert_eq!((null.seq, null.rotation.is_none()), (0, true));
     }
 
     #[test]

@@ -89,14 +89,79 @@ pub fn verify(files: &[PathBuf], partial: bool) -> Result<VerifyReport> {
     Ok(report)
 }
 
-/// One readable line for a record.
+/// Whether `c` is shown escaped: control characters (C0, DEL, C1) and the Unicode characters
+/// that break a line or reorder what a terminal shows (line and paragraph separators, bidi
+/// embeddings, overrides, isolates and marks).
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// Appends `text` to `out` so that it shows as what it is, on one line: a backslash as `\\`,
+/// `\n`, `\r`, `\t`, another C0 control or DEL as `\xNN`, every other character of
+/// [`needs_escape`] as `\u{NNNN}`.
+fn push_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 || c == '\x7f' => {
+                out.push_str(&format!("\\x{:02x}", u32::from(c)));
+            }
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+}
+
+/// `text` escaped as [`push_escaped`] does.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    push_escaped(&mut out, text);
+    out
+}
+
+/// `bytes` escaped as [`push_escaped`] does, each byte that is not UTF-8 as `\xNN`.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        push_escaped(&mut out, chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// One readable line for a record. Every string from the record is escaped ([`escape`]): the
+/// agent chooses paths, socket names and its command name, and they must not break the line,
+/// forge another, or send the terminal control sequences. `target` and `comm` are shown from
+/// their exact bytes when the record has them (`target_bytes`, `comm_bytes`).
 pub fn render(record: &Value) -> String {
     let s = |key: &str| {
         record
             .get(key)
             .and_then(Value::as_str)
-            .unwrap_or("-")
-            .to_owned()
+            .map_or_else(|| "-".to_owned(), escape)
+    };
+    // A field with its exact bytes, when the record holds them.
+    let exact = |key: &str, bytes_key: &str| {
+        let Some(bytes) = record
+            .get(bytes_key)
+            .and_then(Value::as_str)
+            .and_then(super::unhex)
+        else {
+            return s(key);
+        };
+        match (s("op").as_str(), bytes.as_slice()) {
+            ("unix-connect" | "unix-send", [0, name @ ..]) => format!("@{}", escape_bytes(name)),
+            (_, bytes) => escape_bytes(bytes),
+        }
     };
     let n = |key: &str| {
         record
@@ -129,12 +194,12 @@ pub fn render(record: &Value) -> String {
         s("time"),
         decision,
         s("op"),
-        s("target"),
+        exact("target", "target_bytes"),
         detail,
         s("rule"),
         s("policy"),
         n("generation"),
-        s("comm"),
+        exact("comm", "comm_bytes"),
         n("pid"),
         n("uid"),
     )
@@ -194,15 +259,16 @@ fn read_records(file: &mut File, offset: u64, each: &mut dyn FnMut(Value)) -> Re
     file.seek(SeekFrom::Start(offset))?;
     let mut reader = BufReader::new(file);
     let mut offset = offset;
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
-        let read = reader.read_line(&mut line)?;
-        if read == 0 || !line.ends_with('\n') {
+        let read = reader.read_until(b'\n', &mut line)?;
+        if read == 0 || !line.ends_with(b"\n") {
             return Ok(offset);
         }
         offset += read as u64;
-        if let Ok(record) = serde_json::from_str::<Value>(&line) {
+        // A line that is not JSON (or not UTF-8) is passed over, not an error.
+        if let Ok(record) = serde_json::from_slice::<Value>(&line) {
             each(record);
         }
     }
@@ -221,6 +287,100 @@ mod tests {
             render(&record),
             "T  deny   exec     /usr/bin/id  by exec.deny[0] of agent gen 7  [sh pid 3 uid 0]"
         );
+    }
+
+    /// No character in `line` can end it, move the cursor or reorder what a terminal shows.
+    fn assert_one_visible_line(line: &str) {
+        for c in line.chars() {
+            assert!(
+                !needs_escape(c) && c != '\u{fffd}',
+                "{c:?} left in {line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn agent_chosen_names_render_escaped_on_one_line() {
+        use oxd_common::{op, Event, PATH_BUF_LEN};
+
+        use crate::audit::{connect_event, Clock, Record};
+
+        let policy = crate::policy::Policy::parse(Path::new("p.toml"), "[exec]\n").unwrap();
+        // A path that would end the line and forge a denial, clear the screen, flip the text
+        // around, break the line the Unicode way, and carry bytes that are not UTF-8.
+        let path: &[u8] = b"/tmp/x\n2026-01-01T00:00:00Z  allow  exec /bin/ok\r\x1b[2J\x1b]0;t\x07\
+            \xe2\x80\xae\xe2\x80\xa8\xc2\x85\x7f\\\xff\xc3";
+        let mut e: Event = connect_event(1, oxd_common::action::DENY);
+        e.op = op::OPEN;
+        e.path[..path.len()].copy_from_slice(path);
+        e.path_len = u32::try_from(path.len()).unwrap();
+        assert!(path.len() < PATH_BUF_LEN);
+        e.comm = *b"\x1b[31mred\n\xfe\0\0\0\0\0\0";
+        let record = Record::from_event(&e, Some(&policy), &Clock::new());
+        // As `oxd audit tail` meets it: a line of the log.
+        let logged: Value = serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        let line = render(&logged);
+        assert_one_visible_line(&line);
+        assert!(
+            line.contains(
+                "open     /tmp/x\\n2026-01-01T00:00:00Z  allow  exec /bin/ok\\r\\x1b[2J\\x1b]0;t\\x07\
+                 \\u{202e}\\u{2028}\\u{0085}\\x7f\\\\\\xff\\xc3 (read)"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("[\\x1b[31mred\\n\\xfe pid 10 uid 0]"),
+            "{line}"
+        );
+
+        // Without the exact bytes (an older log, or a field without them), the text itself
+        // is escaped.
+        let mut logged = logged;
+        logged.as_object_mut().unwrap().remove("target_bytes");
+        logged["policy"] = Value::from("p\u{2066}\u{9b}");
+        let line = render(&logged);
+        assert_one_visible_line(&line.replace('\u{fffd}', "?"));
+        assert!(line.contains("\\u{2066}\\u{009b} gen"), "{line}");
+
+        // An abstract socket name: `@`, then the name with its NUL bytes shown.
+        e.op = op::UNIX_CONNECT;
+        e.path[..5].copy_from_slice(b"\0a\0\nb");
+        e.path_len = 5;
+        let record = Record::from_event(&e, Some(&policy), &Clock::new());
+        let logged: Value = serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        assert!(
+            render(&logged).contains(" @a\\x00\\nb  by "),
+            "{}",
+            render(&logged)
+        );
+    }
+
+    #[test]
+    fn escaping_leaves_ordinary_text_alone() {
+        assert_eq!(escape("/usr/bin/ls -l é 中 ✓"), "/usr/bin/ls -l é 中 ✓");
+        assert_eq!(escape_bytes(b"a\tb\x00c\xe2\x80"), "a\\tb\\x00c\\xe2\\x80");
+        assert_eq!(
+            escape("\u{200f}\u{61c}\u{2069}"),
+            "\\u{200f}\\u{061c}\\u{2069}"
+        );
+    }
+
+    #[test]
+    fn tail_passes_over_a_line_that_is_not_utf8() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.jsonl");
+        std::fs::write(&log, b"{\"seq\":0}\n{\"seq\":\"\xff\"}\n{\"seq\":2}\n").unwrap();
+        let mut seen = Vec::new();
+        let options = TailOptions {
+            follow: false,
+            denied: false,
+            last: 10,
+        };
+        tail(&log, options, &mut |r| {
+            seen.push(r["seq"].as_u64().unwrap());
+        })
+        .unwrap();
+        assert_eq!(seen, [0, 2]);
     }
 
     use std::io::Write as _;

@@ -17,7 +17,9 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         partial: bool,
     },
-    /// Print records readably, one per line.
+    /// Print records readably, one per line; what the agent chose (paths, socket and command
+    /// names) is shown escaped (`\n`, `\x1b`, `\u{202e}`, `\xff` for a byte that is not
+    /// UTF-8, `\\`), so it cannot forge a line or send the terminal control sequences.
     Tail {
         #[arg(value_name = "FILE")]
         file: PathBuf,
