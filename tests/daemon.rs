@@ -837,17 +837,20 @@ fn daemon_answers_control_requests_during_a_flood() {
     let a_generation = assert_target_entry(&entry, &cgroup, "daemon-busy", &a_sha);
     let cgroup_id = cgroup.id();
 
-    // The agent opens the file as fast as it can until told to stop.
+    // Two agent processes open the file as fast as they can until told to stop.
     let stop = scratch.path("stop");
-    let mut agent = KillOnDrop(
-        cgroup
-            .command(probe_bin())
-            .arg(format!("repeat:{}", stop.display()))
-            .arg(format!("flood:1000:{file}"))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn the flooding agent"),
-    );
+    let flooder = || {
+        KillOnDrop(
+            cgroup
+                .command(probe_bin())
+                .arg(format!("repeat:{}", stop.display()))
+                .arg(format!("flood:1000:{file}"))
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn a flooding agent"),
+        )
+    };
+    let mut agents = [flooder(), flooder()];
     wait_for("the flood's first records", WAIT, || {
         (!opens_of(&audit_records_so_far(&daemon.audit_log), &file, cgroup_id).is_empty())
             .then_some(())
@@ -888,11 +891,23 @@ fn daemon_answers_control_requests_during_a_flood() {
             .any(|r| r["generation"] == b_generation)
             .then_some(())
     });
-    fs::write(&stop, b"").expect("stop the agent");
-    let exit = wait_for("the agent to stop", WAIT, || {
-        agent.0.try_wait().expect("wait for the agent")
-    });
-    assert!(exit.success(), "the flooding agent failed: {exit}");
+    // SIGTERM while both still flood: the daemon stops draining after what the ring held
+    // when the signal came, and exits cleanly; the agents stay confined (keep is the default).
+    let started = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit();
+    eprintln!(
+        "exit after SIGTERM during the flood: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit: {status}");
+    fs::write(&stop, b"").expect("stop the agents");
+    for agent in &mut agents {
+        let exit = wait_for("the agents to stop", WAIT, || {
+            agent.0.try_wait().expect("wait for an agent")
+        });
+        assert!(exit.success(), "a flooding agent failed: {exit}");
+    }
 
     // Each record names the policy of the generation that decided, before and after the
     // replacement (which retired A while its decisions were still being written).
