@@ -882,6 +882,10 @@ impl NetRng {
         self.next() % n
     }
 
+    fn next_u32(&mut self) -> u32 {
+        u32::try_from(self.next() >> 32).expect("32 bits")
+    }
+
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
@@ -893,11 +897,15 @@ fn net_randomize_below(rng: &mut NetRng, addr: std::net::IpAddr, len: u32) -> st
     match addr {
         IpAddr::V4(v4) => {
             let keep = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-            let bits = (u32::from(v4) & keep) | (rng.next() as u32 & !keep);
+            let bits = (u32::from(v4) & keep) | (rng.next_u32() & !keep);
             IpAddr::V4(Ipv4Addr::from(bits))
         }
         IpAddr::V6(v6) => {
-            let keep = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let keep = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             let random = u128::from(rng.next()) << 64 | u128::from(rng.next());
             IpAddr::V6(Ipv6Addr::from((u128::from(v6) & keep) | (random & !keep)))
         }
@@ -913,7 +921,11 @@ fn net_cidr(anchor: std::net::IpAddr, len: u32) -> String {
             format!("{}/{len}", Ipv4Addr::from(u32::from(v4) & keep))
         }
         IpAddr::V6(v6) => {
-            let keep = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let keep = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             format!("{}/{len}", Ipv6Addr::from(u128::from(v6) & keep))
         }
     }
@@ -935,7 +947,7 @@ fn large_net_policy(rng: &mut NetRng, index: usize) -> (String, Vec<std::net::Ip
     ];
     while anchors.len() < 1500 {
         let anchor = if rng.chance(60) {
-            IpAddr::V4(Ipv4Addr::from(rng.next() as u32))
+            IpAddr::V4(Ipv4Addr::from(rng.next_u32()))
         } else {
             // Global unicast space (2000::/3).
             let random = u128::from(rng.next()) << 64 | u128::from(rng.next());
@@ -993,6 +1005,10 @@ fn large_net_policy(rng: &mut NetRng, index: usize) -> (String, Vec<std::net::Ip
 /// interface up, so nothing is sent anywhere: the cgroup hooks decide before the route lookup,
 /// which then fails (`ENETUNREACH`) for every allowed destination.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: generate, run confined, compare destination by destination"
+)]
 fn large_network_policies_decide_in_the_kernel_as_the_reference_evaluator() {
     use std::{
         collections::BTreeMap,
@@ -1066,10 +1082,17 @@ fn large_network_policies_decide_in_the_kernel_as_the_reference_evaluator() {
             output.status
         );
         let results = probe_results(&output);
-        assert_eq!(results.len(), cases.len(), "the probe reported every action");
+        assert_eq!(
+            results.len(),
+            cases.len(),
+            "the probe reported every action"
+        );
         let records = audit_records(&log);
         let lost: Vec<_> = records.iter().filter(|r| r["op"] == "lost").collect();
-        assert!(lost.is_empty(), "records were lost under policy {index}: {lost:?}");
+        assert!(
+            lost.is_empty(),
+            "records were lost under policy {index}: {lost:?}"
+        );
         for ((addr, udp), result) in cases.iter().zip(&results) {
             let decision = policy.evaluate(&Request::Connect {
                 addr: *addr,
@@ -1106,9 +1129,9 @@ fn large_network_policies_decide_in_the_kernel_as_the_reference_evaluator() {
             let op = if *udp { "sendmsg" } else { "connect" };
             let found = records_for(&records, op, &target);
             if found.is_empty()
-                || found
-                    .iter()
-                    .any(|r| r["rule"] != label.as_str() || r["decision"] != decision.action.as_str())
+                || found.iter().any(|r| {
+                    r["rule"] != label.as_str() || r["decision"] != decision.action.as_str()
+                })
             {
                 mismatches.push(format!(
                     "policy {index}: {action}: the evaluator says {} ({label}), records {found:?}",

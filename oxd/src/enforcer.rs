@@ -13,8 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use oxd_common::{
-    counter, Config, InodeKey, InodeRules, NetKey, NetPrefix, PathKey, RuleValue, ANCESTOR_SLOT_BIT,
-    MAX_POLICY_SLOTS,
+    counter, Config, InodeKey, InodeRules, NetKey, NetPrefix, PathKey, RuleValue,
+    ANCESTOR_SLOT_BIT, MAX_POLICY_SLOTS,
 };
 
 /// Kept here until every caller asks [`crate::host`].

@@ -2,7 +2,7 @@
 //!
 //! This is the one place that knows how a policy is encoded for the kernel programs: the
 //! slot's [`Config`], the path-rule keys of the exec and file tries, the file identities named
-//! by exact deny rules, and the network rule table. [`compile`] is pure: it touches neither the
+//! by exact deny rules, and the network prefix trie. [`compile`] is pure: it touches neither the
 //! kernel nor the file system. The file identities it needs come from the caller, normally
 //! [`file_identity`]; [`crate::enforcer::Enforcer::write_slot`] then writes the [`SlotImage`]
 //! as it is.
@@ -587,9 +587,7 @@ pub fn net_prefix_lists(
     for &network in own.keys() {
         let mut positions: Vec<usize> = Vec::new();
         for len in 0..=network.prefix_len() {
-            let wider = ipnet::Ipv6Net::new(network.network(), len)
-                .map(|n| n.trunc())
-                .unwrap_or(network);
+            let wider = ipnet::Ipv6Net::new(network.network(), len).map_or(network, |n| n.trunc());
             if let Some(found) = lookup.get(&wider) {
                 positions.extend(found.iter().copied());
             }
@@ -659,8 +657,8 @@ fn net_entries(
                 *slot_entry = NetEntry {
                     port_lo: rule.ports.0,
                     port_hi: rule.ports.1,
-                    proto: protocol_bits(rule.protocol) as u16,
-                    action: action_bits(rule.action) as u16,
+                    proto: u16::try_from(protocol_bits(rule.protocol)).unwrap_or(u16::MAX),
+                    action: u16::try_from(action_bits(rule.action)).unwrap_or(u16::MAX),
                     rule_id: rule.rule,
                 };
             }

@@ -36,7 +36,11 @@ fn rule_id(policy: &Policy, rule: u32) -> &str {
 }
 
 fn rule_index(policy: &Policy, id: &str) -> u32 {
-    let index = policy.rules.iter().position(|r| r.id == id).expect("a rule");
+    let index = policy
+        .rules
+        .iter()
+        .position(|r| r.id == id)
+        .expect("a rule");
     u32::try_from(index).unwrap()
 }
 
@@ -426,7 +430,11 @@ ports = "22"
     );
     assert_eq!(net_list(&p, &image, "0.0.0.0/0"), ["network.deny[1]"]);
     // And the lists decide as the reference evaluator does.
-    check_lists_against_evaluator(&p, &image, &["10.9.9.9", "10.9.9.8", "10.1.1.1", "11.0.0.1"]);
+    check_lists_against_evaluator(
+        &p,
+        &image,
+        &["10.9.9.9", "10.9.9.8", "10.1.1.1", "11.0.0.1"],
+    );
 }
 
 #[test]
@@ -507,9 +515,13 @@ fn a_list_longer_than_the_kernel_holds_is_refused_naming_the_rule() {
     // 33 single-port rules on one network: the 33rd does not fit.
     let mut text = String::from("[network]\n");
     for port in 1..=NET_LIST_LEN + 1 {
-        text.push_str(&format!("[[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = {port}\n"));
+        text.push_str(&format!(
+            "[[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = {port}\n"
+        ));
     }
-    let err = Policy::parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+    let err = Policy::parse(Path::new("t.toml"), &text)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("t.toml:"), "{err}");
     assert!(err.contains("10.0.0.0/8"), "{err}");
     assert!(err.contains("at most 32"), "{err}");
@@ -518,7 +530,7 @@ fn a_list_longer_than_the_kernel_holds_is_refused_naming_the_rule() {
     assert!(err.contains(&format!("t.toml:{line}:")), "{err}");
     // The compiler refuses it too (a policy built without the validator).
     let mut p = policy("[network]\n");
-    p.network.as_mut().unwrap().rules = (0..=NET_LIST_LEN as u16)
+    p.network.as_mut().unwrap().rules = (0..=u16::try_from(NET_LIST_LEN).unwrap())
         .map(|port| NetworkRule {
             net: "::ffff:10.0.0.0/104".parse().unwrap(),
             ports: (port, port),
@@ -539,7 +551,9 @@ fn a_list_longer_than_the_kernel_holds_is_refused_naming_the_rule() {
     // single-port rules of the network around it (which fill that network's list exactly).
     let mut text = String::from("[network]\n[[network.deny]]\ncidr = \"10.1.2.3\"\n");
     for port in 1..=NET_LIST_LEN {
-        text.push_str(&format!("[[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = {port}\n"));
+        text.push_str(&format!(
+            "[[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = {port}\n"
+        ));
     }
     let p = policy(&text);
     let image = compile_ok(&p, 0, 1);
@@ -807,8 +821,7 @@ fn rule_count_limits() {
     p.network.as_mut().unwrap().rules = (0..max_net)
         .map(|i| NetworkRule {
             net: ipnet::Ipv6Net::new(
-                std::net::Ipv4Addr::from(0x0a00_0000 + u32::try_from(i).unwrap())
-                    .to_ipv6_mapped(),
+                std::net::Ipv4Addr::from(0x0a00_0000 + u32::try_from(i).unwrap()).to_ipv6_mapped(),
                 128,
             )
             .unwrap(),

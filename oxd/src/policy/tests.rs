@@ -109,7 +109,10 @@ fn rule_limits_reject_the_whole_policy() {
     }
     let err = parse(&text).unwrap_err();
     let count = MAX_NET_RULES + 1;
-    assert!(err.contains(&format!("too many network rules ({count})")), "{err}");
+    assert!(
+        err.contains(&format!("too many network rules ({count})")),
+        "{err}"
+    );
     let many: Vec<String> = (0..=MAX_PATH_RULES)
         .map(|i| format!("\"/bin/f{i}\""))
         .collect();
