@@ -1162,3 +1162,53 @@ fn large_network_policies_decide_in_the_kernel_as_the_reference_evaluator() {
         "too few destinations left to the default: {decided:?}"
     );
 }
+
+/// Two 10,000-rule network policies fit the kernel's prefix trie at once (a replacement needs
+/// two slots); clearing a slot removes its prefixes and no other slot's, and the slot can be
+/// filled again.
+#[test]
+fn network_prefixes_of_two_large_policies_fit_and_clearing_a_slot_removes_its_own() {
+    use oxd::{
+        compile::compile,
+        enforcer::{Enforcer, LoadOptions},
+        policy::Policy,
+    };
+
+    let mut rng = NetRng(0x636c_6561_72);
+    let (first, _, _) = large_net_policy(&mut rng, 0);
+    let (second, _, _) = large_net_policy(&mut rng, 1);
+    let parse = |text: &str| {
+        Policy::parse(std::path::Path::new("large.toml"), text).expect("a valid policy")
+    };
+    let (first, second) = (parse(&first), parse(&second));
+    let mut enforcer = Enforcer::open(&LoadOptions {
+        lsm: false,
+        pin_dir: None,
+    })
+    .expect("load the programs and maps");
+    let no_files = |_: &Path| None;
+    let a = compile(&first, 3, 1, &no_files).expect("compiles");
+    let b = compile(&second, 4, 2, &no_files).expect("compiles");
+    assert!(
+        a.net().len() > 5_000 && b.net().len() > 5_000,
+        "mostly distinct networks"
+    );
+    enforcer.write_slot(&a).expect("write slot 3");
+    enforcer.write_slot(&b).expect("write slot 4");
+    assert_eq!(enforcer.net_prefix_count(3).expect("count"), a.net().len());
+    assert_eq!(enforcer.net_prefix_count(4).expect("count"), b.net().len());
+    enforcer.clear_slot(3).expect("clear slot 3");
+    assert_eq!(enforcer.net_prefix_count(3).expect("count"), 0);
+    assert_eq!(enforcer.net_prefix_count(4).expect("count"), b.net().len());
+    // The slot is reused by the next generation.
+    let again = compile(&second, 3, 3, &no_files).expect("compiles");
+    enforcer.write_slot(&again).expect("write slot 3 again");
+    assert_eq!(
+        enforcer.net_prefix_count(3).expect("count"),
+        again.net().len()
+    );
+    enforcer.clear_slot(4).expect("clear slot 4");
+    enforcer.clear_slot(3).expect("clear slot 3");
+    assert_eq!(enforcer.net_prefix_count(3).expect("count"), 0);
+    assert_eq!(enforcer.net_prefix_count(4).expect("count"), 0);
+}

@@ -731,6 +731,16 @@ impl Enforcer {
         .map_err(map_err("open the configuration map"))
     }
 
+    /// How many network prefixes the kernel holds for `slot` (entries of `NET_PREFIXES`).
+    pub fn net_prefix_count(&mut self, slot: u32) -> Result<usize> {
+        let trie = self.net_prefix_map()?;
+        Ok(trie
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .filter(|k| k.data().slot == slot)
+            .count())
+    }
+
     fn net_prefix_map(&mut self) -> Result<LpmTrie<&mut MapData, NetKey, NetPrefix>> {
         LpmTrie::try_from(
             self.ebpf
