@@ -1174,12 +1174,10 @@ fn network_prefixes_of_two_large_policies_fit_and_clearing_a_slot_removes_its_ow
         policy::Policy,
     };
 
-    let mut rng = NetRng(0x636c_6561_72);
+    let mut rng = NetRng(0x0063_6c65_6172);
     let (first, _, _) = large_net_policy(&mut rng, 0);
     let (second, _, _) = large_net_policy(&mut rng, 1);
-    let parse = |text: &str| {
-        Policy::parse(std::path::Path::new("large.toml"), text).expect("a valid policy")
-    };
+    let parse = |text: &str| Policy::parse(Path::new("large.toml"), text).expect("a valid policy");
     let (first, second) = (parse(&first), parse(&second));
     let mut enforcer = Enforcer::open(&LoadOptions {
         lsm: false,
