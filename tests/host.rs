@@ -928,3 +928,348 @@ fn daemon_refuses_a_cgroup_in_a_delegated_tree_without_the_guard() {
     daemon.ctl(&["release", "--cgroup", agent_str]);
     fs::remove_dir(&agent).expect("remove the agent's cgroup");
 }
+
+/// A seeded pseudo-random generator (splitmix64): the same seed makes the same policies.
+struct NetRng(u64);
+
+impl NetRng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        u32::try_from(self.next() >> 32).expect("32 bits")
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The first `len` bits of `addr` kept, the rest random.
+fn net_randomize_below(rng: &mut NetRng, addr: std::net::IpAddr, len: u32) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match addr {
+        IpAddr::V4(v4) => {
+            let keep = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            let bits = (u32::from(v4) & keep) | (rng.next_u32() & !keep);
+            IpAddr::V4(Ipv4Addr::from(bits))
+        }
+        IpAddr::V6(v6) => {
+            let keep = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            let random = u128::from(rng.next()) << 64 | u128::from(rng.next());
+            IpAddr::V6(Ipv6Addr::from((u128::from(v6) & keep) | (random & !keep)))
+        }
+    }
+}
+
+/// A network rule's CIDR around `anchor`: `len` bits kept, host bits zero.
+fn net_cidr(anchor: std::net::IpAddr, len: u32) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match anchor {
+        IpAddr::V4(v4) => {
+            let keep = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            format!("{}/{len}", Ipv4Addr::from(u32::from(v4) & keep))
+        }
+        IpAddr::V6(v6) => {
+            let keep = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            format!("{}/{len}", Ipv6Addr::from(u128::from(v6) & keep))
+        }
+    }
+}
+
+/// Number of CIDR rules in each generated policy.
+const LARGE_NET_RULES: usize = 10_000;
+
+/// A `[network]` policy of [`LARGE_NET_RULES`] rules around random anchor addresses (IPv4 and
+/// IPv6, nested prefixes of every length, port ranges, tcp/udp/any, allow and deny), the
+/// anchors, and the ports worth probing.
+fn large_net_policy(rng: &mut NetRng, index: usize) -> (String, Vec<std::net::IpAddr>, Vec<u16>) {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let default = if rng.chance(50) { "allow" } else { "deny" };
+    let mut text = format!("name = \"large-net-{index}\"\n[network]\ndefault = \"{default}\"\n");
+    let mut anchors: Vec<IpAddr> = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    while anchors.len() < 1500 {
+        let anchor = if rng.chance(60) {
+            IpAddr::V4(Ipv4Addr::from(rng.next_u32()))
+        } else {
+            // Global unicast space (2000::/3).
+            let random = u128::from(rng.next()) << 64 | u128::from(rng.next());
+            IpAddr::V6(Ipv6Addr::from((random >> 3) | (1u128 << 125)))
+        };
+        anchors.push(anchor);
+    }
+    let base: u16 = 1000 + u16::try_from(rng.below(30_000)).expect("below 30000");
+    let mut ports = vec![1, base, u16::MAX];
+    for _ in 0..LARGE_NET_RULES {
+        let anchor = anchors[usize::try_from(rng.below(anchors.len() as u64)).expect("index")];
+        let bits = if anchor.is_ipv4() { 32 } else { 128 };
+        let len = match rng.below(100) {
+            // A few wide networks (::/0 and 0.0.0.0/0 included), which nest everything.
+            0 => u32::try_from(rng.below(8)).expect("below 8"),
+            1..=10 => bits / 4 + u32::try_from(rng.below(u64::from(bits / 4))).expect("len"),
+            11..=40 => bits / 2 + u32::try_from(rng.below(u64::from(bits / 4))).expect("len"),
+            _ => bits - u32::try_from(rng.below(u64::from(bits / 4) + 1)).expect("len"),
+        };
+        let mut body = format!("cidr = \"{}\"\n", net_cidr(anchor, len));
+        // Wide networks only on some ports, so that the default still decides somewhere.
+        let wide = len < bits / 4;
+        match rng.below(10) {
+            0..=3 if !wide => {}
+            0..=6 => {
+                let p = base + u16::try_from(rng.below(12)).expect("below 12");
+                body.push_str(&format!("ports = {p}\n"));
+                ports.extend([p - 1, p, p + 1]);
+            }
+            _ => {
+                let lo = base + u16::try_from(rng.below(10)).expect("below 10");
+                let hi = lo + u16::try_from(rng.below(400)).expect("below 400");
+                body.push_str(&format!("ports = \"{lo}-{hi}\"\n"));
+                ports.extend([lo - 1, lo, hi, hi + 1]);
+            }
+        }
+        body.push_str(match rng.below(4) {
+            0 => "protocol = \"tcp\"\n",
+            1 => "protocol = \"udp\"\n",
+            2 => "protocol = \"any\"\n",
+            _ => "",
+        });
+        let list = if rng.chance(50) { "allow" } else { "deny" };
+        text.push_str(&format!("[[network.{list}]]\n{body}"));
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    (text, anchors, ports)
+}
+
+/// 10,000-rule network policies, loaded into the kernel's prefix trie and decided there, agree
+/// with the reference evaluator on destinations inside and around the rules and outside them,
+/// IPv4, IPv6 and IPv4-mapped, TCP connects and UDP sends: the decision (EPERM or not) and the
+/// rule in the audit record. The agent runs in a network namespace of its own with no
+/// interface up, so nothing is sent anywhere: the cgroup hooks decide before the route lookup,
+/// which then fails (`ENETUNREACH`) for every allowed destination.
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: generate, run confined, compare destination by destination"
+)]
+fn large_network_policies_decide_in_the_kernel_as_the_reference_evaluator() {
+    use std::{
+        collections::BTreeMap,
+        net::{IpAddr, SocketAddr},
+    };
+
+    use oxd::{
+        evaluate::{reached_address, Reason, Request},
+        policy::Policy,
+    };
+
+    const DESTINATIONS: usize = 600;
+    let seed = std::env::var("OXD_NET_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x6f78_645f_6e65_7473_u64);
+    eprintln!("large network policies: seed {seed} (OXD_NET_SEED)");
+    let mut rng = NetRng(seed);
+    let scratch = Scratch::new("host-large-net");
+    let probe = probe_bin();
+    let mut mismatches = Vec::new();
+    let mut decided: BTreeMap<(&'static str, bool), usize> = BTreeMap::new();
+    for index in 0..2 {
+        let (text, anchors, ports) = large_net_policy(&mut rng, index);
+        let path = scratch.policy(&text);
+        let policy = Policy::parse(&path, &text)
+            .unwrap_or_else(|e| panic!("generated policy {index} is invalid: {e}"));
+        assert_eq!(
+            policy.network.as_ref().map(|n| n.rules.len()),
+            Some(LARGE_NET_RULES)
+        );
+        let mut actions = Vec::new();
+        let mut cases = Vec::new();
+        for _ in 0..DESTINATIONS {
+            let anchor = anchors[usize::try_from(rng.below(anchors.len() as u64)).expect("i")];
+            let bits: u32 = if anchor.is_ipv4() { 32 } else { 128 };
+            let mut ip = match rng.below(10) {
+                0..=4 => anchor,
+                // Around the anchor: inside some of its networks, outside the narrower ones.
+                5..=8 => {
+                    let keep = u32::try_from(rng.below(u64::from(bits) + 1)).expect("bits");
+                    net_randomize_below(&mut rng, anchor, keep)
+                }
+                _ => net_randomize_below(&mut rng, anchor, 0),
+            };
+            if ip.is_unspecified() || ip.to_canonical().is_unspecified() {
+                ip = anchor;
+            }
+            let udp = rng.chance(50);
+            if let IpAddr::V4(v4) = ip {
+                if rng.chance(25) {
+                    ip = IpAddr::V6(v4.to_ipv6_mapped());
+                }
+            }
+            let port = if rng.chance(80) {
+                ports[usize::try_from(rng.below(ports.len() as u64)).expect("i")]
+            } else {
+                1 + u16::try_from(rng.below(u64::from(u16::MAX))).expect("port")
+            };
+            let addr = SocketAddr::new(ip, port);
+            actions.push(format!("{}:{addr}", if udp { "udp" } else { "connect" }));
+            cases.push((addr, udp));
+        }
+        let log = scratch.path(&format!("large-net-{index}.jsonl"));
+        let mut args: Vec<&str> = vec!["unshare", "-n", probe.to_str().expect("utf-8")];
+        args.extend(actions.iter().map(String::as_str));
+        let output = oxd_run(&path, &log, &args);
+        assert!(
+            output.status.success(),
+            "oxd run failed under large policy {index}: {:?}",
+            output.status
+        );
+        let results = probe_results(&output);
+        assert_eq!(
+            results.len(),
+            cases.len(),
+            "the probe reported every action"
+        );
+        let records = audit_records(&log);
+        let lost: Vec<_> = records.iter().filter(|r| r["op"] == "lost").collect();
+        assert!(
+            lost.is_empty(),
+            "records were lost under policy {index}: {lost:?}"
+        );
+        for ((addr, udp), result) in cases.iter().zip(&results) {
+            let decision = policy.evaluate(&Request::Connect {
+                addr: *addr,
+                udp: *udp,
+                send: *udp,
+            });
+            let label = decision.rule_label(&policy);
+            *decided
+                .entry((
+                    decision.action.as_str(),
+                    matches!(decision.reason, Reason::Rule(_)),
+                ))
+                .or_default() += 1;
+            let denied = result["ok"] == false && result["errno"] == libc::EPERM;
+            let action = result["action"].as_str().unwrap_or_default();
+            if denied != (decision.action == oxd::policy::Action::Deny) {
+                mismatches.push(format!(
+                    "policy {index}: {action}: the evaluator says {} ({label}), the probe \
+                     reported {result}",
+                    decision.action.as_str()
+                ));
+                continue;
+            }
+            // A UDP send to an IPv4-mapped address goes through the IPv4 path and is recorded
+            // with the IPv4 address.
+            let reached = reached_address(*addr);
+            let target = match reached {
+                SocketAddr::V6(v6) if *udp => v6.ip().to_ipv4_mapped().map_or_else(
+                    || reached.to_string(),
+                    |v4| SocketAddr::new(IpAddr::V4(v4), v6.port()).to_string(),
+                ),
+                _ => reached.to_string(),
+            };
+            let op = if *udp { "sendmsg" } else { "connect" };
+            let found = records_for(&records, op, &target);
+            if found.is_empty()
+                || found.iter().any(|r| {
+                    r["rule"] != label.as_str() || r["decision"] != decision.action.as_str()
+                })
+            {
+                mismatches.push(format!(
+                    "policy {index}: {action}: the evaluator says {} ({label}), records {found:?}",
+                    decision.action.as_str()
+                ));
+            }
+        }
+    }
+    eprintln!("large network policies: decisions (action, by a rule): {decided:?}");
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} destinations disagree:\n{}",
+        mismatches.len(),
+        2 * DESTINATIONS,
+        mismatches.join("\n")
+    );
+    // The corpus exercises what it claims: rules allow and deny, and the default decides some.
+    for key in [("allow", true), ("deny", true)] {
+        assert!(
+            decided.get(&key).copied().unwrap_or(0) >= 20,
+            "too few destinations decided {key:?}: {decided:?}"
+        );
+    }
+    assert!(
+        decided.get(&("allow", false)).copied().unwrap_or(0)
+            + decided.get(&("deny", false)).copied().unwrap_or(0)
+            >= 20,
+        "too few destinations left to the default: {decided:?}"
+    );
+}
+
+/// Two 10,000-rule network policies fit the kernel's prefix trie at once (a replacement needs
+/// two slots); clearing a slot removes its prefixes and no other slot's, and the slot can be
+/// filled again.
+#[test]
+fn network_prefixes_of_two_large_policies_fit_and_clearing_a_slot_removes_its_own() {
+    use oxd::{
+        compile::compile,
+        enforcer::{Enforcer, LoadOptions},
+        policy::Policy,
+    };
+
+    let mut rng = NetRng(0x0063_6c65_6172);
+    let (first, _, _) = large_net_policy(&mut rng, 0);
+    let (second, _, _) = large_net_policy(&mut rng, 1);
+    let parse = |text: &str| Policy::parse(Path::new("large.toml"), text).expect("a valid policy");
+    let (first, second) = (parse(&first), parse(&second));
+    let mut enforcer = Enforcer::open(&LoadOptions {
+        lsm: false,
+        pin_dir: None,
+    })
+    .expect("load the programs and maps");
+    let no_files = |_: &Path| None;
+    let a = compile(&first, 3, 1, &no_files).expect("compiles");
+    let b = compile(&second, 4, 2, &no_files).expect("compiles");
+    assert!(
+        a.net().len() > 5_000 && b.net().len() > 5_000,
+        "mostly distinct networks"
+    );
+    enforcer.write_slot(&a).expect("write slot 3");
+    enforcer.write_slot(&b).expect("write slot 4");
+    assert_eq!(enforcer.net_prefix_count(3).expect("count"), a.net().len());
+    assert_eq!(enforcer.net_prefix_count(4).expect("count"), b.net().len());
+    enforcer.clear_slot(3).expect("clear slot 3");
+    assert_eq!(enforcer.net_prefix_count(3).expect("count"), 0);
+    assert_eq!(enforcer.net_prefix_count(4).expect("count"), b.net().len());
+    // The slot is reused by the next generation.
+    let again = compile(&second, 3, 3, &no_files).expect("compiles");
+    enforcer.write_slot(&again).expect("write slot 3 again");
+    assert_eq!(
+        enforcer.net_prefix_count(3).expect("count"),
+        again.net().len()
+    );
+    enforcer.clear_slot(4).expect("clear slot 4");
+    enforcer.clear_slot(3).expect("clear slot 3");
+    assert_eq!(enforcer.net_prefix_count(3).expect("count"), 0);
+    assert_eq!(enforcer.net_prefix_count(4).expect("count"), 0);
+}

@@ -31,10 +31,23 @@ pub const PATH_RULE_CAPACITY: u32 = 4 * MAX_PATH_RULES;
 
 /// Version of the layout of the maps oxd pins in bpffs. A daemon only adopts pins of its own
 /// layout version (they live in a directory named after it).
-pub const MAP_LAYOUT_VERSION: u32 = 5;
+pub const MAP_LAYOUT_VERSION: u32 = 6;
 
-/// Most network rules in one policy; the network rule table has this many entries per slot.
-pub const MAX_NET_RULES: u32 = 256;
+/// Most network rules in one policy.
+pub const MAX_NET_RULES: u32 = 16384;
+
+/// Capacity of the network prefix trie (`NET_PREFIXES`), shared by all slots: a policy takes
+/// one entry per distinct network its rules name, so this is room for four full-size policies
+/// at once (a replacement needs two).
+pub const NET_PREFIX_CAPACITY: u32 = 4 * MAX_NET_RULES;
+
+/// Most entries in one network prefix's list ([`NetPrefix`]): the rules that can decide a
+/// destination whose longest matching rule network is that prefix, once the rules that can
+/// never be the first match are left out. A policy that needs more is refused when compiled.
+pub const NET_LIST_LEN: usize = 32;
+
+/// Bits of a network prefix key ([`NetKey`]) taken by the slot.
+pub const NET_SLOT_PREFIX_BITS: u32 = 32;
 
 /// How many cgroups one oxd instance can confine.
 pub const MAX_CONFINED_CGROUPS: u32 = 1024;
@@ -411,7 +424,7 @@ pub struct Config {
     pub exec_default: u32,
     /// Default [`action`] for network.
     pub net_default: u32,
-    /// Number of valid entries at the start of the `NET_RULES` array.
+    /// Number of network rules in the policy; with none, the kernel skips the prefix lookup.
     pub net_rule_count: u32,
     /// Default [`action`] for opening a file for reading.
     pub file_read_default: u32,
@@ -484,26 +497,49 @@ pub struct RuleValue {
     pub action: u32,
 }
 
-/// A network rule. Addresses are IPv6, IPv4 ones as IPv4-mapped (`::ffff:a.b.c.d`), so an
-/// IPv4-mapped IPv6 destination is judged exactly as its IPv4 address. The user side sorts the
-/// table from most to least specific (deny first among equals); the first match decides.
+/// Key of the network prefix trie (`NET_PREFIXES`): the policy slot, then an IPv6 address in
+/// network byte order, IPv4 ones as IPv4-mapped (`::ffff:a.b.c.d`), so an IPv4-mapped IPv6
+/// destination is judged exactly as its IPv4 address. Every prefix length covers the slot
+/// ([`NET_SLOT_PREFIX_BITS`]) first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetKey {
+    pub slot: u32,
+    pub addr: [u8; 16],
+}
+
+/// One network rule as a prefix's list holds it: the address part is the trie's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NetRule {
-    /// Network address, already masked, in network byte order.
-    pub addr: [u8; 16],
-    /// Prefix mask, in network byte order.
-    pub mask: [u8; 16],
+pub struct NetEntry {
     /// First port of the range, host byte order.
     pub port_lo: u16,
     /// Last port of the range (inclusive), host byte order.
     pub port_hi: u16,
     /// [`proto`] bits.
-    pub proto: u32,
+    pub proto: u16,
     /// [`action::ALLOW`] or [`action::DENY`].
-    pub action: u32,
+    pub action: u16,
     /// Index of the rule in the compiled policy's rule table.
     pub rule_id: u32,
+}
+
+/// Value of the network prefix trie for one prefix `P` a policy's rules name: the rules of `P`
+/// and of every shorter rule network that contains `P`, in the policy's order of precedence
+/// (longer prefix, narrower port range, single protocol, deny first). A destination's longest
+/// matching prefix alone thus holds every rule that can match it; its first entry that matches
+/// the port and protocol decides, none matching leaves it to the default.
+#[expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding, set by whichever side of the kernel boundary builds the value"
+)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetPrefix {
+    /// Valid entries at the start of `entries`.
+    pub count: u32,
+    pub _pad: u32,
+    pub entries: [NetEntry; NET_LIST_LEN],
 }
 
 /// One decision, sent from the kernel to user space through the ring buffer.
@@ -606,14 +642,17 @@ pub mod counter {
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{Config, Event, InodeKey, InodeRules, MappedFile, NetRule, PathKey, RuleValue};
+    use super::{
+        Config, Event, InodeKey, InodeRules, MappedFile, NetKey, NetPrefix, PathKey, RuleValue,
+    };
 
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have no
     // implicit padding, so every bit pattern is valid and they can be copied to and from maps.
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PathKey {}
     unsafe impl aya::Pod for RuleValue {}
-    unsafe impl aya::Pod for NetRule {}
+    unsafe impl aya::Pod for NetKey {}
+    unsafe impl aya::Pod for NetPrefix {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for InodeKey {}
     unsafe impl aya::Pod for InodeRules {}
@@ -634,7 +673,9 @@ mod tests {
         assert_eq!(size_of::<RuleValue>(), 8);
         assert_eq!(size_of::<PathKey>(), 2 + PATH_KEY_LEN);
         assert_eq!(size_of::<InodeKey>(), 16);
-        assert_eq!(size_of::<NetRule>(), 16 + 16 + 2 + 2 + 4 + 4 + 4);
+        assert_eq!(size_of::<NetKey>(), 4 + 16);
+        assert_eq!(size_of::<NetEntry>(), 2 * 4 + 4);
+        assert_eq!(size_of::<NetPrefix>(), 8 + 12 * NET_LIST_LEN);
         let event_fields = 8 * 3 + 4 * 15 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
         assert_eq!(size_of::<Event>(), event_fields);
         assert_eq!(align_of::<Event>(), 8);

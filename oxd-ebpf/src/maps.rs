@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use oxd_common::{
-    counter, Config, InodeKey, InodeRules, MappedFile, NetRule, PathKey, RuleValue,
-    MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_NET_RULES, MAX_POLICY_SLOTS, MAX_PROTECTED_FILES,
-    MAX_PROTECTED_TASKS, PATH_BUF_LEN, PATH_RULE_CAPACITY, RING_BUF_BYTES,
+    counter, Config, InodeKey, InodeRules, MappedFile, NetKey, NetPrefix, PathKey, RuleValue,
+    MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_POLICY_SLOTS, MAX_PROTECTED_FILES,
+    MAX_PROTECTED_TASKS, NET_PREFIX_CAPACITY, PATH_BUF_LEN, PATH_RULE_CAPACITY, RING_BUF_BYTES,
 };
 
 /// Policy settings, one element per policy slot.
@@ -61,11 +61,11 @@ pub(crate) static FILE_WRITE_RULES: LpmTrie<PathKey, RuleValue> =
 pub(crate) static DENIED_INODES: HashMap<InodeKey, InodeRules> =
     HashMap::with_max_entries(PATH_RULE_CAPACITY, 0);
 
-/// Network rules: `MAX_NET_RULES` entries per slot, most specific first; the slot's
-/// `CONFIG.net_rule_count` entries are valid.
+/// Network rules: longest matching prefix of (slot, destination address), whose value lists
+/// every rule that can decide a destination there, in order of precedence (see `NetPrefix`).
 #[map]
-pub(crate) static NET_RULES: Array<NetRule> =
-    Array::with_max_entries(MAX_NET_RULES * MAX_POLICY_SLOTS, 0);
+pub(crate) static NET_PREFIXES: LpmTrie<NetKey, NetPrefix> =
+    LpmTrie::with_max_entries(NET_PREFIX_CAPACITY, 0);
 
 /// Decisions for the audit log.
 #[map]

@@ -8,18 +8,17 @@
 //! ICMP ping socket (which the kernel passes through `connect4`/`connect6` since 6.0) is decided
 //! as the socket was, by the `icmp` switch (see [`crate::sock`]).
 
-use core::{
-    ffi::c_void,
-    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
-};
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use aya_ebpf::{helpers::bpf_loop, macros::cgroup_sock_addr, programs::SockAddrContext};
-use oxd_common::{governs, op, proto, reason, Config, MAX_NET_RULES, RULE_DEFAULT};
+use aya_ebpf::{macros::cgroup_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
+use oxd_common::{
+    governs, op, proto, reason, Config, NetKey, NET_LIST_LEN, NET_SLOT_PREFIX_BITS, RULE_DEFAULT,
+};
 
 use crate::{
     confine::Gate,
     event::{refuse, start_event, Verdict},
-    maps::NET_RULES,
+    maps::NET_PREFIXES,
     sock::{socket_kind, socket_verdict},
 };
 
@@ -66,7 +65,7 @@ fn unspecified4(source: u32) -> [u8; 4] {
 }
 
 /// An IPv4 destination is judged as its IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), so one
-/// rule table serves both families. With `sendmsg`, the source of an unspecified destination
+/// prefix trie serves both families. With `sendmsg`, the source of an unspecified destination
 /// is the one the send uses (`msg_src_ip4`: the bound address or an `IP_PKTINFO` one).
 #[inline(always)]
 fn decide_sock_addr4(ctx: &SockAddrContext, operation: u32, sendmsg: bool) -> i32 {
@@ -202,22 +201,10 @@ fn half(bytes: &[u8; 16], start: usize) -> u64 {
     u64::from_ne_bytes(out)
 }
 
-/// State shared with [`net_rule_step`] across `bpf_loop` iterations.
-#[repr(C)]
-struct NetMatch {
-    hi: u64,
-    lo: u64,
-    port: u32,
-    proto_bit: u32,
-    base: u32,
-    count: u32,
-    matched: u32,
-    decision: u32,
-    rule_id: u32,
-}
-
-/// Walks the network rules with `bpf_loop`, so the verifier checks one iteration rather than
-/// every one of `MAX_NET_RULES`.
+/// Finds the rule that decides a connect to `addr`, `port` with protocol `proto_bit`: one
+/// lookup of the longest matching rule network in the slot's prefix trie, then a scan of that
+/// prefix's list (at most `NET_LIST_LEN` entries, in order of precedence) for the first entry
+/// whose ports and protocol match. The cost does not grow with the number of rules.
 #[inline(always)]
 fn match_net_rules(
     config: &Config,
@@ -226,71 +213,34 @@ fn match_net_rules(
     port: u16,
     proto_bit: u32,
 ) -> Verdict {
-    let mut state = NetMatch {
-        hi: u64::from_ne_bytes([
-            addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
-        ]),
-        lo: u64::from_ne_bytes([
-            addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
-        ]),
-        port: u32::from(port),
-        proto_bit,
-        base: slot * MAX_NET_RULES,
-        count: config.net_rule_count,
-        matched: 0,
-        decision: 0,
-        rule_id: 0,
+    let default = Verdict {
+        decision: config.net_default,
+        reason: reason::DEFAULT,
+        rule_id: RULE_DEFAULT,
     };
-    let step: extern "C" fn(u64, *mut c_void) -> i64 = net_rule_step;
-    // SAFETY: `state` outlives the call; the callback only touches it through the pointer.
-    let ret = unsafe {
-        bpf_loop(
-            MAX_NET_RULES,
-            step as *mut c_void,
-            addr_of_mut!(state).cast(),
-            0,
-        )
-    };
-    if ret < 0 {
-        return Verdict::deny(reason::NO_CONFIG);
+    if config.net_rule_count == 0 {
+        return default;
     }
-    if state.matched != 0 {
-        Verdict {
-            decision: state.decision,
-            reason: reason::RULE,
-            rule_id: state.rule_id,
+    let key = Key::new(NET_SLOT_PREFIX_BITS + 128, NetKey { slot, addr: *addr });
+    let Some(list) = NET_PREFIXES.get(&key) else {
+        return default;
+    };
+    let count = list.count as usize;
+    let port = u32::from(port);
+    let mut i = 0;
+    while i < NET_LIST_LEN && i < count {
+        let entry = &list.entries[i];
+        if u32::from(entry.proto) & proto_bit != 0
+            && port >= u32::from(entry.port_lo)
+            && port <= u32::from(entry.port_hi)
+        {
+            return Verdict {
+                decision: u32::from(entry.action),
+                reason: reason::RULE,
+                rule_id: entry.rule_id,
+            };
         }
-    } else {
-        Verdict {
-            decision: config.net_default,
-            reason: reason::DEFAULT,
-            rule_id: RULE_DEFAULT,
-        }
+        i += 1;
     }
-}
-
-/// One `bpf_loop` iteration: returns 1 to stop (a match, or past the last rule), 0 to go on.
-#[inline(never)]
-extern "C" fn net_rule_step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `NetMatch` that `match_net_rules` passed to `bpf_loop`.
-    let state = unsafe { &mut *ctx.cast::<NetMatch>() };
-    let index = index as u32;
-    if index >= state.count {
-        return 1;
-    }
-    let Some(rule) = NET_RULES.get(state.base + index) else {
-        return 1;
-    };
-    let port_ok = state.port >= u32::from(rule.port_lo) && state.port <= u32::from(rule.port_hi);
-    let matches = rule.proto & state.proto_bit != 0
-        && port_ok
-        && state.hi & half(&rule.mask, 0) == half(&rule.addr, 0)
-        && state.lo & half(&rule.mask, 8) == half(&rule.addr, 8);
-    if matches {
-        state.matched = 1;
-        state.decision = rule.action;
-        state.rule_id = rule.rule_id;
-        return 1;
-    }
-    0
+    default
 }

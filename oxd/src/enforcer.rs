@@ -13,7 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use oxd_common::{
-    counter, Config, InodeKey, InodeRules, PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_POLICY_SLOTS,
+    counter, Config, InodeKey, InodeRules, NetKey, NetPrefix, PathKey, RuleValue,
+    ANCESTOR_SLOT_BIT, MAX_POLICY_SLOTS,
 };
 
 /// Kept here until every caller asks [`crate::host`].
@@ -254,7 +255,7 @@ const PINNED_MAPS: [&str; 14] = [
     "FILE_READ_RULES",
     "FILE_WRITE_RULES",
     "DENIED_INODES",
-    "NET_RULES",
+    "NET_PREFIXES",
     "EVENTS",
     "COUNTERS",
     "MAPPED_FILES",
@@ -635,16 +636,13 @@ impl Enforcer {
             }
         }
         if !image.net().is_empty() {
-            let mut table: Array<_, oxd_common::NetRule> = Array::try_from(
-                self.ebpf
-                    .map_mut("NET_RULES")
-                    .ok_or(EnforcerError::Missing("NET_RULES map"))?,
-            )
-            .map_err(map_err("open the network rule map"))?;
-            for (i, entry) in image.net().iter().enumerate() {
-                table
-                    .set(entry.index, entry.rule, 0)
-                    .map_err(map_err(format!("insert network rule {i}")))?;
+            let mut trie = self.net_prefix_map()?;
+            for entry in image.net() {
+                trie.insert(&Key::new(entry.prefix_len, entry.key), entry.value, 0)
+                    .map_err(map_err(format!(
+                        "insert the rules of network {}",
+                        crate::compile::network_text(entry.network())
+                    )))?;
             }
         }
         // The configuration goes last: until it is there, confined actions fail closed.
@@ -679,6 +677,16 @@ impl Enforcer {
                 trie.remove(&key)
                     .map_err(map_err(format!("remove a rule from {map}")))?;
             }
+        }
+        let mut trie = self.net_prefix_map()?;
+        let keys: Vec<Key<NetKey>> = trie
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .filter(|k| k.data().slot == slot)
+            .collect();
+        for key in keys {
+            trie.remove(&key)
+                .map_err(map_err("remove a network prefix"))?;
         }
         let mut inodes: HashMap<_, InodeKey, InodeRules> = HashMap::try_from(
             self.ebpf
@@ -721,6 +729,25 @@ impl Enforcer {
                 .ok_or(EnforcerError::Missing("CONFIG map"))?,
         )
         .map_err(map_err("open the configuration map"))
+    }
+
+    /// How many network prefixes the kernel holds for `slot` (entries of `NET_PREFIXES`).
+    pub fn net_prefix_count(&mut self, slot: u32) -> Result<usize> {
+        let trie = self.net_prefix_map()?;
+        Ok(trie
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .filter(|k| k.data().slot == slot)
+            .count())
+    }
+
+    fn net_prefix_map(&mut self) -> Result<LpmTrie<&mut MapData, NetKey, NetPrefix>> {
+        LpmTrie::try_from(
+            self.ebpf
+                .map_mut("NET_PREFIXES")
+                .ok_or(EnforcerError::Missing("NET_PREFIXES map"))?,
+        )
+        .map_err(map_err("open the network prefix map"))
     }
 
     fn confined_map(&mut self) -> Result<HashMap<&mut MapData, u64, u32>> {

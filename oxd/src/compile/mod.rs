@@ -2,7 +2,7 @@
 //!
 //! This is the one place that knows how a policy is encoded for the kernel programs: the
 //! slot's [`Config`], the path-rule keys of the exec and file tries, the file identities named
-//! by exact deny rules, and the network rule table. [`compile`] is pure: it touches neither the
+//! by exact deny rules, and the network prefix trie. [`compile`] is pure: it touches neither the
 //! kernel nor the file system. The file identities it needs come from the caller, normally
 //! [`file_identity`]; [`crate::enforcer::Enforcer::write_slot`] then writes the [`SlotImage`]
 //! as it is.
@@ -13,9 +13,9 @@ mod unix;
 use std::path::Path;
 
 use oxd_common::{
-    action, governs, mode, proto, Config, InodeKey, InodeRules, NetRule, PathKey, RuleValue,
-    ANCESTOR_SLOT_BIT, MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_DEFAULT,
-    RULE_NONE, SLOT_PREFIX_BITS,
+    action, governs, mode, proto, Config, InodeKey, InodeRules, NetEntry, NetKey, NetPrefix,
+    PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS,
+    NET_LIST_LEN, NET_SLOT_PREFIX_BITS, PATH_KEY_LEN, RULE_DEFAULT, RULE_NONE, SLOT_PREFIX_BITS,
 };
 
 pub use self::{
@@ -47,6 +47,12 @@ pub enum CompileError {
         pattern: String,
         len: usize,
     },
+    #[error(
+        "network {network}: a destination there can be decided by more than {NET_LIST_LEN} rules \
+         (its own and those of the wider networks around it, once those that can never decide \
+         are left out); {rule} does not fit: merge neighbouring port ranges or networks"
+    )]
+    NetListTooLong { network: String, rule: String },
 }
 
 /// The path-rule maps: one LPM trie per category.
@@ -105,13 +111,36 @@ pub struct InodeEntry {
     pub rules: InodeRules,
 }
 
-/// One entry of the network rule table.
+/// One entry of the network prefix trie (`NET_PREFIXES`): a network that rules name, and the
+/// list of every rule that can decide a destination whose longest matching rule network it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NetEntry {
-    /// Index into the `NET_RULES` array: the slot's region (`slot * MAX_NET_RULES`), then the
-    /// rule's place in first-match order.
-    pub index: u32,
-    pub rule: NetRule,
+pub struct NetPrefixEntry {
+    /// Prefix length in bits, the slot's [`NET_SLOT_PREFIX_BITS`] included.
+    pub prefix_len: u32,
+    pub key: NetKey,
+    pub value: NetPrefix,
+}
+
+impl NetPrefixEntry {
+    /// The network, IPv4 ones as IPv4-mapped IPv6.
+    pub fn network(&self) -> ipnet::Ipv6Net {
+        let len = u8::try_from(self.prefix_len - NET_SLOT_PREFIX_BITS).unwrap_or(128);
+        ipnet::Ipv6Net::new(self.key.addr.into(), len).unwrap_or_default()
+    }
+
+    /// The valid entries of the list, in order of precedence.
+    pub fn entries(&self) -> &[NetEntry] {
+        &self.value.entries[..(self.value.count as usize).min(NET_LIST_LEN)]
+    }
+}
+
+/// A network whose list of rules that can decide there is longer than [`NET_LIST_LEN`]:
+/// `rule` (an index into the rules given to [`net_prefix_lists`]) is the first that does not
+/// fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetListOverflow {
+    pub network: ipnet::Ipv6Net,
+    pub rule: usize,
 }
 
 /// Everything the kernel's maps hold for one policy in one slot. Only [`compile`] makes one,
@@ -124,7 +153,7 @@ pub struct SlotImage {
     file_read: Vec<PathEntry>,
     file_write: Vec<PathEntry>,
     inodes: Vec<InodeEntry>,
-    net: Vec<NetEntry>,
+    net: Vec<NetPrefixEntry>,
     /// The directories of subtree rules, per table (see [`Self::dir_paths`]).
     dirs: [Vec<PathEntry>; 3],
     /// The directories above deny rules (see [`Self::ancestor_paths`]).
@@ -191,8 +220,8 @@ impl SlotImage {
         &self.inodes
     }
 
-    /// The network rule table's entries, in first-match order.
-    pub fn net(&self) -> &[NetEntry] {
+    /// The network prefix trie's entries, one per network the rules name.
+    pub fn net(&self) -> &[NetPrefixEntry] {
         &self.net
     }
 
@@ -237,7 +266,7 @@ pub fn compile(
     let exec = path_entries(PathTable::Exec, key_slot, exec_rules)?;
     let file_read = path_entries(PathTable::FileRead, key_slot, read_rules)?;
     let file_write = path_entries(PathTable::FileWrite, key_slot, write_rules)?;
-    let net = net_entries(slot, net_rules)?;
+    let net = net_entries(slot, net_rules, policy)?;
     let unix = unix::unix_entries(
         key_slot,
         policy.ipc.as_ref().map_or(&[][..], |i| &i.unix_rules),
@@ -532,22 +561,115 @@ fn path_entries(
         .collect()
 }
 
-fn net_entries(slot: u32, rules: &[NetworkRule]) -> Result<Vec<NetEntry>, CompileError> {
+/// For each network the rules name, the positions (into `rules`, which are in order of
+/// precedence: most specific first, deny first among equals) of every rule that can decide a
+/// destination whose longest matching rule network it is: the rules of that network and of
+/// every wider one around it (a destination inside a network is inside every network around
+/// it, and in no other network the rules name that is not inside it), in order of precedence.
+/// A rule is left out where an earlier one in the list covers all its ports and protocols: it
+/// could never be the first match there. The first entry of a destination's list that matches
+/// its port and protocol is then the first rule of all `rules` that matches it.
+///
+/// # Errors
+///
+/// [`NetListOverflow`] when a list would hold more than [`NET_LIST_LEN`] rules.
+pub fn net_prefix_lists(
+    rules: &[NetworkRule],
+) -> Result<Vec<(ipnet::Ipv6Net, Vec<usize>)>, NetListOverflow> {
+    use std::collections::{BTreeMap, HashMap};
+    // Positions of each network's own rules, in order; networks in a stable order.
+    let mut own: BTreeMap<ipnet::Ipv6Net, Vec<usize>> = BTreeMap::new();
+    for (position, rule) in rules.iter().enumerate() {
+        own.entry(rule.net).or_default().push(position);
+    }
+    let lookup: HashMap<ipnet::Ipv6Net, &Vec<usize>> = own.iter().map(|(n, v)| (*n, v)).collect();
+    let mut out = Vec::with_capacity(own.len());
+    for &network in own.keys() {
+        let mut positions: Vec<usize> = Vec::new();
+        for len in 0..=network.prefix_len() {
+            let wider = ipnet::Ipv6Net::new(network.network(), len).map_or(network, |n| n.trunc());
+            if let Some(found) = lookup.get(&wider) {
+                positions.extend(found.iter().copied());
+            }
+        }
+        positions.sort_unstable();
+        let mut kept: Vec<usize> = Vec::new();
+        for position in positions {
+            let rule = &rules[position];
+            let covered = kept.iter().any(|&k| {
+                let earlier = &rules[k];
+                earlier.ports.0 <= rule.ports.0
+                    && rule.ports.1 <= earlier.ports.1
+                    && protocol_bits(earlier.protocol) & protocol_bits(rule.protocol)
+                        == protocol_bits(rule.protocol)
+            });
+            if covered {
+                continue;
+            }
+            if kept.len() == NET_LIST_LEN {
+                return Err(NetListOverflow {
+                    network,
+                    rule: position,
+                });
+            }
+            kept.push(position);
+        }
+        out.push((network, kept));
+    }
+    Ok(out)
+}
+
+/// A network in messages, as written in a policy: IPv4-mapped ones as IPv4.
+pub fn network_text(network: ipnet::Ipv6Net) -> String {
+    match network.network().to_ipv4_mapped() {
+        Some(v4) if network.prefix_len() >= 96 => format!("{v4}/{}", network.prefix_len() - 96),
+        _ => network.to_string(),
+    }
+}
+
+fn net_entries(
+    slot: u32,
+    rules: &[NetworkRule],
+    policy: &Policy,
+) -> Result<Vec<NetPrefixEntry>, CompileError> {
     check_count("network", rules.len(), MAX_NET_RULES)?;
-    Ok(rules
-        .iter()
-        .zip(slot * MAX_NET_RULES..)
-        .map(|(rule, index)| NetEntry {
-            index,
-            rule: NetRule {
-                addr: rule.net.network().octets(),
-                mask: rule.net.netmask().octets(),
-                port_lo: rule.ports.0,
-                port_hi: rule.ports.1,
-                proto: protocol_bits(rule.protocol),
-                action: action_bits(rule.action),
-                rule_id: rule.rule,
-            },
+    let lists = net_prefix_lists(rules).map_err(|overflow| {
+        let rule = &rules[overflow.rule];
+        let rule = policy.rules.get(rule.rule as usize).map_or_else(
+            || format!("rule {}", rule.rule),
+            |info| format!("{} ({})", info.id, info.text),
+        );
+        CompileError::NetListTooLong {
+            network: network_text(overflow.network),
+            rule,
+        }
+    })?;
+    Ok(lists
+        .into_iter()
+        .map(|(network, positions)| {
+            let mut value = NetPrefix {
+                count: u32::try_from(positions.len()).unwrap_or(0),
+                _pad: 0,
+                entries: [NetEntry::default(); NET_LIST_LEN],
+            };
+            for (slot_entry, &position) in value.entries.iter_mut().zip(&positions) {
+                let rule = &rules[position];
+                *slot_entry = NetEntry {
+                    port_lo: rule.ports.0,
+                    port_hi: rule.ports.1,
+                    proto: u16::try_from(protocol_bits(rule.protocol)).unwrap_or(u16::MAX),
+                    action: u16::try_from(action_bits(rule.action)).unwrap_or(u16::MAX),
+                    rule_id: rule.rule,
+                };
+            }
+            NetPrefixEntry {
+                prefix_len: NET_SLOT_PREFIX_BITS + u32::from(network.prefix_len()),
+                key: NetKey {
+                    slot,
+                    addr: network.network().octets(),
+                },
+                value,
+            }
         })
         .collect())
 }

@@ -35,6 +35,15 @@ fn rule_id(policy: &Policy, rule: u32) -> &str {
     &policy.rules[rule as usize].id
 }
 
+fn rule_index(policy: &Policy, id: &str) -> u32 {
+    let index = policy
+        .rules
+        .iter()
+        .position(|r| r.id == id)
+        .expect("a rule");
+    u32::try_from(index).unwrap()
+}
+
 #[test]
 fn exact_key_includes_terminator_so_prefixes_do_not_match() {
     let (key, bits) = pattern_key(&PathPattern::Exact("/bin/sh".into()));
@@ -193,12 +202,13 @@ cidr = "127.0.0.1"
             image.denied(id(1)).map(|r| r.exec),
             zero.denied(id(1)).map(|r| r.exec)
         );
-        let indexes: Vec<u32> = image.net().iter().map(|e| e.index).collect();
-        assert_eq!(
-            indexes,
-            [slot * MAX_NET_RULES, slot * MAX_NET_RULES + 1],
-            "network rules sit in the slot's region, in order"
-        );
+        assert_eq!(image.net().len(), zero.net().len());
+        for (entry, in_zero) in image.net().iter().zip(zero.net()) {
+            assert_eq!(entry.key.slot, slot, "network prefixes carry the slot");
+            assert_eq!(entry.key.addr, in_zero.key.addr);
+            assert_eq!(entry.prefix_len, in_zero.prefix_len);
+            assert_eq!(entry.value, in_zero.value);
+        }
         assert_eq!(image.config().net_rule_count, 2);
     }
     for (table, counts) in PathTable::ALL.into_iter().zip([2, 2, 2]) {
@@ -291,8 +301,23 @@ fn identities_need_a_governed_section() {
     }
 }
 
+/// The rule labels of the list the kernel holds for `network` (as written, IPv4 as such).
+fn net_list(p: &Policy, image: &SlotImage, network: &str) -> Vec<String> {
+    let net = crate::policy::parse_cidr(network).expect("a network");
+    let entry = image
+        .net()
+        .iter()
+        .find(|e| e.network() == net)
+        .unwrap_or_else(|| panic!("no prefix entry for {network}"));
+    entry
+        .entries()
+        .iter()
+        .map(|e| rule_id(p, e.rule_id).to_owned())
+        .collect()
+}
+
 #[test]
-fn network_entries_keep_first_match_order() {
+fn network_prefix_lists_keep_first_match_order() {
     let p = policy(
         r#"
 [network]
@@ -316,50 +341,273 @@ protocol = "udp"
 "#,
     );
     let image = compile_ok(&p, 2, 1);
-    let order: Vec<&str> = image
+    assert_eq!(image.net().len(), 3, "one trie entry per network");
+    // Most specific first (longest prefix, then narrowest ports, then one protocol), deny
+    // before allow among equals: the kernel takes the first match. The /16's list would hold
+    // the /8's rule too, after its own, but its own catch-all deny covers it, and the tcp/443
+    // deny covers the same allow: neither could ever decide there, both are left out.
+    assert_eq!(
+        net_list(&p, &image, "10.1.0.0/16"),
+        ["network.deny[0]", "network.deny[1]"]
+    );
+    assert_eq!(net_list(&p, &image, "10.0.0.0/8"), ["network.allow[0]"]);
+    assert_eq!(net_list(&p, &image, "::1"), ["network.allow[2]"]);
+
+    let loopback = image
         .net()
         .iter()
-        .map(|e| rule_id(&p, e.rule.rule_id))
-        .collect();
-    // Most specific first (longest prefix, then narrowest ports, then one protocol), deny
-    // before allow among equals: the kernel takes the first match.
+        .find(|e| e.entries()[0].rule_id == rule_index(&p, "network.allow[2]"))
+        .unwrap();
     assert_eq!(
-        order,
-        [
-            "network.allow[2]",
-            "network.deny[0]",
-            "network.allow[1]",
-            "network.deny[1]",
-            "network.allow[0]"
-        ]
-    );
-    for (i, entry) in image.net().iter().enumerate() {
-        assert_eq!(entry.index, 2 * MAX_NET_RULES + u32::try_from(i).unwrap());
-    }
-
-    let loopback = &image.net()[0].rule;
-    assert_eq!(
-        loopback.addr,
+        loopback.key.addr,
         "::1".parse::<std::net::Ipv6Addr>().unwrap().octets()
     );
-    assert_eq!(loopback.mask, [0xff; 16]);
-    assert_eq!((loopback.port_lo, loopback.port_hi), (8000, 8999));
-    assert_eq!(loopback.proto, proto::UDP);
-    assert_eq!(loopback.action, action::ALLOW);
+    assert_eq!(loopback.prefix_len, NET_SLOT_PREFIX_BITS + 128);
+    assert_eq!(loopback.key.slot, 2);
+    let e = loopback.entries()[0];
+    assert_eq!((e.port_lo, e.port_hi), (8000, 8999));
+    assert_eq!(u32::from(e.proto), proto::UDP);
+    assert_eq!(u32::from(e.action), action::ALLOW);
 
-    let deny = &image.net()[1].rule;
+    let sixteen = image
+        .net()
+        .iter()
+        .find(|e| e.prefix_len == NET_SLOT_PREFIX_BITS + 112)
+        .expect("a /16 is IPv4-mapped as a /112");
     let mapped: std::net::Ipv6Addr = "::ffff:10.1.0.0".parse().unwrap();
-    assert_eq!(deny.addr, mapped.octets());
-    let mut mask = [0xff; 16];
-    mask[14..].fill(0);
-    assert_eq!(deny.mask, mask, "a /16 is IPv4-mapped as a /112");
+    assert_eq!(sixteen.key.addr, mapped.octets());
+    let deny = sixteen.entries()[0];
     assert_eq!((deny.port_lo, deny.port_hi), (443, 443));
-    assert_eq!(deny.proto, proto::TCP);
-    assert_eq!(deny.action, action::DENY);
-
-    let any = &image.net()[4].rule;
+    assert_eq!(u32::from(deny.proto), proto::TCP);
+    assert_eq!(u32::from(deny.action), action::DENY);
+    let any = sixteen.entries()[1];
     assert_eq!((any.port_lo, any.port_hi), (0, u16::MAX));
-    assert_eq!(any.proto, proto::ANY);
+    assert_eq!(u32::from(any.proto), proto::ANY);
+}
+
+#[test]
+fn a_host_deny_inside_an_allowed_network_on_some_ports() {
+    let p = policy(
+        r#"
+[network]
+default = "deny"
+[[network.allow]]
+cidr = "10.0.0.0/8"
+ports = "1-1024"
+[[network.allow]]
+cidr = "10.0.0.0/8"
+ports = "8000-8080"
+protocol = "tcp"
+[[network.deny]]
+cidr = "10.9.9.9/32"
+ports = "443"
+[[network.allow]]
+cidr = "10.9.0.0/16"
+ports = "53"
+protocol = "udp"
+[[network.deny]]
+cidr = "0.0.0.0/0"
+ports = "22"
+"#,
+    );
+    let image = compile_ok(&p, 0, 1);
+    // The host's list: its own deny, then the /16's udp/53, then the /8's narrower range
+    // (8000-8080 tcp), then its wider one, then the /0's port 22 deny (not covered: the /8's
+    // 1-1024 allow comes first there and decides port 22 inside 10/8, so it stays only for
+    // what the allow does not cover... which is nothing: it is left out).
+    assert_eq!(
+        net_list(&p, &image, "10.9.9.9/32"),
+        [
+            "network.deny[0]",
+            "network.allow[2]",
+            "network.allow[1]",
+            "network.allow[0]",
+        ]
+    );
+    assert_eq!(
+        net_list(&p, &image, "10.9.0.0/16"),
+        ["network.allow[2]", "network.allow[1]", "network.allow[0]"]
+    );
+    assert_eq!(net_list(&p, &image, "0.0.0.0/0"), ["network.deny[1]"]);
+    // And the lists decide as the reference evaluator does.
+    check_lists_against_evaluator(
+        &p,
+        &image,
+        &["10.9.9.9", "10.9.9.8", "10.1.1.1", "11.0.0.1"],
+    );
+}
+
+#[test]
+fn overlapping_port_ranges_and_protocols_keep_precedence() {
+    let p = policy(
+        r#"
+[network]
+default = "allow"
+[[network.deny]]
+cidr = "192.168.0.0/16"
+ports = "100-200"
+protocol = "tcp"
+[[network.allow]]
+cidr = "192.168.0.0/16"
+ports = "150-160"
+[[network.allow]]
+cidr = "192.168.0.0/16"
+ports = "100-200"
+protocol = "udp"
+[[network.deny]]
+cidr = "192.168.1.0/24"
+ports = "0-65535"
+protocol = "udp"
+[[network.allow]]
+cidr = "192.168.1.0/24"
+ports = "0-65535"
+protocol = "udp"
+"#,
+    );
+    let image = compile_ok(&p, 0, 1);
+    // /24: udp-all deny (deny first among equals; the allow of the same rule is covered by
+    // it and left out), then the /16's narrowest (150-160 any), then 100-200 tcp; the /16's
+    // 100-200 udp is covered by the /24's udp deny and left out.
+    assert_eq!(
+        net_list(&p, &image, "192.168.1.0/24"),
+        ["network.deny[1]", "network.allow[0]", "network.deny[0]"]
+    );
+    assert_eq!(
+        net_list(&p, &image, "192.168.0.0/16"),
+        ["network.allow[0]", "network.deny[0]", "network.allow[1]"]
+    );
+    check_lists_against_evaluator(&p, &image, &["192.168.1.7", "192.168.2.7", "10.0.0.1"]);
+}
+
+#[test]
+fn ipv4_rules_cover_ipv4_mapped_destinations_and_ipv6_rules_around_them() {
+    let p = policy(
+        r#"
+[network]
+default = "deny"
+[[network.allow]]
+cidr = "::/0"
+ports = 80
+[[network.deny]]
+cidr = "127.0.0.0/8"
+ports = "81-82"
+[[network.allow]]
+cidr = "::ffff:127.0.0.1/128"
+ports = 81
+"#,
+    );
+    let image = compile_ok(&p, 0, 1);
+    // `::ffff:127.0.0.1/128` is the IPv4 rule `127.0.0.1/32`; `::/0` contains every
+    // IPv4-mapped address, so its rule is in the IPv4 networks' lists too.
+    assert_eq!(
+        net_list(&p, &image, "127.0.0.1/32"),
+        ["network.allow[1]", "network.deny[0]", "network.allow[0]"]
+    );
+    assert_eq!(
+        net_list(&p, &image, "127.0.0.0/8"),
+        ["network.deny[0]", "network.allow[0]"]
+    );
+    check_lists_against_evaluator(&p, &image, &["127.0.0.1", "127.0.0.2", "::1", "10.0.0.1"]);
+}
+
+#[test]
+fn a_list_longer_than_the_kernel_holds_is_refused_naming_the_rule() {
+    // 33 single-port rules on one network: the 33rd does not fit.
+    let mut text = String::from("[network]\n");
+    for port in 1..=NET_LIST_LEN + 1 {
+        text.push_str(&format!(
+            "[[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = {port}\n"
+        ));
+    }
+    let err = Policy::parse(Path::new("t.toml"), &text)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("t.toml:"), "{err}");
+    assert!(err.contains("10.0.0.0/8"), "{err}");
+    assert!(err.contains("at most 32"), "{err}");
+    // The line of the 33rd rule (each rule takes three lines after the header).
+    let line = 2 + 3 * NET_LIST_LEN;
+    assert!(err.contains(&format!("t.toml:{line}:")), "{err}");
+    // The compiler refuses it too (a policy built without the validator).
+    let mut p = policy("[network]\n");
+    p.network.as_mut().unwrap().rules = (0..=u16::try_from(NET_LIST_LEN).unwrap())
+        .map(|port| NetworkRule {
+            net: "::ffff:10.0.0.0/104".parse().unwrap(),
+            ports: (port, port),
+            protocol: Protocol::Tcp,
+            action: Action::Allow,
+            rule: u32::from(port),
+        })
+        .collect();
+    let err = compile(&p, 0, 1, &|_: &Path| None).unwrap_err();
+    assert_eq!(
+        err,
+        CompileError::NetListTooLong {
+            network: "10.0.0.0/8".into(),
+            rule: "rule 32".into()
+        }
+    );
+    // Rules an earlier one covers take no room: a host's own catch-all deny leaves out the 32
+    // single-port rules of the network around it (which fill that network's list exactly).
+    let mut text = String::from("[network]\n[[network.deny]]\ncidr = \"10.1.2.3\"\n");
+    for port in 1..=NET_LIST_LEN {
+        text.push_str(&format!(
+            "[[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = {port}\n"
+        ));
+    }
+    let p = policy(&text);
+    let image = compile_ok(&p, 0, 1);
+    assert_eq!(net_list(&p, &image, "10.1.2.3"), ["network.deny[0]"]);
+    assert_eq!(net_list(&p, &image, "10.0.0.0/8").len(), NET_LIST_LEN);
+    check_lists_against_evaluator(&p, &image, &["10.1.2.3", "10.1.2.4"]);
+}
+
+/// For every port around the rules' boundaries and both protocols, the first matching entry of
+/// the destination's longest matching prefix decides as [`Policy::evaluate`] does.
+fn check_lists_against_evaluator(p: &Policy, image: &SlotImage, addrs: &[&str]) {
+    use std::net::{IpAddr, SocketAddr};
+
+    use crate::evaluate::{Reason, Request};
+    let net = p.network.as_ref().unwrap();
+    let mut ports: Vec<u16> = vec![0, 1, u16::MAX];
+    for r in &net.rules {
+        ports.extend([r.ports.0, r.ports.1]);
+        ports.extend([r.ports.0.saturating_sub(1), r.ports.1.saturating_add(1)]);
+    }
+    for addr in addrs {
+        let ip: IpAddr = addr.parse().unwrap();
+        let mapped = match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        let longest = image
+            .net()
+            .iter()
+            .filter(|e| e.network().contains(&mapped))
+            .max_by_key(|e| e.prefix_len);
+        for &port in &ports {
+            for udp in [false, true] {
+                let bit = if udp { proto::UDP } else { proto::TCP };
+                let kernel = longest.and_then(|e| {
+                    e.entries().iter().find(|x| {
+                        u32::from(x.proto) & bit != 0 && x.port_lo <= port && port <= x.port_hi
+                    })
+                });
+                let reference = p.evaluate(&Request::Connect {
+                    addr: SocketAddr::new(ip, port),
+                    udp,
+                    send: udp,
+                });
+                match (kernel, reference.reason) {
+                    (Some(x), Reason::Rule(id)) => {
+                        assert_eq!(x.rule_id, id, "{addr}:{port} udp={udp}");
+                    }
+                    (None, Reason::Default) => {}
+                    (k, r) => panic!("{addr}:{port} udp={udp}: lists {k:?}, evaluator {r:?}"),
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -570,14 +818,18 @@ fn rule_count_limits() {
         rule: 0,
     };
     let max_net = MAX_NET_RULES as usize;
-    p.network.as_mut().unwrap().rules = vec![net_rule.clone(); max_net];
+    p.network.as_mut().unwrap().rules = (0..max_net)
+        .map(|i| NetworkRule {
+            net: ipnet::Ipv6Net::new(
+                std::net::Ipv4Addr::from(0x0a00_0000 + u32::try_from(i).unwrap()).to_ipv6_mapped(),
+                128,
+            )
+            .unwrap(),
+            ..net_rule.clone()
+        })
+        .collect();
     let image = compile_ok(&p, MAX_POLICY_SLOTS - 1, 1);
-    assert_eq!(image.net().len(), max_net);
-    assert_eq!(
-        image.net().last().map(|e| e.index),
-        Some(MAX_POLICY_SLOTS * MAX_NET_RULES - 1),
-        "the last slot's last rule is the table's last entry"
-    );
+    assert_eq!(image.net().len(), max_net, "one prefix per host");
     assert_eq!(image.config().net_rule_count, MAX_NET_RULES);
     p.network.as_mut().unwrap().rules.push(net_rule);
     assert_eq!(

@@ -108,7 +108,11 @@ fn rule_limits_reject_the_whole_policy() {
         ));
     }
     let err = parse(&text).unwrap_err();
-    assert!(err.contains("too many network rules (257)"), "{err}");
+    let count = MAX_NET_RULES + 1;
+    assert!(
+        err.contains(&format!("too many network rules ({count})")),
+        "{err}"
+    );
     let many: Vec<String> = (0..=MAX_PATH_RULES)
         .map(|i| format!("\"/bin/f{i}\""))
         .collect();

@@ -3,7 +3,7 @@
 
 use std::{ops::Range, path::Path};
 
-use oxd_common::{MAX_NET_RULES, MAX_PATH_RULES};
+use oxd_common::{MAX_NET_RULES, MAX_PATH_RULES, NET_LIST_LEN};
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -242,18 +242,19 @@ impl Validator {
                 );
                 let id = format!("network.{}[{index}]", action.as_str());
                 let rule = self.add_rule(id, text, action);
-                rules.push(NetworkRule {
+                let rule = NetworkRule {
                     net,
                     ports,
                     protocol: raw.protocol,
                     action,
                     rule,
-                });
+                };
+                rules.push((rule, span));
             }
         }
         // Most specific first: longer prefix, then narrower port range, then single protocol;
         // deny before allow among equals. The sort is stable, so file order breaks what is left.
-        rules.sort_by_key(|r| {
+        rules.sort_by_key(|(r, _)| {
             (
                 std::cmp::Reverse(r.net.prefix_len()),
                 r.ports.1 - r.ports.0,
@@ -261,6 +262,21 @@ impl Validator {
                 r.action != Action::Deny,
             )
         });
+        let (rules, spans): (Vec<NetworkRule>, Vec<Range<usize>>) = rules.into_iter().unzip();
+        // The kernel holds, per network, the rules that can decide there (see
+        // `net_prefix_lists`): at most `NET_LIST_LEN` of them.
+        if let Err(overflow) = crate::compile::net_prefix_lists(&rules) {
+            let network = crate::compile::network_text(overflow.network);
+            return Err((
+                spans[overflow.rule].clone(),
+                format!(
+                    "too many rules can decide a destination in {network}: oxd holds at most \
+                     {NET_LIST_LEN} per network (its own and those of the wider networks around \
+                     it, less those an earlier one covers), and this one does not fit: merge \
+                     neighbouring port ranges or networks"
+                ),
+            ));
+        }
         let default = section.default.unwrap_or(Action::Deny);
         let mut switch = |name: &str, value: Option<toml::Spanned<Action>>| match value {
             None => SocketSwitch {
