@@ -55,7 +55,11 @@
 //!   (`packet raw proto 768`).
 //!
 //! A record with `"op": "lost"` reports decisions that were made but could not be recorded
-//! because the ring buffer was full (`count`, since the previous such record).
+//! because the ring buffer was full (`count`, since the previous such record), with the
+//! kernel's totals when it was written: `lost_total` decisions lost and `submitted` put into
+//! the ring buffer. A record with `"op": "counts"` closes each pump's part of the log (the end
+//! of `oxd run`, a daemon's stop) with the same two totals, read after the last drain; see
+//! [`crate::pump`] for what they prove.
 //!
 //! Every record starts with `seq` (0, 1, 2, ... along the log) and `prev`, the SHA-256 (hex) of
 //! the previous record's line (64 zeros for the first): `oxd audit verify` checks the chain.
@@ -70,7 +74,9 @@ use std::{
 };
 
 use nix::time::{clock_gettime, ClockId};
-use oxd_common::{access, action, mode, op, proto, reason, Event, PATH_BUF_LEN, RULE_DEFAULT};
+use oxd_common::{
+    access, action, mode, op, proto, reason, Event, EVENT_HEADER_LEN, PATH_BUF_LEN, RULE_DEFAULT,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -145,16 +151,49 @@ pub struct Record {
     pub peer_pid: Option<u32>,
 }
 
-/// The decision in one ring buffer record; `None` (logged) if the record is too short to hold
-/// one.
-pub fn decode_event(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() < size_of::<Event>() {
-        tracing::error!("short ring buffer record ({} bytes), skipped", bytes.len());
-        return None;
+/// The decision in one ring buffer record: [`EVENT_HEADER_LEN`] bytes of header, then exactly
+/// the `path_len` bytes of path it announces. Any other length is an error.
+///
+/// # Errors
+///
+/// [`DecodeError`] for a record of any other length.
+pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() < EVENT_HEADER_LEN {
+        return Err(DecodeError::Short { len: bytes.len() });
     }
-    // SAFETY: the kernel wrote a whole `Event` (same #[repr(C)] definition, all fields plain
-    // integers); the read does not assume alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+    // SAFETY: `Event` is plain data (#[repr(C)], integers and byte arrays only): all zeroes is
+    // a valid value, and so is any header the kernel wrote (same definition).
+    let mut event: Event = unsafe { std::mem::zeroed() };
+    // SAFETY: the header is the first EVENT_HEADER_LEN bytes of `Event`, `bytes` has that many;
+    // a byte copy assumes no alignment.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (&raw mut event).cast::<u8>(),
+            EVENT_HEADER_LEN,
+        );
+    }
+    let path_len = event.path_len as usize;
+    if path_len > PATH_BUF_LEN || bytes.len() != EVENT_HEADER_LEN + path_len {
+        return Err(DecodeError::Inconsistent {
+            len: bytes.len(),
+            path_len: event.path_len,
+        });
+    }
+    event.path[..path_len].copy_from_slice(&bytes[EVENT_HEADER_LEN..]);
+    Ok(event)
+}
+
+/// A ring buffer record that is not a decision as the kernel side writes one.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("ring buffer record of {len} bytes is shorter than a decision's header ({EVENT_HEADER_LEN} bytes)")]
+    Short { len: usize },
+    #[error(
+        "ring buffer record of {len} bytes does not hold a decision's header ({EVENT_HEADER_LEN} \
+         bytes) and the {path_len} path bytes it announces (at most {PATH_BUF_LEN})"
+    )]
+    Inconsistent { len: usize, path_len: u32 },
 }
 
 fn c_string(bytes: &[u8]) -> String {
@@ -610,7 +649,21 @@ struct LostRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     policy_sha256: Option<&'a str>,
     op: &'static str,
-    count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_total: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submitted: Option<u64>,
+}
+
+/// The kernel's ring buffer totals, since its counters were created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingTotals {
+    /// Decisions put into the ring buffer.
+    pub submitted: u64,
+    /// Decisions lost because the ring buffer was full.
+    pub lost: u64,
 }
 
 /// The `prev` of the first record of a chain.
@@ -826,12 +879,51 @@ impl AuditLog {
     /// Reports decisions lost to a full ring buffer (always written); `policy` when only one
     /// policy could have made them.
     pub fn write_lost(&mut self, policy: Option<&Policy>, count: u64) -> std::io::Result<()> {
+        self.write_lost_record(policy, count, None)
+    }
+
+    /// [`Self::write_lost`], with the kernel's ring buffer `totals`.
+    pub fn write_lost_with_totals(
+        &mut self,
+        policy: Option<&Policy>,
+        count: u64,
+        totals: RingTotals,
+    ) -> std::io::Result<()> {
+        self.write_lost_record(policy, count, Some(totals))
+    }
+
+    fn write_lost_record(
+        &mut self,
+        policy: Option<&Policy>,
+        count: u64,
+        totals: Option<RingTotals>,
+    ) -> std::io::Result<()> {
         let record = LostRecord {
             time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
             policy: policy.map(|p| p.name.as_str()),
             policy_sha256: policy.map(|p| p.sha256.as_str()),
             op: "lost",
-            count,
+            count: Some(count),
+            lost_total: totals.map(|t| t.lost),
+            submitted: totals.map(|t| t.submitted),
+        };
+        self.write_chained(&record)
+    }
+
+    /// Writes the kernel's ring buffer `totals` (always written: a `counts` record).
+    pub fn write_counts(
+        &mut self,
+        policy: Option<&Policy>,
+        totals: RingTotals,
+    ) -> std::io::Result<()> {
+        let record = LostRecord {
+            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            policy: policy.map(|p| p.name.as_str()),
+            policy_sha256: policy.map(|p| p.sha256.as_str()),
+            op: "counts",
+            count: None,
+            lost_total: Some(totals.lost),
+            submitted: Some(totals.submitted),
         };
         self.write_chained(&record)
     }
