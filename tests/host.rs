@@ -369,7 +369,9 @@ fn audit_log_hash_chain_verifies_and_catches_an_edit() {
         assert!(output.status.success(), "{:?}", output.status);
     }
     let records = audit_records(&log);
-    assert_eq!(records.len(), 6, "{records:#?}");
+    // Three decisions and the closing `counts` record of each run.
+    assert_eq!(records.len(), 8, "{records:#?}");
+    assert_eq!(records.iter().filter(|r| r["op"] == "counts").count(), 2);
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r["seq"], i as u64, "{r}");
     }

@@ -480,9 +480,11 @@ pub fn check_ring_size(bytes: u64) -> Result<u32, String> {
     // SAFETY: sysconf has no preconditions.
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     if !bytes.is_power_of_two() {
-        return Err(format!("the ring buffer size must be a power of two, not {bytes}"));
+        return Err(format!(
+            "the ring buffer size must be a power of two, not {bytes}"
+        ));
     }
-    if bytes % page != 0 {
+    if !bytes.is_multiple_of(page) {
         return Err(format!(
             "the ring buffer size must be a multiple of the page size ({page} bytes), not {bytes}"
         ));

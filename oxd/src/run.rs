@@ -35,7 +35,7 @@ use self::watchdog::Watchdog;
 use crate::{
     audit::{AuditLog, RecordFilter, Rotation},
     cgroup::AgentCgroup,
-    enforcer::Enforcer,
+    enforcer::{record_setting, Enforcer},
     metrics::Metrics,
     policy::Policy,
     pump::{Book, Limits, Pump, PumpStats, Recorder},
@@ -82,11 +82,7 @@ pub fn run(args: &RunOptions) -> Result<i32> {
         None => AuditLog::new(Box::new(io::stderr()), args.record),
     };
 
-    let mut enforcer = Enforcer::load_with(
-        &policy,
-        args.ring_size,
-        crate::enforcer::record_setting(args.record),
-    )?;
+    let mut enforcer = Enforcer::load_with(&policy, args.ring_size, record_setting(args.record))?;
     enforcer.attach_lsm()?;
     let cgroup = AgentCgroup::create(&format!("run-{}", std::process::id()))
         .context("cannot create the agent's cgroup")?;

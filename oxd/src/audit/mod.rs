@@ -974,6 +974,102 @@ mod tests {
         connect_event(1, action::DENY)
     }
 
+    /// The bytes the kernel side outputs for `event`: its header, then `path_len` path bytes.
+    fn ring_record(event: &Event) -> Vec<u8> {
+        // SAFETY: `Event` is plain data without implicit padding.
+        let all = unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(event).cast::<u8>(), size_of::<Event>())
+        };
+        all[..EVENT_HEADER_LEN + event.path_len as usize].to_vec()
+    }
+
+    fn with_path(path: &[u8]) -> Event {
+        let mut event = event();
+        event.op = op::OPEN;
+        event.path[..path.len()].copy_from_slice(path);
+        event.path_len = u32::try_from(path.len()).unwrap();
+        event
+    }
+
+    #[test]
+    fn a_record_without_a_path_is_its_header() {
+        let event = event();
+        let bytes = ring_record(&event);
+        assert_eq!(bytes.len(), EVENT_HEADER_LEN);
+        let decoded = decode_event(&bytes).unwrap();
+        assert_eq!(decoded.port, 8080);
+        assert_eq!(decoded.generation, 1);
+        assert_eq!(decoded.path_len, 0);
+        assert!(decoded.path.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn short_and_long_paths_arrive_whole() {
+        let short = b"/a\0".to_vec();
+        let mut long = vec![b'/'];
+        long.extend(std::iter::repeat_n(b'x', PATH_BUF_LEN - 2));
+        long.push(0);
+        for path in [short, long] {
+            let bytes = ring_record(&with_path(&path));
+            assert_eq!(bytes.len(), EVENT_HEADER_LEN + path.len());
+            let decoded = decode_event(&bytes).unwrap();
+            assert_eq!(decoded.path_len as usize, path.len());
+            assert_eq!(&decoded.path[..path.len()], &path[..]);
+            assert!(decoded.path[path.len()..].iter().all(|&b| b == 0));
+            let record = Record::from_event(&decoded, None, &Clock::new());
+            assert_eq!(
+                record.target.len(),
+                path.len() - 1,
+                "the whole path, without its NUL"
+            );
+        }
+    }
+
+    #[test]
+    fn records_of_another_length_are_errors() {
+        assert_eq!(
+            decode_event(&[0; 7]).err().unwrap(),
+            DecodeError::Short { len: 7 }
+        );
+        assert_eq!(
+            decode_event(&[]).err().unwrap(),
+            DecodeError::Short { len: 0 }
+        );
+        let bytes = ring_record(&with_path(b"/etc/passwd\0"));
+        // Cut short, or with bytes the header does not announce.
+        let cut = &bytes[..bytes.len() - 1];
+        assert_eq!(
+            decode_event(cut).err().unwrap(),
+            DecodeError::Inconsistent {
+                len: cut.len(),
+                path_len: 12
+            }
+        );
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode_event(&longer),
+            Err(DecodeError::Inconsistent { path_len: 12, .. })
+        ));
+        // A path length past the path buffer, with as many bytes as it claims.
+        let mut huge = with_path(b"/x\0");
+        huge.path_len = u32::try_from(PATH_BUF_LEN).unwrap() + 1;
+        let mut bytes = ring_record(&with_path(b"/x\0"))[..EVENT_HEADER_LEN].to_vec();
+        // SAFETY: as in `ring_record`, the header only.
+        let header = unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(&huge).cast::<u8>(), EVENT_HEADER_LEN)
+        };
+        bytes.copy_from_slice(header);
+        bytes.resize(EVENT_HEADER_LEN + PATH_BUF_LEN + 1, b'a');
+        assert_eq!(
+            decode_event(&bytes).err().unwrap(),
+            DecodeError::Inconsistent {
+                len: bytes.len(),
+                path_len: huge.path_len
+            }
+        );
+    }
+
     #[test]
     fn connect_record_names_rule_and_target() {
         let policy = Policy::parse(

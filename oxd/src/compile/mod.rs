@@ -13,9 +13,9 @@ mod unix;
 use std::path::Path;
 
 use oxd_common::{
-    action, governs, mode, proto, record, Config, InodeKey, InodeRules, NetRule, PathKey, RuleValue,
-    ANCESTOR_SLOT_BIT, MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN, RULE_DEFAULT,
-    RULE_NONE, SLOT_PREFIX_BITS,
+    action, governs, mode, proto, record, Config, InodeKey, InodeRules, NetRule, PathKey,
+    RuleValue, ANCESTOR_SLOT_BIT, MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS, PATH_KEY_LEN,
+    RULE_DEFAULT, RULE_NONE, SLOT_PREFIX_BITS,
 };
 
 pub use self::{
