@@ -70,7 +70,13 @@ fn network_only_policy_is_enforced_without_bpf_lsm() {
     assert!(
         records
             .iter()
+            .filter(|r| r["op"] != "counts")
             .all(|r| r["policy"] == "host-net" && r["protocol"] == "tcp"),
+        "{records:#?}"
+    );
+    assert_eq!(
+        records.last().expect("records")["op"],
+        "counts",
         "{records:#?}"
     );
 }
@@ -388,7 +394,8 @@ fn audit_log_hash_chain_verifies_and_catches_an_edit() {
     let log_s = log.to_str().expect("utf-8");
     let (code, out) = oxd(&["audit", "verify", log_s]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("6 records, hash chain intact"), "{out}");
+    // Six decisions and the `counts` record that closes each run.
+    assert!(out.contains("8 records, hash chain intact"), "{out}");
 
     let (code, out) = oxd(&["audit", "tail", "--denied", log_s]);
     assert_eq!(code, Some(0), "{out}");
@@ -430,11 +437,20 @@ fn record_denied_writes_only_denials() {
         .expect("run oxd");
     assert!(output.status.success(), "{output:?}");
     let records = audit_records(&log);
-    assert!(!records.is_empty());
+    let (decisions, counts): (Vec<_>, Vec<_>) = records.iter().partition(|r| r["op"] != "counts");
+    assert!(!decisions.is_empty());
     assert!(
-        records.iter().all(|r| r["decision"] == "deny"),
+        decisions.iter().all(|r| r["decision"] == "deny"),
         "{records:#?}"
     );
+    // Decided in the kernel: the allowed connect was never submitted.
+    assert_eq!(counts.len(), 1, "{records:#?}");
+    assert_eq!(
+        counts[0]["submitted"],
+        decisions.len() as u64,
+        "{records:#?}"
+    );
+    assert_eq!(counts[0]["lost_total"], 0, "{records:#?}");
 }
 
 /// GET <http://ADDR/metrics>, or None if nothing answers yet.
