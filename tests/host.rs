@@ -631,6 +631,31 @@ fn daemon_without_bpf_lsm_enforces_network_policies_pinned_and_refuses_exec_poli
     assert_ok(&results, &allowed);
     assert_eperm(&results, &denied);
 
+    // The pinned ring buffer cannot change size: a daemon asking for another is refused,
+    // saying what to do, and leaves the pins as they were.
+    let resized = output_within(
+        Command::new(oxd_bin())
+            .arg("daemon")
+            .arg("--socket")
+            .arg(scratch.path("resized.sock"))
+            .arg("--state-dir")
+            .arg(&daemon.state_dir)
+            .arg("--bpffs")
+            .arg(&daemon.bpffs)
+            .arg("--audit-log")
+            .arg(scratch.path("resized-audit.jsonl"))
+            .args(["--ring-size", "65536"]),
+        WAIT,
+    )
+    .expect("a daemon with another ring size must exit");
+    let stderr = String::from_utf8_lossy(&resized.stderr);
+    assert!(
+        !resized.status.success()
+            && stderr.contains("holds 4194304 bytes, not the 65536 asked for")
+            && stderr.contains("--ring-size 4194304"),
+        "{resized:?}"
+    );
+
     // A new daemon adopts the target, records its decisions, and can release it.
     daemon.start();
     assert_eq!(daemon.status()["adopted"], true);
