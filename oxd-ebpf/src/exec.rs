@@ -230,7 +230,7 @@ fn recall(file: *const u8, gate: &Gate, scratch: *mut Scratch) -> (Verdict, u32)
     let mut len = 0;
     if kept.path_len > 0 && kept.path_len as usize <= PATH_KEY_LEN {
         // SAFETY: copying the kept path (PATH_KEY_LEN bytes) into the start of our scratch
-        // buffer (PATH_BUF_LEN bytes), from which `record_path` copies it into the event.
+        // event's path buffer (PATH_BUF_LEN bytes), where the event's output finds it.
         let copied = unsafe {
             let dst = &mut *addr_of_mut!((*scratch).event.path).cast::<[u8; PATH_KEY_LEN]>();
             bpf_probe_read_kernel_buf(kept.path.as_ptr(), dst)
