@@ -70,7 +70,13 @@ fn network_only_policy_is_enforced_without_bpf_lsm() {
     assert!(
         records
             .iter()
+            .filter(|r| r["op"] != "counts")
             .all(|r| r["policy"] == "host-net" && r["protocol"] == "tcp"),
+        "{records:#?}"
+    );
+    assert_eq!(
+        records.last().expect("records")["op"],
+        "counts",
         "{records:#?}"
     );
 }
@@ -369,7 +375,9 @@ fn audit_log_hash_chain_verifies_and_catches_an_edit() {
         assert!(output.status.success(), "{:?}", output.status);
     }
     let records = audit_records(&log);
-    assert_eq!(records.len(), 6, "{records:#?}");
+    // Three decisions and the closing `counts` record of each run.
+    assert_eq!(records.len(), 8, "{records:#?}");
+    assert_eq!(records.iter().filter(|r| r["op"] == "counts").count(), 2);
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r["seq"], i as u64, "{r}");
     }
@@ -386,7 +394,8 @@ fn audit_log_hash_chain_verifies_and_catches_an_edit() {
     let log_s = log.to_str().expect("utf-8");
     let (code, out) = oxd(&["audit", "verify", log_s]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("6 records, hash chain intact"), "{out}");
+    // Six decisions and the `counts` record that closes each run.
+    assert!(out.contains("8 records, hash chain intact"), "{out}");
 
     let (code, out) = oxd(&["audit", "tail", "--denied", log_s]);
     assert_eq!(code, Some(0), "{out}");
@@ -491,11 +500,20 @@ fn record_denied_writes_only_denials() {
         .expect("run oxd");
     assert!(output.status.success(), "{output:?}");
     let records = audit_records(&log);
-    assert!(!records.is_empty());
+    let (decisions, counts): (Vec<_>, Vec<_>) = records.iter().partition(|r| r["op"] != "counts");
+    assert!(!decisions.is_empty());
     assert!(
-        records.iter().all(|r| r["decision"] == "deny"),
+        decisions.iter().all(|r| r["decision"] == "deny"),
         "{records:#?}"
     );
+    // Decided in the kernel: the allowed connect was never submitted.
+    assert_eq!(counts.len(), 1, "{records:#?}");
+    assert_eq!(
+        counts[0]["submitted"],
+        decisions.len() as u64,
+        "{records:#?}"
+    );
+    assert_eq!(counts[0]["lost_total"], 0, "{records:#?}");
 }
 
 /// GET <http://ADDR/metrics>, or None if nothing answers yet.
@@ -675,6 +693,31 @@ fn daemon_without_bpf_lsm_enforces_network_policies_pinned_and_refuses_exec_poli
     let results = probe_in(&cgroup, &[&allowed, &denied]);
     assert_ok(&results, &allowed);
     assert_eperm(&results, &denied);
+
+    // The pinned ring buffer cannot change size: a daemon asking for another is refused,
+    // saying what to do, and leaves the pins as they were.
+    let resized = output_within(
+        Command::new(oxd_bin())
+            .arg("daemon")
+            .arg("--socket")
+            .arg(scratch.path("resized.sock"))
+            .arg("--state-dir")
+            .arg(&daemon.state_dir)
+            .arg("--bpffs")
+            .arg(&daemon.bpffs)
+            .arg("--audit-log")
+            .arg(scratch.path("resized-audit.jsonl"))
+            .args(["--ring-size", "65536"]),
+        WAIT,
+    )
+    .expect("a daemon with another ring size must exit");
+    let stderr = String::from_utf8_lossy(&resized.stderr);
+    assert!(
+        !resized.status.success()
+            && stderr.contains("holds 4194304 bytes, not the 65536 asked for")
+            && stderr.contains("--ring-size 4194304"),
+        "{resized:?}"
+    );
 
     // A new daemon adopts the target, records its decisions, and can release it.
     daemon.start();
@@ -1245,6 +1288,7 @@ fn network_prefixes_of_two_large_policies_fit_and_clearing_a_slot_removes_its_ow
     let mut enforcer = Enforcer::open(&LoadOptions {
         lsm: false,
         pin_dir: None,
+        ..LoadOptions::default()
     })
     .expect("load the programs and maps");
     let no_files = |_: &Path| None;

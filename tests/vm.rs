@@ -86,6 +86,191 @@ fn exec_of_allowed_binary_succeeds_and_of_other_binary_fails_with_eperm() {
     }
 }
 
+/// The decision records of a log (not `lost` nor `counts`), and its one `counts` record.
+fn decisions_and_counts(
+    records: &[serde_json::Value],
+) -> (Vec<&serde_json::Value>, &serde_json::Value) {
+    let decisions = records
+        .iter()
+        .filter(|r| r["op"] != "lost" && r["op"] != "counts")
+        .collect();
+    let counts: Vec<&serde_json::Value> = records.iter().filter(|r| r["op"] == "counts").collect();
+    assert_eq!(
+        counts.len(),
+        1,
+        "one counts record at the end of a run: {records:#?}"
+    );
+    assert_eq!(
+        records.last().map(|r| &r["op"]),
+        Some(&serde_json::json!("counts")),
+        "the counts record closes the run"
+    );
+    (decisions, counts[0])
+}
+
+/// The event path from the kernel: `--record denied` is decided in the kernel (allowed
+/// decisions are not submitted: the kernel's own count says so), every submitted decision is a
+/// record in the log, and records carry their whole path, short or 3 KB long.
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "two oxd runs of one guest test (each costs ~18 s), checked in one place"
+)]
+fn events_are_recorded_as_the_slot_says_whole_and_all_of_them() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("events");
+    let short = scratch.path("s");
+    fs::write(&short, "x").expect("write a file");
+    let allowed = scratch.path("allowed");
+    fs::write(&allowed, "x").expect("write a file");
+    // Longer than a rule key (so denied, fail closed) and than 3000 bytes, recorded whole.
+    let mut long = scratch.path("l");
+    while long.as_os_str().len() < 3200 {
+        long.push("d".repeat(200));
+    }
+    fs::create_dir_all(&long).expect("create a deep directory");
+    let long = long.join("f");
+    fs::write(&long, "x").expect("write a file");
+    let long = long.to_str().expect("utf-8 path").to_owned();
+    let short = short.to_str().expect("utf-8 path").to_owned();
+    let allowed = allowed.to_str().expect("utf-8 path").to_owned();
+    assert!(long.len() > 3000, "{}", long.len());
+    let policy = scratch.policy(&format!(
+        r#"
+name = "vm-events"
+[file]
+default = {{ read = "allow", write = "allow" }}
+deny = [{{ path = "{short}", access = ["read"] }}]
+"#
+    ));
+    let probe = probe_bin();
+    let probe = probe.to_str().expect("utf-8 path");
+    let (read_short, read_long, read_allowed) = (
+        format!("read:{short}"),
+        format!("read:{long}"),
+        format!("read:{allowed}"),
+    );
+    let actions = [
+        probe,
+        read_allowed.as_str(),
+        read_short.as_str(),
+        read_long.as_str(),
+        read_allowed.as_str(),
+    ];
+
+    let command = |log: &std::path::Path, extra: &[&str]| {
+        let mut cmd = Command::new(oxd_bin());
+        cmd.arg("run")
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--audit-log")
+            .arg(log)
+            .args(extra)
+            .arg("--")
+            .args(actions)
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+    // A ring size that is not a power of two is refused before anything runs.
+    let never = scratch.path("never.jsonl");
+    let refused = command(&never, &["--ring-size", "12288"])
+        .output()
+        .expect("spawn oxd run");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("power of two"), "{stderr}");
+    assert!(!never.exists(), "nothing ran");
+
+    let run = |log: &std::path::Path, extra: &[&str]| {
+        let output = command(log, extra).output().expect("spawn oxd run");
+        eprintln!(
+            "oxd run {extra:?}: {}\n--- stderr\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success(),
+            "oxd run failed: {:?}",
+            output.status
+        );
+        let results = probe_results(&output);
+        assert_ok(&results, &read_allowed);
+        assert_eperm(&results, &read_short);
+        assert_eperm(&results, &read_long);
+        audit_records(log)
+    };
+
+    // Only denials, in a 64 KiB ring.
+    let denied_log = scratch.path("denied.jsonl");
+    let records = run(&denied_log, &["--record", "denied", "--ring-size", "65536"]);
+    let (decisions, counts) = decisions_and_counts(&records);
+    assert!(
+        decisions.iter().all(|r| r["decision"] == "deny"),
+        "only denials reach the log: {decisions:#?}"
+    );
+    assert_eq!(
+        counts["submitted"],
+        decisions.len() as u64,
+        "the kernel submitted only the denials (the allowed opens never reached the ring), and \
+         each one is a record: {records:#?}"
+    );
+    assert_eq!(counts["lost_total"], 0, "{counts}");
+    assert!(!records.iter().any(|r| r["op"] == "lost"), "{records:#?}");
+    let short_records = records_for(&records, "open", &short);
+    assert_eq!(short_records.len(), 1, "{records:#?}");
+    assert_eq!(short_records[0]["reason"], "rule", "{}", short_records[0]);
+    let long_records = records_for(&records, "open", &long);
+    assert_eq!(
+        long_records.len(),
+        1,
+        "the {}-byte path arrives whole: {records:#?}",
+        long.len()
+    );
+    assert_eq!(
+        long_records[0]["reason"], "path too long for the kernel's rule keys (fail closed)",
+        "{}",
+        long_records[0]
+    );
+    assert!(
+        records_for(&records, "open", &allowed).is_empty(),
+        "{records:#?}"
+    );
+
+    // Everything, in the default ring: the same actions make allowed decisions, all recorded.
+    let all_log = scratch.path("all.jsonl");
+    let records = run(&all_log, &[]);
+    let (decisions, counts) = decisions_and_counts(&records);
+    assert_eq!(
+        counts["submitted"],
+        decisions.len() as u64,
+        "every submitted decision is a record: {counts}"
+    );
+    assert_eq!(counts["lost_total"], 0, "{counts}");
+    let allowed_records = records_for(&records, "open", &allowed);
+    assert_eq!(allowed_records.len(), 2, "{records:#?}");
+    assert!(allowed_records.iter().all(|r| r["decision"] == "allow"));
+    assert!(
+        decisions
+            .iter()
+            .filter(|r| r["decision"] == "allow")
+            .count()
+            > 2,
+        "the probe's own opens (libraries) are allowed decisions too"
+    );
+    assert_eq!(
+        records_for(&records, "open", &long).len(),
+        1,
+        "{records:#?}"
+    );
+    assert_eq!(
+        records_for(&records, "open", &short).len(),
+        1,
+        "{records:#?}"
+    );
+    assert_audit_log_verifies(&denied_log);
+    assert_audit_log_verifies(&all_log);
+}
+
 #[test]
 fn exec_deny_rule_beats_allowed_subtree() {
     require_bpf_lsm();

@@ -68,8 +68,22 @@ pub const PROTECTED_DIR: u32 = 2;
 /// recognised as confined.
 pub const MAX_CGROUP_DEPTH: i32 = 32;
 
-/// Size of the decision ring buffer in bytes (a power of two, a multiple of the page size).
+/// Default size of the decision ring buffer in bytes (a power of two, a multiple of the page
+/// size); `oxd run` and `oxd daemon` take another with `--ring-size`.
 pub const RING_BUF_BYTES: u32 = 4 << 20;
+
+/// Bytes of an [`Event`] before its `path`: what every ring buffer record holds, followed by
+/// the `path_len` bytes of `path` used (none when `path_len` is 0).
+pub const EVENT_HEADER_LEN: usize = core::mem::offset_of!(Event, path);
+
+/// What a policy slot records ([`Config::record`]).
+pub mod record {
+    /// Every decision of a governed category that its operation records.
+    pub const ALL: u32 = 0;
+    /// Only denials: those enforced, those audit mode would have enforced, and every guard
+    /// denial. Allowed decisions never reach the ring buffer.
+    pub const DENIED: u32 = 1;
+}
 
 /// Operations the kernel side decides.
 pub mod op {
@@ -430,7 +444,8 @@ pub struct Config {
     pub file_read_default: u32,
     /// Default [`action`] for opening a file for writing.
     pub file_write_default: u32,
-    pub _pad: u32,
+    /// What is recorded: [`record::ALL`] or [`record::DENIED`].
+    pub record: u32,
     // sockets
     /// [`action`] for ICMP ping sockets: the `[network] icmp` switch, else the network default.
     pub net_icmp: u32,
@@ -574,8 +589,9 @@ pub struct Event {
     pub mode: u32,
     /// Network: [`proto`] bit of the socket (0 for exec).
     pub proto: u32,
-    /// Exec and open: bytes of `path` used, including the NUL; 0 when the path could not be
-    /// resolved.
+    /// Bytes of `path` used (a resolved path with its NUL, or the name or address the operation
+    /// documents); 0 when there is none or it could not be resolved. The ring buffer record
+    /// holds [`EVENT_HEADER_LEN`] bytes and then exactly these.
     pub path_len: u32,
     /// Open: the [`access`] bits requested.
     pub access: u32,
@@ -591,7 +607,8 @@ pub struct Event {
     pub addr: [u8; 16],
     /// `comm` of the acting task.
     pub comm: [u8; 16],
-    /// Exec and open: the resolved path of the file, NUL-terminated.
+    /// The path (see `path_len`): only its first `path_len` bytes are meaningful, and only they
+    /// travel through the ring buffer.
     pub path: [u8; PATH_BUF_LEN],
 }
 
@@ -632,12 +649,15 @@ pub struct MappedFile {
 
 /// Indexes of the `COUNTERS` per-CPU array.
 pub mod counter {
-    /// Ring buffer reservations that failed: decisions made but not recorded.
+    /// Ring buffer outputs that failed (the ring was full): decisions made but not recorded.
     pub const RINGBUF_LOST: u32 = 0;
     /// Actions denied (and enforced).
     pub const DENIED: u32 = 1;
+    /// Decisions put into the ring buffer (outputs that succeeded): each one is a record for
+    /// user space to read.
+    pub const SUBMITTED: u32 = 2;
     /// Number of counters.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 #[cfg(feature = "user")]
@@ -679,6 +699,8 @@ mod tests {
         let event_fields = 8 * 3 + 4 * 15 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
         assert_eq!(size_of::<Event>(), event_fields);
         assert_eq!(align_of::<Event>(), 8);
+        assert_eq!(EVENT_HEADER_LEN, event_fields - PATH_BUF_LEN);
+        assert_eq!(EVENT_HEADER_LEN % 8, 0);
         assert_eq!(size_of::<MappedFile>(), 8 * 2 + 4 * 6 + PATH_KEY_LEN + 2);
     }
 }

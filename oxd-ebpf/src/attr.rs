@@ -38,7 +38,7 @@ use oxd_common::{access, action, governs, op, reason};
 use crate::{
     confine::Gate,
     event::{record_path, refuse, start_event, Verdict, EPERM},
-    maps::{Scratch, FILE_WRITE_RULES, SCRATCH},
+    maps::{FILE_WRITE_RULES, SCRATCH},
     offsets,
     path::{by_identity, denied_dentry, lookup_path, resolve_by_walk},
 };
@@ -169,9 +169,6 @@ fn change_dentry(dentry: *const u8, op: u32, detail: u32) -> i32 {
     if !gate.decide {
         return 0;
     }
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return -EPERM;
-    };
     let decided = if gate.configured {
         match judge_dentry(&gate, dentry) {
             Some(decided) => decided,
@@ -181,7 +178,7 @@ fn change_dentry(dentry: *const u8, op: u32, detail: u32) -> i32 {
     } else {
         (Verdict::deny(gate.missing_reason()), 0)
     };
-    record(op, &gate, &decided, scratch, detail);
+    record(op, &gate, &decided, detail);
     if refuse(&decided.0, &gate) {
         return -EPERM;
     }
@@ -207,7 +204,7 @@ struct ScanResult {
     decision: u32,
     reason: u32,
     rule_id: u32,
-    /// The length of the path of [`Self::decision`] (in `scratch.buf`).
+    /// The length of the path of [`Self::decision`] (in `scratch.event.path`).
     len: u32,
 }
 
@@ -438,7 +435,7 @@ fn read_u64(addr: u64) -> u64 {
 
 /// Sends the record of one decided change.
 #[inline(always)]
-fn record(op: u32, gate: &Gate, decided: &(Verdict, u32), scratch: *mut Scratch, detail: u32) {
+fn record(op: u32, gate: &Gate, decided: &(Verdict, u32), detail: u32) {
     if let Some(mut entry) = start_event(op, gate, &decided.0) {
         let event = entry.as_mut_ptr();
         // SAFETY: the event is ours until submitted.
@@ -446,7 +443,7 @@ fn record(op: u32, gate: &Gate, decided: &(Verdict, u32), scratch: *mut Scratch,
             (*event).access = access::WRITE;
             (*event).detail = detail;
         }
-        record_path(event, scratch, decided.1);
+        record_path(event, decided.1);
         entry.submit(0);
     }
 }

@@ -38,7 +38,7 @@ const NO_CONFIG: Config = Config {
     net_rule_count: 0,
     file_read_default: 0,
     file_write_default: 0,
-    _pad: 0,
+    record: 0,
     net_icmp: 0,
     net_icmp_rule: 0,
     net_raw: 0,

@@ -1,19 +1,18 @@
 //! Verdicts and what becomes of them: the audit record sent through `EVENTS`, and the counters.
 
-use core::ptr::{addr_of_mut, write_volatile};
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel_buf, generated as gen, TASK_COMM_LEN,
-    },
-    maps::ring_buf::RingBufEntry,
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    bpf_ktime_get_boot_ns, generated as gen, TASK_COMM_LEN,
 };
-use oxd_common::{action, counter, mode, Event, RULE_DEFAULT};
+use oxd_common::{
+    action, counter, mode, record, Event, EVENT_HEADER_LEN, PATH_BUF_LEN, RULE_DEFAULT,
+};
 
 use crate::{
     confine::Gate,
-    maps::{Scratch, COUNTERS, EVENTS},
+    maps::{COUNTERS, EVENTS, SCRATCH},
 };
 
 /// The errno an LSM hook refuses with (returned negated).
@@ -52,20 +51,63 @@ pub(crate) fn count_denied() {
     count(counter::DENIED);
 }
 
-/// Reserves an event, fills the fields every operation has, and returns it to be completed and
-/// submitted; counts the loss if the ring buffer is full.
+/// An event being built in the per-CPU scratch map (`SCRATCH`'s `event`), to be completed and
+/// then [`Pending::submit`]ted: a ring buffer output of its header and the `path_len` bytes of
+/// its path used. The path resolvers write into the same `event.path`, so a resolved path is
+/// never copied before the output (which copies exactly the bytes used into the ring).
+///
+/// Nothing may resolve another path into the scratch between [`start_event`] and
+/// [`Pending::submit`]: every hook submits before it resolves its next path.
+pub(crate) struct Pending(*mut Event);
+
+impl Pending {
+    /// The event, ours until submitted.
+    #[inline(always)]
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut Event {
+        self.0
+    }
+
+    /// Outputs the event's header and the `path_len` bytes of its path (bounded to the path
+    /// buffer) into `EVENTS`; counts it as submitted, or as lost if the ring buffer is full.
+    #[inline(always)]
+    pub(crate) fn submit(self, flags: u64) {
+        let event = self.0;
+        // SAFETY: the event lives in our per-CPU scratch map, PATH_BUF_LEN bytes of path after
+        // EVENT_HEADER_LEN bytes of header; the size is bounded to that for the verifier.
+        unsafe {
+            let mut len = read_volatile(addr_of!((*event).path_len));
+            if len > PATH_BUF_LEN as u32 {
+                len = PATH_BUF_LEN as u32;
+                (*event).path_len = len;
+            }
+            let size = EVENT_HEADER_LEN + len as usize;
+            let bytes = core::slice::from_raw_parts(event.cast::<u8>(), size);
+            if EVENTS.output::<[u8]>(bytes, flags).is_ok() {
+                count(counter::SUBMITTED);
+            } else {
+                count(counter::RINGBUF_LOST);
+            }
+        }
+    }
+}
+
+/// Starts the event of a decision the slot records (every decision, or only denials: the
+/// slot's `Config::record`), in the scratch map; fills the fields every operation has
+/// (`path_len` 0: no path) and returns it to be completed and submitted. `None` when the slot
+/// does not record it: an unrecorded decision costs nothing more.
 #[inline(always)]
-pub(crate) fn start_event(op: u32, gate: &Gate, verdict: &Verdict) -> Option<RingBufEntry<Event>> {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(counter::RINGBUF_LOST);
+pub(crate) fn start_event(op: u32, gate: &Gate, verdict: &Verdict) -> Option<Pending> {
+    if verdict.decision != action::DENY && gate.config.record == record::DENIED {
         return None;
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: bpf helpers, and writes into the memory we reserved (an `Event`, 8-byte aligned).
-    // The zeroed fields are written one volatile store each: adjacent zero stores would
-    // otherwise become a call to `memset`, a byte loop the verifier walks byte by byte on
-    // every path that records an event.
+    }
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: bpf helpers, and writes into the header of our per-CPU scratch event (8-byte
+    // aligned). The path is left alone: a hook may have resolved it there already. The zeroed
+    // fields are written one volatile store each: adjacent zero stores would otherwise become
+    // a call to `memset`, a byte loop the verifier walks byte by byte on every path that
+    // records an event.
     unsafe {
+        let event = addr_of_mut!((*scratch).event);
         let pid_tgid = bpf_get_current_pid_tgid();
         let uid_gid = bpf_get_current_uid_gid();
         (*event).boot_ns = bpf_ktime_get_boot_ns();
@@ -91,30 +133,22 @@ pub(crate) fn start_event(op: u32, gate: &Gate, verdict: &Verdict) -> Option<Rin
         let addr = addr_of_mut!((*event).addr).cast::<u64>();
         write_volatile(addr, 0);
         write_volatile(addr.add(1), 0);
-        (*event).path[0] = 0;
         // Straight into the event, zeroed first: kernels before 6.4 do not pad the name after
         // its NUL (a failing call zeroes the buffer itself).
         let comm: *mut [u8; TASK_COMM_LEN] = addr_of_mut!((*event).comm);
         write_volatile(comm.cast::<u64>(), 0);
         write_volatile(comm.cast::<u64>().add(1), 0);
         gen::bpf_get_current_comm(comm.cast(), TASK_COMM_LEN as u32);
+        Some(Pending(event))
     }
-    Some(entry)
 }
 
-/// Copies the resolved path from the scratch buffer into a reserved event.
+/// Records that the event's path holds a path of `path_len` bytes (with its NUL), resolved
+/// into the scratch's `event.path` (where the path resolvers write) before [`start_event`].
 #[inline(always)]
-pub(crate) fn record_path(event: *mut Event, scratch: *mut Scratch, path_len: u32) {
-    if path_len == 0 {
-        return;
-    }
-    // SAFETY: both buffers are PATH_BUF_LEN bytes; the event is ours until submitted.
-    unsafe {
-        let dst = &mut *addr_of_mut!((*event).path);
-        if bpf_probe_read_kernel_buf((*scratch).buf.as_ptr(), dst).is_ok() {
-            (*event).path_len = path_len;
-        }
-    }
+pub(crate) fn record_path(event: *mut Event, path_len: u32) {
+    // SAFETY: the event is ours until submitted.
+    unsafe { (*event).path_len = path_len };
 }
 
 /// Whether the hook must refuse the action: the verdict denies and the policy enforces (in

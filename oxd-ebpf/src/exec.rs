@@ -43,7 +43,7 @@ fn exec_check(ctx: LsmContext) -> i32 {
     let file = offsets::bprm_file(ctx.arg(0));
     let (verdict, path_len) = decide_exec(&gate, scratch, file, gate.config.exec_default);
     if let Some(mut entry) = start_event(op::EXEC, &gate, &verdict) {
-        record_path(entry.as_mut_ptr(), scratch, path_len);
+        record_path(entry.as_mut_ptr(), path_len);
         entry.submit(0);
     }
     if refuse(&verdict, &gate) {
@@ -95,7 +95,7 @@ fn mmap_file(ctx: LsmContext) -> i32 {
     if record_mapping(&verdict, &gate) {
         if let Some(mut entry) = start_event(op::MMAP_EXEC, &gate, &verdict) {
             let event = entry.as_mut_ptr();
-            record_path(event, scratch, path_len);
+            record_path(event, path_len);
             // SAFETY: the event is ours until submitted.
             unsafe { (*event).detail = prot as u32 };
             entry.submit(0);
@@ -142,7 +142,7 @@ fn file_mprotect(ctx: LsmContext) -> i32 {
     if record_mapping(&verdict, &gate) {
         if let Some(mut entry) = start_event(op::MPROTECT_EXEC, &gate, &verdict) {
             let event = entry.as_mut_ptr();
-            record_path(event, scratch, path_len);
+            record_path(event, path_len);
             // SAFETY: the event is ours until submitted.
             unsafe { (*event).detail = prot as u32 };
             entry.submit(0);
@@ -230,9 +230,9 @@ fn recall(file: *const u8, gate: &Gate, scratch: *mut Scratch) -> (Verdict, u32)
     let mut len = 0;
     if kept.path_len > 0 && kept.path_len as usize <= PATH_KEY_LEN {
         // SAFETY: copying the kept path (PATH_KEY_LEN bytes) into the start of our scratch
-        // buffer (PATH_BUF_LEN bytes), from which `record_path` copies it into the event.
+        // event's path buffer (PATH_BUF_LEN bytes), where the event's output finds it.
         let copied = unsafe {
-            let dst = &mut *addr_of_mut!((*scratch).buf).cast::<[u8; PATH_KEY_LEN]>();
+            let dst = &mut *addr_of_mut!((*scratch).event.path).cast::<[u8; PATH_KEY_LEN]>();
             bpf_probe_read_kernel_buf(kept.path.as_ptr(), dst)
         };
         if copied.is_ok() {

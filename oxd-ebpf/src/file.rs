@@ -63,7 +63,7 @@ fn file_open(ctx: LsmContext) -> i32 {
         let event = entry.as_mut_ptr();
         // SAFETY: the event is ours until submitted.
         unsafe { (*event).access = wanted };
-        record_path(event, scratch, path_len);
+        record_path(event, path_len);
         entry.submit(0);
     }
     if refuse(&verdict, &gate) {

@@ -337,7 +337,7 @@ fn decide_unix(gate: &Gate, op: u32, sk: u64) -> i32 {
             (*event).peer_pid = offsets::sock_peer_pid(sk);
         }
         if judged.resolved_len != 0 {
-            record_path(event, scratch, judged.resolved_len);
+            record_path(event, judged.resolved_len);
         } else {
             // SAFETY: as above.
             unsafe {

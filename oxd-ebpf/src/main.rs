@@ -48,8 +48,11 @@
 //! (kernel struct fields at offsets set at load time), [`path`] (path resolution and rule
 //! lookups by path and by file identity) and [`event`] (verdicts, audit records, counters).
 //!
-//! Every decision is sent to user space through the `EVENTS` ring buffer. A failed reservation
-//! does not change the decision; it is counted in `COUNTERS[RINGBUF_LOST]`.
+//! Every decision the slot records (all, or only denials: `Config::record`) is sent to user
+//! space through the `EVENTS` ring buffer, as its header and the bytes of its path used, built
+//! in the per-CPU scratch map and output in one copy. A failed output does not change the
+//! decision; it is counted in `COUNTERS[RINGBUF_LOST]`, a successful one in
+//! `COUNTERS[SUBMITTED]`.
 //! Whatever cannot be decided exactly (unresolvable or over-long path, missing configuration) is
 //! denied and recorded with its reason: fail closed.
 //!

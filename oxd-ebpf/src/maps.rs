@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use oxd_common::{
-    counter, Config, InodeKey, InodeRules, MappedFile, NetKey, NetPrefix, PathKey, RuleValue,
-    MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_POLICY_SLOTS, MAX_PROTECTED_FILES,
-    MAX_PROTECTED_TASKS, NET_PREFIX_CAPACITY, PATH_BUF_LEN, PATH_RULE_CAPACITY, RING_BUF_BYTES,
+    counter, Config, Event, InodeKey, InodeRules, MappedFile, NetKey, NetPrefix, PathKey,
+    RuleValue, MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_POLICY_SLOTS, MAX_PROTECTED_FILES,
+    MAX_PROTECTED_TASKS, NET_PREFIX_CAPACITY, PATH_RULE_CAPACITY, RING_BUF_BYTES,
 };
 
 /// Policy settings, one element per policy slot.
@@ -67,7 +67,8 @@ pub(crate) static DENIED_INODES: HashMap<InodeKey, InodeRules> =
 pub(crate) static NET_PREFIXES: LpmTrie<NetKey, NetPrefix> =
     LpmTrie::with_max_entries(NET_PREFIX_CAPACITY, 0);
 
-/// Decisions for the audit log.
+/// Decisions for the audit log: each record an event's header and the bytes of its path used.
+/// User space sets the size (`--ring-size`); this is the default.
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
 
@@ -75,11 +76,14 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// What [`SCRATCH`] holds: a resolved path, and the rule-trie key built from it.
+/// What [`SCRATCH`] holds: the event being built (see `event::start_event`), whose `path` is
+/// where the path resolvers write a resolved path, and the rule-trie key built from it. The
+/// event's header sits right before the path, so the ring buffer record (header and the path
+/// bytes used) is one contiguous piece of this map value, output without a copy of the path.
 #[repr(C)]
 pub(crate) struct Scratch {
     pub(crate) key: Key<PathKey>,
-    pub(crate) buf: [u8; PATH_BUF_LEN],
+    pub(crate) event: Event,
 }
 
 /// Per-CPU scratch space: paths do not fit on the 512-byte stack.

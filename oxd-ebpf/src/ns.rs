@@ -102,7 +102,7 @@ fn sb_mount(ctx: LsmContext) -> i32 {
     let len = unsafe {
         bpf_d_path(
             mount_point,
-            (*scratch).buf.as_mut_ptr().cast(),
+            (*scratch).event.path.as_mut_ptr().cast(),
             PATH_BUF_LEN as u32,
         )
     };
@@ -111,7 +111,7 @@ fn sb_mount(ctx: LsmContext) -> i32 {
         let event = entry.as_mut_ptr();
         // SAFETY: the event is ours until submitted.
         unsafe { (*event).detail = flags as u32 };
-        record_path(event, scratch, path_len);
+        record_path(event, path_len);
         entry.submit(0);
     }
     if refuse(&verdict, &gate) {
@@ -245,7 +245,7 @@ fn decide_foreign(op: u32, wanted: u32, file: *const u8) -> i32 {
     let len = unsafe {
         bpf_d_path(
             offsets::file_path(file),
-            (*scratch).buf.as_mut_ptr().cast(),
+            (*scratch).event.path.as_mut_ptr().cast(),
             PATH_BUF_LEN as u32,
         )
     };
@@ -254,7 +254,7 @@ fn decide_foreign(op: u32, wanted: u32, file: *const u8) -> i32 {
         let event = entry.as_mut_ptr();
         // SAFETY: the event is ours until submitted.
         unsafe { (*event).access = wanted };
-        record_path(event, scratch, path_len);
+        record_path(event, path_len);
         entry.submit(0);
     }
     if refuse(&verdict, &gate) {

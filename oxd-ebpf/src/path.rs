@@ -19,7 +19,7 @@ use crate::{
     offsets,
 };
 
-/// Resolves `file_path` into `scratch.buf` and prepares `scratch.key` for a lookup. Returns the
+/// Resolves `file_path` into `scratch.event.path` and prepares `scratch.key` for a lookup. Returns the
 /// path's length including its NUL, or the fail-closed verdict (with the length to record).
 #[inline(always)]
 pub(crate) fn resolve_path(
@@ -30,7 +30,7 @@ pub(crate) fn resolve_path(
     let len = unsafe {
         bpf_d_path(
             file_path,
-            (*scratch).buf.as_mut_ptr().cast(),
+            (*scratch).event.path.as_mut_ptr().cast(),
             PATH_BUF_LEN as u32,
         )
     };
@@ -43,7 +43,7 @@ pub(crate) fn resolve_path(
     }
     // SAFETY: copying PATH_KEY_LEN bytes between two per-CPU scratch buffers of ours.
     let copied = unsafe {
-        let src = (*scratch).buf.as_ptr();
+        let src = (*scratch).event.path.as_ptr();
         let dst = &mut *addr_of_mut!((*scratch).key.data.path);
         bpf_probe_read_kernel_buf(src, dst)
     };
@@ -127,7 +127,7 @@ const NAME_MAX: u32 = 255;
 const MAX_WALK: u32 = 48;
 
 /// Where [`resolve_by_walk`] writes a path, backwards from the end:
-/// `scratch.buf[REL_START..=REL_END]`. Paths longer than the span (2047 bytes) fail closed
+/// `scratch.event.path[REL_START..=REL_END]`. Paths longer than the span (2047 bytes) fail closed
 /// without being recorded; longer than a rule key (253 bytes), closed and recorded.
 const REL_START: u32 = 1024;
 const SPAN_MASK: u32 = 0x7ff;
@@ -141,10 +141,10 @@ fn in_span(value: u32) -> u32 {
     unsafe { core::ptr::read_volatile(&raw const value) & SPAN_MASK }
 }
 
-/// Where [`forget`] keeps a value: the last 8 bytes of `scratch.buf`, past the span.
+/// Where [`forget`] keeps a value: the last 8 bytes of `scratch.event.path`, past the span.
 const SPILL: usize = PATH_BUF_LEN - 8;
 
-/// Stores `value` at the end of `scratch.buf` and loads it back, masked: the same value, of
+/// Stores `value` at the end of `scratch.event.path` and loads it back, masked: the same value, of
 /// which the verifier knows only the mask. A value loaded from map memory is an unknown scalar
 /// to it, so the states after a loop, whichever iteration left it, are equal and the verifier
 /// explores what follows once (not once per iteration).
@@ -158,12 +158,12 @@ fn forget(buf: *mut u8, value: u32) -> u32 {
     }
 }
 
-/// Copies the path in `scratch.buf` (`len` bytes with its NUL) into `scratch.key` for a lookup.
+/// Copies the path in `scratch.event.path` (`len` bytes with its NUL) into `scratch.key` for a lookup.
 #[inline(always)]
 fn prepare_key(scratch: *mut Scratch, len: u32) -> Result<u32, (Verdict, u32)> {
     // SAFETY: copying PATH_KEY_LEN bytes between two per-CPU scratch buffers of ours.
     let copied = unsafe {
-        let src = (*scratch).buf.as_ptr();
+        let src = (*scratch).event.path.as_ptr();
         let dst = &mut *addr_of_mut!((*scratch).key.data.path);
         bpf_probe_read_kernel_buf(src, dst)
     };
@@ -189,8 +189,8 @@ fn read_u64(addr: u64) -> u64 {
 /// as the kernel's `d_path` builds it: the names from `dentry` up to its mount's root, then the
 /// mount point's names in the parent mount, and so on up to the root of the mount tree (not the
 /// task's root: the two differ only under `chroot`). Returns the path's length with its NUL
-/// (the path in `scratch.buf`, `scratch.key` prepared), or the fail-closed verdict with the
-/// length of what `scratch.buf` holds to record. Names renamed while this runs can give a path
+/// (the path in `scratch.event.path`, `scratch.key` prepared), or the fail-closed verdict with the
+/// length of what `scratch.event.path` holds to record. Names renamed while this runs can give a path
 /// that never existed; the walk still ends (at most [`MAX_WALK`] steps) or fails closed.
 #[inline(always)]
 pub(crate) fn resolve_by_walk(
@@ -205,7 +205,7 @@ pub(crate) fn resolve_by_walk(
     // REL_START..=REL_END (or below it, for the result) and every copy at most NAME_MAX bytes
     // (SPAN_MASK for the result).
     unsafe {
-        let buf = (*scratch).buf.as_mut_ptr();
+        let buf = (*scratch).event.path.as_mut_ptr();
         let mut mount = vfsmount.wrapping_sub(o.mount_mnt);
         let mut current = dentry;
         let mut at = REL_END;

@@ -35,7 +35,7 @@ const SUN_FAMILY_LEN: i32 = 2;
 #[derive(Clone, Copy)]
 pub(crate) struct Judged {
     pub(crate) verdict: Verdict,
-    /// Bytes of the resolved path (with its NUL) in `scratch.buf` to record as the target; 0
+    /// Bytes of the resolved path (with its NUL) in `scratch.event.path` to record as the target; 0
     /// to record the socket's address as bound instead (abstract and unnamed sockets, and
     /// paths that could not be resolved).
     pub(crate) resolved_len: u32,

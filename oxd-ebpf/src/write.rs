@@ -112,7 +112,7 @@ fn path_mknod(ctx: LsmContext) -> i32 {
     } else {
         (Verdict::deny(gate.missing_reason()), 0)
     };
-    record(op, &gate, &decided, scratch, access::WRITE, mode);
+    record(op, &gate, &decided, access::WRITE, mode);
     if refuse(&decided.0, &gate) {
         return -EPERM;
     }
@@ -208,7 +208,7 @@ fn path_rename(ctx: LsmContext) -> i32 {
     } else {
         (Verdict::deny(gate.missing_reason()), 0)
     };
-    record(op::RENAME_FROM, &gate, &from, scratch, source, flags);
+    record(op::RENAME_FROM, &gate, &from, source, flags);
     let wanted = if flags & RENAME_EXCHANGE != 0 {
         source
     } else {
@@ -226,7 +226,7 @@ fn path_rename(ctx: LsmContext) -> i32 {
     } else {
         (Verdict::deny(gate.missing_reason()), 0)
     };
-    record(op::RENAME_TO, &gate, &to, scratch, wanted, flags);
+    record(op::RENAME_TO, &gate, &to, wanted, flags);
     let refuse_from = refuse(&from.0, &gate);
     if refuse(&to.0, &gate) || refuse_from {
         return -EPERM;
@@ -268,7 +268,7 @@ fn path_link(ctx: LsmContext) -> i32 {
     } else {
         (Verdict::deny(gate.missing_reason()), 0)
     };
-    record(op::LINK_FROM, &gate, &from, scratch, source, 0);
+    record(op::LINK_FROM, &gate, &from, source, 0);
     let to = if gate.configured {
         let denied = denied_dentry(new_dentry, gate.slot);
         judge(
@@ -281,7 +281,7 @@ fn path_link(ctx: LsmContext) -> i32 {
     } else {
         (Verdict::deny(gate.missing_reason()), 0)
     };
-    record(op::LINK_TO, &gate, &to, scratch, access::WRITE, 0);
+    record(op::LINK_TO, &gate, &to, access::WRITE, 0);
     let refuse_from = refuse(&from.0, &gate);
     if refuse(&to.0, &gate) || refuse_from {
         return -EPERM;
@@ -311,7 +311,7 @@ fn change_name(dir: *mut path, dentry: *const u8, op: u32, detail: u32) -> i32 {
     } else {
         (Verdict::deny(gate.missing_reason()), 0)
     };
-    record(op, &gate, &decided, scratch, access::WRITE, detail);
+    record(op, &gate, &decided, access::WRITE, detail);
     if refuse(&decided.0, &gate) {
         return -EPERM;
     }
@@ -341,7 +341,7 @@ fn change_path(file_path: *mut path, op: u32, detail: u32) -> i32 {
     } else {
         (Verdict::deny(gate.missing_reason()), 0)
     };
-    record(op, &gate, &decided, scratch, access::WRITE, detail);
+    record(op, &gate, &decided, access::WRITE, detail);
     if refuse(&decided.0, &gate) {
         return -EPERM;
     }
@@ -432,14 +432,7 @@ fn decide_access(
 
 /// Sends the record of one decided name.
 #[inline(always)]
-fn record(
-    op: u32,
-    gate: &Gate,
-    decided: &(Verdict, u32),
-    scratch: *mut Scratch,
-    wanted: u32,
-    detail: u32,
-) {
+fn record(op: u32, gate: &Gate, decided: &(Verdict, u32), wanted: u32, detail: u32) {
     if let Some(mut entry) = start_event(op, gate, &decided.0) {
         let event = entry.as_mut_ptr();
         // SAFETY: the event is ours until submitted.
@@ -447,7 +440,7 @@ fn record(
             (*event).access = wanted;
             (*event).detail = detail;
         }
-        record_path(event, scratch, decided.1);
+        record_path(event, decided.1);
         entry.submit(0);
     }
 }

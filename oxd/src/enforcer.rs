@@ -13,8 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use oxd_common::{
-    counter, Config, InodeKey, InodeRules, NetKey, NetPrefix, PathKey, RuleValue,
-    ANCESTOR_SLOT_BIT, MAX_POLICY_SLOTS,
+    counter, record, Config, InodeKey, InodeRules, NetKey, NetPrefix, PathKey, RuleValue,
+    ANCESTOR_SLOT_BIT, MAX_POLICY_SLOTS, RING_BUF_BYTES,
 };
 
 /// Kept here until every caller asks [`crate::host`].
@@ -273,6 +273,18 @@ pub(crate) const LSM_FIX: &str =
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforcerError {
+    /// The daemon would adopt a pinned ring buffer of another size than asked: a map's size
+    /// cannot change, and replacing the ring would drop the records it holds.
+    #[error(
+        "the pinned decision ring buffer {path} holds {pinned} bytes, not the {asked} asked for: \
+         start the daemon with --ring-size {pinned}, or stop it with --on-exit release (which \
+         removes the pins, after its last drain) and start it again with the new size"
+    )]
+    RingSizeMismatch {
+        path: PathBuf,
+        pinned: u32,
+        asked: u32,
+    },
     #[error("BPF-LSM is not active on this kernel (active LSMs: {active}). {LSM_FIX}")]
     LsmInactive { active: String },
     /// The kernel refused to load a BPF-LSM program without a word from the verifier (`EPERM`
@@ -347,6 +359,27 @@ pub enum EnforcerError {
 const VERIFIER_LOG_TAIL: usize = 40;
 
 /// The last `lines` lines of `log`, with a note of how many were left out.
+/// Refuses a pinned ring buffer at `pin` whose size is not `asked` (nothing pinned there yet
+/// is fine: it is created with that size).
+fn check_pinned_ring(pin: &Path, asked: u32) -> Result<()> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    let map = MapData::from_pin(pin).map_err(map_err("open the pinned decision ring buffer"))?;
+    let pinned = map
+        .info()
+        .map_err(map_err("read the pinned decision ring buffer's size"))?
+        .max_entries();
+    if pinned != asked {
+        return Err(EnforcerError::RingSizeMismatch {
+            path: pin.to_path_buf(),
+            pinned,
+            asked,
+        });
+    }
+    Ok(())
+}
+
 fn log_tail(log: &str, lines: usize) -> String {
     let all: Vec<&str> = log.trim_end().lines().collect();
     let start = all.len().saturating_sub(lines);
@@ -397,12 +430,72 @@ fn pin_link(link: FdLink, pin: &Path, name: &'static str) -> Result<()> {
 }
 
 /// How to load oxd's kernel side.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Load the BPF-LSM programs (needs a kernel with BPF-LSM and BTF).
     pub lsm: bool,
     /// Pin maps and links under this bpffs directory, reusing what is already pinned there.
     pub pin_dir: Option<PathBuf>,
+    /// Size of the decision ring buffer in bytes (see [`check_ring_size`]). A pinned ring of
+    /// another size is refused: its size cannot change while it is adopted.
+    pub ring_size: u32,
+    /// What every slot records ([`oxd_common::record`]), written into each slot's
+    /// configuration: the kernel then puts only those decisions into the ring buffer.
+    pub record: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            lsm: false,
+            pin_dir: None,
+            ring_size: RING_BUF_BYTES,
+            record: record::ALL,
+        }
+    }
+}
+
+/// The kernel's setting ([`oxd_common::record`]) for a `--record` choice.
+pub fn record_setting(filter: crate::audit::RecordFilter) -> u32 {
+    match filter {
+        crate::audit::RecordFilter::All => record::ALL,
+        crate::audit::RecordFilter::Denied => record::DENIED,
+    }
+}
+
+/// Smallest ring buffer `--ring-size` accepts: room for two records of the longest path.
+pub const MIN_RING_SIZE: u64 = 16 << 10;
+
+/// Largest ring buffer `--ring-size` accepts.
+pub const MAX_RING_SIZE: u64 = 1 << 30;
+
+/// Checks a decision ring buffer size: a power of two, a multiple of the page size, between
+/// [`MIN_RING_SIZE`] and [`MAX_RING_SIZE`] (the kernel refuses sizes that are not a power of
+/// two or not page-aligned).
+///
+/// # Errors
+///
+/// A message saying what is wrong with `bytes`.
+pub fn check_ring_size(bytes: u64) -> Result<u32, String> {
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    if !bytes.is_power_of_two() {
+        return Err(format!(
+            "the ring buffer size must be a power of two, not {bytes}"
+        ));
+    }
+    if !bytes.is_multiple_of(page) {
+        return Err(format!(
+            "the ring buffer size must be a multiple of the page size ({page} bytes), not {bytes}"
+        ));
+    }
+    if !(MIN_RING_SIZE..=MAX_RING_SIZE).contains(&bytes) {
+        return Err(format!(
+            "the ring buffer size must be between {MIN_RING_SIZE} and {MAX_RING_SIZE} bytes, \
+             not {bytes}"
+        ));
+    }
+    u32::try_from(bytes).map_err(|_| format!("ring buffer size {bytes} is too large"))
 }
 
 /// oxd's kernel side: loaded programs and their maps, holding one policy per slot.
@@ -416,16 +509,29 @@ pub struct Enforcer {
     attr_programs: Vec<(&'static str, &'static str)>,
     enforces_network: bool,
     pin_dir: Option<PathBuf>,
+    /// What every slot records ([`LoadOptions::record`]).
+    record: u32,
 }
 
 impl Enforcer {
     /// Loads the object for `oxd run`, compiles `policy` for slot 0 as generation 1 (with the
     /// identities its exact deny rules name now) and writes it. Attaches nothing yet.
     pub fn load(policy: &Policy) -> Result<Self> {
+        Self::load_with(policy, RING_BUF_BYTES, record::ALL)
+    }
+
+    /// [`Self::load`] with a ring buffer of `ring_size` bytes, recording `record`
+    /// ([`oxd_common::record`]).
+    pub fn load_with(policy: &Policy, ring_size: u32, record: u32) -> Result<Self> {
         // Exec, file and ipc rules need BPF-LSM; the guard and namespaces run wherever it is
         // active, whatever the policy (a network-only policy runs without it otherwise).
         let lsm = policy.needs_lsm() || bpf_lsm_active();
-        let mut enforcer = Self::open(&LoadOptions { lsm, pin_dir: None })?;
+        let mut enforcer = Self::open(&LoadOptions {
+            lsm,
+            pin_dir: None,
+            ring_size,
+            record,
+        })?;
         let ipc_programs = if lsm && policy.ipc.is_some() {
             enforcer.ipc_programs.clone()
         } else {
@@ -521,8 +627,12 @@ impl Enforcer {
             None => Vec::new(),
         };
         for (name, path) in &map_paths {
+            if *name == "EVENTS" {
+                check_pinned_ring(path, options.ring_size)?;
+            }
             loader.map_pin_path(name, path.as_path());
         }
+        loader.map_max_entries("EVENTS", options.ring_size);
         override_attr_offsets(&mut loader, &offsets);
         override_guard_fs_offsets(&mut loader, &offsets);
         let ebpf = loader
@@ -593,6 +703,7 @@ impl Enforcer {
             attr_programs,
             enforces_network: true,
             pin_dir: options.pin_dir.clone(),
+            record: options.record,
         })
     }
 
@@ -646,9 +757,13 @@ impl Enforcer {
             }
         }
         // The configuration goes last: until it is there, confined actions fail closed.
+        let config = Config {
+            record: self.record,
+            ..*image.config()
+        };
         let mut config_map = self.config_map()?;
         config_map
-            .set(image.slot(), *image.config(), 0)
+            .set(image.slot(), config, 0)
             .map_err(map_err("write the policy configuration"))?;
         Ok(())
     }
@@ -1083,6 +1198,32 @@ impl Enforcer {
     /// counters were created).
     pub fn lost_events(&self) -> Result<u64> {
         self.counter_total(counter::RINGBUF_LOST)
+    }
+
+    /// Sets what every valid slot records ([`oxd_common::record`]), and what slots written
+    /// from now on will: for policies adopted from pins, written under another setting.
+    pub fn set_record(&mut self, record: u32) -> Result<()> {
+        self.record = record;
+        let mut config_map = self.config_map()?;
+        for slot in 0..MAX_POLICY_SLOTS {
+            let config = config_map
+                .get(&slot, 0)
+                .map_err(map_err("read a policy configuration"))?;
+            if config.generation == 0 || config.record == record {
+                continue;
+            }
+            // Only `record` changes: a decision that reads the element meanwhile sees the same
+            // policy either way.
+            config_map
+                .set(slot, Config { record, ..config }, 0)
+                .map_err(map_err("write the policy configuration"))?;
+        }
+        Ok(())
+    }
+
+    /// Decisions put into the ring buffer (since the counters were created).
+    pub fn submitted_events(&self) -> Result<u64> {
+        self.counter_total(counter::SUBMITTED)
     }
 
     /// Denials enforced (since the counters were created).

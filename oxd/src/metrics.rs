@@ -36,6 +36,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     decisions: Family<DecisionLabels, Counter>,
     lost: Gauge<u64, AtomicU64>,
+    submitted: Gauge<u64, AtomicU64>,
     generation: Family<PolicyLabels, Gauge>,
     /// The labels of each target's series in `generation`, so a replacement or a release
     /// removes the old series.
@@ -52,6 +53,7 @@ impl Metrics {
     pub fn new() -> Self {
         let decisions = Family::<DecisionLabels, Counter>::default();
         let lost = Gauge::<u64, AtomicU64>::default();
+        let submitted = Gauge::<u64, AtomicU64>::default();
         let generation = Family::<PolicyLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("oxd");
         registry.register(
@@ -65,6 +67,11 @@ impl Metrics {
             lost.clone(),
         );
         registry.register(
+            "ringbuf_submitted",
+            "Decisions the kernel put into the ring buffer (each one a record to read)",
+            submitted.clone(),
+        );
+        registry.register(
             "policy_generation",
             "Generation of the policy in force, per confined target",
             generation.clone(),
@@ -73,6 +80,7 @@ impl Metrics {
             registry: Arc::new(registry),
             decisions,
             lost,
+            submitted,
             generation,
             current: Arc::default(),
         }
@@ -91,6 +99,10 @@ impl Metrics {
 
     pub fn set_lost(&self, lost: u64) {
         self.lost.set(lost);
+    }
+
+    pub fn set_submitted(&self, submitted: u64) {
+        self.submitted.set(submitted);
     }
 
     /// Sets the generation of the policy in force for `target` (one series per target).

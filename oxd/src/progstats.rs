@@ -57,7 +57,7 @@ pub fn verifier_stats() -> Result<Vec<ProgramStats>, ProgStatsError> {
     let before = loaded_ids()?;
     let mut enforcer = Enforcer::open(&LoadOptions {
         lsm: true,
-        pin_dir: None,
+        ..LoadOptions::default()
     })?;
     enforcer.load_lsm()?;
     enforcer.load_cgroup_programs()?;

@@ -21,18 +21,28 @@
 //!
 //! # Losses
 //!
-//! The kernel counts failed ring buffer reservations in the `COUNTERS` map (since the map was
-//! created; the daemon's is pinned, so the count survives daemon restarts). The pump writes a
-//! `lost` record with the count since its last report whenever the total grew: after each
-//! drain that empties the ring, every [`LOSS_REPORT_INTERVAL`] while it does not, and at the
-//! end. The total already reported is in [`PumpStats`], for the daemon to keep in its state
-//! file, and to hand to the next daemon.
+//! The kernel counts, in the `COUNTERS` map (since the map was created; the daemon's is
+//! pinned, so the counts survive daemon restarts), the decisions it put into the ring buffer
+//! (`submitted`: outputs that succeeded) and those it could not (`lost`: the ring was full).
+//! The pump writes a `lost` record with the count since its last report whenever the lost
+//! total grew: after each drain that empties the ring, every [`LOSS_REPORT_INTERVAL`] while it
+//! does not, and at the end; it carries both totals (`lost_total`, `submitted`). The lost total
+//! already reported is in [`PumpStats`], for the daemon to keep in its state file, and to hand
+//! to the next daemon. At its end the pump writes a `counts` record with both totals, read
+//! after its last drain.
+//!
+//! What the totals prove: every submitted decision is a record in the log, so for `oxd run`
+//! (counters created for the run, read after the agent is gone and the ring drained) the
+//! decision records of the run equal the final `submitted`, and the `lost` records' counts add
+//! up to the final `lost_total`. A record the pump cannot decode is logged as an error and
+//! counted ([`PumpStats::malformed`]); it makes the records fall short of `submitted`.
 //!
 //! # Stopping
 //!
 //! [`Pump::finish`] stops the pump and drains what is in the ring at that point: at most
-//! [`RING_CAPACITY`] decisions, which is everything a full ring holds, so a flood that goes
-//! on meanwhile cannot keep it draining. Losses are then reported a last time.
+//! [`ring_capacity`] decisions, which is everything a full ring holds (every record is at least
+//! a header: the bound counts records without a path), so a flood that goes on meanwhile cannot
+//! keep it draining. Losses are then reported a last time, and the totals written.
 
 use std::{
     borrow::Borrow,
@@ -48,7 +58,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use oxd_common::{counter, Event, RING_BUF_BYTES};
+use oxd_common::{counter, Event, EVENT_HEADER_LEN, RING_BUF_BYTES};
 use tokio::{
     io::unix::AsyncFd,
     sync::{oneshot, Notify},
@@ -56,7 +66,7 @@ use tokio::{
 };
 
 use crate::{
-    audit::{decode_event, AuditLog, Clock, Record},
+    audit::{decode_event, AuditLog, Clock, DecodeError, Record, RingTotals},
     metrics::Metrics,
     policy::Policy,
 };
@@ -74,10 +84,15 @@ pub const RETIRED_GENERATIONS: usize = 256;
 /// The kernel's ring buffer record header (`BPF_RINGBUF_HDR_SZ`).
 const RINGBUF_HEADER: usize = 8;
 
-/// The most decisions the ring buffer holds at once (each record is a header and an [`Event`],
-/// rounded up to 8 bytes).
-pub const RING_CAPACITY: usize =
-    RING_BUF_BYTES as usize / (RINGBUF_HEADER + size_of::<Event>()).next_multiple_of(8);
+/// The most decisions a ring buffer of `ring_bytes` holds at once: each record is the kernel's
+/// record header and at least an event header ([`EVENT_HEADER_LEN`]; a path adds to it),
+/// rounded up to 8 bytes. An upper bound: records with paths take more room.
+pub const fn ring_capacity(ring_bytes: u32) -> usize {
+    ring_bytes as usize / (RINGBUF_HEADER + EVENT_HEADER_LEN).next_multiple_of(8)
+}
+
+/// [`ring_capacity`] of the default ring buffer.
+pub const RING_CAPACITY: usize = ring_capacity(RING_BUF_BYTES);
 
 /// The policy of each generation a decision can name: the generations in force, and the
 /// [`RETIRED_GENERATIONS`] most recently retired ones.
@@ -136,6 +151,7 @@ impl Book {
 #[derive(Debug, Default)]
 pub struct PumpStats {
     records: AtomicU64,
+    malformed: AtomicU64,
     reported_lost: AtomicU64,
     lost_reported: Notify,
 }
@@ -155,6 +171,11 @@ impl PumpStats {
         self.records.load(Ordering::Relaxed)
     }
 
+    /// Ring buffer records that were not decisions as the kernel writes them (logged, skipped).
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
     /// The kernel's lost-decision total as of the last `lost` record.
     pub fn reported_lost(&self) -> u64 {
         self.reported_lost.load(Ordering::Relaxed)
@@ -168,25 +189,21 @@ impl PumpStats {
 
 /// Where decisions come from: the kernel's ring buffer, or a stand-in in tests.
 pub trait Ring {
-    /// The next decision in the ring, if there is one. A record too short to hold one is
-    /// logged and skipped.
-    fn next_event(&mut self) -> Option<Event>;
+    /// The next record in the ring, if there is one: a decision, or why it is not one.
+    fn next_event(&mut self) -> Option<Result<Event, DecodeError>>;
 }
 
 impl<T: Borrow<MapData>> Ring for RingBuf<T> {
-    fn next_event(&mut self) -> Option<Event> {
-        loop {
-            let item = self.next()?;
-            if let Some(event) = decode_event(&item) {
-                return Some(event);
-            }
-        }
+    fn next_event(&mut self) -> Option<Result<Event, DecodeError>> {
+        let item = self.next()?;
+        Some(decode_event(&item))
     }
 }
 
-/// The kernel's count of decisions it could not put in the ring buffer.
+/// The kernel's counts of decisions it could not put in the ring buffer, and of those it did.
 pub trait LossCounter {
     fn lost(&self) -> Result<u64>;
+    fn submitted(&self) -> Result<u64>;
 }
 
 impl<T: Borrow<MapData>> LossCounter for PerCpuArray<T, u64> {
@@ -194,6 +211,13 @@ impl<T: Borrow<MapData>> LossCounter for PerCpuArray<T, u64> {
         let values = self
             .get(&counter::RINGBUF_LOST, 0)
             .context("cannot read the lost-decision counter")?;
+        Ok(values.iter().sum())
+    }
+
+    fn submitted(&self) -> Result<u64> {
+        let values = self
+            .get(&counter::SUBMITTED, 0)
+            .context("cannot read the submitted-decision counter")?;
         Ok(values.iter().sum())
     }
 }
@@ -248,6 +272,15 @@ impl<C: LossCounter> Recorder<C> {
             let Some(event) = ring.next_event() else {
                 break;
             };
+            written += 1;
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::error!("{e}: skipped");
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
             let policy = Book::lock(&self.book).get(event.generation);
             let record = Record::from_event(&event, policy.as_deref(), &self.clock);
             self.metrics.record(&record);
@@ -255,22 +288,31 @@ impl<C: LossCounter> Recorder<C> {
                 .write(&record)
                 .context("cannot write the audit log")?;
             self.stats.records.fetch_add(1, Ordering::Relaxed);
-            written += 1;
         }
         Ok(written)
     }
 
+    /// The kernel's totals now (submitted read first: a decision submitted meanwhile is in the
+    /// ring, not lost).
+    fn totals(&self) -> Result<RingTotals> {
+        let submitted = self.counter.submitted()?;
+        let lost = self.counter.lost()?;
+        self.metrics.set_submitted(submitted);
+        self.metrics.set_lost(lost);
+        Ok(RingTotals { submitted, lost })
+    }
+
     /// Writes a `lost` record for the decisions lost since the last one, if any.
     pub fn report_losses(&mut self) -> Result<()> {
-        let lost = self.counter.lost()?;
-        self.metrics.set_lost(lost);
+        let totals = self.totals()?;
+        let lost = totals.lost;
         if lost > self.reported_lost {
             let count = lost - self.reported_lost;
             tracing::warn!(
                 "{count} decisions were made but not recorded: the ring buffer was full"
             );
             self.audit
-                .write_lost(self.lost_policy.as_deref(), count)
+                .write_lost_with_totals(self.lost_policy.as_deref(), count, totals)
                 .context("cannot write the audit log")?;
             self.audit.flush().context("cannot write the audit log")?;
             self.reported_lost = lost;
@@ -285,10 +327,14 @@ impl<C: LossCounter> Recorder<C> {
     }
 
     /// The last drain: at most `max` decisions (what the ring held when it started), then the
-    /// losses.
+    /// losses, then a `counts` record with the kernel's totals.
     pub fn finish(&mut self, ring: &mut impl Ring, max: usize) -> Result<()> {
         self.drain_batch(ring, max)?;
         self.report_losses()?;
+        let totals = self.totals()?;
+        self.audit
+            .write_counts(self.lost_policy.as_deref(), totals)
+            .context("cannot write the audit log")?;
         self.flush()
     }
 }
@@ -306,9 +352,17 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        Self::for_ring(RING_BUF_BYTES)
+    }
+}
+
+impl Limits {
+    /// The default limits for a ring buffer of `ring_bytes` (its [`ring_capacity`] drained at
+    /// most at the end).
+    pub fn for_ring(ring_bytes: u32) -> Self {
         Self {
             batch: BATCH,
-            final_drain: RING_CAPACITY,
+            final_drain: ring_capacity(ring_bytes),
             report_every: LOSS_REPORT_INTERVAL,
         }
     }
@@ -511,6 +565,7 @@ mod tests {
     struct Counter {
         total: Arc<AtomicU64>,
         grows: bool,
+        submitted: Arc<AtomicU64>,
     }
 
     impl LossCounter for Counter {
@@ -520,6 +575,10 @@ mod tests {
             } else {
                 Ok(self.total.load(Ordering::Relaxed))
             }
+        }
+
+        fn submitted(&self) -> Result<u64> {
+            Ok(self.submitted.load(Ordering::Relaxed))
         }
     }
 
@@ -549,10 +608,11 @@ mod tests {
     }
 
     impl Ring for FakeRing {
-        fn next_event(&mut self) -> Option<Event> {
+        fn next_event(&mut self) -> Option<Result<Event, DecodeError>> {
             self.events
                 .pop_front()
                 .or_else(|| self.endless.then(|| event(1, action::ALLOW)))
+                .map(Ok)
         }
     }
 
@@ -575,8 +635,69 @@ mod tests {
     }
 
     #[test]
-    fn the_ring_holds_about_a_thousand_decisions() {
-        assert!((900..1100).contains(&RING_CAPACITY), "{RING_CAPACITY}");
+    fn the_capacity_bounds_the_records_of_a_ring() {
+        // 4 MiB of the smallest records (no path): a kernel header of 8 bytes and an event
+        // header, 8-byte aligned.
+        assert_eq!(EVENT_HEADER_LEN, 120);
+        assert_eq!(RING_CAPACITY, (4 << 20) / 128);
+        assert_eq!(ring_capacity(16 << 10), 128);
+        // Any record, path or not, takes at least that much room.
+        let longest =
+            (RINGBUF_HEADER + EVENT_HEADER_LEN + oxd_common::PATH_BUF_LEN).next_multiple_of(8);
+        assert!(RING_CAPACITY >= RING_BUF_BYTES as usize / longest);
+        assert_eq!(Limits::for_ring(1 << 20).final_drain, (1 << 20) / 128);
+    }
+
+    #[test]
+    fn a_malformed_record_is_counted_and_skipped() {
+        struct Bad(VecDeque<Result<Event, DecodeError>>);
+        impl Ring for Bad {
+            fn next_event(&mut self) -> Option<Result<Event, DecodeError>> {
+                self.0.pop_front()
+            }
+        }
+        let stats = PumpStats::new(0);
+        let (mut recorder, out) = recorder(
+            RecordFilter::All,
+            Book::new(),
+            Counter::default(),
+            Arc::clone(&stats),
+        );
+        let mut ring = Bad(VecDeque::from([
+            Ok(event(1, action::DENY)),
+            Err(DecodeError::Short { len: 3 }),
+            Ok(event(1, action::DENY)),
+        ]));
+        assert_eq!(recorder.drain_batch(&mut ring, 10).unwrap(), 3);
+        recorder.flush().unwrap();
+        assert_eq!(out.records().len(), 2);
+        assert_eq!(stats.records(), 2);
+        assert_eq!(stats.malformed(), 1);
+    }
+
+    #[test]
+    fn the_last_drain_writes_the_kernels_totals() {
+        let counter = Counter::default();
+        counter.total.store(4, Ordering::Relaxed);
+        counter.submitted.store(2, Ordering::Relaxed);
+        let (mut recorder, out) =
+            recorder(RecordFilter::All, Book::new(), counter, PumpStats::new(1));
+        let mut ring = FakeRing::new(
+            [event(1, action::DENY), event(1, action::ALLOW)],
+            false,
+            false,
+        );
+        recorder.finish(&mut ring, 10).unwrap();
+        let records = out.records();
+        assert_eq!(records.len(), 4, "{records:?}");
+        assert_eq!(records[2]["op"], "lost");
+        assert_eq!(records[2]["count"], 3);
+        assert_eq!(records[2]["lost_total"], 4);
+        assert_eq!(records[2]["submitted"], 2);
+        assert_eq!(records[3]["op"], "counts");
+        assert_eq!(records[3]["lost_total"], 4);
+        assert_eq!(records[3]["submitted"], 2);
+        assert!(records[3].get("count").is_none(), "{}", records[3]);
     }
 
     #[test]
@@ -740,7 +861,8 @@ mod tests {
         let pump = Pump::start_with(ring, recorder, limits).unwrap();
         pump.finish().unwrap();
         assert_eq!(stats.records(), 700);
-        assert_eq!(out.records().len(), 701);
+        // The decisions, a `lost` record and the closing `counts`.
+        assert_eq!(out.records().len(), 702);
         assert_eq!(out.lost_counts(), vec![3]);
 
         let stats = PumpStats::new(0);
@@ -815,6 +937,9 @@ mod tests {
         struct Broken;
         impl LossCounter for Broken {
             fn lost(&self) -> Result<u64> {
+                Err(anyhow!("no counters"))
+            }
+            fn submitted(&self) -> Result<u64> {
                 Err(anyhow!("no counters"))
             }
         }

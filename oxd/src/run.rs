@@ -35,10 +35,10 @@ use self::watchdog::Watchdog;
 use crate::{
     audit::{AuditLog, RecordFilter, Rotation},
     cgroup::AgentCgroup,
-    enforcer::Enforcer,
+    enforcer::{record_setting, Enforcer},
     metrics::Metrics,
     policy::Policy,
-    pump::{Book, Pump, PumpStats, Recorder},
+    pump::{Book, Limits, Pump, PumpStats, Recorder},
 };
 
 /// Exit status when oxd itself fails before or around the command (as `env` and `timeout` do).
@@ -59,8 +59,10 @@ pub struct RunOptions {
     pub rotation: Option<Rotation>,
     /// Serve Prometheus metrics on this address, at /metrics.
     pub metrics: Option<std::net::SocketAddr>,
-    /// Which decisions to record.
+    /// Which decisions to record: set in the policy's slot, so the kernel records only those.
     pub record: RecordFilter,
+    /// Size of the decision ring buffer in bytes (`enforcer::check_ring_size`).
+    pub ring_size: u32,
     /// Run the command as this user (`NAME`, `UID`, `NAME:GROUP` or `UID:GID`) rather than as
     /// oxd's own user: privileges are dropped after confinement, before exec.
     pub user: Option<String>,
@@ -80,7 +82,7 @@ pub fn run(args: &RunOptions) -> Result<i32> {
         None => AuditLog::new(Box::new(io::stderr()), args.record),
     };
 
-    let mut enforcer = Enforcer::load(&policy)?;
+    let mut enforcer = Enforcer::load_with(&policy, args.ring_size, record_setting(args.record))?;
     enforcer.attach_lsm()?;
     let cgroup = AgentCgroup::create(&format!("run-{}", std::process::id()))
         .context("cannot create the agent's cgroup")?;
@@ -129,7 +131,7 @@ pub fn run(args: &RunOptions) -> Result<i32> {
         PumpStats::new(0),
     )
     .naming_losses(Arc::clone(&policy));
-    let mut pump = Pump::start(events, recorder)?;
+    let mut pump = Pump::start_with(events, recorder, Limits::for_ring(args.ring_size))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -60,7 +60,11 @@
 //!   (`packet raw proto 768`).
 //!
 //! A record with `"op": "lost"` reports decisions that were made but could not be recorded
-//! because the ring buffer was full (`count`, since the previous such record).
+//! because the ring buffer was full (`count`, since the previous such record), with the
+//! kernel's totals when it was written: `lost_total` decisions lost and `submitted` put into
+//! the ring buffer. A record with `"op": "counts"` closes each pump's part of the log (the end
+//! of `oxd run`, a daemon's stop) with the same two totals, read after the last drain; see
+//! [`crate::pump`] for what they prove.
 //!
 //! Every record starts with `seq` (0, 1, 2, ... along the log) and `prev`, the SHA-256 (hex) of
 //! the previous record's line (64 zeros for the first): `oxd audit verify` checks the chain.
@@ -75,7 +79,9 @@ use std::{
 };
 
 use nix::time::{clock_gettime, ClockId};
-use oxd_common::{access, action, mode, op, proto, reason, Event, PATH_BUF_LEN, RULE_DEFAULT};
+use oxd_common::{
+    access, action, mode, op, proto, reason, Event, EVENT_HEADER_LEN, PATH_BUF_LEN, RULE_DEFAULT,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -157,16 +163,49 @@ pub struct Record {
     pub comm_bytes: Option<String>,
 }
 
-/// The decision in one ring buffer record; `None` (logged) if the record is too short to hold
-/// one.
-pub fn decode_event(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() < size_of::<Event>() {
-        tracing::error!("short ring buffer record ({} bytes), skipped", bytes.len());
-        return None;
+/// The decision in one ring buffer record: [`EVENT_HEADER_LEN`] bytes of header, then exactly
+/// the `path_len` bytes of path it announces. Any other length is an error.
+///
+/// # Errors
+///
+/// [`DecodeError`] for a record of any other length.
+pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() < EVENT_HEADER_LEN {
+        return Err(DecodeError::Short { len: bytes.len() });
     }
-    // SAFETY: the kernel wrote a whole `Event` (same #[repr(C)] definition, all fields plain
-    // integers); the read does not assume alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+    // SAFETY: `Event` is plain data (#[repr(C)], integers and byte arrays only): all zeroes is
+    // a valid value, and so is any header the kernel wrote (same definition).
+    let mut event: Event = unsafe { std::mem::zeroed() };
+    // SAFETY: the header is the first EVENT_HEADER_LEN bytes of `Event`, `bytes` has that many;
+    // a byte copy assumes no alignment.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (&raw mut event).cast::<u8>(),
+            EVENT_HEADER_LEN,
+        );
+    }
+    let path_len = event.path_len as usize;
+    if path_len > PATH_BUF_LEN || bytes.len() != EVENT_HEADER_LEN + path_len {
+        return Err(DecodeError::Inconsistent {
+            len: bytes.len(),
+            path_len: event.path_len,
+        });
+    }
+    event.path[..path_len].copy_from_slice(&bytes[EVENT_HEADER_LEN..]);
+    Ok(event)
+}
+
+/// A ring buffer record that is not a decision as the kernel side writes one.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("ring buffer record of {len} bytes is shorter than a decision's header ({EVENT_HEADER_LEN} bytes)")]
+    Short { len: usize },
+    #[error(
+        "ring buffer record of {len} bytes does not hold a decision's header ({EVENT_HEADER_LEN} \
+         bytes) and the {path_len} path bytes it announces (at most {PATH_BUF_LEN})"
+    )]
+    Inconsistent { len: usize, path_len: u32 },
 }
 
 /// `bytes` up to the first NUL.
@@ -678,7 +717,21 @@ struct LostRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     policy_sha256: Option<&'a str>,
     op: &'static str,
-    count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_total: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submitted: Option<u64>,
+}
+
+/// The kernel's ring buffer totals, since its counters were created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingTotals {
+    /// Decisions put into the ring buffer.
+    pub submitted: u64,
+    /// Decisions lost because the ring buffer was full.
+    pub lost: u64,
 }
 
 /// The `prev` of the first record of a chain.
@@ -988,12 +1041,51 @@ impl AuditLog {
     /// Reports decisions lost to a full ring buffer (always written); `policy` when only one
     /// policy could have made them.
     pub fn write_lost(&mut self, policy: Option<&Policy>, count: u64) -> std::io::Result<()> {
+        self.write_lost_record(policy, count, None)
+    }
+
+    /// [`Self::write_lost`], with the kernel's ring buffer `totals`.
+    pub fn write_lost_with_totals(
+        &mut self,
+        policy: Option<&Policy>,
+        count: u64,
+        totals: RingTotals,
+    ) -> std::io::Result<()> {
+        self.write_lost_record(policy, count, Some(totals))
+    }
+
+    fn write_lost_record(
+        &mut self,
+        policy: Option<&Policy>,
+        count: u64,
+        totals: Option<RingTotals>,
+    ) -> std::io::Result<()> {
         let record = LostRecord {
             time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
             policy: policy.map(|p| p.name.as_str()),
             policy_sha256: policy.map(|p| p.sha256.as_str()),
             op: "lost",
-            count,
+            count: Some(count),
+            lost_total: totals.map(|t| t.lost),
+            submitted: totals.map(|t| t.submitted),
+        };
+        self.write_chained(&record)
+    }
+
+    /// Writes the kernel's ring buffer `totals` (always written: a `counts` record).
+    pub fn write_counts(
+        &mut self,
+        policy: Option<&Policy>,
+        totals: RingTotals,
+    ) -> std::io::Result<()> {
+        let record = LostRecord {
+            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            policy: policy.map(|p| p.name.as_str()),
+            policy_sha256: policy.map(|p| p.sha256.as_str()),
+            op: "counts",
+            count: None,
+            lost_total: Some(totals.lost),
+            submitted: Some(totals.submitted),
         };
         self.write_chained(&record)
     }
@@ -1042,6 +1134,102 @@ mod tests {
 
     fn event() -> Event {
         connect_event(1, action::DENY)
+    }
+
+    /// The bytes the kernel side outputs for `event`: its header, then `path_len` path bytes.
+    fn ring_record(event: &Event) -> Vec<u8> {
+        // SAFETY: `Event` is plain data without implicit padding.
+        let all = unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(event).cast::<u8>(), size_of::<Event>())
+        };
+        all[..EVENT_HEADER_LEN + event.path_len as usize].to_vec()
+    }
+
+    fn with_path(path: &[u8]) -> Event {
+        let mut event = event();
+        event.op = op::OPEN;
+        event.path[..path.len()].copy_from_slice(path);
+        event.path_len = u32::try_from(path.len()).unwrap();
+        event
+    }
+
+    #[test]
+    fn a_record_without_a_path_is_its_header() {
+        let event = event();
+        let bytes = ring_record(&event);
+        assert_eq!(bytes.len(), EVENT_HEADER_LEN);
+        let decoded = decode_event(&bytes).unwrap();
+        assert_eq!(decoded.port, 8080);
+        assert_eq!(decoded.generation, 1);
+        assert_eq!(decoded.path_len, 0);
+        assert!(decoded.path.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn short_and_long_paths_arrive_whole() {
+        let short = b"/a\0".to_vec();
+        let mut long = vec![b'/'];
+        long.extend(std::iter::repeat_n(b'x', PATH_BUF_LEN - 2));
+        long.push(0);
+        for path in [short, long] {
+            let bytes = ring_record(&with_path(&path));
+            assert_eq!(bytes.len(), EVENT_HEADER_LEN + path.len());
+            let decoded = decode_event(&bytes).unwrap();
+            assert_eq!(decoded.path_len as usize, path.len());
+            assert_eq!(&decoded.path[..path.len()], &path[..]);
+            assert!(decoded.path[path.len()..].iter().all(|&b| b == 0));
+            let record = Record::from_event(&decoded, None, &Clock::new());
+            assert_eq!(
+                record.target.len(),
+                path.len() - 1,
+                "the whole path, without its NUL"
+            );
+        }
+    }
+
+    #[test]
+    fn records_of_another_length_are_errors() {
+        assert_eq!(
+            decode_event(&[0; 7]).err().unwrap(),
+            DecodeError::Short { len: 7 }
+        );
+        assert_eq!(
+            decode_event(&[]).err().unwrap(),
+            DecodeError::Short { len: 0 }
+        );
+        let bytes = ring_record(&with_path(b"/etc/passwd\0"));
+        // Cut short, or with bytes the header does not announce.
+        let cut = &bytes[..bytes.len() - 1];
+        assert_eq!(
+            decode_event(cut).err().unwrap(),
+            DecodeError::Inconsistent {
+                len: cut.len(),
+                path_len: 12
+            }
+        );
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode_event(&longer),
+            Err(DecodeError::Inconsistent { path_len: 12, .. })
+        ));
+        // A path length past the path buffer, with as many bytes as it claims.
+        let mut huge = with_path(b"/x\0");
+        huge.path_len = u32::try_from(PATH_BUF_LEN).unwrap() + 1;
+        let mut bytes = ring_record(&with_path(b"/x\0"))[..EVENT_HEADER_LEN].to_vec();
+        // SAFETY: as in `ring_record`, the header only.
+        let header = unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(&huge).cast::<u8>(), EVENT_HEADER_LEN)
+        };
+        bytes.copy_from_slice(header);
+        bytes.resize(EVENT_HEADER_LEN + PATH_BUF_LEN + 1, b'a');
+        assert_eq!(
+            decode_event(&bytes).err().unwrap(),
+            DecodeError::Inconsistent {
+                len: bytes.len(),
+                path_len: huge.path_len
+            }
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use oxd::{
     daemon::{DaemonOptions, OnExit, DEFAULT_AUDIT_LOG, DEFAULT_BPFFS, DEFAULT_STATE_DIR},
 };
 
-use super::run::RecordArg;
+use super::run::{parse_ring_size, RecordArg};
 
 /// What SIGTERM does to enforcement.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -40,9 +40,14 @@ pub(crate) struct DaemonArgs {
     /// How many rotated parts to keep.
     #[arg(long, value_name = "N", default_value_t = 5)]
     audit_keep: u32,
-    /// Which decisions to record.
+    /// Which decisions to record; decided in the kernel, so unrecorded decisions never reach
+    /// the ring buffer.
     #[arg(long, value_enum, default_value_t = RecordArg::All)]
     record: RecordArg,
+    /// Size of the kernel's decision ring buffer in bytes: a power of two, a multiple of the
+    /// page size, from 16 KiB to 1 GiB.
+    #[arg(long, value_name = "BYTES", default_value_t = oxd_common::RING_BUF_BYTES, value_parser = parse_ring_size)]
+    ring_size: u32,
     /// Serve Prometheus metrics (`OpenMetrics` text) on this address, at /metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -62,6 +67,7 @@ impl From<DaemonArgs> for DaemonOptions {
                 .audit_max_bytes
                 .map(|max| Rotation::new(max, args.audit_keep)),
             record: args.record.into(),
+            ring_size: args.ring_size,
             metrics: args.metrics,
             on_exit: match args.on_exit {
                 OnExitArg::Keep => OnExit::Keep,

@@ -26,6 +26,14 @@ impl From<RecordArg> for RecordFilter {
     }
 }
 
+/// Parses `--ring-size` (see [`oxd::enforcer::check_ring_size`]).
+pub(crate) fn parse_ring_size(arg: &str) -> Result<u32, String> {
+    let bytes: u64 = arg
+        .parse()
+        .map_err(|_| format!("`{arg}` is not a number of bytes"))?;
+    oxd::enforcer::check_ring_size(bytes)
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
     /// Policy file (TOML) to enforce.
@@ -43,9 +51,14 @@ pub(crate) struct RunArgs {
     /// Serve Prometheus metrics (`OpenMetrics` text) on this address, at /metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
-    /// Which decisions to record.
+    /// Which decisions to record; decided in the kernel, so unrecorded decisions never reach
+    /// the ring buffer.
     #[arg(long, value_enum, default_value_t = RecordArg::All)]
     record: RecordArg,
+    /// Size of the kernel's decision ring buffer in bytes: a power of two, a multiple of the
+    /// page size, from 16 KiB to 1 GiB.
+    #[arg(long, value_name = "BYTES", default_value_t = oxd_common::RING_BUF_BYTES, value_parser = parse_ring_size)]
+    ring_size: u32,
     /// Run the command as this user (NAME, UID, NAME:GROUP or UID:GID) instead of as oxd's own
     /// user: after the command is confined and before it starts, its supplementary groups, group
     /// and user are set, its capability bounding set cleared and `no_new_privs` set. Running the
@@ -67,6 +80,7 @@ impl From<RunArgs> for RunOptions {
                 .map(|max| Rotation::new(max, args.audit_keep)),
             metrics: args.metrics,
             record: args.record.into(),
+            ring_size: args.ring_size,
             user: args.user,
             command: args.command,
         }

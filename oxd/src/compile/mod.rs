@@ -13,9 +13,10 @@ mod unix;
 use std::path::Path;
 
 use oxd_common::{
-    action, governs, mode, proto, Config, InodeKey, InodeRules, NetEntry, NetKey, NetPrefix,
-    PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_NET_RULES, MAX_PATH_RULES, MAX_POLICY_SLOTS,
-    NET_LIST_LEN, NET_SLOT_PREFIX_BITS, PATH_KEY_LEN, RULE_DEFAULT, RULE_NONE, SLOT_PREFIX_BITS,
+    action, governs, mode, proto, record, Config, InodeKey, InodeRules, NetEntry, NetKey,
+    NetPrefix, PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_NET_RULES, MAX_PATH_RULES,
+    MAX_POLICY_SLOTS, NET_LIST_LEN, NET_SLOT_PREFIX_BITS, PATH_KEY_LEN, RULE_DEFAULT, RULE_NONE,
+    SLOT_PREFIX_BITS,
 };
 
 pub use self::{
@@ -471,7 +472,7 @@ fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
                 .as_ref()
                 .map_or(Action::Allow, |f| f.write_default),
         ),
-        _pad: 0,
+        record: record::ALL,
         // sockets
         net_icmp: action_bits(
             policy

@@ -58,7 +58,7 @@ use crate::{
     host,
     metrics::Metrics,
     policy::Policy,
-    pump::{Book, Pump, PumpStats, Recorder, SharedBook},
+    pump::{Book, Limits, Pump, PumpStats, Recorder, SharedBook},
     rcu::RcuBarrier,
 };
 
@@ -85,8 +85,12 @@ pub struct DaemonOptions {
     pub audit_log: PathBuf,
     /// Size-based rotation of the audit log.
     pub rotation: Option<Rotation>,
-    /// Which decisions to record.
+    /// Which decisions to record: set in every slot's configuration, so the kernel records
+    /// only those (policies adopted from an earlier daemon are set too).
     pub record: RecordFilter,
+    /// Size of the decision ring buffer in bytes (`enforcer::check_ring_size`). A pinned ring
+    /// of another size is refused (`EnforcerError::RingSizeMismatch`).
+    pub ring_size: u32,
     /// Serve Prometheus metrics on this address, at /metrics.
     pub metrics: Option<std::net::SocketAddr>,
     /// What SIGTERM/SIGINT does to enforcement.
@@ -109,6 +113,7 @@ impl Default for DaemonOptions {
             audit_log: PathBuf::from(DEFAULT_AUDIT_LOG),
             rotation: None,
             record: RecordFilter::All,
+            ring_size: oxd_common::RING_BUF_BYTES,
             metrics: None,
             on_exit: OnExit::Keep,
         }
@@ -197,6 +202,8 @@ impl Daemon {
         let mut enforcer = Enforcer::open(&LoadOptions {
             lsm,
             pin_dir: Some(pin_dir.clone()),
+            ring_size: args.ring_size,
+            record: enforcer::record_setting(args.record),
         })?;
         enforcer.protect(&[std::process::id()])?;
         if lsm {
@@ -240,6 +247,8 @@ impl Daemon {
             metrics: Metrics::new(),
         };
         daemon.reconcile()?;
+        let record = enforcer::record_setting(daemon.args.record);
+        daemon.enforcer.set_record(record)?;
         // Decisions made while no daemon was reading are the pump's first.
         let events = daemon.enforcer.take_events()?;
         let recorder = Recorder::new(
@@ -249,7 +258,7 @@ impl Daemon {
             daemon.enforcer.counters()?,
             Arc::clone(&daemon.stats),
         );
-        let pump = Pump::start(events, recorder)?;
+        let pump = Pump::start_with(events, recorder, Limits::for_ring(daemon.args.ring_size))?;
         daemon.save()?;
         Ok((daemon, pump))
     }
