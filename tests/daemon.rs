@@ -568,8 +568,9 @@ fn daemon_sigkill_leaves_targets_confined_and_restart_adopts() {
 
 #[test]
 fn daemon_ring_buffer_flood_reports_loss() {
-    // The ring buffer holds about a thousand decisions.
-    const OPENS: u64 = 10_000;
+    // A 64 KiB ring holds a few hundred decisions (a 128-byte header and the path each).
+    const RING: &str = "65536";
+    const OPENS: u64 = 4_000;
     require_bpf_lsm();
     let scratch = Scratch::new("daemon-flood");
     let cgroup = TestCgroup::new("flood");
@@ -578,7 +579,7 @@ fn daemon_ring_buffer_flood_reports_loss() {
     let file = fs::canonicalize(&file).expect("canonical path");
     let file = file.to_str().expect("utf-8 path").to_owned();
     let policy = scratch.policy("name = \"daemon-flood\"\n[file]\ndefault = \"allow\"\n");
-    let mut daemon = Daemon::new(&scratch, "flood", &[]);
+    let mut daemon = Daemon::new(&scratch, "flood", &["--ring-size", RING]);
     daemon.start();
     daemon.confine_cgroup(&cgroup, &policy);
     let cgroup_id = cgroup.id();
