@@ -1216,21 +1216,29 @@ fn run_guests(options: &Options) -> Result<()> {
     Ok(())
 }
 
+impl Bench {
+    /// A bench of the release binaries in `bin`, which must exist, with a new scratch folder.
+    fn release(bin: &Path) -> Result<Self> {
+        let bench = Self {
+            oxd: bin.join("oxd"),
+            workload: bin.join("oxd-bench-workload"),
+            scratch: Scratch::new()?,
+            runs: 0,
+        };
+        for b in [&bench.oxd, &bench.workload] {
+            if !b.is_file() {
+                bail!("{} is missing: build it (drop --no-build)", b.display());
+            }
+        }
+        Ok(bench)
+    }
+}
+
 /// `--in-guest`: the open/close and fork+exec figures, bare and under [`lsm_policy`]; prints
 /// the table and writes `target/bench-guest-RELEASE.json`.
 fn run_in_guest(options: &Options) -> Result<()> {
     let bin = util::target_dir().join("release");
-    let mut bench = Bench {
-        oxd: bin.join("oxd"),
-        workload: bin.join("oxd-bench-workload"),
-        scratch: Scratch::new()?,
-        runs: 0,
-    };
-    for b in [&bench.oxd, &bench.workload] {
-        if !b.is_file() {
-            bail!("{} is missing: build it (drop --no-build)", b.display());
-        }
-    }
+    let mut bench = Bench::release(&bin)?;
     let load_before = load_average();
     let policy = bench.scratch.0.join("lsm.toml");
     util::write_file(&policy, lsm_policy(&bin))?;
@@ -1330,17 +1338,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         build()?;
     }
     let bin = util::target_dir().join("release");
-    let mut bench = Bench {
-        oxd: bin.join("oxd"),
-        workload: bin.join("oxd-bench-workload"),
-        scratch: Scratch::new()?,
-        runs: 0,
-    };
-    for b in [&bench.oxd, &bench.workload] {
-        if !b.is_file() {
-            bail!("{} is missing: build it (drop --no-build)", b.display());
-        }
-    }
+    let mut bench = Bench::release(&bin)?;
     let load_before = load_average();
 
     let listener = Listener::start(&bench.workload)?;
