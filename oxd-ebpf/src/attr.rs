@@ -400,30 +400,54 @@ fn set_verdict(found: &mut ScanResult, verdict: Verdict, len: u32) {
     found.len = len;
 }
 
-/// Whether `root` is `dentry` or one of its ancestors (0 or an unreadable parent: no).
+/// What [`climb_step`] needs from the last step, on the caller's stack.
+#[repr(C)]
+struct Climb {
+    current: u64,
+    root: u64,
+    d_parent: u64,
+    /// 1 once `root` was met.
+    reached: u64,
+}
+
+/// Whether `root` is `dentry` or one of its ancestors (0 or an unreadable parent: no), within
+/// [`MAX_DEPTH`] names.
 ///
-/// A function of its own (a BPF-to-BPF call), not inlined: the verifier then keeps nothing of
-/// the climb but its result, so whichever depth it stopped at, the path walk that follows is
-/// checked once (inlined, every depth would leave different register facts and multiply it).
-#[inline(never)]
+/// One name per `bpf_loop` iteration: the verifier checks a step once, not once per depth
+/// (and keeps nothing of the depth for the path walk that follows to multiply).
+#[inline(always)]
 fn reaches(root: u64, dentry: u64, d_parent: u64) -> bool {
     if root == 0 {
         return false;
     }
-    let mut current = dentry;
-    let mut depth = 0;
-    while depth < MAX_DEPTH {
-        if current == root {
-            return true;
-        }
-        let parent = read_u64(current + d_parent);
-        if parent == current || parent == 0 {
-            return false;
-        }
-        current = parent;
-        depth += 1;
+    let mut climb = Climb {
+        current: dentry,
+        root,
+        d_parent,
+        reached: 0,
+    };
+    let step: extern "C" fn(u64, *mut c_void) -> i64 = climb_step;
+    // SAFETY: `climb` outlives the call; the callback only touches it through the pointer.
+    let ret = unsafe { bpf_loop(MAX_DEPTH, step as *mut c_void, (&raw mut climb).cast(), 0) };
+    ret >= 0 && climb.reached != 0
+}
+
+/// One step of [`reaches`]: 1 to stop (met the root, or reached the top), 0 to go on.
+#[inline(never)]
+extern "C" fn climb_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Climb` that `reaches` passed to `bpf_loop`.
+    let climb = unsafe { &mut *ctx.cast::<Climb>() };
+    let current = climb.current;
+    if current == climb.root {
+        climb.reached = 1;
+        return 1;
     }
-    false
+    let parent = read_u64(current + climb.d_parent);
+    if parent == current || parent == 0 {
+        return 1;
+    }
+    climb.current = parent;
+    0
 }
 
 /// Reads a kernel word at `addr` (0 if it cannot be read).

@@ -1,7 +1,9 @@
 //! The gate every hook passes first: is the current task confined, by which policy slot, and
 //! does that policy govern the hook's category?
 
-use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id};
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_loop};
 use oxd_common::{mode, reason, Config, MAX_CGROUP_DEPTH, MAX_POLICY_SLOTS};
 
 use crate::maps::{CONFIG, CONFINED};
@@ -110,20 +112,50 @@ fn confined_slot() -> u32 {
         return *slot;
     }
     // The nearest confined ancestor decides: walk the ancestors from the top level (1, just
-    // below the root) down to the task's parent, keeping the deepest confined one.
-    let mut found = NOT_CONFINED;
-    let mut level = 1;
-    while level < MAX_CGROUP_DEPTH {
-        // SAFETY: helper call without pointer arguments.
-        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if ancestor == 0 || ancestor == cgroup_id {
-            break;
-        }
-        // SAFETY: as above.
-        if let Some(slot) = unsafe { CONFINED.get(ancestor) } {
-            found = *slot;
-        }
-        level += 1;
+    // below the root) down to the task's parent, keeping the deepest confined one. One level
+    // per `bpf_loop` iteration: the verifier checks a level once, in every program.
+    let mut search = SlotSearch {
+        cgroup_id,
+        found: NOT_CONFINED,
+    };
+    let step: extern "C" fn(u64, *mut c_void) -> i64 = slot_step;
+    // SAFETY: `search` outlives the call; the callback only touches it through the pointer.
+    let ret = unsafe {
+        bpf_loop(
+            MAX_CGROUP_DEPTH as u32 - 1,
+            step as *mut c_void,
+            (&raw mut search).cast(),
+            0,
+        )
+    };
+    if ret < 0 {
+        // Cannot happen (the arguments are valid); a slot no policy has fails closed.
+        return MAX_POLICY_SLOTS;
     }
-    found
+    search.found
+}
+
+/// What [`slot_step`] needs from the last step, on the caller's stack.
+#[repr(C)]
+struct SlotSearch {
+    cgroup_id: u64,
+    /// The slot of the deepest confined ancestor so far, [`NOT_CONFINED`] if none.
+    found: u32,
+}
+
+/// One level of [`confined_slot`]'s walk: 1 to stop (at the task's own cgroup), 0 to go on.
+#[inline(never)]
+extern "C" fn slot_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `SlotSearch` that `confined_slot` passed to `bpf_loop`.
+    let search = unsafe { &mut *ctx.cast::<SlotSearch>() };
+    // SAFETY: helper call without pointer arguments.
+    let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(index as i32 + 1) };
+    if ancestor == 0 || ancestor == search.cgroup_id {
+        return 1;
+    }
+    // SAFETY: the key and value are plain integers.
+    if let Some(slot) = unsafe { CONFINED.get(ancestor) } {
+        search.found = *slot;
+    }
+    0
 }

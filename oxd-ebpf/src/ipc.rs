@@ -10,10 +10,12 @@
 //! `sk->sk_cgrp_data.cgroup`) and walked up through `cgroup->self.parent`, which is the same on
 //! every kernel oxd supports; whatever cannot be read fails closed.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_probe_read_kernel,
-        generated as gen,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_loop,
+        bpf_probe_read_kernel, generated as gen,
     },
     macros::lsm,
     programs::LsmContext,
@@ -57,56 +59,136 @@ fn own_confinement() -> u64 {
     if unsafe { CONFINED.get(cgroup_id) }.is_some() {
         return cgroup_id;
     }
-    let mut found = 0;
-    let mut level = 1;
-    while level < MAX_CGROUP_DEPTH {
-        // SAFETY: helper call without pointer arguments.
-        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if ancestor == 0 || ancestor == cgroup_id {
-            break;
-        }
-        // SAFETY: as above.
-        if unsafe { CONFINED.get(ancestor) }.is_some() {
-            found = ancestor;
-        }
-        level += 1;
+    let mut search = AncestorSearch {
+        cgroup_id,
+        found: 0,
+    };
+    let step: extern "C" fn(u64, *mut c_void) -> i64 = ancestor_step;
+    // SAFETY: `search` outlives the call; the callback only touches it through the pointer.
+    let ret = unsafe {
+        bpf_loop(
+            MAX_CGROUP_DEPTH as u32 - 1,
+            step as *mut c_void,
+            (&raw mut search).cast(),
+            0,
+        )
+    };
+    if ret < 0 {
+        return 0;
     }
-    found
+    search.found
+}
+
+/// What [`ancestor_step`] needs from the last step, on the caller's stack.
+#[repr(C)]
+struct AncestorSearch {
+    cgroup_id: u64,
+    /// The deepest confined ancestor so far, 0 if none.
+    found: u64,
+}
+
+/// One level of [`own_confinement`]'s walk, from the top level (1, just below the root) down:
+/// 1 to stop (at the task's own cgroup), 0 to go on.
+#[inline(never)]
+extern "C" fn ancestor_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `AncestorSearch` that `own_confinement` passed to `bpf_loop`.
+    let search = unsafe { &mut *ctx.cast::<AncestorSearch>() };
+    // SAFETY: helper call without pointer arguments.
+    let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(index as i32 + 1) };
+    if ancestor == 0 || ancestor == search.cgroup_id {
+        return 1;
+    }
+    // SAFETY: the key and value are plain integers.
+    if unsafe { CONFINED.get(ancestor) }.is_some() {
+        search.found = ancestor;
+    }
+    0
+}
+
+/// `Side` as [`side_step`] stores it.
+const SIDE_INSIDE: u64 = 1;
+const SIDE_OUTSIDE: u64 = 2;
+const SIDE_UNKNOWN: u64 = 3;
+
+/// What [`side_step`] needs from the last step, on the caller's stack.
+#[repr(C)]
+struct SideSearch {
+    /// The cgroup to look at next.
+    at: u64,
+    /// The current task's confinement.
+    own: u64,
+    /// 0 while climbing, else a `SIDE_*` value.
+    side: u64,
 }
 
 /// Where `cgroup` (the address of a `struct cgroup`, 0 if it could not be read) stands
 /// relative to the current task's confinement: walks up from it to its nearest confined
-/// ancestor-or-self and compares that with the current task's.
+/// ancestor-or-self and compares that with the current task's. One level per `bpf_loop`
+/// iteration, so the verifier checks a level once, not once per depth.
 #[inline(always)]
 pub(crate) fn side_of(cgroup: u64) -> Side {
     let own = own_confinement();
     if own == 0 || cgroup == 0 {
         return Side::Unknown;
     }
-    let mut at = cgroup;
-    let mut depth = 0;
-    while depth <= MAX_CGROUP_DEPTH {
-        let Some(id) = offsets::cgroup_id(at) else {
-            return Side::Unknown;
-        };
-        // SAFETY: the key and value are plain integers.
-        if unsafe { CONFINED.get(id) }.is_some() {
-            return if id == own {
-                Side::Inside
-            } else {
-                Side::Outside
-            };
-        }
-        match offsets::cgroup_parent(at) {
-            // Above the root: no confinement at all.
-            Some(0) => return Side::Outside,
-            Some(parent) => at = parent,
-            None => return Side::Unknown,
-        }
-        depth += 1;
+    let mut search = SideSearch {
+        at: cgroup,
+        own,
+        side: 0,
+    };
+    let step: extern "C" fn(u64, *mut c_void) -> i64 = side_step;
+    // SAFETY: `search` outlives the call; the callback only touches it through the pointer.
+    let ret = unsafe {
+        bpf_loop(
+            MAX_CGROUP_DEPTH as u32 + 1,
+            step as *mut c_void,
+            (&raw mut search).cast(),
+            0,
+        )
+    };
+    match search.side {
+        _ if ret < 0 => Side::Unknown,
+        SIDE_INSIDE => Side::Inside,
+        SIDE_OUTSIDE => Side::Outside,
+        // Unreadable, or deeper than any confinement is recognised: fail closed.
+        _ => Side::Unknown,
     }
-    // Deeper than any confinement is recognised: fail closed.
-    Side::Unknown
+}
+
+/// One level of [`side_of`]'s climb: 1 to stop (the side found), 0 to go on.
+#[inline(never)]
+extern "C" fn side_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `SideSearch` that `side_of` passed to `bpf_loop`.
+    let search = unsafe { &mut *ctx.cast::<SideSearch>() };
+    let at = search.at;
+    let Some(id) = offsets::cgroup_id(at) else {
+        search.side = SIDE_UNKNOWN;
+        return 1;
+    };
+    // SAFETY: the key and value are plain integers.
+    if unsafe { CONFINED.get(id) }.is_some() {
+        search.side = if id == search.own {
+            SIDE_INSIDE
+        } else {
+            SIDE_OUTSIDE
+        };
+        return 1;
+    }
+    match offsets::cgroup_parent(at) {
+        // Above the root: no confinement at all.
+        Some(0) => {
+            search.side = SIDE_OUTSIDE;
+            1
+        }
+        Some(parent) => {
+            search.at = parent;
+            0
+        }
+        None => {
+            search.side = SIDE_UNKNOWN;
+            1
+        }
+    }
 }
 
 /// The verdict on acting on a party that stands at `side`: inside is allowed; outside gets
@@ -349,7 +431,7 @@ fn decide_unix(gate: &Gate, op: u32, sk: u64) -> i32 {
                     }
                     if n > 0 && (n as usize) < PATH_BUF_LEN {
                         let dst = core::ptr::addr_of_mut!((*event).path).cast::<u8>();
-                        let src = (name + SUN_FAMILY_LEN as u64) as *const core::ffi::c_void;
+                        let src = (name + SUN_FAMILY_LEN as u64) as *const c_void;
                         if gen::bpf_probe_read_kernel(dst.cast(), n as u32, src) == 0 {
                             (*event).path_len = n as u32;
                         }

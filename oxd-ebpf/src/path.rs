@@ -5,7 +5,7 @@ use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
     bindings::path,
-    helpers::{bpf_d_path, bpf_probe_read_kernel_buf, generated as gen},
+    helpers::{bpf_d_path, bpf_loop, bpf_probe_read_kernel_buf, generated as gen},
     maps::LpmTrie,
 };
 use oxd_common::{
@@ -185,13 +185,52 @@ fn read_u64(addr: u64) -> u64 {
     value
 }
 
+/// Where [`resolve_by_walk`] keeps how it ended, in `scratch.event.path` after [`SPILL`]'s
+/// slot: one of the `WALK_*` values.
+const STATUS: usize = PATH_BUF_LEN - 4;
+const WALK_RUNNING: u32 = 0;
+const WALK_DONE: u32 = 1;
+const WALK_TOO_LONG: u32 = 2;
+const WALK_UNRESOLVED: u32 = 3;
+
+/// What one step of [`resolve_by_walk`] needs from the last, on the caller's stack. The
+/// write position is not here but in the buffer ([`SPILL`], read back masked): a value the
+/// verifier tracks on the stack would differ after each step and make it check the step again
+/// for every value; kept in map memory, it is the same unknown every time, so the step is
+/// checked once (or a few times, until the states agree).
+#[repr(C)]
+struct Walk {
+    /// The `struct mount *` whose names are being walked.
+    mount: u64,
+    /// The dentry whose name comes next.
+    current: u64,
+    /// `scratch.event.path`.
+    buf: *mut u8,
+}
+
+#[inline(always)]
+fn store(buf: *mut u8, at: usize, value: u32) {
+    // SAFETY: a 4-byte-aligned u32 slot at the end of our PATH_BUF_LEN buffer.
+    unsafe { core::ptr::write_volatile(buf.add(at).cast::<u32>(), value) }
+}
+
+#[inline(always)]
+fn load(buf: *mut u8, at: usize) -> u32 {
+    // SAFETY: as in `store`.
+    unsafe { core::ptr::read_volatile(buf.add(at).cast::<u32>()) }
+}
+
 /// The path of the name `dentry` (which need not exist yet) in the mount `vfsmount`, built
 /// as the kernel's `d_path` builds it: the names from `dentry` up to its mount's root, then the
 /// mount point's names in the parent mount, and so on up to the root of the mount tree (not the
 /// task's root: the two differ only under `chroot`). Returns the path's length with its NUL
-/// (the path in `scratch.event.path`, `scratch.key` prepared), or the fail-closed verdict with the
-/// length of what `scratch.event.path` holds to record. Names renamed while this runs can give a path
-/// that never existed; the walk still ends (at most [`MAX_WALK`] steps) or fails closed.
+/// (the path in `scratch.event.path`, `scratch.key` prepared), or the fail-closed verdict with
+/// the length of what `scratch.event.path` holds to record. Names renamed while this runs can
+/// give a path that never existed; the walk still ends (at most [`MAX_WALK`] steps) or fails
+/// closed.
+///
+/// One step is one `bpf_loop` iteration ([`walk_step`]): the verifier checks a step once
+/// instead of once per possible step (48 of them, in every hook that walks).
 #[inline(always)]
 pub(crate) fn resolve_by_walk(
     vfsmount: u64,
@@ -200,56 +239,29 @@ pub(crate) fn resolve_by_walk(
 ) -> Result<u32, (Verdict, u32)> {
     let o = offsets::walk_offsets();
     let unresolved = Err((Verdict::deny(reason::PATH_UNRESOLVED), 0));
-    let too_long = Err((Verdict::deny(reason::PATH_TOO_LONG), 0));
-    // SAFETY: `buf` is our PATH_BUF_LEN scratch buffer; every position below is within
-    // REL_START..=REL_END (or below it, for the result) and every copy at most NAME_MAX bytes
-    // (SPAN_MASK for the result).
+    // SAFETY: `buf` is our PATH_BUF_LEN scratch buffer; the result is copied from within
+    // REL_START..=REL_END to its start (at most SPAN_MASK bytes).
     unsafe {
         let buf = (*scratch).event.path.as_mut_ptr();
-        let mut mount = vfsmount.wrapping_sub(o.mount_mnt);
-        let mut current = dentry;
-        let mut at = REL_END;
-        let mut steps = 0;
-        let mut done = false;
-        while steps < MAX_WALK {
-            steps += 1;
-            // Whichever way the previous step went, the verifier sees the same state here.
-            at = REL_START + forget(buf, at - REL_START);
-            let root = read_u64(mount + o.mount_mnt + o.mnt_root);
-            let parent = read_u64(current + o.d_parent);
-            if current == root || current == parent {
-                let parent_mount = read_u64(mount + o.mount_parent);
-                if parent_mount == mount || parent_mount == 0 {
-                    done = true;
-                    break;
-                }
-                current = read_u64(mount + o.mount_mountpoint);
-                mount = parent_mount;
-                continue;
-            }
-            let name = read_u64(current + o.d_name_name);
-            let name_len = read_u64(current + o.d_name_len) as u32;
-            let n = in_span(name_len) & NAME_MAX;
-            if name_len > NAME_MAX || n + 1 > at - REL_START {
-                return too_long;
-            }
-            at = REL_START + in_span(at - REL_START - n);
-            if gen::bpf_probe_read_kernel(
-                buf.add(at as usize).cast(),
-                n,
-                name as *const core::ffi::c_void,
-            ) != 0
-            {
-                return unresolved;
-            }
-            at -= 1;
-            *buf.add(at as usize) = b'/';
-            current = parent;
-        }
-        if !done {
+        store(buf, SPILL, SPAN_MASK);
+        store(buf, STATUS, WALK_RUNNING);
+        let mut walk = Walk {
+            mount: vfsmount.wrapping_sub(o.mount_mnt),
+            current: dentry,
+            buf,
+        };
+        let step: extern "C" fn(u64, *mut core::ffi::c_void) -> i64 = walk_step;
+        if bpf_loop(MAX_WALK, step as *mut _, (&raw mut walk).cast(), 0) < 0 {
             return unresolved;
         }
-        let len = forget(buf, REL_END - at);
+        match load(buf, STATUS) {
+            WALK_DONE => {}
+            WALK_TOO_LONG => return Err((Verdict::deny(reason::PATH_TOO_LONG), 0)),
+            // Unreadable, or still running after MAX_WALK steps.
+            _ => return unresolved,
+        }
+        // The names fill `buf[REL_START + at + 1 ..= REL_END]`.
+        let len = forget(buf, SPAN_MASK - (load(buf, SPILL) & SPAN_MASK));
         if len == 0 {
             // The root of the mount tree itself.
             *buf = b'/';
@@ -267,6 +279,58 @@ pub(crate) fn resolve_by_walk(
             return Err((Verdict::deny(reason::PATH_TOO_LONG), len + 1));
         }
         prepare_key(scratch, len + 1)
+    }
+}
+
+/// One step of [`resolve_by_walk`]: prepends one name, or crosses one mount. Returns 1 to
+/// stop (the status written), 0 to go on.
+#[inline(never)]
+extern "C" fn walk_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let o = offsets::walk_offsets();
+    // SAFETY: `ctx` is the `Walk` that `resolve_by_walk` passed to `bpf_loop`; `buf` is our
+    // PATH_BUF_LEN scratch buffer, every position below within REL_START..=REL_END and every
+    // copy at most NAME_MAX bytes.
+    unsafe {
+        let walk = &mut *ctx.cast::<Walk>();
+        let buf = walk.buf;
+        let mount = walk.mount;
+        let current = walk.current;
+        // `buf[REL_START + at]` is the next byte to write, backwards.
+        let at = load(buf, SPILL) & SPAN_MASK;
+        let root = read_u64(mount + o.mount_mnt + o.mnt_root);
+        let parent = read_u64(current + o.d_parent);
+        if current == root || current == parent {
+            let parent_mount = read_u64(mount + o.mount_parent);
+            if parent_mount == mount || parent_mount == 0 {
+                store(buf, STATUS, WALK_DONE);
+                return 1;
+            }
+            walk.current = read_u64(mount + o.mount_mountpoint);
+            walk.mount = parent_mount;
+            return 0;
+        }
+        let name = read_u64(current + o.d_name_name);
+        let name_len = read_u64(current + o.d_name_len) as u32;
+        let n = in_span(name_len) & NAME_MAX;
+        if name_len > NAME_MAX || n + 1 > at {
+            store(buf, STATUS, WALK_TOO_LONG);
+            return 1;
+        }
+        let start = REL_START + in_span(at - n);
+        if gen::bpf_probe_read_kernel(
+            buf.add(start as usize).cast(),
+            n,
+            name as *const core::ffi::c_void,
+        ) != 0
+        {
+            store(buf, STATUS, WALK_UNRESOLVED);
+            return 1;
+        }
+        let slash = in_span(at - n - 1);
+        *buf.add((REL_START + slash) as usize) = b'/';
+        store(buf, SPILL, slash);
+        walk.current = parent;
+        0
     }
 }
 
