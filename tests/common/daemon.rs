@@ -15,6 +15,11 @@ use super::*;
 /// How long to wait for anything the daemon or a process in the VM should do.
 pub(crate) const WAIT: Duration = Duration::from_mins(1);
 
+/// How long to wait for a daemon to start: it loads and attaches every program, which under
+/// an emulated guest on a loaded machine has taken most of a minute (and waits behind the
+/// detaching of an earlier test's programs, which the kernel serialises).
+const START_WAIT: Duration = Duration::from_mins(3);
+
 /// An `oxd daemon` with its socket, state directory, audit log and output in a scratch
 /// directory and its pins in `/sys/fs/bpf/oxd-test-NAME-PID`. Dropping it releases every target
 /// (if it runs), kills it and removes its pins.
@@ -74,7 +79,7 @@ impl Daemon {
             .expect("spawn oxd daemon");
         self.child = Some(child);
         let started = Instant::now();
-        wait_for("oxd daemon to answer `oxd ctl status`", WAIT, || {
+        wait_for("oxd daemon to answer `oxd ctl status`", START_WAIT, || {
             if let Some(status) = self
                 .child
                 .as_mut()

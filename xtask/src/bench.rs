@@ -34,21 +34,41 @@ use serde_json::Value;
 use crate::{kernel::Series, setup, util, vm};
 
 /// What `cargo xtask bench` runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub(crate) struct Options {
+    /// Rounds (each runs every setup once; figures are medians over rounds).
+    #[arg(long, default_value_t = 9)]
     pub(crate) rounds: usize,
+    /// Use the release binaries already built.
+    #[arg(long)]
     pub(crate) no_build: bool,
-    /// Network rule counts for the connect figure.
+    /// Network rule counts for the connect figure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,1000,10000")]
     pub(crate) rules: Vec<usize>,
+    /// TCP connects per run (at most 4,096: the listener's backlog).
+    #[arg(long, default_value_t = 2000)]
     pub(crate) connects: u64,
+    /// Opens per run.
+    #[arg(long, default_value_t = 50_000)]
     pub(crate) opens: u64,
+    /// Fork+execs per run.
+    #[arg(long, default_value_t = 300)]
     pub(crate) execs: u64,
+    /// UDP sends per run (each a recorded decision when confined).
+    #[arg(long, default_value_t = 50_000)]
     pub(crate) sends: u64,
-    /// Cold starts timed per setup and round.
+    /// Cold starts per setup and round.
+    #[arg(long, default_value_t = 3)]
     pub(crate) starts: usize,
-    /// Run the LSM figures in guests booting these kernels instead.
+    /// Instead, run the open/close and fork+exec figures in a QEMU guest booting this
+    /// kernel series (repeatable), under a policy with [exec] and [file] rules so that
+    /// BPF-LSM decides them; emulated (TCG), so only the ratios mean something. Holds
+    /// /tmp/oxd-vm.lock while a guest runs. Each `oxd run` takes seconds there: keep
+    /// --rounds, --opens and --execs small.
+    #[arg(long, value_enum)]
     pub(crate) guest: Vec<Series>,
-    /// This is the guest's side of `guest`.
+    /// The guest's side of --guest (run inside the guest).
+    #[arg(long, hide = true)]
     pub(crate) in_guest: bool,
 }
 

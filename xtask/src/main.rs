@@ -63,42 +63,7 @@ enum Task {
     /// and 10,000 network rules, open/close, fork+exec, UDP sends, audit records/s and the
     /// cold start of `oxd run`, each against the bare kernel, interleaved over rounds; prints a
     /// table and writes target/bench.json.
-    Bench {
-        /// Rounds (each runs every setup once; figures are medians over rounds).
-        #[arg(long, default_value_t = 9)]
-        rounds: usize,
-        /// Use the release binaries already built.
-        #[arg(long)]
-        no_build: bool,
-        /// Network rule counts for the connect figure (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "0,1,1000,10000")]
-        rules: Vec<usize>,
-        /// TCP connects per run (at most 4,096: the listener's backlog).
-        #[arg(long, default_value_t = 2000)]
-        connects: u64,
-        /// Opens per run.
-        #[arg(long, default_value_t = 50_000)]
-        opens: u64,
-        /// Fork+execs per run.
-        #[arg(long, default_value_t = 300)]
-        execs: u64,
-        /// UDP sends per run (each a recorded decision when confined).
-        #[arg(long, default_value_t = 50_000)]
-        sends: u64,
-        /// Cold starts per setup and round.
-        #[arg(long, default_value_t = 3)]
-        starts: usize,
-        /// Instead, run the open/close and fork+exec figures in a QEMU guest booting this
-        /// kernel series (repeatable), under a policy with [exec] and [file] rules so that
-        /// BPF-LSM decides them; emulated (TCG), so only the ratios mean something. Holds
-        /// /tmp/oxd-vm.lock while a guest runs. Each `oxd run` takes seconds there: keep
-        /// --rounds, --opens and --execs small.
-        #[arg(long, value_enum)]
-        guest: Vec<Series>,
-        /// The guest's side of --guest (run inside the guest).
-        #[arg(long, hide = true)]
-        in_guest: bool,
-    },
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -121,30 +86,8 @@ fn main() -> ExitCode {
             let series = kernel.map_or(Series::ALL.to_vec(), |k| vec![k]);
             verifier::run(&series).map(|()| ExitCode::SUCCESS)
         }
-        Task::Bench {
-            rounds,
-            no_build,
-            rules,
-            connects,
-            opens,
-            execs,
-            sends,
-            starts,
-            guest,
-            in_guest,
-        } => bench::run(&bench::Options {
-            rounds,
-            no_build,
-            rules,
-            connects,
-            opens,
-            execs,
-            sends,
-            starts,
-            guest,
-            in_guest,
-        })
-        .map(|()| ExitCode::SUCCESS),
+        Task::Bench(options) => bench::run(&options)
+            .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
