@@ -231,6 +231,8 @@ pub struct Recorder<C> {
     counter: C,
     /// The policy a `lost` record names (`oxd run`: the only one that could have decided).
     lost_policy: Option<Arc<Policy>>,
+    /// Whether the final totals account for every decision (`oxd run`).
+    complete: bool,
     reported_lost: u64,
     stats: Arc<PumpStats>,
 }
@@ -252,6 +254,7 @@ impl<C: LossCounter> Recorder<C> {
             metrics,
             counter,
             lost_policy: None,
+            complete: false,
             reported_lost: stats.reported_lost(),
             stats,
         }
@@ -261,6 +264,15 @@ impl<C: LossCounter> Recorder<C> {
     #[must_use]
     pub fn naming_losses(mut self, policy: Arc<Policy>) -> Self {
         self.lost_policy = Some(policy);
+        self
+    }
+
+    /// Marks the final `counts` record complete: the counters are this pump's alone (created
+    /// for it) and [`Self::finish`] runs when no decision can come any more (`oxd run`, after
+    /// its agent is gone). `oxd audit verify` then checks the records against the totals.
+    #[must_use]
+    pub fn complete_at_finish(mut self) -> Self {
+        self.complete = true;
         self
     }
 
@@ -333,7 +345,7 @@ impl<C: LossCounter> Recorder<C> {
         self.report_losses()?;
         let totals = self.totals()?;
         self.audit
-            .write_counts(self.lost_policy.as_deref(), totals)
+            .write_counts(self.lost_policy.as_deref(), totals, self.complete)
             .context("cannot write the audit log")?;
         self.flush()
     }

@@ -90,17 +90,7 @@ pub fn run(args: &RunOptions) -> Result<i32> {
     // From here on, oxd's death leaves nothing running unconfined (see `watchdog`).
     let watchdog = Watchdog::spawn(cgroup.path())?;
     enforcer.protect(&[std::process::id(), watchdog.pid()])?;
-    // oxd's own files, out of the agent's reach: its binary, the policy, the audit log (and
-    // each file a rotation opens).
-    let mut files = enforcer.file_guard()?;
-    if let Ok(exe) = std::env::current_exe() {
-        files.protect(&exe, false)?;
-    }
-    files.protect(&args.policy, false)?;
-    if let Some(log) = &args.audit_log {
-        files.protect(log, false)?;
-        audit.on_new_file(crate::audit::protect_each(files));
-    }
+    protect_own_files(&mut enforcer, args, &mut audit)?;
     let events = enforcer.take_events()?;
     let metrics = Metrics::new();
     metrics.set_policy(
@@ -120,17 +110,19 @@ pub fn run(args: &RunOptions) -> Result<i32> {
         args.command
     );
 
-    // `Enforcer::load` wrote the policy as generation 1.
-    let mut book = Book::new();
-    book.insert(1, Arc::clone(&policy));
+    // `Enforcer::load` wrote the policy as generation 1; its counters were created for this
+    // run, and the pump finishes after the agent is gone: the closing totals are complete.
+    let book = Book::new().shared();
+    Book::lock(&book).insert(1, Arc::clone(&policy));
     let recorder = Recorder::new(
         audit,
-        book.shared(),
+        book,
         metrics.clone(),
         enforcer.counters()?,
         PumpStats::new(0),
     )
-    .naming_losses(Arc::clone(&policy));
+    .naming_losses(Arc::clone(&policy))
+    .complete_at_finish();
     let mut pump = Pump::start_with(events, recorder, Limits::for_ring(args.ring_size))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -187,6 +179,25 @@ pub fn run(args: &RunOptions) -> Result<i32> {
              oxd's own death would no longer stop it"
         )),
     }
+}
+
+/// Puts oxd's own files out of the agent's reach: its binary, the policy, the audit log (and
+/// each file a rotation opens).
+fn protect_own_files(
+    enforcer: &mut Enforcer,
+    args: &RunOptions,
+    audit: &mut AuditLog,
+) -> Result<()> {
+    let mut files = enforcer.file_guard()?;
+    if let Ok(exe) = std::env::current_exe() {
+        files.protect(&exe, false)?;
+    }
+    files.protect(&args.policy, false)?;
+    if let Some(log) = &args.audit_log {
+        files.protect(log, false)?;
+        audit.on_new_file(crate::audit::protect_each(files));
+    }
+    Ok(())
 }
 
 /// How supervising the command ended.

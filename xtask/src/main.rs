@@ -86,8 +86,7 @@ fn main() -> ExitCode {
             let series = kernel.map_or(Series::ALL.to_vec(), |k| vec![k]);
             verifier::run(&series).map(|()| ExitCode::SUCCESS)
         }
-        Task::Bench(options) => bench::run(&options)
-            .map(|()| ExitCode::SUCCESS),
+        Task::Bench(options) => bench::run(&options).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

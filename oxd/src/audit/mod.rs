@@ -63,8 +63,10 @@
 //! because the ring buffer was full (`count`, since the previous such record), with the
 //! kernel's totals when it was written: `lost_total` decisions lost and `submitted` put into
 //! the ring buffer. A record with `"op": "counts"` closes each pump's part of the log (the end
-//! of `oxd run`, a daemon's stop) with the same two totals, read after the last drain; see
-//! [`crate::pump`] for what they prove.
+//! of `oxd run`, a daemon's stop) with the same two totals, read after the last drain, and
+//! `complete`: true when they account for every decision (`oxd run`); see [`crate::pump`] for
+//! what they prove. `oxd audit verify` checks a complete `counts` record against the records
+//! before it.
 //!
 //! Every record starts with `seq` (0, 1, 2, ... along the log) and `prev`, the SHA-256 (hex) of
 //! the previous record's line (64 zeros for the first): `oxd audit verify` checks the chain.
@@ -723,6 +725,9 @@ struct LostRecord<'a> {
     lost_total: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     submitted: Option<u64>,
+    /// On a `counts` record: whether the totals are complete (see [`AuditLog::write_counts`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    complete: Option<bool>,
 }
 
 /// The kernel's ring buffer totals, since its counters were created.
@@ -1068,15 +1073,21 @@ impl AuditLog {
             count: Some(count),
             lost_total: totals.map(|t| t.lost),
             submitted: totals.map(|t| t.submitted),
+            complete: None,
         };
         self.write_chained(&record)
     }
 
     /// Writes the kernel's ring buffer `totals` (always written: a `counts` record).
+    /// `complete`: the counters were created for this pump alone and no decision can come after
+    /// its last drain (`oxd run`, whose agent is gone): then the decision records since the
+    /// previous `counts` record number `submitted`, and the `lost` records' counts add up to
+    /// `lost_total`, which `oxd audit verify` checks.
     pub fn write_counts(
         &mut self,
         policy: Option<&Policy>,
         totals: RingTotals,
+        complete: bool,
     ) -> std::io::Result<()> {
         let record = LostRecord {
             time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
@@ -1086,6 +1097,7 @@ impl AuditLog {
             count: None,
             lost_total: Some(totals.lost),
             submitted: Some(totals.submitted),
+            complete: Some(complete),
         };
         self.write_chained(&record)
     }
@@ -1457,6 +1469,96 @@ mod tests {
         fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
             self.inner.seek(pos)
         }
+    }
+
+    /// A log of `runs` `oxd run`s, each with `decisions` decision records, one `lost` record
+    /// of 2 and a complete `counts` record that claims `submitted` decisions and 2 lost.
+    fn run_log(path: &Path, runs: usize, decisions: usize, submitted: u64) {
+        let mut log = AuditLog::append(path, RecordFilter::All, None).unwrap();
+        for _ in 0..runs {
+            for _ in 0..decisions {
+                let event = connect_event(1, action::DENY);
+                log.write(&Record::from_event(&event, None, &Clock::new()))
+                    .unwrap();
+            }
+            log.write_lost_with_totals(None, 2, RingTotals { submitted, lost: 2 })
+                .unwrap();
+            log.write_counts(None, RingTotals { submitted, lost: 2 }, true)
+                .unwrap();
+        }
+        log.flush().unwrap();
+    }
+
+    #[test]
+    fn verify_checks_the_records_of_each_run_against_its_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        run_log(&path, 2, 3, 3);
+        let report = read::verify(std::slice::from_ref(&path), false).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.counts_checked, 2);
+
+        // Two records short of what the kernel submitted, with an intact chain (the log of a
+        // pump that never wrote them, or records removed and the chain rewritten).
+        let short = dir.path().join("short.jsonl");
+        run_log(&short, 1, 3, 5);
+        let report = read::verify(std::slice::from_ref(&short), false).unwrap();
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(
+            report.problems[0].contains("5 decision(s)")
+                && report.problems[0].contains("2 missing"),
+            "{:?}",
+            report.problems
+        );
+
+        // Records the kernel did not submit, and `lost` records that do not add up.
+        let extra = dir.path().join("extra.jsonl");
+        run_log(&extra, 1, 3, 1);
+        let mut log = AuditLog::append(&extra, RecordFilter::All, None).unwrap();
+        log.write_lost(None, 1).unwrap();
+        log.write_counts(
+            None,
+            RingTotals {
+                submitted: 0,
+                lost: 0,
+            },
+            true,
+        )
+        .unwrap();
+        log.flush().unwrap();
+        let report = read::verify(std::slice::from_ref(&extra), false).unwrap();
+        assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+        assert!(
+            report.problems[0].contains("2 more than"),
+            "{:?}",
+            report.problems
+        );
+        assert!(
+            report.problems[1].contains("report 1"),
+            "{:?}",
+            report.problems
+        );
+
+        // A daemon's counts (not complete) and the first part of a --partial log are not
+        // checked.
+        let daemon = dir.path().join("daemon.jsonl");
+        let mut log = AuditLog::append(&daemon, RecordFilter::All, None).unwrap();
+        log.write_counts(
+            None,
+            RingTotals {
+                submitted: 9,
+                lost: 0,
+            },
+            false,
+        )
+        .unwrap();
+        log.flush().unwrap();
+        let report = read::verify(std::slice::from_ref(&daemon), false).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.counts_checked, 0);
+        let report = read::verify(std::slice::from_ref(&short), true).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.counts_checked, 0);
     }
 
     fn records(n: usize) -> Vec<u8> {

@@ -18,6 +18,9 @@ use super::{line_hash, GENESIS};
 #[derive(Debug, Default)]
 pub struct VerifyReport {
     pub records: usize,
+    /// Complete `counts` records (each the end of an `oxd run`) checked against the records
+    /// before them.
+    pub counts_checked: usize,
     /// One message per problem, each starting with `FILE:LINE:`.
     pub problems: Vec<String>,
 }
@@ -27,6 +30,7 @@ pub fn verify(files: &[PathBuf], partial: bool) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     // (file, line number, seq, hash of the line) of the previous record.
     let mut previous: Option<(String, usize, u64, String)> = None;
+    let mut counts = CountsCheck::new(!partial);
     for path in files {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let name = path.display().to_string();
@@ -84,9 +88,89 @@ pub fn verify(files: &[PathBuf], partial: bool) -> Result<VerifyReport> {
                 }
             }
             previous = Some((name.clone(), number, seq, line_hash(&line)));
+            if let Ok(record) = serde_json::from_slice::<Value>(&line) {
+                counts.record(&record, &here, &mut report);
+            }
         }
     }
     Ok(report)
+}
+
+/// Checks each complete `counts` record (the end of an `oxd run`, whose counters were created
+/// for it) against the records since the previous `counts` record: the decision records must
+/// number `submitted`, and the `lost` records' counts add up to `lost_total`. A shortfall is
+/// decisions that reached the ring buffer but not the log (records removed with their chain
+/// rewritten, records the pump could not decode, a pump that died), an excess is records that
+/// were not the kernel's.
+struct CountsCheck {
+    /// Whether the records since the last `counts` record are all there (false at the start
+    /// of a `--partial` log, whose beginning rotation has deleted).
+    whole: bool,
+    /// Where the current part began, for the message.
+    since: Option<String>,
+    decisions: u64,
+    lost: u64,
+}
+
+impl CountsCheck {
+    fn new(whole: bool) -> Self {
+        Self {
+            whole,
+            since: None,
+            decisions: 0,
+            lost: 0,
+        }
+    }
+
+    fn record(&mut self, record: &Value, here: &str, report: &mut VerifyReport) {
+        if self.since.is_none() {
+            self.since = Some(here.to_owned());
+        }
+        match record.get("op").and_then(Value::as_str) {
+            Some("lost") => {
+                self.lost += record.get("count").and_then(Value::as_u64).unwrap_or(0);
+            }
+            Some("counts") => {
+                let complete = record.get("complete").and_then(Value::as_bool) == Some(true);
+                if complete && self.whole {
+                    self.check(record, here, report);
+                }
+                *self = Self::new(true);
+            }
+            _ => self.decisions += 1,
+        }
+    }
+
+    fn check(&self, record: &Value, here: &str, report: &mut VerifyReport) {
+        let total = |key: &str| record.get(key).and_then(Value::as_u64);
+        let (Some(submitted), Some(lost_total)) = (total("submitted"), total("lost_total")) else {
+            report.problems.push(format!(
+                "{here}: a complete `counts` record without its totals: edited"
+            ));
+            return;
+        };
+        report.counts_checked += 1;
+        let since = self.since.as_deref().unwrap_or(here);
+        if self.decisions != submitted {
+            let (how, n) = if self.decisions < submitted {
+                ("missing", submitted - self.decisions)
+            } else {
+                ("more than the kernel submitted", self.decisions - submitted)
+            };
+            report.problems.push(format!(
+                "{here}: the kernel put {submitted} decision(s) into the ring buffer, but \
+                 {} decision record(s) are in the log from {since}: {n} {how}",
+                self.decisions
+            ));
+        }
+        if self.lost != lost_total {
+            report.problems.push(format!(
+                "{here}: the kernel lost {lost_total} decision(s) to a full ring buffer, but \
+                 the `lost` records from {since} report {}",
+                self.lost
+            ));
+        }
+    }
 }
 
 /// Whether `c` is shown escaped: control characters (C0, DEL, C1) and the Unicode characters

@@ -8,7 +8,8 @@ use oxd::audit::read::{render, tail, verify, TailOptions};
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum AuditCommand {
     /// Check the hash chain of one log, or of rotated parts given oldest first: report every
-    /// edited, removed or reordered record by file and line (exit status 1 if any).
+    /// edited, removed or reordered record by file and line, and each `oxd run` whose decision
+    /// records do not number what the kernel counted (exit status 1 if any).
     Verify {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
@@ -43,7 +44,11 @@ pub(crate) fn run(command: &AuditCommand) -> Result<i32> {
                 println!("{problem}");
             }
             if report.problems.is_empty() {
-                println!("ok: {} records, hash chain intact", report.records);
+                let runs = match report.counts_checked {
+                    0 => String::new(),
+                    n => format!(", the records of {n} run(s) match the kernel's counts"),
+                };
+                println!("ok: {} records, hash chain intact{runs}", report.records);
                 Ok(0)
             } else {
                 println!(
