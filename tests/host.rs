@@ -7,7 +7,7 @@ mod common;
 use std::{
     fs,
     io::BufReader,
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UdpSocket},
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -353,6 +353,96 @@ fn doctor_names_bpf_lsm_as_missing_on_this_host() {
     for hardening in ["lockdown hardening", "module loading", "ptrace scope"] {
         line(hardening);
     }
+}
+
+/// `oxd run` under a flood that overruns its ring buffer: the log still accounts for every
+/// decision. Two confined processes send 20,000 UDP datagrams each through a 16 KiB ring (about
+/// 128 records); the decision records number what the kernel submitted, the `lost` records add
+/// up to what it lost, and `oxd audit verify` checks both against the run's `counts` record.
+#[test]
+fn oxd_run_under_a_flood_accounts_for_every_decision() {
+    const SENDS: u64 = 20_000;
+    let scratch = Scratch::new("host-run-flood");
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP sink on loopback");
+    let port = sink.local_addr().expect("local addr").port();
+    let policy = scratch.policy(&net_policy(port));
+    let log = scratch.path("audit.jsonl");
+    let workload = oxd_bin().with_file_name("oxd-bench-workload");
+    assert!(
+        workload.is_file(),
+        "oxd-bench-workload not found next to oxd at {} (build oxd-tests)",
+        workload.display()
+    );
+    let flood = format!(
+        "W='{}'; \"$W\" udp {port} {SENDS} & \"$W\" udp {port} {SENDS} & wait",
+        workload.display()
+    );
+    let output = Command::new(oxd_bin())
+        .args(["run", "--ring-size", "16384", "--policy"])
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&log)
+        .args(["--", "/bin/sh", "-c", &flood])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn oxd run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Both loops ran to the end, every send allowed.
+    let loops: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(loops.len(), 2, "{stdout}");
+    for l in &loops {
+        assert_eq!(l["iterations"], SENDS, "{l}");
+        assert_eq!(l["errors"], 0, "{l}");
+    }
+
+    let records = audit_records(&log);
+    let counts: Vec<&serde_json::Value> = records.iter().filter(|r| r["op"] == "counts").collect();
+    assert_eq!(counts.len(), 1, "one counts record closes the run");
+    let counts = counts[0];
+    assert_eq!(counts["complete"], true, "{counts}");
+    let decisions = records
+        .iter()
+        .filter(|r| r["op"] != "lost" && r["op"] != "counts")
+        .count() as u64;
+    let reported_lost: u64 = records
+        .iter()
+        .filter(|r| r["op"] == "lost")
+        .map(|r| r["count"].as_u64().expect("a lost record has a count"))
+        .sum();
+    let submitted = counts["submitted"].as_u64().expect("submitted");
+    let lost_total = counts["lost_total"].as_u64().expect("lost_total");
+    eprintln!("{decisions} decision records, {submitted} submitted, {lost_total} lost");
+    assert!(lost_total > 0, "a 16 KiB ring cannot hold 40,000 records");
+    assert_eq!(decisions, submitted, "every submitted decision is a record");
+    assert_eq!(
+        reported_lost, lost_total,
+        "every lost decision is in a lost record"
+    );
+    assert!(
+        submitted + lost_total >= 2 * SENDS,
+        "each send was decided: {submitted} + {lost_total}"
+    );
+    let verify = Command::new(oxd_bin())
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .expect("run oxd audit verify");
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{out}");
+    assert!(
+        out.contains("the records of 1 run(s) match the kernel's counts"),
+        "{out}"
+    );
+    drop(sink);
 }
 
 #[test]

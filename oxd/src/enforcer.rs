@@ -511,6 +511,10 @@ pub struct Enforcer {
     pin_dir: Option<PathBuf>,
     /// What every slot records ([`LoadOptions::record`]).
     record: u32,
+    /// The kernel's BTF as aya parsed it for the load, kept for attaching the BPF-LSM programs
+    /// (one parse of `/sys/kernel/btf/vmlinux`, not one per use: parsing it is a noticeable part
+    /// of a start); `None` if the kernel has none.
+    kernel_btf: Option<aya::Btf>,
 }
 
 impl Enforcer {
@@ -612,7 +616,9 @@ impl Enforcer {
             // Never read: the exec program is not loaded.
             KernelOffsets::default()
         };
+        let kernel_btf = aya::Btf::from_sys_fs().ok();
         let mut loader = EbpfLoader::new();
+        loader.btf(kernel_btf.as_ref());
         let map_paths: Vec<(&str, PathBuf)> = match &options.pin_dir {
             Some(dir) => {
                 let maps = dir.join("maps");
@@ -704,6 +710,7 @@ impl Enforcer {
             enforces_network: true,
             pin_dir: options.pin_dir.clone(),
             record: options.record,
+            kernel_btf,
         })
     }
 
@@ -991,8 +998,20 @@ impl Enforcer {
         if self.lsm_programs.is_empty() {
             return Ok(());
         }
+        let mut loaded = true;
+        for i in 0..self.lsm_programs.len() {
+            let (name, _) = self.lsm_programs[i];
+            loaded &= self.lsm_program(name)?.fd().is_ok();
+        }
+        if loaded {
+            return Ok(());
+        }
         let active = host::describe_active_lsms();
-        let btf = aya::Btf::from_sys_fs().map_err(EnforcerError::KernelBtf)?;
+        // Dropped after the load: nothing needs it later.
+        let btf = match self.kernel_btf.take() {
+            Some(btf) => btf,
+            None => aya::Btf::from_sys_fs().map_err(EnforcerError::KernelBtf)?,
+        };
         for i in 0..self.lsm_programs.len() {
             let (name, hook) = self.lsm_programs[i];
             let program = self.lsm_program(name)?;
