@@ -883,7 +883,21 @@ fn daemon_answers_control_requests_during_a_flood() {
         status["records"].as_u64().is_some_and(|n| n > 0),
         "status counts the records written: {status}"
     );
-    eprintln!("slowest answer during the flood: {slowest:?}");
+    eprintln!("slowest `oxd ctl` answer during the flood (process start included): {slowest:?}");
+    // The daemon's own latency: requests written straight to its socket.
+    let mut round_trips: Vec<Duration> = (0..20)
+        .map(|_| {
+            let (response, elapsed) = daemon.status_round_trip();
+            assert_eq!(response["ok"], true, "{response}");
+            elapsed
+        })
+        .collect();
+    round_trips.sort();
+    eprintln!(
+        "status over the socket during the flood: median {:?}, slowest {:?} (of 20)",
+        round_trips[10], round_trips[19]
+    );
+    slowest = slowest.max(round_trips[19]);
     assert!(
         slowest < Duration::from_secs(20),
         "a control request waited {slowest:?} behind the flood"
@@ -940,6 +954,9 @@ fn daemon_answers_control_requests_during_a_flood() {
     assert_audit_log_verifies(&daemon.audit_log);
 }
 
+/// With `--on-exit release`, SIGTERM releases every target and then writes every decision
+/// left in the ring (with `keep`, the default, the final drain is bounded in time and the
+/// pinned ring keeps the rest for the next daemon).
 #[test]
 fn daemon_sigterm_writes_every_decision_left_in_the_ring() {
     // Far fewer than the ring buffer holds: nothing is lost.
@@ -952,7 +969,7 @@ fn daemon_sigterm_writes_every_decision_left_in_the_ring() {
     let file = fs::canonicalize(&file).expect("canonical path");
     let file = file.to_str().expect("utf-8 path").to_owned();
     let policy = scratch.policy(&allow_files_policy("daemon-drain", "drain"));
-    let mut daemon = Daemon::new(&scratch, "drain", &[]);
+    let mut daemon = Daemon::new(&scratch, "drain", &["--on-exit", "release"]);
     daemon.start();
     daemon.confine_cgroup(&cgroup, &policy);
 

@@ -53,7 +53,7 @@ use std::{
         Arc, Mutex, MutexGuard, PoisonError,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -338,10 +338,25 @@ impl<C: LossCounter> Recorder<C> {
         self.audit.flush().context("cannot write the audit log")
     }
 
-    /// The last drain: at most `max` decisions (what the ring held when it started), then the
-    /// losses, then a `counts` record with the kernel's totals.
-    pub fn finish(&mut self, ring: &mut impl Ring, max: usize) -> Result<()> {
-        self.drain_batch(ring, max)?;
+    /// The last drain: at most `max` decisions (what the ring held when it started), and for
+    /// at most `time` if given (in batches of [`BATCH`]; what is left stays in the ring), then
+    /// the losses, then a `counts` record with the kernel's totals.
+    pub fn finish(
+        &mut self,
+        ring: &mut impl Ring,
+        max: usize,
+        time: Option<Duration>,
+    ) -> Result<()> {
+        let deadline = time.map(|t| Instant::now() + t);
+        let mut left = max;
+        while left > 0 {
+            let batch = left.min(BATCH);
+            let written = self.drain_batch(ring, batch)?;
+            left -= written;
+            if written < batch || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+        }
         self.report_losses()?;
         let totals = self.totals()?;
         self.audit
@@ -360,6 +375,10 @@ pub struct Limits {
     pub final_drain: usize,
     /// The longest time between two loss checks.
     pub report_every: Duration,
+    /// How long the final drain may take, if bounded: set where the ring outlives the pump
+    /// (a daemon that keeps its pins: the next daemon writes what is left), so that a flood
+    /// cannot hold up the exit.
+    pub final_drain_time: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -376,6 +395,7 @@ impl Limits {
             batch: BATCH,
             final_drain: ring_capacity(ring_bytes),
             report_every: LOSS_REPORT_INTERVAL,
+            final_drain_time: None,
         }
     }
 }
@@ -511,7 +531,7 @@ where
             }
         }
     }
-    recorder.finish(ring.get_mut(), limits.final_drain)
+    recorder.finish(ring.get_mut(), limits.final_drain, limits.final_drain_time)
 }
 
 #[cfg(test)]
@@ -699,7 +719,7 @@ mod tests {
             false,
             false,
         );
-        recorder.finish(&mut ring, 10).unwrap();
+        recorder.finish(&mut ring, 10, None).unwrap();
         let records = out.records();
         assert_eq!(records.len(), 4, "{records:?}");
         assert_eq!(records[2]["op"], "lost");
@@ -869,6 +889,7 @@ mod tests {
             batch: 16,
             final_drain: 1000,
             report_every: Duration::from_hours(1),
+            final_drain_time: None,
         };
         let pump = Pump::start_with(ring, recorder, limits).unwrap();
         pump.finish().unwrap();
@@ -894,6 +915,32 @@ mod tests {
             stats.records(),
             500,
             "an endless ring is drained to the bound"
+        );
+
+        // Bounded in time as well: a flood cannot hold the final drain (the ring outlives
+        // the pump, and what is left in it is the next pump's).
+        let stats = PumpStats::new(0);
+        let (recorder, out) = recorder_pair(Arc::clone(&stats));
+        let ring = FakeRing::new([], true, false);
+        let pump = Pump::start_with(
+            ring,
+            recorder,
+            Limits {
+                final_drain: 100_000_000,
+                final_drain_time: Some(Duration::from_millis(50)),
+                ..limits
+            },
+        )
+        .unwrap();
+        pump.finish().unwrap();
+        assert!(
+            stats.records() < 100_000_000,
+            "the final drain stopped at its time bound, not its count"
+        );
+        assert_eq!(
+            out.records().last().map(|r| r["op"].clone()),
+            Some(serde_json::json!("counts")),
+            "the totals are still written"
         );
     }
 
@@ -922,6 +969,7 @@ mod tests {
             batch: 64,
             final_drain: 1000,
             report_every: Duration::from_millis(100),
+            final_drain_time: None,
         };
         let pump = Pump::start_with(ring, recorder, limits).unwrap();
         let started = Instant::now();

@@ -172,6 +172,31 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("`oxd ctl status --json` printed {stdout:?}: {e}"))
     }
 
+    /// One `status` request written straight to the control socket (no `oxd ctl` process to
+    /// start, which under emulation takes longer than the answer): the response and how long
+    /// the round trip took, connect included.
+    pub(crate) fn status_round_trip(&self) -> (Value, Duration) {
+        use std::io::{BufRead as _, Write as _};
+
+        let started = Instant::now();
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.socket.display()));
+        stream
+            .set_read_timeout(Some(WAIT))
+            .expect("set a read timeout");
+        stream
+            .write_all(b"{\"op\":\"status\"}\n")
+            .expect("write the request");
+        let mut line = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut line)
+            .expect("read the response");
+        let elapsed = started.elapsed();
+        let response = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the daemon answered {line:?}: {e}"));
+        (response, elapsed)
+    }
+
     /// The `list --json` entry of `cgroup`, if it is confined.
     pub(crate) fn target(&self, cgroup: &TestCgroup) -> Option<Value> {
         find_target(&self.list(), cgroup)

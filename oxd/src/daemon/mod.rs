@@ -97,6 +97,10 @@ pub struct DaemonOptions {
     pub on_exit: OnExit,
 }
 
+/// How long the final drain of a daemon that keeps its pins may take (the ring stays pinned:
+/// what is left is the next daemon's to write).
+const KEEP_FINAL_DRAIN: Duration = Duration::from_millis(300);
+
 /// Where the daemon keeps its state unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/oxd";
 /// Where the daemon pins maps and links unless told otherwise.
@@ -258,7 +262,7 @@ impl Daemon {
             daemon.enforcer.counters()?,
             Arc::clone(&daemon.stats),
         );
-        let pump = Pump::start_with(events, recorder, Limits::for_ring(daemon.args.ring_size))?;
+        let pump = Pump::start_with(events, recorder, pump_limits(&daemon.args))?;
         daemon.save()?;
         Ok((daemon, pump))
     }
@@ -345,6 +349,15 @@ impl Daemon {
     }
 }
 
+/// How the daemon's pump paces itself: kept pins keep the ring, and what the exit leaves in it
+/// is the next daemon's first records, so a flood need not hold up the exit.
+fn pump_limits(args: &DaemonOptions) -> Limits {
+    Limits {
+        final_drain_time: (args.on_exit == OnExit::Keep).then_some(KEEP_FINAL_DRAIN),
+        ..Limits::for_ring(args.ring_size)
+    }
+}
+
 /// `oxd daemon`.
 pub fn daemon(args: DaemonOptions) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -405,12 +418,17 @@ async fn serve(args: DaemonOptions) -> Result<i32> {
         Ok(())
     }
     .await;
-    // Decisions still in the ring buffer are written.
-    pump.finish()?;
-    outcome?;
+    if let Err(e) = outcome {
+        // Decisions still in the ring buffer are written; the pins stay.
+        pump.finish()?;
+        return Err(e);
+    }
     let _ = fs::remove_file(&socket);
     match daemon.args.on_exit {
         OnExit::Keep => {
+            // Decisions still in the ring buffer are written, for at most KEEP_FINAL_DRAIN
+            // (the rest stays in the pinned ring for the next daemon).
+            pump.finish()?;
             daemon.save()?;
             eprintln!(
                 "oxd daemon: exiting; {} targets stay confined (pinned under {})",
@@ -419,7 +437,11 @@ async fn serve(args: DaemonOptions) -> Result<i32> {
             );
         }
         OnExit::Release => {
-            daemon.release_everything()?;
+            // Released first: with nothing confined, no decision can come after the final
+            // drain, which then writes everything the ring holds (it goes with the pins).
+            let released = daemon.release_everything();
+            pump.finish()?;
+            released?;
             eprintln!("oxd daemon: exiting; every target released, pins removed");
         }
     }
