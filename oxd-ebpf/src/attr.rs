@@ -39,7 +39,7 @@ use crate::{
     confine::Gate,
     event::{record_path, refuse, start_event, Verdict, EPERM},
     maps::{FILE_WRITE_RULES, SCRATCH},
-    offsets,
+    guard_files, offsets,
     path::{by_identity, denied_dentry, lookup_path, resolve_by_walk},
 };
 
@@ -81,6 +81,11 @@ fn inode_setxattr(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::setxattr(&ctx);
+    if guarded != 0 {
+        return guarded;
+    }
     let flags: u64 = ctx.arg(5);
     change_dentry(ctx.arg(1), op::SETXATTR, flags as u32)
 }
@@ -93,6 +98,11 @@ fn inode_removexattr(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(3);
     if previous != 0 {
         return previous;
+    }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::removexattr(&ctx);
+    if guarded != 0 {
+        return guarded;
     }
     change_dentry(ctx.arg(1), op::REMOVEXATTR, 0)
 }

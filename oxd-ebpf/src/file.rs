@@ -1,4 +1,5 @@
-//! File rules: `file_open` decides every open, for reading and for writing.
+//! File rules: `file_open` decides every open, for reading and for writing (after the guard's
+//! checks and the mount namespace check, which run in the same program).
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use oxd_common::{access, action, fmode, governs, op, reason, Config};
@@ -6,8 +7,9 @@ use oxd_common::{access, action, fmode, governs, op, reason, Config};
 use crate::{
     confine::Gate,
     event::{record_path, refuse, start_event, Verdict, EPERM},
+    guard_files, guard_kernel,
     maps::{Scratch, FILE_READ_RULES, FILE_WRITE_RULES, SCRATCH},
-    offsets,
+    ns, offsets,
     path::{by_identity, denied_inode, lookup_path, resolve_path},
 };
 
@@ -19,6 +21,20 @@ fn file_open(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
     if previous != 0 {
         return previous;
+    }
+    // Whatever the policy: oxd's own files, block devices, files of another mount namespace
+    // (one program per hook: see `crate::guard_files`).
+    let guarded = guard_files::open(&ctx);
+    if guarded != 0 {
+        return guarded;
+    }
+    let guarded = guard_kernel::block_device_write(&ctx);
+    if guarded != 0 {
+        return guarded;
+    }
+    let guarded = ns::foreign_open(&ctx);
+    if guarded != 0 {
+        return guarded;
     }
     let gate = Gate::open(governs::FILE);
     if !gate.decide {

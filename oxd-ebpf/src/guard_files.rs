@@ -7,12 +7,13 @@
 //! directory's entries are known by their parent (`d_parent`), so files that appear in it
 //! later (a rotated audit log, a state file replaced by rename) are covered too.
 //!
-//! Each hook checks its cheapest condition first: these run on every open and every change to
-//! the file system on the host.
+//! Each check runs first in the program of its hook (`file::file_open`, the `write` and `attr`
+//! programs), after the previous verdict and before the policy's rules, and checks its
+//! cheapest condition first: these run on every open and every change to the file system on
+//! the host. (One program per hook, not one per concern: each program attached or detached is
+//! a trampoline rebuilt, which is most of what starting and stopping oxd costs the kernel.)
 
-use aya_ebpf::{
-    bindings::path, helpers::bpf_get_current_pid_tgid, macros::lsm, programs::LsmContext,
-};
+use aya_ebpf::{bindings::path, helpers::bpf_get_current_pid_tgid, programs::LsmContext};
 use oxd_common::{fmode, op, InodeKey, PROTECTED_DIR, PROTECTED_FILE};
 
 use crate::{
@@ -93,13 +94,9 @@ fn check(dentry: *const u8, attempt: u32) -> i32 {
 }
 
 /// Opening one of oxd's files for writing (BPF-LSM `file_open`).
-#[lsm(hook = "file_open")]
-fn guard_file_open(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn open(ctx: &LsmContext) -> i32 {
     // int file_open(struct file *file), then the previous LSM's verdict.
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
     let file: *const u8 = ctx.arg(0);
     register(file);
     if offsets::file_mode(file) & fmode::WRITE == 0 {
@@ -112,38 +109,26 @@ fn guard_file_open(ctx: LsmContext) -> i32 {
 }
 
 /// Removing a name (BPF-LSM `path_unlink`).
-#[lsm(hook = "path_unlink")]
-fn guard_unlink(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn unlink(ctx: &LsmContext) -> i32 {
     // int path_unlink(const struct path *dir, struct dentry *dentry), then the previous verdict.
-    let previous: i32 = ctx.arg(2);
-    if previous != 0 {
-        return previous;
-    }
     check(ctx.arg(1), attempt::UNLINK)
 }
 
 /// Removing a directory (BPF-LSM `path_rmdir`).
-#[lsm(hook = "path_rmdir")]
-fn guard_rmdir(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn rmdir(ctx: &LsmContext) -> i32 {
     // int path_rmdir(const struct path *dir, struct dentry *dentry), then the previous verdict.
-    let previous: i32 = ctx.arg(2);
-    if previous != 0 {
-        return previous;
-    }
     check(ctx.arg(1), attempt::RMDIR)
 }
 
 /// Renaming: either end may be protected (moving a protected file away, or another file over
 /// it or into a protected directory) (BPF-LSM `path_rename`).
-#[lsm(hook = "path_rename")]
-fn guard_rename(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn rename(ctx: &LsmContext) -> i32 {
     // int path_rename(const struct path *old_dir, struct dentry *old_dentry,
     //                 const struct path *new_dir, struct dentry *new_dentry,
     //                 unsigned int flags), then the previous verdict.
-    let previous: i32 = ctx.arg(5);
-    if previous != 0 {
-        return previous;
-    }
     let denied = check(ctx.arg(1), attempt::RENAME);
     if denied != 0 {
         return denied;
@@ -152,115 +137,79 @@ fn guard_rename(ctx: LsmContext) -> i32 {
 }
 
 /// Truncating (BPF-LSM `path_truncate`).
-#[lsm(hook = "path_truncate")]
-fn guard_truncate(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn truncate(ctx: &LsmContext) -> i32 {
     // int path_truncate(const struct path *path), then the previous verdict.
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
     let file_path: *const path = ctx.arg(0);
     check(offsets::path_dentry(file_path), attempt::TRUNCATE)
 }
 
 /// Changing the mode (BPF-LSM `path_chmod`).
-#[lsm(hook = "path_chmod")]
-fn guard_chmod(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn chmod(ctx: &LsmContext) -> i32 {
     // int path_chmod(const struct path *path, umode_t mode), then the previous verdict.
-    let previous: i32 = ctx.arg(2);
-    if previous != 0 {
-        return previous;
-    }
     let file_path: *const path = ctx.arg(0);
     check(offsets::path_dentry(file_path), attempt::CHMOD)
 }
 
 /// Changing the owner (BPF-LSM `path_chown`).
-#[lsm(hook = "path_chown")]
-fn guard_chown(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn chown(ctx: &LsmContext) -> i32 {
     // int path_chown(const struct path *path, kuid_t uid, kgid_t gid), then the previous
     // verdict.
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
     let file_path: *const path = ctx.arg(0);
     check(offsets::path_dentry(file_path), attempt::CHOWN)
 }
 
 /// Creating a file, device node or socket in a protected directory (BPF-LSM `path_mknod`, also
 /// the first step of `open(O_CREAT)`).
-#[lsm(hook = "path_mknod")]
-fn guard_mknod(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn mknod(ctx: &LsmContext) -> i32 {
     // int path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode,
     //                unsigned int dev), then the previous verdict.
-    let previous: i32 = ctx.arg(4);
-    if previous != 0 {
-        return previous;
-    }
     check(ctx.arg(1), attempt::CREATE)
 }
 
 /// Creating a directory in a protected directory (BPF-LSM `path_mkdir`).
-#[lsm(hook = "path_mkdir")]
-fn guard_mkdir(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn mkdir(ctx: &LsmContext) -> i32 {
     // int path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode), then the
     // previous verdict.
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
     check(ctx.arg(1), attempt::CREATE)
 }
 
 /// Creating a symbolic link in a protected directory (BPF-LSM `path_symlink`).
-#[lsm(hook = "path_symlink")]
-fn guard_symlink(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn symlink(ctx: &LsmContext) -> i32 {
     // int path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name),
     // then the previous verdict.
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
     check(ctx.arg(1), attempt::CREATE)
 }
 
 /// Making a hard link in a protected directory (BPF-LSM `path_link`). A link elsewhere to a
 /// protected file is allowed: it is the same file, protected under every name.
-#[lsm(hook = "path_link")]
-fn guard_link(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn link(ctx: &LsmContext) -> i32 {
     // int path_link(struct dentry *old_dentry, const struct path *new_dir,
     //               struct dentry *new_dentry), then the previous verdict.
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
     check(ctx.arg(2), attempt::LINK)
 }
 
 /// Setting an extended attribute (a file capability, an ACL through `system.posix_acl_*` on
 /// 6.1, an LSM label) (BPF-LSM `inode_setxattr`; ACLs from 6.2 go through `inode_set_acl`,
 /// which `[file]` rules decide, and need ownership or `CAP_FOWNER` as chmod does).
-#[lsm(hook = "inode_setxattr")]
-fn guard_setxattr(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn setxattr(ctx: &LsmContext) -> i32 {
     // int inode_setxattr(struct user_namespace * (6.1) | struct mnt_idmap * (6.3+),
     //                    struct dentry *dentry, const char *name, const void *value,
     //                    size_t size, int flags), then the previous verdict.
-    let previous: i32 = ctx.arg(6);
-    if previous != 0 {
-        return previous;
-    }
     check(ctx.arg(1), attempt::XATTR)
 }
 
 /// Removing an extended attribute (BPF-LSM `inode_removexattr`).
-#[lsm(hook = "inode_removexattr")]
-fn guard_removexattr(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn removexattr(ctx: &LsmContext) -> i32 {
     // int inode_removexattr(struct user_namespace * | struct mnt_idmap *, struct dentry *,
     //                       const char *name), then the previous verdict.
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
     check(ctx.arg(1), attempt::XATTR)
 }

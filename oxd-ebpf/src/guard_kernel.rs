@@ -130,14 +130,11 @@ fn decide_on_oxd(task: u64, op: u32, detail: u32, quiet: bool) -> i32 {
 /// A signal to one of oxd's processes (BPF-LSM `task_kill`): `kill`, `tgkill`,
 /// `pidfd_send_signal`, `rt_sigqueueinfo`, signals to a process group it is in. Signal 0 (an
 /// existence probe) and signals the kernel sends with other credentials are left alone.
-#[lsm(hook = "task_kill")]
-fn oxd_task_kill(ctx: LsmContext) -> i32 {
+/// Runs first in `ipc::task_kill`.
+#[inline(always)]
+pub(crate) fn task_kill(ctx: &LsmContext) -> i32 {
     // int task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig,
     //               const struct cred *cred), then the previous LSM's verdict.
-    let previous: i32 = ctx.arg(4);
-    if previous != 0 {
-        return previous;
-    }
     let sig: i32 = ctx.arg(2);
     // Read as a plain number (see `ipc::task_kill`: the verifier takes a pointer argument for
     // non-NULL).
@@ -152,14 +149,11 @@ fn oxd_task_kill(ctx: LsmContext) -> i32 {
 
 /// Ptrace access to one of oxd's processes (BPF-LSM `ptrace_access_check`), whatever the mode.
 /// Checks the kernel makes without auditing are denied but not recorded.
-#[lsm(hook = "ptrace_access_check")]
-fn oxd_ptrace(ctx: LsmContext) -> i32 {
+/// Runs first in `ipc::ptrace_access_check`.
+#[inline(always)]
+pub(crate) fn ptrace(ctx: &LsmContext) -> i32 {
     // int ptrace_access_check(struct task_struct *child, unsigned int mode), then the previous
     // LSM's verdict.
-    let previous: i32 = ctx.arg(2);
-    if previous != 0 {
-        return previous;
-    }
     let mode: u32 = ctx.arg(1);
     decide_on_oxd(
         ctx.arg(0),
@@ -333,16 +327,12 @@ fn kernel_capable(ctx: LsmContext) -> i32 {
 
 // raw devices
 
-/// Opening a block device for writing (BPF-LSM `file_open`, beside `file::file_open`): a raw
+/// Opening a block device for writing (BPF-LSM `file_open`, in `file::file_open`): a raw
 /// write to a disk changes files no path rule sees. Runs before the driver's `open`, so the
 /// refusal does not depend on the device existing.
-#[lsm(hook = "file_open")]
-fn block_device_write(ctx: LsmContext) -> i32 {
+#[inline(always)]
+pub(crate) fn block_device_write(ctx: &LsmContext) -> i32 {
     // int file_open(struct file *file), then the previous LSM's verdict.
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
     let file: *const u8 = ctx.arg(0);
     if offsets::file_mode(file) & fmode::WRITE == 0 {
         return 0;

@@ -26,6 +26,7 @@ use oxd_common::{action, governs, op, reason, MAX_CGROUP_DEPTH, PATH_BUF_LEN, RU
 use crate::{
     confine::Gate,
     event::{record_path, refuse, start_event, Verdict, EPERM},
+    guard_kernel,
     maps::{CONFINED, SCRATCH},
     offsets, sigio, unix,
 };
@@ -248,6 +249,11 @@ fn ptrace_access_check(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
+    // oxd's own processes first, whatever the policy.
+    let guarded = guard_kernel::ptrace(&ctx);
+    if guarded != 0 {
+        return guarded;
+    }
     let gate = Gate::open(governs::IPC);
     if !gate.decide {
         return 0;
@@ -284,6 +290,11 @@ fn task_kill(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(4);
     if previous != 0 {
         return previous;
+    }
+    // oxd's own processes first, whatever the policy.
+    let guarded = guard_kernel::task_kill(&ctx);
+    if guarded != 0 {
+        return guarded;
     }
     let sig: i32 = ctx.arg(2);
     // Read as a plain number: the verifier takes a pointer argument loaded from the context for

@@ -13,8 +13,8 @@
 //!   cgroup) decides the creation of inet sockets no destination hook can judge: ICMP ping
 //!   sockets, raw sockets, and protocols other than TCP and UDP.
 //! - [`ns`]: `[process] namespaces` (BPF-LSM `userns_create`, `sb_mount`, `sb_umount`,
-//!   `move_mount`, `sb_pivotroot`, `path_chroot`, `capable`, and `ns_file_open` /
-//!   `ns_exec_check` beside the file and exec hooks): no user namespace, mount or chroot, no
+//!   `move_mount`, `sb_pivotroot`, `path_chroot`, `capable`, the mount namespace check in
+//!   `file_open`, and `ns_exec_check` beside the exec hook): no user namespace, mount or chroot, no
 //!   entering another namespace, no file of another mount namespace, while the policy denies
 //!   namespaces, so paths keep the meaning exec and file rules judge them by.
 //! - [`ipc`]: `ptrace_access_check`, `ptrace_traceme`, `task_kill` (BPF-LSM) deny a confined

@@ -36,7 +36,7 @@ pub(crate) static PROTECTED_FILES: HashMap<InodeKey, u32> =
 /// Registration of a file into `PROTECTED_FILES` as the kernel sees it: `tgid << 32 | flags`
 /// while oxd (process `tgid`) opens the file to protect, 0 otherwise. The kernel's view of a
 /// file's identity can differ from `stat`'s (on overlayfs, `stat` names the underlying file),
-/// so oxd lets `guard_file_open` record the identity its hooks will compare.
+/// so oxd lets `file_open` (its guard check) record the identity its hooks will compare.
 #[map]
 pub(crate) static REGISTRAR: Array<u64> = Array::with_max_entries(1, 0);
 

@@ -7,7 +7,7 @@
 //! (`sb_pivotroot`) or chroot (`path_chroot`); it cannot use a capability in a user namespace
 //! other than its own, nor `CAP_SYS_CHROOT` (`capable`: how `setns` into an existing user or
 //! mount namespace is checked); and it cannot open or execute a file that lives in another
-//! mount namespace, as reached through `/proc/PID/root` of a process in one (`ns_file_open` on
+//! mount namespace, as reached through `/proc/PID/root` of a process in one (`file::file_open` on
 //! `file_open`, `ns_exec_check` on `bprm_check_security`).
 //!
 //! Each hook passes the gate with `governs::PROCESS`, which every policy sets. The switch's
@@ -263,14 +263,11 @@ fn decide_foreign(op: u32, wanted: u32, file: *const u8) -> i32 {
     0
 }
 
-/// Opens of files in another mount namespace (BPF-LSM `file_open`, beside `file::file_open`).
-#[lsm(hook = "file_open")]
-fn ns_file_open(ctx: LsmContext) -> i32 {
+/// Opens of files in another mount namespace (BPF-LSM `file_open`: runs in `file::file_open`,
+/// before the file rules).
+#[inline(always)]
+pub(crate) fn foreign_open(ctx: &LsmContext) -> i32 {
     // int file_open(struct file *file), then the previous LSM's verdict.
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
     let file: *const u8 = ctx.arg(0);
     let f_mode = offsets::file_mode(file);
     // The kernel opening a file to execute it: `ns_exec_check` decides that, as an exec.

@@ -19,7 +19,7 @@ use crate::{
     confine::Gate,
     event::{record_path, refuse, start_event, Verdict, EPERM},
     maps::{Scratch, FILE_READ_RULES, FILE_WRITE_RULES, SCRATCH},
-    offsets,
+    guard_files, offsets,
     path::{by_identity, denied_dentry, lookup_path, resolve_by_walk},
 };
 
@@ -46,6 +46,11 @@ fn path_unlink(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::unlink(&ctx);
+    if guarded != 0 {
+        return guarded;
+    }
     change_name(ctx.arg(0), ctx.arg(1), op::UNLINK, 0)
 }
 
@@ -56,6 +61,11 @@ fn path_rmdir(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(2);
     if previous != 0 {
         return previous;
+    }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::rmdir(&ctx);
+    if guarded != 0 {
+        return guarded;
     }
     change_name(ctx.arg(0), ctx.arg(1), op::RMDIR, 0)
 }
@@ -68,6 +78,11 @@ fn path_mkdir(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(3);
     if previous != 0 {
         return previous;
+    }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::mkdir(&ctx);
+    if guarded != 0 {
+        return guarded;
     }
     let mode: u64 = ctx.arg(2);
     change_name(ctx.arg(0), ctx.arg(1), op::MKDIR, mode as u32 & 0xffff)
@@ -83,6 +98,11 @@ fn path_mknod(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(4);
     if previous != 0 {
         return previous;
+    }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::mknod(&ctx);
+    if guarded != 0 {
+        return guarded;
     }
     let mode: u64 = ctx.arg(2);
     let mode = mode as u32 & 0xffff;
@@ -129,6 +149,11 @@ fn path_symlink(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::symlink(&ctx);
+    if guarded != 0 {
+        return guarded;
+    }
     change_name(ctx.arg(0), ctx.arg(1), op::SYMLINK, 0)
 }
 
@@ -141,6 +166,11 @@ fn path_truncate(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::truncate(&ctx);
+    if guarded != 0 {
+        return guarded;
+    }
     change_path(ctx.arg(0), op::TRUNCATE, 0)
 }
 
@@ -151,6 +181,11 @@ fn path_chmod(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(2);
     if previous != 0 {
         return previous;
+    }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::chmod(&ctx);
+    if guarded != 0 {
+        return guarded;
     }
     let mode: u64 = ctx.arg(1);
     change_path(ctx.arg(0), op::CHMOD, mode as u32 & 0xffff)
@@ -164,6 +199,11 @@ fn path_chown(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(3);
     if previous != 0 {
         return previous;
+    }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::chown(&ctx);
+    if guarded != 0 {
+        return guarded;
     }
     let uid: u64 = ctx.arg(1);
     change_path(ctx.arg(0), op::CHOWN, uid as u32)
@@ -180,6 +220,11 @@ fn path_rename(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(5);
     if previous != 0 {
         return previous;
+    }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::rename(&ctx);
+    if guarded != 0 {
+        return guarded;
     }
     let gate = Gate::open(governs::FILE);
     if !gate.decide {
@@ -243,6 +288,11 @@ fn path_link(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(3);
     if previous != 0 {
         return previous;
+    }
+    // oxd's own files first, whatever the policy.
+    let guarded = guard_files::link(&ctx);
+    if guarded != 0 {
+        return guarded;
     }
     let gate = Gate::open(governs::FILE);
     if !gate.decide {

@@ -37,8 +37,11 @@ pub const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "
 /// when they are created; attached and pinned with [`SOCK_ADDR_PROGRAMS`].
 pub const SOCK_CREATE_PROGRAM: &str = "sock_create";
 
-/// Every BPF-LSM program: (program, hook).
-pub const LSM_PROGRAMS: [(&str, &str); 13] = [
+/// Every BPF-LSM program: (program, hook). One program per hook where one concern runs beside
+/// another (the guard's checks run first in `file_open`, the write programs, `task_kill` and
+/// `ptrace_access_check`; the mount namespace check in `file_open`): every program attached or
+/// detached rebuilds its hook's trampoline, most of what starting and stopping costs the kernel.
+pub const LSM_PROGRAMS: [(&str, &str); 12] = [
     ("exec_check", "bprm_check_security"),
     ("mmap_file", "mmap_file"),
     ("file_open", "file_open"),
@@ -51,12 +54,16 @@ pub const LSM_PROGRAMS: [(&str, &str); 13] = [
     ("sb_pivotroot", "sb_pivotroot"),
     ("path_chroot", "path_chroot"),
     ("capable", "capable"),
-    ("ns_file_open", "file_open"),
     ("ns_exec_check", "bprm_check_security"),
 ];
 
 /// The BPF-LSM programs of `[process] namespaces`, attached when the policy governs it.
-pub const NS_PROGRAMS: std::ops::Range<usize> = 4..13;
+pub const NS_PROGRAMS: std::ops::Range<usize> = 4..12;
+
+/// The BPF-LSM programs of the policy's sections that also carry guard checks, so attached
+/// whenever BPF-LSM programs are, whatever the policy: `file_open`, the write programs, and these
+/// two of [`IPC_LSM_PROGRAMS`].
+const GUARDED_IPC_PROGRAMS: [(&str, &str); 2] = [IPC_LSM_PROGRAMS[0], IPC_LSM_PROGRAMS[2]];
 /// The BPF-LSM programs that decide acting through other tasks, sockets and terminals
 /// (policies that govern ipc): (program, hook).
 pub const IPC_LSM_PROGRAMS: [(&str, &str); 7] = [
@@ -98,23 +105,9 @@ pub const GUARD_LSM_PROGRAMS: &[(&str, &str)] = &[
     // cgroups, bpf(), kernel file systems
     ("bpf", "bpf"),
     ("inode_permission", "inode_permission"),
-    // kernel, devices, sockets, oxd's own tasks
-    // oxd's own files (oxd-ebpf/src/guard_files.rs)
-    ("guard_file_open", "file_open"),
-    ("guard_unlink", "path_unlink"),
-    ("guard_rmdir", "path_rmdir"),
-    ("guard_rename", "path_rename"),
-    ("guard_truncate", "path_truncate"),
-    ("guard_chmod", "path_chmod"),
-    ("guard_chown", "path_chown"),
-    ("guard_mknod", "path_mknod"),
-    ("guard_mkdir", "path_mkdir"),
-    ("guard_symlink", "path_symlink"),
-    ("guard_link", "path_link"),
-    ("guard_setxattr", "inode_setxattr"),
-    ("guard_removexattr", "inode_removexattr"),
-    ("oxd_task_kill", "task_kill"),
-    ("oxd_ptrace", "ptrace_access_check"),
+    // kernel, devices, sockets, oxd's own tasks (oxd's own files, in file_open and the write
+    // programs; block devices, in file_open; signals and ptrace to oxd, in task_kill and
+    // ptrace_access_check)
     ("oxd_setnice", "task_setnice"),
     ("oxd_setioprio", "task_setioprio"),
     ("oxd_setscheduler", "task_setscheduler"),
@@ -123,7 +116,6 @@ pub const GUARD_LSM_PROGRAMS: &[(&str, &str)] = &[
     ("kernel_load_data", "kernel_load_data"),
     ("kernel_module_request", "kernel_module_request"),
     ("kernel_capable", "capable"),
-    ("block_device_write", "file_open"),
     ("raw_socket_create", "socket_create"),
 ];
 
@@ -190,7 +182,7 @@ impl FileGuard {
 
     /// Protects `path` (and, if `dir`, every entry in it); a missing file is skipped. The
     /// identity is recorded twice: as `stat` gives it, and as the kernel's hooks see it (oxd
-    /// opens the file while `REGISTRAR` names this process, and `guard_file_open` records the
+    /// opens the file while `REGISTRAR` names this process, and `file_open` records the
     /// opened dentry's inode: on overlayfs the two differ).
     pub fn protect(&mut self, path: &Path, dir: bool) -> Result<()> {
         let Some(id) = file_identity(path) else {
@@ -541,16 +533,19 @@ impl Enforcer {
         } else {
             Vec::new()
         };
+        // `file_open`, the write programs, `task_kill` and `ptrace_access_check` carry guard
+        // checks: attached whenever BPF-LSM is (their policy parts decide only for a policy
+        // that governs their category).
         enforcer.lsm_programs = [
             policy.exec.as_ref().map(|_| LSM_PROGRAMS[0]),
             policy.exec.as_ref().map(|_| LSM_PROGRAMS[1]),
-            policy.file.as_ref().map(|_| LSM_PROGRAMS[2]),
+            lsm.then_some(LSM_PROGRAMS[2]),
             policy.exec.as_ref().map(|_| LSM_PROGRAMS[3]),
         ]
         .into_iter()
         .flatten()
         .chain(ipc_programs)
-        .chain(policy.file.iter().flat_map(|_| WRITE_LSM_PROGRAMS))
+        .chain(lsm.then_some(WRITE_LSM_PROGRAMS).into_iter().flatten())
         .chain(
             policy
                 .file
@@ -559,6 +554,11 @@ impl Enforcer {
         )
         .collect();
         if lsm {
+            for program in GUARDED_IPC_PROGRAMS {
+                if !enforcer.lsm_programs.contains(&program) {
+                    enforcer.lsm_programs.push(program);
+                }
+            }
             enforcer
                 .lsm_programs
                 .extend(GUARD_LSM_PROGRAMS.iter().copied());
