@@ -38,8 +38,9 @@ use oxd_common::{access, action, governs, op, reason};
 use crate::{
     confine::Gate,
     event::{record_path, refuse, start_event, Verdict, EPERM},
+    guard_files,
     maps::{FILE_WRITE_RULES, SCRATCH},
-    guard_files, offsets,
+    offsets,
     path::{by_identity, denied_dentry, lookup_path, resolve_by_walk},
 };
 

@@ -2,9 +2,12 @@
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    bpf_ktime_get_boot_ns, generated as gen, TASK_COMM_LEN,
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, generated as gen, TASK_COMM_LEN,
+    },
 };
 use oxd_common::{
     action, counter, mode, record, Event, EVENT_HEADER_LEN, PATH_BUF_LEN, RULE_DEFAULT,
@@ -82,12 +85,36 @@ impl Pending {
             }
             let size = EVENT_HEADER_LEN + len as usize;
             let bytes = core::slice::from_raw_parts(event.cast::<u8>(), size);
-            if EVENTS.output::<[u8]>(bytes, flags).is_ok() {
+            if EVENTS.output::<[u8]>(bytes, flags | wakeup()).is_ok() {
                 count(counter::SUBMITTED);
             } else {
                 count(counter::RINGBUF_LOST);
             }
         }
+    }
+}
+
+/// Bytes waiting in the ring buffer from which a record wakes the reader: at most this, and at
+/// most a quarter of the ring.
+const WAKE_AT_MOST: u64 = 32 * 1024;
+
+/// The wake-up flag of a record: none while little waits in the ring (the reader drains it on
+/// its own every few milliseconds, `pump::FLUSH_INTERVAL`), forced once enough waits that the
+/// reader should not wait for its next flush. A wake-up is an interrupt and a context switch;
+/// sent with every record, it was most of what recording a decision cost.
+#[inline(always)]
+fn wakeup() -> u64 {
+    let ring = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
+    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let wake_at = if ring / 4 < WAKE_AT_MOST {
+        ring / 4
+    } else {
+        WAKE_AT_MOST
+    };
+    if waiting >= wake_at {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 

@@ -18,8 +18,9 @@ use oxd_common::{access, action, governs, op, Config, InodeRules, ANCESTOR_SLOT_
 use crate::{
     confine::Gate,
     event::{record_path, refuse, start_event, Verdict, EPERM},
+    guard_files,
     maps::{Scratch, FILE_READ_RULES, FILE_WRITE_RULES, SCRATCH},
-    guard_files, offsets,
+    offsets,
     path::{by_identity, denied_dentry, lookup_path, resolve_by_walk},
 };
 

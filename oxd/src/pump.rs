@@ -19,6 +19,13 @@
 //! to its runtime after each, so that a ring that never empties cannot keep it from its loss
 //! report (at least every [`LOSS_REPORT_INTERVAL`]) or from a stop request.
 //!
+//! # Wake-ups
+//!
+//! The kernel programs wake the pump only once enough records wait in the ring (a quarter of
+//! it, at most 32 KiB): a wake-up per record was most of what recording a decision cost. The
+//! pump drains on its own every [`FLUSH_INTERVAL`], so a record waits at most that long when
+//! few come.
+//!
 //! # Losses
 //!
 //! The kernel counts, in the `COUNTERS` map (since the map was created; the daemon's is
@@ -76,6 +83,11 @@ pub const BATCH: usize = 256;
 
 /// The longest time between two checks of the lost-decision counter.
 pub const LOSS_REPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often the pump drains the ring buffer without being woken: the kernel programs wake it
+/// only once enough records wait (`oxd-ebpf/src/event.rs`), so this bounds how long a record
+/// can wait when few come.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Retired generations the [`Book`] keeps, for decisions made under them that are still in the
 /// ring buffer.
@@ -375,6 +387,8 @@ pub struct Limits {
     pub final_drain: usize,
     /// The longest time between two loss checks.
     pub report_every: Duration,
+    /// How often the ring is drained without a wake-up.
+    pub flush_every: Duration,
     /// How long the final drain may take, if bounded: set where the ring outlives the pump
     /// (a daemon that keeps its pins: the next daemon writes what is left), so that a flood
     /// cannot hold up the exit.
@@ -395,6 +409,7 @@ impl Limits {
             batch: BATCH,
             final_drain: ring_capacity(ring_bytes),
             report_every: LOSS_REPORT_INTERVAL,
+            flush_every: FLUSH_INTERVAL,
             final_drain_time: None,
         }
     }
@@ -506,12 +521,23 @@ where
     // The first tick is at once: losses while nothing was reading are reported first.
     let mut tick = tokio::time::interval(limits.report_every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(limits.flush_every);
+    flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             // A stop request, or the owner gone without one.
             _ = &mut stop => break,
             _ = tick.tick() => recorder.report_losses()?,
+            // Records the kernel did not wake us for (few of them): a batch, and at once
+            // another while batches come full.
+            _ = flush.tick() => {
+                let written = recorder.drain_batch(ring.get_mut(), limits.batch)?;
+                recorder.flush()?;
+                if written == limits.batch {
+                    flush.reset_immediately();
+                }
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("cannot poll the decision ring buffer")?;
                 let written = recorder.drain_batch(guard.get_inner_mut(), limits.batch)?;
@@ -889,6 +915,7 @@ mod tests {
             batch: 16,
             final_drain: 1000,
             report_every: Duration::from_hours(1),
+            flush_every: FLUSH_INTERVAL,
             final_drain_time: None,
         };
         let pump = Pump::start_with(ring, recorder, limits).unwrap();
@@ -969,6 +996,7 @@ mod tests {
             batch: 64,
             final_drain: 1000,
             report_every: Duration::from_millis(100),
+            flush_every: FLUSH_INTERVAL,
             final_drain_time: None,
         };
         let pump = Pump::start_with(ring, recorder, limits).unwrap();
