@@ -55,8 +55,13 @@ pub const MAX_CONFINED_CGROUPS: u32 = 1024;
 /// How many of oxd's own processes the guard protects at once (`PROTECTED` map).
 pub const MAX_PROTECTED_TASKS: u32 = 64;
 
-/// How many of oxd's own files and directories the guard protects at once (`PROTECTED_FILES`).
-pub const MAX_PROTECTED_FILES: u32 = 256;
+/// How many of oxd's own files and directories the guard protects at once (`PROTECTED_FILES`):
+/// the binary, policy files, the state directory, and each audit log with its rotated parts
+/// (at most [`MAX_AUDIT_KEEP`] each; a part is forgotten when rotation deletes it).
+pub const MAX_PROTECTED_FILES: u32 = 1024;
+
+/// The most rotated audit log parts oxd keeps (`--audit-keep`), each one protected.
+pub const MAX_AUDIT_KEEP: u32 = 256;
 
 /// In `PROTECTED_FILES`: the file itself is protected.
 pub const PROTECTED_FILE: u32 = 1;

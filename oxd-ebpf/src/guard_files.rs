@@ -63,7 +63,8 @@ fn protected(dentry: *const u8) -> bool {
 }
 
 /// While oxd registers a file (`REGISTRAR`), its own open of that file puts the file's identity
-/// as the hooks see it (the inode of the opened path's dentry) into `PROTECTED_FILES`.
+/// as the hooks see it (the inode of the opened path's dentry) into `PROTECTED_FILES`; a
+/// registration without flags takes it out (a rotated audit log part oxd deletes).
 #[inline(always)]
 fn register(file: *const u8) {
     let Some(registration) = REGISTRAR.get(0) else {
@@ -80,7 +81,12 @@ fn register(file: *const u8) {
     }
     let (ino, dev) = offsets::inode_identity(inode);
     let key = InodeKey { ino, dev, slot: 0 };
-    let _ = PROTECTED_FILES.insert(key, registration as u32, 0);
+    let flags = registration as u32;
+    if flags == 0 {
+        let _ = PROTECTED_FILES.remove(key);
+    } else {
+        let _ = PROTECTED_FILES.insert(key, flags, 0);
+    }
 }
 
 /// Denies `attempt` on `dentry` for a confined task if the name is protected.

@@ -201,6 +201,31 @@ impl FileGuard {
         self.map
             .insert(key, flags, 0)
             .map_err(map_err(format!("protect {}", path.display())))?;
+        self.register(path, flags)
+    }
+
+    /// Stops protecting `path` (a file about to go: oxd deletes its oldest rotated audit log
+    /// part with a descriptor still open, and names it `/proc/self/fd/N` here), both
+    /// identities: `stat`'s, and the hooks' through a registration without flags.
+    pub fn unprotect(&mut self, path: &Path) -> Result<()> {
+        let Some(id) = file_identity(path) else {
+            return Ok(());
+        };
+        let key = InodeKey {
+            ino: id.ino,
+            dev: id.dev,
+            slot: 0,
+        };
+        match self.map.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(format!("unprotect {}", path.display()))(e)),
+        }
+        self.register(path, 0)
+    }
+
+    /// Opens `path` while `REGISTRAR` names this process with `flags`: the guard's `file_open`
+    /// records (or, with no flags, forgets) the file's identity as the hooks see it.
+    fn register(&mut self, path: &Path, flags: u32) -> Result<()> {
         let _one = REGISTERING
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

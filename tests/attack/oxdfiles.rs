@@ -27,6 +27,16 @@ fn all_records(log: &Path) -> Vec<Value> {
     records
 }
 
+/// Every line of the audit log at `log` and its rotated parts.
+fn all_lines(log: &Path) -> Vec<String> {
+    let parts = (1..10).map(|n| Path::new(&format!("{}.{n}", log.display())).to_owned());
+    std::iter::once(log.to_owned())
+        .chain(parts)
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .flat_map(|text| text.lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect()
+}
+
 fn protected_denials(records: &[Value], attempt: &str) -> usize {
     records
         .iter()
@@ -156,7 +166,9 @@ try write sh -c "echo ok > $S/ok"
     assert_audit_log_verifies(&log);
 }
 
-/// A rotation opens a new audit log file: it is protected from its first record.
+/// A rotation opens a new audit log file: it is protected before the log's name reaches it.
+/// The agent spins until `LOG.1` appears and then, for a second (thousands of rotations),
+/// appends to the log's name and to every hidden name beside it as fast as it can.
 #[test]
 fn the_file_a_rotation_opens_is_protected_too() {
     require_bpf_lsm();
@@ -166,30 +178,69 @@ fn the_file_a_rotation_opens_is_protected_too() {
          [\"/etc/hostname\"]\n",
     );
     let log = scratch.path("audit.jsonl");
-    // Denials until the log has rotated, then a write to the new file.
-    let script = format!(
-        "i=0; while [ ! -e {log}.1 ] && [ $i -lt 2000 ]; do cat /etc/hostname 2>/dev/null; \
-         i=$((i+1)); done; [ -e {log}.1 ] || exit 3; \
-         if echo forged >> {log}; then exit 4; fi; exit 0",
-        log = log.display()
-    );
     let output = Command::new(oxd_bin())
-        .args(["run", "--audit-max-bytes", "4096", "--policy"])
+        .args(["run", "--audit-max-bytes", "1024", "--policy"])
         .arg(&policy)
         .arg("--audit-log")
         .arg(&log)
-        .args(["--", "/bin/sh", "-c", &script])
+        .arg("--")
+        .arg(attack_bin())
+        .args(["fs-rotation-race"])
+        .arg(&log)
+        .arg("/etc/hostname")
         .stdin(Stdio::null())
         .output()
         .expect("run oxd run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let steps: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON step"))
+        .collect();
+    let groups = vec![("race".to_owned(), steps)];
+    assert_refused(&groups, "race", "append-to-the-log-after-rotation");
     assert_eq!(
-        output.status.code(),
-        Some(0),
-        "3: the log never rotated; 4: the agent wrote into the new log file: {output:?}"
+        step(&groups, "race", "append-to-a-hidden-name-beside-it")["ok"],
+        false,
+        "{groups:#?}"
     );
     let records = all_records(&log);
     assert!(
+        records.iter().all(|r| r.get("op").is_some()),
+        "the logs hold only oxd's records"
+    );
+    assert!(
         protected_denials(&records, "open for writing") > 0,
         "no protected-write record: {records:#?}"
+    );
+    // Each rotation is a new file the guard protects and (once the oldest part goes) forgets:
+    // more rotations than the guard has room for must not leave a file unguarded. A part holds
+    // at most 1024 bytes, so at most 1024 / (shortest line) records.
+    let last_seq = records
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .expect("records");
+    let shortest = all_lines(&log)
+        .iter()
+        .map(|l| l.len() + 1)
+        .min()
+        .expect("lines");
+    let rotations = last_seq / (1024 / shortest) as u64;
+    let room = u64::from(oxd::oxd_common::MAX_PROTECTED_FILES);
+    for part in std::iter::once(log.clone())
+        .chain((1..=5).map(|n| Path::new(&format!("{}.{n}", log.display())).to_owned()))
+    {
+        let size = fs::metadata(&part).expect("the log and 5 parts").len();
+        assert!(
+            size <= 1024,
+            "{} has {size} bytes: a rotation failed",
+            part.display()
+        );
+    }
+    assert!(
+        rotations > room,
+        "at least {rotations} rotations ({last_seq} records): more than the guard's {room} \
+         files are needed to show it forgets deleted parts"
     );
 }

@@ -26,8 +26,78 @@ pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
             [protected, work] => attrs(Path::new(protected), Path::new(work)),
             _ => Outcome::Usage("fs-attrs PROTECTED_DIR WORK_DIR".into()),
         },
+        "fs-rotation-race" => match args {
+            [log, denied] => rotation_race(Path::new(log), Path::new(denied)),
+            _ => Outcome::Usage("fs-rotation-race LOG DENIED_FILE".into()),
+        },
         _ => return None,
     })
+}
+
+/// Races oxd's rotation of its audit log `log`: opens of `denied` make records until `log.1`
+/// appears, then for a second the log's name and every hidden name next to it are opened for
+/// appending as fast as possible, and `forged` written where one opens. The refused appends
+/// are records too: the log goes on rotating while the agent tries.
+fn rotation_race(log: &Path, denied: &Path) -> Outcome {
+    use std::{
+        fs::OpenOptions,
+        io::Write as _,
+        sync::atomic::{AtomicBool, Ordering},
+        time::{Duration, Instant},
+    };
+    static STOP: AtomicBool = AtomicBool::new(false);
+    let denied = denied.to_owned();
+    let noise = std::thread::spawn(move || {
+        while !STOP.load(Ordering::Relaxed) {
+            let _ = std::fs::File::open(&denied);
+        }
+    });
+    let mut first = log.as_os_str().to_owned();
+    first.push(".1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::symlink_metadata(&first).is_err() {
+        if Instant::now() > deadline {
+            STOP.store(true, Ordering::Relaxed);
+            let _ = noise.join();
+            return Outcome::Setup("the log never rotated in 30 s".into());
+        }
+        std::hint::spin_loop();
+    }
+    // From here on the refused appends make the records that rotate the log.
+    STOP.store(true, Ordering::Relaxed);
+    let _ = noise.join();
+    let dir = log.parent().unwrap_or(Path::new("."));
+    // The log's name is also created if missing; a hidden name is not (it may have been renamed
+    // to the log's name since it was listed: a file made there would be the agent's own).
+    let append = |path: &Path, create: bool| {
+        OpenOptions::new()
+            .append(true)
+            .create(create)
+            .open(path)
+            .and_then(|mut f| f.write_all(b"forged\n"))
+    };
+    let (mut by_name, mut hidden) = (append(log, true), None);
+    let end = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < end {
+        if by_name.is_err() {
+            by_name = append(log, true);
+        }
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            if name.as_bytes().starts_with(b".") && hidden.as_ref().is_none_or(Result::is_err) {
+                match append(&entry.path(), false) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    tried => hidden = Some(tried),
+                }
+            }
+        }
+    }
+    step("append-to-the-log-after-rotation", &by_name);
+    step(
+        "append-to-a-hidden-name-beside-it",
+        &hidden.unwrap_or_else(|| Err(io::Error::other("no hidden name seen"))),
+    );
+    Outcome::Done
 }
 
 fn c(path: &Path) -> CString {

@@ -77,7 +77,7 @@ use std::{
     io::{Read, Seek, SeekFrom, Write},
     net::{Ipv6Addr, SocketAddr, SocketAddrV6},
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use nix::time::{clock_gettime, ClockId};
@@ -857,22 +857,30 @@ pub struct AuditLog {
     prev: String,
     filter: RecordFilter,
     rotation: Option<Rotation>,
-    /// Told the path of each new file a rotation opens (oxd protects it from the agent).
-    on_new_file: Option<NewFileHook>,
+    /// Told of each file a rotation makes or deletes (oxd protects the new ones from the agent
+    /// and forgets the deleted ones).
+    on_new_file: Option<FileHook>,
 }
 
-/// What [`AuditLog::on_new_file`] calls with each new file's path.
-pub type NewFileHook = Box<dyn FnMut(&Path) + Send>;
+/// A file a rotation makes or deletes, as [`AuditLog::on_new_file`]'s hook is told of it.
+#[derive(Clone, Copy, Debug)]
+pub enum FileChange<'a> {
+    /// A new file, reachable at this path: it becomes the log once the hook returns `Ok`.
+    New(&'a Path),
+    /// The oldest part, deleted by name and still open at this path (`/proc/self/fd/N`).
+    Gone(&'a Path),
+}
 
-/// An [`AuditLog::on_new_file`] callback that protects each new file with `files`.
-pub fn protect_each(mut files: crate::enforcer::FileGuard) -> NewFileHook {
-    Box::new(move |path| {
-        if let Err(e) = files.protect(path, false) {
-            tracing::error!(
-                "cannot protect the new audit log file {}: {e}",
-                path.display()
-            );
-        }
+/// What [`AuditLog::on_new_file`] calls; an error on [`FileChange::New`] stops the rotation
+/// (the records go on into the current file, and a later record tries again).
+pub type FileHook = Box<dyn FnMut(FileChange<'_>) -> Result<(), String> + Send>;
+
+/// An [`AuditLog::on_new_file`] hook that protects each new file with `files` and forgets each
+/// deleted one.
+pub fn protect_each(mut files: crate::enforcer::FileGuard) -> FileHook {
+    Box::new(move |change| match change {
+        FileChange::New(path) => files.protect(path, false).map_err(|e| e.to_string()),
+        FileChange::Gone(path) => files.unprotect(path).map_err(|e| e.to_string()),
     })
 }
 
@@ -902,21 +910,159 @@ impl Rotation {
         PathBuf::from(name)
     }
 
-    /// Shifts the parts and opens a fresh file.
-    fn rotate(&mut self) -> std::io::Result<std::fs::File> {
-        let _ = std::fs::remove_file(self.part(self.keep));
+    /// Shifts the parts and opens a fresh file, which `hook` is told of before the log's name
+    /// reaches it.
+    ///
+    /// The log's name never goes missing and never names an unprotected file: the new file is
+    /// made without a name (`O_TMPFILE`; or under a fresh name of its own where the file system
+    /// cannot), protected, given a name of its own, and then renamed over the log's name, which
+    /// is atomic. The current file gets its `.1` name as a hard link first. An agent waiting for
+    /// `FILE.1` to appear finds `FILE` protected already. If the new file cannot be protected
+    /// there is no rotation (the error says why).
+    fn rotate(&mut self, mut hook: Option<&mut FileHook>) -> std::io::Result<std::fs::File> {
+        let (file, fresh) = self.fresh_file()?;
+        if let Some(hook) = hook.as_mut() {
+            if let Err(e) = hook(FileChange::New(&fresh)) {
+                if !fresh.starts_with("/proc/self/fd") {
+                    let _ = std::fs::remove_file(&fresh);
+                }
+                return Err(std::io::Error::other(format!(
+                    "cannot protect the new file: {e}"
+                )));
+            }
+        }
+        let named = self.name_fresh_file(&fresh)?;
+        self.delete_oldest(hook);
         for n in (1..self.keep).rev() {
             let from = self.part(n);
             if from.exists() {
                 std::fs::rename(&from, self.part(n + 1))?;
             }
         }
-        std::fs::rename(&self.path, self.part(1))?;
+        let first = self.part(1);
+        let linked = std::fs::hard_link(&self.path, &first).or_else(|_| {
+            // Someone made a FILE.1 since: it goes; or links are not possible here.
+            let _ = std::fs::remove_file(&first);
+            std::fs::hard_link(&self.path, &first)
+        });
+        if linked.is_err() {
+            std::fs::rename(&self.path, &first)?;
+        }
+        std::fs::rename(&named, &self.path)?;
         self.written = 0;
-        std::fs::OpenOptions::new()
-            .create(true)
+        Ok(file)
+    }
+
+    /// Deletes the oldest part, then tells `hook` of it while it is still open (so the guard
+    /// forgets it: no name is left unprotected in between).
+    fn delete_oldest(&self, hook: Option<&mut FileHook>) {
+        let oldest = self.part(self.keep);
+        let Ok(held) = std::fs::File::open(&oldest) else {
+            return;
+        };
+        if std::fs::remove_file(&oldest).is_err() {
+            return;
+        }
+        if let Some(hook) = hook {
+            use std::os::fd::AsRawFd;
+            let open = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
+            if let Err(e) = hook(FileChange::Gone(&open)) {
+                tracing::warn!("the deleted part {} stays guarded: {e}", oldest.display());
+            }
+        }
+    }
+
+    /// The new file, opened for appending, and a path that reaches it now.
+    fn fresh_file(&self) -> std::io::Result<(std::fs::File, PathBuf)> {
+        use std::os::{
+            fd::AsRawFd,
+            unix::fs::{OpenOptionsExt, PermissionsExt},
+        };
+        let mode = std::fs::metadata(&self.path).map_or(0o600, |m| m.permissions().mode() & 0o777);
+        let dir = self.dir();
+        match std::fs::OpenOptions::new()
+            .read(true)
             .append(true)
-            .open(&self.path)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(mode)
+            .open(&dir)
+        {
+            Ok(file) => {
+                // The file has no name yet: the process's own descriptor reaches it.
+                let fresh = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                return Ok((file, fresh));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
+            Err(e) => return Err(e),
+        }
+        let mut tries = 0;
+        loop {
+            let fresh = self.temporary_name();
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&fresh)
+            {
+                Ok(file) => return Ok((file, fresh)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => {
+                    tries += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Gives the fresh file a name of its own next to the log (it has one already unless it was
+    /// made by `O_TMPFILE`).
+    fn name_fresh_file(&self, fresh: &Path) -> std::io::Result<PathBuf> {
+        if !fresh.starts_with("/proc/self/fd") {
+            return Ok(fresh.to_owned());
+        }
+        let mut tries = 0;
+        loop {
+            let name = self.temporary_name();
+            match nix::unistd::linkat(
+                None,
+                fresh,
+                None,
+                &name,
+                nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+            ) {
+                Ok(()) => return Ok(name),
+                Err(nix::errno::Errno::EEXIST) if tries < 16 => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// `.FILE.oxd-RANDOM` next to the log: an agent that can write to the directory cannot
+    /// take the names in advance.
+    fn temporary_name(&self) -> PathBuf {
+        let mut random = [0u8; 8];
+        // SAFETY: getrandom writes at most `random.len()` bytes into the buffer.
+        let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+        if got != 8 {
+            // No entropy (never on a booted system): the clock, which is still unlikely.
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let nanos = now.as_secs() << 30 ^ u64::from(now.subsec_nanos());
+            random = (nanos ^ u64::from(std::process::id()) << 44).to_ne_bytes();
+        }
+        let mut name = std::ffi::OsString::from(".");
+        name.push(self.path.file_name().unwrap_or_default());
+        name.push(format!(".oxd-{:016x}", u64::from_ne_bytes(random)));
+        self.dir().join(name)
     }
 }
 
@@ -933,8 +1079,8 @@ impl AuditLog {
         }
     }
 
-    /// Calls `f` with the path of each new file a rotation opens.
-    pub fn on_new_file(&mut self, f: NewFileHook) {
+    /// Tells `f` of each file a rotation makes or deletes ([`FileChange`]).
+    pub fn on_new_file(&mut self, f: FileHook) {
         self.on_new_file = Some(f);
     }
 
@@ -1021,9 +1167,17 @@ impl AuditLog {
             let size = line.len() as u64 + 1;
             if rotation.written > 0 && rotation.written + size > rotation.max_bytes {
                 self.out.flush()?;
-                self.out = Box::new(std::io::BufWriter::new(rotation.rotate()?));
-                if let Some(f) = &mut self.on_new_file {
-                    f(&rotation.path);
+                match rotation.rotate(self.on_new_file.as_mut()) {
+                    Ok(file) => self.out = Box::new(std::io::BufWriter::new(file)),
+                    Err(e) => {
+                        // The records go on into the current file, which stays guarded; the
+                        // next try is once another `max_bytes` are written.
+                        tracing::error!(
+                            "cannot rotate the audit log {}: {e}",
+                            rotation.path.display()
+                        );
+                        rotation.written = 0;
+                    }
                 }
             }
             rotation.written += size;
@@ -1695,6 +1849,107 @@ mod tests {
         )
         .unwrap();
         assert_eq!((null.seq, null.rotation.is_none()), (0, true));
+    }
+
+    #[test]
+    fn a_rotation_protects_the_new_file_before_the_logs_name_reaches_it() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.jsonl");
+        let policy = Policy::parse(Path::new("p.toml"), "[network]\n").unwrap();
+        let mut audit =
+            AuditLog::append(&log, RecordFilter::All, Some(Rotation::new(300, 2))).unwrap();
+        // What the hook saw: the new file's inode, and the inode the log's name held then.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (hook_seen, hook_log) = (seen.clone(), log.clone());
+        let gone = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hook_gone = gone.clone();
+        audit.on_new_file(Box::new(move |change| {
+            match change {
+                FileChange::New(path) => {
+                    let new = std::fs::metadata(path).unwrap().ino();
+                    let named = std::fs::metadata(&hook_log).unwrap().ino();
+                    hook_seen.lock().unwrap().push((new, named));
+                }
+                // Deleted by name, still open.
+                FileChange::Gone(path) => {
+                    hook_gone
+                        .lock()
+                        .unwrap()
+                        .push(std::fs::metadata(path).unwrap().ino());
+                }
+            }
+            Ok(())
+        }));
+        let mut inodes = vec![std::fs::metadata(&log).unwrap().ino()];
+        for _ in 0..12 {
+            audit.write_lost(Some(&policy), 1).unwrap();
+            audit.flush().unwrap();
+            let now = std::fs::metadata(&log).unwrap().ino();
+            if inodes.last() != Some(&now) {
+                inodes.push(now);
+            }
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.len() >= 2, "rotated at least twice: {seen:?}");
+        for (i, (new, named)) in seen.iter().enumerate() {
+            // Protected first, under the log's name only after.
+            assert_eq!(*named, inodes[i], "{seen:?} {inodes:?}");
+            assert_eq!(*new, inodes[i + 1], "{seen:?} {inodes:?}");
+        }
+        // Each part deleted was one of the files the log had been.
+        let gone = gone.lock().unwrap().clone();
+        assert_eq!(gone.len(), seen.len() - 2, "{gone:?} {seen:?}");
+        assert_eq!(gone, inodes[..gone.len()], "{gone:?} {inodes:?}");
+        // No temporary name is left behind; the parts are whole.
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a.jsonl", "a.jsonl.1", "a.jsonl.2"]);
+        let files = [
+            dir.path().join("a.jsonl.2"),
+            dir.path().join("a.jsonl.1"),
+            log,
+        ];
+        let report = read::verify(&files, true).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn a_new_file_that_cannot_be_protected_is_not_rotated_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.jsonl");
+        let policy = Policy::parse(Path::new("p.toml"), "[network]\n").unwrap();
+        let mut audit =
+            AuditLog::append(&log, RecordFilter::All, Some(Rotation::new(300, 2))).unwrap();
+        let tries = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let hook_tries = tries.clone();
+        audit.on_new_file(Box::new(move |change| match change {
+            FileChange::New(_) => {
+                hook_tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err("the guard's map is full".into())
+            }
+            FileChange::Gone(_) => Ok(()),
+        }));
+        for _ in 0..12 {
+            audit.write_lost(Some(&policy), 1).unwrap();
+        }
+        audit.flush().unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.jsonl"], "no part, no temporary name left");
+        let attempts = tries.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            (2..12).contains(&attempts),
+            "tried again after each max_bytes, not on every record: {attempts}"
+        );
+        let report = read::verify(&[log], false).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.records, 12);
     }
 
     #[test]

@@ -37,8 +37,9 @@ pub(crate) struct DaemonArgs {
     /// Rotate the audit log when it would grow past this many bytes (FILE -> FILE.1 -> ...).
     #[arg(long, value_name = "BYTES")]
     audit_max_bytes: Option<u64>,
-    /// How many rotated parts to keep.
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    /// How many rotated parts to keep (1 to 256; each is guarded from the agent).
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(oxd_common::MAX_AUDIT_KEEP)))]
     audit_keep: u32,
     /// Which decisions to record; decided in the kernel, so unrecorded decisions never reach
     /// the ring buffer.

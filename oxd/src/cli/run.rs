@@ -45,8 +45,9 @@ pub(crate) struct RunArgs {
     /// Rotate the audit log when it would grow past this many bytes (FILE -> FILE.1 -> ...).
     #[arg(long, value_name = "BYTES", requires = "audit_log")]
     audit_max_bytes: Option<u64>,
-    /// How many rotated parts to keep.
-    #[arg(long, value_name = "N", default_value_t = 5)]
+    /// How many rotated parts to keep (1 to 256; each is guarded from the agent).
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(oxd_common::MAX_AUDIT_KEEP)))]
     audit_keep: u32,
     /// Serve Prometheus metrics (`OpenMetrics` text) on this address, at /metrics.
     #[arg(long, value_name = "ADDR")]
