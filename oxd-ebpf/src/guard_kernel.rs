@@ -338,12 +338,13 @@ pub(crate) fn block_device_write(ctx: &LsmContext) -> i32 {
         return 0;
     }
     let inode = offsets::file_inode(file);
-    // SAFETY: BTF-checked loads of `inode.i_mode` and `inode.i_rdev` (see `crate::offsets`).
-    let (i_mode, rdev) = unsafe {
-        (
-            *(inode.add(offset(&INODE_I_MODE_OFFSET)).cast::<u16>()),
-            *(inode.add(offset(&INODE_I_RDEV_OFFSET)).cast::<u32>()),
-        )
+    // Unreadable: not a block device as far as this check can tell (the open itself is then
+    // decided by the policy's rules, as any open).
+    let (Some(i_mode), Some(rdev)) = (
+        offsets::read_at::<u16>(inode, &INODE_I_MODE_OFFSET),
+        offsets::read_at::<u32>(inode, &INODE_I_RDEV_OFFSET),
+    ) else {
+        return 0;
     };
     if i_mode & S_IFMT != S_IFBLK {
         return 0;

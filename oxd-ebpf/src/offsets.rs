@@ -10,11 +10,19 @@
 //! The accessors take the `struct file *`, `struct linux_binprm *` or
 //! `struct vm_area_struct *` a hook was given. Loads
 //! through such BTF pointers are checked by the verifier and cannot fault (the kernel turns
-//! them into exception-handled loads), so they are safe functions.
+//! them into exception-handled loads), so they are safe functions. Where only a number is
+//! wanted at the end of a chain of pointers (an inode's identity, a file system's magic), the
+//! chain is read with `bpf_probe_read_kernel` instead: each pointer loaded through BTF costs
+//! the verifier a search of the kernel's BTF by name (is the pointed-to type trusted?), which
+//! on 6.12 is a linear scan of every type, at every visit of every such load: seconds of CPU
+//! per load of the programs.
 
 use core::ptr::read_volatile;
 
 use aya_ebpf::bindings::path;
+
+/// Offset 0: `struct path`'s first member, `mnt`.
+static ZERO_OFFSET: u32 = 0;
 
 /// Offset of `file` in `struct linux_binprm`.
 #[no_mangle]
@@ -100,18 +108,12 @@ pub(crate) fn file_flags(file: *const u8) -> u32 {
     unsafe { *(file.add(offset(&FILE_F_FLAGS_OFFSET)).cast::<u32>()) }
 }
 
-/// The identity of the file: (`file->f_inode->i_ino`, `file->f_inode->i_sb->s_dev`).
+/// The identity of the file: (`file->f_inode->i_ino`, `file->f_inode->i_sb->s_dev`); (0, 0)
+/// if it cannot be read.
 #[inline(always)]
 pub(crate) fn file_identity(file: *const u8) -> (u64, u32) {
-    // SAFETY: BTF-checked loads of `file.f_inode`, `inode.i_ino`, `inode.i_sb` and
-    // `super_block.s_dev` (module docs).
-    unsafe {
-        let inode = *(file.add(offset(&FILE_F_INODE_OFFSET)).cast::<*const u8>());
-        let ino = *(inode.add(offset(&INODE_I_INO_OFFSET)).cast::<u64>());
-        let sb = *(inode.add(offset(&INODE_I_SB_OFFSET)).cast::<*const u8>());
-        let dev = *(sb.add(offset(&SB_S_DEV_OFFSET)).cast::<u32>());
-        (ino, dev)
-    }
+    let inode = read_at::<u64>(file as u64, &FILE_F_INODE_OFFSET).unwrap_or(0);
+    inode_identity(inode as *const u8)
 }
 
 /// `vma->vm_file`: the file a mapping maps, null for anonymous memory.
@@ -128,14 +130,11 @@ pub(crate) fn vma_flags(vma: *const u8) -> u64 {
     unsafe { *(vma.add(offset(&VMA_VM_FLAGS_OFFSET)).cast::<u64>()) }
 }
 
-/// `file->f_inode->i_flags` (`S_*` bits).
+/// `file->f_inode->i_flags` (`S_*` bits); 0 if they cannot be read.
 #[inline(always)]
 pub(crate) fn file_inode_flags(file: *const u8) -> u32 {
-    // SAFETY: BTF-checked loads of `file.f_inode` and `inode.i_flags` (module docs).
-    unsafe {
-        let inode = *(file.add(offset(&FILE_F_INODE_OFFSET)).cast::<*const u8>());
-        *(inode.add(offset(&INODE_I_FLAGS_OFFSET)).cast::<u32>())
-    }
+    let inode = read_at::<u64>(file as u64, &FILE_F_INODE_OFFSET).unwrap_or(0);
+    read_at::<u32>(inode, &INODE_I_FLAGS_OFFSET).unwrap_or(0)
 }
 
 // namespaces
@@ -160,11 +159,11 @@ static MOUNT_MNT_OFFSET: u32 = 0;
 #[no_mangle]
 static MOUNT_MNT_NS_OFFSET: u32 = 0;
 
-/// `cred->user_ns`: the user namespace a credential's capabilities belong to.
+/// `cred->user_ns`: the user namespace a credential's capabilities belong to, as an address
+/// (null if it cannot be read).
 #[inline(always)]
 pub(crate) fn cred_user_ns(cred: *const u8) -> *const u8 {
-    // SAFETY: a BTF-checked load of `cred.user_ns` (module docs).
-    unsafe { *(cred.add(offset(&CRED_USER_NS_OFFSET)).cast::<*const u8>()) }
+    read_at::<u64>(cred as u64, &CRED_USER_NS_OFFSET).unwrap_or(0) as *const u8
 }
 
 /// The mount namespace of the mount `file` lives on (`real_mount(file->f_path.mnt)->mnt_ns`):
@@ -175,7 +174,10 @@ pub(crate) fn file_mnt_ns(file: *const u8) -> u64 {
     // SAFETY: a BTF-checked load of `file.f_path.mnt` (`mnt` is the first member of
     // `struct path`), then a fault-tolerant read of the enclosing `struct mount`'s `mnt_ns`.
     unsafe {
-        let vfsmount = *(file_path(file).cast::<u64>());
+        let vfsmount = read_at::<u64>(file_path(file) as u64, &ZERO_OFFSET).unwrap_or(0);
+        if vfsmount == 0 {
+            return 0;
+        }
         let field = vfsmount
             .wrapping_sub(offset(&MOUNT_MNT_OFFSET) as u64)
             .wrapping_add(offset(&MOUNT_MNT_NS_OFFSET) as u64);
@@ -265,7 +267,7 @@ static UNIX_ADDRESS_NAME_OFFSET: u32 = 0;
 /// Reads the `T` at `base + offset(global)` of kernel memory; `None` if `base` is null or the
 /// read fails.
 #[inline(always)]
-fn read_at<T>(base: u64, global: &'static u32) -> Option<T> {
+pub(crate) fn read_at<T>(base: u64, global: &'static u32) -> Option<T> {
     if base == 0 {
         return None;
     }
@@ -374,50 +376,32 @@ static QSTR_LEN_OFFSET: u32 = 0;
 #[no_mangle]
 static QSTR_NAME_OFFSET: u32 = 0;
 
-/// `path->dentry`.
+/// `path->dentry`, as an address for further reads (null if it cannot be read).
 #[inline(always)]
 pub(crate) fn path_dentry(path: *const path) -> *const u8 {
-    // SAFETY: a BTF-checked load of `path.dentry` (module docs).
-    unsafe {
-        *(path
-            .cast::<u8>()
-            .add(offset(&PATH_DENTRY_OFFSET))
-            .cast::<*const u8>())
-    }
+    read_at::<u64>(path as u64, &PATH_DENTRY_OFFSET).unwrap_or(0) as *const u8
 }
 
-/// `dentry->d_inode`: null for a name that does not exist (yet).
+/// `dentry->d_inode`: null for a name that does not exist (yet), or if it cannot be read.
 #[inline(always)]
 pub(crate) fn dentry_inode(dentry: *const u8) -> *const u8 {
-    // SAFETY: a BTF-checked load of `dentry.d_inode` (module docs).
-    unsafe {
-        *(dentry
-            .add(offset(&DENTRY_D_INODE_OFFSET))
-            .cast::<*const u8>())
-    }
+    read_at::<u64>(dentry as u64, &DENTRY_D_INODE_OFFSET).unwrap_or(0) as *const u8
 }
 
-/// `dentry->d_parent` (a dentry is its own parent at the root of its file system).
+/// `dentry->d_parent` (a dentry is its own parent at the root of its file system); null if it
+/// cannot be read.
 #[inline(always)]
 pub(crate) fn dentry_parent(dentry: *const u8) -> *const u8 {
-    // SAFETY: a BTF-checked load of `dentry.d_parent` (module docs).
-    unsafe {
-        *(dentry
-            .add(offset(&DENTRY_D_PARENT_OFFSET))
-            .cast::<*const u8>())
-    }
+    read_at::<u64>(dentry as u64, &DENTRY_D_PARENT_OFFSET).unwrap_or(0) as *const u8
 }
 
-/// The identity of an inode: (`inode->i_ino`, `inode->i_sb->s_dev`).
+/// The identity of an inode: (`inode->i_ino`, `inode->i_sb->s_dev`); (0, 0) if it cannot be
+/// read.
 #[inline(always)]
 pub(crate) fn inode_identity(inode: *const u8) -> (u64, u32) {
-    // SAFETY: BTF-checked loads of `inode.i_ino`, `inode.i_sb` and `super_block.s_dev`.
-    unsafe {
-        let ino = *(inode.add(offset(&INODE_I_INO_OFFSET)).cast::<u64>());
-        let sb = *(inode.add(offset(&INODE_I_SB_OFFSET)).cast::<*const u8>());
-        let dev = *(sb.add(offset(&SB_S_DEV_OFFSET)).cast::<u32>());
-        (ino, dev)
-    }
+    let ino = read_at::<u64>(inode as u64, &INODE_I_INO_OFFSET).unwrap_or(0);
+    let sb = read_at::<u64>(inode as u64, &INODE_I_SB_OFFSET).unwrap_or(0);
+    (ino, read_at::<u32>(sb, &SB_S_DEV_OFFSET).unwrap_or(0))
 }
 
 /// Offset of `mnt_parent` in `struct mount`.
@@ -457,16 +441,10 @@ pub(crate) fn walk_offsets() -> WalkOffsets {
     }
 }
 
-/// `path->mnt`, as an address.
+/// `path->mnt`, as an address (0 if it cannot be read).
 #[inline(always)]
 pub(crate) fn path_mnt(path: *const path) -> u64 {
-    // SAFETY: a BTF-checked load of `path.mnt` (module docs).
-    unsafe {
-        *(path
-            .cast::<u8>()
-            .add(offset(&PATH_MNT_OFFSET))
-            .cast::<u64>())
-    }
+    read_at::<u64>(path as u64, &PATH_MNT_OFFSET).unwrap_or(0)
 }
 
 // Unix socket rules (`[ipc] unix_allow`/`unix_deny`, see `crate::unix`).
@@ -538,11 +516,10 @@ static TASK_REAL_CRED_OFFSET: u32 = 0;
 #[no_mangle]
 static IATTR_IA_VALID_OFFSET: u32 = 0;
 
-/// `dentry->d_sb`, as an address.
+/// `dentry->d_sb`, as an address (0 if it cannot be read).
 #[inline(always)]
 pub(crate) fn dentry_sb(dentry: *const u8) -> u64 {
-    // SAFETY: a BTF-checked load of `dentry.d_sb` (module docs).
-    unsafe { *(dentry.add(offset(&DENTRY_D_SB_OFFSET)).cast::<u64>()) }
+    read_at::<u64>(dentry as u64, &DENTRY_D_SB_OFFSET).unwrap_or(0)
 }
 
 /// `attr->ia_valid`: the `ATTR_*` bits of what a `setattr` changes.
@@ -599,11 +576,10 @@ pub(crate) fn mount_scan_offsets() -> MountScanOffsets {
 
 // The guard (`guard_kernel.rs`).
 
-/// `file->f_inode`, as a BTF pointer for loads at the guard's inode offsets.
+/// `file->f_inode`, as an address (0 if it cannot be read).
 #[inline(always)]
-pub(crate) fn file_inode(file: *const u8) -> *const u8 {
-    // SAFETY: a BTF-checked load of `file.f_inode` (module docs).
-    unsafe { *(file.add(offset(&FILE_F_INODE_OFFSET)).cast::<*const u8>()) }
+pub(crate) fn file_inode(file: *const u8) -> u64 {
+    read_at::<u64>(file as u64, &FILE_F_INODE_OFFSET).unwrap_or(0)
 }
 
 // The guard's kernel file systems (`guard_fs.rs`): which file system an inode is on, the
@@ -646,14 +622,12 @@ static PID_TASKS_OFFSET: u32 = 0;
 #[no_mangle]
 static TASK_PID_LINKS_OFFSET: u32 = 0;
 
-/// `inode->i_sb->s_magic`: the magic number of the file system `inode` is on.
+/// `inode->i_sb->s_magic`: the magic number of the file system `inode` is on; 0 if it cannot
+/// be read.
 #[inline(always)]
 pub(crate) fn inode_sb_magic(inode: *const u8) -> u64 {
-    // SAFETY: BTF-checked loads of `inode.i_sb` and `super_block.s_magic` (module docs).
-    unsafe {
-        let sb = *(inode.add(offset(&INODE_I_SB_OFFSET)).cast::<*const u8>());
-        *(sb.add(offset(&SB_S_MAGIC_OFFSET)).cast::<u64>())
-    }
+    let sb = read_at::<u64>(inode as u64, &INODE_I_SB_OFFSET).unwrap_or(0);
+    read_at::<u64>(sb, &SB_S_MAGIC_OFFSET).unwrap_or(0)
 }
 
 /// `inode->i_private`, as an address.
