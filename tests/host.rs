@@ -445,6 +445,190 @@ fn oxd_run_under_a_flood_accounts_for_every_decision() {
     drop(sink);
 }
 
+/// Runs `oxd run` with `flags` on the network policy allowing `port`, the agent running
+/// `oxd-bench-workload udp PORT N` for each `(PORT, N)` of `sends` one after the other; returns
+/// the workload's result lines and the audit log's records, after `audit verify` passed.
+fn run_udp_sends(
+    scratch: &Scratch,
+    flags: &[&str],
+    port: u16,
+    sends: &[(u16, u64)],
+) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let policy = scratch.policy(&net_policy(port));
+    let log = scratch.path("audit.jsonl");
+    let workload = oxd_bin().with_file_name("oxd-bench-workload");
+    assert!(
+        workload.is_file(),
+        "oxd-bench-workload not found next to oxd at {} (build oxd-tests)",
+        workload.display()
+    );
+    let script = sends
+        .iter()
+        .map(|(port, n)| format!("\"$W\" udp {port} {n}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let output = Command::new(oxd_bin())
+        .arg("run")
+        .args(flags)
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&log)
+        .args(["--", "/bin/sh", "-c"])
+        .arg(format!("W='{}'; {script}; true", workload.display()))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn oxd run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "oxd run failed: {:?}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(results.len(), sends.len(), "{stdout}");
+    let verify = Command::new(oxd_bin())
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .expect("run oxd audit verify");
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && out.contains("match the kernel's counts"),
+        "{out}"
+    );
+    (results, audit_records(&log))
+}
+
+/// The sum of the counts of the `tally` records with `why`, and of what they count, by
+/// (op, decision, rule).
+fn tallies(records: &[serde_json::Value], why: &str) -> u64 {
+    records
+        .iter()
+        .filter(|r| r["op"] == "tally" && r["why"] == why)
+        .map(|r| r["count"].as_u64().expect("a tally has a count"))
+        .sum()
+}
+
+#[test]
+fn record_counted_counts_allowed_decisions_in_the_kernel_and_records_each_denial() {
+    const ALLOWED: u64 = 3000;
+    const DENIED: u64 = 7;
+    let scratch = Scratch::new("host-record-counted");
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP sink on loopback");
+    let port = sink.local_addr().expect("local addr").port();
+    let denied_port = if port == 65535 { port - 1 } else { port + 1 };
+    let (results, records) = run_udp_sends(
+        &scratch,
+        &["--record", "counted"],
+        port,
+        &[(port, ALLOWED), (denied_port, DENIED)],
+    );
+    assert_eq!(results[0]["errors"], 0, "{results:?}");
+    assert_eq!(results[1]["errors"], DENIED, "{results:?}");
+    // No allowed decision is a record of its own; each denial is.
+    let allowed_records = records
+        .iter()
+        .filter(|r| r["decision"] == "allow" && r["op"] != "tally");
+    assert_eq!(allowed_records.count(), 0, "{records:#?}");
+    let denials = records
+        .iter()
+        .filter(|r| r["op"] == "sendmsg" && r["decision"] == "deny")
+        .count() as u64;
+    assert_eq!(denials, DENIED, "{records:#?}");
+    // The allowed sends, counted under the rule that allowed them.
+    let counted: Vec<_> = records.iter().filter(|r| r["op"] == "tally").collect();
+    assert!(!counted.is_empty(), "{records:#?}");
+    for t in &counted {
+        assert_eq!(
+            (
+                &t["of"],
+                &t["decision"],
+                &t["rule"],
+                &t["why"],
+                &t["policy"]
+            ),
+            (
+                &serde_json::json!("sendmsg"),
+                &serde_json::json!("allow"),
+                &serde_json::json!("network.allow[0]"),
+                &serde_json::json!("counted"),
+                &serde_json::json!("host-net"),
+            ),
+            "{t}"
+        );
+    }
+    assert_eq!(tallies(&records, "counted"), ALLOWED, "{counted:#?}");
+    let counts = records
+        .iter()
+        .find(|r| r["op"] == "counts")
+        .expect("counts");
+    assert_eq!(counts["tallied"], ALLOWED, "{counts}");
+    assert_eq!(counts["submitted"], DENIED, "{counts}");
+    drop(sink);
+}
+
+#[test]
+fn record_rate_limits_an_agents_records_in_the_kernel_and_counts_the_rest() {
+    const DENIED: u64 = 20_000;
+    const RATE: u64 = 50;
+    let scratch = Scratch::new("host-record-rate");
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP sink on loopback");
+    let port = sink.local_addr().expect("local addr").port();
+    let denied_port = if port == 65535 { port - 1 } else { port + 1 };
+    let started = Instant::now();
+    let (results, records) = run_udp_sends(
+        &scratch,
+        &["--record-rate", &RATE.to_string()],
+        port,
+        &[(denied_port, DENIED)],
+    );
+    let seconds = started.elapsed().as_secs() + 2;
+    // Every send was refused: the limit is on records, never on decisions.
+    assert_eq!(results[0]["errors"], DENIED, "{results:?}");
+    let recorded = records
+        .iter()
+        .filter(|r| r["op"] == "sendmsg" && r["decision"] == "deny")
+        .count() as u64;
+    let suppressed = tallies(&records, "rate-limited");
+    eprintln!("{recorded} denials recorded, {suppressed} rate-limited");
+    assert_eq!(
+        recorded + suppressed,
+        DENIED,
+        "each denial recorded or counted"
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    assert!(
+        recorded <= RATE * cpus * seconds,
+        "{recorded} records in about {seconds} s on {cpus} CPUs at {RATE}/s each"
+    );
+    assert!(
+        recorded >= RATE.min(DENIED),
+        "the first {RATE} are recorded: {recorded}"
+    );
+    let counts = records
+        .iter()
+        .find(|r| r["op"] == "counts")
+        .expect("counts");
+    assert_eq!(counts["suppressed"], suppressed, "{counts}");
+    for t in records.iter().filter(|r| r["op"] == "tally") {
+        assert_eq!(
+            (&t["of"], &t["decision"], &t["rule"]),
+            (
+                &serde_json::json!("sendmsg"),
+                &serde_json::json!("deny"),
+                &serde_json::json!("default")
+            ),
+            "{t}"
+        );
+    }
+    drop(sink);
+}
+
 #[test]
 fn audit_log_hash_chain_verifies_and_catches_an_edit() {
     let scratch = Scratch::new("host-audit-chain");

@@ -92,7 +92,7 @@ fn decisions_and_counts(
 ) -> (Vec<&serde_json::Value>, &serde_json::Value) {
     let decisions = records
         .iter()
-        .filter(|r| r["op"] != "lost" && r["op"] != "counts")
+        .filter(|r| r["op"] != "lost" && r["op"] != "counts" && r["op"] != "tally")
         .collect();
     let counts: Vec<&serde_json::Value> = records.iter().filter(|r| r["op"] == "counts").collect();
     assert_eq!(
@@ -267,8 +267,46 @@ deny = [{{ path = "{short}", access = ["read"] }}]
         1,
         "{records:#?}"
     );
+    let allowed_in_all = decisions
+        .iter()
+        .filter(|r| r["decision"] == "allow")
+        .count() as u64;
+
+    // Denials one by one, allowed decisions counted in the kernel: the same actions, so as
+    // many allowed decisions as recorded above, now in `tally` records by rule.
+    let counted_log = scratch.path("counted.jsonl");
+    let records = run(&counted_log, &["--record", "counted"]);
+    let (decisions, counts) = decisions_and_counts(&records);
+    assert!(
+        decisions.iter().all(|r| r["decision"] == "deny"),
+        "only denials are records of their own: {decisions:#?}"
+    );
+    assert_eq!(counts["submitted"], decisions.len() as u64, "{counts}");
+    assert_eq!(records_for(&records, "open", &short).len(), 1);
+    assert_eq!(records_for(&records, "open", &long).len(), 1);
+    let tallies: Vec<_> = records.iter().filter(|r| r["op"] == "tally").collect();
+    let counted_total: u64 = tallies.iter().filter_map(|t| t["count"].as_u64()).sum();
+    assert!(
+        tallies
+            .iter()
+            .all(|t| t["decision"] == "allow" && t["why"] == "counted" && t["of"] != ""),
+        "{tallies:#?}"
+    );
+    assert!(
+        tallies
+            .iter()
+            .any(|t| t["of"] == "open" && t["rule"] == "default"),
+        "the allowed opens, under the file default: {tallies:#?}"
+    );
+    assert_eq!(counts["tallied"], counted_total, "{counts}");
+    assert_eq!(
+        counted_total, allowed_in_all,
+        "every allowed decision recorded in the `all` run is counted here"
+    );
+
     assert_audit_log_verifies(&denied_log);
     assert_audit_log_verifies(&all_log);
+    assert_audit_log_verifies(&counted_log);
 }
 
 #[test]

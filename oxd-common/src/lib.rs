@@ -31,7 +31,7 @@ pub const PATH_RULE_CAPACITY: u32 = 4 * MAX_PATH_RULES;
 
 /// Version of the layout of the maps oxd pins in bpffs. A daemon only adopts pins of its own
 /// layout version (they live in a directory named after it).
-pub const MAP_LAYOUT_VERSION: u32 = 6;
+pub const MAP_LAYOUT_VERSION: u32 = 7;
 
 /// Most network rules in one policy.
 pub const MAX_NET_RULES: u32 = 16384;
@@ -88,7 +88,51 @@ pub mod record {
     /// Only denials: those enforced, those audit mode would have enforced, and every guard
     /// denial. Allowed decisions never reach the ring buffer.
     pub const DENIED: u32 = 1;
+    /// Every denial; allowed decisions counted in the kernel per rule and operation (`TALLIES`,
+    /// [`super::tally::COUNTED`]) instead of one record each. When the tally map is full an
+    /// allowed decision is recorded as under [`ALL`]: none goes uncounted.
+    pub const COUNTED: u32 = 2;
 }
+
+/// Why a decision was counted in `TALLIES` ([`TallyKey::kind`]) instead of recorded.
+pub mod tally {
+    /// An allowed decision under [`super::record::COUNTED`].
+    pub const COUNTED: u8 = 1;
+    /// A decision over the slot's [`super::Config::record_rate`].
+    pub const SUPPRESSED: u8 = 2;
+}
+
+/// Key of the `TALLIES` per-CPU hash: decisions counted instead of recorded, by the generation,
+/// rule, operation and decision that a record would have named, and why ([`tally`]). User space
+/// reads the sums and writes them as `tally` records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TallyKey {
+    pub generation: u64,
+    pub rule_id: u32,
+    /// The [`op`].
+    pub op: u16,
+    /// [`action::ALLOW`] or [`action::DENY`].
+    pub decision: u8,
+    /// [`tally::COUNTED`] or [`tally::SUPPRESSED`].
+    pub kind: u8,
+}
+
+/// Most keys in `TALLIES`. When it is full, decisions are recorded one by one again.
+pub const MAX_TALLIES: u32 = 16384;
+
+/// A slot's record-rate window on one CPU (`RATE` per-CPU array, by slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    /// `boot_ns >> RATE_WINDOW_SHIFT` of the window.
+    pub window: u64,
+    /// Records sent in the window.
+    pub sent: u64,
+}
+
+/// A rate window is 2^30 ns (1.07 s).
+pub const RATE_WINDOW_SHIFT: u32 = 30;
 
 /// Operations the kernel side decides.
 pub mod op {
@@ -426,10 +470,6 @@ pub mod governs {
 }
 
 /// Settings of the policy in one slot: element `slot` of the `CONFIG` array map.
-#[expect(
-    clippy::pub_underscore_fields,
-    reason = "explicit padding, set by whichever side of the kernel boundary builds the value"
-)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -449,7 +489,7 @@ pub struct Config {
     pub file_read_default: u32,
     /// Default [`action`] for opening a file for writing.
     pub file_write_default: u32,
-    /// What is recorded: [`record::ALL`] or [`record::DENIED`].
+    /// What is recorded: [`record::ALL`], [`record::DENIED`] or [`record::COUNTED`].
     pub record: u32,
     // sockets
     /// [`action`] for ICMP ping sockets: the `[network] icmp` switch, else the network default.
@@ -470,7 +510,9 @@ pub struct Config {
     /// [`action`] for a Unix socket connect or send to a socket outside the agent's
     /// confinement.
     pub ipc_unix_default: u32,
-    pub _pad_ipc: u32,
+    /// The most records the slot sends per rate window ([`RATE_WINDOW_SHIFT`]) on each CPU;
+    /// beyond, decisions are counted as [`tally::SUPPRESSED`] instead. 0: no limit.
+    pub record_rate: u32,
 }
 
 /// Key data of a path rule in an LPM trie: the policy slot, then the path bytes, NUL-padded.
@@ -661,14 +703,19 @@ pub mod counter {
     /// Decisions put into the ring buffer (outputs that succeeded): each one is a record for
     /// user space to read.
     pub const SUBMITTED: u32 = 2;
+    /// Allowed decisions counted in `TALLIES` instead of recorded ([`super::record::COUNTED`]).
+    pub const TALLIED: u32 = 3;
+    /// Decisions over the record rate, counted in `TALLIES` instead of recorded.
+    pub const SUPPRESSED: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 5;
 }
 
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Config, Event, InodeKey, InodeRules, MappedFile, NetKey, NetPrefix, PathKey, RuleValue,
+        Config, Event, InodeKey, InodeRules, MappedFile, NetKey, NetPrefix, PathKey, RateWindow,
+        RuleValue, TallyKey,
     };
 
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have no
@@ -682,6 +729,8 @@ mod user {
     unsafe impl aya::Pod for InodeKey {}
     unsafe impl aya::Pod for InodeRules {}
     unsafe impl aya::Pod for MappedFile {}
+    unsafe impl aya::Pod for TallyKey {}
+    unsafe impl aya::Pod for RateWindow {}
 }
 
 #[cfg(test)]
@@ -696,6 +745,8 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Config>(), 8 + 4 * 8 + 4 * 4 + 4 * 2 + 4 * 2);
         assert_eq!(size_of::<RuleValue>(), 8);
+        assert_eq!(size_of::<TallyKey>(), 16);
+        assert_eq!(size_of::<RateWindow>(), 16);
         assert_eq!(size_of::<PathKey>(), 2 + PATH_KEY_LEN);
         assert_eq!(size_of::<InodeKey>(), 16);
         assert_eq!(size_of::<NetKey>(), 4 + 16);

@@ -48,7 +48,7 @@ const NO_CONFIG: Config = Config {
     namespaces: 0,
     namespaces_rule: 0,
     ipc_unix_default: 0,
-    _pad_ipc: 0,
+    record_rate: 0,
 };
 
 impl Gate {

@@ -10,12 +10,13 @@ use aya_ebpf::{
     },
 };
 use oxd_common::{
-    action, counter, mode, record, Event, EVENT_HEADER_LEN, PATH_BUF_LEN, RULE_DEFAULT,
+    action, counter, mode, record, tally, Event, TallyKey, EVENT_HEADER_LEN, PATH_BUF_LEN,
+    RATE_WINDOW_SHIFT, RULE_DEFAULT,
 };
 
 use crate::{
     confine::Gate,
-    maps::{COUNTERS, EVENTS, SCRATCH},
+    maps::{COUNTERS, EVENTS, RATE, SCRATCH, TALLIES},
 };
 
 /// The errno an LSM hook refuses with (returned negated).
@@ -118,13 +119,24 @@ fn wakeup() -> u64 {
     }
 }
 
-/// Starts the event of a decision the slot records (every decision, or only denials: the
-/// slot's `Config::record`), in the scratch map; fills the fields every operation has
+/// Starts the event of a decision the slot records (every decision, only denials, or denials
+/// with allowed decisions counted: the slot's `Config::record`; and within its
+/// `Config::record_rate`), in the scratch map; fills the fields every operation has
 /// (`path_len` 0: no path) and returns it to be completed and submitted. `None` when the slot
-/// does not record it: an unrecorded decision costs nothing more.
+/// does not record it (or counted it in `TALLIES`): an unrecorded decision costs nothing more.
 #[inline(always)]
 pub(crate) fn start_event(op: u32, gate: &Gate, verdict: &Verdict) -> Option<Pending> {
-    if verdict.decision != action::DENY && gate.config.record == record::DENIED {
+    if verdict.decision != action::DENY {
+        match gate.config.record {
+            record::DENIED => return None,
+            record::COUNTED if tally(op, gate, verdict, tally::COUNTED) => return None,
+            _ => {}
+        }
+    }
+    if gate.config.record_rate != 0
+        && over_rate(gate)
+        && tally(op, gate, verdict, tally::SUPPRESSED)
+    {
         return None;
     }
     let scratch = SCRATCH.get_ptr_mut(0)?;
@@ -168,6 +180,53 @@ pub(crate) fn start_event(op: u32, gate: &Gate, verdict: &Verdict) -> Option<Pen
         gen::bpf_get_current_comm(comm.cast(), TASK_COMM_LEN as u32);
         Some(Pending(event))
     }
+}
+
+/// Counts the decision in `TALLIES` (why: `kind`, an `oxd_common::tally`) instead of recording
+/// it; false when it cannot be counted (the map is full): then it is recorded.
+#[inline(always)]
+fn tally(op: u32, gate: &Gate, verdict: &Verdict, kind: u8) -> bool {
+    let key = TallyKey {
+        generation: gate.config.generation,
+        rule_id: verdict.rule_id,
+        op: op as u16,
+        decision: verdict.decision as u8,
+        kind,
+    };
+    if let Some(count) = TALLIES.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of the element, touched only by this CPU.
+        unsafe { *count += 1 };
+    } else if TALLIES.insert(key, 1u64, 0).is_err() {
+        return false;
+    }
+    count(if kind == tally::COUNTED {
+        counter::TALLIED
+    } else {
+        counter::SUPPRESSED
+    });
+    true
+}
+
+/// Whether the slot has sent its `record_rate` records in this rate window on this CPU; counts
+/// the record as sent when not.
+#[inline(always)]
+fn over_rate(gate: &Gate) -> bool {
+    let Some(state) = RATE.get_ptr_mut(gate.slot) else {
+        return false;
+    };
+    // SAFETY: bpf helper; this CPU's element of the slot, touched only by this CPU.
+    unsafe {
+        let window = bpf_ktime_get_boot_ns() >> RATE_WINDOW_SHIFT;
+        if (*state).window != window {
+            (*state).window = window;
+            (*state).sent = 0;
+        }
+        if (*state).sent >= u64::from(gate.config.record_rate) {
+            return true;
+        }
+        (*state).sent += 1;
+    }
+    false
 }
 
 /// Records that the event's path holds a path of `path_len` bytes (with its NUL), resolved

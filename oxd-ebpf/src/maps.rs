@@ -3,12 +3,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+    },
 };
 use oxd_common::{
     counter, Config, Event, InodeKey, InodeRules, MappedFile, NetKey, NetPrefix, PathKey,
-    RuleValue, MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_POLICY_SLOTS, MAX_PROTECTED_FILES,
-    MAX_PROTECTED_TASKS, NET_PREFIX_CAPACITY, PATH_RULE_CAPACITY, RING_BUF_BYTES,
+    RateWindow, RuleValue, TallyKey, MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_POLICY_SLOTS,
+    MAX_PROTECTED_FILES, MAX_PROTECTED_TASKS, MAX_TALLIES, NET_PREFIX_CAPACITY, PATH_RULE_CAPACITY,
+    RING_BUF_BYTES,
 };
 
 /// Policy settings, one element per policy slot.
@@ -75,6 +78,17 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
 /// Counters, see `oxd_common::counter`.
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Decisions counted instead of recorded (allowed ones under `record::COUNTED`, and those over
+/// a slot's record rate), by `TallyKey`; user space writes the sums as `tally` records.
+#[map]
+pub(crate) static TALLIES: PerCpuHashMap<TallyKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_TALLIES, 0);
+
+/// Each slot's record-rate window, on each CPU.
+#[map]
+pub(crate) static RATE: PerCpuArray<RateWindow> =
+    PerCpuArray::with_max_entries(MAX_POLICY_SLOTS, 0);
 
 /// What [`SCRATCH`] holds: the event being built (see `event::start_event`), whose `path` is
 /// where the path resolvers write a resolved path, and the rule-trie key built from it. The

@@ -265,7 +265,7 @@ fn override_guard_fs_offsets<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a Kerne
 }
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
-const PINNED_MAPS: [&str; 14] = [
+const PINNED_MAPS: [&str; 16] = [
     "CONFIG",
     "CONFINED",
     "EXEC_RULES",
@@ -280,6 +280,8 @@ const PINNED_MAPS: [&str; 14] = [
     "PROTECTED",
     "PROTECTED_FILES",
     "REGISTRAR",
+    "TALLIES",
+    "RATE",
 ];
 
 pub(crate) const LSM_FIX: &str =
@@ -477,6 +479,7 @@ pub fn record_setting(filter: crate::audit::RecordFilter) -> u32 {
     match filter {
         crate::audit::RecordFilter::All => record::ALL,
         crate::audit::RecordFilter::Denied => record::DENIED,
+        crate::audit::RecordFilter::Counted => record::COUNTED,
     }
 }
 
@@ -528,6 +531,8 @@ pub struct Enforcer {
     pin_dir: Option<PathBuf>,
     /// What every slot records ([`LoadOptions::record`]).
     record: u32,
+    /// Every slot's record rate ([`Self::set_record_rate`]).
+    record_rate: u32,
     /// The kernel's BTF as aya parsed it for the load, kept for attaching the BPF-LSM programs
     /// (one parse of `/sys/kernel/btf/vmlinux`, not one per use: parsing it is a noticeable part
     /// of a start); `None` if the kernel has none.
@@ -735,6 +740,7 @@ impl Enforcer {
             enforces_network: true,
             pin_dir: options.pin_dir.clone(),
             record: options.record,
+            record_rate: 0,
             kernel_btf,
         })
     }
@@ -779,18 +785,18 @@ impl Enforcer {
             }
         }
         if !image.net().is_empty() {
-            let mut trie = self.net_prefix_map()?;
-            for entry in image.net() {
-                trie.insert(&Key::new(entry.prefix_len, entry.key), entry.value, 0)
-                    .map_err(map_err(format!(
-                        "insert the rules of network {}",
-                        crate::compile::network_text(entry.network())
-                    )))?;
-            }
+            let net = image.net();
+            let keys: Vec<_> = net.iter().map(|e| Key::new(e.prefix_len, e.key)).collect();
+            let values: Vec<_> = net.iter().map(|e| e.value).collect();
+            self.write_trie("NET_PREFIXES", &keys, &values, |i| {
+                let network = crate::compile::network_text(net[i].network());
+                format!("insert the rules of network {network}")
+            })?;
         }
         // The configuration goes last: until it is there, confined actions fail closed.
         let config = Config {
             record: self.record,
+            record_rate: self.record_rate,
             ..*image.config()
         };
         let mut config_map = self.config_map()?;
@@ -1004,15 +1010,47 @@ impl Enforcer {
     }
 
     fn write_path_rules(&mut self, map: &'static str, entries: &[PathEntry]) -> Result<()> {
-        let mut trie: LpmTrie<_, PathKey, RuleValue> =
+        let keys: Vec<_> = entries
+            .iter()
+            .map(|e| Key::new(e.prefix_len, e.key))
+            .collect();
+        let values: Vec<_> = entries.iter().map(|e| e.value).collect();
+        self.write_trie(map, &keys, &values, |i| {
+            format!("insert rule {} into {map}", entries[i].pattern())
+        })
+    }
+
+    /// Writes `keys[i] -> values[i]` into the trie `map`: in batches where the kernel can (see
+    /// [`crate::batch`]), else one by one. `what(i)` says what element `i` is, for an error
+    /// (built only then: thousands of rules are written here).
+    fn write_trie<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        map: &'static str,
+        keys: &[Key<K>],
+        values: &[V],
+        what: impl Fn(usize) -> String,
+    ) -> Result<()> {
+        let Some(Map::LpmTrie(data)) = self.ebpf.map(map) else {
+            return Err(EnforcerError::Missing(map));
+        };
+        // SAFETY: `K` and `V` are the trie's key and value types (as for the inserts below).
+        match unsafe { crate::batch::update(data.fd().as_fd(), keys, values) } {
+            Ok(()) => return Ok(()),
+            Err(crate::batch::BatchError::Failed { done, source }) => {
+                let error = aya::sys::SyscallError {
+                    call: "bpf_map_update_batch",
+                    io_error: source,
+                };
+                return Err(map_err(what(done))(error.into()));
+            }
+            Err(crate::batch::BatchError::Unsupported) => {}
+        }
+        let mut trie: LpmTrie<_, K, V> =
             LpmTrie::try_from(self.ebpf.map_mut(map).ok_or(EnforcerError::Missing(map))?)
-                .map_err(map_err(format!("open the rule map {map}")))?;
-        for entry in entries {
-            trie.insert(&Key::new(entry.prefix_len, entry.key), entry.value, 0)
-                .map_err(map_err(format!(
-                    "insert rule {} into {map}",
-                    entry.pattern()
-                )))?;
+                .map_err(map_err(format!("open the map {map}")))?;
+        for (i, (key, value)) in keys.iter().zip(values).enumerate() {
+            trie.insert(key, value, 0)
+                .map_err(|e| map_err(what(i))(e))?;
         }
         Ok(())
     }
@@ -1265,6 +1303,33 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Sets how many records every valid slot, and every slot written from now on, sends per
+    /// rate window (about a second) on each CPU; the decisions beyond are counted in the
+    /// kernel's tallies and written as `tally` records. 0: no limit.
+    pub fn set_record_rate(&mut self, rate: u32) -> Result<()> {
+        self.record_rate = rate;
+        let mut config_map = self.config_map()?;
+        for slot in 0..MAX_POLICY_SLOTS {
+            let config = config_map
+                .get(&slot, 0)
+                .map_err(map_err("read a policy configuration"))?;
+            if config.generation == 0 || config.record_rate == rate {
+                continue;
+            }
+            config_map
+                .set(
+                    slot,
+                    Config {
+                        record_rate: rate,
+                        ..config
+                    },
+                    0,
+                )
+                .map_err(map_err("write the policy configuration"))?;
+        }
+        Ok(())
+    }
+
     /// Decisions put into the ring buffer (since the counters were created).
     pub fn submitted_events(&self) -> Result<u64> {
         self.counter_total(counter::SUBMITTED)
@@ -1303,6 +1368,26 @@ impl Enforcer {
         })?;
         let data = MapData::from_fd(fd).map_err(map_err("reopen the counters"))?;
         PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err("open the counters"))
+    }
+
+    /// A second handle on the tallies (decisions counted instead of recorded), for the event
+    /// pump.
+    pub fn tallies(&self) -> Result<aya::maps::PerCpuHashMap<MapData, oxd_common::TallyKey, u64>> {
+        let Some(Map::PerCpuHashMap(data)) = self.ebpf.map("TALLIES") else {
+            return Err(EnforcerError::Missing("TALLIES map"));
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+            map_err("duplicate the tallies' fd")(
+                aya::sys::SyscallError {
+                    call: "fcntl(F_DUPFD_CLOEXEC)",
+                    io_error,
+                }
+                .into(),
+            )
+        })?;
+        let data = MapData::from_fd(fd).map_err(map_err("reopen the tallies"))?;
+        aya::maps::PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+            .map_err(map_err("open the tallies"))
     }
 }
 

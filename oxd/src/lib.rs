@@ -17,6 +17,7 @@
 pub use oxd_common;
 
 pub mod audit;
+pub mod batch;
 pub mod btf;
 pub mod cgroup;
 pub mod compile;

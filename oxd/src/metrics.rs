@@ -88,13 +88,18 @@ impl Metrics {
 
     /// Counts one decision.
     pub fn record(&self, record: &Record) {
+        self.record_many(record, 1);
+    }
+
+    /// Counts `n` decisions like `record` (a tally the kernel counted).
+    pub fn record_many(&self, record: &Record, n: u64) {
         self.decisions
             .get_or_create(&DecisionLabels {
                 op: record.op.clone(),
                 decision: record.decision.clone(),
                 enforced: record.enforced.to_string(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     pub fn set_lost(&self, lost: u64) {

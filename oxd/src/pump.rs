@@ -52,7 +52,7 @@
 //! keep it draining. Losses are then reported a last time, and the totals written.
 
 use std::{
-    borrow::Borrow,
+    borrow::{Borrow, BorrowMut},
     collections::{HashMap, VecDeque},
     os::fd::AsRawFd,
     sync::{
@@ -64,8 +64,8 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use oxd_common::{counter, Event, EVENT_HEADER_LEN, RING_BUF_BYTES};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use oxd_common::{counter, tally, Event, TallyKey, EVENT_HEADER_LEN, RING_BUF_BYTES};
 use tokio::{
     io::unix::AsyncFd,
     sync::{oneshot, Notify},
@@ -73,7 +73,7 @@ use tokio::{
 };
 
 use crate::{
-    audit::{decode_event, AuditLog, Clock, DecodeError, Record, RingTotals},
+    audit::{decode_event, tally_event, AuditLog, Clock, DecodeError, Record, RingTotals},
     metrics::Metrics,
     policy::Policy,
 };
@@ -166,6 +166,8 @@ pub struct PumpStats {
     malformed: AtomicU64,
     reported_lost: AtomicU64,
     lost_reported: Notify,
+    /// The total of each tally already written (see [`Recorder::report_tallies`]).
+    tallies_written: Mutex<Vec<(TallyKey, u64)>>,
 }
 
 impl PumpStats {
@@ -193,6 +195,23 @@ impl PumpStats {
         self.reported_lost.load(Ordering::Relaxed)
     }
 
+    /// The total of each of the kernel's tallies already written, for the daemon's state.
+    pub fn tallies_written(&self) -> Vec<(TallyKey, u64)> {
+        self.tallies_written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts from the tallies an earlier daemon wrote (of the pinned map), before the pump
+    /// starts.
+    pub fn set_tallies_written(&self, written: Vec<(TallyKey, u64)>) {
+        *self
+            .tallies_written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = written;
+    }
+
     /// Resolves after the pump wrote a `lost` record (at once if it did since the last call).
     pub async fn lost_reported(&self) {
         self.lost_reported.notified().await;
@@ -216,6 +235,11 @@ impl<T: Borrow<MapData>> Ring for RingBuf<T> {
 pub trait LossCounter {
     fn lost(&self) -> Result<u64>;
     fn submitted(&self) -> Result<u64>;
+    /// Decisions counted in the kernel's tallies instead of recorded: allowed ones under
+    /// `--record counted`, and those over the record rate.
+    fn tallied(&self) -> Result<(u64, u64)> {
+        Ok((0, 0))
+    }
 }
 
 impl<T: Borrow<MapData>> LossCounter for PerCpuArray<T, u64> {
@@ -232,6 +256,48 @@ impl<T: Borrow<MapData>> LossCounter for PerCpuArray<T, u64> {
             .context("cannot read the submitted-decision counter")?;
         Ok(values.iter().sum())
     }
+
+    fn tallied(&self) -> Result<(u64, u64)> {
+        let sum = |index| -> Result<u64> {
+            let values = self
+                .get(&index, 0)
+                .context("cannot read the tally counters")?;
+            Ok(values.iter().sum())
+        };
+        Ok((sum(counter::TALLIED)?, sum(counter::SUPPRESSED)?))
+    }
+}
+
+/// The kernel's tallies (`TALLIES`): decisions counted instead of recorded, by [`TallyKey`].
+pub trait TallySource: Send {
+    /// Every key with its total (the sum over the CPUs, since the key was made).
+    fn read(&mut self) -> Result<Vec<(TallyKey, u64)>>;
+    /// Removes a key whose generation is gone for good.
+    fn forget(&mut self, key: &TallyKey) -> Result<()>;
+}
+
+impl<T: BorrowMut<MapData> + Borrow<MapData> + Send> TallySource
+    for PerCpuHashMap<T, TallyKey, u64>
+{
+    fn read(&mut self) -> Result<Vec<(TallyKey, u64)>> {
+        let mut all = Vec::new();
+        for entry in self.iter() {
+            match entry {
+                Ok((key, values)) => all.push((key, values.iter().sum())),
+                // Removed while listed: its counts were reported before it was.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("cannot read the tallies"),
+            }
+        }
+        Ok(all)
+    }
+
+    fn forget(&mut self, key: &TallyKey) -> Result<()> {
+        match self.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("cannot remove a tally"),
+        }
+    }
 }
 
 /// Turns decisions into audit records and metrics, and losses into `lost` records.
@@ -247,6 +313,9 @@ pub struct Recorder<C> {
     complete: bool,
     reported_lost: u64,
     stats: Arc<PumpStats>,
+    /// The kernel's tallies, and the total of each key already written.
+    tallies: Option<Box<dyn TallySource>>,
+    tallies_written: HashMap<TallyKey, u64>,
 }
 
 impl<C: LossCounter> Recorder<C> {
@@ -268,8 +337,18 @@ impl<C: LossCounter> Recorder<C> {
             lost_policy: None,
             complete: false,
             reported_lost: stats.reported_lost(),
+            tallies: None,
+            tallies_written: stats.tallies_written().into_iter().collect(),
             stats,
         }
+    }
+
+    /// Writes the kernel's `tallies` as `tally` records (the counts since the last), with each
+    /// loss report and at the end.
+    #[must_use]
+    pub fn with_tallies(mut self, tallies: impl TallySource + 'static) -> Self {
+        self.tallies = Some(Box::new(tallies));
+        self
     }
 
     /// Names `policy` in `lost` records.
@@ -321,13 +400,62 @@ impl<C: LossCounter> Recorder<C> {
     fn totals(&self) -> Result<RingTotals> {
         let submitted = self.counter.submitted()?;
         let lost = self.counter.lost()?;
+        let (tallied, suppressed) = self.counter.tallied()?;
         self.metrics.set_submitted(submitted);
         self.metrics.set_lost(lost);
-        Ok(RingTotals { submitted, lost })
+        Ok(RingTotals {
+            submitted,
+            lost,
+            tallied,
+            suppressed,
+        })
     }
 
-    /// Writes a `lost` record for the decisions lost since the last one, if any.
+    /// Writes a `tally` record for each key of the kernel's tallies that grew since the last
+    /// one. A key whose generation the [`Book`] no longer knows is removed from the kernel's map
+    /// once written (no decision can be made under it any more).
+    pub fn report_tallies(&mut self) -> Result<()> {
+        let Some(source) = self.tallies.as_mut() else {
+            return Ok(());
+        };
+        let (mut gone, mut wrote) = (Vec::new(), false);
+        for (key, total) in source.read()? {
+            let written = self.tallies_written.entry(key).or_insert(0);
+            let policy = Book::lock(&self.book).get(key.generation);
+            if total > *written {
+                let count = total - *written;
+                *written = total;
+                wrote = true;
+                let like = Record::from_event(
+                    &tally_event(&key, policy.as_deref()),
+                    policy.as_deref(),
+                    &self.clock,
+                );
+                self.metrics.record_many(&like, count);
+                self.audit
+                    .write_tally(&like, key.kind == tally::SUPPRESSED, count)
+                    .context("cannot write the audit log")?;
+            }
+            if policy.is_none() {
+                gone.push(key);
+            }
+        }
+        let changed = !gone.is_empty() || wrote;
+        for key in gone {
+            source.forget(&key)?;
+            self.tallies_written.remove(&key);
+        }
+        if changed {
+            (self.stats)
+                .set_tallies_written(self.tallies_written.iter().map(|(k, v)| (*k, *v)).collect());
+        }
+        Ok(())
+    }
+
+    /// Writes a `lost` record for the decisions lost since the last one, if any, and the
+    /// tallies that grew.
     pub fn report_losses(&mut self) -> Result<()> {
+        self.report_tallies()?;
         let totals = self.totals()?;
         let lost = totals.lost;
         if lost > self.reported_lost {
@@ -690,6 +818,92 @@ mod tests {
         let audit = AuditLog::new(Box::new(out.clone()), filter);
         let recorder = Recorder::new(audit, book.shared(), Metrics::new(), counter, stats);
         (recorder, out)
+    }
+
+    /// Tallies the test sets; what was forgotten.
+    #[derive(Clone, Default)]
+    struct Tallies {
+        totals: Arc<Mutex<Vec<(TallyKey, u64)>>>,
+        forgotten: Arc<Mutex<Vec<TallyKey>>>,
+    }
+
+    impl TallySource for Tallies {
+        fn read(&mut self) -> Result<Vec<(TallyKey, u64)>> {
+            Ok(self.totals.lock().unwrap().clone())
+        }
+
+        fn forget(&mut self, key: &TallyKey) -> Result<()> {
+            self.forgotten.lock().unwrap().push(*key);
+            self.totals.lock().unwrap().retain(|(k, _)| k != key);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn tallies_are_written_as_they_grow_and_forgotten_with_their_generation() {
+        let key = |generation, kind| TallyKey {
+            generation,
+            rule_id: oxd_common::RULE_DEFAULT,
+            op: u16::try_from(oxd_common::op::CONNECT4).unwrap(),
+            decision: u8::try_from(action::ALLOW).unwrap(),
+            kind,
+        };
+        let (counted, limited, old) = (
+            key(1, tally::COUNTED),
+            key(1, tally::SUPPRESSED),
+            key(9, tally::COUNTED),
+        );
+        let mut book = Book::new();
+        book.insert(1, policy("p"));
+        let stats = PumpStats::new(0);
+        // An earlier daemon wrote 5 of `counted` already.
+        stats.set_tallies_written(vec![(counted, 5)]);
+        let (recorder, out) = recorder(RecordFilter::All, book, Counter::default(), stats.clone());
+        let tallies = Tallies::default();
+        *tallies.totals.lock().unwrap() = vec![(counted, 8), (limited, 2), (old, 4)];
+        let mut recorder = recorder.with_tallies(tallies.clone());
+        recorder.report_tallies().unwrap();
+        // Nothing new: nothing written.
+        recorder.report_tallies().unwrap();
+        tallies.totals.lock().unwrap()[0].1 = 10;
+        recorder.report_tallies().unwrap();
+        recorder.flush().unwrap();
+        let written: Vec<_> = out
+            .records()
+            .iter()
+            .map(|r| {
+                (
+                    r["op"].as_str().unwrap().to_owned(),
+                    r["of"].as_str().unwrap().to_owned(),
+                    r["why"].as_str().unwrap().to_owned(),
+                    r["policy"].as_str().unwrap().to_owned(),
+                    r["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let t = |why: &str, policy: &str, n| {
+            (
+                "tally".to_owned(),
+                "connect".to_owned(),
+                why.to_owned(),
+                policy.to_owned(),
+                n,
+            )
+        };
+        assert_eq!(
+            written,
+            [
+                t("counted", "p", 3),
+                t("rate-limited", "p", 2),
+                t("counted", "<unknown>", 4),
+                t("counted", "p", 2),
+            ]
+        );
+        // A generation the book does not know is gone: written, then forgotten.
+        assert_eq!(*tallies.forgotten.lock().unwrap(), [old]);
+        let mut kept = stats.tallies_written();
+        kept.sort_by_key(|(k, _)| k.kind);
+        assert_eq!(kept, [(counted, 10), (limited, 2)]);
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// Which decisions to record: set in the policy's slot, so the kernel records only those.
     pub record: RecordFilter,
+    /// The most records per second on each CPU (0: no limit); see `Enforcer::set_record_rate`.
+    pub record_rate: u32,
     /// Size of the decision ring buffer in bytes (`enforcer::check_ring_size`).
     pub ring_size: u32,
     /// Run the command as this user (`NAME`, `UID`, `NAME:GROUP` or `UID:GID`) rather than as
@@ -83,6 +85,7 @@ pub fn run(args: &RunOptions) -> Result<i32> {
     };
 
     let mut enforcer = Enforcer::load_with(&policy, args.ring_size, record_setting(args.record))?;
+    enforcer.set_record_rate(args.record_rate)?;
     enforcer.attach_lsm()?;
     let cgroup = AgentCgroup::create(&format!("run-{}", std::process::id()))
         .context("cannot create the agent's cgroup")?;
@@ -121,6 +124,7 @@ pub fn run(args: &RunOptions) -> Result<i32> {
         enforcer.counters()?,
         PumpStats::new(0),
     )
+    .with_tallies(enforcer.tallies()?)
     .naming_losses(Arc::clone(&policy))
     .complete_at_finish();
     let mut pump = Pump::start_with(events, recorder, Limits::for_ring(args.ring_size))?;

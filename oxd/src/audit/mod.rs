@@ -68,6 +68,13 @@
 //! what they prove. `oxd audit verify` checks a complete `counts` record against the records
 //! before it.
 //!
+//! A record with `"op": "tally"` stands for `count` decisions the kernel counted instead of
+//! recording each, since the previous tally of the same kind: `of` (the operation), `decision`,
+//! `enforced`, `rule`, `policy` and `generation` as a decision record has them (no target), and
+//! `why`: `counted` (allowed decisions under `--record counted`) or `rate-limited` (over
+//! `--record-rate`). A `counts` record then also carries the kernel's totals `tallied` and
+//! `suppressed`, which `oxd audit verify` checks against the tallies of a complete run.
+//!
 //! Every record starts with `seq` (0, 1, 2, ... along the log) and `prev`, the SHA-256 (hex) of
 //! the previous record's line (64 zeros for the first): `oxd audit verify` checks the chain.
 
@@ -725,9 +732,55 @@ struct LostRecord<'a> {
     lost_total: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     submitted: Option<u64>,
+    /// On a `counts` record: decisions counted instead of recorded, by why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tallied: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    suppressed: Option<u64>,
     /// On a `counts` record: whether the totals are complete (see [`AuditLog::write_counts`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     complete: Option<bool>,
+}
+
+/// Decisions the kernel counted instead of recording each (see [`oxd_common::tally`]).
+#[derive(Debug, Serialize)]
+struct TallyRecord<'a> {
+    time: String,
+    policy: &'a str,
+    policy_sha256: &'a str,
+    generation: u64,
+    op: &'static str,
+    /// The operation counted.
+    of: &'a str,
+    decision: &'a str,
+    enforced: bool,
+    rule: &'a str,
+    /// `counted` (an allowed decision under `--record counted`) or `rate-limited`.
+    why: &'static str,
+    count: u64,
+}
+
+/// The decision a [`TallyKey`] counts, as an [`Event`] without a target, for
+/// [`Record::from_event`]: its operation, decision, rule and generation, and the mode of
+/// `policy` (the policy of that generation, if known).
+pub fn tally_event(key: &oxd_common::TallyKey, policy: Option<&Policy>) -> Event {
+    // SAFETY: `Event` is plain data (#[repr(C)], integers and byte arrays only): all zeroes is
+    // a valid value.
+    let mut event: Event = unsafe { std::mem::zeroed() };
+    event.generation = key.generation;
+    event.op = u32::from(key.op);
+    event.decision = u32::from(key.decision);
+    event.rule_id = key.rule_id;
+    event.reason = if key.rule_id == RULE_DEFAULT {
+        reason::DEFAULT
+    } else {
+        reason::RULE
+    };
+    event.mode = match policy.map(|p| p.mode) {
+        Some(crate::policy::Mode::Audit) => mode::AUDIT,
+        _ => mode::ENFORCE,
+    };
+    event
 }
 
 /// The kernel's ring buffer totals, since its counters were created.
@@ -737,6 +790,10 @@ pub struct RingTotals {
     pub submitted: u64,
     /// Decisions lost because the ring buffer was full.
     pub lost: u64,
+    /// Allowed decisions counted in the kernel instead of recorded (`--record counted`).
+    pub tallied: u64,
+    /// Decisions over the record rate, counted in the kernel instead of recorded.
+    pub suppressed: u64,
 }
 
 /// The `prev` of the first record of a chain.
@@ -764,6 +821,9 @@ pub enum RecordFilter {
     All,
     /// Only denials (enforced or, in audit mode, not).
     Denied,
+    /// Every denial; allowed decisions counted in the kernel per rule and written as `tally`
+    /// records (and one by one only when the kernel's tally map is full).
+    Counted,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1227,6 +1287,8 @@ impl AuditLog {
             count: Some(count),
             lost_total: totals.map(|t| t.lost),
             submitted: totals.map(|t| t.submitted),
+            tallied: None,
+            suppressed: None,
             complete: None,
         };
         self.write_chained(&record)
@@ -1251,7 +1313,38 @@ impl AuditLog {
             count: None,
             lost_total: Some(totals.lost),
             submitted: Some(totals.submitted),
+            tallied: Some(totals.tallied),
+            suppressed: Some(totals.suppressed),
             complete: Some(complete),
+        };
+        self.write_chained(&record)
+    }
+
+    /// Writes a `tally` record: `count` decisions like `like` (its operation, decision, rule
+    /// and policy) that the kernel counted instead of recording each; `suppressed`: over the
+    /// record rate, else allowed decisions under `--record counted`. Always written.
+    pub fn write_tally(
+        &mut self,
+        like: &Record,
+        suppressed: bool,
+        count: u64,
+    ) -> std::io::Result<()> {
+        let record = TallyRecord {
+            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            policy: &like.policy,
+            policy_sha256: &like.policy_sha256,
+            generation: like.generation,
+            op: "tally",
+            of: &like.op,
+            decision: &like.decision,
+            enforced: like.enforced,
+            rule: &like.rule,
+            why: if suppressed {
+                "rate-limited"
+            } else {
+                "counted"
+            },
+            count,
         };
         self.write_chained(&record)
     }
@@ -1635,10 +1728,26 @@ mod tests {
                 log.write(&Record::from_event(&event, None, &Clock::new()))
                     .unwrap();
             }
-            log.write_lost_with_totals(None, 2, RingTotals { submitted, lost: 2 })
-                .unwrap();
-            log.write_counts(None, RingTotals { submitted, lost: 2 }, true)
-                .unwrap();
+            log.write_lost_with_totals(
+                None,
+                2,
+                RingTotals {
+                    submitted,
+                    lost: 2,
+                    ..RingTotals::default()
+                },
+            )
+            .unwrap();
+            log.write_counts(
+                None,
+                RingTotals {
+                    submitted,
+                    lost: 2,
+                    ..RingTotals::default()
+                },
+                true,
+            )
+            .unwrap();
         }
         log.flush().unwrap();
     }
@@ -1675,6 +1784,7 @@ mod tests {
             RingTotals {
                 submitted: 0,
                 lost: 0,
+                ..RingTotals::default()
             },
             true,
         )
@@ -1693,6 +1803,30 @@ mod tests {
             report.problems
         );
 
+        // Tallies against the kernel's totals: one allowed decision counted short.
+        let tallied = dir.path().join("tallied.jsonl");
+        let mut log = AuditLog::append(&tallied, RecordFilter::All, None).unwrap();
+        let like = Record::from_event(&connect_event(1, action::ALLOW), None, &Clock::new());
+        log.write_tally(&like, false, 3).unwrap();
+        log.write_tally(&like, true, 5).unwrap();
+        let totals = RingTotals {
+            tallied: 4,
+            suppressed: 5,
+            ..RingTotals::default()
+        };
+        log.write_counts(None, totals, true).unwrap();
+        log.flush().unwrap();
+        let report = read::verify(std::slice::from_ref(&tallied), false).unwrap();
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(
+            report.problems[0].contains(
+                "counted 4 allowed decisions counted, but the `tally` \
+                                         records"
+            ),
+            "{:?}",
+            report.problems
+        );
+
         // A daemon's counts (not complete) and the first part of a --partial log are not
         // checked.
         let daemon = dir.path().join("daemon.jsonl");
@@ -1702,6 +1836,7 @@ mod tests {
             RingTotals {
                 submitted: 9,
                 lost: 0,
+                ..RingTotals::default()
             },
             false,
         )

@@ -110,6 +110,9 @@ struct CountsCheck {
     since: Option<String>,
     decisions: u64,
     lost: u64,
+    /// The counts of the `tally` records: allowed decisions counted, and rate-limited ones.
+    tallied: u64,
+    suppressed: u64,
 }
 
 impl CountsCheck {
@@ -119,6 +122,8 @@ impl CountsCheck {
             since: None,
             decisions: 0,
             lost: 0,
+            tallied: 0,
+            suppressed: 0,
         }
     }
 
@@ -129,6 +134,14 @@ impl CountsCheck {
         match record.get("op").and_then(Value::as_str) {
             Some("lost") => {
                 self.lost += record.get("count").and_then(Value::as_u64).unwrap_or(0);
+            }
+            Some("tally") => {
+                let count = record.get("count").and_then(Value::as_u64).unwrap_or(0);
+                if record.get("why").and_then(Value::as_str) == Some("rate-limited") {
+                    self.suppressed += count;
+                } else {
+                    self.tallied += count;
+                }
             }
             Some("counts") => {
                 let complete = record.get("complete").and_then(Value::as_bool) == Some(true);
@@ -169,6 +182,20 @@ impl CountsCheck {
                  the `lost` records from {since} report {}",
                 self.lost
             ));
+        }
+        // Logs written before tallies existed have no such totals: nothing to check.
+        for (key, written, what) in [
+            ("tallied", self.tallied, "allowed decisions counted"),
+            ("suppressed", self.suppressed, "rate-limited decisions"),
+        ] {
+            if let Some(total) = total(key) {
+                if total != written {
+                    report.problems.push(format!(
+                        "{here}: the kernel counted {total} {what}, but the `tally` records \
+                         from {since} report {written}"
+                    ));
+                }
+            }
         }
     }
 }
@@ -253,6 +280,19 @@ pub fn render(record: &Value) -> String {
             .and_then(Value::as_u64)
             .map_or("-".to_owned(), |v| v.to_string())
     };
+    if s("op") == "tally" {
+        return format!(
+            "{}  TALLY    {} x {} {} by {} of {} gen {} ({})",
+            s("time"),
+            n("count"),
+            s("decision"),
+            s("of"),
+            s("rule"),
+            s("policy"),
+            n("generation"),
+            s("why"),
+        );
+    }
     if s("op") == "lost" {
         return format!(
             "{}  LOST     {} decisions not recorded (ring buffer full)",

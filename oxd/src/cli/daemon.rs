@@ -45,6 +45,12 @@ pub(crate) struct DaemonArgs {
     /// the ring buffer.
     #[arg(long, value_enum, default_value_t = RecordArg::All)]
     record: RecordArg,
+    /// The most records each agent sends per second on each CPU (0: no limit); decided in
+    /// the kernel. The decisions beyond are counted there per rule and written as `tally`
+    /// records (`"why": "rate-limited"`), so a flood costs the log a line per rule, not one
+    /// per decision.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    record_rate: u32,
     /// Size of the kernel's decision ring buffer in bytes: a power of two, a multiple of the
     /// page size, from 16 KiB to 1 GiB.
     #[arg(long, value_name = "BYTES", default_value_t = oxd_common::RING_BUF_BYTES, value_parser = parse_ring_size)]
@@ -68,6 +74,7 @@ impl From<DaemonArgs> for DaemonOptions {
                 .audit_max_bytes
                 .map(|max| Rotation::new(max, args.audit_keep)),
             record: args.record.into(),
+            record_rate: args.record_rate,
             ring_size: args.ring_size,
             metrics: args.metrics,
             on_exit: match args.on_exit {

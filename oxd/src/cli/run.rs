@@ -15,6 +15,9 @@ pub(crate) enum RecordArg {
     All,
     /// Only denials (enforced or, in audit mode, not).
     Denied,
+    /// Every denial; allowed decisions counted in the kernel per rule and operation, written as
+    /// `tally` records about every half second instead of one record each.
+    Counted,
 }
 
 impl From<RecordArg> for RecordFilter {
@@ -22,6 +25,7 @@ impl From<RecordArg> for RecordFilter {
         match arg {
             RecordArg::All => Self::All,
             RecordArg::Denied => Self::Denied,
+            RecordArg::Counted => Self::Counted,
         }
     }
 }
@@ -56,6 +60,12 @@ pub(crate) struct RunArgs {
     /// the ring buffer.
     #[arg(long, value_enum, default_value_t = RecordArg::All)]
     record: RecordArg,
+    /// The most records each agent sends per second on each CPU (0: no limit); decided in
+    /// the kernel. The decisions beyond are counted there per rule and written as `tally`
+    /// records (`"why": "rate-limited"`), so a flood costs the log a line per rule, not one
+    /// per decision.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    record_rate: u32,
     /// Size of the kernel's decision ring buffer in bytes: a power of two, a multiple of the
     /// page size, from 16 KiB to 1 GiB.
     #[arg(long, value_name = "BYTES", default_value_t = oxd_common::RING_BUF_BYTES, value_parser = parse_ring_size)]
@@ -81,6 +91,7 @@ impl From<RunArgs> for RunOptions {
                 .map(|max| Rotation::new(max, args.audit_keep)),
             metrics: args.metrics,
             record: args.record.into(),
+            record_rate: args.record_rate,
             ring_size: args.ring_size,
             user: args.user,
             command: args.command,

@@ -633,7 +633,7 @@ fn config_fields() {
             namespaces: action::DENY,
             namespaces_rule: 0,
             ipc_unix_default: action::DENY,
-            _pad_ipc: 0,
+            record_rate: 0,
         },
         "ungoverned categories default to allow (never consulted)"
     );
@@ -680,7 +680,7 @@ cidr = "198.51.100.0/24"
             // After the two network rules.
             namespaces_rule: 2,
             ipc_unix_default: action::DENY,
-            _pad_ipc: 0,
+            record_rate: 0,
         }
     );
 }

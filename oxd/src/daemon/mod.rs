@@ -88,6 +88,8 @@ pub struct DaemonOptions {
     /// Which decisions to record: set in every slot's configuration, so the kernel records
     /// only those (policies adopted from an earlier daemon are set too).
     pub record: RecordFilter,
+    /// The most records each agent sends per second on each CPU (0: no limit).
+    pub record_rate: u32,
     /// Size of the decision ring buffer in bytes (`enforcer::check_ring_size`). A pinned ring
     /// of another size is refused (`EnforcerError::RingSizeMismatch`).
     pub ring_size: u32,
@@ -100,6 +102,9 @@ pub struct DaemonOptions {
 /// How long the final drain of a daemon that keeps its pins may take (the ring stays pinned:
 /// what is left is the next daemon's to write).
 const KEEP_FINAL_DRAIN: Duration = Duration::from_millis(300);
+
+/// How long after answering a replacement the daemon retires the generation it superseded.
+const RETIRE_AFTER: Duration = Duration::from_millis(5);
 
 /// Where the daemon keeps its state unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/oxd";
@@ -117,6 +122,7 @@ impl Default for DaemonOptions {
             audit_log: PathBuf::from(DEFAULT_AUDIT_LOG),
             rotation: None,
             record: RecordFilter::All,
+            record_rate: 0,
             ring_size: oxd_common::RING_BUF_BYTES,
             metrics: None,
             on_exit: OnExit::Keep,
@@ -141,6 +147,10 @@ struct Daemon {
     lsm: bool,
     adopted: bool,
     metrics: Metrics,
+    /// Generations a replacement just superseded: retired right after its answer is sent
+    /// ([`Self::retire_replaced`]), so the caller does not wait for running BPF programs or
+    /// for the old slot to be cleared.
+    replaced: Vec<u64>,
 }
 
 /// Opens the targets' cgroup directories that exist: by path, the open directory and its inode.
@@ -249,22 +259,31 @@ impl Daemon {
             lsm,
             adopted,
             metrics: Metrics::new(),
+            replaced: Vec::new(),
         };
         daemon.reconcile()?;
-        let record = enforcer::record_setting(daemon.args.record);
-        daemon.enforcer.set_record(record)?;
-        // Decisions made while no daemon was reading are the pump's first.
-        let events = daemon.enforcer.take_events()?;
-        let recorder = Recorder::new(
-            audit,
-            Arc::clone(&daemon.book),
-            daemon.metrics.clone(),
-            daemon.enforcer.counters()?,
-            Arc::clone(&daemon.stats),
-        );
-        let pump = Pump::start_with(events, recorder, pump_limits(&daemon.args))?;
+        let pump = daemon.start_pump(audit)?;
         daemon.save()?;
         Ok((daemon, pump))
+    }
+
+    /// Sets what every slot records, and starts the pump writing to `audit`: decisions made
+    /// while no daemon was reading are its first.
+    fn start_pump(&mut self, audit: AuditLog) -> Result<Pump> {
+        (self.stats).set_tallies_written(state::TallyState::keys(&self.state.tallies_written));
+        let record = enforcer::record_setting(self.args.record);
+        self.enforcer.set_record(record)?;
+        self.enforcer.set_record_rate(self.args.record_rate)?;
+        let events = self.enforcer.take_events()?;
+        let recorder = Recorder::new(
+            audit,
+            Arc::clone(&self.book),
+            self.metrics.clone(),
+            self.enforcer.counters()?,
+            Arc::clone(&self.stats),
+        )
+        .with_tallies(self.enforcer.tallies()?);
+        Pump::start_with(events, recorder, pump_limits(&self.args))
     }
 
     /// Brings the kernel and the state file into agreement after a restart: completes or
@@ -330,6 +349,7 @@ impl Daemon {
     /// Writes the state file, with the losses the pump has reported so far.
     fn save(&mut self) -> Result<()> {
         self.state.reported_lost = self.stats.reported_lost();
+        self.state.tallies_written = state::TallyState::all(&self.stats.tallies_written());
         self.state.save(&self.state_path)
     }
 
@@ -402,8 +422,16 @@ async fn serve(args: DaemonOptions) -> Result<i32> {
                     }
                 }
                 Some((request, reply)) = calls.recv() => {
+                    // One replacement's old generation at most waits: the next request
+                    // retires it first.
+                    daemon.retire_replaced()?;
                     let response = daemon.handle(request);
                     let _ = reply.send(response);
+                }
+                // Once the client's task has had its turn to write the answer (this runtime
+                // has one thread: retiring at once would hold the answer back).
+                () = tokio::time::sleep(RETIRE_AFTER), if daemon.has_replaced() => {
+                    daemon.retire_replaced()?;
                 }
                 // The count of reported losses goes into the state file at once, so that a
                 // restarted daemon does not report them again.

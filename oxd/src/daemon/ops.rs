@@ -116,6 +116,11 @@ fn delegation_root(mount: &Path, path: &Path) -> Option<(PathBuf, u32)> {
     found
 }
 
+/// Milliseconds, for the log.
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 fn parse(source: &PolicySource) -> Result<Policy> {
     Ok(Policy::parse(&source.path, &source.text)?)
 }
@@ -368,8 +373,29 @@ impl Daemon {
         self.save()
     }
 
+    pub(super) fn has_replaced(&self) -> bool {
+        !self.replaced.is_empty()
+    }
+
+    /// Retires the generations replacements superseded (see [`Daemon::replaced`]).
+    pub(super) fn retire_replaced(&mut self) -> Result<()> {
+        if self.replaced.is_empty() {
+            return Ok(());
+        }
+        for generation in std::mem::take(&mut self.replaced) {
+            self.retire(generation)?;
+        }
+        self.save()
+    }
+
+    /// Reads, checks and compiles the policy, writes its generation into a free slot, points
+    /// every target under the policy's name at it (one map update each: the switch), and saves
+    /// the state. The old generation is retired after the answer ([`Daemon::replaced`]). How
+    /// long each step took is logged (`OXD_LOG=info`).
     fn replace(&mut self, source: &PolicySource) -> Result<String> {
+        let started = std::time::Instant::now();
         let policy = parse(source)?;
+        let parsed = std::time::Instant::now();
         let name = policy.name.clone();
         let old = self.state.current_gen(&name).cloned().ok_or_else(|| {
             anyhow!(
@@ -385,6 +411,7 @@ impl Daemon {
             ));
         }
         let generation = self.load_generation(policy, source.path.clone(), source.text.clone())?;
+        let loaded = std::time::Instant::now();
         let g = self.state.gen(generation).expect("loaded").clone();
         let targets: Vec<TargetState> = self
             .state
@@ -404,9 +431,21 @@ impl Daemon {
             );
         }
         self.state.current.insert(name.clone(), generation);
-        self.retire(old.generation)?;
+        // In force from here; the old generation is retired after the answer (a daemon that
+        // dies first leaves it to the next one's reconciliation, which retires it).
+        let switched = std::time::Instant::now();
         self.save()?;
-        tracing::info!(policy = %name, from = old.generation, to = generation, "replaced");
+        self.replaced.push(old.generation);
+        tracing::info!(
+            policy = %name,
+            from = old.generation,
+            to = generation,
+            parse_ms = ms(parsed.duration_since(started)),
+            load_ms = ms(loaded.duration_since(parsed)),
+            switch_ms = ms(switched.duration_since(loaded)),
+            save_ms = ms(switched.elapsed()),
+            "replaced"
+        );
         Ok(format!(
             "replaced policy {name}: generation {} -> {generation} for {} targets",
             old.generation,

@@ -351,6 +351,7 @@ mod tests {
             version: STATE_VERSION,
             generation: generations.iter().map(|g| g.generation).max().unwrap_or(0),
             reported_lost: 0,
+            tallies_written: Vec::new(),
             generations,
             current: current.iter().map(|(n, g)| ((*n).to_owned(), *g)).collect(),
             targets,

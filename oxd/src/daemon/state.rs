@@ -39,6 +39,49 @@ pub(super) struct TargetState {
     pub(super) policy: String,
 }
 
+/// One of the kernel's tallies ([`oxd_common::TallyKey`]) and the total already written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct TallyState {
+    generation: u64,
+    rule_id: u32,
+    op: u16,
+    decision: u8,
+    kind: u8,
+    written: u64,
+}
+
+impl TallyState {
+    pub(super) fn all(tallies: &[(oxd_common::TallyKey, u64)]) -> Vec<Self> {
+        tallies
+            .iter()
+            .map(|(key, written)| Self {
+                generation: key.generation,
+                rule_id: key.rule_id,
+                op: key.op,
+                decision: key.decision,
+                kind: key.kind,
+                written: *written,
+            })
+            .collect()
+    }
+
+    pub(super) fn keys(states: &[Self]) -> Vec<(oxd_common::TallyKey, u64)> {
+        states
+            .iter()
+            .map(|s| {
+                let key = oxd_common::TallyKey {
+                    generation: s.generation,
+                    rule_id: s.rule_id,
+                    op: s.op,
+                    decision: s.decision,
+                    kind: s.kind,
+                };
+                (key, s.written)
+            })
+            .collect()
+    }
+}
+
 /// The daemon's persistent state (`state.json`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct State {
@@ -47,6 +90,9 @@ pub(super) struct State {
     pub(super) generation: u64,
     /// Lost decisions already reported in the audit log (of the pinned counters).
     pub(super) reported_lost: u64,
+    /// The total of each of the pinned tallies already written as `tally` records.
+    #[serde(default)]
+    pub(super) tallies_written: Vec<TallyState>,
     /// Every generation occupying a slot (current ones, and one being replaced).
     pub(super) generations: Vec<GenState>,
     /// Policy name -> its current generation.
@@ -141,6 +187,16 @@ mod tests {
             version: STATE_VERSION,
             generation: 3,
             reported_lost: 7,
+            tallies_written: TallyState::all(&[(
+                oxd_common::TallyKey {
+                    generation: 3,
+                    rule_id: 2,
+                    op: 1,
+                    decision: 1,
+                    kind: 1,
+                },
+                40,
+            )]),
             generations: vec![GenState {
                 generation: 3,
                 slot: 1,
