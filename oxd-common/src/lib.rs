@@ -58,7 +58,7 @@ pub const MAX_PROTECTED_TASKS: u32 = 64;
 /// How many of oxd's own files and directories the guard protects at once (`PROTECTED_FILES`):
 /// the binary, policy files, the state directory, and each audit log with its rotated parts
 /// (at most [`MAX_AUDIT_KEEP`] each; a part is forgotten when rotation deletes it).
-pub const MAX_PROTECTED_FILES: u32 = 1024;
+pub const MAX_PROTECTED_FILES: u32 = 512;
 
 /// The most rotated audit log parts oxd keeps (`--audit-keep`), each one protected.
 pub const MAX_AUDIT_KEEP: u32 = 256;

@@ -167,8 +167,9 @@ try write sh -c "echo ok > $S/ok"
 }
 
 /// A rotation opens a new audit log file: it is protected before the log's name reaches it.
-/// The agent spins until `LOG.1` appears and then, for a second (thousands of rotations),
-/// appends to the log's name and to every hidden name beside it as fast as it can.
+/// The agent spins until `LOG.1` appears and then, for at least a second and 2,500 tries
+/// (thousands of rotations), appends to the log's name and to every hidden name beside it as
+/// fast as it can.
 #[test]
 fn the_file_a_rotation_opens_is_protected_too() {
     require_bpf_lsm();
@@ -227,6 +228,7 @@ fn the_file_a_rotation_opens_is_protected_too() {
         .min()
         .expect("lines");
     let rotations = last_seq / (1024 / shortest) as u64;
+    eprintln!("{last_seq} records, at least {rotations} rotations");
     let room = u64::from(oxd::oxd_common::MAX_PROTECTED_FILES);
     for part in std::iter::once(log.clone())
         .chain((1..=5).map(|n| Path::new(&format!("{}.{n}", log.display())).to_owned()))

@@ -34,9 +34,13 @@ pub(crate) fn run(technique: &str, args: &[String]) -> Option<Outcome> {
     })
 }
 
+/// Appends to the log's name [`rotation_race`] tries at least.
+const RACE_ATTEMPTS: u32 = 2500;
+
 /// Races oxd's rotation of its audit log `log`: opens of `denied` make records until `log.1`
-/// appears, then for a second the log's name and every hidden name next to it are opened for
-/// appending as fast as possible, and `forged` written where one opens. The refused appends
+/// appears, then (for at least a second and 2,500 tries) the log's name and every hidden name
+/// next to it are opened for appending as fast as possible, and `forged` written where one
+/// opens. The refused appends
 /// are records too: the log goes on rotating while the agent tries.
 fn rotation_race(log: &Path, denied: &Path) -> Outcome {
     use std::{
@@ -77,10 +81,19 @@ fn rotation_race(log: &Path, denied: &Path) -> Outcome {
             .and_then(|mut f| f.write_all(b"forged\n"))
     };
     let (mut by_name, mut hidden) = (append(log, true), None);
-    let end = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < end {
+    // At least a second and RACE_ATTEMPTS appends by name (each refused one a record:
+    // thousands of rotations however slow the machine), at most 30 s.
+    let started = Instant::now();
+    let mut attempts = 1;
+    while (attempts < RACE_ATTEMPTS || started.elapsed() < Duration::from_secs(1))
+        && started.elapsed() < Duration::from_secs(30)
+    {
         if by_name.is_err() {
             by_name = append(log, true);
+        }
+        attempts += 1;
+        if attempts % 8 != 0 {
+            continue;
         }
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let name = entry.file_name();
