@@ -1354,30 +1354,25 @@ impl Enforcer {
     /// A second handle on the counters (a duplicate of the map's fd), for a reader on another
     /// thread: the event pump reads the lost-decision count with it.
     pub fn counters(&self) -> Result<PerCpuArray<MapData, u64>> {
-        let Some(Map::PerCpuArray(data)) = self.ebpf.map("COUNTERS") else {
-            return Err(EnforcerError::Missing("COUNTERS map"));
-        };
-        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
-            map_err("duplicate the counters' fd")(
-                aya::sys::SyscallError {
-                    call: "fcntl(F_DUPFD_CLOEXEC)",
-                    io_error,
-                }
-                .into(),
-            )
-        })?;
-        let data = MapData::from_fd(fd).map_err(map_err("reopen the counters"))?;
+        let data = self.duplicate("COUNTERS", "the counters")?;
         PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(map_err("open the counters"))
     }
 
     /// A second handle on the tallies (decisions counted instead of recorded), for the event
     /// pump.
     pub fn tallies(&self) -> Result<aya::maps::PerCpuHashMap<MapData, oxd_common::TallyKey, u64>> {
-        let Some(Map::PerCpuHashMap(data)) = self.ebpf.map("TALLIES") else {
-            return Err(EnforcerError::Missing("TALLIES map"));
+        let data = self.duplicate("TALLIES", "the tallies")?;
+        aya::maps::PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+            .map_err(map_err("open the tallies"))
+    }
+
+    /// The map `name` (`what`, in messages) reopened on a duplicate of its fd.
+    fn duplicate(&self, name: &'static str, what: &str) -> Result<MapData> {
+        let Some(Map::PerCpuArray(data) | Map::PerCpuHashMap(data)) = self.ebpf.map(name) else {
+            return Err(EnforcerError::Missing(name));
         };
         let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
-            map_err("duplicate the tallies' fd")(
+            map_err(format!("duplicate {what}' fd"))(
                 aya::sys::SyscallError {
                     call: "fcntl(F_DUPFD_CLOEXEC)",
                     io_error,
@@ -1385,9 +1380,7 @@ impl Enforcer {
                 .into(),
             )
         })?;
-        let data = MapData::from_fd(fd).map_err(map_err("reopen the tallies"))?;
-        aya::maps::PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
-            .map_err(map_err("open the tallies"))
+        MapData::from_fd(fd).map_err(map_err(format!("reopen {what}")))
     }
 }
 
