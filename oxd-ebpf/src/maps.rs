@@ -2,6 +2,7 @@
 //! under them): renaming one breaks it.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{
         lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
@@ -59,10 +60,11 @@ pub(crate) static FILE_WRITE_RULES: LpmTrie<PathKey, RuleValue> =
     LpmTrie::with_max_entries(PATH_RULE_CAPACITY, 0);
 
 /// Files named by exact deny rules, by (identity, slot): their other names (hard links) are
-/// denied too.
+/// denied too. Not preallocated: written only by user space, and mostly near-empty, so no
+/// reason to allocate all of it at every load.
 #[map]
 pub(crate) static DENIED_INODES: HashMap<InodeKey, InodeRules> =
-    HashMap::with_max_entries(PATH_RULE_CAPACITY, 0);
+    HashMap::with_max_entries(PATH_RULE_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Network rules: longest matching prefix of (slot, destination address), whose value lists
 /// every rule that can decide a destination there, in order of precedence (see `NetPrefix`).
@@ -80,10 +82,14 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 /// Decisions counted instead of recorded (allowed ones under `record::COUNTED`, and those over
-/// a slot's record rate), by `TallyKey`; user space writes the sums as `tally` records.
+/// a slot's record rate), by `TallyKey`; user space writes the sums as `tally` records. Not
+/// preallocated: a preallocated per-CPU hash of this size is one per-CPU allocation per
+/// element at every load (milliseconds on a real machine, much more in an emulated one), and
+/// a session uses a few dozen keys. An insert that cannot allocate fails, and the decision is
+/// then recorded instead (see `event::tally`).
 #[map]
 pub(crate) static TALLIES: PerCpuHashMap<TallyKey, u64> =
-    PerCpuHashMap::with_max_entries(MAX_TALLIES, 0);
+    PerCpuHashMap::with_max_entries(MAX_TALLIES, BPF_F_NO_PREALLOC);
 
 /// Each slot's record-rate window, on each CPU.
 #[map]

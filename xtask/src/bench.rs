@@ -413,6 +413,55 @@ impl Drop for Listener {
     }
 }
 
+/// An `oxd run` holding its programs in the kernel (a shell waiting in its cgroup) while the
+/// bench times processes outside it: what confinement costs the rest of the machine. Stopped
+/// with SIGTERM on drop (`oxd run` forwards it to the shell and cleans up).
+struct Loaded {
+    child: Child,
+}
+
+impl Loaded {
+    fn start(bench: &mut Bench, policy: &Path) -> Result<Self> {
+        let log = bench.new_log();
+        let mut cmd = bench.oxd_run(
+            policy,
+            &log,
+            &["/bin/sh", "-c", "echo ready; exec sleep 100000"],
+        );
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", util::describe(&cmd)))?;
+        let mut line = String::new();
+        let read = child
+            .stdout
+            .take()
+            .map(|out| BufReader::new(out).read_line(&mut line));
+        let loaded = Self { child };
+        // The shell runs confined only once the programs are attached.
+        if line.trim() != "ready" {
+            bail!("the confined shell did not start ({read:?}, {line:?})");
+        }
+        Ok(loaded)
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let stopped = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// A setup of the connect figure: its policy, or why `oxd check` refused it.
 struct Policy {
     rules: usize,
@@ -608,7 +657,10 @@ fn round_order(setups: usize, round: usize) -> Vec<usize> {
     (0..setups).map(|i| (i + round) % setups.max(1)).collect()
 }
 
-const NOTES: [&str; 6] = [
+const NOTES: [&str; 7] = [
+    "unconfined: the bare loop again, outside any confinement, while an `oxd run` of the \
+     one-rule policy holds its programs in the kernel (a shell waiting in its cgroup): what oxd \
+     costs the rest of the machine",
     "host kernel: the cgroup network hooks are real; this kernel refuses BPF-LSM, so exec and \
      file rules are not enforced here and the open and fork+exec figures show what \
      network-only confinement costs them (no hook decides them)",
@@ -646,13 +698,15 @@ struct Plan {
 
 const BARE: &str = "bare kernel";
 const ONE_RULE: &str = "oxd run, 1 network rule";
+const UNCONFINED: &str = "unconfined, oxd run loaded (1 rule)";
 
 /// Every figure of a bench, filled round by round.
 struct Figures {
     connect: Vec<Figure>,
-    open: [Figure; 2],
-    exec: [Figure; 2],
-    udp: [Figure; 2],
+    /// Bare, unconfined while `oxd run` is loaded, confined.
+    open: [Figure; 3],
+    exec: [Figure; 3],
+    udp: [Figure; 3],
     cold: Vec<Figure>,
     audit: Figure,
     /// Sends, records logged, decisions reported lost, sends neither logged nor counted lost.
@@ -672,6 +726,7 @@ impl Figures {
         let pair = |name| {
             [
                 Figure::new(name, BARE, "ns/op"),
+                Figure::new(name, UNCONFINED, "ns/op"),
                 Figure::new(name, ONE_RULE, "ns/op"),
             ]
         };
@@ -742,9 +797,12 @@ fn round(bench: &mut Bench, plan: &Plan, figures: &mut Figures, round: usize, st
         (&mut figures.open, &plan.open),
         (&mut figures.exec, &plan.exec),
     ] {
-        for i in round_order(2, round) {
-            let policy = (i > 0).then_some(plan.one.as_path());
+        for i in round_order(3, round) {
+            let policy = (i == 2).then_some(plan.one.as_path());
             sample(&mut pair[i], round, || {
+                let _loaded = (i == 1)
+                    .then(|| Loaded::start(bench, &plan.one))
+                    .transpose()?;
                 Ok(bench.workload(policy, &strs(args), false)?.0.ns_per_op())
             });
         }
@@ -767,15 +825,18 @@ fn round(bench: &mut Bench, plan: &Plan, figures: &mut Figures, round: usize, st
     }
     let round_cold = figures.cold[1].samples.get(round).copied().flatten();
     let mut audit_rate = None;
-    for i in round_order(2, round) {
-        if i == 0 {
-            sample(&mut figures.udp[0], round, || {
+    for i in round_order(3, round) {
+        if i < 2 {
+            sample(&mut figures.udp[i], round, || {
+                let _loaded = (i == 1)
+                    .then(|| Loaded::start(bench, &plan.one))
+                    .transpose()?;
                 Ok(bench.workload(None, &strs(&plan.udp), false)?.0.ns_per_op())
             });
             continue;
         }
         let counts = &mut figures.audit_counts;
-        sample(&mut figures.udp[1], round, || {
+        sample(&mut figures.udp[2], round, || {
             let (result, log, wall) = bench.workload(Some(&plan.one), &strs(&plan.udp), true)?;
             let log = log.context("no audit log")?;
             let counted = count_records(&log, "sendmsg");
@@ -1176,11 +1237,14 @@ fn lsm_policy(workload_dir: &Path) -> String {
 }
 
 const LSM: &str = "oxd run, [exec] and [file] rules";
+const LSM_UNCONFINED: &str = "unconfined, oxd run loaded";
 
 const GUEST_NOTE: &str = "emulated (TCG): ratios only indicative; the guest kernel has BPF-LSM, \
                           so the exec and file-open hooks decide every iteration under the \
                           policy's [exec] and [file] rules; every confined run records all \
-                          decisions to an audit log on the guest's tmpfs";
+                          decisions to an audit log on the guest's tmpfs; unconfined: the bare \
+                          loop while an `oxd run` of that policy holds its programs (the LSM \
+                          hooks run for every task of the machine)";
 
 /// `--guest`: boots each kernel and runs [`run_in_guest`] there, one guest at a time on this
 /// machine (holding `/tmp/oxd-vm.lock`).
@@ -1272,31 +1336,36 @@ fn run_in_guest(options: &Options) -> Result<()> {
         ("open+close of a file", vec!["open", &file, &opens]),
         ("fork+exec of /bin/true", vec!["exec", "/bin/true", &execs]),
     ];
-    let mut groups: Vec<[Figure; 2]> = plans
+    let mut groups: Vec<[Figure; 3]> = plans
         .iter()
         .map(|(name, _)| {
             [
                 Figure::new(name, BARE, "ns/op"),
+                Figure::new(name, LSM_UNCONFINED, "ns/op"),
                 Figure::new(name, LSM, "ns/op"),
             ]
         })
         .collect();
     for r in 0..options.rounds {
         eprintln!("[bench] guest round {} of {}", r + 1, options.rounds);
-        for (pair, (_, args)) in groups.iter_mut().zip(&plans) {
-            for i in round_order(2, r) {
-                let p = (i > 0).then_some(policy.as_path());
-                sample(&mut pair[i], r, || {
+        for (group, (_, args)) in groups.iter_mut().zip(&plans) {
+            for i in round_order(3, r) {
+                let p = (i == 2).then_some(policy.as_path());
+                sample(&mut group[i], r, || {
+                    let _loaded = (i == 1)
+                        .then(|| Loaded::start(&mut bench, &policy))
+                        .transpose()?;
                     Ok(bench.workload(p, args, false)?.0.ns_per_op())
                 });
             }
         }
     }
     let mut figures = Vec::new();
-    for [mut bare, mut lsm] in groups {
+    for [mut bare, mut unconfined, mut lsm] in groups {
         bare.finish(None);
+        unconfined.finish(Some(&bare));
         lsm.finish(Some(&bare));
-        figures.extend([bare, lsm]);
+        figures.extend([bare, unconfined, lsm]);
     }
     let machine = machine(options, load_before);
     println!(
