@@ -17,6 +17,8 @@
 //! - `wait:FILE` waits (up to 120 s) until FILE exists;
 //! - `flood:N:PATH` opens PATH for reading N times (closing it each time) and reports once: the
 //!   first failure, or success;
+//! - `until-denied:PATH` opens PATH for reading (closing it each time) until an open fails, for
+//!   at most 120 s, and reports once: `opened` (how many succeeded) and the failure's errno;
 //! - `repeat:FILE` performs the actions after it round after round until FILE exists (checked
 //!   before each round), then ends the probe;
 //! - `userns` creates a user namespace (`unshare(CLONE_NEWUSER)`) in a forked child;
@@ -322,7 +324,7 @@ fn main() -> ExitCode {
              map:PATH | mprotect:PATH | connect:ADDR:PORT | udp:ADDR:PORT | socket:KIND | \
              subcgroup:NAME | wait:FILE | flood:N:PATH | userns | chroot:DIR | \
              mount:DIR | umount:DIR | ptrace:PID:ADDR | ptrace-child | signal-child:SIG | \
-             signal:PID:SIG | tiocsti | setown:PID|self | repeat:FILE ..."
+             signal:PID:SIG | tiocsti | setown:PID|self | until-denied:PATH | repeat:FILE ..."
         );
         return ExitCode::from(2);
     }
@@ -546,11 +548,38 @@ fn perform(action: &str) -> Result<(), ExitCode> {
         let result =
             (0..count).try_for_each(|_| OpenOptions::new().read(true).open(path).map(drop));
         report(action, result.map(|()| None));
+    } else if let Some(path) = action.strip_prefix("until-denied:") {
+        until_denied(action, path);
     } else {
         eprintln!("oxd-probe: unknown action {action}");
         return Err(ExitCode::from(2));
     }
     Ok(())
+}
+
+/// `until-denied:PATH`: opens PATH until an open fails (for at most two minutes) and reports
+/// how many succeeded, and the failure.
+fn until_denied(action: &str, path: &str) {
+    let deadline = Instant::now() + Duration::from_mins(2);
+    let mut opened = 0u64;
+    let failure = loop {
+        match OpenOptions::new().read(true).open(path) {
+            Ok(_) => opened += 1,
+            Err(e) => break Some(e),
+        }
+        if opened.is_multiple_of(256) && Instant::now() > deadline {
+            break None;
+        }
+    };
+    let line = serde_json::json!({
+        "action": action,
+        "ok": failure.is_none(),
+        "opened": opened,
+        "errno": failure.as_ref().and_then(std::io::Error::raw_os_error),
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Maps the first page of `path` executable: directly, or (`mprotect`) readable first and then

@@ -11,6 +11,8 @@ mod daemon;
 mod differential;
 #[path = "semantics.rs"]
 mod semantics;
+#[path = "switch.rs"]
+mod switch;
 
 use std::{fs, io::BufReader, net::TcpListener, process::Command};
 

@@ -360,6 +360,9 @@ pub mod reason {
     pub const NO_CONFIG: u32 = 4;
     /// The confined cgroup points at an empty policy slot: denied, fail closed.
     pub const EMPTY_SLOT: u32 = 5;
+    /// The target was stopped by the kill switch (`oxd ctl deny-all`, `freeze` or `kill`):
+    /// every action is denied until `oxd ctl resume`.
+    pub const HALTED: u32 = 6;
     // mappings: 8-11
     /// `mprotect` made a file mapping executable that oxd did not decide when it was mapped
     /// (mapped before the task was confined or under another policy generation, or its
@@ -421,6 +424,12 @@ pub mod proto {
 
 /// `rule_id` of a decision made by a category's default.
 pub const RULE_DEFAULT: u32 = u32::MAX;
+
+/// The `CONFINED` value of a target stopped by the kill switch: a slot no policy can have, so
+/// every hook fails closed for the target's tasks (the path every hook already takes for an
+/// empty or unreadable slot), with [`reason::HALTED`]. One map update halts the target: the
+/// next action of any of its tasks is denied.
+pub const HALTED_SLOT: u32 = u32::MAX - 1;
 
 /// In [`InodeRules`]: no rule for this category.
 pub const RULE_NONE: u32 = u32::MAX - 1;

@@ -4,7 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_loop};
-use oxd_common::{mode, reason, Config, MAX_CGROUP_DEPTH, MAX_POLICY_SLOTS};
+use oxd_common::{mode, reason, Config, HALTED_SLOT, MAX_CGROUP_DEPTH, MAX_POLICY_SLOTS};
 
 use crate::maps::{CONFIG, CONFINED};
 
@@ -92,7 +92,9 @@ impl Gate {
     /// Why a decision without a configuration failed closed.
     #[inline(always)]
     pub(crate) fn missing_reason(&self) -> u32 {
-        if self.slot < MAX_POLICY_SLOTS {
+        if self.slot == HALTED_SLOT {
+            reason::HALTED
+        } else if self.slot < MAX_POLICY_SLOTS {
             reason::EMPTY_SLOT
         } else {
             reason::NO_CONFIG

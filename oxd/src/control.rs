@@ -67,10 +67,41 @@ pub enum Request {
     },
     /// Replace the loaded policy of the same name, for every target confined under it.
     Replace { policy: PolicySource },
+    /// The kill switch: deny every action of a confined target from now on (its next action
+    /// is denied), and with `freeze` or `kill` also freeze or kill its processes. Lifted by
+    /// `Resume`.
+    Halt { target: Target, how: Halt },
+    /// Lift the kill switch: the target's policy decides again, and frozen processes thaw.
+    Resume { target: Target },
     /// The confined targets.
     List,
     /// The daemon's state and counters.
     Status,
+}
+
+/// How the kill switch stops a target.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Halt {
+    /// Every action of the target is denied (recorded with the reason `halted`); its
+    /// processes go on with what they already hold (open files and connections).
+    DenyAll,
+    /// `DenyAll`, and its processes are frozen (`cgroup.freeze`): they run nothing until
+    /// resumed.
+    Freeze,
+    /// `DenyAll`, and its processes are killed (`cgroup.kill`).
+    Kill,
+}
+
+impl Halt {
+    /// The name the CLI and the audit log use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DenyAll => "deny-all",
+            Self::Freeze => "freeze",
+            Self::Kill => "kill",
+        }
+    }
 }
 
 /// One confined target.
@@ -81,6 +112,9 @@ pub struct TargetInfo {
     pub policy: String,
     pub sha256: String,
     pub generation: u64,
+    /// How the kill switch stopped it, if it did.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub halted: Option<Halt>,
 }
 
 /// One loaded policy generation.

@@ -68,12 +68,14 @@ use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use oxd_common::{counter, tally, Event, TallyKey, EVENT_HEADER_LEN, RING_BUF_BYTES};
 use tokio::{
     io::unix::AsyncFd,
-    sync::{oneshot, Notify},
+    sync::{mpsc, oneshot, Notify},
     time::MissedTickBehavior,
 };
 
 use crate::{
-    audit::{decode_event, tally_event, AuditLog, Clock, DecodeError, Record, RingTotals},
+    audit::{
+        decode_event, tally_event, AuditLog, Clock, DecodeError, Record, RingTotals, SwitchRecord,
+    },
     metrics::Metrics,
     policy::Policy,
 };
@@ -452,10 +454,9 @@ impl<C: LossCounter> Recorder<C> {
         Ok(())
     }
 
-    /// Writes a `lost` record for the decisions lost since the last one, if any, and the
-    /// tallies that grew.
+    /// Writes a `lost` record for the decisions lost since the last one, if any. Cheap (two
+    /// counter reads), so it runs after every drain that empties the ring.
     pub fn report_losses(&mut self) -> Result<()> {
-        self.report_tallies()?;
         let totals = self.totals()?;
         let lost = totals.lost;
         if lost > self.reported_lost {
@@ -478,6 +479,14 @@ impl<C: LossCounter> Recorder<C> {
         self.audit.flush().context("cannot write the audit log")
     }
 
+    /// Writes the owner's record, flushed.
+    fn note(&mut self, record: &SwitchRecord) -> Result<()> {
+        self.audit
+            .write_switch(record)
+            .and_then(|()| self.audit.flush())
+            .context("cannot write the audit log")
+    }
+
     /// The last drain: at most `max` decisions (what the ring held when it started), and for
     /// at most `time` if given (in batches of [`BATCH`]; what is left stays in the ring), then
     /// the losses, then a `counts` record with the kernel's totals.
@@ -497,6 +506,7 @@ impl<C: LossCounter> Recorder<C> {
                 break;
             }
         }
+        self.report_tallies()?;
         self.report_losses()?;
         let totals = self.totals()?;
         self.audit
@@ -513,7 +523,8 @@ pub struct Limits {
     pub batch: usize,
     /// Decisions the final drain reads at most.
     pub final_drain: usize,
-    /// The longest time between two loss checks.
+    /// The longest time between two loss checks, and the time between two writes of the
+    /// kernel's tallies.
     pub report_every: Duration,
     /// How often the ring is drained without a wake-up.
     pub flush_every: Duration,
@@ -549,6 +560,36 @@ pub struct Pump {
     thread: Option<JoinHandle<Result<()>>>,
     stop: Option<oneshot::Sender<()>>,
     exited: Option<oneshot::Receiver<()>>,
+    notes: Notes,
+}
+
+/// A record for the pump to write, and where to say it was written.
+type NoteCall = (
+    SwitchRecord,
+    std::sync::mpsc::SyncSender<Result<(), String>>,
+);
+
+/// The owner's way to have the pump write its own records ([`Pump::notes`]) into the audit
+/// log, in line with the decisions: the pump is the log's only writer.
+#[derive(Clone, Debug)]
+pub struct Notes(mpsc::UnboundedSender<NoteCall>);
+
+/// How long [`Notes::write`] waits for the pump.
+const NOTE_WAIT: Duration = Duration::from_secs(5);
+
+impl Notes {
+    /// Has the pump write `record` and flush the log; returns once it has (blocking, for at
+    /// most a few seconds: the pump takes notes before decisions).
+    pub fn write(&self, record: SwitchRecord) -> Result<()> {
+        let (done, written) = std::sync::mpsc::sync_channel(1);
+        self.0
+            .send((record, done))
+            .map_err(|_| anyhow!("the event pump has stopped"))?;
+        match written.recv_timeout(NOTE_WAIT) {
+            Ok(result) => result.map_err(|e| anyhow!(e)),
+            Err(_) => bail!("the event pump did not write the record within {NOTE_WAIT:?}"),
+        }
+    }
 }
 
 impl Pump {
@@ -572,6 +613,7 @@ impl Pump {
         }
         let (stop_tx, stop_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel::<()>();
+        let (notes_tx, notes_rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("oxd-pump".into())
             .spawn(move || {
@@ -582,14 +624,20 @@ impl Pump {
                     .enable_time()
                     .build()
                     .context("cannot start the event pump's runtime")?;
-                runtime.block_on(pump(ring, &mut recorder, stop_rx, limits))
+                runtime.block_on(pump(ring, &mut recorder, stop_rx, notes_rx, limits))
             })
             .context("cannot start the event pump's thread")?;
         Ok(Self {
             thread: Some(thread),
             stop: Some(stop_tx),
             exited: Some(exited_rx),
+            notes: Notes(notes_tx),
         })
+    }
+
+    /// A handle to have this pump write the owner's records.
+    pub fn notes(&self) -> Notes {
+        self.notes.clone()
     }
 
     /// Resolves when the pump has stopped by itself, which it only does when it fails:
@@ -635,6 +683,7 @@ async fn pump<R, C>(
     ring: R,
     recorder: &mut Recorder<C>,
     mut stop: oneshot::Receiver<()>,
+    mut notes: mpsc::UnboundedReceiver<NoteCall>,
     limits: Limits,
 ) -> Result<()>
 where
@@ -656,7 +705,17 @@ where
             biased;
             // A stop request, or the owner gone without one.
             _ = &mut stop => break,
-            _ = tick.tick() => recorder.report_losses()?,
+            // The owner waits for its record: before any decision.
+            Some((record, done)) = notes.recv() => {
+                let written = recorder.note(&record);
+                let _ = done.send(written.as_ref().map_err(|e| format!("{e:#}")).copied());
+                written?;
+            }
+            // The tallies (a walk of the kernel's map) only on the tick.
+            _ = tick.tick() => {
+                recorder.report_tallies()?;
+                recorder.report_losses()?;
+            }
             // Records the kernel did not wake us for (few of them): a batch, and at once
             // another while batches come full.
             _ = flush.tick() => {
@@ -684,6 +743,12 @@ where
                 }
             }
         }
+    }
+    // Records sent as the stop came.
+    while let Ok((record, done)) = notes.try_recv() {
+        let written = recorder.note(&record);
+        let _ = done.send(written.as_ref().map_err(|e| format!("{e:#}")).copied());
+        written?;
     }
     recorder.finish(ring.get_mut(), limits.final_drain, limits.final_drain_time)
 }

@@ -75,6 +75,11 @@
 //! `--record-rate`). A `counts` record then also carries the kernel's totals `tallied` and
 //! `suppressed`, which `oxd audit verify` checks against the tallies of a complete run.
 //!
+//! A record with `"op": "kill-switch"` is the daemon's: the kill switch set on a target
+//! (`action`: `deny-all`, `freeze` or `kill`) or lifted (`resume`), with the target's `cgroup`
+//! and `cgroup_id`, the `policy`, `policy_sha256` and `generation` it is confined under, and
+//! `outcome` (what was done: frozen, killed, thawed, or what failed). It is not a decision.
+//!
 //! Every record starts with `seq` (0, 1, 2, ... along the log) and `prev`, the SHA-256 (hex) of
 //! the previous record's line (64 zeros for the first): `oxd audit verify` checks the chain.
 
@@ -439,6 +444,7 @@ fn reason_text(reason: u32) -> &'static str {
         reason::PATH_UNRESOLVED => "path could not be resolved (fail closed)",
         reason::NO_CONFIG => "policy configuration missing (fail closed)",
         reason::EMPTY_SLOT => "policy slot empty (fail closed)",
+        reason::HALTED => "halted by the kill switch (until `oxd ctl resume`)",
         reason::MAPPING_UNDECIDED => "mapping not decided when it was made (fail closed)",
         reason::FOREIGN_MOUNT_NS => "the file is in another mount namespace (namespaces denied)",
         reason::NO_PATH_IN_NS => {
@@ -740,6 +746,45 @@ struct LostRecord<'a> {
     /// On a `counts` record: whether the totals are complete (see [`AuditLog::write_counts`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     complete: Option<bool>,
+}
+
+/// The kill switch set or lifted on a target (`oxd ctl deny-all|freeze|kill|resume`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SwitchRecord {
+    pub time: String,
+    pub policy: String,
+    pub policy_sha256: String,
+    pub generation: u64,
+    pub op: &'static str,
+    /// `deny-all`, `freeze`, `kill` or `resume`.
+    pub action: &'static str,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    /// What was done beyond the switch itself, or what failed.
+    pub outcome: String,
+}
+
+impl SwitchRecord {
+    /// A record of `action` on the target, stamped now.
+    pub fn new(
+        action: &'static str,
+        cgroup: &Path,
+        cgroup_id: u64,
+        policy: (&str, &str, u64),
+        outcome: String,
+    ) -> Self {
+        Self {
+            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            policy: policy.0.to_owned(),
+            policy_sha256: policy.1.to_owned(),
+            generation: policy.2,
+            op: "kill-switch",
+            action,
+            cgroup: cgroup.display().to_string(),
+            cgroup_id,
+            outcome,
+        }
+    }
 }
 
 /// Decisions the kernel counted instead of recording each (see [`oxd_common::tally`]).
@@ -1347,6 +1392,11 @@ impl AuditLog {
             count,
         };
         self.write_chained(&record)
+    }
+
+    /// Writes a `kill-switch` record (always written).
+    pub fn write_switch(&mut self, record: &SwitchRecord) -> std::io::Result<()> {
+        self.write_chained(record)
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {

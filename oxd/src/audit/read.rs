@@ -143,6 +143,8 @@ impl CountsCheck {
                     self.tallied += count;
                 }
             }
+            // The daemon's own record, not a decision.
+            Some("kill-switch") => {}
             Some("counts") => {
                 let complete = record.get("complete").and_then(Value::as_bool) == Some(true);
                 if complete && self.whole {
@@ -291,6 +293,18 @@ pub fn render(record: &Value) -> String {
             s("policy"),
             n("generation"),
             s("why"),
+        );
+    }
+    if s("op") == "kill-switch" {
+        return format!(
+            "{}  SWITCH   {} {} (cgroup id {}) of {} gen {}: {}",
+            s("time"),
+            s("action"),
+            exact("cgroup", "cgroup_bytes"),
+            n("cgroup_id"),
+            s("policy"),
+            n("generation"),
+            s("outcome"),
         );
     }
     if s("op") == "lost" {

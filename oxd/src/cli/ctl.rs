@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use oxd::control::{call, PolicySource, Request, Status, Target, TargetInfo, DEFAULT_SOCKET};
+use oxd::control::{call, Halt, PolicySource, Request, Status, Target, TargetInfo, DEFAULT_SOCKET};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct CtlArgs {
@@ -70,6 +70,31 @@ pub(crate) enum CtlCommand {
         #[arg(long)]
         policy: PathBuf,
     },
+    /// Kill switch: deny every action of a confined target from now on (its next action is
+    /// denied, recorded with the reason `halted`), until `resume`. Open files and connections
+    /// stay usable: `freeze` or `kill` stop those too.
+    #[command(name = "deny-all")]
+    DenyAll {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Kill switch: `deny-all`, and freeze the target's processes (cgroup.freeze) until
+    /// `resume`.
+    Freeze {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Kill switch: `deny-all`, and kill the target's processes (cgroup.kill). The target
+    /// stays confined and halted until `resume` or `release`.
+    Kill {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Lift the kill switch: the target's policy decides again, frozen processes thaw.
+    Resume {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
     /// List confined targets and their policies.
     List {
         /// Print JSON (an array of targets).
@@ -104,6 +129,14 @@ pub(crate) fn ctl(args: &CtlArgs) -> Result<i32> {
         CtlCommand::Replace { policy } => Request::Replace {
             policy: PolicySource::read(policy)?,
         },
+        CtlCommand::DenyAll { target } => halt(target, Halt::DenyAll)?,
+        CtlCommand::Freeze { target } => halt(target, Halt::Freeze)?,
+        CtlCommand::Kill { target } => halt(target, Halt::Kill)?,
+        CtlCommand::Resume { target } => Request::Resume {
+            target: target
+                .target()
+                .context("name a target: --cgroup DIR or --pid PID")?,
+        },
         CtlCommand::List { .. } => Request::List,
         CtlCommand::Status { .. } => Request::Status,
     };
@@ -132,6 +165,15 @@ pub(crate) fn ctl(args: &CtlArgs) -> Result<i32> {
     Ok(0)
 }
 
+fn halt(target: &TargetArgs, how: Halt) -> Result<Request> {
+    Ok(Request::Halt {
+        target: target
+            .target()
+            .context("name a target: --cgroup DIR or --pid PID")?,
+        how,
+    })
+}
+
 /// The first 16 hex digits of a hash, as the listings show it.
 fn short(sha256: &str) -> &str {
     sha256.get(..16).unwrap_or(sha256)
@@ -144,8 +186,12 @@ fn print_targets(targets: Vec<TargetInfo>, json: bool) -> Result<()> {
         println!("nothing confined");
     } else {
         for t in targets {
+            let halted = t
+                .halted
+                .map(|h| format!("  HALTED ({})", h.name()))
+                .unwrap_or_default();
             println!(
-                "{}  (cgroup id {})  policy {} generation {} sha256 {}",
+                "{}  (cgroup id {})  policy {} generation {} sha256 {}{halted}",
                 t.cgroup.display(),
                 t.cgroup_id,
                 t.policy,

@@ -29,6 +29,7 @@ mod ops;
 mod reconcile;
 mod socket;
 mod state;
+mod switch;
 
 use std::{
     collections::HashMap,
@@ -151,6 +152,8 @@ struct Daemon {
     /// ([`Self::retire_replaced`]), so the caller does not wait for running BPF programs or
     /// for the old slot to be cleared.
     replaced: Vec<u64>,
+    /// The pump's way to write the daemon's own records (the kill switch's).
+    notes: Option<crate::pump::Notes>,
 }
 
 /// Opens the targets' cgroup directories that exist: by path, the open directory and its inode.
@@ -260,9 +263,11 @@ impl Daemon {
             adopted,
             metrics: Metrics::new(),
             replaced: Vec::new(),
+            notes: None,
         };
         daemon.reconcile()?;
         let pump = daemon.start_pump(audit)?;
+        daemon.notes = Some(pump.notes());
         daemon.save()?;
         Ok((daemon, pump))
     }

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     compile::{compile, file_identity},
-    control::{PolicyInfo, PolicySource, Request, Response, Status, Target, TargetInfo},
+    control::{Halt, PolicyInfo, PolicySource, Request, Response, Status, Target, TargetInfo},
     enforcer,
     host::cgroup2_mount,
     policy::Policy,
@@ -44,7 +44,7 @@ fn cgroup_level(mount: &Path, path: &Path) -> usize {
 }
 
 /// A cgroup v2 directory and its id.
-fn resolve_target(target: &Target) -> Result<(PathBuf, u64)> {
+pub(super) fn resolve_target(target: &Target) -> Result<(PathBuf, u64)> {
     let mount = cgroup2_mount()?;
     let path = match target {
         Target::Cgroup(path) => path.clone(),
@@ -132,6 +132,8 @@ impl Daemon {
             Request::Confine { target, policy } => self.confine(&target, &policy),
             Request::Release { target, all } => self.release(target.as_ref(), all),
             Request::Replace { policy } => self.replace(&policy),
+            Request::Halt { target, how } => self.halt(&target, how),
+            Request::Resume { target } => self.resume(&target),
             Request::List => return Response::targets(self.targets()),
             Request::Status => {
                 return self
@@ -257,6 +259,7 @@ impl Daemon {
             cgroup: cgroup.clone(),
             cgroup_id,
             policy: name.clone(),
+            halted: None,
         });
         self.save()?;
         // The cgroup programs decide nothing for a cgroup that is not in CONFINED yet; the
@@ -300,23 +303,7 @@ impl Daemon {
             self.state.targets.iter().map(|t| t.cgroup_id).collect()
         } else {
             let target = target.ok_or_else(|| anyhow!("name a target, or --all"))?;
-            let known = match target {
-                Target::Cgroup(path) => self
-                    .state
-                    .targets
-                    .iter()
-                    .find(|t| &t.cgroup == path)
-                    .map(|t| t.cgroup_id),
-                Target::Pid(_) => None,
-            };
-            let id = match known {
-                Some(id) => id,
-                None => resolve_target(target)?.1,
-            };
-            if !self.state.targets.iter().any(|t| t.cgroup_id == id) {
-                bail!("that target is not confined by this daemon (see `oxd ctl list`)");
-            }
-            vec![id]
+            vec![self.known_target(target)?]
         };
         let mut released = Vec::new();
         for id in ids {
@@ -347,6 +334,11 @@ impl Daemon {
             return Ok(None);
         };
         let t = self.state.targets.remove(pos);
+        // What the kill switch froze would stay frozen.
+        if matches!(t.halted, Some(Halt::Freeze | Halt::Kill)) {
+            let thawed = super::switch::thaw(&t.cgroup);
+            tracing::info!(cgroup = %t.cgroup.display(), "released while halted: {thawed}");
+        }
         self.drop_unused(&t.policy)?;
         self.metrics.clear_policy(&t.cgroup.display().to_string());
         Ok(Some(t.cgroup))
@@ -420,9 +412,12 @@ impl Daemon {
             .filter(|t| t.policy == name)
             .cloned()
             .collect();
-        // Each target switches in one map update.
+        // Each target switches in one map update; a halted one stays halted (it takes the new
+        // generation when resumed).
         for t in &targets {
-            self.enforcer.set_confined(t.cgroup_id, g.slot)?;
+            if t.halted.is_none() {
+                self.enforcer.set_confined(t.cgroup_id, g.slot)?;
+            }
             self.metrics.set_policy(
                 &t.cgroup.display().to_string(),
                 &g.name,
@@ -465,6 +460,7 @@ impl Daemon {
                     policy: t.policy.clone(),
                     sha256: g.map(|g| g.sha256.clone()).unwrap_or_default(),
                     generation: g.map_or(0, |g| g.generation),
+                    halted: t.halted,
                 }
             })
             .collect()

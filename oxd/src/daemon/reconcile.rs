@@ -37,6 +37,7 @@ use std::{
 };
 
 use anyhow::{anyhow, Context as _, Result};
+use oxd_common::HALTED_SLOT;
 
 use super::state::State;
 use crate::{enforcer::Enforcer, rcu::RcuBarrier};
@@ -175,10 +176,16 @@ pub(super) fn plan(saved: &State, kernel: &Kernel, cgroups: &Cgroups) -> Plan {
         .map(|g| (g.generation, g.slot))
         .collect();
     // Every target points at its policy's current generation (completing a confine, rolling
-    // back an unrecorded replacement), and has its cgroup programs attached; targets whose
-    // cgroup is gone are dropped.
+    // back an unrecorded replacement), or at the halted slot if the kill switch stopped it,
+    // and has its cgroup programs attached; targets whose cgroup is gone are dropped.
     for target in &saved.targets {
-        let slot = state.current_gen(&target.policy).map(|g| g.slot);
+        let slot = state.current_gen(&target.policy).map(|g| {
+            if target.halted.is_some() {
+                HALTED_SLOT
+            } else {
+                g.slot
+            }
+        });
         let alive = cgroups.get(&target.cgroup) == Some(&target.cgroup_id);
         match (slot, alive) {
             (Some(slot), true) => {
@@ -339,6 +346,7 @@ mod tests {
             cgroup: PathBuf::from(cgroup),
             cgroup_id,
             policy: policy.to_owned(),
+            halted: None,
         }
     }
 
@@ -431,6 +439,39 @@ mod tests {
         assert_eq!(p.actions, vec![attach(A, 10), attach(B, 11)]);
         assert_eq!(p.state, saved);
         assert_converges(&saved, &k, &live);
+    }
+
+    #[test]
+    fn a_halted_target_is_halted_again_whatever_the_kernel_says() {
+        // The switch saved before its map update, or the map was re-created since.
+        let mut halted = target(A, 10, "p");
+        halted.halted = Some(crate::control::Halt::Freeze);
+        let saved = state(
+            vec![gen(1, 0, "p")],
+            &[("p", 1)],
+            vec![halted, target(B, 11, "p")],
+        );
+        let k = kernel(&[(0, 1)], &[(10, 0), (11, 0)]);
+        let live = cgroups(&[(A, 10), (B, 11)]);
+        let p = plan(&saved, &k, &live);
+        assert_eq!(
+            p.actions,
+            vec![
+                attach(A, 10),
+                SetConfined {
+                    cgroup_id: 10,
+                    slot: HALTED_SLOT
+                },
+                attach(B, 11),
+            ]
+        );
+        assert_eq!(p.state, saved);
+        // Halted already: nothing to change but the attachments.
+        let k = kernel(&[(0, 1)], &[(10, HALTED_SLOT), (11, 0)]);
+        assert_eq!(
+            plan(&saved, &k, &live).actions,
+            vec![attach(A, 10), attach(B, 11)]
+        );
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub(super) struct TargetState {
     pub(super) cgroup_id: u64,
     /// The name of the policy it is confined under.
     pub(super) policy: String,
+    /// How the kill switch stopped it, if it did: its `CONFINED` value is then
+    /// [`oxd_common::HALTED_SLOT`], whatever its policy's generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) halted: Option<crate::control::Halt>,
 }
 
 /// One of the kernel's tallies ([`oxd_common::TallyKey`]) and the total already written.
@@ -147,6 +151,11 @@ impl State {
     }
 
     /// The current generation of policy `name`, if it is loaded.
+    /// Where the target with this cgroup id is in [`Self::targets`].
+    pub(super) fn target_index(&self, cgroup_id: u64) -> Option<usize> {
+        self.targets.iter().position(|t| t.cgroup_id == cgroup_id)
+    }
+
     pub(super) fn current_gen(&self, name: &str) -> Option<&GenState> {
         self.current.get(name).and_then(|g| self.gen(*g))
     }
@@ -210,6 +219,7 @@ mod tests {
                 cgroup: "/sys/fs/cgroup/a".into(),
                 cgroup_id: 42,
                 policy: "p".into(),
+                halted: Some(crate::control::Halt::Freeze),
             }],
         }
     }
