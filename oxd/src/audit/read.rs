@@ -427,6 +427,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn kill_switch_records_render_as_one_escaped_line_and_are_not_decisions() {
+        let record = serde_json::json!({
+            "time": "T", "policy": "agent", "policy_sha256": "s", "generation": 7,
+            "op": "kill-switch", "action": "freeze", "cgroup": "/sys/fs/cgroup/a\nb",
+            "cgroup_id": 42, "outcome": "every action denied; processes frozen"
+        });
+        assert_eq!(
+            render(&record),
+            "T  SWITCH   freeze /sys/fs/cgroup/a\\nb (cgroup id 42) of agent gen 7: every \
+             action denied; processes frozen"
+        );
+        let mut check = CountsCheck::new(true);
+        let mut report = VerifyReport::default();
+        check.record(&record, "line 1", &mut report);
+        assert_eq!(check.decisions, 0, "a switch is not a decision");
+    }
+
     /// No character in `line` can end it, move the cursor or reorder what a terminal shows.
     fn assert_one_visible_line(line: &str) {
         for c in line.chars() {

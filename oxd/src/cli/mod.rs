@@ -37,7 +37,7 @@ enum Command {
     /// Run the long-lived service: confine cgroups under named policies on request (see `oxd
     /// ctl`), replace policies atomically, keep enforcement pinned across crashes.
     Daemon(daemon::DaemonArgs),
-    /// Talk to a running `oxd daemon`: confine, release, replace, list, status.
+    /// Talk to a running `oxd daemon`: confine, release, replace, the kill switch (deny-all, freeze, kill, resume), list, status.
     Ctl(ctl::CtlArgs),
     /// Read audit logs: verify their hash chain, or print them readably.
     #[command(subcommand)]
