@@ -1597,3 +1597,28 @@ fn network_prefixes_of_two_large_policies_fit_and_clearing_a_slot_removes_its_ow
     assert_eq!(enforcer.net_prefix_count(3).expect("count"), 0);
     assert_eq!(enforcer.net_prefix_count(4).expect("count"), 0);
 }
+
+/// The Python client's unit tests (`clients/python/tests`, standard library only), against a
+/// stand-in daemon; the guests run it against a real one (`tests/python.rs`).
+#[test]
+fn python_client_unit_tests_pass() {
+    let tests = repo().join("clients/python/tests");
+    let out = Command::new("python3")
+        .args(["-m", "unittest", "discover", "-v", "-s"])
+        .arg(&tests)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 (needed for the Python client): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the Python client's tests failed:\n{text}"
+    );
+    assert!(
+        text.contains("Ran ") && text.contains("\nOK"),
+        "no Python test ran:\n{text}"
+    );
+}

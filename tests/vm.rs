@@ -9,6 +9,8 @@ mod common;
 mod daemon;
 #[path = "differential.rs"]
 mod differential;
+#[path = "python.rs"]
+mod python;
 #[path = "semantics.rs"]
 mod semantics;
 #[path = "switch.rs"]

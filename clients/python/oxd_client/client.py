@@ -1,0 +1,197 @@
+"""The calls of the oxd daemon's control API, one method each."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Dict, List, Literal, Optional, Union
+
+DEFAULT_SOCKET = "/run/oxd/oxd.sock"
+
+#: How the kill switch stops a target: ``deny-all`` (every action denied from the next one),
+#: ``freeze`` (and its processes frozen) or ``kill`` (and its processes killed).
+Halt = Literal["deny-all", "freeze", "kill"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class DaemonError(Exception):
+    """The daemon refused a call; the message says why (a policy error names
+    ``file:line:col``)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A confined target, as ``list`` reports it."""
+
+    cgroup: str
+    cgroup_id: int
+    policy: str
+    sha256: str
+    generation: int
+    #: How the kill switch stopped it, if it did.
+    halted: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, value: Dict[str, Any]) -> "Target":
+        return cls(
+            cgroup=value["cgroup"],
+            cgroup_id=value["cgroup_id"],
+            policy=value["policy"],
+            sha256=value["sha256"],
+            generation=value["generation"],
+            halted=value.get("halted"),
+        )
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """A loaded policy generation."""
+
+    name: str
+    sha256: str
+    generation: int
+    slot: int
+    targets: int
+
+
+@dataclass(frozen=True)
+class Status:
+    """The daemon's state and counters, as ``status`` reports them."""
+
+    pid: int
+    version: str
+    adopted: bool
+    lsm: bool
+    bpffs: str
+    audit_log: str
+    targets: int
+    generation: int
+    policies: List[PolicyInfo]
+    records: int
+    denied: int
+    ringbuf_lost: int
+
+    @classmethod
+    def from_json(cls, value: Dict[str, Any]) -> "Status":
+        fields = dict(value)
+        fields["policies"] = [PolicyInfo(**p) for p in value.get("policies", [])]
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
+
+def _target(cgroup: Optional[PathLike], pid: Optional[int]) -> Dict[str, Any]:
+    if (cgroup is None) == (pid is None):
+        raise ValueError("name one target: cgroup= or pid=")
+    if cgroup is not None:
+        return {"cgroup": os.fspath(cgroup)}
+    return {"pid": int(pid)}  # type: ignore[arg-type]
+
+
+def _policy(path: PathLike) -> Dict[str, str]:
+    path = os.fspath(path)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return {"path": path, "text": text}
+
+
+class Client:
+    """A client of one daemon, by its control socket.
+
+    Every method makes one call; a refusal raises :class:`DaemonError`, and a daemon that
+    cannot be reached raises :class:`ConnectionError` (or another :class:`OSError`).
+    """
+
+    def __init__(self, socket_path: PathLike = DEFAULT_SOCKET, timeout: float = 30.0) -> None:
+        self.socket_path = os.fspath(socket_path)
+        self.timeout = timeout
+
+    def call(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """Sends one request (a JSON object with ``op``) and returns the response object if it
+        says ``ok``."""
+        line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(self.timeout)
+            try:
+                s.connect(self.socket_path)
+            except OSError as e:
+                raise ConnectionError(
+                    f"cannot connect to the oxd daemon at {self.socket_path} (is `oxd daemon` "
+                    f"running, and are you its user?): {e}"
+                ) from e
+            s.sendall(line)
+            with s.makefile("rb") as reader:
+                answer = reader.readline()
+        if not answer:
+            raise ConnectionError("the oxd daemon closed the connection without an answer")
+        response = json.loads(answer)
+        if not response.get("ok"):
+            raise DaemonError(response.get("error") or "the daemon refused")
+        return response
+
+    def _message(self, request: Dict[str, Any]) -> str:
+        return str(self.call(request).get("message", ""))
+
+    def confine(
+        self, policy: PathLike, *, cgroup: Optional[PathLike] = None, pid: Optional[int] = None
+    ) -> str:
+        """Confines a cgroup (and every cgroup below it), or the cgroup process ``pid`` is in,
+        under the policy file ``policy``; returns the daemon's message."""
+        return self._message(
+            {"op": "confine", "target": _target(cgroup, pid), "policy": _policy(policy)}
+        )
+
+    def release(
+        self,
+        *,
+        cgroup: Optional[PathLike] = None,
+        pid: Optional[int] = None,
+        all: bool = False,
+    ) -> str:
+        """Stops confining a target, or every target with ``all=True``."""
+        if all:
+            if cgroup is not None or pid is not None:
+                raise ValueError("all=True names no target")
+            return self._message({"op": "release", "target": None, "all": True})
+        return self._message({"op": "release", "target": _target(cgroup, pid)})
+
+    def replace(self, policy: PathLike) -> str:
+        """Replaces the loaded policy of the same name, atomically for every target under
+        it."""
+        return self._message({"op": "replace", "policy": _policy(policy)})
+
+    def halt(
+        self, how: Halt, *, cgroup: Optional[PathLike] = None, pid: Optional[int] = None
+    ) -> str:
+        """The kill switch: every action of the target is denied from its next one on, and
+        with ``freeze`` or ``kill`` its processes are frozen or killed. Recorded in the audit
+        log before the answer; :meth:`resume` lifts it."""
+        if how not in ("deny-all", "freeze", "kill"):
+            raise ValueError(f"how must be deny-all, freeze or kill, not {how!r}")
+        return self._message({"op": "halt", "target": _target(cgroup, pid), "how": how})
+
+    def deny_all(self, *, cgroup: Optional[PathLike] = None, pid: Optional[int] = None) -> str:
+        """``halt("deny-all", ...)``."""
+        return self.halt("deny-all", cgroup=cgroup, pid=pid)
+
+    def freeze(self, *, cgroup: Optional[PathLike] = None, pid: Optional[int] = None) -> str:
+        """``halt("freeze", ...)``."""
+        return self.halt("freeze", cgroup=cgroup, pid=pid)
+
+    def kill(self, *, cgroup: Optional[PathLike] = None, pid: Optional[int] = None) -> str:
+        """``halt("kill", ...)``."""
+        return self.halt("kill", cgroup=cgroup, pid=pid)
+
+    def resume(self, *, cgroup: Optional[PathLike] = None, pid: Optional[int] = None) -> str:
+        """Lifts the kill switch: the target's policy decides again, frozen processes thaw."""
+        return self._message({"op": "resume", "target": _target(cgroup, pid)})
+
+    def list(self) -> List[Target]:
+        """The confined targets."""
+        return [Target.from_json(t) for t in self.call({"op": "list"}).get("targets") or []]
+
+    def status(self) -> Status:
+        """The daemon's state and counters."""
+        return Status.from_json(self.call({"op": "status"})["status"])
