@@ -7,14 +7,14 @@
 //! Every decision here is a guard decision ([`crate::guard`]): denied for every confined task
 //! whatever its uid, capabilities, policy or mode, and recorded.
 
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 use oxd_common::op;
 
 use crate::{
     confine::Gate,
     guard::{deny, gate},
     ipc::{side_of, Side},
-    maps::PROTECTED,
+    maps::{CONFINED, PROTECTED},
     offsets,
 };
 
@@ -99,42 +99,102 @@ fn inode_permission(ctx: LsmContext) -> i32 {
 /// nearest confined ancestor-or-self is the agent's, as [`crate::ipc`] decides for the other
 /// party of a signal), denied otherwise and when it cannot be told.
 ///
+/// Of the confined cgroup itself (the confinement's root), only the files the kernel's own
+/// delegation model hands to a delegatee may be written: `cgroup.procs`, `cgroup.threads` and
+/// `cgroup.subtree_control` (moving the agent's processes between its cgroups, and enabling
+/// controllers below). Its other files (`pids.max`, `memory.max`, `cpu.max`,
+/// `cgroup.freeze`, `cgroup.kill`, `cgroup.max.descendants`, ...) are the limits and switches
+/// set on the agent from outside: a root agent could lift them. Those of cgroups the agent
+/// made below its own are its own to set (a parent's limit still applies to them).
+///
 /// The kernel's own migration check asks this for the common ancestor's `cgroup.procs` with
 /// the migrating task's rights, so moving a process across the border (out of the
 /// confinement, or an outside process in, or `clone3(CLONE_INTO_CGROUP)` outside) is denied
 /// here whichever `cgroup.procs` file was opened, and by whom.
 #[inline(always)]
 fn decide_cgroup2(gate: &Gate, inode: u64) -> i32 {
-    let cgroup = kernfs_inode_cgroup(inode).unwrap_or(0);
-    if cgroup != 0 && side_of(cgroup) == Side::Inside {
-        return 0;
-    }
+    let node = kernfs_inode_cgroup(inode);
+    let cgroup = node.map_or(0, |n| n.cgroup);
     let id = if cgroup == 0 {
         0
     } else {
         offsets::cgroup_id(cgroup).unwrap_or(0)
     };
+    if cgroup != 0 && side_of(cgroup) == Side::Inside {
+        let file = node.map_or(0, |n| n.file);
+        // SAFETY: the key and value are plain integers.
+        let root = id != 0 && unsafe { CONFINED.get(id) }.is_some();
+        if file == 0 || !root || delegatable(file) {
+            return 0;
+        }
+    }
     deny(gate, op::CGROUP_WRITE, id as u32, 0)
 }
 
-/// The `struct cgroup` a cgroup2 inode belongs to: a directory's own (`kn->priv`), a file's
-/// directory's (`kn->parent->priv`). `None` if it cannot be read.
+/// A cgroup2 inode: its `struct cgroup` (a directory's own, `kn->priv`; a file's directory's,
+/// `kn->parent->priv`), and for a file its `kernfs_node` (0 for a directory).
+#[derive(Clone, Copy)]
+struct CgroupNode {
+    cgroup: u64,
+    file: u64,
+}
+
+/// What a cgroup2 inode is ([`CgroupNode`]); `None` if it cannot be read.
 #[inline(always)]
-fn kernfs_inode_cgroup(inode: u64) -> Option<u64> {
+fn kernfs_inode_cgroup(inode: u64) -> Option<CgroupNode> {
     let kn = offsets::inode_private(inode)?;
     if kn == 0 {
         return None;
     }
     let flags = offsets::kernfs_flags(kn)?;
-    let dir = if flags & KERNFS_TYPE_MASK == KERNFS_DIR {
-        kn
+    let (dir, file) = if flags & KERNFS_TYPE_MASK == KERNFS_DIR {
+        (kn, 0)
     } else {
-        offsets::kernfs_parent(kn)?
+        (offsets::kernfs_parent(kn)?, kn)
     };
     if dir == 0 {
         return None;
     }
-    offsets::kernfs_priv(dir).filter(|&c| c != 0)
+    let cgroup = offsets::kernfs_priv(dir).filter(|&c| c != 0)?;
+    Some(CgroupNode { cgroup, file })
+}
+
+/// The files of a cgroup its delegatee may write (`Documentation/admin-guide/cgroup-v2.rst`,
+/// "Delegation Containment"), with their terminating NUL.
+const DELEGATABLE: [&[u8]; 3] = [
+    b"cgroup.procs\0",
+    b"cgroup.threads\0",
+    b"cgroup.subtree_control\0",
+];
+
+/// Whether the kernfs file `kn` is one of [`DELEGATABLE`]; false when its name cannot be read.
+#[inline(always)]
+fn delegatable(kn: u64) -> bool {
+    let Some(name) = offsets::kernfs_name(kn) else {
+        return false;
+    };
+    if name == 0 {
+        return false;
+    }
+    let mut buf = [0u8; 24];
+    // SAFETY: reads at most `buf.len()` bytes of a kernel string into `buf`.
+    if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut buf) }.is_err() {
+        return false;
+    }
+    DELEGATABLE.iter().any(|want| same_prefix(&buf, want))
+}
+
+/// Whether `buf` starts with `want` (at most `buf.len()` bytes): a loop of constant bounds.
+#[inline(always)]
+fn same_prefix(buf: &[u8; 24], want: &[u8]) -> bool {
+    let mut i = 0;
+    while i < want.len() && i < buf.len() {
+        if buf[i] != want[i] {
+            return false;
+        }
+        i += 1;
+    }
+    i == want.len()
 }
 
 /// A write to a procfs inode: a process's own entries (`/proc/PID/...`) are left to the other

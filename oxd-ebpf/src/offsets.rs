@@ -605,6 +605,10 @@ static KERNFS_NODE_PARENT_OFFSET: u32 = 0;
 #[no_mangle]
 static KERNFS_NODE_FLAGS_OFFSET: u32 = 0;
 
+/// Offset of `name` (`__name` on newer kernels; a `const char *`) in `struct kernfs_node`.
+#[no_mangle]
+static KERNFS_NODE_NAME_OFFSET: u32 = 0;
+
 /// Offset of `vfs_inode` in `struct proc_inode`.
 #[no_mangle]
 static PROC_INODE_VFS_INODE_OFFSET: u32 = 0;
@@ -652,6 +656,12 @@ pub(crate) fn kernfs_parent(kn: u64) -> Option<u64> {
 #[inline(always)]
 pub(crate) fn kernfs_flags(kn: u64) -> Option<u16> {
     read_at::<u16>(kn, &KERNFS_NODE_FLAGS_OFFSET)
+}
+
+/// `kn->name`, as an address.
+#[inline(always)]
+pub(crate) fn kernfs_name(kn: u64) -> Option<u64> {
+    read_at::<u64>(kn, &KERNFS_NODE_NAME_OFFSET)
 }
 
 /// `PROC_I(inode)->pid`, as an address (0 for a `/proc` entry that is not a process's).

@@ -409,6 +409,8 @@ pub struct KernelOffsets {
     pub kernfs_node_parent: u32,
     /// `offsetof(struct kernfs_node, flags)`.
     pub kernfs_node_flags: u32,
+    /// `offsetof(struct kernfs_node, name)` (`__name` from 6.15).
+    pub kernfs_node_name: u32,
     /// `offsetof(struct proc_inode, vfs_inode)`.
     pub proc_inode_vfs_inode: u32,
     /// `offsetof(struct proc_inode, pid)`.
@@ -489,6 +491,9 @@ impl KernelOffsets {
                 .member_offset("kernfs_node", "parent")
                 .or_else(|_| btf.member_offset("kernfs_node", "__parent"))?,
             kernfs_node_flags: btf.member_offset("kernfs_node", "flags")?,
+            kernfs_node_name: btf
+                .member_offset("kernfs_node", "name")
+                .or_else(|_| btf.member_offset("kernfs_node", "__name"))?,
             proc_inode_vfs_inode: btf.member_offset("proc_inode", "vfs_inode")?,
             proc_inode_pid: btf.member_offset("proc_inode", "pid")?,
             pid_tasks: btf.member_offset("pid", "tasks")?,

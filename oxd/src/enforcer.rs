@@ -254,6 +254,7 @@ fn override_guard_fs_offsets<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a Kerne
             true,
         )
         .override_global("KERNFS_NODE_FLAGS_OFFSET", &offsets.kernfs_node_flags, true)
+        .override_global("KERNFS_NODE_NAME_OFFSET", &offsets.kernfs_node_name, true)
         .override_global(
             "PROC_INODE_VFS_INODE_OFFSET",
             &offsets.proc_inode_vfs_inode,

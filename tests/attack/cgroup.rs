@@ -664,3 +664,75 @@ fn a_non_root_agent_cannot_move_to_a_sibling_cgroup_delegated_to_it() {
         65534,
     );
 }
+
+/// A root agent may not lift the limits and switches set on its confined cgroup from outside
+/// (`pids.max`, `memory.max`, `cgroup.freeze`, `cgroup.kill`, ...): of that cgroup only the
+/// files the kernel's delegation model hands to a delegatee are writable (`cgroup.procs`,
+/// `cgroup.threads`, `cgroup.subtree_control`), while the cgroups it makes below its own stay
+/// its own to manage.
+#[test]
+fn a_root_agent_cannot_change_its_confined_cgroups_limits() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("cgroup-limits");
+    // `pids.max` exists where the parent enables the pids controller for its children.
+    let root = PathBuf::from(mount());
+    fs::write(root.join("cgroup.subtree_control"), "+pids")
+        .expect("enable the pids controller below the root cgroup");
+    let cgroup = TestCgroup::new("limits");
+    assert!(
+        cgroup.path().join("pids.max").exists(),
+        "no pids.max in {} although the root enables the pids controller",
+        cgroup.path().display()
+    );
+    let policy = scratch.policy("name = \"limits\"\n[file]\ndefault = \"allow\"\n");
+    let mut daemon = Daemon::new(&scratch, "limits", &[]);
+    daemon.start();
+    daemon.confine_cgroup(&cgroup, &policy);
+    let own = |file: &str| format!("write:{}/{file}", cgroup.path_str());
+    let limits = [
+        "pids.max",
+        "cgroup.freeze",
+        "cgroup.kill",
+        "cgroup.max.descendants",
+    ];
+    let delegated = ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"];
+    let inner = format!("write:{}/inner/cgroup.max.descendants", cgroup.path_str());
+    let mut actions: Vec<String> = limits.iter().chain(&delegated).map(|f| own(f)).collect();
+    actions.push("subcgroup:inner".to_owned());
+    actions.push(inner.clone());
+    let results = probe_in(
+        &cgroup,
+        &actions.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    for file in limits {
+        assert_eperm(&results, &own(file));
+    }
+    for file in delegated {
+        assert_ok(&results, &own(file));
+    }
+    assert_ok(&results, "subcgroup:inner");
+    assert_ok(&results, &inner);
+    let pids_max = fs::read_to_string(cgroup.path().join("pids.max")).unwrap_or_default();
+    assert_eq!(pids_max.trim(), "max", "the limit was not touched");
+    let id = cgroup.id();
+    let denied = wait_for("the guard's records", WAIT, || {
+        let denied: Vec<Value> = audit_records_so_far(&daemon.audit_log)
+            .into_iter()
+            .filter(|r| {
+                r["op"] == "cgroup-write"
+                    && r["decision"] == "deny"
+                    && r["target"] == format!("cgroup {}", id & 0xffff_ffff)
+            })
+            .collect();
+        (denied.len() >= limits.len()).then_some(denied)
+    });
+    for r in &denied {
+        assert_eq!(r["enforced"], true, "{r}");
+        assert!(
+            r["reason"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("guard:")),
+            "{r}"
+        );
+    }
+}
