@@ -22,9 +22,11 @@ fn open_policy(name: &str) -> String {
 const HALTED: &str = "halted by the kill switch (until `oxd ctl resume`)";
 
 /// How much later than the switch's own record a decision made before the switch may be
-/// stamped: the two clocks are the same clock, read apart by a few microseconds when the
-/// daemon starts.
-const STAMP_SLACK_NS: i128 = 5_000_000;
+/// stamped: records are stamped from the boot clock plus the wall-clock time of boot, which
+/// the daemon computes once from two clock reads (microseconds apart, more if the emulated
+/// CPU is preempted between them). A switch that took effect late would let hundreds of the
+/// busy agent's opens through in this time.
+const STAMP_SLACK_NS: i128 = 20_000_000;
 
 /// Nanoseconds since the epoch of a UTC time as the audit log writes it
 /// (`2026-12-07T10:01:00.123456789Z`).
