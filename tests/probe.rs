@@ -17,6 +17,9 @@
 //! - `wait:FILE` waits (up to 120 s) until FILE exists;
 //! - `flood:N:PATH` opens PATH for reading N times (closing it each time) and reports once: the
 //!   first failure, or success;
+//! - `forks:N` forks up to N children that wait (on a pipe) until told to exit, stopping at
+//!   the first fork that fails; reports `forked` (how many succeeded), the failure's errno,
+//!   and `after_exit_ok`: whether a fork succeeds again once those children have exited;
 //! - `until-denied:PATH` opens PATH for reading (closing it each time) until an open fails, for
 //!   at most 120 s, and reports once: `opened` (how many succeeded) and the failure's errno;
 //! - `repeat:FILE` performs the actions after it round after round until FILE exists (checked
@@ -541,19 +544,87 @@ fn perform(action: &str) -> Result<(), ExitCode> {
         .strip_prefix("flood:")
         .and_then(|rest| rest.split_once(':'))
     {
-        let Ok(count) = count.parse::<u64>() else {
-            eprintln!("oxd-probe: bad count in {action}");
-            return Err(ExitCode::from(2));
-        };
-        let result =
-            (0..count).try_for_each(|_| OpenOptions::new().read(true).open(path).map(drop));
-        report(action, result.map(|()| None));
+        flood(action, count, path)?;
+    } else if let Some(count) = action.strip_prefix("forks:") {
+        forks(action, count)?;
     } else if let Some(path) = action.strip_prefix("until-denied:") {
         until_denied(action, path);
     } else {
         eprintln!("oxd-probe: unknown action {action}");
         return Err(ExitCode::from(2));
     }
+    Ok(())
+}
+
+/// `flood:N:PATH` (see the module documentation).
+fn flood(action: &str, count: &str, path: &str) -> Result<(), ExitCode> {
+    let Ok(count) = count.parse::<u64>() else {
+        eprintln!("oxd-probe: bad count in {action}");
+        return Err(ExitCode::from(2));
+    };
+    let result = (0..count).try_for_each(|_| OpenOptions::new().read(true).open(path).map(drop));
+    report(action, result.map(|()| None));
+    Ok(())
+}
+
+/// `forks:N` (see the module documentation).
+fn forks(action: &str, count: &str) -> Result<(), ExitCode> {
+    /// Forks a child that waits until `hold` gives EOF, then exits; its pid or the errno.
+    fn child(hold: libc::c_int, release: libc::c_int) -> Result<libc::pid_t, i32> {
+        // SAFETY: this program has one thread; the child only calls async-signal-safe
+        // functions (close, read, _exit).
+        match unsafe { libc::fork() } {
+            -1 => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+            0 => unsafe {
+                libc::close(release);
+                let mut byte = 0u8;
+                libc::read(hold, (&raw mut byte).cast(), 1);
+                libc::_exit(0)
+            },
+            pid => Ok(pid),
+        }
+    }
+    let Ok(count) = count.parse::<u32>() else {
+        eprintln!("oxd-probe: bad count in {action}");
+        return Err(ExitCode::from(2));
+    };
+    let mut pipe = [0; 2];
+    // SAFETY: `pipe` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0, "pipe");
+    let mut children = Vec::new();
+    let mut failure = None;
+    for _ in 0..count {
+        match child(pipe[0], pipe[1]) {
+            Ok(pid) => children.push(pid),
+            Err(errno) => {
+                failure = Some(errno);
+                break;
+            }
+        }
+    }
+    // SAFETY: closing our ends lets every child read EOF and exit; each is reaped.
+    unsafe {
+        libc::close(pipe[1]);
+        for pid in &children {
+            libc::waitpid(*pid, std::ptr::null_mut(), 0);
+        }
+    }
+    let again = child(pipe[0], -1).map(|pid| {
+        // SAFETY: as above; the write end is closed, so the child exits at once.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    });
+    // SAFETY: our read end, no longer needed.
+    unsafe { libc::close(pipe[0]) };
+    let line = serde_json::json!({
+        "action": action,
+        "ok": failure.is_none(),
+        "forked": children.len(),
+        "errno": failure,
+        "after_exit_ok": again.is_ok(),
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
     Ok(())
 }
 

@@ -9,6 +9,8 @@ mod common;
 mod daemon;
 #[path = "differential.rs"]
 mod differential;
+#[path = "limits.rs"]
+mod limits;
 #[path = "python.rs"]
 mod python;
 #[path = "semantics.rs"]

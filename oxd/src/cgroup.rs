@@ -187,3 +187,164 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
         }
     }
 }
+
+/// The pids controller of a cgroup: `[process] max_processes` is its `pids.max`, which the
+/// kernel enforces on every fork and clone in the cgroup and below it (`EAGAIN` beyond it).
+pub mod pids {
+    use std::{
+        fs,
+        path::{Path, PathBuf},
+    };
+
+    /// Why a limit could not be set.
+    #[derive(Debug, thiserror::Error)]
+    pub enum PidsError {
+        #[error(
+            "the pids controller is not enabled for the children of {p}, and \
+             `[process] max_processes` needs it: `echo +pids > {p}/cgroup.subtree_control` \
+             (and in every cgroup above it), then try again",
+            p = parent.display()
+        )]
+        NoController { parent: PathBuf },
+        #[error("cannot set {path} to {value}")]
+        Write {
+            path: PathBuf,
+            value: String,
+            #[source]
+            source: std::io::Error,
+        },
+        #[error("cannot read {path}")]
+        Read {
+            path: PathBuf,
+            #[source]
+            source: std::io::Error,
+        },
+    }
+
+    /// The cgroup's `pids.max` (`max` or a number).
+    pub fn max(dir: &Path) -> Result<String, PidsError> {
+        let path = dir.join("pids.max");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(no_controller(dir)),
+            Err(source) => Err(PidsError::Read { path, source }),
+        }
+    }
+
+    fn no_controller(dir: &Path) -> PidsError {
+        PidsError::NoController {
+            parent: dir.parent().unwrap_or(dir).to_owned(),
+        }
+    }
+
+    /// Sets the cgroup's `pids.max` to `value` (`max` or a number).
+    pub fn set_max(dir: &Path, value: &str) -> Result<(), PidsError> {
+        let path = dir.join("pids.max");
+        if !path.exists() {
+            return Err(no_controller(dir));
+        }
+        fs::write(&path, value).map_err(|source| PidsError::Write {
+            path,
+            value: value.to_owned(),
+            source,
+        })
+    }
+
+    /// Enables the pids controller for the children of every cgroup from `root` (the cgroup2
+    /// mount) down to `dir`'s parent, where it is not yet: for the cgroups oxd makes itself
+    /// (`oxd run`).
+    pub fn enable_above(root: &Path, dir: &Path) -> Result<(), PidsError> {
+        if dir.join("pids.max").exists() {
+            return Ok(());
+        }
+        let Ok(below) = dir.strip_prefix(root) else {
+            return Err(no_controller(dir));
+        };
+        let mut at = root.to_owned();
+        let parts: Vec<_> = below.components().collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            enable(&at)?;
+            at.push(part);
+        }
+        enable(&at)?;
+        if dir.join("pids.max").exists() {
+            Ok(())
+        } else {
+            Err(no_controller(dir))
+        }
+    }
+
+    fn enable(dir: &Path) -> Result<(), PidsError> {
+        let path = dir.join("cgroup.subtree_control");
+        let on = fs::read_to_string(&path).is_ok_and(|t| t.split_whitespace().any(|c| c == "pids"));
+        if on {
+            return Ok(());
+        }
+        fs::write(&path, "+pids").map_err(|source| PidsError::Write {
+            path,
+            value: "+pids".to_owned(),
+            source,
+        })
+    }
+
+    /// How many forks and clones a pids limit refused in the cgroup and below it. Kernels with
+    /// `pids.events.local` (6.10 and later) count every refusal caused by a limit in the
+    /// cgroup's own `pids.events`; older ones count each refusal in the forking task's cgroup,
+    /// so the whole subtree is added up.
+    pub fn refused(dir: &Path) -> u64 {
+        if dir.join("pids.events.local").exists() {
+            return events_max(dir);
+        }
+        let mut total = events_max(dir);
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    total += refused(&entry.path());
+                }
+            }
+        }
+        total
+    }
+
+    /// `max` of a cgroup's `pids.events` (0 if it cannot be read).
+    fn events_max(dir: &Path) -> u64 {
+        fs::read_to_string(dir.join("pids.events"))
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|l| {
+                    let (key, value) = l.split_once(' ')?;
+                    (key == "max").then(|| value.trim().parse().ok())?
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn refusals_are_added_up_below_without_local_events() {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path();
+            fs::write(root.join("pids.events"), "max 3\n").unwrap();
+            fs::create_dir(root.join("a")).unwrap();
+            fs::write(root.join("a/pids.events"), "max 2\n").unwrap();
+            assert_eq!(refused(root), 5);
+            // With local events, the cgroup's own count is hierarchical already.
+            fs::write(root.join("pids.events.local"), "max 1\n").unwrap();
+            assert_eq!(refused(root), 3);
+        }
+
+        #[test]
+        fn a_missing_controller_names_the_fix() {
+            let dir = tempfile::tempdir().unwrap();
+            let err = set_max(dir.path(), "5").unwrap_err();
+            assert!(err.to_string().contains("echo +pids"), "{err}");
+            assert!(matches!(
+                max(dir.path()),
+                Err(PidsError::NoController { .. })
+            ));
+        }
+    }
+}

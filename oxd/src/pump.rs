@@ -73,9 +73,7 @@ use tokio::{
 };
 
 use crate::{
-    audit::{
-        decode_event, tally_event, AuditLog, Clock, DecodeError, Record, RingTotals, SwitchRecord,
-    },
+    audit::{decode_event, tally_event, AuditLog, Clock, DecodeError, Note, Record, RingTotals},
     metrics::Metrics,
     policy::Policy,
 };
@@ -480,9 +478,9 @@ impl<C: LossCounter> Recorder<C> {
     }
 
     /// Writes the owner's record, flushed.
-    fn note(&mut self, record: &SwitchRecord) -> Result<()> {
+    fn note(&mut self, note: &Note) -> Result<()> {
         self.audit
-            .write_switch(record)
+            .write_note(note)
             .and_then(|()| self.audit.flush())
             .context("cannot write the audit log")
     }
@@ -564,10 +562,7 @@ pub struct Pump {
 }
 
 /// A record for the pump to write, and where to say it was written.
-type NoteCall = (
-    SwitchRecord,
-    std::sync::mpsc::SyncSender<Result<(), String>>,
-);
+type NoteCall = (Note, std::sync::mpsc::SyncSender<Result<(), String>>);
 
 /// The owner's way to have the pump write its own records ([`Pump::notes`]) into the audit
 /// log, in line with the decisions: the pump is the log's only writer.
@@ -580,7 +575,7 @@ const NOTE_WAIT: Duration = Duration::from_secs(5);
 impl Notes {
     /// Has the pump write `record` and flush the log; returns once it has (blocking, for at
     /// most a few seconds: the pump takes notes before decisions).
-    pub fn write(&self, record: SwitchRecord) -> Result<()> {
+    pub fn write(&self, record: Note) -> Result<()> {
         let (done, written) = std::sync::mpsc::sync_channel(1);
         self.0
             .send((record, done))

@@ -33,13 +33,47 @@ pub use user::RunAs;
 
 use self::watchdog::Watchdog;
 use crate::{
-    audit::{AuditLog, RecordFilter, Rotation},
-    cgroup::AgentCgroup,
+    audit::{AuditLog, LimitRecord, Note, RecordFilter, Rotation},
+    cgroup::{pids, AgentCgroup},
     enforcer::{record_setting, Enforcer},
     metrics::Metrics,
     policy::Policy,
     pump::{Book, Limits, Pump, PumpStats, Recorder},
 };
+
+/// Sets the policy's `[process] max_processes` on the agent's cgroup (`pids.max`), enabling the
+/// pids controller above it where it is not.
+fn limit_processes(policy: &Policy, cgroup: &AgentCgroup) -> Result<()> {
+    if let Some(max) = policy.max_processes {
+        let root = crate::host::cgroup2_mount()?;
+        pids::enable_above(&root, cgroup.path())
+            .and_then(|()| pids::set_max(cgroup.path(), &max.to_string()))
+            .context("cannot set the policy's max_processes")?;
+    }
+    Ok(())
+}
+
+/// Writes a `limit` record of the forks the process limit refused (those of processes still
+/// left are not counted: they are killed next).
+fn record_refused_forks(policy: &Policy, cgroup: &AgentCgroup, pump: &Pump) {
+    let Some(max) = policy.max_processes else {
+        return;
+    };
+    let refused = pids::refused(cgroup.path());
+    if refused == 0 {
+        return;
+    }
+    let record = LimitRecord::new(
+        cgroup.path(),
+        cgroup.id(),
+        (&policy.name, &policy.sha256, 1),
+        max,
+        refused,
+    );
+    if let Err(e) = pump.notes().write(Note::Limit(record)) {
+        tracing::error!("cannot record {refused} forks refused by max_processes: {e:#}");
+    }
+}
 
 /// Exit status when oxd itself fails before or around the command (as `env` and `timeout` do).
 pub const EXIT_OXD_FAILED: i32 = 125;
@@ -89,6 +123,7 @@ pub fn run(args: &RunOptions) -> Result<i32> {
     enforcer.attach_lsm()?;
     let cgroup = AgentCgroup::create(&format!("run-{}", std::process::id()))
         .context("cannot create the agent's cgroup")?;
+    limit_processes(&policy, &cgroup)?;
     enforcer.confine(&cgroup)?;
     // From here on, oxd's death leaves nothing running unconfined (see `watchdog`).
     let watchdog = Watchdog::spawn(cgroup.path())?;
@@ -148,6 +183,7 @@ pub fn run(args: &RunOptions) -> Result<i32> {
         relay.as_mut(),
     ));
 
+    record_refused_forks(&policy, &cgroup, &pump);
     // Nothing the agent started may outlive its confinement.
     let removed = cgroup.remove();
     if let Some(relay) = relay {

@@ -80,6 +80,14 @@
 //! and `cgroup_id`, the `policy`, `policy_sha256` and `generation` it is confined under, and
 //! `outcome` (what was done: frozen, killed, thawed, or what failed). It is not a decision.
 //!
+//! A record with `"op": "limit"` counts forks and clones that a policy's
+//! `[process] max_processes` refused (the kernel's pids controller enforces it on the
+//! target's cgroup, `EAGAIN` to the caller): `of` (`fork`), `decision` (`deny`), `rule`
+//! (`process.max_processes`), `max`, the target's `cgroup` and `cgroup_id`, `policy`,
+//! `policy_sha256`, `generation`, and `count` since the previous such record of the target
+//! (the daemon writes them twice a second, `oxd run` at the end). Not a decision record
+//! either: `oxd audit verify` does not count it.
+//!
 //! Every record starts with `seq` (0, 1, 2, ... along the log) and `prev`, the SHA-256 (hex) of
 //! the previous record's line (64 zeros for the first): `oxd audit verify` checks the chain.
 
@@ -787,6 +795,63 @@ impl SwitchRecord {
     }
 }
 
+/// Forks and clones a policy's `[process] max_processes` refused (counted by the kernel's
+/// pids controller, not by oxd's programs), since the previous such record of the target.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LimitRecord {
+    pub time: String,
+    pub policy: String,
+    pub policy_sha256: String,
+    pub generation: u64,
+    pub op: &'static str,
+    /// What was refused: `fork` (forks and clones, threads included).
+    pub of: &'static str,
+    pub decision: &'static str,
+    pub enforced: bool,
+    pub rule: &'static str,
+    /// The limit (`pids.max`).
+    pub max: u32,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub count: u64,
+}
+
+impl LimitRecord {
+    /// `count` forks refused by a limit of `max` on the target, stamped now.
+    pub fn new(
+        cgroup: &Path,
+        cgroup_id: u64,
+        policy: (&str, &str, u64),
+        max: u32,
+        count: u64,
+    ) -> Self {
+        Self {
+            time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            policy: policy.0.to_owned(),
+            policy_sha256: policy.1.to_owned(),
+            generation: policy.2,
+            op: "limit",
+            of: "fork",
+            decision: "deny",
+            enforced: true,
+            rule: "process.max_processes",
+            max,
+            cgroup: cgroup.display().to_string(),
+            cgroup_id,
+            count,
+        }
+    }
+}
+
+/// A record an owner of the log (`oxd run`, the daemon) writes through its pump: not a
+/// decision of oxd's programs.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Note {
+    Switch(SwitchRecord),
+    Limit(LimitRecord),
+}
+
 /// Decisions the kernel counted instead of recording each (see [`oxd_common::tally`]).
 #[derive(Debug, Serialize)]
 struct TallyRecord<'a> {
@@ -1394,9 +1459,9 @@ impl AuditLog {
         self.write_chained(&record)
     }
 
-    /// Writes a `kill-switch` record (always written).
-    pub fn write_switch(&mut self, record: &SwitchRecord) -> std::io::Result<()> {
-        self.write_chained(record)
+    /// Writes an owner's record (`kill-switch`, `limit`; always written).
+    pub fn write_note(&mut self, note: &Note) -> std::io::Result<()> {
+        self.write_chained(note)
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {

@@ -144,7 +144,7 @@ impl CountsCheck {
                 }
             }
             // The daemon's own record, not a decision.
-            Some("kill-switch") => {}
+            Some("kill-switch" | "limit") => {}
             Some("counts") => {
                 let complete = record.get("complete").and_then(Value::as_bool) == Some(true);
                 if complete && self.whole {
@@ -293,6 +293,19 @@ pub fn render(record: &Value) -> String {
             s("policy"),
             n("generation"),
             s("why"),
+        );
+    }
+    if s("op") == "limit" {
+        return format!(
+            "{}  LIMIT    {} x {} refused by max_processes = {} of {} gen {} in {} (cgroup id {})",
+            s("time"),
+            n("count"),
+            s("of"),
+            n("max"),
+            s("policy"),
+            n("generation"),
+            s("cgroup"),
+            n("cgroup_id"),
         );
     }
     if s("op") == "kill-switch" {

@@ -34,9 +34,13 @@ pub(crate) fn check(path: &Path) -> Result<i32> {
     let namespaces = policy
         .namespaces
         .map_or("not decided", |n| n.action.as_str());
+    let max_processes = policy
+        .max_processes
+        .map_or_else(|| "no limit".to_owned(), |n| n.to_string());
     println!(
         "{}: ok: policy `{}` (sha256 {}), mode {}; exec: {exec}; file: {file}; network: \
-         {network}; namespaces: {namespaces}; unix sockets outside: {unix}",
+         {network}; namespaces: {namespaces}; unix sockets outside: {unix}; max processes: \
+         {max_processes}",
         path.display(),
         policy.name,
         &policy.sha256[..16],

@@ -25,6 +25,7 @@
 //! state file; `reconcile` plans and applies what a restart must complete or undo; `ops`
 //! handles the control requests; `socket` serves the control socket.
 
+mod limits;
 mod ops;
 mod reconcile;
 mod socket;
@@ -443,7 +444,10 @@ async fn serve(args: DaemonOptions) -> Result<i32> {
                 () = stats.lost_reported() => daemon.save()?,
                 // The pump stops by itself only when it fails: `finish` below says why.
                 () = pump.stopped() => break,
-                _ = tick.tick() => daemon.prune_removed()?,
+                _ = tick.tick() => {
+                    daemon.prune_removed()?;
+                    daemon.report_limits()?;
+                }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }

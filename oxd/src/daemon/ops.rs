@@ -20,6 +20,7 @@ use super::{
     Daemon,
 };
 use crate::{
+    cgroup::pids,
     compile::{compile, file_identity},
     control::{Halt, PolicyInfo, PolicySource, Request, Response, Status, Target, TargetInfo},
     enforcer,
@@ -236,6 +237,10 @@ impl Daemon {
         }
         let policy = parse(source)?;
         let name = policy.name.clone();
+        let max_processes = policy.max_processes;
+        if max_processes.is_some() {
+            pids::max(&cgroup)?;
+        }
         let dir = fs::File::open(&cgroup)
             .with_context(|| format!("cannot open cgroup {}", cgroup.display()))?;
         let generation = match self.state.current_gen(&name) {
@@ -260,8 +265,17 @@ impl Daemon {
             cgroup_id,
             policy: name.clone(),
             halted: None,
+            pids_max_before: None,
+            refused_reported: 0,
         });
         self.save()?;
+        let pos = self.state.targets.len() - 1;
+        if let Err(e) = self.apply_limit(pos, max_processes) {
+            self.state.targets.pop();
+            self.drop_unused(&name)?;
+            self.save()?;
+            return Err(e).context(format!("cannot confine {}", cgroup.display()));
+        }
         // The cgroup programs decide nothing for a cgroup that is not in CONFINED yet; the
         // map update below makes exec, file and network enforcement start together.
         let attached = self
@@ -269,6 +283,7 @@ impl Daemon {
             .attach_network(&dir, cgroup_id, &label)
             .and_then(|()| self.enforcer.set_confined(cgroup_id, g.slot));
         if let Err(e) = attached {
+            let _ = self.apply_limit(pos, None);
             let _ = self.enforcer.remove_confined(cgroup_id);
             let _ = self.enforcer.detach_network(cgroup_id);
             self.state.targets.retain(|t| t.cgroup_id != cgroup_id);
@@ -333,6 +348,9 @@ impl Daemon {
         else {
             return Ok(None);
         };
+        if let Err(e) = self.apply_limit(pos, None) {
+            tracing::info!("released without restoring pids.max: {e:#}");
+        }
         let t = self.state.targets.remove(pos);
         // What the kill switch froze would stay frozen.
         if matches!(t.halted, Some(Halt::Freeze | Halt::Kill)) {
@@ -402,6 +420,13 @@ impl Daemon {
                 old.generation
             ));
         }
+        // A limit needs the pids controller on every target: checked before anything changes.
+        let max_processes = policy.max_processes;
+        if max_processes.is_some() {
+            for t in self.state.targets.iter().filter(|t| t.policy == name) {
+                pids::max(&t.cgroup)?;
+            }
+        }
         let generation = self.load_generation(policy, source.path.clone(), source.text.clone())?;
         let loaded = std::time::Instant::now();
         let g = self.state.gen(generation).expect("loaded").clone();
@@ -426,6 +451,13 @@ impl Daemon {
             );
         }
         self.state.current.insert(name.clone(), generation);
+        for pos in 0..self.state.targets.len() {
+            if self.state.targets[pos].policy == name {
+                if let Err(e) = self.apply_limit(pos, max_processes) {
+                    tracing::warn!("the new max_processes is not in force: {e:#}");
+                }
+            }
+        }
         // In force from here; the old generation is retired after the answer (a daemon that
         // dies first leaves it to the next one's reconciliation, which retires it).
         let switched = std::time::Instant::now();

@@ -347,6 +347,8 @@ mod tests {
             cgroup_id,
             policy: policy.to_owned(),
             halted: None,
+            pids_max_before: None,
+            refused_reported: 0,
         }
     }
 

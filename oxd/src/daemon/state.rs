@@ -41,6 +41,21 @@ pub(super) struct TargetState {
     /// [`oxd_common::HALTED_SLOT`], whatever its policy's generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) halted: Option<crate::control::Halt>,
+    /// What the cgroup's `pids.max` was before its policy's `max_processes` set it (restored
+    /// when the limit goes); `None` while oxd has not set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) pids_max_before: Option<String>,
+    /// The forks the limit refused that `limit` records already report (the kernel's count).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(super) refused_reported: u64,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One of the kernel's tallies ([`oxd_common::TallyKey`]) and the total already written.
@@ -220,6 +235,8 @@ mod tests {
                 cgroup_id: 42,
                 policy: "p".into(),
                 halted: Some(crate::control::Halt::Freeze),
+                pids_max_before: Some("max".into()),
+                refused_reported: 3,
             }],
         }
     }

@@ -23,7 +23,7 @@ use oxd_common::HALTED_SLOT;
 
 use super::Daemon;
 use crate::{
-    audit::SwitchRecord,
+    audit::{Note, SwitchRecord},
     control::{Halt, Target},
 };
 
@@ -146,7 +146,7 @@ impl Daemon {
             outcome,
         );
         match &self.notes {
-            Some(notes) => notes.write(record),
+            Some(notes) => notes.write(Note::Switch(record)),
             None => bail!("the event pump is not running"),
         }
     }

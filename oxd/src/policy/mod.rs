@@ -192,7 +192,14 @@ pub struct Policy {
     pub rules: Vec<RuleInfo>,
     /// `[process] namespaces`: present in every policy, the switch (default deny).
     pub namespaces: Option<NamespacePolicy>,
+    /// `[process] max_processes`: the most tasks (processes and threads) the agent may have
+    /// at once, enforced by its cgroup's `pids.max` (a fork or clone beyond it fails with
+    /// `EAGAIN`).
+    pub max_processes: Option<u32>,
 }
+
+/// The largest `max_processes`: the kernel's `PID_MAX_LIMIT` on 64-bit machines.
+pub const MAX_PROCESSES: u32 = 4_194_304;
 
 /// `[process] namespaces`: whether confined tasks may create user namespaces, mount, unmount,
 /// move or pivot mounts, chroot, or enter existing namespaces. A namespace, a mount or a

@@ -24,6 +24,8 @@ pub(super) struct RawPolicy {
 pub(super) struct RawProcessSection {
     /// `"deny"` (default) or `"allow"`: user namespaces, mounts, `pivot_root`, `chroot`.
     pub(super) namespaces: Option<Spanned<Action>>,
+    /// The most tasks the agent may have at once (its cgroup's `pids.max`).
+    pub(super) max_processes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -175,6 +175,20 @@ fn process_namespaces_switch() {
 }
 
 #[test]
+fn process_limit_is_a_count_of_tasks() {
+    assert_eq!(parse("[exec]\n").unwrap().max_processes, None);
+    let p = parse("[network]\n[process]\nmax_processes = 64\n").unwrap();
+    assert_eq!(p.max_processes, Some(64));
+    for bad in ["0", "-1", "4194305", "99999999999"] {
+        let err = parse(&format!("[exec]\n[process]\nmax_processes = {bad}\n")).unwrap_err();
+        assert!(err.starts_with("test.toml:3:17: "), "{bad}: {err}");
+        assert!(err.contains("from 1 to 4194304"), "{bad}: {err}");
+    }
+    let err = parse("[exec]\n[process]\nmax_processes = \"8\"\n").unwrap_err();
+    assert!(err.starts_with("test.toml:3:17: "), "{err}");
+}
+
+#[test]
 fn ipc_unix_rules_validate_with_locations() {
     let policy = parse(concat!(
         "[exec]\n[ipc]\nunix = \"deny\"\n",

@@ -14,7 +14,7 @@ use super::{
     },
     unix::parse_unix_pattern,
     Action, ExecPolicy, FilePolicy, IpcPolicy, NamespacePolicy, NetworkPolicy, NetworkRule,
-    PathRule, Policy, Protocol, RuleInfo, SocketSwitch, UnixRule,
+    PathRule, Policy, Protocol, RuleInfo, SocketSwitch, UnixRule, MAX_PROCESSES,
 };
 
 /// An error at a byte range of the policy text.
@@ -65,6 +65,25 @@ impl Validator {
                 written: false,
             }),
         };
+        let max_processes = raw
+            .process
+            .as_ref()
+            .and_then(|p| p.max_processes.clone())
+            .map(|n| {
+                let span = n.span();
+                u32::try_from(*n.get_ref())
+                    .ok()
+                    .filter(|n| (1..=MAX_PROCESSES).contains(n))
+                    .ok_or_else(|| {
+                        (
+                            span,
+                            format!(
+                                "max_processes must be a number of tasks from 1 to {MAX_PROCESSES}"
+                            ),
+                        )
+                    })
+            })
+            .transpose()?;
         let namespaces = Some(self.namespaces(raw.process));
         let sha256 = format!("{:x}", Sha256::digest(text.as_bytes()));
         Ok(Policy {
@@ -77,6 +96,7 @@ impl Validator {
             ipc,
             rules: self.rules,
             namespaces,
+            max_processes,
         })
     }
 
