@@ -188,6 +188,16 @@ fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// The value of `key` in one of a cgroup's flat-keyed files (`cgroup.events`, `pids.events`:
+/// a `key value` pair per line); `None` if the file or the key is missing.
+pub fn flat_keyed(dir: &Path, file: &str, key: &str) -> Option<String> {
+    let text = fs::read_to_string(dir.join(file)).ok()?;
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().to_owned())
+    })
+}
+
 /// The pids controller of a cgroup: `[process] max_processes` is its `pids.max`, which the
 /// kernel enforces on every fork and clone in the cgroup and below it (`EAGAIN` beyond it).
 pub mod pids {
@@ -308,14 +318,8 @@ pub mod pids {
 
     /// `max` of a cgroup's `pids.events` (0 if it cannot be read).
     fn events_max(dir: &Path) -> u64 {
-        fs::read_to_string(dir.join("pids.events"))
-            .ok()
-            .and_then(|text| {
-                text.lines().find_map(|l| {
-                    let (key, value) = l.split_once(' ')?;
-                    (key == "max").then(|| value.trim().parse().ok())?
-                })
-            })
+        super::flat_keyed(dir, "pids.events", "max")
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     }
 

@@ -673,6 +673,13 @@ impl Drop for Pump {
     }
 }
 
+/// Writes an owner's record and tells the owner how that went; the pump stops on an error.
+fn answer_note<C: LossCounter>(recorder: &mut Recorder<C>, (note, done): NoteCall) -> Result<()> {
+    let written = recorder.note(&note);
+    let _ = done.send(written.as_ref().map_err(|e| format!("{e:#}")).copied());
+    written
+}
+
 /// The pump's loop, on its own thread and runtime.
 async fn pump<R, C>(
     ring: R,
@@ -701,11 +708,7 @@ where
             // A stop request, or the owner gone without one.
             _ = &mut stop => break,
             // The owner waits for its record: before any decision.
-            Some((record, done)) = notes.recv() => {
-                let written = recorder.note(&record);
-                let _ = done.send(written.as_ref().map_err(|e| format!("{e:#}")).copied());
-                written?;
-            }
+            Some(call) = notes.recv() => answer_note(recorder, call)?,
             // The tallies (a walk of the kernel's map) only on the tick.
             _ = tick.tick() => {
                 recorder.report_tallies()?;
@@ -740,10 +743,8 @@ where
         }
     }
     // Records sent as the stop came.
-    while let Ok((record, done)) = notes.try_recv() {
-        let written = recorder.note(&record);
-        let _ = done.send(written.as_ref().map_err(|e| format!("{e:#}")).copied());
-        written?;
+    while let Ok(call) = notes.try_recv() {
+        answer_note(recorder, call)?;
     }
     recorder.finish(ring.get_mut(), limits.final_drain, limits.final_drain_time)
 }

@@ -313,7 +313,7 @@ pub fn render(record: &Value) -> String {
             "{}  SWITCH   {} {} (cgroup id {}) of {} gen {}: {}",
             s("time"),
             s("action"),
-            exact("cgroup", "cgroup_bytes"),
+            s("cgroup"),
             n("cgroup_id"),
             s("policy"),
             n("generation"),

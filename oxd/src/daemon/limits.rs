@@ -59,11 +59,8 @@ impl Daemon {
                 max,
                 refused - t.refused_reported,
             );
-            if let Some(notes) = &self.notes {
-                notes
-                    .write(Note::Limit(record))
-                    .context("cannot record the forks max_processes refused")?;
-            }
+            self.note(Note::Limit(record))
+                .context("cannot record the forks max_processes refused")?;
             self.state.targets[pos].refused_reported = refused;
             changed = true;
         }

@@ -24,6 +24,7 @@ use oxd_common::HALTED_SLOT;
 use super::Daemon;
 use crate::{
     audit::{Note, SwitchRecord},
+    cgroup::flat_keyed,
     control::{Halt, Target},
 };
 
@@ -45,11 +46,7 @@ fn stronger(a: Option<Halt>, b: Halt) -> Halt {
 
 /// The value of `key` in a cgroup's `cgroup.events` (`populated`, `frozen`).
 fn cgroup_event(cgroup: &Path, key: &str) -> Option<bool> {
-    let text = fs::read_to_string(cgroup.join("cgroup.events")).ok()?;
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once(' ')?;
-        (k == key).then(|| v.trim() == "1")
-    })
+    flat_keyed(cgroup, "cgroup.events", key).map(|v| v == "1")
 }
 
 /// Waits up to [`SETTLE`] for `cgroup.events` to say `key` is `want`.
@@ -145,8 +142,13 @@ impl Daemon {
             ),
             outcome,
         );
+        self.note(Note::Switch(record))
+    }
+
+    /// Has the pump write one of the daemon's own records (see [`crate::pump::Notes`]).
+    pub(super) fn note(&self, note: Note) -> Result<()> {
         match &self.notes {
-            Some(notes) => notes.write(Note::Switch(record)),
+            Some(notes) => notes.write(note),
             None => bail!("the event pump is not running"),
         }
     }
