@@ -2,6 +2,8 @@
 //! programs but runs cgroup hooks, so network-only policies are enforced here, and a policy that
 //! needs BPF-LSM must be refused before the command starts.
 
+#[path = "budget.rs"]
+mod budget;
 mod common;
 
 use std::{

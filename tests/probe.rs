@@ -10,6 +10,9 @@
 //!   `PROT_READ | PROT_EXEC` (the result reported is the first failure: open, mmap, mprotect);
 //! - `connect:IP:PORT` / `connect:[IPV6]:PORT` opens a TCP connection;
 //! - `udp:IP:PORT` sends one datagram from an unconnected UDP socket;
+//! - `times:N:connect:IP:PORT` / `times:N:udp:IP:PORT` does that N times (each datagram from a
+//!   new socket) and reports once: `allowed`, `eperm` (refused with `EPERM`) and `other`
+//!   (failed otherwise) counts;
 //! - `socket:KIND` creates (and closes) an inet socket of KIND: `icmp4`/`icmp6` (ping sockets),
 //!   `raw4`/`raw6` (raw ICMP sockets), `udplite4`/`udplite6` (a protocol other than TCP/UDP);
 //! - `subcgroup:NAME` creates cgroup NAME below the probe's own cgroup and moves the probe into
@@ -486,30 +489,33 @@ fn perform(action: &str) -> Result<(), ExitCode> {
             action,
             map_executable(path, kind == "mprotect").map(|()| None),
         );
+    } else if let Some((count, rest)) = action
+        .strip_prefix("times:")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        let (Ok(count), Some((kind, addr))) = (count.parse::<u32>(), rest.split_once(':')) else {
+            eprintln!("oxd-probe: bad repetition {action}");
+            return Err(ExitCode::from(2));
+        };
+        let addr = parse_addr(addr)?;
+        let (mut allowed, mut eperm, mut other) = (0u32, 0u32, 0u32);
+        for _ in 0..count {
+            match net_once(kind, addr) {
+                Ok(()) => allowed += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+                Err(_) => other += 1,
+            }
+        }
+        let line = serde_json::json!({
+            "action": action, "ok": true, "allowed": allowed, "eperm": eperm, "other": other,
+        });
+        println!("{line}");
     } else if let Some((kind, addr)) = action
         .split_once(':')
         .filter(|(k, _)| matches!(*k, "connect" | "udp"))
     {
-        let addr: SocketAddr = match addr.parse() {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("oxd-probe: bad address {addr}: {e}");
-                return Err(ExitCode::from(2));
-            }
-        };
-        let result = if kind == "connect" {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map(|_| None)
-        } else {
-            let local = if addr.is_ipv4() {
-                "0.0.0.0:0"
-            } else {
-                "[::]:0"
-            };
-            UdpSocket::bind(local)
-                .and_then(|s| s.send_to(b"oxd", addr))
-                .map(|_| None)
-        };
-        report(action, result);
+        let addr = parse_addr(addr)?;
+        report(action, net_once(kind, addr).map(|()| None));
     } else if let Some(kind) = action.strip_prefix("socket:") {
         let Some((family, kind, protocol)) = socket_kind(kind) else {
             eprintln!("oxd-probe: unknown socket kind in {action}");
@@ -554,6 +560,29 @@ fn perform(action: &str) -> Result<(), ExitCode> {
         return Err(ExitCode::from(2));
     }
     Ok(())
+}
+
+fn parse_addr(addr: &str) -> Result<SocketAddr, ExitCode> {
+    addr.parse().map_err(|e| {
+        eprintln!("oxd-probe: bad address {addr}: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// One `connect` (TCP, closed at once) or one datagram from a new unconnected UDP socket.
+fn net_once(kind: &str, addr: SocketAddr) -> std::io::Result<()> {
+    if kind == "connect" {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map(drop)
+    } else {
+        let local = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        UdpSocket::bind(local)
+            .and_then(|s| s.send_to(b"oxd", addr))
+            .map(drop)
+    }
 }
 
 /// `flood:N:PATH` (see the module documentation).

@@ -4,6 +4,8 @@
 
 #[path = "attack/mod.rs"]
 mod attack;
+#[path = "budget.rs"]
+mod budget;
 mod common;
 #[path = "daemon.rs"]
 mod daemon;

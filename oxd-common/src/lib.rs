@@ -31,7 +31,7 @@ pub const PATH_RULE_CAPACITY: u32 = 4 * MAX_PATH_RULES;
 
 /// Version of the layout of the maps oxd pins in bpffs. A daemon only adopts pins of its own
 /// layout version (they live in a directory named after it).
-pub const MAP_LAYOUT_VERSION: u32 = 7;
+pub const MAP_LAYOUT_VERSION: u32 = 8;
 
 /// Most network rules in one policy.
 pub const MAX_NET_RULES: u32 = 16384;
@@ -363,6 +363,9 @@ pub mod reason {
     /// The target was stopped by the kill switch (`oxd ctl deny-all`, `freeze` or `kill`):
     /// every action is denied until `oxd ctl resume`.
     pub const HALTED: u32 = 6;
+    /// The rule matched and allows, but its budget ([`super::BudgetSpec`]) is spent for the
+    /// current window (or could not be counted): denied until the window refills.
+    pub const BUDGET: u32 = 7;
     // mappings: 8-11
     /// `mprotect` made a file mapping executable that oxd did not decide when it was mapped
     /// (mapped before the task was confined or under another policy generation, or its
@@ -588,9 +591,12 @@ pub struct NetEntry {
     /// Last port of the range (inclusive), host byte order.
     pub port_hi: u16,
     /// [`proto`] bits.
-    pub proto: u16,
+    pub proto: u8,
     /// [`action::ALLOW`] or [`action::DENY`].
-    pub action: u16,
+    pub action: u8,
+    /// The rule's budget: 1 + its index in the slot's budgets (see [`BudgetSpec`]), or 0 for
+    /// none.
+    pub budget: u16,
     /// Index of the rule in the compiled policy's rule table.
     pub rule_id: u32,
 }
@@ -612,6 +618,50 @@ pub struct NetPrefix {
     pub _pad: u32,
     pub entries: [NetEntry; NET_LIST_LEN],
 }
+
+/// Most budgets one policy may have: a slot's budgets are elements
+/// `slot * MAX_BUDGETS .. (slot + 1) * MAX_BUDGETS` of `BUDGET_SPECS`.
+pub const MAX_BUDGETS: u32 = 256;
+
+/// Most budget counters (`BUDGET_STATE` keys) at once, over every confined target. When it is
+/// full, an action that would start a new counter is denied (fail closed).
+pub const MAX_BUDGET_STATES: u32 = 16384;
+
+/// The largest `count` of a budget: its counter has 24 bits (see [`BudgetSpec`]).
+pub const MAX_BUDGET_COUNT: u32 = (1 << 24) - 1;
+
+/// A rule's budget: at most `count` actions the rule allows in a window of `per_ms`
+/// milliseconds. A window starts with the first action counted after the previous window
+/// ended. Element `slot * MAX_BUDGETS + index` of `BUDGET_SPECS`.
+///
+/// The counter (the value of `BUDGET_STATE`, keyed by the confined target and `id`) packs the
+/// window's start, in milliseconds of boot time, in its top 40 bits and the actions counted in
+/// it in its low 24, so one compare-and-exchange moves both. `id` is derived from the rule and
+/// its budget as written, so a replacement policy with the same rule and budget keeps counting
+/// on the same counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BudgetSpec {
+    /// Stable identity of the budget; 0 marks an unused element (fail closed).
+    pub id: u64,
+    /// Actions allowed per window, 1 to [`MAX_BUDGET_COUNT`].
+    pub count: u32,
+    /// Length of a window, milliseconds (at least 1).
+    pub per_ms: u32,
+}
+
+/// Key of `BUDGET_STATE`: the confined target (the cgroup id whose `CONFINED` entry decides,
+/// the same for every cgroup below it and across policy replacements) and the budget's
+/// [`BudgetSpec::id`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BudgetKey {
+    pub target: u64,
+    pub id: u64,
+}
+
+/// Bits of a budget counter that hold the actions counted in the window.
+pub const BUDGET_COUNT_BITS: u32 = 24;
 
 /// One decision, sent from the kernel to user space through the ring buffer.
 #[expect(
@@ -723,8 +773,8 @@ pub mod counter {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Config, Event, InodeKey, InodeRules, MappedFile, NetKey, NetPrefix, PathKey, RateWindow,
-        RuleValue, TallyKey,
+        BudgetKey, BudgetSpec, Config, Event, InodeKey, InodeRules, MappedFile, NetKey, NetPrefix,
+        PathKey, RateWindow, RuleValue, TallyKey,
     };
 
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have no
@@ -740,6 +790,8 @@ mod user {
     unsafe impl aya::Pod for MappedFile {}
     unsafe impl aya::Pod for TallyKey {}
     unsafe impl aya::Pod for RateWindow {}
+    unsafe impl aya::Pod for BudgetSpec {}
+    unsafe impl aya::Pod for BudgetKey {}
 }
 
 #[cfg(test)]
@@ -760,6 +812,8 @@ mod tests {
         assert_eq!(size_of::<InodeKey>(), 16);
         assert_eq!(size_of::<NetKey>(), 4 + 16);
         assert_eq!(size_of::<NetEntry>(), 2 * 4 + 4);
+        assert_eq!(size_of::<BudgetSpec>(), 16);
+        assert_eq!(size_of::<BudgetKey>(), 16);
         assert_eq!(size_of::<NetPrefix>(), 8 + 12 * NET_LIST_LEN);
         let event_fields = 8 * 3 + 4 * 15 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
         assert_eq!(size_of::<Event>(), event_fields);

@@ -24,6 +24,9 @@ pub(crate) struct Gate {
     pub(crate) configured: bool,
     /// The task's policy slot.
     pub(crate) slot: u32,
+    /// The confined target: the cgroup whose `CONFINED` entry gave the slot (the task's own, or
+    /// its nearest confined ancestor). Budgets are counted per target.
+    pub(crate) target: u64,
     /// The slot's configuration, read once so one decision sees one generation; [`NO_CONFIG`]
     /// when not [`Self::configured`].
     pub(crate) config: Config,
@@ -56,6 +59,7 @@ impl Gate {
         decide: false,
         configured: false,
         slot: NOT_CONFINED,
+        target: 0,
         config: NO_CONFIG,
     };
 
@@ -63,7 +67,7 @@ impl Gate {
     /// task. An empty or unreadable slot governs every category: it fails closed.
     #[inline(always)]
     pub(crate) fn open(category: u32) -> Self {
-        let slot = confined_slot();
+        let (slot, target) = confined_slot();
         if slot == NOT_CONFINED {
             return Self::LEAVE_ALONE;
         }
@@ -72,12 +76,14 @@ impl Gate {
                 decide: config.governs & category != 0,
                 configured: true,
                 slot,
+                target,
                 config: *config,
             },
             _ => Self {
                 decide: true,
                 configured: false,
                 slot,
+                target,
                 config: NO_CONFIG,
             },
         }
@@ -104,14 +110,15 @@ impl Gate {
 
 /// The policy slot of the current task: that of its cgroup if confined, else that of the
 /// nearest confined ancestor (the one a cgroup the agent created inherits), else
-/// [`NOT_CONFINED`]. The slot is read once per decision, so one decision sees one generation.
+/// [`NOT_CONFINED`]; and the cgroup whose entry gave it. The slot is read once per decision, so
+/// one decision sees one generation.
 #[inline(always)]
-fn confined_slot() -> u32 {
+fn confined_slot() -> (u32, u64) {
     // SAFETY: helper calls without pointer arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: the key and value are plain integers.
     if let Some(slot) = unsafe { CONFINED.get(cgroup_id) } {
-        return *slot;
+        return (*slot, cgroup_id);
     }
     // The nearest confined ancestor decides: walk the ancestors from the top level (1, just
     // below the root) down to the task's parent, keeping the deepest confined one. One level
@@ -119,6 +126,7 @@ fn confined_slot() -> u32 {
     let mut search = SlotSearch {
         cgroup_id,
         found: NOT_CONFINED,
+        found_id: 0,
     };
     let step: extern "C" fn(u64, *mut c_void) -> i64 = slot_step;
     // SAFETY: `search` outlives the call; the callback only touches it through the pointer.
@@ -132,16 +140,18 @@ fn confined_slot() -> u32 {
     };
     if ret < 0 {
         // Cannot happen (the arguments are valid); a slot no policy has fails closed.
-        return MAX_POLICY_SLOTS;
+        return (MAX_POLICY_SLOTS, cgroup_id);
     }
-    search.found
+    (search.found, search.found_id)
 }
 
 /// What [`slot_step`] needs from the last step, on the caller's stack.
 #[repr(C)]
 struct SlotSearch {
     cgroup_id: u64,
-    /// The slot of the deepest confined ancestor so far, [`NOT_CONFINED`] if none.
+    /// The cgroup id of the deepest confined ancestor so far.
+    found_id: u64,
+    /// Its slot, [`NOT_CONFINED`] if none.
     found: u32,
 }
 
@@ -158,6 +168,7 @@ extern "C" fn slot_step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: the key and value are plain integers.
     if let Some(slot) = unsafe { CONFINED.get(ancestor) } {
         search.found = *slot;
+        search.found_id = ancestor;
     }
     0
 }

@@ -62,6 +62,14 @@
 //! unification gives `oxd-common` its `aya` dependency) and provides the panic handler.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        internal_features,
+        reason = "`budget` needs the compare-and-exchange intrinsic"
+    )
+)]
 // What the workspace's pedantic lints would change here is what the verifier checks; these
 // exceptions hold for the whole kernel crate.
 #![expect(
@@ -86,6 +94,7 @@
 )]
 
 mod attr;
+mod budget;
 mod confine;
 mod event;
 mod exec;

@@ -9,10 +9,10 @@ use aya_ebpf::{
     },
 };
 use oxd_common::{
-    counter, Config, Event, InodeKey, InodeRules, MappedFile, NetKey, NetPrefix, PathKey,
-    RateWindow, RuleValue, TallyKey, MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_POLICY_SLOTS,
-    MAX_PROTECTED_FILES, MAX_PROTECTED_TASKS, MAX_TALLIES, NET_PREFIX_CAPACITY, PATH_RULE_CAPACITY,
-    RING_BUF_BYTES,
+    counter, BudgetKey, BudgetSpec, Config, Event, InodeKey, InodeRules, MappedFile, NetKey,
+    NetPrefix, PathKey, RateWindow, RuleValue, TallyKey, MAX_BUDGETS, MAX_BUDGET_STATES,
+    MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_POLICY_SLOTS, MAX_PROTECTED_FILES,
+    MAX_PROTECTED_TASKS, MAX_TALLIES, NET_PREFIX_CAPACITY, PATH_RULE_CAPACITY, RING_BUF_BYTES,
 };
 
 /// Policy settings, one element per policy slot.
@@ -126,3 +126,17 @@ pub(crate) static MAPPED_FILE: PerCpuArray<MappedFile> = PerCpuArray::with_max_e
 #[map]
 pub(crate) static UNIX_RULES: LpmTrie<PathKey, RuleValue> =
     LpmTrie::with_max_entries(PATH_RULE_CAPACITY, 0);
+
+/// Each slot's budgets (see `BudgetSpec`): elements `slot * MAX_BUDGETS ..`, the rule entries'
+/// `budget` minus one after that.
+#[map]
+pub(crate) static BUDGET_SPECS: Array<BudgetSpec> =
+    Array::with_max_entries(MAX_POLICY_SLOTS * MAX_BUDGETS, 0);
+
+/// Budget counters, by confined target and budget id: the window's start and the actions
+/// counted in it (see `BudgetSpec`). Made by the kernel at a budget's first action, removed by
+/// user space when the target is released (or the budget leaves its policy). Not preallocated:
+/// a session uses a handful.
+#[map]
+pub(crate) static BUDGET_STATE: HashMap<BudgetKey, u64> =
+    HashMap::with_max_entries(MAX_BUDGET_STATES, BPF_F_NO_PREALLOC);

@@ -12,10 +12,11 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{macros::cgroup_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 use oxd_common::{
-    governs, op, proto, reason, Config, NetKey, NET_LIST_LEN, NET_SLOT_PREFIX_BITS, RULE_DEFAULT,
+    action, governs, op, proto, reason, NetKey, NET_LIST_LEN, NET_SLOT_PREFIX_BITS, RULE_DEFAULT,
 };
 
 use crate::{
+    budget,
     confine::Gate,
     event::{refuse, start_event, Verdict},
     maps::NET_PREFIXES,
@@ -168,7 +169,7 @@ fn decide_connect(
             // Decided as a whole, as when the socket was created: its other sends pass no hook.
             socket_verdict(&gate.config, proto_bit)
         } else {
-            match_net_rules(&gate.config, gate.slot, addr, port, proto_bit)
+            match_net_rules(&gate, addr, port, proto_bit)
         }
     } else {
         Verdict::deny(gate.missing_reason())
@@ -206,13 +207,8 @@ fn half(bytes: &[u8; 16], start: usize) -> u64 {
 /// prefix's list (at most `NET_LIST_LEN` entries, in order of precedence) for the first entry
 /// whose ports and protocol match. The cost does not grow with the number of rules.
 #[inline(always)]
-fn match_net_rules(
-    config: &Config,
-    slot: u32,
-    addr: &[u8; 16],
-    port: u16,
-    proto_bit: u32,
-) -> Verdict {
+fn match_net_rules(gate: &Gate, addr: &[u8; 16], port: u16, proto_bit: u32) -> Verdict {
+    let config = &gate.config;
     let default = Verdict {
         decision: config.net_default,
         reason: reason::DEFAULT,
@@ -221,7 +217,13 @@ fn match_net_rules(
     if config.net_rule_count == 0 {
         return default;
     }
-    let key = Key::new(NET_SLOT_PREFIX_BITS + 128, NetKey { slot, addr: *addr });
+    let key = Key::new(
+        NET_SLOT_PREFIX_BITS + 128,
+        NetKey {
+            slot: gate.slot,
+            addr: *addr,
+        },
+    );
     let Some(list) = NET_PREFIXES.get(&key) else {
         return default;
     };
@@ -234,8 +236,16 @@ fn match_net_rules(
             && port >= u32::from(entry.port_lo)
             && port <= u32::from(entry.port_hi)
         {
+            let decision = u32::from(entry.action);
+            if decision == action::ALLOW && entry.budget != 0 && !budget::take(gate, entry.budget) {
+                return Verdict {
+                    decision: action::DENY,
+                    reason: reason::BUDGET,
+                    rule_id: entry.rule_id,
+                };
+            }
             return Verdict {
-                decision: u32::from(entry.action),
+                decision,
                 reason: reason::RULE,
                 rule_id: entry.rule_id,
             };

@@ -115,6 +115,26 @@ pub struct TargetInfo {
     /// How the kill switch stopped it, if it did.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub halted: Option<Halt>,
+    /// Its policy's budgets, and what is left of each in the current window.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub budgets: Vec<BudgetInfo>,
+}
+
+/// One budget of a target's policy, as the kernel counts it for the target.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BudgetInfo {
+    /// The rule that has it (`network.allow[0]`).
+    pub rule: String,
+    /// Actions allowed per window.
+    pub count: u32,
+    /// The window (`1m`, `1h 30m`).
+    pub per: String,
+    /// Actions counted in the current window (0 when none has started, or it has ended).
+    pub used: u32,
+    /// Milliseconds until the current window ends (and the budget refills); absent when no
+    /// window is running.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub refills_in_ms: Option<u64>,
 }
 
 /// One loaded policy generation.

@@ -13,8 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use oxd_common::{
-    counter, record, Config, InodeKey, InodeRules, NetKey, NetPrefix, PathKey, RuleValue,
-    ANCESTOR_SLOT_BIT, MAX_POLICY_SLOTS, RING_BUF_BYTES,
+    counter, record, BudgetKey, BudgetSpec, Config, InodeKey, InodeRules, NetKey, NetPrefix,
+    PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_BUDGETS, MAX_POLICY_SLOTS, RING_BUF_BYTES,
 };
 
 /// Kept here until every caller asks [`crate::host`].
@@ -266,7 +266,7 @@ fn override_guard_fs_offsets<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a Kerne
 }
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
-const PINNED_MAPS: [&str; 16] = [
+const PINNED_MAPS: [&str; 18] = [
     "CONFIG",
     "CONFINED",
     "EXEC_RULES",
@@ -283,6 +283,8 @@ const PINNED_MAPS: [&str; 16] = [
     "REGISTRAR",
     "TALLIES",
     "RATE",
+    "BUDGET_SPECS",
+    "BUDGET_STATE",
 ];
 
 pub(crate) const LSM_FIX: &str =
@@ -794,6 +796,14 @@ impl Enforcer {
                 format!("insert the rules of network {network}")
             })?;
         }
+        if !image.budgets().is_empty() {
+            let mut specs = self.budget_specs_map()?;
+            for (i, spec) in (0..).zip(image.budgets()) {
+                specs
+                    .set(image.slot() * MAX_BUDGETS + i, *spec, 0)
+                    .map_err(map_err("write a budget"))?;
+            }
+        }
         // The configuration goes last: until it is there, confined actions fail closed.
         let config = Config {
             record: self.record,
@@ -857,6 +867,69 @@ impl Enforcer {
             inodes
                 .remove(&key)
                 .map_err(map_err("remove a denied file identity"))?;
+        }
+        let mut specs = self.budget_specs_map()?;
+        for i in 0..MAX_BUDGETS {
+            let index = slot * MAX_BUDGETS + i;
+            if specs.get(&index, 0).map_err(map_err("read a budget"))?.id == 0 {
+                break;
+            }
+            specs
+                .set(index, BudgetSpec::default(), 0)
+                .map_err(map_err("clear a budget"))?;
+        }
+        Ok(())
+    }
+
+    fn budget_specs_map(&mut self) -> Result<Array<&mut MapData, BudgetSpec>> {
+        Array::try_from(
+            self.ebpf
+                .map_mut("BUDGET_SPECS")
+                .ok_or(EnforcerError::Missing("BUDGET_SPECS map"))?,
+        )
+        .map_err(map_err("open the budget map"))
+    }
+
+    fn budget_state_map(&mut self) -> Result<HashMap<&mut MapData, BudgetKey, u64>> {
+        HashMap::try_from(
+            self.ebpf
+                .map_mut("BUDGET_STATE")
+                .ok_or(EnforcerError::Missing("BUDGET_STATE map"))?,
+        )
+        .map_err(map_err("open the budget counter map"))
+    }
+
+    /// The budget counters of confined target `target` (its cgroup id): budget id -> the
+    /// window's start (milliseconds of boot time) and the actions counted in it.
+    pub fn budget_counters(&self, target: u64) -> Result<Vec<(u64, BudgetCounter)>> {
+        let map: HashMap<&MapData, BudgetKey, u64> = HashMap::try_from(
+            self.ebpf
+                .map("BUDGET_STATE")
+                .ok_or(EnforcerError::Missing("BUDGET_STATE map"))?,
+        )
+        .map_err(map_err("open the budget counter map"))?;
+        Ok(map
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .filter(|(key, _)| key.target == target)
+            .map(|(key, value)| (key.id, BudgetCounter::from_raw(value)))
+            .collect())
+    }
+
+    /// Forgets the budget counters of `target` whose budget is not in `keep`: all of them when
+    /// the target is released, those a replacement policy no longer has when it is replaced.
+    pub fn forget_budgets(&mut self, target: u64, keep: &[u64]) -> Result<()> {
+        let mut map = self.budget_state_map()?;
+        let stale: Vec<BudgetKey> = map
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .filter(|key| key.target == target && !keep.contains(&key.id))
+            .collect();
+        for key in stale {
+            match map.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("forget a budget counter")(e)),
+            }
         }
         Ok(())
     }
@@ -1508,5 +1581,25 @@ mod tests {
         );
         assert!(!message.contains("line 59\n"), "{message}");
         assert_eq!(error.verifier_log(), Some(("file_open", log.as_str())));
+    }
+}
+
+/// A budget counter as the kernel keeps it (see `oxd_common::BudgetSpec`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetCounter {
+    /// Start of the current (or last) window, milliseconds of boot time
+    /// (`CLOCK_BOOTTIME`).
+    pub start_ms: u64,
+    /// Actions counted in that window.
+    pub used: u32,
+}
+
+impl BudgetCounter {
+    pub fn from_raw(value: u64) -> Self {
+        Self {
+            start_ms: value >> oxd_common::BUDGET_COUNT_BITS,
+            used: u32::try_from(value & ((1 << oxd_common::BUDGET_COUNT_BITS) - 1))
+                .unwrap_or(u32::MAX),
+        }
     }
 }

@@ -144,7 +144,13 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
     let denied = denied_identity(policy, &request);
     let decision = policy.evaluate_with(&request, denied);
     let verdict = match (decision.action, policy.mode) {
-        (Action::Allow, _) => "allow".to_owned(),
+        (Action::Allow, _) => match rule_budget(policy, &request, decision.reason) {
+            Some(budget) => format!(
+                "allow, within its budget: at most {}, counted per confined target (beyond                  it, denied until the window refills; `oxd ctl list --json` shows what is left)",
+                budget.text()
+            ),
+            None => "allow".to_owned(),
+        },
         (Action::Deny, Mode::Enforce) => "deny (fails with EPERM)".to_owned(),
         (Action::Deny, Mode::Audit) => {
             "deny, not enforced (audit mode: recorded, allowed)".to_owned()
@@ -159,6 +165,24 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
         why,
         happens,
     })
+}
+
+/// The budget of the network rule that decided, if it has one.
+fn rule_budget(
+    policy: &Policy,
+    request: &Request,
+    reason: Reason,
+) -> Option<crate::policy::Budget> {
+    let (Request::Connect { .. }, Reason::Rule(id)) = (request, reason) else {
+        return None;
+    };
+    policy
+        .network
+        .as_ref()?
+        .rules
+        .iter()
+        .find(|rule| rule.rule == id)?
+        .budget
 }
 
 /// The evaluator's request for `probe` (paths resolved as the kernel resolves them), and the

@@ -13,6 +13,7 @@ connection: one JSON request line, one JSON response line.
 
 from .client import (
     DEFAULT_SOCKET,
+    Budget,
     Client,
     DaemonError,
     Halt,
@@ -23,6 +24,7 @@ from .client import (
 
 __all__ = [
     "DEFAULT_SOCKET",
+    "Budget",
     "Client",
     "DaemonError",
     "Halt",

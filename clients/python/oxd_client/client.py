@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Union
 
 DEFAULT_SOCKET = "/run/oxd/oxd.sock"
@@ -23,6 +23,27 @@ class DaemonError(Exception):
 
 
 @dataclass(frozen=True)
+class Budget:
+    """One budget of a target's policy, as the kernel counts it for the target."""
+
+    #: The rule that has it (``network.allow[0]``).
+    rule: str
+    #: Actions allowed per window.
+    count: int
+    #: The window (``1m``, ``1h 30m``).
+    per: str
+    #: Actions counted in the current window (0 when none is running).
+    used: int
+    #: Milliseconds until the window ends and the budget refills; None when none is running.
+    refills_in_ms: Optional[int] = None
+
+    @property
+    def left(self) -> int:
+        """Actions left in the current window."""
+        return max(self.count - self.used, 0)
+
+
+@dataclass(frozen=True)
 class Target:
     """A confined target, as ``list`` reports it."""
 
@@ -33,6 +54,8 @@ class Target:
     generation: int
     #: How the kill switch stopped it, if it did.
     halted: Optional[str] = None
+    #: Its policy's budgets and what is left of each.
+    budgets: List[Budget] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, value: Dict[str, Any]) -> "Target":
@@ -43,6 +66,7 @@ class Target:
             sha256=value["sha256"],
             generation=value["generation"],
             halted=value.get("halted"),
+            budgets=[Budget(**b) for b in value.get("budgets", [])],
         )
 
 

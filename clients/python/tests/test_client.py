@@ -142,6 +142,11 @@ class ClientTest(unittest.TestCase):
                         "policy": "agent",
                         "sha256": "9f86",
                         "generation": 4,
+                        "budgets": [
+                            {"rule": "network.allow[0]", "count": 100, "per": "1m",
+                             "used": 97, "refills_in_ms": 2500},
+                            {"rule": "network.allow[1]", "count": 5, "per": "1h", "used": 0},
+                        ],
                     },
                 ],
             }
@@ -175,6 +180,10 @@ class ClientTest(unittest.TestCase):
             Target("/sys/fs/cgroup/a1", 7261, "agent", "9f86", 4, halted="freeze"),
         )
         self.assertIsNone(targets[1].halted)
+        self.assertEqual(targets[0].budgets, [])
+        spent, idle = targets[1].budgets
+        self.assertEqual((spent.rule, spent.left, spent.refills_in_ms), ("network.allow[0]", 3, 2500))
+        self.assertEqual((idle.left, idle.refills_in_ms), (5, None))
         status = self.client.status()
         self.assertIsInstance(status, Status)
         self.assertEqual(status.policies[0].slot, 1)

@@ -453,6 +453,7 @@ fn reason_text(reason: u32) -> &'static str {
         reason::NO_CONFIG => "policy configuration missing (fail closed)",
         reason::EMPTY_SLOT => "policy slot empty (fail closed)",
         reason::HALTED => "halted by the kill switch (until `oxd ctl resume`)",
+        reason::BUDGET => "the rule's budget is spent for this window (denied until it refills)",
         reason::MAPPING_UNDECIDED => "mapping not decided when it was made (fail closed)",
         reason::FOREIGN_MOUNT_NS => "the file is in another mount namespace (namespaces denied)",
         reason::NO_PATH_IN_NS => {

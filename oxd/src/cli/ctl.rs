@@ -198,6 +198,16 @@ fn print_targets(targets: Vec<TargetInfo>, json: bool) -> Result<()> {
                 t.generation,
                 short(&t.sha256)
             );
+            for b in &t.budgets {
+                let window = b.refills_in_ms.map_or_else(
+                    || "no window running".to_owned(),
+                    |ms| format!("refills in {}.{} s", ms / 1000, ms % 1000 / 100),
+                );
+                println!(
+                    "  budget of {}: {} of {} per {} used, {window}",
+                    b.rule, b.used, b.count, b.per
+                );
+            }
         }
     }
     Ok(())

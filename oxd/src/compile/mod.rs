@@ -13,17 +13,18 @@ mod unix;
 use std::path::Path;
 
 use oxd_common::{
-    action, governs, mode, proto, record, Config, InodeKey, InodeRules, NetEntry, NetKey,
-    NetPrefix, PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_NET_RULES, MAX_PATH_RULES,
+    action, governs, mode, proto, record, BudgetSpec, Config, InodeKey, InodeRules, NetEntry,
+    NetKey, NetPrefix, PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_NET_RULES, MAX_PATH_RULES,
     MAX_POLICY_SLOTS, NET_LIST_LEN, NET_SLOT_PREFIX_BITS, PATH_KEY_LEN, RULE_DEFAULT, RULE_NONE,
     SLOT_PREFIX_BITS,
 };
+use sha2::{Digest, Sha256};
 
 pub use self::{
     identity::{file_identity, FileId},
     unix::unix_key,
 };
-use crate::policy::{Action, Mode, NetworkRule, PathPattern, PathRule, Policy, Protocol};
+use crate::policy::{Action, Budget, Mode, NetworkRule, PathPattern, PathRule, Policy, Protocol};
 
 /// Why a policy cannot be compiled into a slot. A validated policy loaded into a free slot
 /// never fails: these are the kernel's limits, checked again where the entries are made.
@@ -161,6 +162,9 @@ pub struct SlotImage {
     ancestors: Vec<PathEntry>,
     /// The `[ipc]` Unix socket rules (see [`Self::unix_paths`]).
     unix: Vec<PathEntry>,
+    /// The budgets of the rules, in the order their entries name them (see
+    /// [`Self::budgets`]).
+    budgets: Vec<BudgetSpec>,
 }
 
 impl SlotImage {
@@ -226,6 +230,12 @@ impl SlotImage {
         &self.net
     }
 
+    /// The slot's budgets: element `i` is `BUDGET_SPECS[slot * MAX_BUDGETS + i]`, named by
+    /// rule entries as `budget = i + 1`.
+    pub fn budgets(&self) -> &[BudgetSpec] {
+        &self.budgets
+    }
+
     /// The exact deny rules that name file `id` (what the kernel finds in `DENIED_INODES`).
     pub fn denied(&self, id: FileId) -> Option<InodeRules> {
         let key = id.key(self.slot);
@@ -267,6 +277,7 @@ pub fn compile(
     let exec = path_entries(PathTable::Exec, key_slot, exec_rules)?;
     let file_read = path_entries(PathTable::FileRead, key_slot, read_rules)?;
     let file_write = path_entries(PathTable::FileWrite, key_slot, write_rules)?;
+    let budgets = budget_specs(net_rules);
     let net = net_entries(slot, net_rules, policy)?;
     let unix = unix::unix_entries(
         key_slot,
@@ -296,7 +307,80 @@ pub fn compile(
         dirs,
         ancestors,
         unix,
+        budgets,
     })
+}
+
+/// The stable identity of a network rule's budget: a hash of the rule (network, ports,
+/// protocol) and of the budget, so the same rule with the same budget in a replacement policy
+/// counts on the same counter, and a changed one starts afresh. Never 0 (an unused element).
+pub fn net_budget_id(rule: &NetworkRule, budget: Budget) -> u64 {
+    let text = format!(
+        "network allow {} {}-{} {} budget {} per {}ms",
+        rule.net,
+        rule.ports.0,
+        rule.ports.1,
+        rule.protocol.as_str(),
+        budget.count,
+        budget.per_ms
+    );
+    let digest = Sha256::digest(text.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(bytes).max(1)
+}
+
+/// The ids of every budget of `policy` (what a target's counters must keep when it takes this
+/// policy).
+pub fn budget_ids(policy: &Policy) -> Vec<u64> {
+    budgets_by_rule(policy)
+        .into_iter()
+        .map(|(_, id, _)| id)
+        .collect()
+}
+
+/// Every budget of `policy`: the rule that has it, its id and the budget, in rule order.
+pub fn budgets_by_rule(policy: &Policy) -> Vec<(u32, u64, Budget)> {
+    policy
+        .network
+        .as_ref()
+        .map_or(&[][..], |n| &n.rules)
+        .iter()
+        .filter_map(|rule| {
+            let budget = rule.budget?;
+            Some((rule.rule, net_budget_id(rule, budget), budget))
+        })
+        .collect()
+}
+
+/// The budgets of the network rules, in rule order: the rule with the `i`th budget names it as
+/// `i + 1` (see [`net_budget_index`]).
+fn budget_specs(rules: &[NetworkRule]) -> Vec<BudgetSpec> {
+    rules
+        .iter()
+        .filter_map(|rule| {
+            let budget = rule.budget?;
+            Some(BudgetSpec {
+                id: net_budget_id(rule, budget),
+                count: budget.count,
+                per_ms: budget.per_ms,
+            })
+        })
+        .collect()
+}
+
+/// What the entry of `rules[position]` names as its budget: 0 for none, else 1 + its index in
+/// [`budget_specs`].
+fn net_budget_index(rules: &[NetworkRule], position: usize) -> u16 {
+    if rules[position].budget.is_none() {
+        return 0;
+    }
+    let before = rules[..position]
+        .iter()
+        .filter(|r| r.budget.is_some())
+        .count();
+    // Past `MAX_BUDGETS` (validation refuses it) the kernel denies: never "no budget".
+    u16::try_from(before + 1).unwrap_or(u16::MAX)
 }
 
 /// The directories strictly above each path a deny rule names, in rule order (exec, read,
@@ -662,8 +746,9 @@ fn net_entries(
                 *slot_entry = NetEntry {
                     port_lo: rule.ports.0,
                     port_hi: rule.ports.1,
-                    proto: u16::try_from(protocol_bits(rule.protocol)).unwrap_or(u16::MAX),
-                    action: u16::try_from(action_bits(rule.action)).unwrap_or(u16::MAX),
+                    proto: u8::try_from(protocol_bits(rule.protocol)).unwrap_or(u8::MAX),
+                    action: u8::try_from(action_bits(rule.action)).unwrap_or(u8::MAX),
+                    budget: net_budget_index(rules, position),
                     rule_id: rule.rule,
                 };
             }

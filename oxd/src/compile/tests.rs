@@ -537,6 +537,7 @@ fn a_list_longer_than_the_kernel_holds_is_refused_naming_the_rule() {
             protocol: Protocol::Tcp,
             action: Action::Allow,
             rule: u32::from(port),
+            budget: None,
         })
         .collect();
     let err = compile(&p, 0, 1, &|_: &Path| None).unwrap_err();
@@ -816,6 +817,7 @@ fn rule_count_limits() {
         protocol: Protocol::Any,
         action: Action::Allow,
         rule: 0,
+        budget: None,
     };
     let max_net = MAX_NET_RULES as usize;
     p.network.as_mut().unwrap().rules = (0..max_net)
@@ -1017,4 +1019,52 @@ fn unix_rules_compile_to_keys_the_kernel_finds_as_the_evaluator_decides() {
     // Clearing the slot finds these entries by their slot, like the other tries'.
     let empty = compile_ok(&policy("[exec]\n"), 5, 1);
     assert!(empty.unix_paths().is_empty());
+}
+
+#[test]
+fn budgets_are_named_by_their_rules_entries_and_keep_their_id_when_the_rule_is_unchanged() {
+    let budgeted = "[[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = 443\nprotocol = \"tcp\"\n\
+                    budget = { count = 5, per = \"1m\" }\n";
+    let other = "[[network.allow]]\ncidr = \"10.1.0.0/16\"\nbudget = { count = 2, per = \"1s\" }\n";
+    let plain = "[[network.allow]]\ncidr = \"127.0.0.1\"\n";
+    let a = policy(&format!("[network]\n{budgeted}{plain}"));
+    let b = policy(&format!("[network]\n{plain}{other}{budgeted}"));
+    let image_a = compile_ok(&a, 3, 1);
+    let image_b = compile_ok(&b, 4, 2);
+    assert_eq!(image_a.budgets().len(), 1);
+    assert_eq!(image_b.budgets().len(), 2);
+    let spec_of = |image: &SlotImage, network: &str| {
+        let entry = image
+            .net()
+            .iter()
+            .find(|e| network_text(e.network()) == network)
+            .expect("the network's entry");
+        let index = entry.entries()[0].budget;
+        assert_ne!(index, 0, "{network} has a budget");
+        image.budgets()[usize::from(index) - 1]
+    };
+    let spec_a = spec_of(&image_a, "10.0.0.0/8");
+    let spec_b = spec_of(&image_b, "10.0.0.0/8");
+    assert_eq!((spec_a.count, spec_a.per_ms), (5, 60_000));
+    assert_eq!(spec_a.id, spec_b.id, "same rule, same budget: same counter");
+    let spec_other = spec_of(&image_b, "10.1.0.0/16");
+    assert_eq!((spec_other.count, spec_other.per_ms), (2, 1000));
+    assert_ne!(spec_other.id, spec_a.id);
+    let plain_entry = image_a
+        .net()
+        .iter()
+        .find(|e| network_text(e.network()) == "127.0.0.1/32")
+        .expect("the plain rule's entry");
+    assert_eq!(plain_entry.entries()[0].budget, 0);
+    // A changed budget is another counter.
+    let c = policy(&format!(
+        "[network]\n{}",
+        budgeted.replace("count = 5", "count = 6")
+    ));
+    assert_ne!(spec_of(&compile_ok(&c, 5, 3), "10.0.0.0/8").id, spec_a.id);
+    let mut ids = budget_ids(&b);
+    ids.sort_unstable();
+    let mut expected = vec![spec_other.id, spec_a.id];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
 }

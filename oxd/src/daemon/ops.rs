@@ -22,7 +22,9 @@ use super::{
 use crate::{
     cgroup::pids,
     compile::{compile, file_identity},
-    control::{Halt, PolicyInfo, PolicySource, Request, Response, Status, Target, TargetInfo},
+    control::{
+        BudgetInfo, Halt, PolicyInfo, PolicySource, Request, Response, Status, Target, TargetInfo,
+    },
     enforcer,
     host::cgroup2_mount,
     policy::Policy,
@@ -340,6 +342,9 @@ impl Daemon {
     fn release_one(&mut self, cgroup_id: u64) -> Result<Option<PathBuf>> {
         self.enforcer.remove_confined(cgroup_id)?;
         self.enforcer.detach_network(cgroup_id)?;
+        if let Err(e) = self.enforcer.forget_budgets(cgroup_id, &[]) {
+            tracing::warn!("released without forgetting its budget counters: {e:#}");
+        }
         let Some(pos) = self
             .state
             .targets
@@ -427,6 +432,7 @@ impl Daemon {
                 pids::max(&t.cgroup)?;
             }
         }
+        let budgets = crate::compile::budget_ids(&policy);
         let generation = self.load_generation(policy, source.path.clone(), source.text.clone())?;
         let loaded = std::time::Instant::now();
         let g = self.state.gen(generation).expect("loaded").clone();
@@ -451,6 +457,12 @@ impl Daemon {
             );
         }
         self.state.current.insert(name.clone(), generation);
+        // A rule unchanged keeps its budget's counter; the others' counters go.
+        for t in &targets {
+            if let Err(e) = self.enforcer.forget_budgets(t.cgroup_id, &budgets) {
+                tracing::warn!("cannot forget the old policy's budget counters: {e:#}");
+            }
+        }
         for pos in 0..self.state.targets.len() {
             if self.state.targets[pos].policy == name {
                 if let Err(e) = self.apply_limit(pos, max_processes) {
@@ -493,6 +505,47 @@ impl Daemon {
                     sha256: g.map(|g| g.sha256.clone()).unwrap_or_default(),
                     generation: g.map_or(0, |g| g.generation),
                     halted: t.halted,
+                    budgets: g
+                        .map(|g| self.budgets(t.cgroup_id, g.generation))
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// The budgets of generation `generation`'s policy, as counted for target `cgroup_id`.
+    fn budgets(&self, cgroup_id: u64, generation: u64) -> Vec<BudgetInfo> {
+        let Some(policy) = self.book().get(generation) else {
+            return Vec::new();
+        };
+        let counters = match self.enforcer.budget_counters(cgroup_id) {
+            Ok(counters) => counters,
+            Err(e) => {
+                tracing::warn!("cannot read budget counters: {e:#}");
+                Vec::new()
+            }
+        };
+        let now_ms = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
+        });
+        crate::compile::budgets_by_rule(&policy)
+            .into_iter()
+            .map(|(rule, id, budget)| {
+                let running = counters
+                    .iter()
+                    .find(|(known, _)| *known == id)
+                    .map(|(_, counter)| *counter)
+                    .filter(|c| now_ms.saturating_sub(c.start_ms) < u64::from(budget.per_ms));
+                BudgetInfo {
+                    rule: policy
+                        .rule(rule)
+                        .map_or_else(|| format!("rule {rule}"), |r| r.id.clone()),
+                    count: budget.count,
+                    per: budget.per_text(),
+                    used: running.map_or(0, |c| c.used),
+                    refills_in_ms: running
+                        .map(|c| (c.start_ms + u64::from(budget.per_ms)).saturating_sub(now_ms)),
                 }
             })
             .collect()

@@ -295,7 +295,12 @@ pub(super) fn apply(
             Action::DropTarget { cgroup, .. } => {
                 tracing::warn!("cgroup {} is gone: no longer confined", cgroup.display());
             }
-            Action::RemoveConfined { cgroup_id } => enforcer.remove_confined(*cgroup_id)?,
+            Action::RemoveConfined { cgroup_id } => {
+                enforcer.remove_confined(*cgroup_id)?;
+                if let Err(e) = enforcer.forget_budgets(*cgroup_id, &[]) {
+                    tracing::warn!("cannot forget a released target's budget counters: {e:#}");
+                }
+            }
             Action::DetachNetwork { cgroup_id } => enforcer.detach_network(*cgroup_id)?,
             Action::PolicyNotLoaded { cgroup, policy } => tracing::error!(
                 "cgroup {} is confined under policy {policy} which is not loaded: its actions \

@@ -9,6 +9,7 @@
 //!
 //! The format is documented in `policies/README.md`.
 
+mod budget;
 mod error;
 mod net;
 mod path;
@@ -21,6 +22,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 pub use self::{
+    budget::{Budget, MAX_BUDGET_WINDOW},
     error::{line_col, PolicyError},
     net::{parse_cidr, Protocol},
     path::{parse_path_pattern, PathPattern},
@@ -91,6 +93,8 @@ pub struct NetworkRule {
     pub action: Action,
     /// Index into [`Policy::rules`].
     pub rule: u32,
+    /// At most so many of the actions the rule allows per window (allow rules only).
+    pub budget: Option<Budget>,
 }
 
 /// The exec category.

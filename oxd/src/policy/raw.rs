@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Action, Mode, Protocol};
+use super::{budget::RawBudget, Action, Mode, Protocol};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +72,8 @@ pub(super) struct RawNetRule {
     pub(super) ports: Option<Spanned<RawPorts>>,
     #[serde(default)]
     pub(super) protocol: Protocol,
+    /// `{ count = N, per = "1m" }`: at most N connects and sends the rule allows per window.
+    pub(super) budget: Option<Spanned<RawBudget>>,
 }
 
 #[derive(Debug, Deserialize)]

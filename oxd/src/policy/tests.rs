@@ -236,3 +236,81 @@ fn ipc_unix_rules_validate_with_locations() {
     let err = parse(&format!("[ipc]\nunix_allow = [{}]\n", many.join(", "))).unwrap_err();
     assert!(err.contains("too many Unix socket rules"), "{err}");
 }
+
+#[test]
+fn budgets_validate_with_locations() {
+    let rule = |budget: &str| {
+        format!("[network]\n[[network.allow]]\ncidr = \"127.0.0.1\"\nbudget = {budget}\n")
+    };
+    let policy = parse(&rule(r#"{ count = 100, per = "1m" }"#)).unwrap();
+    let net = policy.network.unwrap();
+    assert_eq!(
+        net.rules[0].budget,
+        Some(Budget {
+            count: 100,
+            per_ms: 60_000
+        })
+    );
+    assert_eq!(
+        policy.rules[0].text,
+        "127.0.0.1 ports 0-65535 any, budget 100 per 1m"
+    );
+    let policy = parse(&rule(r#"{ count = 1, per = "1h 30m" }"#)).unwrap();
+    assert_eq!(
+        policy.network.unwrap().rules[0].budget.unwrap().per_ms,
+        5_400_000
+    );
+
+    for (budget, col, message) in [
+        (
+            r#"{ count = 0, per = "1m" }"#,
+            20,
+            "count must be a number of actions from 1",
+        ),
+        (
+            r#"{ count = 16777216, per = "1m" }"#,
+            20,
+            "from 1 to 16777215",
+        ),
+        (r#"{ count = 1, per = "soon" }"#, 29, "is not a duration"),
+        (r#"{ count = 1, per = "0s" }"#, 29, "from 1ms to 30 days"),
+        (
+            r#"{ count = 1, per = "31days" }"#,
+            29,
+            "from 1ms to 30 days",
+        ),
+        (r#"{ count = 1, per = "1500us" }"#, 29, "whole milliseconds"),
+        (r"{ count = 1 }", 10, "missing field `per`"),
+        (
+            r#"{ count = 1, per = "1s", burst = 2 }"#,
+            35,
+            "unknown field `burst`",
+        ),
+    ] {
+        let err = parse(&rule(budget)).unwrap_err();
+        assert!(
+            err.starts_with(&format!("test.toml:4:{col}: ")) && err.contains(message),
+            "{budget}: {err}"
+        );
+    }
+    let err = parse(
+        "[network]\n[[network.deny]]\ncidr = \"127.0.0.1\"\nbudget = { count = 1, per = \"1s\" }\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("test.toml:2:1: ") && err.contains("a deny rule cannot have one"),
+        "{err}"
+    );
+    let many = (0..=oxd_common::MAX_BUDGETS)
+        .map(|i| {
+            format!(
+                "[[network.allow]]\ncidr = \"10.0.{}.{}\"\nbudget = {{ count = 1, per = \"1s\" }}\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect::<Vec<_>>()
+        .concat();
+    let err = parse(&format!("[network]\n{many}")).unwrap_err();
+    assert!(err.contains("too many budgets"), "{err}");
+}

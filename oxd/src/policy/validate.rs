@@ -3,17 +3,18 @@
 
 use std::{ops::Range, path::Path};
 
-use oxd_common::{MAX_NET_RULES, MAX_PATH_RULES, NET_LIST_LEN};
+use oxd_common::{MAX_BUDGETS, MAX_NET_RULES, MAX_PATH_RULES, NET_LIST_LEN};
 use sha2::{Digest, Sha256};
 
 use super::{
+    budget::{parse_budget, RawBudget},
     net::{parse_cidr, parse_ports},
     path::parse_path_pattern,
     raw::{
         RawFileSection, RawIpcSection, RawNetSection, RawPathSection, RawPolicy, RawProcessSection,
     },
     unix::parse_unix_pattern,
-    Action, ExecPolicy, FilePolicy, IpcPolicy, NamespacePolicy, NetworkPolicy, NetworkRule,
+    Action, Budget, ExecPolicy, FilePolicy, IpcPolicy, NamespacePolicy, NetworkPolicy, NetworkRule,
     PathRule, Policy, Protocol, RuleInfo, SocketSwitch, UnixRule, MAX_PROCESSES,
 };
 
@@ -237,6 +238,7 @@ impl Validator {
     fn network(&mut self, section: RawNetSection) -> ValidateResult<NetworkPolicy> {
         let total = section.allow.len() + section.deny.len();
         let mut rules = Vec::new();
+        let mut budgets = 0;
         for (list, action) in [(section.allow, Action::Allow), (section.deny, Action::Deny)] {
             for (index, entry) in list.into_iter().enumerate() {
                 let span = entry.span();
@@ -253,13 +255,17 @@ impl Validator {
                         parse_ports(ports.get_ref()).map_err(|m| (span, m))?
                     }
                 };
-                let text = format!(
+                let budget = rule_budget(raw.budget.as_ref(), action, &span, &mut budgets)?;
+                let mut text = format!(
                     "{} ports {}-{} {}",
                     raw.cidr.get_ref().trim(),
                     ports.0,
                     ports.1,
                     raw.protocol.as_str()
                 );
+                if let Some(budget) = &budget {
+                    text.push_str(&format!(", budget {}", budget.text()));
+                }
                 let id = format!("network.{}[{index}]", action.as_str());
                 let rule = self.add_rule(id, text, action);
                 let rule = NetworkRule {
@@ -268,6 +274,7 @@ impl Validator {
                     protocol: raw.protocol,
                     action,
                     rule,
+                    budget,
                 };
                 rules.push((rule, span));
             }
@@ -322,6 +329,32 @@ impl Validator {
             raw,
         })
     }
+}
+
+/// A rule's budget (`budget` is the rule's, `span` the rule's), counting the policy's budgets.
+fn rule_budget(
+    budget: Option<&toml::Spanned<RawBudget>>,
+    action: Action,
+    span: &Range<usize>,
+    budgets: &mut u32,
+) -> ValidateResult<Option<Budget>> {
+    let Some(budget) = budget else {
+        return Ok(None);
+    };
+    if action == Action::Deny {
+        return Err((
+            span.clone(),
+            "a budget limits what a rule allows: a deny rule cannot have one".to_owned(),
+        ));
+    }
+    *budgets += 1;
+    if *budgets > MAX_BUDGETS {
+        return Err((
+            budget.span(),
+            format!("too many budgets: a policy has at most {MAX_BUDGETS}"),
+        ));
+    }
+    parse_budget(budget.get_ref()).map(Some)
 }
 
 /// The message for a section with more rules than the kernel's maps hold.
