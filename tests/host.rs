@@ -5,6 +5,8 @@
 #[path = "budget.rs"]
 mod budget;
 mod common;
+#[path = "grant.rs"]
+mod grant;
 
 use std::{
     fs,

@@ -11,6 +11,8 @@ mod common;
 mod daemon;
 #[path = "differential.rs"]
 mod differential;
+#[path = "grant.rs"]
+mod grant;
 #[path = "limits.rs"]
 mod limits;
 #[path = "python.rs"]

@@ -366,6 +366,17 @@ pub mod reason {
     /// The rule matched and allows, but its budget ([`super::BudgetSpec`]) is spent for the
     /// current window (or could not be counted): denied until the window refills.
     pub const BUDGET: u32 = 7;
+
+    // grants (20-23)
+    /// The rule requires a grant, and a grant for exactly this action allowed it (one use
+    /// taken).
+    pub const GRANTED: u32 = 20;
+    /// The rule requires a grant, and there is none for this action.
+    pub const GRANT_REQUIRED: u32 = 21;
+    /// The rule requires a grant, and the grant for this action is used up (a replay).
+    pub const GRANT_USED: u32 = 22;
+    /// The rule requires a grant, and the grant for this action has expired.
+    pub const GRANT_EXPIRED: u32 = 23;
     // mappings: 8-11
     /// `mprotect` made a file mapping executable that oxd did not decide when it was mapped
     /// (mapped before the task was confined or under another policy generation, or its
@@ -594,9 +605,10 @@ pub struct NetEntry {
     pub proto: u8,
     /// [`action::ALLOW`] or [`action::DENY`].
     pub action: u8,
-    /// The rule's budget: 1 + its index in the slot's budgets (see [`BudgetSpec`]), or 0 for
-    /// none.
-    pub budget: u16,
+    /// What the rule asks beyond its action: 0 nothing; 1 to [`MAX_BUDGETS`], its budget (1 +
+    /// its index in the slot's budgets, see [`BudgetSpec`]); [`NET_CHECK_GRANT`], a grant for
+    /// each action (see [`GrantKey`]).
+    pub check: u16,
     /// Index of the rule in the compiled policy's rule table.
     pub rule_id: u32,
 }
@@ -658,6 +670,58 @@ pub struct BudgetSpec {
 pub struct BudgetKey {
     pub target: u64,
     pub id: u64,
+}
+
+/// [`NetEntry::check`] of a rule that requires a grant.
+pub const NET_CHECK_GRANT: u16 = 0x8000;
+
+/// Most grants at once (used-up and expired ones included, until the daemon removes them).
+pub const MAX_GRANTS: u32 = 4096;
+
+/// What a grant is for ([`GrantKey::kind`]).
+pub mod grant_kind {
+    /// A connect, or a datagram sent with a destination: `addr`, `port`, `proto`.
+    pub const NETWORK: u8 = 1;
+}
+
+/// Key of `GRANTS`: one exact action of one confined target, which a supervisor allowed
+/// (`oxd ctl grant`) for a rule that requires a grant.
+#[expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding, set by whichever side of the kernel boundary builds the value"
+)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GrantKey {
+    /// The confined target (as [`BudgetKey::target`]).
+    pub target: u64,
+    /// Network: the destination (IPv4 as IPv4-mapped IPv6), network byte order.
+    pub addr: [u8; 16],
+    /// Network: the destination port, host byte order.
+    pub port: u16,
+    /// Network: the [`proto`] bit (TCP or UDP).
+    pub proto: u8,
+    /// [`grant_kind`].
+    pub kind: u8,
+    pub _pad: u32,
+}
+
+/// Value of `GRANTS`: how many more times the action may happen, until when.
+#[expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding, set by whichever side of the kernel boundary builds the value"
+)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrantValue {
+    /// Uses left; the kernel takes one per action with a compare-and-exchange, so two racing
+    /// actions never both take the last.
+    pub uses: u64,
+    /// `bpf_ktime_get_boot_ns()` (`CLOCK_BOOTTIME`) after which the grant allows nothing.
+    pub expires_ns: u64,
+    /// The grant's number, named in the records of the actions it decides.
+    pub id: u32,
+    pub _pad: u32,
 }
 
 /// Bits of a budget counter that hold the actions counted in the window.
@@ -773,8 +837,8 @@ pub mod counter {
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        BudgetKey, BudgetSpec, Config, Event, InodeKey, InodeRules, MappedFile, NetKey, NetPrefix,
-        PathKey, RateWindow, RuleValue, TallyKey,
+        BudgetKey, BudgetSpec, Config, Event, GrantKey, GrantValue, InodeKey, InodeRules,
+        MappedFile, NetKey, NetPrefix, PathKey, RateWindow, RuleValue, TallyKey,
     };
 
     // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte arrays, and have no
@@ -792,6 +856,8 @@ mod user {
     unsafe impl aya::Pod for RateWindow {}
     unsafe impl aya::Pod for BudgetSpec {}
     unsafe impl aya::Pod for BudgetKey {}
+    unsafe impl aya::Pod for GrantKey {}
+    unsafe impl aya::Pod for GrantValue {}
 }
 
 #[cfg(test)]
@@ -814,6 +880,8 @@ mod tests {
         assert_eq!(size_of::<NetEntry>(), 2 * 4 + 4);
         assert_eq!(size_of::<BudgetSpec>(), 16);
         assert_eq!(size_of::<BudgetKey>(), 16);
+        assert_eq!(size_of::<GrantKey>(), 32);
+        assert_eq!(size_of::<GrantValue>(), 24);
         assert_eq!(size_of::<NetPrefix>(), 8 + 12 * NET_LIST_LEN);
         let event_fields = 8 * 3 + 4 * 15 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
         assert_eq!(size_of::<Event>(), event_fields);

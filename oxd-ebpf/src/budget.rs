@@ -9,6 +9,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns};
 use oxd_common::{BudgetKey, BUDGET_COUNT_BITS, MAX_BUDGETS, MAX_POLICY_SLOTS};
 
 use crate::{
+    atomic::compare_exchange,
     confine::Gate,
     maps::{BUDGET_SPECS, BUDGET_STATE},
 };
@@ -72,35 +73,4 @@ pub(crate) fn take(gate: &Gate, budget: u16) -> bool {
         }
     }
     false
-}
-
-/// Replaces `*dst` with `new` if it holds `old`, atomically (the BPF `cmpxchg` instruction,
-/// kernel 5.12 and later); true if it did. Rust's atomic types offer no compare-and-exchange
-/// on the BPF target (it predates the instruction), the compiler intrinsic does.
-#[inline(always)]
-unsafe fn compare_exchange(dst: *mut u64, old: u64, new: u64) -> bool {
-    #[cfg(target_arch = "bpf")]
-    {
-        use core::intrinsics::{atomic_cxchg, AtomicOrdering};
-        // SAFETY: the caller's `dst` is valid and aligned.
-        unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::AcqRel }, { AtomicOrdering::Relaxed }>(
-                dst, old, new,
-            )
-            .1
-        }
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    {
-        // The host build only type-checks the programs.
-        // SAFETY: as above.
-        unsafe { core::sync::atomic::AtomicU64::from_ptr(dst) }
-            .compare_exchange(
-                old,
-                new,
-                core::sync::atomic::Ordering::AcqRel,
-                core::sync::atomic::Ordering::Relaxed,
-            )
-            .is_ok()
-    }
 }

@@ -93,12 +93,14 @@
               code has just bounded; checked conversions would add branches the verifier walks"
 )]
 
+mod atomic;
 mod attr;
 mod budget;
 mod confine;
 mod event;
 mod exec;
 mod file;
+mod grant;
 mod guard;
 mod guard_files;
 mod guard_fs;

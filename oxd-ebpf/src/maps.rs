@@ -9,10 +9,11 @@ use aya_ebpf::{
     },
 };
 use oxd_common::{
-    counter, BudgetKey, BudgetSpec, Config, Event, InodeKey, InodeRules, MappedFile, NetKey,
-    NetPrefix, PathKey, RateWindow, RuleValue, TallyKey, MAX_BUDGETS, MAX_BUDGET_STATES,
-    MAX_CONFINED_CGROUPS, MAX_MAPPED_FILES, MAX_POLICY_SLOTS, MAX_PROTECTED_FILES,
-    MAX_PROTECTED_TASKS, MAX_TALLIES, NET_PREFIX_CAPACITY, PATH_RULE_CAPACITY, RING_BUF_BYTES,
+    counter, BudgetKey, BudgetSpec, Config, Event, GrantKey, GrantValue, InodeKey, InodeRules,
+    MappedFile, NetKey, NetPrefix, PathKey, RateWindow, RuleValue, TallyKey, MAX_BUDGETS,
+    MAX_BUDGET_STATES, MAX_CONFINED_CGROUPS, MAX_GRANTS, MAX_MAPPED_FILES, MAX_POLICY_SLOTS,
+    MAX_PROTECTED_FILES, MAX_PROTECTED_TASKS, MAX_TALLIES, NET_PREFIX_CAPACITY, PATH_RULE_CAPACITY,
+    RING_BUF_BYTES,
 };
 
 /// Policy settings, one element per policy slot.
@@ -140,3 +141,10 @@ pub(crate) static BUDGET_SPECS: Array<BudgetSpec> =
 #[map]
 pub(crate) static BUDGET_STATE: HashMap<BudgetKey, u64> =
     HashMap::with_max_entries(MAX_BUDGET_STATES, BPF_F_NO_PREALLOC);
+
+/// Grants: exact actions of a confined target that a supervisor allowed for rules that require
+/// a grant, with the uses left and an expiry (see `GrantKey`). Written by the daemon; the
+/// kernel only takes uses. Not preallocated: mostly empty.
+#[map]
+pub(crate) static GRANTS: HashMap<GrantKey, GrantValue> =
+    HashMap::with_max_entries(MAX_GRANTS, BPF_F_NO_PREALLOC);

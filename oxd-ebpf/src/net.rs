@@ -12,13 +12,15 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{macros::cgroup_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 use oxd_common::{
-    action, governs, op, proto, reason, NetKey, NET_LIST_LEN, NET_SLOT_PREFIX_BITS, RULE_DEFAULT,
+    action, governs, op, proto, reason, NetKey, NET_CHECK_GRANT, NET_LIST_LEN,
+    NET_SLOT_PREFIX_BITS, RULE_DEFAULT,
 };
 
 use crate::{
     budget,
     confine::Gate,
     event::{refuse, start_event, Verdict},
+    grant,
     maps::NET_PREFIXES,
     sock::{socket_kind, socket_verdict},
 };
@@ -164,15 +166,15 @@ fn decide_connect(
     }
     let port = u16::from_be(port_be as u16);
     let proto_bit = socket_kind(sock_type, protocol);
-    let verdict = if gate.configured {
+    let (verdict, grant_id) = if gate.configured {
         if proto_bit == proto::ICMP || proto_bit == proto::RAW {
             // Decided as a whole, as when the socket was created: its other sends pass no hook.
-            socket_verdict(&gate.config, proto_bit)
+            (socket_verdict(&gate.config, proto_bit), 0)
         } else {
             match_net_rules(&gate, addr, port, proto_bit)
         }
     } else {
-        Verdict::deny(gate.missing_reason())
+        (Verdict::deny(gate.missing_reason()), 0)
     };
     if let Some(mut entry) = start_event(operation, &gate, &verdict) {
         let event = entry.as_mut_ptr();
@@ -182,6 +184,7 @@ fn decide_connect(
         unsafe {
             (*event).proto = proto_bit;
             (*event).port = port;
+            (*event).detail = grant_id;
             let dst = addr_of_mut!((*event).addr).cast::<u64>();
             write_volatile(dst, half(addr, 0));
             write_volatile(dst.add(1), half(addr, 8));
@@ -205,9 +208,11 @@ fn half(bytes: &[u8; 16], start: usize) -> u64 {
 /// Finds the rule that decides a connect to `addr`, `port` with protocol `proto_bit`: one
 /// lookup of the longest matching rule network in the slot's prefix trie, then a scan of that
 /// prefix's list (at most `NET_LIST_LEN` entries, in order of precedence) for the first entry
-/// whose ports and protocol match. The cost does not grow with the number of rules.
+/// whose ports and protocol match. The cost does not grow with the number of rules. A rule that
+/// allows with a budget or a grant takes one of it (or denies when it cannot); with the verdict
+/// comes the number of the grant that decided (0 for none).
 #[inline(always)]
-fn match_net_rules(gate: &Gate, addr: &[u8; 16], port: u16, proto_bit: u32) -> Verdict {
+fn match_net_rules(gate: &Gate, addr: &[u8; 16], port: u16, proto_bit: u32) -> (Verdict, u32) {
     let config = &gate.config;
     let default = Verdict {
         decision: config.net_default,
@@ -215,7 +220,7 @@ fn match_net_rules(gate: &Gate, addr: &[u8; 16], port: u16, proto_bit: u32) -> V
         rule_id: RULE_DEFAULT,
     };
     if config.net_rule_count == 0 {
-        return default;
+        return (default, 0);
     }
     let key = Key::new(
         NET_SLOT_PREFIX_BITS + 128,
@@ -225,7 +230,7 @@ fn match_net_rules(gate: &Gate, addr: &[u8; 16], port: u16, proto_bit: u32) -> V
         },
     );
     let Some(list) = NET_PREFIXES.get(&key) else {
-        return default;
+        return (default, 0);
     };
     let count = list.count as usize;
     let port = u32::from(port);
@@ -237,20 +242,47 @@ fn match_net_rules(gate: &Gate, addr: &[u8; 16], port: u16, proto_bit: u32) -> V
             && port <= u32::from(entry.port_hi)
         {
             let decision = u32::from(entry.action);
-            if decision == action::ALLOW && entry.budget != 0 && !budget::take(gate, entry.budget) {
-                return Verdict {
-                    decision: action::DENY,
-                    reason: reason::BUDGET,
-                    rule_id: entry.rule_id,
-                };
+            if decision != action::ALLOW || entry.check == 0 {
+                return (
+                    Verdict {
+                        decision,
+                        reason: reason::RULE,
+                        rule_id: entry.rule_id,
+                    },
+                    0,
+                );
             }
-            return Verdict {
-                decision,
-                reason: reason::RULE,
-                rule_id: entry.rule_id,
+            if entry.check == NET_CHECK_GRANT {
+                let taken = grant::take_network(gate, addr, port as u16, proto_bit);
+                let decision = if taken.reason == reason::GRANTED {
+                    action::ALLOW
+                } else {
+                    action::DENY
+                };
+                return (
+                    Verdict {
+                        decision,
+                        reason: taken.reason,
+                        rule_id: entry.rule_id,
+                    },
+                    taken.id,
+                );
+            }
+            let (decision, reason) = if budget::take(gate, entry.check) {
+                (action::ALLOW, reason::RULE)
+            } else {
+                (action::DENY, reason::BUDGET)
             };
+            return (
+                Verdict {
+                    decision,
+                    reason,
+                    rule_id: entry.rule_id,
+                },
+                0,
+            );
         }
         i += 1;
     }
-    default
+    (default, 0)
 }

@@ -73,10 +73,67 @@ pub enum Request {
     Halt { target: Target, how: Halt },
     /// Lift the kill switch: the target's policy decides again, and frozen processes thaw.
     Resume { target: Target },
+    /// Allow one exact action of a confined target that a rule requiring a grant governs:
+    /// `uses` times (default 1), until `expires_in_ms` from now (default 10 minutes).
+    Grant {
+        target: Target,
+        /// The action: a connect to (or a datagram sent to) this address.
+        connect: Option<std::net::SocketAddr>,
+        /// The connect's protocol: `tcp` (the default) or `udp`.
+        #[serde(default = "tcp")]
+        protocol: GrantProtocol,
+        #[serde(default = "one_use")]
+        uses: u64,
+        #[serde(default = "ten_minutes")]
+        expires_in_ms: u64,
+    },
+    /// Withdraw grant `id` (its unused uses go).
+    Revoke { id: u32 },
     /// The confined targets.
     List,
     /// The daemon's state and counters.
     Status,
+}
+
+fn one_use() -> u64 {
+    1
+}
+
+fn ten_minutes() -> u64 {
+    600_000
+}
+
+fn tcp() -> GrantProtocol {
+    GrantProtocol::Tcp
+}
+
+/// A granted network action's protocol.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantProtocol {
+    Tcp,
+    Udp,
+}
+
+impl GrantProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+/// One grant, as `list` reports it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantInfo {
+    pub id: u32,
+    /// `connect 127.0.0.1:8080/tcp`.
+    pub action: String,
+    /// Uses left.
+    pub uses: u64,
+    /// Milliseconds until it expires (0: expired).
+    pub expires_in_ms: u64,
 }
 
 /// How the kill switch stops a target.
@@ -118,6 +175,9 @@ pub struct TargetInfo {
     /// Its policy's budgets, and what is left of each in the current window.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub budgets: Vec<BudgetInfo>,
+    /// Its grants, used up and expired ones included until the daemon removes them.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub grants: Vec<GrantInfo>,
 }
 
 /// One budget of a target's policy, as the kernel counts it for the target.
@@ -182,6 +242,9 @@ pub struct Response {
     pub targets: Option<Vec<TargetInfo>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub status: Option<Status>,
+    /// The grant a `grant` request made.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grant: Option<GrantInfo>,
 }
 
 impl Response {
@@ -192,6 +255,7 @@ impl Response {
             message: None,
             targets: None,
             status: None,
+            grant: None,
         }
     }
 
@@ -202,6 +266,14 @@ impl Response {
             message: Some(message.into()),
             targets: None,
             status: None,
+            grant: None,
+        }
+    }
+
+    pub fn granted(message: impl Into<String>, grant: GrantInfo) -> Self {
+        Self {
+            grant: Some(grant),
+            ..Self::done(message)
         }
     }
 

@@ -13,8 +13,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use oxd_common::{
-    counter, record, BudgetKey, BudgetSpec, Config, InodeKey, InodeRules, NetKey, NetPrefix,
-    PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_BUDGETS, MAX_POLICY_SLOTS, RING_BUF_BYTES,
+    counter, record, BudgetKey, BudgetSpec, Config, GrantKey, GrantValue, InodeKey, InodeRules,
+    NetKey, NetPrefix, PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_BUDGETS, MAX_POLICY_SLOTS,
+    RING_BUF_BYTES,
 };
 
 /// Kept here until every caller asks [`crate::host`].
@@ -266,7 +267,7 @@ fn override_guard_fs_offsets<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a Kerne
 }
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
-const PINNED_MAPS: [&str; 18] = [
+const PINNED_MAPS: [&str; 19] = [
     "CONFIG",
     "CONFINED",
     "EXEC_RULES",
@@ -285,6 +286,7 @@ const PINNED_MAPS: [&str; 18] = [
     "RATE",
     "BUDGET_SPECS",
     "BUDGET_STATE",
+    "GRANTS",
 ];
 
 pub(crate) const LSM_FIX: &str =
@@ -914,6 +916,54 @@ impl Enforcer {
             .filter(|(key, _)| key.target == target)
             .map(|(key, value)| (key.id, BudgetCounter::from_raw(value)))
             .collect())
+    }
+
+    fn grants_map(&mut self) -> Result<HashMap<&mut MapData, GrantKey, GrantValue>> {
+        HashMap::try_from(
+            self.ebpf
+                .map_mut("GRANTS")
+                .ok_or(EnforcerError::Missing("GRANTS map"))?,
+        )
+        .map_err(map_err("open the grant map"))
+    }
+
+    /// Every grant the kernel holds (used-up and expired ones included).
+    pub fn grants(&self) -> Result<Vec<(GrantKey, GrantValue)>> {
+        let map: HashMap<&MapData, GrantKey, GrantValue> = HashMap::try_from(
+            self.ebpf
+                .map("GRANTS")
+                .ok_or(EnforcerError::Missing("GRANTS map"))?,
+        )
+        .map_err(map_err("open the grant map"))?;
+        Ok(map.iter().filter_map(std::result::Result::ok).collect())
+    }
+
+    /// Puts a grant in force (replacing one for the same action).
+    pub fn insert_grant(&mut self, key: GrantKey, value: GrantValue) -> Result<()> {
+        self.grants_map()?
+            .insert(key, value, 0)
+            .map_err(map_err("insert a grant (at most 4096 grants at once)"))
+    }
+
+    /// Removes the grants `keep` refuses.
+    pub fn remove_grants(
+        &mut self,
+        keep: impl Fn(&GrantKey, &GrantValue) -> bool,
+    ) -> Result<usize> {
+        let mut map = self.grants_map()?;
+        let gone: Vec<GrantKey> = map
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .filter(|(key, value)| !keep(key, value))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &gone {
+            match map.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("remove a grant")(e)),
+            }
+        }
+        Ok(gone.len())
     }
 
     /// Forgets the budget counters of `target` whose budget is not in `keep`: all of them when

@@ -144,12 +144,17 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
     let denied = denied_identity(policy, &request);
     let decision = policy.evaluate_with(&request, denied);
     let verdict = match (decision.action, policy.mode) {
-        (Action::Allow, _) => match rule_budget(policy, &request, decision.reason) {
-            Some(budget) => format!(
-                "allow, within its budget: at most {}, counted per confined target (beyond                  it, denied until the window refills; `oxd ctl list --json` shows what is left)",
-                budget.text()
+        (Action::Allow, _) => match net_rule(policy, &request, decision.reason) {
+            Some(rule) if rule.requires_grant => "allow, only with a grant for exactly this \
+                action (`oxd ctl grant`), one use per action: without one, or once it is used \
+                up or expired, denied"
+                .to_owned(),
+            Some(rule) if rule.budget.is_some() => format!(
+                "allow, within its budget: at most {}, counted per confined target (beyond \
+                 it, denied until the window refills; `oxd ctl list --json` shows what is left)",
+                rule.budget.map(|b| b.text()).unwrap_or_default()
             ),
-            None => "allow".to_owned(),
+            _ => "allow".to_owned(),
         },
         (Action::Deny, Mode::Enforce) => "deny (fails with EPERM)".to_owned(),
         (Action::Deny, Mode::Audit) => {
@@ -167,12 +172,12 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
     })
 }
 
-/// The budget of the network rule that decided, if it has one.
-fn rule_budget(
-    policy: &Policy,
+/// The network rule that decided, if one did.
+fn net_rule<'a>(
+    policy: &'a Policy,
     request: &Request,
     reason: Reason,
-) -> Option<crate::policy::Budget> {
+) -> Option<&'a crate::policy::NetworkRule> {
     let (Request::Connect { .. }, Reason::Rule(id)) = (request, reason) else {
         return None;
     };
@@ -181,8 +186,7 @@ fn rule_budget(
         .as_ref()?
         .rules
         .iter()
-        .find(|rule| rule.rule == id)?
-        .budget
+        .find(|rule| rule.rule == id)
 }
 
 /// The evaluator's request for `probe` (paths resolved as the kernel resolves them), and the

@@ -44,6 +44,20 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """A grant: one exact action a rule requiring a grant lets the target do, ``uses`` more
+    times, for ``expires_in_ms`` more milliseconds (0: expired)."""
+
+    #: Its number, named in the audit records of the actions it decides.
+    id: int
+    #: What it allows: ``connect 127.0.0.1:8080/tcp``.
+    action: str
+    #: Uses left.
+    uses: int
+    expires_in_ms: int
+
+
+@dataclass(frozen=True)
 class Target:
     """A confined target, as ``list`` reports it."""
 
@@ -56,6 +70,8 @@ class Target:
     halted: Optional[str] = None
     #: Its policy's budgets and what is left of each.
     budgets: List[Budget] = field(default_factory=list)
+    #: Its grants (used-up and expired ones until the daemon removes them).
+    grants: List[Grant] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, value: Dict[str, Any]) -> "Target":
@@ -67,6 +83,7 @@ class Target:
             generation=value["generation"],
             halted=value.get("halted"),
             budgets=[Budget(**b) for b in value.get("budgets", [])],
+            grants=[Grant(**g) for g in value.get("grants", [])],
         )
 
 
@@ -211,6 +228,36 @@ class Client:
     def resume(self, *, cgroup: Optional[PathLike] = None, pid: Optional[int] = None) -> str:
         """Lifts the kill switch: the target's policy decides again, frozen processes thaw."""
         return self._message({"op": "resume", "target": _target(cgroup, pid)})
+
+    def grant(
+        self,
+        connect: str,
+        *,
+        protocol: Literal["tcp", "udp"] = "tcp",
+        uses: int = 1,
+        expires_in_ms: int = 600_000,
+        cgroup: Optional[PathLike] = None,
+        pid: Optional[int] = None,
+    ) -> Grant:
+        """Allows the target one exact action that a rule requiring a grant governs: a
+        connect to (or datagram sent to) ``connect`` (``"ADDR:PORT"``, ``"[IPV6]:PORT"``),
+        ``uses`` times, for ``expires_in_ms``. The kernel takes one use per action, so a repeat
+        beyond them is denied. Recorded in the audit log before the answer."""
+        response = self.call(
+            {
+                "op": "grant",
+                "target": _target(cgroup, pid),
+                "connect": connect,
+                "protocol": protocol,
+                "uses": uses,
+                "expires_in_ms": expires_in_ms,
+            }
+        )
+        return Grant(**response["grant"])
+
+    def revoke(self, grant_id: int) -> str:
+        """Withdraws a grant (its unused uses go)."""
+        return self._message({"op": "revoke", "id": grant_id})
 
     def list(self) -> List[Target]:
         """The confined targets."""

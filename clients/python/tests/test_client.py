@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from oxd_client import Client, DaemonError, Status, Target  # noqa: E402
+from oxd_client import Client, DaemonError, Grant, Status, Target  # noqa: E402
 
 
 class FakeDaemon:
@@ -95,6 +95,34 @@ class ClientTest(unittest.TestCase):
                 {"op": "halt", "target": {"cgroup": "/sys/fs/cgroup/a1"}, "how": "kill"},
                 {"op": "halt", "target": {"cgroup": "/sys/fs/cgroup/a1"}, "how": "freeze"},
                 {"op": "resume", "target": {"pid": 42}},
+            ],
+        )
+
+    def test_grant_and_revoke(self) -> None:
+        self.daemon.answer(
+            {
+                "ok": True,
+                "message": "grant 7: connect 127.0.0.1:8080/tcp ...",
+                "grant": {"id": 7, "action": "connect 127.0.0.1:8080/tcp", "uses": 1,
+                          "expires_in_ms": 600000},
+            }
+        )
+        self.daemon.answer({"ok": True, "message": "grant 7 withdrawn"})
+        granted = self.client.grant("127.0.0.1:8080", cgroup="/sys/fs/cgroup/a1")
+        self.assertEqual(granted, Grant(7, "connect 127.0.0.1:8080/tcp", 1, 600000))
+        self.client.revoke(granted.id)
+        self.assertEqual(
+            self.daemon.requests,
+            [
+                {
+                    "op": "grant",
+                    "target": {"cgroup": "/sys/fs/cgroup/a1"},
+                    "connect": "127.0.0.1:8080",
+                    "protocol": "tcp",
+                    "uses": 1,
+                    "expires_in_ms": 600000,
+                },
+                {"op": "revoke", "id": 7},
             ],
         )
 

@@ -168,6 +168,9 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rule_text: Option<String>,
     pub reason: String,
+    /// The number of the grant that decided (`oxd ctl grant`), for a rule that requires one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub grant: Option<u32>,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
@@ -397,6 +400,7 @@ impl Record {
             rule,
             rule_text,
             reason: reason.to_owned(),
+            grant: grant_of(event),
             pid: event.pid,
             tid: event.tid,
             uid: event.uid,
@@ -408,6 +412,19 @@ impl Record {
             comm_bytes: exact_bytes(until_nul(&event.comm)),
         }
     }
+}
+
+/// The record's `grant`: the grant that decided a network action.
+fn grant_of(event: &Event) -> Option<u32> {
+    let network = matches!(
+        event.op,
+        op::CONNECT4 | op::CONNECT6 | op::SENDMSG4 | op::SENDMSG6
+    );
+    let by_grant = matches!(
+        event.reason,
+        reason::GRANTED | reason::GRANT_USED | reason::GRANT_EXPIRED
+    );
+    (network && by_grant).then_some(event.detail)
 }
 
 /// The record's `protocol`: for network ops only.
@@ -454,6 +471,10 @@ fn reason_text(reason: u32) -> &'static str {
         reason::EMPTY_SLOT => "policy slot empty (fail closed)",
         reason::HALTED => "halted by the kill switch (until `oxd ctl resume`)",
         reason::BUDGET => "the rule's budget is spent for this window (denied until it refills)",
+        reason::GRANTED => "granted: one use of the grant taken",
+        reason::GRANT_REQUIRED => "the rule requires a grant, and none was given for this action",
+        reason::GRANT_USED => "the grant for this action is used up (a repeat is denied)",
+        reason::GRANT_EXPIRED => "the grant for this action has expired",
         reason::MAPPING_UNDECIDED => "mapping not decided when it was made (fail closed)",
         reason::FOREIGN_MOUNT_NS => "the file is in another mount namespace (namespaces denied)",
         reason::NO_PATH_IN_NS => {
@@ -844,6 +865,26 @@ impl LimitRecord {
     }
 }
 
+/// A grant made or withdrawn (`oxd ctl grant`, `oxd ctl revoke`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub time: String,
+    pub policy: String,
+    pub policy_sha256: String,
+    pub generation: u64,
+    pub op: &'static str,
+    /// `grant` or `revoke`.
+    pub action: &'static str,
+    pub grant: u32,
+    /// What the grant allows: `connect 127.0.0.1:8080/tcp`.
+    pub allows: String,
+    pub uses: u64,
+    /// When it expires (RFC 3339).
+    pub expires: String,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+}
+
 /// A record an owner of the log (`oxd run`, the daemon) writes through its pump: not a
 /// decision of oxd's programs.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -851,6 +892,7 @@ impl LimitRecord {
 pub enum Note {
     Switch(SwitchRecord),
     Limit(LimitRecord),
+    Grant(GrantRecord),
 }
 
 /// Decisions the kernel counted instead of recording each (see [`oxd_common::tally`]).

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use oxd::control::{call, Halt, PolicySource, Request, Status, Target, TargetInfo, DEFAULT_SOCKET};
+use oxd::control::{
+    call, GrantProtocol, Halt, PolicySource, Request, Status, Target, TargetInfo, DEFAULT_SOCKET,
+};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct CtlArgs {
@@ -95,6 +97,14 @@ pub(crate) enum CtlCommand {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Allow one exact action of a confined target, for a rule that requires a grant: the
+    /// kernel lets it happen `--uses` times (then a repeat is denied), until `--expires`.
+    Grant(GrantArgs),
+    /// Withdraw a grant (by the number `grant` printed; `list` shows them).
+    Revoke {
+        /// The grant's number.
+        id: u32,
+    },
     /// List confined targets and their policies.
     List {
         /// Print JSON (an array of targets).
@@ -137,6 +147,8 @@ pub(crate) fn ctl(args: &CtlArgs) -> Result<i32> {
                 .target()
                 .context("name a target: --cgroup DIR or --pid PID")?,
         },
+        CtlCommand::Grant(grant) => grant.request()?,
+        CtlCommand::Revoke { id } => Request::Revoke { id: *id },
         CtlCommand::List { .. } => Request::List,
         CtlCommand::Status { .. } => Request::Status,
     };
@@ -163,6 +175,40 @@ pub(crate) fn ctl(args: &CtlArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `oxd ctl grant` (and `oxd grant`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct GrantArgs {
+    #[command(flatten)]
+    pub(crate) target: TargetArgs,
+    /// The action: a connect to (or, with --udp, a datagram sent to) ADDR:PORT ([IPV6]:PORT).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) connect: std::net::SocketAddr,
+    /// The protocol of the connect.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub(crate) protocol: GrantProtocol,
+    /// How many times the action may happen.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) uses: u64,
+    /// How long the grant lasts (`30s`, `10m`, `1h`; at most 7 days).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub(crate) expires: std::time::Duration,
+}
+
+impl GrantArgs {
+    pub(crate) fn request(&self) -> Result<Request> {
+        Ok(Request::Grant {
+            target: self
+                .target
+                .target()
+                .context("name a target: --cgroup DIR or --pid PID")?,
+            connect: Some(self.connect),
+            protocol: self.protocol,
+            uses: self.uses,
+            expires_in_ms: u64::try_from(self.expires.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
 }
 
 fn halt(target: &TargetArgs, how: Halt) -> Result<Request> {
@@ -198,6 +244,19 @@ fn print_targets(targets: Vec<TargetInfo>, json: bool) -> Result<()> {
                 t.generation,
                 short(&t.sha256)
             );
+            for g in &t.grants {
+                println!(
+                    "  grant {}: {}, {} use(s) left, {}",
+                    g.id,
+                    g.action,
+                    g.uses,
+                    if g.expires_in_ms == 0 {
+                        "expired".to_owned()
+                    } else {
+                        format!("expires in {} s", g.expires_in_ms / 1000)
+                    }
+                );
+            }
             for b in &t.budgets {
                 let window = b.refills_in_ms.map_or_else(
                     || "no window running".to_owned(),

@@ -37,8 +37,18 @@ enum Command {
     /// Run the long-lived service: confine cgroups under named policies on request (see `oxd
     /// ctl`), replace policies atomically, keep enforcement pinned across crashes.
     Daemon(daemon::DaemonArgs),
-    /// Talk to a running `oxd daemon`: confine, release, replace, the kill switch (deny-all, freeze, kill, resume), list, status.
+    /// Talk to a running `oxd daemon`: confine, release, replace, the kill switch (deny-all,
+    /// freeze, kill, resume), grants (grant, revoke), list, status.
     Ctl(ctl::CtlArgs),
+    /// Allow one exact action of an agent for a rule that requires a grant (as `oxd ctl
+    /// grant`).
+    Grant {
+        /// The daemon's control socket.
+        #[arg(long, default_value = oxd::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[command(flatten)]
+        grant: ctl::GrantArgs,
+    },
     /// Read audit logs: verify their hash chain, or print them readably.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -66,6 +76,10 @@ pub(crate) fn main() -> ExitCode {
         Command::Doctor => Ok(doctor::doctor()),
         Command::Daemon(args) => oxd::daemon::daemon(args.into()),
         Command::Ctl(args) => ctl::ctl(&args),
+        Command::Grant { socket, grant } => ctl::ctl(&ctl::CtlArgs {
+            socket,
+            command: ctl::CtlCommand::Grant(grant),
+        }),
         Command::Audit(command) => audit::run(&command),
     };
     match result {

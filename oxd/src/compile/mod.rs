@@ -15,8 +15,8 @@ use std::path::Path;
 use oxd_common::{
     action, governs, mode, proto, record, BudgetSpec, Config, InodeKey, InodeRules, NetEntry,
     NetKey, NetPrefix, PathKey, RuleValue, ANCESTOR_SLOT_BIT, MAX_NET_RULES, MAX_PATH_RULES,
-    MAX_POLICY_SLOTS, NET_LIST_LEN, NET_SLOT_PREFIX_BITS, PATH_KEY_LEN, RULE_DEFAULT, RULE_NONE,
-    SLOT_PREFIX_BITS,
+    MAX_POLICY_SLOTS, NET_CHECK_GRANT, NET_LIST_LEN, NET_SLOT_PREFIX_BITS, PATH_KEY_LEN,
+    RULE_DEFAULT, RULE_NONE, SLOT_PREFIX_BITS,
 };
 use sha2::{Digest, Sha256};
 
@@ -369,9 +369,13 @@ fn budget_specs(rules: &[NetworkRule]) -> Vec<BudgetSpec> {
         .collect()
 }
 
-/// What the entry of `rules[position]` names as its budget: 0 for none, else 1 + its index in
-/// [`budget_specs`].
-fn net_budget_index(rules: &[NetworkRule], position: usize) -> u16 {
+/// What the entry of `rules[position]` asks beyond its action ([`NetEntry::check`]):
+/// [`NET_CHECK_GRANT`] if it requires a grant, 1 + its budget's index in [`budget_specs`] if it
+/// has one, else 0.
+fn net_check(rules: &[NetworkRule], position: usize) -> u16 {
+    if rules[position].requires_grant {
+        return NET_CHECK_GRANT;
+    }
     if rules[position].budget.is_none() {
         return 0;
     }
@@ -748,7 +752,7 @@ fn net_entries(
                     port_hi: rule.ports.1,
                     proto: u8::try_from(protocol_bits(rule.protocol)).unwrap_or(u8::MAX),
                     action: u8::try_from(action_bits(rule.action)).unwrap_or(u8::MAX),
-                    budget: net_budget_index(rules, position),
+                    check: net_check(rules, position),
                     rule_id: rule.rule,
                 };
             }

@@ -538,6 +538,7 @@ fn a_list_longer_than_the_kernel_holds_is_refused_naming_the_rule() {
             action: Action::Allow,
             rule: u32::from(port),
             budget: None,
+            requires_grant: false,
         })
         .collect();
     let err = compile(&p, 0, 1, &|_: &Path| None).unwrap_err();
@@ -818,6 +819,7 @@ fn rule_count_limits() {
         action: Action::Allow,
         rule: 0,
         budget: None,
+        requires_grant: false,
     };
     let max_net = MAX_NET_RULES as usize;
     p.network.as_mut().unwrap().rules = (0..max_net)
@@ -1039,7 +1041,7 @@ fn budgets_are_named_by_their_rules_entries_and_keep_their_id_when_the_rule_is_u
             .iter()
             .find(|e| network_text(e.network()) == network)
             .expect("the network's entry");
-        let index = entry.entries()[0].budget;
+        let index = entry.entries()[0].check;
         assert_ne!(index, 0, "{network} has a budget");
         image.budgets()[usize::from(index) - 1]
     };
@@ -1055,7 +1057,7 @@ fn budgets_are_named_by_their_rules_entries_and_keep_their_id_when_the_rule_is_u
         .iter()
         .find(|e| network_text(e.network()) == "127.0.0.1/32")
         .expect("the plain rule's entry");
-    assert_eq!(plain_entry.entries()[0].budget, 0);
+    assert_eq!(plain_entry.entries()[0].check, 0);
     // A changed budget is another counter.
     let c = policy(&format!(
         "[network]\n{}",
@@ -1067,4 +1069,25 @@ fn budgets_are_named_by_their_rules_entries_and_keep_their_id_when_the_rule_is_u
     let mut expected = vec![spec_other.id, spec_a.id];
     expected.sort_unstable();
     assert_eq!(ids, expected);
+}
+
+#[test]
+fn a_rule_that_requires_a_grant_says_so_in_its_entry() {
+    let p = policy(
+        "[network]\n[[network.allow]]\ncidr = \"10.0.0.0/8\"\nrequires_grant = true\n\
+         [[network.allow]]\ncidr = \"10.1.0.0/16\"\n",
+    );
+    let image = compile_ok(&p, 2, 1);
+    let check_of = |network: &str| {
+        image
+            .net()
+            .iter()
+            .find(|e| network_text(e.network()) == network)
+            .expect("the network's entry")
+            .entries()[0]
+            .check
+    };
+    assert_eq!(check_of("10.0.0.0/8"), NET_CHECK_GRANT);
+    assert_eq!(check_of("10.1.0.0/16"), 0);
+    assert!(image.budgets().is_empty());
 }

@@ -25,6 +25,7 @@
 //! state file; `reconcile` plans and applies what a restart must complete or undo; `ops`
 //! handles the control requests; `socket` serves the control socket.
 
+mod grants;
 mod limits;
 mod ops;
 mod reconcile;
@@ -447,6 +448,7 @@ async fn serve(args: DaemonOptions) -> Result<i32> {
                 _ = tick.tick() => {
                     daemon.prune_removed()?;
                     daemon.report_limits()?;
+                    daemon.prune_grants()?;
                 }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,

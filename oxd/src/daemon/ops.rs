@@ -137,6 +137,19 @@ impl Daemon {
             Request::Replace { policy } => self.replace(&policy),
             Request::Halt { target, how } => self.halt(&target, how),
             Request::Resume { target } => self.resume(&target),
+            Request::Grant {
+                target,
+                connect,
+                protocol,
+                uses,
+                expires_in_ms,
+            } => {
+                return match self.grant(&target, connect, protocol, uses, expires_in_ms) {
+                    Ok((message, grant)) => Response::granted(message, grant),
+                    Err(e) => Response::error(format!("{e:#}")),
+                }
+            }
+            Request::Revoke { id } => self.revoke(id),
             Request::List => return Response::targets(self.targets()),
             Request::Status => {
                 return self
@@ -345,6 +358,9 @@ impl Daemon {
         if let Err(e) = self.enforcer.forget_budgets(cgroup_id, &[]) {
             tracing::warn!("released without forgetting its budget counters: {e:#}");
         }
+        if let Err(e) = self.enforcer.remove_grants(|k, _| k.target != cgroup_id) {
+            tracing::warn!("released without withdrawing its grants: {e:#}");
+        }
         let Some(pos) = self
             .state
             .targets
@@ -508,6 +524,7 @@ impl Daemon {
                     budgets: g
                         .map(|g| self.budgets(t.cgroup_id, g.generation))
                         .unwrap_or_default(),
+                    grants: self.grants_of(t.cgroup_id),
                 }
             })
             .collect()

@@ -370,6 +370,7 @@ mod tests {
             generations,
             current: current.iter().map(|(n, g)| ((*n).to_owned(), *g)).collect(),
             targets,
+            next_grant: 1,
         }
     }
 

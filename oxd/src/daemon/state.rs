@@ -117,6 +117,9 @@ pub(super) struct State {
     /// Policy name -> its current generation.
     pub(super) current: BTreeMap<String, u64>,
     pub(super) targets: Vec<TargetState>,
+    /// The number the next grant gets (numbers start at 1 and are never reused).
+    #[serde(default)]
+    pub(super) next_grant: u32,
 }
 
 impl State {
@@ -238,6 +241,7 @@ mod tests {
                 pids_max_before: Some("max".into()),
                 refused_reported: 3,
             }],
+            next_grant: 5,
         }
     }
 

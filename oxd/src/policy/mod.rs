@@ -95,6 +95,9 @@ pub struct NetworkRule {
     pub rule: u32,
     /// At most so many of the actions the rule allows per window (allow rules only).
     pub budget: Option<Budget>,
+    /// Each action the rule allows needs a grant for exactly that action (allow rules only;
+    /// not with a budget).
+    pub requires_grant: bool,
 }
 
 /// The exec category.

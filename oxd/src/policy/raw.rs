@@ -74,6 +74,8 @@ pub(super) struct RawNetRule {
     pub(super) protocol: Protocol,
     /// `{ count = N, per = "1m" }`: at most N connects and sends the rule allows per window.
     pub(super) budget: Option<Spanned<RawBudget>>,
+    /// Each connect or send the rule allows needs a grant for exactly it (`oxd ctl grant`).
+    pub(super) requires_grant: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -314,3 +314,40 @@ fn budgets_validate_with_locations() {
     let err = parse(&format!("[network]\n{many}")).unwrap_err();
     assert!(err.contains("too many budgets"), "{err}");
 }
+
+#[test]
+fn requires_grant_is_for_allow_rules_without_a_budget() {
+    let policy = parse(
+        "[network]\n[[network.allow]]\ncidr = \"127.0.0.1\"\nports = 443\nrequires_grant = true\n",
+    )
+    .unwrap();
+    let rule = &policy.network.as_ref().unwrap().rules[0];
+    assert!(rule.requires_grant);
+    assert_eq!(
+        policy.rules[0].text,
+        "127.0.0.1 ports 443-443 any, requires a grant"
+    );
+    let policy =
+        parse("[network]\n[[network.allow]]\ncidr = \"127.0.0.1\"\nrequires_grant = false\n")
+            .unwrap();
+    assert!(!policy.network.unwrap().rules[0].requires_grant);
+    let err = parse("[network]\n[[network.deny]]\ncidr = \"127.0.0.1\"\nrequires_grant = true\n")
+        .unwrap_err();
+    assert!(
+        err.starts_with("test.toml:4:18: ") && err.contains("a deny rule cannot require one"),
+        "{err}"
+    );
+    let err = parse(
+        "[network]\n[[network.allow]]\ncidr = \"127.0.0.1\"\nrequires_grant = true\nbudget = { \
+         count = 1, per = \"1s\" }\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("test.toml:4:18: ") && err.contains("cannot also have a budget"),
+        "{err}"
+    );
+    let err =
+        parse("[network]\n[[network.allow]]\ncidr = \"127.0.0.1\"\nrequires_grant = \"yes\"\n")
+            .unwrap_err();
+    assert!(err.starts_with("test.toml:4:18: "), "{err}");
+}

@@ -256,6 +256,8 @@ impl Validator {
                     }
                 };
                 let budget = rule_budget(raw.budget.as_ref(), action, &span, &mut budgets)?;
+                let requires_grant =
+                    rule_requires_grant(raw.requires_grant.as_ref(), action, budget.is_some())?;
                 let mut text = format!(
                     "{} ports {}-{} {}",
                     raw.cidr.get_ref().trim(),
@@ -266,6 +268,9 @@ impl Validator {
                 if let Some(budget) = &budget {
                     text.push_str(&format!(", budget {}", budget.text()));
                 }
+                if requires_grant {
+                    text.push_str(", requires a grant");
+                }
                 let id = format!("network.{}[{index}]", action.as_str());
                 let rule = self.add_rule(id, text, action);
                 let rule = NetworkRule {
@@ -275,6 +280,7 @@ impl Validator {
                     action,
                     rule,
                     budget,
+                    requires_grant,
                 };
                 rules.push((rule, span));
             }
@@ -355,6 +361,32 @@ fn rule_budget(
         ));
     }
     parse_budget(budget.get_ref()).map(Some)
+}
+
+/// Whether a rule requires a grant (`flag` is its `requires_grant`).
+fn rule_requires_grant(
+    flag: Option<&toml::Spanned<bool>>,
+    action: Action,
+    has_budget: bool,
+) -> ValidateResult<bool> {
+    let Some(flag) = flag.filter(|f| *f.get_ref()) else {
+        return Ok(false);
+    };
+    if action == Action::Deny {
+        return Err((
+            flag.span(),
+            "a grant allows an action: a deny rule cannot require one".to_owned(),
+        ));
+    }
+    if has_budget {
+        return Err((
+            flag.span(),
+            "a rule that requires a grant cannot also have a budget: each action is granted one \
+             by one"
+                .to_owned(),
+        ));
+    }
+    Ok(true)
 }
 
 /// The message for a section with more rules than the kernel's maps hold.
