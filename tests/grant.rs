@@ -193,3 +193,131 @@ fn a_grant_allows_exactly_the_granted_action_as_often_as_granted() {
     assert_eperm(&results, &connect);
     drop(listener);
 }
+
+/// `oxd approve` on `socket`, its output gathered as it comes (a prompt ends without a newline)
+/// by the thread returned.
+fn start_approve(
+    socket: &Path,
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<String>>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::Read as _;
+    let mut approve = std::process::Command::new(oxd_bin())
+        .arg("approve")
+        .arg("--socket")
+        .arg(socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start oxd approve");
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut out = approve.stdout.take().expect("its stdout");
+    let reader = {
+        let shown = std::sync::Arc::clone(&shown);
+        std::thread::spawn(move || {
+            let mut byte = [0u8; 1];
+            while out.read(&mut byte).is_ok_and(|n| n == 1) {
+                shown.lock().expect("lock").push(char::from(byte[0]));
+            }
+        })
+    };
+    (approve, shown, reader)
+}
+
+/// The approval round trip: the agent's connect is denied for want of a grant; `oxd approve`
+/// (subscribed to the daemon's requests for approval) shows it, and a `y` grants exactly that
+/// action once; the agent's retry succeeds, and a repeat after it is denied.
+#[test]
+fn oxd_approve_grants_one_retry_of_the_request_it_shows() {
+    use std::{io::Write as _, process::Stdio};
+
+    let scratch = Scratch::new("approve");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    let file = scratch.path("granted.toml");
+    std::fs::write(&file, grant_policy(port)).expect("write the policy");
+    let bpffs = BpffsMount::new(&scratch, "bpffs");
+    let mut daemon = Daemon::new(&scratch, "approve", &[]);
+    daemon.bpffs = bpffs.path.join("oxd");
+    daemon.start();
+    let cgroup = TestCgroup::new("approve");
+    daemon.confine_cgroup(&cgroup, &file);
+    let target = format!("127.0.0.1:{port}");
+
+    let (mut approve, shown, reader) = start_approve(&daemon.socket);
+    let seen = |text: &str| shown.lock().expect("lock").contains(text);
+    wait_for("oxd approve to subscribe", WAIT, || {
+        seen("waiting for requests").then_some(())
+    });
+
+    // The agent retries for up to a minute; the first attempt is the request.
+    let retry = format!("retry:60:connect:{target}");
+    let agent = cgroup
+        .command(probe_bin())
+        .arg(&retry)
+        .arg(format!("connect:{target}"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    wait_for("the request to be shown", WAIT, || {
+        seen("approve? [y/N]").then_some(())
+    });
+    {
+        let prompt = shown.lock().expect("lock").clone();
+        assert!(
+            prompt.contains(&format!("wants connect {target}/tcp")) && prompt.contains("oxd-probe"),
+            "the prompt names the action and the process: {prompt}"
+        );
+    }
+    let mut input = approve.stdin.take().expect("its stdin");
+    input.write_all(b"y\n").expect("answer y");
+    let output = agent.wait_with_output().expect("the agent ends");
+    let results = probe_results(&output);
+    let retried = result_of(&results, &retry);
+    assert_eq!(
+        retried["ok"], true,
+        "the approved retry succeeds: {retried}"
+    );
+    assert!(
+        retried["attempts"].as_u64().is_some_and(|n| n >= 2),
+        "{retried}"
+    );
+    // The grant was for one connect: the repeat is denied.
+    assert_eperm(&results, &format!("connect:{target}"));
+    wait_for("oxd approve to report the grant", WAIT, || {
+        seen("allowed 1 time(s)").then_some(())
+    });
+    drop(input);
+    // It reads its input only to answer a request: it waits for the next one until stopped.
+    let _ = approve.kill();
+    let _ = approve.wait();
+    reader.join().expect("the reader ends");
+
+    let records = wait_for("the records of the round trip", WAIT, || {
+        let records = audit_records_so_far(&daemon.audit_log);
+        records
+            .iter()
+            .any(|r| r["reason"].as_str().is_some_and(|s| s.contains("used up")))
+            .then_some(records)
+    });
+    let ours: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["target"] == target.as_str() || r["op"] == "grant")
+        .collect();
+    let allowed: Vec<&&Value> = ours.iter().filter(|r| r["decision"] == "allow").collect();
+    assert_eq!(allowed.len(), 1, "one connect allowed: {ours:#?}");
+    let granted = ours
+        .iter()
+        .find(|r| r["op"] == "grant")
+        .expect("the grant is recorded");
+    assert_eq!(allowed[0]["grant"], granted["grant"], "{ours:#?}");
+    assert_eq!(granted["uses"], 1);
+    assert!(
+        ours.iter()
+            .any(|r| r["reason"].as_str().is_some_and(|s| s.contains("used up"))),
+        "the repeat is recorded as such: {ours:#?}"
+    );
+    drop(listener);
+}

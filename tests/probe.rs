@@ -10,6 +10,8 @@
 //!   `PROT_READ | PROT_EXEC` (the result reported is the first failure: open, mmap, mprotect);
 //! - `connect:IP:PORT` / `connect:[IPV6]:PORT` opens a TCP connection;
 //! - `udp:IP:PORT` sends one datagram from an unconnected UDP socket;
+//! - `retry:SECONDS:connect:IP:PORT` (or `udp:`) tries every 50 ms until it succeeds, for at
+//!   most SECONDS, and reports once: `ok`, `attempts`, and the last errno;
 //! - `times:N:connect:IP:PORT` / `times:N:udp:IP:PORT` does that N times (each datagram from a
 //!   new socket) and reports once: `allowed`, `eperm` (refused with `EPERM`) and `other`
 //!   (failed otherwise) counts;
@@ -489,27 +491,16 @@ fn perform(action: &str) -> Result<(), ExitCode> {
             action,
             map_executable(path, kind == "mprotect").map(|()| None),
         );
+    } else if let Some((seconds, rest)) = action
+        .strip_prefix("retry:")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        retry(action, seconds, rest)?;
     } else if let Some((count, rest)) = action
         .strip_prefix("times:")
         .and_then(|rest| rest.split_once(':'))
     {
-        let (Ok(count), Some((kind, addr))) = (count.parse::<u32>(), rest.split_once(':')) else {
-            eprintln!("oxd-probe: bad repetition {action}");
-            return Err(ExitCode::from(2));
-        };
-        let addr = parse_addr(addr)?;
-        let (mut allowed, mut eperm, mut other) = (0u32, 0u32, 0u32);
-        for _ in 0..count {
-            match net_once(kind, addr) {
-                Ok(()) => allowed += 1,
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
-                Err(_) => other += 1,
-            }
-        }
-        let line = serde_json::json!({
-            "action": action, "ok": true, "allowed": allowed, "eperm": eperm, "other": other,
-        });
-        println!("{line}");
+        times(action, count, rest)?;
     } else if let Some((kind, addr)) = action
         .split_once(':')
         .filter(|(k, _)| matches!(*k, "connect" | "udp"))
@@ -559,6 +550,55 @@ fn perform(action: &str) -> Result<(), ExitCode> {
         eprintln!("oxd-probe: unknown action {action}");
         return Err(ExitCode::from(2));
     }
+    Ok(())
+}
+
+/// `retry:SECONDS:KIND:ADDR` (see the module documentation).
+fn retry(action: &str, seconds: &str, rest: &str) -> Result<(), ExitCode> {
+    let (Ok(seconds), Some((kind, addr))) = (seconds.parse::<u64>(), rest.split_once(':')) else {
+        eprintln!("oxd-probe: bad retry {action}");
+        return Err(ExitCode::from(2));
+    };
+    let addr = parse_addr(addr)?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut attempts = 0u32;
+    let result = loop {
+        attempts += 1;
+        match net_once(kind, addr) {
+            Ok(()) => break Ok(()),
+            Err(e) if Instant::now() >= deadline => break Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let line = match result {
+        Ok(()) => serde_json::json!({ "action": action, "ok": true, "attempts": attempts }),
+        Err(e) => serde_json::json!({
+            "action": action, "ok": false, "attempts": attempts, "errno": e.raw_os_error(),
+        }),
+    };
+    println!("{line}");
+    Ok(())
+}
+
+/// `times:N:KIND:ADDR` (see the module documentation).
+fn times(action: &str, count: &str, rest: &str) -> Result<(), ExitCode> {
+    let (Ok(count), Some((kind, addr))) = (count.parse::<u32>(), rest.split_once(':')) else {
+        eprintln!("oxd-probe: bad repetition {action}");
+        return Err(ExitCode::from(2));
+    };
+    let addr = parse_addr(addr)?;
+    let (mut allowed, mut eperm, mut other) = (0u32, 0u32, 0u32);
+    for _ in 0..count {
+        match net_once(kind, addr) {
+            Ok(()) => allowed += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+            Err(_) => other += 1,
+        }
+    }
+    let line = serde_json::json!({
+        "action": action, "ok": true, "allowed": allowed, "eperm": eperm, "other": other,
+    });
+    println!("{line}");
     Ok(())
 }
 

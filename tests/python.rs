@@ -1,6 +1,7 @@
 //! The Python client (`clients/python`) against a real daemon: `guest_check.py` confines,
-//! replaces, halts and resumes through it, and wraps tool calls with its example; this test
-//! then reads what the daemon's audit log says happened.
+//! replaces, halts and resumes through it, wraps tool calls with its example, and answers a
+//! request for approval with a grant; this test then reads what the daemon's audit log says
+//! happened.
 
 use std::process::Command;
 
@@ -51,7 +52,13 @@ fn python_client_drives_a_real_daemon_and_its_example_wraps_tool_calls() {
         out.status
     );
 
-    let records = audit_records_so_far(&daemon.audit_log);
+    let records = wait_for("the approved connect's record", WAIT, || {
+        let records = audit_records_so_far(&daemon.audit_log);
+        records
+            .iter()
+            .any(|r| r["op"] == "connect" && r["policy"] == "py-grant" && r["decision"] == "allow")
+            .then_some(records)
+    });
     let switches: Vec<(&str, &str)> = records
         .iter()
         .filter(|r| r["op"] == "kill-switch")
@@ -85,5 +92,17 @@ fn python_client_drives_a_real_daemon_and_its_example_wraps_tool_calls() {
             .any(|r| r["decision"] == "deny" && r["policy"] == "py-deny"),
         "the denied tool's exec is not in the log: {id:#?}"
     );
+    // The approval round trip: the request, the grant, and the one connect it allowed.
+    let granted: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["op"] == "grant" && r["policy"] == "py-grant")
+        .collect();
+    assert_eq!(granted.len(), 1, "{granted:#?}");
+    let used: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["op"] == "connect" && r["policy"] == "py-grant" && r["decision"] == "allow")
+        .collect();
+    assert_eq!(used.len(), 1, "{used:#?}");
+    assert_eq!(used[0]["grant"], granted[0]["grant"]);
     assert_audit_log_verifies(&daemon.audit_log);
 }

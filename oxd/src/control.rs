@@ -47,6 +47,9 @@ impl PolicySource {
 pub enum Target {
     Cgroup(PathBuf),
     Pid(i32),
+    /// A cgroup by its id (a record's `cgroup_id`): the confined target it is, or is below.
+    /// Not for `confine`.
+    CgroupId(u64),
 }
 
 /// One request.
@@ -89,6 +92,13 @@ pub enum Request {
     },
     /// Withdraw grant `id` (its unused uses go).
     Revoke { id: u32 },
+    /// Stream the decisions the daemon records, as they are written: the answer is
+    /// `{"ok":true,...}`, then one line per decision (`{"record":{...}}`), and
+    /// `{"lagged":N}` when this subscriber fell N decisions behind (the audit log has them).
+    Subscribe {
+        #[serde(default)]
+        only: Subscription,
+    },
     /// The confined targets.
     List,
     /// The daemon's state and counters.
@@ -134,6 +144,40 @@ pub struct GrantInfo {
     pub uses: u64,
     /// Milliseconds until it expires (0: expired).
     pub expires_in_ms: u64,
+}
+
+/// Which decisions a subscriber gets.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Subscription {
+    /// Every decision recorded.
+    #[default]
+    All,
+    /// Denials only.
+    Denied,
+    /// Requests for approval only: actions a rule requiring a grant denied for want of one.
+    Approvals,
+}
+
+impl Subscription {
+    /// Whether a subscriber of this kind gets `record`.
+    pub fn wants(self, record: &crate::audit::Record) -> bool {
+        match self {
+            Self::All => true,
+            Self::Denied => record.decision == "deny",
+            Self::Approvals => record.is_approval_request(),
+        }
+    }
+}
+
+/// One line of a subscription after the answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Streamed {
+    /// A decision, as the audit log has it (without the chain's `seq` and `prev`).
+    Record(Box<crate::audit::Record>),
+    /// This many decisions were not sent: the subscriber read too slowly.
+    Lagged(u64),
 }
 
 /// How the kill switch stops a target.
@@ -295,6 +339,45 @@ impl Response {
 }
 
 /// Sends one request and returns the daemon's response.
+/// Subscribes to the daemon's decisions (see [`Request::Subscribe`]): an iterator over the
+/// lines of the stream, which ends when the daemon closes it.
+///
+/// # Errors
+///
+/// When the daemon cannot be reached or refuses the subscription.
+pub fn subscribe(
+    socket: &Path,
+    only: Subscription,
+) -> Result<impl Iterator<Item = Result<Streamed>>> {
+    let mut stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot connect to the oxd daemon at {} (is `oxd daemon` running, and are you \
+             root?)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(&Request::Subscribe { only }).context("cannot encode")?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .with_context(|| format!("cannot subscribe on {}", socket.display()))?;
+    let mut lines = BufReader::new(stream).lines();
+    let answer: Response = match lines.next() {
+        Some(Ok(answer)) => serde_json::from_str(&answer).context("cannot decode the answer")?,
+        _ => bail!("the daemon closed the connection without an answer"),
+    };
+    if !answer.ok {
+        bail!(
+            "{}",
+            answer.error.unwrap_or_else(|| "the daemon refused".into())
+        );
+    }
+    Ok(lines.map(|line| {
+        let line = line.context("cannot read the subscription")?;
+        serde_json::from_str(&line).context("cannot decode a streamed decision")
+    }))
+}
+
 pub fn call(socket: &Path, request: &Request) -> Result<Response> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!(

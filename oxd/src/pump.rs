@@ -316,6 +316,8 @@ pub struct Recorder<C> {
     /// The kernel's tallies, and the total of each key already written.
     tallies: Option<Box<dyn TallySource>>,
     tallies_written: HashMap<TallyKey, u64>,
+    /// Where every decision record also goes, for subscribers (the daemon's).
+    tap: Option<tokio::sync::broadcast::Sender<Arc<Record>>>,
 }
 
 impl<C: LossCounter> Recorder<C> {
@@ -340,7 +342,15 @@ impl<C: LossCounter> Recorder<C> {
             tallies: None,
             tallies_written: stats.tallies_written().into_iter().collect(),
             stats,
+            tap: None,
         }
+    }
+
+    /// Sends every decision record to `tap` too (when anyone listens).
+    #[must_use]
+    pub fn with_tap(mut self, tap: tokio::sync::broadcast::Sender<Arc<Record>>) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// Writes the kernel's `tallies` as `tally` records (the counts since the last), with each
@@ -391,6 +401,10 @@ impl<C: LossCounter> Recorder<C> {
                 .write(&record)
                 .context("cannot write the audit log")?;
             self.stats.records.fetch_add(1, Ordering::Relaxed);
+            if let Some(tap) = self.tap.as_ref().filter(|t| t.receiver_count() > 0) {
+                // Sent after the write: a subscriber never sees what the log lacks.
+                let _ = tap.send(Arc::new(record));
+            }
         }
         Ok(written)
     }

@@ -6,7 +6,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Union
 
 DEFAULT_SOCKET = "/run/oxd/oxd.sock"
 
@@ -15,6 +15,14 @@ DEFAULT_SOCKET = "/run/oxd/oxd.sock"
 Halt = Literal["deny-all", "freeze", "kill"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Lagged(Exception):
+    """A subscriber read too slowly: this many decisions were not sent to it."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} decisions were not sent (the subscriber fell behind)")
+        self.count = count
 
 
 class DaemonError(Exception):
@@ -138,6 +146,17 @@ def _policy(path: PathLike) -> Dict[str, str]:
     return {"path": path, "text": text}
 
 
+def _stream(s: socket.socket, reader: Any) -> Iterator[Dict[str, Any]]:
+    try:
+        for raw in reader:
+            value = json.loads(raw)
+            if "lagged" in value:
+                raise Lagged(int(value["lagged"]))
+            yield value["record"]
+    finally:
+        s.close()
+
+
 class Client:
     """A client of one daemon, by its control socket.
 
@@ -258,6 +277,54 @@ class Client:
     def revoke(self, grant_id: int) -> str:
         """Withdraws a grant (its unused uses go)."""
         return self._message({"op": "revoke", "id": grant_id})
+
+    def subscribe(
+        self, only: Literal["all", "denied", "approvals"] = "all"
+    ) -> Iterator[Dict[str, Any]]:
+        """The decisions the daemon records, as it writes them: each an audit record (a dict,
+        as in the audit log without ``seq`` and ``prev``). ``only="approvals"`` gives just the
+        requests for approval: actions a rule requiring a grant denied for want of one, which
+        :meth:`approve` answers. The iterator blocks until the next decision (the client's
+        ``timeout`` does not apply) and ends when the daemon closes the stream. Raises
+        :class:`Lagged` if this subscriber fell behind (the audit log has every record)."""
+        line = json.dumps({"op": "subscribe", "only": only}, separators=(",", ":")).encode()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(self.timeout)
+            try:
+                s.connect(self.socket_path)
+            except OSError as e:
+                raise ConnectionError(
+                    f"cannot connect to the oxd daemon at {self.socket_path}: {e}"
+                ) from e
+            s.sendall(line + b"\n")
+            reader = s.makefile("rb")
+            answer = json.loads(reader.readline() or b"{}")
+            if not answer.get("ok"):
+                raise DaemonError(answer.get("error") or "the daemon refused")
+            s.settimeout(None)
+        except BaseException:
+            s.close()
+            raise
+        # Subscribed before this returns: nothing recorded from now on is missed.
+        return _stream(s, reader)
+
+    def approve(self, request: Dict[str, Any], *, uses: int = 1, expires_in_ms: int = 600_000) -> Grant:
+        """Answers a request for approval (a record from ``subscribe(only="approvals")``) with
+        a grant for exactly its action, for the confined target it came from."""
+        if request.get("op") not in ("connect", "sendmsg"):
+            raise ValueError(f"not a request for approval: {request!r}")
+        response = self.call(
+            {
+                "op": "grant",
+                "target": {"cgroup_id": int(request["cgroup_id"])},
+                "connect": request["target"],
+                "protocol": request.get("protocol") or "tcp",
+                "uses": uses,
+                "expires_in_ms": expires_in_ms,
+            }
+        )
+        return Grant(**response["grant"])
 
     def list(self) -> List[Target]:
         """The confined targets."""

@@ -10,8 +10,10 @@ every check passed; an assertion error names the one that failed.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,6 +44,82 @@ def cgroup_event(cgroup: str, key: str) -> str:
             if name == key:
                 return value.strip()
     raise AssertionError(f"no {key} in {cgroup}/cgroup.events")
+
+
+# An agent that connects to 127.0.0.1:PORT, retrying while it is denied (for at most a minute),
+# then tries once more and says whether that repeat was allowed.
+RETRYING_AGENT = '''
+import socket, sys, time
+port = int(sys.argv[1])
+deadline = time.monotonic() + 60
+attempts = 0
+while True:
+    attempts += 1
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+        break
+    except PermissionError:
+        if time.monotonic() > deadline:
+            sys.exit("gave up after %d attempts" % attempts)
+        time.sleep(0.05)
+    finally:
+        s.close()
+s = socket.socket()
+try:
+    s.connect(("127.0.0.1", port))
+    print("connected after %d attempts; the repeat was allowed" % attempts)
+except PermissionError:
+    print("connected after %d attempts; the repeat was denied" % attempts)
+'''
+
+
+def approval_round_trip(client: Client, root: str) -> None:
+    """A rule requiring a grant; an agent retrying a connect; a supervisor that subscribes to
+    the requests for approval and approves the first: the agent's retry succeeds, once."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    cgroup = os.path.join(root, f"oxd-python-grant-{os.getpid()}")
+    os.mkdir(cgroup)
+    agent = None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            policy = os.path.join(tmp, "py-grant.toml")
+            with open(policy, "w", encoding="utf-8") as f:
+                f.write(
+                    'name = "py-grant"\n[network]\ndefault = "deny"\n[[network.allow]]\n'
+                    f'cidr = "127.0.0.1"\nports = {port}\nprotocol = "tcp"\n'
+                    "requires_grant = true\n"
+                )
+            client.confine(policy, cgroup=cgroup)
+        requests = client.subscribe(only="approvals")
+        agent = spawn_in(
+            cgroup, [sys.executable, "-c", RETRYING_AGENT, str(port)], stdout=subprocess.PIPE
+        )
+        request = next(requests)
+        requests.close()
+        assert request["target"] == f"127.0.0.1:{port}", request
+        assert request["protocol"] == "tcp" and request["pid"] == agent.pid, request
+        granted = client.approve(request)
+        assert granted.action == f"connect 127.0.0.1:{port}/tcp" and granted.uses == 1, granted
+        out, _ = agent.communicate(timeout=90)
+        agent = None
+        assert b"the repeat was denied" in out, out
+        (target,) = client.list()
+        assert [(g.id, g.uses) for g in target.grants] == [(granted.id, 0)], target
+        client.release(cgroup=cgroup)
+    finally:
+        listener.close()
+        if agent is not None:
+            agent.kill()
+            agent.wait()
+        try:
+            client.release(all=True)
+        except DaemonError:
+            pass
+        os.rmdir(cgroup)
 
 
 def main() -> None:
@@ -125,6 +203,7 @@ def main() -> None:
             client.release(all=True)
         finally:
             os.rmdir(cgroup)
+    approval_round_trip(client, root)
     assert client.status().generation > before
     print("python client: every check passed")
 

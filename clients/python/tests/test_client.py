@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from oxd_client import Client, DaemonError, Grant, Status, Target  # noqa: E402
+from oxd_client import Client, DaemonError, Grant, Lagged, Status, Target  # noqa: E402
 
 
 class FakeDaemon:
@@ -125,6 +125,36 @@ class ClientTest(unittest.TestCase):
                 {"op": "revoke", "id": 7},
             ],
         )
+
+    def test_subscribe_streams_records_and_approve_grants_exactly_the_request(self) -> None:
+        request = {
+            "op": "connect", "target": "127.0.0.1:8080", "protocol": "tcp", "decision": "deny",
+            "reason": "the rule requires a grant, and none was given for this action",
+            "cgroup_id": 7262, "pid": 90,
+        }
+        stream = [{"ok": True, "message": "subscribed"}, {"record": request}, {"lagged": 3}]
+        self.daemon.answer(b"".join(json.dumps(v).encode() + b"\n" for v in stream))
+        self.daemon.answer(
+            {"ok": True, "message": "grant 4: ...",
+             "grant": {"id": 4, "action": "connect 127.0.0.1:8080/tcp", "uses": 1,
+                       "expires_in_ms": 600000}}
+        )
+        records = self.client.subscribe(only="approvals")
+        first = next(records)
+        self.assertEqual(first, request)
+        with self.assertRaises(Lagged) as lagged:
+            next(records)
+        self.assertEqual(lagged.exception.count, 3)
+        granted = self.client.approve(first)
+        self.assertEqual(granted.id, 4)
+        self.assertEqual(self.daemon.requests[0], {"op": "subscribe", "only": "approvals"})
+        self.assertEqual(
+            self.daemon.requests[1],
+            {"op": "grant", "target": {"cgroup_id": 7262}, "connect": "127.0.0.1:8080",
+             "protocol": "tcp", "uses": 1, "expires_in_ms": 600000},
+        )
+        with self.assertRaises(ValueError):
+            self.client.approve({"op": "exec"})
 
     def test_a_call_names_exactly_one_target(self) -> None:
         with self.assertRaises(ValueError):

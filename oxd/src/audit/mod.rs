@@ -144,7 +144,7 @@ impl Default for Clock {
 }
 
 /// One audit record.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Record {
     pub time: String,
     pub policy: String,
@@ -411,6 +411,16 @@ impl Record {
             target_bytes: target_bytes(event),
             comm_bytes: exact_bytes(until_nul(&event.comm)),
         }
+    }
+}
+
+impl Record {
+    /// Whether this is a request for approval: an action a rule requiring a grant denied for
+    /// want of one (what `oxd approve` asks about, and a grant can answer).
+    pub fn is_approval_request(&self) -> bool {
+        self.decision == "deny"
+            && self.reason == reason_text(reason::GRANT_REQUIRED)
+            && matches!(self.op.as_str(), "connect" | "sendmsg")
     }
 }
 

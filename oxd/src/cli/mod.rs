@@ -1,6 +1,7 @@
 //! The `oxd` command line: argument parsing and printing, one module per subcommand. The work
 //! itself is in the `oxd` library, which knows nothing of clap.
 
+mod approve;
 mod audit;
 mod check;
 mod ctl;
@@ -40,6 +41,10 @@ enum Command {
     /// Talk to a running `oxd daemon`: confine, release, replace, the kill switch (deny-all,
     /// freeze, kill, resume), grants (grant, revoke), list, status.
     Ctl(ctl::CtlArgs),
+    /// Answer requests for approval as they come: each action a rule requiring a grant denied
+    /// for want of one is shown, and `y` grants exactly that action (once), so the agent's
+    /// retry succeeds.
+    Approve(approve::ApproveArgs),
     /// Allow one exact action of an agent for a rule that requires a grant (as `oxd ctl
     /// grant`).
     Grant {
@@ -76,6 +81,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Doctor => Ok(doctor::doctor()),
         Command::Daemon(args) => oxd::daemon::daemon(args.into()),
         Command::Ctl(args) => ctl::ctl(&args),
+        Command::Approve(args) => approve::run(&args),
         Command::Grant { socket, grant } => ctl::ctl(&ctl::CtlArgs {
             socket,
             command: ctl::CtlCommand::Grant(grant),

@@ -156,7 +156,12 @@ struct Daemon {
     replaced: Vec<u64>,
     /// The pump's way to write the daemon's own records (the kill switch's).
     notes: Option<crate::pump::Notes>,
+    /// Every decision the pump records, for subscribers.
+    decisions: tokio::sync::broadcast::Sender<Arc<crate::audit::Record>>,
 }
+
+/// Decisions a subscriber may fall behind by before it is told it lagged.
+const SUBSCRIPTION_BACKLOG: usize = 4096;
 
 /// Opens the targets' cgroup directories that exist: by path, the open directory and its inode.
 fn open_cgroups(targets: &[TargetState]) -> HashMap<PathBuf, (fs::File, u64)> {
@@ -266,6 +271,7 @@ impl Daemon {
             metrics: Metrics::new(),
             replaced: Vec::new(),
             notes: None,
+            decisions: tokio::sync::broadcast::channel(SUBSCRIPTION_BACKLOG).0,
         };
         daemon.reconcile()?;
         let pump = daemon.start_pump(audit)?;
@@ -289,7 +295,8 @@ impl Daemon {
             self.enforcer.counters()?,
             Arc::clone(&self.stats),
         )
-        .with_tallies(self.enforcer.tallies()?);
+        .with_tallies(self.enforcer.tallies()?)
+        .with_tap(self.decisions.clone());
         Pump::start_with(events, recorder, pump_limits(&self.args))
     }
 
@@ -425,7 +432,11 @@ async fn serve(args: DaemonOptions) -> Result<i32> {
             tokio::select! {
                 accepted = listener.accept() => {
                     if let Ok((stream, _)) = accepted {
-                        tokio::spawn(socket::serve_client(stream, calls_tx.clone()));
+                        tokio::spawn(socket::serve_client(
+                            stream,
+                            calls_tx.clone(),
+                            daemon.decisions.clone(),
+                        ));
                     }
                 }
                 Some((request, reply)) = calls.recv() => {

@@ -51,6 +51,9 @@ pub(super) fn resolve_target(target: &Target) -> Result<(PathBuf, u64)> {
     let mount = cgroup2_mount()?;
     let path = match target {
         Target::Cgroup(path) => path.clone(),
+        Target::CgroupId(id) => {
+            bail!("name a cgroup directory or a process, not cgroup id {id}, to confine")
+        }
         Target::Pid(pid) => {
             let file = format!("/proc/{pid}/cgroup");
             let text = fs::read_to_string(&file)
@@ -150,6 +153,8 @@ impl Daemon {
                 }
             }
             Request::Revoke { id } => self.revoke(id),
+            // The socket serves subscriptions itself; one never reaches here.
+            Request::Subscribe { .. } => Err(anyhow!("a subscription cannot be answered here")),
             Request::List => return Response::targets(self.targets()),
             Request::Status => {
                 return self

@@ -9,11 +9,14 @@ use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, time::Duration};
 use anyhow::{bail, Context as _, Result};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    net::{unix::OwnedWriteHalf, UnixListener, UnixStream},
+    sync::{broadcast, mpsc, oneshot},
 };
 
-use crate::control::{Request, Response};
+use crate::{
+    audit::Record,
+    control::{Request, Response, Streamed, Subscription},
+};
 
 /// A request and where its response goes.
 pub(super) type Call = (Request, oneshot::Sender<Response>);
@@ -51,9 +54,13 @@ pub(super) fn refuse_if_answering(socket: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Serves one client: one request line, one response line. Only peers with the daemon's own
-/// uid are answered.
-pub(super) async fn serve_client(stream: UnixStream, calls: mpsc::Sender<Call>) {
+/// Serves one client: one request line, one response line (a subscription: then its stream).
+/// Only peers with the daemon's own uid are answered.
+pub(super) async fn serve_client(
+    stream: UnixStream,
+    calls: mpsc::Sender<Call>,
+    decisions: broadcast::Sender<std::sync::Arc<Record>>,
+) {
     let allowed = nix::unistd::geteuid().as_raw();
     let response = match stream.peer_cred() {
         Ok(cred) if cred.uid() == allowed => None,
@@ -71,6 +78,10 @@ pub(super) async fn serve_client(stream: UnixStream, calls: mpsc::Sender<Call>) 
         let mut reader = BufReader::new(read);
         match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
             Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Subscribe { only }) => {
+                    stream_decisions(write, decisions.subscribe(), only).await;
+                    return;
+                }
                 Ok(request) => {
                     let (tx, rx) = oneshot::channel();
                     if calls.send((request, tx)).await.is_err() {
@@ -87,5 +98,37 @@ pub(super) async fn serve_client(stream: UnixStream, calls: mpsc::Sender<Call>) 
     if let Ok(mut bytes) = serde_json::to_vec(&response) {
         bytes.push(b'\n');
         let _ = write.write_all(&bytes).await;
+    }
+}
+
+/// Writes one line; false once the subscriber is gone.
+async fn send_line(write: &mut OwnedWriteHalf, value: &impl serde::Serialize) -> bool {
+    let Ok(mut bytes) = serde_json::to_vec(value) else {
+        return false;
+    };
+    bytes.push(b'\n');
+    write.write_all(&bytes).await.is_ok()
+}
+
+/// A subscription (see [`Request::Subscribe`]): the answer, then every decision `only` wants, as
+/// the pump writes it, until the subscriber goes (or the daemon stops).
+async fn stream_decisions(
+    mut write: OwnedWriteHalf,
+    mut decisions: broadcast::Receiver<std::sync::Arc<Record>>,
+    only: Subscription,
+) {
+    if !send_line(&mut write, &Response::done("subscribed")).await {
+        return;
+    }
+    loop {
+        let line = match decisions.recv().await {
+            Ok(record) if only.wants(&record) => Streamed::Record(Box::new((*record).clone())),
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(n)) => Streamed::Lagged(n),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if !send_line(&mut write, &line).await {
+            return;
+        }
     }
 }

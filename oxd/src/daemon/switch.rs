@@ -97,6 +97,23 @@ fn kill(cgroup: &Path) -> String {
     }
 }
 
+/// Whether a cgroup with id `id` (its directory's inode number) is below `dir`, at most
+/// `MAX_CGROUP_DEPTH` levels down.
+fn has_descendant(dir: &Path, id: u64, depth: usize) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    if depth > oxd_common::MAX_CGROUP_DEPTH as usize {
+        return false;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        entry.file_type().is_ok_and(|t| t.is_dir())
+            && (entry.metadata().is_ok_and(|m| m.ino() == id)
+                || has_descendant(&entry.path(), id, depth + 1))
+    })
+}
+
 /// Thaws a cgroup the switch froze; what happened.
 pub(super) fn thaw(cgroup: &Path) -> String {
     match write_control(cgroup, "cgroup.freeze", "0") {
@@ -106,8 +123,23 @@ pub(super) fn thaw(cgroup: &Path) -> String {
 }
 
 impl Daemon {
-    /// The cgroup id of a target this daemon confines.
+    /// The cgroup id of a target this daemon confines: the one named, or the one it is in
+    /// (a cgroup below a target, a process in one).
     pub(super) fn known_target(&self, target: &Target) -> Result<u64> {
+        let not_confined =
+            || anyhow::anyhow!("that target is not confined by this daemon (see `oxd ctl list`)");
+        if let Target::CgroupId(id) = target {
+            if self.state.targets.iter().any(|t| t.cgroup_id == *id) {
+                return Ok(*id);
+            }
+            return self
+                .state
+                .targets
+                .iter()
+                .find(|t| has_descendant(&t.cgroup, *id, 0))
+                .map(|t| t.cgroup_id)
+                .ok_or_else(not_confined);
+        }
         let known = match target {
             Target::Cgroup(path) => self
                 .state
@@ -115,16 +147,21 @@ impl Daemon {
                 .iter()
                 .find(|t| &t.cgroup == path)
                 .map(|t| t.cgroup_id),
-            Target::Pid(_) => None,
+            _ => None,
         };
-        let id = match known {
-            Some(id) => id,
-            None => super::ops::resolve_target(target)?.1,
-        };
-        if !self.state.targets.iter().any(|t| t.cgroup_id == id) {
-            bail!("that target is not confined by this daemon (see `oxd ctl list`)");
+        if let Some(id) = known {
+            return Ok(id);
         }
-        Ok(id)
+        let (path, id) = super::ops::resolve_target(target)?;
+        if self.state.targets.iter().any(|t| t.cgroup_id == id) {
+            return Ok(id);
+        }
+        self.state
+            .targets
+            .iter()
+            .find(|t| path.starts_with(&t.cgroup))
+            .map(|t| t.cgroup_id)
+            .ok_or_else(not_confined)
     }
 
     /// Writes a `kill-switch` record for the target at `pos`.
