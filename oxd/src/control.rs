@@ -339,6 +339,16 @@ impl Response {
 }
 
 /// Sends one request and returns the daemon's response.
+fn connect(socket: &Path) -> Result<UnixStream> {
+    UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot connect to the oxd daemon at {} (is `oxd daemon` running, and are you \
+             root?)",
+            socket.display()
+        )
+    })
+}
+
 /// Subscribes to the daemon's decisions (see [`Request::Subscribe`]): an iterator over the
 /// lines of the stream, which ends when the daemon closes it.
 ///
@@ -349,13 +359,7 @@ pub fn subscribe(
     socket: &Path,
     only: Subscription,
 ) -> Result<impl Iterator<Item = Result<Streamed>>> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot connect to the oxd daemon at {} (is `oxd daemon` running, and are you \
-             root?)",
-            socket.display()
-        )
-    })?;
+    let mut stream = connect(socket)?;
     let mut line = serde_json::to_vec(&Request::Subscribe { only }).context("cannot encode")?;
     line.push(b'\n');
     stream
@@ -379,13 +383,7 @@ pub fn subscribe(
 }
 
 pub fn call(socket: &Path, request: &Request) -> Result<Response> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot connect to the oxd daemon at {} (is `oxd daemon` running, and are you \
-             root?)",
-            socket.display()
-        )
-    })?;
+    let mut stream = connect(socket)?;
     stream
         .set_read_timeout(Some(Duration::from_mins(2)))
         .context("cannot set a timeout on the control socket")?;

@@ -168,19 +168,24 @@ class Client:
         self.socket_path = os.fspath(socket_path)
         self.timeout = timeout
 
+    def _connect(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.socket_path)
+        except OSError as e:
+            s.close()
+            raise ConnectionError(
+                f"cannot connect to the oxd daemon at {self.socket_path} (is `oxd daemon` "
+                f"running, and are you its user?): {e}"
+            ) from e
+        return s
+
     def call(self, request: Dict[str, Any]) -> Dict[str, Any]:
         """Sends one request (a JSON object with ``op``) and returns the response object if it
         says ``ok``."""
         line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(self.timeout)
-            try:
-                s.connect(self.socket_path)
-            except OSError as e:
-                raise ConnectionError(
-                    f"cannot connect to the oxd daemon at {self.socket_path} (is `oxd daemon` "
-                    f"running, and are you its user?): {e}"
-                ) from e
+        with self._connect() as s:
             s.sendall(line)
             with s.makefile("rb") as reader:
                 answer = reader.readline()
@@ -288,15 +293,8 @@ class Client:
         ``timeout`` does not apply) and ends when the daemon closes the stream. Raises
         :class:`Lagged` if this subscriber fell behind (the audit log has every record)."""
         line = json.dumps({"op": "subscribe", "only": only}, separators=(",", ":")).encode()
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s = self._connect()
         try:
-            s.settimeout(self.timeout)
-            try:
-                s.connect(self.socket_path)
-            except OSError as e:
-                raise ConnectionError(
-                    f"cannot connect to the oxd daemon at {self.socket_path}: {e}"
-                ) from e
             s.sendall(line + b"\n")
             reader = s.makefile("rb")
             answer = json.loads(reader.readline() or b"{}")
