@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use oxd::{
-    audit::Record,
+    audit::{read::escape, Record},
     control::{call, subscribe, GrantProtocol, Request, Streamed, Subscription, Target},
 };
 
@@ -33,17 +33,20 @@ pub(crate) struct ApproveArgs {
 /// asked once.
 type Asked = (u64, String, String, String);
 
+/// The request in words. The agent chooses its command name (and could choose what else it
+/// can): every string is escaped, so none can break the line, forge another prompt, or send the
+/// supervisor's terminal control sequences.
 fn describe(record: &Record) -> String {
     format!(
         "pid {} ({}, uid {}) wants {} {}/{} (rule {}, policy {})",
         record.pid,
-        record.comm,
+        escape(&record.comm),
         record.uid,
-        record.op,
-        record.target,
-        record.protocol.as_deref().unwrap_or("?"),
-        record.rule,
-        record.policy
+        escape(&record.op),
+        escape(&record.target),
+        escape(record.protocol.as_deref().unwrap_or("?")),
+        escape(&record.rule),
+        escape(&record.policy)
     )
 }
 
@@ -121,4 +124,24 @@ pub(crate) fn run(args: &ApproveArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forged_command_name_cannot_forge_the_prompt() {
+        let line = r#"{"time":"2026-12-07T13:40:02Z","policy":"agent","policy_sha256":"",
+            "op":"connect","target":"127.0.0.1:443","protocol":"tcp","decision":"deny",
+            "enforced":true,"rule":"network.allow[0]","reason":"x","pid":7,"tid":7,"uid":0,
+            "gid":0,"comm":"a\u001b[2K\rpid 1 (sshd","cgroup_id":9}"#;
+        let record: Record = serde_json::from_str(line).expect("a record");
+        let shown = describe(&record);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(
+            shown.starts_with("pid 7 (a\\x1b[2K\\rpid 1 (sshd, uid 0) wants connect"),
+            "{shown}"
+        );
+    }
 }
