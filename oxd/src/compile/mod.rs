@@ -369,22 +369,28 @@ fn budget_specs(rules: &[NetworkRule]) -> Vec<BudgetSpec> {
         .collect()
 }
 
-/// What the entry of `rules[position]` asks beyond its action ([`NetEntry::check`]):
+/// What each rule's entries ask beyond its action ([`NetEntry::check`]), by rule position:
 /// [`NET_CHECK_GRANT`] if it requires a grant, 1 + its budget's index in [`budget_specs`] if it
-/// has one, else 0.
-fn net_check(rules: &[NetworkRule], position: usize) -> u16 {
-    if rules[position].requires_grant {
-        return NET_CHECK_GRANT;
-    }
-    if rules[position].budget.is_none() {
-        return 0;
-    }
-    let before = rules[..position]
+/// has one, else 0. Made once per policy: a wide rule is in many prefixes' lists.
+fn net_checks(rules: &[NetworkRule]) -> Vec<u16> {
+    let mut budgets = 0usize;
+    rules
         .iter()
-        .filter(|r| r.budget.is_some())
-        .count();
-    // Past `MAX_BUDGETS` (validation refuses it) the kernel denies: never "no budget".
-    u16::try_from(before + 1).unwrap_or(u16::MAX)
+        .map(|rule| {
+            // Counted as `budget_specs` counts them, whatever else the rule asks.
+            if rule.budget.is_some() {
+                budgets += 1;
+            }
+            if rule.requires_grant {
+                NET_CHECK_GRANT
+            } else if rule.budget.is_some() {
+                // Past `MAX_BUDGETS` (validation refuses it) the kernel denies: never "none".
+                u16::try_from(budgets).unwrap_or(u16::MAX)
+            } else {
+                0
+            }
+        })
+        .collect()
 }
 
 /// The directories strictly above each path a deny rule names, in rule order (exec, read,
@@ -737,6 +743,7 @@ fn net_entries(
             rule,
         }
     })?;
+    let checks = net_checks(rules);
     Ok(lists
         .into_iter()
         .map(|(network, positions)| {
@@ -752,7 +759,7 @@ fn net_entries(
                     port_hi: rule.ports.1,
                     proto: u8::try_from(protocol_bits(rule.protocol)).unwrap_or(u8::MAX),
                     action: u8::try_from(action_bits(rule.action)).unwrap_or(u8::MAX),
-                    check: net_check(rules, position),
+                    check: checks[position],
                     rule_id: rule.rule,
                 };
             }
