@@ -33,8 +33,9 @@ pub(super) const MAX_GRANT_LIFETIME_MS: u64 = 7 * 24 * 3600 * 1000;
 /// of an expired grant (naming it), after it as an action without a grant.
 const EXPIRED_KEPT_NS: u64 = 60 * 1_000_000_000;
 
-/// Nanoseconds of `CLOCK_BOOTTIME` (the kernel's `bpf_ktime_get_boot_ns`).
-fn boot_ns() -> u64 {
+/// Nanoseconds of `CLOCK_BOOTTIME` (the kernel's `bpf_ktime_get_boot_ns`), the clock of grant
+/// expiries and budget windows.
+pub(super) fn boot_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
         u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
             + u64::try_from(t.tv_nsec()).unwrap_or(0)

@@ -547,10 +547,7 @@ impl Daemon {
                 Vec::new()
             }
         };
-        let now_ms = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
-                + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
-        });
+        let now_ms = super::grants::boot_ns() / 1_000_000;
         crate::compile::budgets_by_rule(&policy)
             .into_iter()
             .map(|(rule, id, budget)| {
