@@ -790,6 +790,57 @@ fn compare(
     problems
 }
 
+/// One daemon for a whole test: its programs are loaded (and verified) once, and each policy
+/// of the corpus confines the same cgroup in turn (a new generation each), instead of an `oxd
+/// run` per policy that loads every program again (most of an `oxd run`'s time under
+/// emulation). The decisions are the same: the same programs decide by the same slot contents.
+struct Runner {
+    daemon: Daemon,
+    cgroup: TestCgroup,
+}
+
+impl Runner {
+    fn new(scratch: &Scratch, name: &str) -> Self {
+        let mut daemon = Daemon::new(scratch, name, &[]);
+        daemon.start();
+        Self {
+            daemon,
+            cgroup: TestCgroup::new(name),
+        }
+    }
+
+    /// Confines the cgroup under `policy`, runs `args` in it, waits until every decision of
+    /// the run is in the audit log, and releases the cgroup: the command's output, and the
+    /// decision records of that policy's generation.
+    fn run(&self, policy: &Path, args: &[&str]) -> (std::process::Output, Vec<Value>) {
+        self.daemon.confine_cgroup(&self.cgroup, policy);
+        let generation = self.daemon.target(&self.cgroup).expect("confined")["generation"]
+            .as_u64()
+            .expect("a generation");
+        let output = output_within(self.cgroup.command(args[0]).args(&args[1..]), WAIT * 5)
+            .unwrap_or_else(|| panic!("{args:?} did not finish within {:?}", WAIT * 5));
+        eprintln!(
+            "generation {generation}: {args:?}: {}\n--- stdout\n{}--- stderr\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // Every decision the kernel submitted is written (a fresh daemon writes each once).
+        wait_for("every decision to be written", WAIT, || {
+            let status = self.daemon.status();
+            assert_eq!(status["ringbuf_lost"], 0, "decisions were lost: {status}");
+            (status["records"].as_u64() >= status["submitted"].as_u64()).then_some(())
+        });
+        self.daemon
+            .ctl(&["release", "--cgroup", self.cgroup.path_str()]);
+        let records = audit_records_so_far(&self.daemon.audit_log)
+            .into_iter()
+            .filter(|r| r["generation"].as_u64() == Some(generation))
+            .collect();
+        (output, records)
+    }
+}
+
 #[test]
 #[expect(
     clippy::too_many_lines,
@@ -810,6 +861,7 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
     let _ping = crate::attack::net::PingRange::open_to_all();
 
     let scratch = Scratch::new("differential");
+    let runner = Runner::new(&scratch, "diff");
     let tree = build_tree(&scratch.path(""));
     let probe = fs::canonicalize(probe_bin()).expect("canonicalize the probe's path");
     let probe_dir = probe
@@ -835,7 +887,6 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
             cases.insert(at, map_case(&path, map_rng.chance(50)));
         }
         let policy_path = scratch.path(&format!("policy-{index}.toml"));
-        let log = scratch.path(&format!("audit-{index}.jsonl"));
         fs::write(&policy_path, &text)
             .unwrap_or_else(|e| panic!("write {}: {e}", policy_path.display()));
         let policy = Policy::parse(&policy_path, &text)
@@ -844,7 +895,7 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
         let mut args = vec![probe.as_str()];
         args.extend(cases.iter().map(|c| c.action.as_str()));
         let started = std::time::Instant::now();
-        let output = oxd_run(&policy_path, &log, &args);
+        let (output, records) = runner.run(&policy_path, &args);
         eprintln!(
             "differential: policy {index}: {} actions in {:.1?}",
             cases.len(),
@@ -852,7 +903,7 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
         );
         assert!(
             output.status.success(),
-            "oxd run failed for policy {index}: {:?}\n{text}",
+            "the agent failed under policy {index}: {:?}\n{text}",
             output.status
         );
         let results = probe_results(&output);
@@ -863,7 +914,6 @@ fn differential_corpus_kernel_agrees_with_reference_evaluator() {
             results.len(),
             cases.len()
         );
-        let records = audit_records(&log);
         let lost: Vec<_> = records.iter().filter(|r| r["op"] == "lost").collect();
         assert!(
             lost.is_empty(),
@@ -1040,6 +1090,7 @@ fn differential_unix_kernel_agrees_with_reference_evaluator() {
         ^ 0x756e_6978;
     let mut rng = Rng(seed);
     let scratch = Scratch::new("differential-unix");
+    let runner = Runner::new(&scratch, "diff-unix");
     fs::set_permissions(scratch.path(""), fs::Permissions::from_mode(0o755))
         .expect("open the scratch directory to the agent");
     let tmpfs = crate::attack::ipc::Tmpfs::new(&scratch.path("fs"));
@@ -1142,7 +1193,6 @@ fn differential_unix_kernel_agrees_with_reference_evaluator() {
         ));
         text.push_str(&format!("unix_deny = [{}]\n", quoted(&mut rng, deny_count)));
         let policy_path = scratch.path(&format!("policy-unix-{index}.toml"));
-        let log = scratch.path(&format!("audit-unix-{index}.jsonl"));
         fs::write(&policy_path, &text).expect("write the policy");
         let policy = Policy::parse(&policy_path, &text)
             .unwrap_or_else(|e| panic!("generated policy {index} does not compile: {e}\n{text}"));
@@ -1164,14 +1214,13 @@ fn differential_unix_kernel_agrees_with_reference_evaluator() {
             streams.join(" "),
             dgrams.join(" ")
         );
-        let output = oxd_run(&policy_path, &log, &["/bin/sh", "-c", &script]);
+        let (output, records) = runner.run(&policy_path, &["/bin/sh", "-c", &script]);
         assert!(
             output.status.success(),
-            "oxd run failed for policy {index}: {:?}\n{text}",
+            "the agent failed under policy {index}: {:?}\n{text}",
             output.status
         );
         let results = probe_results(&output);
-        let records = audit_records(&log);
         for target in &targets {
             cases += 1;
             let decision = policy.evaluate(&Request::Unix {
@@ -1302,6 +1351,7 @@ fn differential_namespaces_and_ipc_kernel_agrees_with_reference_evaluator() {
     eprintln!("differential-process: seed {seed:#x} (OXD_DIFFERENTIAL_SEED ^ 0x6e735f697063)");
     let mut rng = Rng(seed);
     let scratch = Scratch::new("differential-process");
+    let runner = Runner::new(&scratch, "diff-process");
     let sleep = KillOnDrop(
         std::process::Command::new("sleep")
             .arg("600")
@@ -1359,7 +1409,6 @@ fn differential_namespaces_and_ipc_kernel_agrees_with_reference_evaluator() {
             text.push_str("[network]\ndefault = \"allow\"\n");
         }
         let policy_path = scratch.path(&format!("policy-process-{index}.toml"));
-        let log = scratch.path(&format!("audit-process-{index}.jsonl"));
         fs::write(&policy_path, &text).expect("write the policy");
         let policy = Policy::parse(&policy_path, &text)
             .unwrap_or_else(|e| panic!("generated policy {index} does not compile: {e}\n{text}"));
@@ -1462,7 +1511,7 @@ fn differential_namespaces_and_ipc_kernel_agrees_with_reference_evaluator() {
 
         let mut args = vec![probe.as_str()];
         args.extend(plan.iter().map(|c| c.action.as_str()));
-        let output = oxd_run(&policy_path, &log, &args);
+        let (output, records) = runner.run(&policy_path, &args);
         // What the allowed operations left behind: a tmpfs on the mount point.
         if let Ok(dir) = std::ffi::CString::new(mount_dir.as_str()) {
             // SAFETY: umount2(2) on a NUL-terminated path (EINVAL if nothing is mounted there).
@@ -1471,7 +1520,7 @@ fn differential_namespaces_and_ipc_kernel_agrees_with_reference_evaluator() {
         drop(mounted);
         assert!(
             output.status.success(),
-            "oxd run failed for policy {index}: {:?}\n{text}",
+            "the agent failed under policy {index}: {:?}\n{text}",
             output.status
         );
         let results = probe_results(&output);
@@ -1482,7 +1531,6 @@ fn differential_namespaces_and_ipc_kernel_agrees_with_reference_evaluator() {
             results.len(),
             plan.len()
         );
-        let records = audit_records(&log);
         let lost: Vec<_> = records.iter().filter(|r| r["op"] == "lost").collect();
         assert!(lost.is_empty(), "decisions were lost under policy {index}");
 

@@ -272,6 +272,11 @@ pub struct Status {
     pub denied: u64,
     /// Decisions lost to a full ring buffer since the maps were created.
     pub ringbuf_lost: u64,
+    /// Decisions the kernel put into the ring buffer since the pinned maps were created: with
+    /// `records` (a fresh daemon) and no losses, every one is written once `records` reaches
+    /// it.
+    #[serde(default)]
+    pub submitted: u64,
 }
 
 /// One response: `ok` and either the call's data or an error message.

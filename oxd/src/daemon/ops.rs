@@ -603,6 +603,7 @@ impl Daemon {
             records: self.stats.records(),
             denied: self.enforcer.denied_events()?,
             ringbuf_lost: self.enforcer.lost_events()?,
+            submitted: self.enforcer.submitted_events()?,
         })
     }
 }
