@@ -18,16 +18,6 @@ fn tcp_rule(port: u16, budget: &str) -> String {
     )
 }
 
-/// The `times:` report of a probe: (allowed, refused with EPERM, failed otherwise).
-fn counts(result: &serde_json::Value) -> (u64, u64, u64) {
-    let n = |field: &str| {
-        result[field]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no {field} in {result}"))
-    };
-    (n("allowed"), n("eperm"), n("other"))
-}
-
 fn budget_denials(records: &[serde_json::Value], target: &str) -> usize {
     records
         .iter()

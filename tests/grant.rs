@@ -16,16 +16,6 @@ fn grant_policy(port: u16) -> String {
     )
 }
 
-/// The `times:` report of a probe: (allowed, refused with EPERM, failed otherwise).
-fn counts(result: &Value) -> (u64, u64, u64) {
-    let n = |field: &str| {
-        result[field]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no {field} in {result}"))
-    };
-    (n("allowed"), n("eperm"), n("other"))
-}
-
 /// `oxd ctl grant` for `cgroup`; the grant's number.
 fn grant(daemon: &Daemon, cgroup: &TestCgroup, action: &[&str]) -> u64 {
     let mut args = vec!["grant", "--cgroup", cgroup.path_str()];

@@ -5,6 +5,8 @@
 #[path = "budget.rs"]
 mod budget;
 mod common;
+#[path = "connections.rs"]
+mod connections;
 #[path = "grant.rs"]
 mod grant;
 

@@ -15,6 +15,13 @@
 //! - `times:N:connect:IP:PORT` / `times:N:udp:IP:PORT` does that N times (each datagram from a
 //!   new socket) and reports once: `allowed`, `eperm` (refused with `EPERM`) and `other`
 //!   (failed otherwise) counts;
+//! - `hold:N:connect:IP:PORT` / `hold:N:udp:IP:PORT` opens N sockets (TCP connections, or UDP
+//!   sockets that each send one datagram) and keeps those that succeed open; then (UDP) sends
+//!   again from the first one kept (`resend_ok`), closes one kept socket and opens one more
+//!   (`after_close_ok`, `after_close_errno`), and closes them all. Reports once, with the
+//!   `allowed`, `eperm` and `other` counts of the N;
+//! - `keep:N:DIR:connect:IP:PORT` (or `udp:`) opens N sockets as `hold` does, reports the counts,
+//!   creates `DIR/held` and keeps them open until `DIR/release` exists (at most 120 s);
 //! - `socket:KIND` creates (and closes) an inet socket of KIND: `icmp4`/`icmp6` (ping sockets),
 //!   `raw4`/`raw6` (raw ICMP sockets), `udplite4`/`udplite6` (a protocol other than TCP/UDP);
 //! - `subcgroup:NAME` creates cgroup NAME below the probe's own cgroup and moves the probe into
@@ -501,6 +508,16 @@ fn perform(action: &str) -> Result<(), ExitCode> {
         .and_then(|rest| rest.split_once(':'))
     {
         times(action, count, rest)?;
+    } else if let Some((count, rest)) = action
+        .strip_prefix("hold:")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        hold(action, count, rest)?;
+    } else if let Some((count, rest)) = action
+        .strip_prefix("keep:")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        keep(action, count, rest)?;
     } else if let Some((kind, addr)) = action
         .split_once(':')
         .filter(|(k, _)| matches!(*k, "connect" | "udp"))
@@ -607,6 +624,102 @@ fn parse_addr(addr: &str) -> Result<SocketAddr, ExitCode> {
         eprintln!("oxd-probe: bad address {addr}: {e}");
         ExitCode::from(2)
     })
+}
+
+/// A socket `hold` and `keep` keep open.
+enum Held {
+    Tcp(#[expect(dead_code, reason = "kept open until dropped")] TcpStream),
+    Udp(UdpSocket),
+}
+
+/// Opens one socket as `hold` does: a TCP connection, or a UDP socket that sent a datagram.
+fn open_held(kind: &str, addr: SocketAddr) -> std::io::Result<Held> {
+    if kind == "connect" {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map(Held::Tcp)
+    } else {
+        let local = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let socket = UdpSocket::bind(local)?;
+        socket.send_to(b"oxd", addr)?;
+        Ok(Held::Udp(socket))
+    }
+}
+
+/// Opens `count` sockets, keeping the ones that succeed: them, and the counts (allowed,
+/// refused with EPERM, failed otherwise).
+fn open_many(kind: &str, addr: SocketAddr, count: u32) -> (Vec<Held>, u32, u32) {
+    let (mut held, mut eperm, mut other) = (Vec::new(), 0u32, 0u32);
+    for _ in 0..count {
+        match open_held(kind, addr) {
+            Ok(socket) => held.push(socket),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+            Err(_) => other += 1,
+        }
+    }
+    (held, eperm, other)
+}
+
+/// `hold:N:KIND:ADDR` (see the module documentation).
+fn hold(action: &str, count: &str, rest: &str) -> Result<(), ExitCode> {
+    let (Ok(count), Some((kind, addr))) = (count.parse::<u32>(), rest.split_once(':')) else {
+        eprintln!("oxd-probe: bad hold {action}");
+        return Err(ExitCode::from(2));
+    };
+    let addr = parse_addr(addr)?;
+    let (mut held, eperm, other) = open_many(kind, addr, count);
+    let allowed = held.len();
+    let resend_ok = match held.first() {
+        Some(Held::Udp(socket)) => Some(socket.send_to(b"oxd", addr).is_ok()),
+        _ => None,
+    };
+    held.pop();
+    let again = open_held(kind, addr);
+    let line = serde_json::json!({
+        "action": action, "ok": true, "allowed": allowed, "eperm": eperm, "other": other,
+        "resend_ok": resend_ok,
+        "after_close_ok": again.is_ok(),
+        "after_close_errno": again.as_ref().err().and_then(std::io::Error::raw_os_error),
+    });
+    drop(again);
+    drop(held);
+    println!("{line}");
+    Ok(())
+}
+
+/// `keep:N:DIR:KIND:ADDR` (see the module documentation).
+fn keep(action: &str, count: &str, rest: &str) -> Result<(), ExitCode> {
+    let parts = rest.split_once(':').and_then(|(dir, rest)| {
+        let (kind, addr) = rest.split_once(':')?;
+        Some((dir, kind, addr))
+    });
+    let (Ok(count), Some((dir, kind, addr))) = (count.parse::<u32>(), parts) else {
+        eprintln!("oxd-probe: bad keep {action}");
+        return Err(ExitCode::from(2));
+    };
+    let addr = parse_addr(addr)?;
+    let (held, eperm, other) = open_many(kind, addr, count);
+    let line = serde_json::json!({
+        "action": action, "ok": true, "allowed": held.len(), "eperm": eperm, "other": other,
+    });
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+    let dir = Path::new(dir);
+    if let Err(e) = std::fs::write(dir.join("held"), b"") {
+        eprintln!("oxd-probe: cannot create {}/held: {e}", dir.display());
+        return Err(ExitCode::from(2));
+    }
+    let deadline = Instant::now() + Duration::from_mins(2);
+    while !dir.join("release").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(held);
+    Ok(())
 }
 
 /// One `connect` (TCP, closed at once) or one datagram from a new unconnected UDP socket.

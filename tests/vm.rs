@@ -7,6 +7,8 @@ mod attack;
 #[path = "budget.rs"]
 mod budget;
 mod common;
+#[path = "connections.rs"]
+mod connections;
 #[path = "daemon.rs"]
 mod daemon;
 #[path = "differential.rs"]
@@ -632,7 +634,7 @@ fn verifier_instruction_counts() {
         .chain(&oxd::enforcer::IPC_LSM_PROGRAMS)
         .map(|(name, _)| *name)
         .chain(oxd::enforcer::SOCK_ADDR_PROGRAMS)
-        .chain([oxd::enforcer::SOCK_CREATE_PROGRAM]);
+        .chain(oxd::enforcer::SOCK_PROGRAMS);
     for name in expected {
         assert!(
             names.contains(&name),

@@ -31,7 +31,7 @@ pub const PATH_RULE_CAPACITY: u32 = 4 * MAX_PATH_RULES;
 
 /// Version of the layout of the maps oxd pins in bpffs. A daemon only adopts pins of its own
 /// layout version (they live in a directory named after it).
-pub const MAP_LAYOUT_VERSION: u32 = 8;
+pub const MAP_LAYOUT_VERSION: u32 = 9;
 
 /// Most network rules in one policy.
 pub const MAX_NET_RULES: u32 = 16384;
@@ -366,6 +366,9 @@ pub mod reason {
     /// The rule matched and allows, but its budget ([`super::BudgetSpec`]) is spent for the
     /// current window (or could not be counted): denied until the window refills.
     pub const BUDGET: u32 = 7;
+    /// The rule matched and allows, but as many sockets as its connection limit allows are
+    /// open on it (or the slot could not be counted): denied until one of them is closed.
+    pub const CONNECTIONS: u32 = 40;
 
     // grants (20-23)
     /// The rule requires a grant, and a grant for exactly this action allowed it (one use
@@ -594,6 +597,10 @@ pub struct NetKey {
 }
 
 /// One network rule as a prefix's list holds it: the address part is the trie's.
+#[expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding, set by whichever side of the kernel boundary builds the value"
+)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetEntry {
@@ -611,6 +618,10 @@ pub struct NetEntry {
     pub check: u16,
     /// Index of the rule in the compiled policy's rule table.
     pub rule_id: u32,
+    /// The rule's connection limit: 0 none; 1 to [`MAX_BUDGETS`], 1 + its index in the slot's
+    /// budgets (a [`BudgetSpec`] with `per_ms` 0, see there).
+    pub limit: u16,
+    pub _pad: u16,
 }
 
 /// Value of the network prefix trie for one prefix `P` a policy's rules name: the rules of `P`
@@ -631,7 +642,7 @@ pub struct NetPrefix {
     pub entries: [NetEntry; NET_LIST_LEN],
 }
 
-/// Most budgets one policy may have: a slot's budgets are elements
+/// Most budgets and connection limits one policy may have, together: a slot's are elements
 /// `slot * MAX_BUDGETS .. (slot + 1) * MAX_BUDGETS` of `BUDGET_SPECS`.
 pub const MAX_BUDGETS: u32 = 256;
 
@@ -651,14 +662,21 @@ pub const MAX_BUDGET_COUNT: u32 = (1 << 24) - 1;
 /// it in its low 24, so one compare-and-exchange moves both. `id` is derived from the rule and
 /// its budget as written, so a replacement policy with the same rule and budget keeps counting
 /// on the same counter.
+///
+/// With `per_ms` 0 the element is a rule's connection limit instead: at most `count` sockets
+/// hold a slot of it at once. A socket takes one at its first connect or addressed send the
+/// rule allows, and gives it back when it is closed (see `SOCKET_HOLDS`); the counter is then
+/// the number of slots taken, and `id` derives from the rule alone, so a replacement that
+/// changes only the limit keeps counting the sockets open.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BudgetSpec {
     /// Stable identity of the budget; 0 marks an unused element (fail closed).
     pub id: u64,
-    /// Actions allowed per window, 1 to [`MAX_BUDGET_COUNT`].
+    /// Actions allowed per window, 1 to [`MAX_BUDGET_COUNT`] (or sockets open at once, 1 to
+    /// [`MAX_CONNECTION_LIMIT`]).
     pub count: u32,
-    /// Length of a window, milliseconds (at least 1).
+    /// Length of a window, milliseconds (at least 1); 0 for a connection limit.
     pub per_ms: u32,
 }
 
@@ -671,6 +689,13 @@ pub struct BudgetKey {
     pub target: u64,
     pub id: u64,
 }
+
+/// Most sockets holding a connection-limit slot at once (`SOCKET_HOLDS`), over every confined
+/// target: when it is full, a connect that would take a slot is denied (fail closed).
+pub const MAX_SOCKET_HOLDS: u32 = 65536;
+
+/// The largest connection limit of a rule.
+pub const MAX_CONNECTION_LIMIT: u32 = MAX_SOCKET_HOLDS;
 
 /// [`NetEntry::check`] of a rule that requires a grant.
 pub const NET_CHECK_GRANT: u16 = 0x8000;
@@ -877,12 +902,12 @@ mod tests {
         assert_eq!(size_of::<PathKey>(), 2 + PATH_KEY_LEN);
         assert_eq!(size_of::<InodeKey>(), 16);
         assert_eq!(size_of::<NetKey>(), 4 + 16);
-        assert_eq!(size_of::<NetEntry>(), 2 * 4 + 4);
+        assert_eq!(size_of::<NetEntry>(), 2 * 6 + 4);
         assert_eq!(size_of::<BudgetSpec>(), 16);
         assert_eq!(size_of::<BudgetKey>(), 16);
         assert_eq!(size_of::<GrantKey>(), 32);
         assert_eq!(size_of::<GrantValue>(), 24);
-        assert_eq!(size_of::<NetPrefix>(), 8 + 12 * NET_LIST_LEN);
+        assert_eq!(size_of::<NetPrefix>(), 8 + 16 * NET_LIST_LEN);
         let event_fields = 8 * 3 + 4 * 15 + 2 * 2 + 16 + 16 + PATH_BUF_LEN;
         assert_eq!(size_of::<Event>(), event_fields);
         assert_eq!(align_of::<Event>(), 8);

@@ -20,6 +20,19 @@ const ATTEMPTS: u32 = 8;
 
 const COUNT_MASK: u64 = (1 << BUDGET_COUNT_BITS) - 1;
 
+/// The counter of `key` in `BUDGET_STATE`, made (at 0) if there is none yet; `None` if it
+/// cannot be (the table is full).
+#[inline(always)]
+pub(crate) fn counter(key: BudgetKey) -> Option<*mut u64> {
+    let state = BUDGET_STATE.get_ptr_mut(key);
+    if state.is_some() {
+        return state;
+    }
+    // Another CPU may make it first: then this insert fails and the lookup finds its.
+    let _ = BUDGET_STATE.insert(key, 0, u64::from(BPF_NOEXIST));
+    BUDGET_STATE.get_ptr_mut(key)
+}
+
 /// Takes one action from budget `budget` (a rule entry's `budget`: 1 + the index in the
 /// slot's budgets) of the gate's slot, for the gate's target. True if the budget had one left
 /// in the current window; false if it is spent, or cannot be counted (no such budget, no room
@@ -40,13 +53,7 @@ pub(crate) fn take(gate: &Gate, budget: u16) -> bool {
         target: gate.target,
         id,
     };
-    let mut state = BUDGET_STATE.get_ptr_mut(key);
-    if state.is_none() {
-        // Another CPU may make it first: then this insert fails and the lookup finds its.
-        let _ = BUDGET_STATE.insert(key, 0, u64::from(BPF_NOEXIST));
-        state = BUDGET_STATE.get_ptr_mut(key);
-    }
-    let Some(state) = state else {
+    let Some(state) = counter(key) else {
         return false;
     };
     // SAFETY: helper without arguments; `state` points at a live element of the map (a hash

@@ -9,6 +9,8 @@
 //! - [`net`]: `connect4` / `connect6` / `sendmsg4` / `sendmsg6` (cgroup `sock_addr` hooks,
 //!   attached to the agent's cgroup) decide every `connect`, and every UDP send with a
 //!   destination, of a confined task on the destination address, port and protocol.
+//! - [`conn`]: `sock_release` (cgroup `sock_release` hook, attached with the `sock_addr`
+//!   programs) gives back the connection-limit slot a socket took at its connect or send.
 //! - [`sock`]: the `sock_create` program (cgroup `sock_create` hook, attached to the agent's
 //!   cgroup) decides the creation of inet sockets no destination hook can judge: ICMP ping
 //!   sockets, raw sockets, and protocols other than TCP and UDP.
@@ -97,6 +99,7 @@ mod atomic;
 mod attr;
 mod budget;
 mod confine;
+mod conn;
 mod event;
 mod exec;
 mod file;

@@ -12,8 +12,8 @@ use oxd_common::{
     counter, BudgetKey, BudgetSpec, Config, Event, GrantKey, GrantValue, InodeKey, InodeRules,
     MappedFile, NetKey, NetPrefix, PathKey, RateWindow, RuleValue, TallyKey, MAX_BUDGETS,
     MAX_BUDGET_STATES, MAX_CONFINED_CGROUPS, MAX_GRANTS, MAX_MAPPED_FILES, MAX_POLICY_SLOTS,
-    MAX_PROTECTED_FILES, MAX_PROTECTED_TASKS, MAX_TALLIES, NET_PREFIX_CAPACITY, PATH_RULE_CAPACITY,
-    RING_BUF_BYTES,
+    MAX_PROTECTED_FILES, MAX_PROTECTED_TASKS, MAX_SOCKET_HOLDS, MAX_TALLIES, NET_PREFIX_CAPACITY,
+    PATH_RULE_CAPACITY, RING_BUF_BYTES,
 };
 
 /// Policy settings, one element per policy slot.
@@ -141,6 +141,14 @@ pub(crate) static BUDGET_SPECS: Array<BudgetSpec> =
 #[map]
 pub(crate) static BUDGET_STATE: HashMap<BudgetKey, u64> =
     HashMap::with_max_entries(MAX_BUDGET_STATES, BPF_F_NO_PREALLOC);
+
+/// Sockets holding a slot of a connection limit: socket cookie -> (target, limit id), the
+/// counter in `BUDGET_STATE` the slot is counted on. Made by the `sock_addr` programs, removed
+/// by `sock_release` when the socket is closed (or by user space, with the target's counters).
+/// Not preallocated: mostly near-empty.
+#[map]
+pub(crate) static SOCKET_HOLDS: HashMap<u64, BudgetKey> =
+    HashMap::with_max_entries(MAX_SOCKET_HOLDS, BPF_F_NO_PREALLOC);
 
 /// Grants: exact actions of a confined target that a supervisor allowed for rules that require
 /// a grant, with the uses left and an expiry (see `GrantKey`). Written by the daemon; the

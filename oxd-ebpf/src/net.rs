@@ -19,6 +19,7 @@ use oxd_common::{
 use crate::{
     budget,
     confine::Gate,
+    conn::{self, Slot},
     event::{refuse, start_event, Verdict},
     grant,
     maps::NET_PREFIXES,
@@ -90,7 +91,7 @@ fn decide_sock_addr4(ctx: &SockAddrContext, operation: u32, sendmsg: bool) -> i3
     let addr = [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ip[0], ip[1], ip[2], ip[3],
     ];
-    decide_connect(operation, &addr, port, protocol, sock_type)
+    decide_connect(ctx, operation, &addr, port, protocol, sock_type)
 }
 
 #[inline(always)]
@@ -133,7 +134,7 @@ fn decide_sock_addr6(ctx: &SockAddrContext, operation: u32) -> i32 {
             addr[15] = ip[3];
         }
     }
-    decide_connect(operation, &addr, port, protocol, sock_type)
+    decide_connect(ctx, operation, &addr, port, protocol, sock_type)
 }
 
 /// Whether the socket is bound to an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
@@ -152,6 +153,7 @@ fn source6_is_mapped(ctx: &SockAddrContext) -> bool {
 /// low 16 bits). Returns 1 to allow and 0 to deny with EPERM.
 #[inline(always)]
 fn decide_connect(
+    ctx: &SockAddrContext,
     operation: u32,
     addr: &[u8; 16],
     port_be: u32,
@@ -171,7 +173,7 @@ fn decide_connect(
             // Decided as a whole, as when the socket was created: its other sends pass no hook.
             (socket_verdict(&gate.config, proto_bit), 0)
         } else {
-            match_net_rules(&gate, addr, port, proto_bit)
+            match_net_rules(&gate, addr, port, proto_bit, ctx.sock_addr.cast())
         }
     } else {
         (Verdict::deny(gate.missing_reason()), 0)
@@ -209,10 +211,17 @@ fn half(bytes: &[u8; 16], start: usize) -> u64 {
 /// lookup of the longest matching rule network in the slot's prefix trie, then a scan of that
 /// prefix's list (at most `NET_LIST_LEN` entries, in order of precedence) for the first entry
 /// whose ports and protocol match. The cost does not grow with the number of rules. A rule that
-/// allows with a budget or a grant takes one of it (or denies when it cannot); with the verdict
-/// comes the number of the grant that decided (0 for none).
+/// allows with a connection limit, a grant or a budget takes a slot, a use or a unit of it (or
+/// denies when it cannot); with the verdict comes the number of the grant that decided (0 for
+/// none). `ctx` is the program's context (for the socket's cookie).
 #[inline(always)]
-fn match_net_rules(gate: &Gate, addr: &[u8; 16], port: u16, proto_bit: u32) -> (Verdict, u32) {
+fn match_net_rules(
+    gate: &Gate,
+    addr: &[u8; 16],
+    port: u16,
+    proto_bit: u32,
+    ctx: *mut core::ffi::c_void,
+) -> (Verdict, u32) {
     let config = &gate.config;
     let default = Verdict {
         decision: config.net_default,
@@ -242,7 +251,35 @@ fn match_net_rules(gate: &Gate, addr: &[u8; 16], port: u16, proto_bit: u32) -> (
             && port <= u32::from(entry.port_hi)
         {
             let decision = u32::from(entry.action);
-            if decision != action::ALLOW || entry.check == 0 {
+            if decision != action::ALLOW || (entry.check == 0 && entry.limit == 0) {
+                return (
+                    Verdict {
+                        decision,
+                        reason: reason::RULE,
+                        rule_id: entry.rule_id,
+                    },
+                    0,
+                );
+            }
+            // The connection slot first: unlike a grant's use or a budget's unit, it can be
+            // given back when what follows denies.
+            let (slot, cookie) = if entry.limit == 0 {
+                (Slot::Held, 0)
+            } else {
+                let cookie = conn::cookie_of(ctx);
+                (conn::take(gate, entry.limit, cookie), cookie)
+            };
+            if slot == Slot::Refused {
+                return (
+                    Verdict {
+                        decision: action::DENY,
+                        reason: reason::CONNECTIONS,
+                        rule_id: entry.rule_id,
+                    },
+                    0,
+                );
+            }
+            if entry.check == 0 {
                 return (
                     Verdict {
                         decision,
@@ -257,6 +294,7 @@ fn match_net_rules(gate: &Gate, addr: &[u8; 16], port: u16, proto_bit: u32) -> (
                 let decision = if taken.reason == reason::GRANTED {
                     action::ALLOW
                 } else {
+                    conn::undo(slot, cookie);
                     action::DENY
                 };
                 return (
@@ -271,6 +309,7 @@ fn match_net_rules(gate: &Gate, addr: &[u8; 16], port: u16, proto_bit: u32) -> (
             let (decision, reason) = if budget::take(gate, entry.check) {
                 (action::ALLOW, reason::RULE)
             } else {
+                conn::undo(slot, cookie);
                 (action::DENY, reason::BUDGET)
             };
             return (

@@ -219,6 +219,9 @@ pub struct TargetInfo {
     /// Its policy's budgets, and what is left of each in the current window.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub budgets: Vec<BudgetInfo>,
+    /// Its policy's connection limits, and how many sockets hold a slot of each.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub connections: Vec<ConnectionInfo>,
     /// Its grants, used up and expired ones included until the daemon removes them.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub grants: Vec<GrantInfo>,
@@ -239,6 +242,17 @@ pub struct BudgetInfo {
     /// window is running.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub refills_in_ms: Option<u64>,
+}
+
+/// One connection limit of a target's policy, as the kernel counts it for the target.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The rule that has it (`network.allow[0]`).
+    pub rule: String,
+    /// Sockets allowed open at once.
+    pub max: u32,
+    /// Sockets open now that took a slot (closed ones have given theirs back).
+    pub open: u32,
 }
 
 /// One loaded policy generation.

@@ -34,9 +34,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ox
 /// The cgroup programs that decide egress.
 pub const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
-/// The cgroup `sock_create` program that decides ICMP, raw and other non-TCP/UDP inet sockets
-/// when they are created; attached and pinned with [`SOCK_ADDR_PROGRAMS`].
-pub const SOCK_CREATE_PROGRAM: &str = "sock_create";
+/// The cgroup `sock` programs, attached and pinned with [`SOCK_ADDR_PROGRAMS`]: `sock_create`
+/// decides ICMP, raw and other non-TCP/UDP inet sockets when they are created; `sock_release`
+/// gives back the connection-limit slot a closed socket held.
+pub const SOCK_PROGRAMS: [&str; 2] = ["sock_create", "sock_release"];
 
 /// Every BPF-LSM program: (program, hook). One program per hook where one concern runs beside
 /// another (the guard's checks run first in `file_open`, the write programs, `task_kill` and
@@ -267,7 +268,7 @@ fn override_guard_fs_offsets<'a>(loader: &mut EbpfLoader<'a>, offsets: &'a Kerne
 }
 
 /// The maps a daemon pins, so enforcement and its state outlive the daemon process.
-const PINNED_MAPS: [&str; 19] = [
+const PINNED_MAPS: [&str; 20] = [
     "CONFIG",
     "CONFINED",
     "EXEC_RULES",
@@ -287,6 +288,7 @@ const PINNED_MAPS: [&str; 19] = [
     "BUDGET_SPECS",
     "BUDGET_STATE",
     "GRANTS",
+    "SOCKET_HOLDS",
 ];
 
 pub(crate) const LSM_FIX: &str =
@@ -616,7 +618,7 @@ impl Enforcer {
             .iter()
             .map(|(name, _)| *name)
             .chain(SOCK_ADDR_PROGRAMS)
-            .chain([SOCK_CREATE_PROGRAM])
+            .chain(SOCK_PROGRAMS)
             .collect()
     }
 
@@ -901,9 +903,10 @@ impl Enforcer {
         .map_err(map_err("open the budget counter map"))
     }
 
-    /// The budget counters of confined target `target` (its cgroup id): budget id -> the
-    /// window's start (milliseconds of boot time) and the actions counted in it.
-    pub fn budget_counters(&self, target: u64) -> Result<Vec<(u64, BudgetCounter)>> {
+    /// The counters of confined target `target` (its cgroup id), raw: budget id -> the window's
+    /// start and the actions counted in it (see [`BudgetCounter::from_raw`]), or connection
+    /// limit id -> the sockets holding one of its slots.
+    pub fn budget_counters(&self, target: u64) -> Result<Vec<(u64, u64)>> {
         let map: HashMap<&MapData, BudgetKey, u64> = HashMap::try_from(
             self.ebpf
                 .map("BUDGET_STATE")
@@ -914,7 +917,7 @@ impl Enforcer {
             .iter()
             .filter_map(std::result::Result::ok)
             .filter(|(key, _)| key.target == target)
-            .map(|(key, value)| (key.id, BudgetCounter::from_raw(value)))
+            .map(|(key, value)| (key.id, value))
             .collect())
     }
 
@@ -966,16 +969,38 @@ impl Enforcer {
         Ok(gone.len())
     }
 
-    /// Forgets the budget counters of `target` whose budget is not in `keep`: all of them when
-    /// the target is released, those a replacement policy no longer has when it is replaced.
+    /// Forgets the budget and connection counters of `target` whose id is not in `keep`, with
+    /// the sockets' holds on the connection counters: all of them when the target is released,
+    /// those a replacement policy no longer has when it is replaced. The holds go first: a
+    /// socket closed in between gives its slot back to a counter about to go (or already gone:
+    /// the kernel then does nothing).
     pub fn forget_budgets(&mut self, target: u64, keep: &[u64]) -> Result<()> {
+        let stale = |key: &BudgetKey| key.target == target && !keep.contains(&key.id);
+        let mut holds: HashMap<&mut MapData, u64, BudgetKey> = HashMap::try_from(
+            self.ebpf
+                .map_mut("SOCKET_HOLDS")
+                .ok_or(EnforcerError::Missing("SOCKET_HOLDS map"))?,
+        )
+        .map_err(map_err("open the socket hold map"))?;
+        let gone: Vec<u64> = holds
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .filter(|(_, key)| stale(key))
+            .map(|(cookie, _)| cookie)
+            .collect();
+        for cookie in gone {
+            match holds.remove(&cookie) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err("forget a socket's connection slot")(e)),
+            }
+        }
         let mut map = self.budget_state_map()?;
-        let stale: Vec<BudgetKey> = map
+        let gone: Vec<BudgetKey> = map
             .keys()
             .filter_map(std::result::Result::ok)
-            .filter(|key| key.target == target && !keep.contains(&key.id))
+            .filter(stale)
             .collect();
-        for key in stale {
+        for key in gone {
             match map.remove(&key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(map_err("forget a budget counter")(e)),
@@ -1278,19 +1303,27 @@ impl Enforcer {
                 pin_link(link, &pin, name)?;
             }
         }
-        self.attach_sock_create(&dir, cgroup_id, label)
+        for name in SOCK_PROGRAMS {
+            self.attach_sock_program(&dir, name, cgroup_id, label)?;
+        }
+        Ok(())
     }
 
-    /// Attaches `sock_create` to the cgroup, as [`Self::attach_network`] does the `sock_addr`
-    /// programs: a link already pinned for this cgroup is kept (a daemon adopting what an
-    /// earlier one attached, or an earlier one's cgroups that predate this program).
-    fn attach_sock_create(&mut self, dir: impl AsFd, cgroup_id: u64, label: &str) -> Result<()> {
-        let name = SOCK_CREATE_PROGRAM;
+    /// Attaches the `sock` program `name` to the cgroup, as [`Self::attach_network`] does the
+    /// `sock_addr` programs: a link already pinned for this cgroup is kept (a daemon adopting
+    /// what an earlier one attached).
+    fn attach_sock_program(
+        &mut self,
+        dir: impl AsFd,
+        name: &'static str,
+        cgroup_id: u64,
+        label: &str,
+    ) -> Result<()> {
         let pin = self.link_pin(&format!("cg{cgroup_id}-{name}"));
         if pin.as_ref().is_some_and(|p| p.exists()) {
             return Ok(());
         }
-        let program = self.sock_create_program()?;
+        let program = self.sock_program(name)?;
         let id = program
             .attach(&dir, CgroupAttachMode::Single)
             .map_err(prog_err(format!("attach the {name} program to {label}")))?;
@@ -1309,21 +1342,19 @@ impl Enforcer {
         Ok(())
     }
 
-    fn sock_create_program(&mut self) -> Result<&mut CgroupSock> {
+    fn sock_program(&mut self, name: &str) -> Result<&mut CgroupSock> {
         self.ebpf
-            .program_mut(SOCK_CREATE_PROGRAM)
-            .ok_or(EnforcerError::Missing("cgroup sock_create program"))?
+            .program_mut(name)
+            .ok_or(EnforcerError::Missing("cgroup sock program"))?
             .try_into()
-            .map_err(prog_err(format!("open the {SOCK_CREATE_PROGRAM} program")))
+            .map_err(prog_err(format!("open the {name} program")))
     }
 
     /// Detaches the pinned cgroup programs of `cgroup_id` (removing a pin drops the link).
     pub fn detach_network(&mut self, cgroup_id: u64) -> Result<()> {
-        for name in SOCK_ADDR_PROGRAMS {
+        for name in SOCK_ADDR_PROGRAMS.into_iter().chain(SOCK_PROGRAMS) {
             self.unpin_link(&format!("cg{cgroup_id}-{name}"), name)?;
         }
-        let name = SOCK_CREATE_PROGRAM;
-        self.unpin_link(&format!("cg{cgroup_id}-{name}"), name)?;
         Ok(())
     }
 
@@ -1362,11 +1393,13 @@ impl Enforcer {
                     .map_err(|source| load_error(source, name, None, ""))?;
             }
         }
-        let program = self.sock_create_program()?;
-        if program.fd().is_err() {
-            program
-                .load()
-                .map_err(|source| load_error(source, SOCK_CREATE_PROGRAM, None, ""))?;
+        for name in SOCK_PROGRAMS {
+            let program = self.sock_program(name)?;
+            if program.fd().is_err() {
+                program
+                    .load()
+                    .map_err(|source| load_error(source, name, None, ""))?;
+            }
         }
         Ok(())
     }

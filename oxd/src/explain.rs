@@ -149,12 +149,31 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                 action (`oxd ctl grant`), one use per action: without one, or once it is used \
                 up or expired, denied"
                 .to_owned(),
-            Some(rule) if rule.budget.is_some() => format!(
-                "allow, within its budget: at most {}, counted per confined target (beyond \
-                 it, denied until the window refills; `oxd ctl list --json` shows what is left)",
-                rule.budget.map(|b| b.text()).unwrap_or_default()
-            ),
-            _ => "allow".to_owned(),
+            Some(rule) => {
+                let mut limits = Vec::new();
+                if let Some(budget) = rule.budget {
+                    limits.push(format!(
+                        "within its budget: at most {}, counted per confined target (beyond it, \
+                         denied until the window refills)",
+                        budget.text()
+                    ));
+                }
+                if let Some(max) = rule.max_connections {
+                    limits.push(format!(
+                        "while fewer than {max} sockets that reached it are open in the confined \
+                         target (beyond that, denied until one is closed)"
+                    ));
+                }
+                if limits.is_empty() {
+                    "allow".to_owned()
+                } else {
+                    format!(
+                        "allow, {}; `oxd ctl list` shows what is used",
+                        limits.join(", and ")
+                    )
+                }
+            }
+            None => "allow".to_owned(),
         },
         (Action::Deny, Mode::Enforce) => "deny (fails with EPERM)".to_owned(),
         (Action::Deny, Mode::Audit) => {

@@ -154,6 +154,17 @@ pub(crate) fn result_of<'a>(results: &'a [Value], action: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no result for {action} in {results:#?}"))
 }
 
+/// The counts of a probe's `times:`, `hold:` or `keep:` report: (allowed, refused with EPERM,
+/// failed otherwise).
+pub(crate) fn counts(result: &Value) -> (u64, u64, u64) {
+    let n = |field: &str| {
+        result[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {field} in {result}"))
+    };
+    (n("allowed"), n("eperm"), n("other"))
+}
+
 pub(crate) fn assert_ok(results: &[Value], action: &str) {
     let r = result_of(results, action);
     assert_eq!(r["ok"], true, "{action} should have succeeded: {r}");

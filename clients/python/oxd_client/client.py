@@ -52,6 +52,22 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class ConnectionLimit:
+    """One connection limit of a target's policy: at most ``max`` sockets that reached the rule
+    open at once, ``open`` of them now."""
+
+    #: The rule that has it (``network.allow[0]``).
+    rule: str
+    max: int
+    open: int
+
+    @property
+    def free(self) -> int:
+        """Sockets that may still open."""
+        return max(self.max - self.open, 0)
+
+
+@dataclass(frozen=True)
 class Grant:
     """A grant: one exact action a rule requiring a grant lets the target do, ``uses`` more
     times, for ``expires_in_ms`` more milliseconds (0: expired)."""
@@ -78,6 +94,8 @@ class Target:
     halted: Optional[str] = None
     #: Its policy's budgets and what is left of each.
     budgets: List[Budget] = field(default_factory=list)
+    #: Its policy's connection limits and how many sockets hold a slot of each.
+    connections: List[ConnectionLimit] = field(default_factory=list)
     #: Its grants (used-up and expired ones until the daemon removes them).
     grants: List[Grant] = field(default_factory=list)
 
@@ -91,6 +109,7 @@ class Target:
             generation=value["generation"],
             halted=value.get("halted"),
             budgets=[Budget(**b) for b in value.get("budgets", [])],
+            connections=[ConnectionLimit(**c) for c in value.get("connections", [])],
             grants=[Grant(**g) for g in value.get("grants", [])],
         )
 

@@ -205,6 +205,7 @@ class ClientTest(unittest.TestCase):
                              "used": 97, "refills_in_ms": 2500},
                             {"rule": "network.allow[1]", "count": 5, "per": "1h", "used": 0},
                         ],
+                        "connections": [{"rule": "network.allow[1]", "max": 4, "open": 3}],
                     },
                 ],
             }
@@ -242,6 +243,9 @@ class ClientTest(unittest.TestCase):
         spent, idle = targets[1].budgets
         self.assertEqual((spent.rule, spent.left, spent.refills_in_ms), ("network.allow[0]", 3, 2500))
         self.assertEqual((idle.left, idle.refills_in_ms), (5, None))
+        self.assertEqual(targets[0].connections, [])
+        (limit,) = targets[1].connections
+        self.assertEqual((limit.rule, limit.max, limit.open, limit.free), ("network.allow[1]", 4, 3, 1))
         status = self.client.status()
         self.assertIsInstance(status, Status)
         self.assertEqual(status.policies[0].slot, 1)

@@ -481,6 +481,9 @@ fn reason_text(reason: u32) -> &'static str {
         reason::EMPTY_SLOT => "policy slot empty (fail closed)",
         reason::HALTED => "halted by the kill switch (until `oxd ctl resume`)",
         reason::BUDGET => "the rule's budget is spent for this window (denied until it refills)",
+        reason::CONNECTIONS => {
+            "the rule's connection limit is reached (denied until a socket on it is closed)"
+        }
         reason::GRANTED => "granted: one use of the grant taken",
         reason::GRANT_REQUIRED => "the rule requires a grant, and none was given for this action",
         reason::GRANT_USED => "the grant for this action is used up (a repeat is denied)",

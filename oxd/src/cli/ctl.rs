@@ -267,6 +267,9 @@ fn print_targets(targets: Vec<TargetInfo>, json: bool) -> Result<()> {
                     b.rule, b.used, b.count, b.per
                 );
             }
+            for c in &t.connections {
+                println!("  connections of {}: {} of {} open", c.rule, c.open, c.max);
+            }
         }
     }
     Ok(())

@@ -315,7 +315,7 @@ pub fn compile(
 /// protocol) and of the budget, so the same rule with the same budget in a replacement policy
 /// counts on the same counter, and a changed one starts afresh. Never 0 (an unused element).
 pub fn net_budget_id(rule: &NetworkRule, budget: Budget) -> u64 {
-    let text = format!(
+    counter_id(&format!(
         "network allow {} {}-{} {} budget {} per {}ms",
         rule.net,
         rule.ports.0,
@@ -323,19 +323,56 @@ pub fn net_budget_id(rule: &NetworkRule, budget: Budget) -> u64 {
         rule.protocol.as_str(),
         budget.count,
         budget.per_ms
-    );
+    ))
+}
+
+/// A counter's id: the first 8 bytes of the SHA-256 of what identifies it, never 0.
+fn counter_id(text: &str) -> u64 {
     let digest = Sha256::digest(text.as_bytes());
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(bytes).max(1)
 }
 
-/// The ids of every budget of `policy` (what a target's counters must keep when it takes this
-/// policy).
+/// The stable identity of a network rule's connection limit: a hash of the rule (network,
+/// ports, protocol) alone, so a replacement that keeps the rule keeps counting the sockets
+/// open on it whatever its new limit (they are still open). Never 0 (an unused element).
+pub fn net_connections_id(rule: &NetworkRule) -> u64 {
+    counter_id(&format!(
+        "network allow {} {}-{} {} connections",
+        rule.net,
+        rule.ports.0,
+        rule.ports.1,
+        rule.protocol.as_str(),
+    ))
+}
+
+/// The ids of every budget and connection limit of `policy` (the counters a target keeps when
+/// it takes this policy).
 pub fn budget_ids(policy: &Policy) -> Vec<u64> {
     budgets_by_rule(policy)
         .into_iter()
         .map(|(_, id, _)| id)
+        .chain(
+            connection_limits_by_rule(policy)
+                .into_iter()
+                .map(|(_, id, _)| id),
+        )
+        .collect()
+}
+
+/// Every connection limit of `policy`: the rule that has it, its id and the limit, in rule
+/// order.
+pub fn connection_limits_by_rule(policy: &Policy) -> Vec<(u32, u64, u32)> {
+    policy
+        .network
+        .as_ref()
+        .map_or(&[][..], |n| &n.rules)
+        .iter()
+        .filter_map(|rule| {
+            let max = rule.max_connections?;
+            Some((rule.rule, net_connections_id(rule), max))
+        })
         .collect()
 }
 
@@ -353,42 +390,50 @@ pub fn budgets_by_rule(policy: &Policy) -> Vec<(u32, u64, Budget)> {
         .collect()
 }
 
-/// The budgets of the network rules, in rule order: the rule with the `i`th budget names it as
-/// `i + 1` (see [`net_budget_index`]).
+/// The budgets and connection limits of the network rules, in rule order (a rule's budget
+/// before its limit): an entry names the `i`th as `i + 1` (see [`net_checks`]).
 fn budget_specs(rules: &[NetworkRule]) -> Vec<BudgetSpec> {
     rules
         .iter()
-        .filter_map(|rule| {
-            let budget = rule.budget?;
-            Some(BudgetSpec {
+        .flat_map(|rule| {
+            let budget = rule.budget.map(|budget| BudgetSpec {
                 id: net_budget_id(rule, budget),
                 count: budget.count,
                 per_ms: budget.per_ms,
-            })
+            });
+            let limit = rule.max_connections.map(|max| BudgetSpec {
+                id: net_connections_id(rule),
+                count: max,
+                per_ms: 0,
+            });
+            budget.into_iter().chain(limit)
         })
         .collect()
 }
 
-/// What each rule's entries ask beyond its action ([`NetEntry::check`]), by rule position:
-/// [`NET_CHECK_GRANT`] if it requires a grant, 1 + its budget's index in [`budget_specs`] if it
-/// has one, else 0. Made once per policy: a wide rule is in many prefixes' lists.
-fn net_checks(rules: &[NetworkRule]) -> Vec<u16> {
-    let mut budgets = 0usize;
+/// What each rule's entries ask beyond its action, by rule position: [`NetEntry::check`]
+/// ([`NET_CHECK_GRANT`] if it requires a grant, 1 + its budget's index in [`budget_specs`] if
+/// it has one, else 0) and [`NetEntry::limit`] (1 + its connection limit's index there, or 0).
+/// Made once per policy: a wide rule is in many prefixes' lists.
+fn net_checks(rules: &[NetworkRule]) -> Vec<(u16, u16)> {
+    let mut specs = 0usize;
+    // Past `MAX_BUDGETS` (validation refuses it) the kernel denies: never "none".
+    let mut next = || {
+        specs += 1;
+        u16::try_from(specs).unwrap_or(u16::MAX)
+    };
     rules
         .iter()
         .map(|rule| {
-            // Counted as `budget_specs` counts them, whatever else the rule asks.
-            if rule.budget.is_some() {
-                budgets += 1;
-            }
-            if rule.requires_grant {
+            // Numbered as `budget_specs` lists them, whatever else the rule asks.
+            let budget = rule.budget.map_or(0, |_| next());
+            let limit = rule.max_connections.map_or(0, |_| next());
+            let check = if rule.requires_grant {
                 NET_CHECK_GRANT
-            } else if rule.budget.is_some() {
-                // Past `MAX_BUDGETS` (validation refuses it) the kernel denies: never "none".
-                u16::try_from(budgets).unwrap_or(u16::MAX)
             } else {
-                0
-            }
+                budget
+            };
+            (check, limit)
         })
         .collect()
 }
@@ -759,8 +804,10 @@ fn net_entries(
                     port_hi: rule.ports.1,
                     proto: u8::try_from(protocol_bits(rule.protocol)).unwrap_or(u8::MAX),
                     action: u8::try_from(action_bits(rule.action)).unwrap_or(u8::MAX),
-                    check: checks[position],
+                    check: checks[position].0,
                     rule_id: rule.rule,
+                    limit: checks[position].1,
+                    _pad: 0,
                 };
             }
             NetPrefixEntry {

@@ -539,6 +539,7 @@ fn a_list_longer_than_the_kernel_holds_is_refused_naming_the_rule() {
             rule: u32::from(port),
             budget: None,
             requires_grant: false,
+            max_connections: None,
         })
         .collect();
     let err = compile(&p, 0, 1, &|_: &Path| None).unwrap_err();
@@ -820,6 +821,7 @@ fn rule_count_limits() {
         rule: 0,
         budget: None,
         requires_grant: false,
+        max_connections: None,
     };
     let max_net = MAX_NET_RULES as usize;
     p.network.as_mut().unwrap().rules = (0..max_net)
@@ -1067,6 +1069,49 @@ fn budgets_are_named_by_their_rules_entries_and_keep_their_id_when_the_rule_is_u
     let mut ids = budget_ids(&b);
     ids.sort_unstable();
     let mut expected = vec![spec_other.id, spec_a.id];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+}
+
+#[test]
+fn connection_limits_share_the_budget_table_and_keep_their_id_whatever_the_limit() {
+    let limited = |max: u32| {
+        format!(
+            "[[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = 443\nprotocol = \"tcp\"\n\
+             budget = {{ count = 5, per = \"1m\" }}\nmax_connections = {max}\n"
+        )
+    };
+    let plain = "[[network.allow]]\ncidr = \"127.0.0.1\"\nmax_connections = 1\n";
+    let a = policy(&format!("[network]\n{}{plain}", limited(4)));
+    let image = compile_ok(&a, 3, 1);
+    let entry_of = |image: &SlotImage, network: &str| {
+        image
+            .net()
+            .iter()
+            .find(|e| network_text(e.network()) == network)
+            .expect("the network's entry")
+            .entries()[0]
+    };
+    let wide = entry_of(&image, "10.0.0.0/8");
+    let budget = image.budgets()[usize::from(wide.check) - 1];
+    let limit = image.budgets()[usize::from(wide.limit) - 1];
+    assert_eq!((budget.count, budget.per_ms), (5, 60_000));
+    assert_eq!((limit.count, limit.per_ms), (4, 0), "a limit has no window");
+    assert_ne!(budget.id, limit.id);
+    let narrow = entry_of(&image, "127.0.0.1/32");
+    assert_eq!(narrow.check, 0);
+    let narrow_limit = image.budgets()[usize::from(narrow.limit) - 1];
+    assert_eq!((narrow_limit.count, narrow_limit.per_ms), (1, 0));
+    assert_eq!(image.budgets().len(), 3);
+    // Another limit on the same rule: the same counter (its sockets are still open).
+    let b = policy(&format!("[network]\n{}", limited(9)));
+    let image_b = compile_ok(&b, 4, 2);
+    let wide_b = entry_of(&image_b, "10.0.0.0/8");
+    let limit_b = image_b.budgets()[usize::from(wide_b.limit) - 1];
+    assert_eq!((limit_b.count, limit_b.id), (9, limit.id));
+    let mut ids = budget_ids(&a);
+    ids.sort_unstable();
+    let mut expected = vec![budget.id, limit.id, narrow_limit.id];
     expected.sort_unstable();
     assert_eq!(ids, expected);
 }

@@ -23,9 +23,10 @@ use crate::{
     cgroup::pids,
     compile::{compile, file_identity},
     control::{
-        BudgetInfo, Halt, PolicyInfo, PolicySource, Request, Response, Status, Target, TargetInfo,
+        BudgetInfo, ConnectionInfo, Halt, PolicyInfo, PolicySource, Request, Response, Status,
+        Target, TargetInfo,
     },
-    enforcer,
+    enforcer::{self, BudgetCounter},
     host::cgroup2_mount,
     policy::Policy,
 };
@@ -519,6 +520,9 @@ impl Daemon {
             .iter()
             .map(|t| {
                 let g = self.state.current_gen(&t.policy);
+                let (budgets, connections) = g
+                    .map(|g| self.counted(t.cgroup_id, g.generation))
+                    .unwrap_or_default();
                 TargetInfo {
                     cgroup: t.cgroup.clone(),
                     cgroup_id: t.cgroup_id,
@@ -526,19 +530,19 @@ impl Daemon {
                     sha256: g.map(|g| g.sha256.clone()).unwrap_or_default(),
                     generation: g.map_or(0, |g| g.generation),
                     halted: t.halted,
-                    budgets: g
-                        .map(|g| self.budgets(t.cgroup_id, g.generation))
-                        .unwrap_or_default(),
+                    budgets,
+                    connections,
                     grants: self.grants_of(t.cgroup_id),
                 }
             })
             .collect()
     }
 
-    /// The budgets of generation `generation`'s policy, as counted for target `cgroup_id`.
-    fn budgets(&self, cgroup_id: u64, generation: u64) -> Vec<BudgetInfo> {
+    /// The budgets and connection limits of generation `generation`'s policy, as counted for
+    /// target `cgroup_id`.
+    fn counted(&self, cgroup_id: u64, generation: u64) -> (Vec<BudgetInfo>, Vec<ConnectionInfo>) {
         let Some(policy) = self.book().get(generation) else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let counters = match self.enforcer.budget_counters(cgroup_id) {
             Ok(counters) => counters,
@@ -547,19 +551,22 @@ impl Daemon {
                 Vec::new()
             }
         };
+        let rule_id = |rule: u32| {
+            policy
+                .rule(rule)
+                .map_or_else(|| format!("rule {rule}"), |r| r.id.clone())
+        };
         let now_ms = super::grants::boot_ns() / 1_000_000;
-        crate::compile::budgets_by_rule(&policy)
+        let budgets = crate::compile::budgets_by_rule(&policy)
             .into_iter()
             .map(|(rule, id, budget)| {
                 let running = counters
                     .iter()
                     .find(|(known, _)| *known == id)
-                    .map(|(_, counter)| *counter)
+                    .map(|(_, raw)| BudgetCounter::from_raw(*raw))
                     .filter(|c| now_ms.saturating_sub(c.start_ms) < u64::from(budget.per_ms));
                 BudgetInfo {
-                    rule: policy
-                        .rule(rule)
-                        .map_or_else(|| format!("rule {rule}"), |r| r.id.clone()),
+                    rule: rule_id(rule),
                     count: budget.count,
                     per: budget.per_text(),
                     used: running.map_or(0, |c| c.used),
@@ -567,7 +574,19 @@ impl Daemon {
                         .map(|c| (c.start_ms + u64::from(budget.per_ms)).saturating_sub(now_ms)),
                 }
             })
-            .collect()
+            .collect();
+        let connections = crate::compile::connection_limits_by_rule(&policy)
+            .into_iter()
+            .map(|(rule, id, max)| ConnectionInfo {
+                rule: rule_id(rule),
+                max,
+                open: counters
+                    .iter()
+                    .find(|(known, _)| *known == id)
+                    .map_or(0, |(_, open)| u32::try_from(*open).unwrap_or(u32::MAX)),
+            })
+            .collect();
+        (budgets, connections)
     }
 
     fn status(&self) -> Result<Status> {

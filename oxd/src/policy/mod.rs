@@ -98,6 +98,8 @@ pub struct NetworkRule {
     /// Each action the rule allows needs a grant for exactly that action (allow rules only;
     /// not with a budget).
     pub requires_grant: bool,
+    /// At most so many sockets that reached the rule open at once (allow rules only).
+    pub max_connections: Option<u32>,
 }
 
 /// The exec category.

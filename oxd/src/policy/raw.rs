@@ -76,6 +76,8 @@ pub(super) struct RawNetRule {
     pub(super) budget: Option<Spanned<RawBudget>>,
     /// Each connect or send the rule allows needs a grant for exactly it (`oxd ctl grant`).
     pub(super) requires_grant: Option<Spanned<bool>>,
+    /// At most N sockets that reached the rule open at once.
+    pub(super) max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -316,6 +316,62 @@ fn budgets_validate_with_locations() {
 }
 
 #[test]
+fn connection_limits_validate_with_locations() {
+    let policy = parse(
+        "[network]\n[[network.allow]]\ncidr = \"127.0.0.1\"\nports = 443\nprotocol = \"tcp\"\n\
+         max_connections = 4\nbudget = { count = 10, per = \"1m\" }\n",
+    )
+    .unwrap();
+    let rule = &policy.network.as_ref().unwrap().rules[0];
+    assert_eq!(rule.max_connections, Some(4));
+    assert_eq!(
+        policy.rules[0].text,
+        "127.0.0.1 ports 443-443 tcp, budget 10 per 1m, at most 4 open at once"
+    );
+    for (value, message) in [
+        ("0", "from 1 to 65536"),
+        ("65537", "from 1 to 65536"),
+        ("-1", "from 1 to 65536"),
+    ] {
+        let err = parse(&format!(
+            "[network]\n[[network.allow]]\ncidr = \"127.0.0.1\"\nmax_connections = {value}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("test.toml:4:19: ") && err.contains(message),
+            "{value}: {err}"
+        );
+    }
+    let err = parse("[network]\n[[network.deny]]\ncidr = \"127.0.0.1\"\nmax_connections = 2\n")
+        .unwrap_err();
+    assert!(
+        err.starts_with("test.toml:4:19: ") && err.contains("a deny rule cannot have one"),
+        "{err}"
+    );
+    // Limits and budgets share the kernel's table of 256 per policy.
+    let many = (0..oxd_common::MAX_BUDGETS / 2)
+        .map(|i| {
+            format!(
+                "[[network.allow]]\ncidr = \"10.0.{}.{}\"\nmax_connections = 1\n\
+                 budget = {{ count = 1, per = \"1s\" }}\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect::<Vec<_>>()
+        .concat();
+    parse(&format!("[network]\n{many}")).unwrap();
+    let err = parse(&format!(
+        "[network]\n{many}[[network.allow]]\ncidr = \"10.9.0.0\"\nmax_connections = 1\n"
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("too many budgets and connection limits"),
+        "{err}"
+    );
+}
+
+#[test]
 fn requires_grant_is_for_allow_rules_without_a_budget() {
     let policy = parse(
         "[network]\n[[network.allow]]\ncidr = \"127.0.0.1\"\nports = 443\nrequires_grant = true\n",

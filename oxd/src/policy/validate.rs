@@ -3,7 +3,7 @@
 
 use std::{ops::Range, path::Path};
 
-use oxd_common::{MAX_BUDGETS, MAX_NET_RULES, MAX_PATH_RULES, NET_LIST_LEN};
+use oxd_common::{MAX_BUDGETS, MAX_CONNECTION_LIMIT, MAX_NET_RULES, MAX_PATH_RULES, NET_LIST_LEN};
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -258,6 +258,8 @@ impl Validator {
                 let budget = rule_budget(raw.budget.as_ref(), action, &span, &mut budgets)?;
                 let requires_grant =
                     rule_requires_grant(raw.requires_grant.as_ref(), action, budget.is_some())?;
+                let max_connections =
+                    rule_max_connections(raw.max_connections.as_ref(), action, &mut budgets)?;
                 let mut text = format!(
                     "{} ports {}-{} {}",
                     raw.cidr.get_ref().trim(),
@@ -271,6 +273,9 @@ impl Validator {
                 if requires_grant {
                     text.push_str(", requires a grant");
                 }
+                if let Some(max) = max_connections {
+                    text.push_str(&format!(", at most {max} open at once"));
+                }
                 let id = format!("network.{}[{index}]", action.as_str());
                 let rule = self.add_rule(id, text, action);
                 let rule = NetworkRule {
@@ -281,6 +286,7 @@ impl Validator {
                     rule,
                     budget,
                     requires_grant,
+                    max_connections,
                 };
                 rules.push((rule, span));
             }
@@ -357,10 +363,48 @@ fn rule_budget(
     if *budgets > MAX_BUDGETS {
         return Err((
             budget.span(),
-            format!("too many budgets: a policy has at most {MAX_BUDGETS}"),
+            format!("too many budgets and connection limits: a policy has at most {MAX_BUDGETS}"),
         ));
     }
     parse_budget(budget.get_ref()).map(Some)
+}
+
+/// A rule's connection limit (`max` is its `max_connections`), counted with the policy's
+/// budgets (they share the kernel's table).
+fn rule_max_connections(
+    max: Option<&toml::Spanned<i64>>,
+    action: Action,
+    budgets: &mut u32,
+) -> ValidateResult<Option<u32>> {
+    let Some(max) = max else {
+        return Ok(None);
+    };
+    if action == Action::Deny {
+        return Err((
+            max.span(),
+            "a connection limit limits what a rule allows: a deny rule cannot have one".to_owned(),
+        ));
+    }
+    let value = u32::try_from(*max.get_ref())
+        .ok()
+        .filter(|n| (1..=MAX_CONNECTION_LIMIT).contains(n))
+        .ok_or_else(|| {
+            (
+                max.span(),
+                format!(
+                    "max_connections must be a number of sockets from 1 to \
+                     {MAX_CONNECTION_LIMIT}"
+                ),
+            )
+        })?;
+    *budgets += 1;
+    if *budgets > MAX_BUDGETS {
+        return Err((
+            max.span(),
+            format!("too many budgets and connection limits: a policy has at most {MAX_BUDGETS}"),
+        ));
+    }
+    Ok(Some(value))
 }
 
 /// Whether a rule requires a grant (`flag` is its `requires_grant`).

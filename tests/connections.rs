@@ -1,0 +1,223 @@
+//! Connection limits (`max_connections = N` on a network rule): at most N sockets of a confined
+//! target that reached the rule are open at once, counted in the kernel across processes; the
+//! N+1th is denied with a record naming the limit; a slot frees when its socket is closed (or
+//! its process exits). Network rules need no BPF-LSM: these run on the host and in the guests
+//! alike.
+
+use std::{net::TcpListener, os::unix::fs::PermissionsExt as _, process::Command};
+
+use super::common::*;
+
+fn limit_policy(name: &str, port: u16, protocol: &str, max: u32) -> String {
+    format!(
+        "name = \"{name}\"\n[network]\ndefault = \"deny\"\n\
+         [[network.allow]]\ncidr = \"127.0.0.1\"\nports = {port}\nprotocol = \"{protocol}\"\n\
+         max_connections = {max}\n"
+    )
+}
+
+/// Asserts that every denial among `records` (to `target`) is the connection limit's, naming
+/// the rule and its limit; returns how many there are.
+fn limit_denials(records: &[&serde_json::Value], max: u32) -> usize {
+    records
+        .iter()
+        .filter(|r| r["decision"] == "deny")
+        .inspect(|r| {
+            assert!(
+                r["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("connection limit")),
+                "a denial by the connection limit must say so: {r}"
+            );
+            assert_eq!(r["rule"], "network.allow[0]", "{r}");
+            assert!(
+                r["rule_text"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with(&format!("at most {max} open at once"))),
+                "the record names the limit: {r}"
+            );
+        })
+        .count()
+}
+
+#[test]
+fn connection_limit_denies_beyond_n_open_and_frees_a_slot_on_close() {
+    let scratch = Scratch::new("connections-tcp");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    let policy = scratch.policy(&limit_policy("connections-tcp", port, "tcp", 3));
+    let log = scratch.path("audit.jsonl");
+    let probe = probe_bin();
+    let probe = probe.to_str().expect("utf-8 path");
+    let hold = format!("hold:5:connect:127.0.0.1:{port}");
+    // Twice in one process: the second round finds every slot of the first given back.
+    let output = oxd_run(&policy, &log, &[probe, &hold, &hold]);
+    assert!(output.status.success(), "oxd run failed: {output:?}");
+    let results = probe_results(&output);
+    assert_eq!(results.len(), 2, "{results:#?}");
+    for result in &results {
+        assert_eq!(
+            counts(result),
+            (3, 2, 0),
+            "3 open at once: the 4th and 5th are denied: {result}"
+        );
+        assert_eq!(
+            result["after_close_ok"], true,
+            "closing one gives its slot back: {result}"
+        );
+    }
+    let records = audit_records(&log);
+    let target = format!("127.0.0.1:{port}");
+    let connects = records_for(&records, "connect", &target);
+    assert_eq!(connects.len(), 2 * 6, "{connects:#?}");
+    assert_eq!(limit_denials(&connects, 3), 4, "{connects:#?}");
+    // `oxd explain` says the limit applies.
+    let explained = Command::new(oxd_bin())
+        .args(["explain", "--policy"])
+        .arg(&policy)
+        .args(["--connect", &target])
+        .output()
+        .expect("run oxd explain");
+    let stdout = String::from_utf8_lossy(&explained.stdout);
+    assert!(
+        explained.status.success() && stdout.contains("while fewer than 3 sockets"),
+        "{explained:?}"
+    );
+    drop(listener);
+}
+
+/// As an ordinary user, two processes share one limit: the sockets one keeps open leave the
+/// other fewer slots; a socket sending again counts once; a slot frees when its process exits.
+#[test]
+fn connection_limit_is_shared_across_processes_and_freed_on_exit() {
+    let scratch = Scratch::new("connections-udp");
+    let port = {
+        let free = std::net::UdpSocket::bind("127.0.0.1:0").expect("find a free port");
+        free.local_addr().expect("local addr").port()
+    };
+    let policy = scratch.policy(&limit_policy("connections-udp", port, "udp", 3));
+    let log = scratch.path("audit.jsonl");
+    let sync = scratch.path("sync");
+    std::fs::create_dir(&sync).expect("make the sync directory");
+    std::fs::set_permissions(&sync, std::fs::Permissions::from_mode(0o777))
+        .expect("open the sync directory to the agent");
+    std::fs::set_permissions(scratch.path(""), std::fs::Permissions::from_mode(0o755))
+        .expect("open the scratch directory to the agent");
+    let probe = probe_bin();
+    let probe = probe.to_str().expect("utf-8 path");
+    let sync = sync.to_str().expect("utf-8 path");
+    let addr = format!("127.0.0.1:{port}");
+    let keep = format!("keep:2:{sync}:udp:{addr}");
+    let hold = format!("hold:3:udp:{addr}");
+    let script = format!(
+        "set -e\n{probe} {keep} &\n{probe} wait:{sync}/held {hold}\ntouch {sync}/release\n\
+         wait\n{probe} {hold}\n"
+    );
+    let output = Command::new(oxd_bin())
+        .args(["run", "--user", "65534:65534", "--policy"])
+        .arg(&policy)
+        .arg("--audit-log")
+        .arg(&log)
+        .args(["--", "/bin/sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("spawn oxd run --user");
+    eprintln!(
+        "oxd run --user: {}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "oxd run failed: {output:?}");
+    let results = probe_results(&output);
+    let kept = result_of(&results, &keep);
+    assert_eq!(counts(kept), (2, 0, 0), "{kept}");
+    let holds: Vec<_> = results.iter().filter(|r| r["action"] == hold).collect();
+    assert_eq!(holds.len(), 2, "{results:#?}");
+    assert_eq!(
+        counts(holds[0]),
+        (1, 2, 0),
+        "2 of 3 slots are the other process's: {}",
+        holds[0]
+    );
+    assert_eq!(
+        holds[0]["resend_ok"], true,
+        "a socket that holds a slot sends again: {}",
+        holds[0]
+    );
+    assert_eq!(holds[0]["after_close_ok"], true, "{}", holds[0]);
+    assert_eq!(
+        counts(holds[1]),
+        (3, 0, 0),
+        "the other process exited: its slots are free: {}",
+        holds[1]
+    );
+    let records = audit_records(&log);
+    let sends = records_for(&records, "sendmsg", &addr);
+    assert_eq!(limit_denials(&sends, 3), 2, "{sends:#?}");
+    assert!(
+        sends.iter().all(|r| r["uid"] == 65534),
+        "the agent ran as uid 65534: {sends:#?}"
+    );
+}
+
+/// Under the daemon: `oxd ctl list` shows the sockets open; a replacement that keeps the rule
+/// keeps counting them under its new limit; release forgets them.
+#[test]
+fn connection_limit_is_listed_and_survives_a_replacement() {
+    let scratch = Scratch::new("connections-daemon");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    let file = scratch.path("limit.toml");
+    let write = |max: u32| {
+        std::fs::write(&file, limit_policy("connections-daemon", port, "tcp", max))
+            .expect("write the policy");
+    };
+    write(3);
+    let bpffs = BpffsMount::new(&scratch, "bpffs");
+    let mut daemon = Daemon::new(&scratch, "connections", &[]);
+    daemon.bpffs = bpffs.path.join("oxd");
+    daemon.start();
+    let cgroup = TestCgroup::new("connections-daemon");
+    daemon.confine_cgroup(&cgroup, &file);
+    let sync = scratch.path("sync");
+    std::fs::create_dir(&sync).expect("make the sync directory");
+    let sync_str = sync.to_str().expect("utf-8 path");
+    let addr = format!("127.0.0.1:{port}");
+    let mut keeper = cgroup
+        .command(probe_bin())
+        .arg(format!("keep:2:{sync_str}:connect:{addr}"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the keeping probe");
+    wait_for("the probe to hold its sockets", WAIT, || {
+        sync.join("held").exists().then_some(())
+    });
+    let open = |daemon: &Daemon| {
+        let entry = daemon.target(&cgroup).expect("listed");
+        let limit = &entry["connections"][0];
+        assert_eq!(limit["rule"], "network.allow[0]", "{entry}");
+        (limit["open"].as_u64(), limit["max"].as_u64())
+    };
+    assert_eq!(open(&daemon), (Some(2), Some(3)));
+
+    // The same rule with a lower limit: the 2 open count against it.
+    write(2);
+    daemon.ctl(&["replace", "--policy", file.to_str().expect("utf-8 path")]);
+    assert_eq!(open(&daemon), (Some(2), Some(2)));
+    let results = probe_in(&cgroup, &[&format!("hold:1:connect:{addr}")]);
+    assert_eq!(counts(&results[0]), (0, 1, 0), "{results:#?}");
+
+    std::fs::write(sync.join("release"), b"").expect("release the keeping probe");
+    assert!(keeper.wait().expect("wait for the probe").success());
+    wait_for("the closed sockets' slots to come back", WAIT, || {
+        (open(&daemon) == (Some(0), Some(2))).then_some(())
+    });
+    let results = probe_in(&cgroup, &[&format!("hold:3:connect:{addr}")]);
+    assert_eq!(counts(&results[0]), (2, 1, 0), "{results:#?}");
+
+    daemon.ctl(&["release", "--cgroup", cgroup.path_str()]);
+    assert!(daemon.target(&cgroup).is_none(), "released");
+    assert_audit_log_verifies(&daemon.audit_log);
+    drop(listener);
+}
