@@ -113,21 +113,7 @@ fn connection_limit_is_shared_across_processes_and_freed_on_exit() {
         "set -e\n{probe} {keep} &\n{probe} wait:{sync}/held {hold}\ntouch {sync}/release\n\
          wait\n{probe} {hold}\n"
     );
-    let output = Command::new(oxd_bin())
-        .args(["run", "--user", "65534:65534", "--policy"])
-        .arg(&policy)
-        .arg("--audit-log")
-        .arg(&log)
-        .args(["--", "/bin/sh", "-c", &script])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("spawn oxd run --user");
-    eprintln!(
-        "oxd run --user: {}\n--- stdout\n{}--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = oxd_run_as_nobody(&policy, &log, &["/bin/sh", "-c", &script]);
     assert!(output.status.success(), "oxd run failed: {output:?}");
     let results = probe_results(&output);
     let kept = result_of(&results, &keep);

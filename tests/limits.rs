@@ -125,3 +125,78 @@ fn the_daemon_sets_replaces_and_restores_a_targets_process_limit() {
     assert_eq!(pids_max(), "max");
     assert_audit_log_verifies(&daemon.audit_log);
 }
+
+/// `[exec] budget`: at most `count` execs the rules allow per window, counted in the kernel for
+/// the whole agent (the command `oxd run` starts included); the next is denied with a record
+/// naming `exec.budget`, and the window refills. Run as an ordinary user.
+#[test]
+fn the_exec_budget_denies_beyond_its_count_and_refills_after_the_window() {
+    require_bpf_lsm();
+    let scratch = Scratch::new("exec-budget");
+    let policy = scratch.policy(
+        "name = \"exec-budget\"\n[exec]\ndefault = \"allow\"\n\
+         budget = { count = 3, per = \"2s\" }\n",
+    );
+    fs::set_permissions(
+        scratch.path(""),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("open the scratch directory to the agent");
+    let log = scratch.path("audit.jsonl");
+    let probe = probe_bin();
+    let exec = "exec:/usr/bin/true";
+    // The window starts with the probe's own exec: 2 more fit, then 2 are denied; 2.5 s later
+    // a new window lets 3 through and denies the 4th.
+    let probe = probe.to_str().expect("utf-8 path");
+    let output = oxd_run_as_nobody(
+        &policy,
+        &log,
+        &[
+            probe,
+            exec,
+            exec,
+            exec,
+            exec,
+            "sleep:2500",
+            exec,
+            exec,
+            exec,
+            exec,
+        ],
+    );
+    assert!(output.status.success(), "oxd run failed: {output:?}");
+    let results = probe_results(&output);
+    let allowed: Vec<bool> = results
+        .iter()
+        .filter(|r| r["action"] == exec)
+        .map(|r| r["ok"] == true)
+        .collect();
+    assert_eq!(
+        allowed,
+        [true, true, false, false, true, true, true, false],
+        "{results:#?}"
+    );
+    for r in results
+        .iter()
+        .filter(|r| r["action"] == exec && r["ok"] == false)
+    {
+        assert_eq!(r["errno"], 1, "denied with EPERM: {r}");
+    }
+    let records = audit_records(&log);
+    let execs: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["op"] == "exec" && r["target"] == "/usr/bin/true")
+        .collect();
+    assert_eq!(execs.len(), 8, "{execs:#?}");
+    let denied: Vec<&&Value> = execs.iter().filter(|r| r["decision"] == "deny").collect();
+    assert_eq!(denied.len(), 3, "{execs:#?}");
+    for r in denied {
+        assert_eq!(r["rule"], "exec.budget", "{r}");
+        assert_eq!(r["rule_text"], "budget 3 per 2s", "{r}");
+        assert!(
+            r["reason"].as_str().is_some_and(|s| s.contains("budget")),
+            "{r}"
+        );
+        assert_eq!(r["uid"], 65534, "{r}");
+    }
+}

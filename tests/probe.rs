@@ -27,6 +27,7 @@
 //! - `subcgroup:NAME` creates cgroup NAME below the probe's own cgroup and moves the probe into
 //!   it;
 //! - `wait:FILE` waits (up to 120 s) until FILE exists;
+//! - `sleep:MS` sleeps MS milliseconds;
 //! - `flood:N:PATH` opens PATH for reading N times (closing it each time) and reports once: the
 //!   first failure, or success;
 //! - `forks:N` forks up to N children that wait (on a pipe) until told to exit, stopping at
@@ -508,6 +509,8 @@ fn perform(action: &str) -> Result<(), ExitCode> {
         .and_then(|rest| rest.split_once(':'))
     {
         times(action, count, rest)?;
+    } else if let Some(ms) = action.strip_prefix("sleep:") {
+        sleep(action, ms)?;
     } else if let Some((count, rest)) = action
         .strip_prefix("hold:")
         .and_then(|rest| rest.split_once(':'))
@@ -660,6 +663,16 @@ fn open_many(kind: &str, addr: SocketAddr, count: u32) -> (Vec<Held>, u32, u32) 
         }
     }
     (held, eperm, other)
+}
+
+/// `sleep:MS` (see the module documentation).
+fn sleep(action: &str, ms: &str) -> Result<(), ExitCode> {
+    let Ok(ms) = ms.parse::<u64>() else {
+        eprintln!("oxd-probe: bad sleep {action}");
+        return Err(ExitCode::from(2));
+    };
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(())
 }
 
 /// `hold:N:KIND:ADDR` (see the module documentation).

@@ -539,6 +539,12 @@ pub struct Config {
     /// The most records the slot sends per rate window ([`RATE_WINDOW_SHIFT`]) on each CPU;
     /// beyond, decisions are counted as [`tally::SUPPRESSED`] instead. 0: no limit.
     pub record_rate: u32,
+    // operation budgets
+    /// The `[exec] budget`: 0 none, else 1 + its index in the slot's budgets ([`BudgetSpec`]).
+    /// An exec the rules allow takes one unit of it, or is denied.
+    pub exec_budget: u32,
+    /// Rule id of the `exec.budget` (the rule a denial by it names).
+    pub exec_budget_rule: u32,
 }
 
 /// Key data of a path rule in an LPM trie: the policy slot, then the path bytes, NUL-padded.
@@ -895,7 +901,10 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Config>(), 8 + 4 * 8 + 4 * 4 + 4 * 2 + 4 * 2);
+        assert_eq!(
+            size_of::<Config>(),
+            8 + 4 * 8 + 4 * 4 + 4 * 2 + 4 * 2 + 4 * 2
+        );
         assert_eq!(size_of::<RuleValue>(), 8);
         assert_eq!(size_of::<TallyKey>(), 16);
         assert_eq!(size_of::<RateWindow>(), 16);

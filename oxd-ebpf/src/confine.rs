@@ -52,6 +52,8 @@ const NO_CONFIG: Config = Config {
     namespaces_rule: 0,
     ipc_unix_default: 0,
     record_rate: 0,
+    exec_budget: 0,
+    exec_budget_rule: 0,
 };
 
 impl Gate {

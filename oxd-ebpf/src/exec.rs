@@ -7,6 +7,7 @@ use aya_ebpf::{helpers::bpf_probe_read_kernel_buf, macros::lsm, programs::LsmCon
 use oxd_common::{action, fmode, governs, mode, op, reason, MappedFile, PATH_KEY_LEN};
 
 use crate::{
+    budget,
     confine::Gate,
     event::{record_path, refuse, start_event, Verdict, EPERM},
     maps::{Scratch, EXEC_RULES, MAPPED_FILE, MAPPED_FILES, SCRATCH},
@@ -41,7 +42,19 @@ fn exec_check(ctx: LsmContext) -> i32 {
         return -EPERM;
     };
     let file = offsets::bprm_file(ctx.arg(0));
-    let (verdict, path_len) = decide_exec(&gate, scratch, file, gate.config.exec_default);
+    let (mut verdict, path_len) = decide_exec(&gate, scratch, file, gate.config.exec_default);
+    // An exec the rules allow takes a unit of the `[exec] budget`, if there is one.
+    let budget = gate.config.exec_budget;
+    if verdict.decision == action::ALLOW
+        && budget != 0
+        && !budget::take(&gate, u16::try_from(budget).unwrap_or(u16::MAX))
+    {
+        verdict = Verdict {
+            decision: action::DENY,
+            reason: reason::BUDGET,
+            rule_id: gate.config.exec_budget_rule,
+        };
+    }
     if let Some(mut entry) = start_event(op::EXEC, &gate, &verdict) {
         record_path(entry.as_mut_ptr(), path_len);
         entry.submit(0);

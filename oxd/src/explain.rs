@@ -149,19 +149,28 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                 action (`oxd ctl grant`), one use per action: without one, or once it is used \
                 up or expired, denied"
                 .to_owned(),
-            Some(rule) => {
+            rule => {
                 let mut limits = Vec::new();
-                if let Some(budget) = rule.budget {
+                if let Some(budget) = rule.and_then(|r| r.budget) {
                     limits.push(format!(
                         "within its budget: at most {}, counted per confined target (beyond it, \
                          denied until the window refills)",
                         budget.text()
                     ));
                 }
-                if let Some(max) = rule.max_connections {
+                if let Some(max) = rule.and_then(|r| r.max_connections) {
                     limits.push(format!(
                         "while fewer than {max} sockets that reached it are open in the confined \
                          target (beyond that, denied until one is closed)"
+                    ));
+                }
+                let exec_budget = policy.exec.as_ref().and_then(|e| e.budget);
+                if let (Request::Exec { .. }, Some(b)) = (&request, exec_budget) {
+                    limits.push(format!(
+                        "within the exec budget: at most {} execs per {}, counted per confined \
+                         target (beyond it, denied until the window refills)",
+                        b.budget.count,
+                        b.budget.per_text()
                     ));
                 }
                 if limits.is_empty() {
@@ -173,7 +182,6 @@ pub fn explain(policy: &Policy, probe: &Probe) -> Result<Explanation> {
                     )
                 }
             }
-            None => "allow".to_owned(),
         },
         (Action::Deny, Mode::Enforce) => "deny (fails with EPERM)".to_owned(),
         (Action::Deny, Mode::Audit) => {

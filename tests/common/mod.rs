@@ -108,6 +108,28 @@ pub(crate) fn oxd_run(policy: &Path, log: &Path, args: &[&str]) -> Output {
     output
 }
 
+/// `oxd run --user 65534:65534 --policy POLICY --audit-log LOG -- ARGS...`: the agent as an
+/// ordinary user, waited for.
+pub(crate) fn oxd_run_as_nobody(policy: &Path, log: &Path, args: &[&str]) -> Output {
+    let output = Command::new(oxd_bin())
+        .args(["run", "--user", "65534:65534", "--policy"])
+        .arg(policy)
+        .arg("--audit-log")
+        .arg(log)
+        .arg("--")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn oxd run --user");
+    eprintln!(
+        "oxd run --user 65534:65534 {args:?}: {}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 pub(crate) fn oxd_run_command(policy: &Path, log: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(oxd_bin());
     cmd.arg("run")

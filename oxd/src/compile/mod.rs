@@ -24,7 +24,9 @@ pub use self::{
     identity::{file_identity, FileId},
     unix::unix_key,
 };
-use crate::policy::{Action, Budget, Mode, NetworkRule, PathPattern, PathRule, Policy, Protocol};
+use crate::policy::{
+    Action, Budget, Mode, NetworkRule, OperationBudget, PathPattern, PathRule, Policy, Protocol,
+};
 
 /// Why a policy cannot be compiled into a slot. A validated policy loaded into a free slot
 /// never fails: these are the kernel's limits, checked again where the entries are made.
@@ -277,7 +279,7 @@ pub fn compile(
     let exec = path_entries(PathTable::Exec, key_slot, exec_rules)?;
     let file_read = path_entries(PathTable::FileRead, key_slot, read_rules)?;
     let file_write = path_entries(PathTable::FileWrite, key_slot, write_rules)?;
-    let budgets = budget_specs(net_rules);
+    let budgets = budget_specs(policy);
     let net = net_entries(slot, net_rules, policy)?;
     let unix = unix::unix_entries(
         key_slot,
@@ -376,7 +378,8 @@ pub fn connection_limits_by_rule(policy: &Policy) -> Vec<(u32, u64, u32)> {
         .collect()
 }
 
-/// Every budget of `policy`: the rule that has it, its id and the budget, in rule order.
+/// Every budget of `policy`: the rule that has it, its id and the budget; the network rules'
+/// in rule order, then the operation budgets.
 pub fn budgets_by_rule(policy: &Policy) -> Vec<(u32, u64, Budget)> {
     policy
         .network
@@ -387,12 +390,33 @@ pub fn budgets_by_rule(policy: &Policy) -> Vec<(u32, u64, Budget)> {
             let budget = rule.budget?;
             Some((rule.rule, net_budget_id(rule, budget), budget))
         })
+        .chain(exec_budget(policy).map(|b| (b.rule, exec_budget_id(b.budget), b.budget)))
         .collect()
 }
 
+/// The `[exec] budget`, if the policy has one.
+fn exec_budget(policy: &Policy) -> Option<OperationBudget> {
+    policy.exec.as_ref().and_then(|e| e.budget)
+}
+
+/// The stable identity of the `[exec] budget`: a replacement that keeps it keeps its count.
+pub fn exec_budget_id(budget: Budget) -> u64 {
+    counter_id(&format!(
+        "exec budget {} per {}ms",
+        budget.count, budget.per_ms
+    ))
+}
+
 /// The budgets and connection limits of the network rules, in rule order (a rule's budget
-/// before its limit): an entry names the `i`th as `i + 1` (see [`net_checks`]).
-fn budget_specs(rules: &[NetworkRule]) -> Vec<BudgetSpec> {
+/// before its limit): an entry names the `i`th as `i + 1` (see [`net_checks`]); then the
+/// `[exec] budget` (`Config::exec_budget`).
+fn budget_specs(policy: &Policy) -> Vec<BudgetSpec> {
+    let rules = policy.network.as_ref().map_or(&[][..], |n| &n.rules);
+    let exec = exec_budget(policy).map(|b| BudgetSpec {
+        id: exec_budget_id(b.budget),
+        count: b.budget.count,
+        per_ms: b.budget.per_ms,
+    });
     rules
         .iter()
         .flat_map(|rule| {
@@ -408,6 +432,7 @@ fn budget_specs(rules: &[NetworkRule]) -> Vec<BudgetSpec> {
             });
             budget.into_iter().chain(limit)
         })
+        .chain(exec)
         .collect()
 }
 
@@ -631,6 +656,11 @@ fn config(policy: &Policy, generation: u64) -> Result<Config, CompileError> {
         namespaces_rule: policy.namespaces.map_or(RULE_DEFAULT, |n| n.rule),
         ipc_unix_default: action_bits(policy.ipc.as_ref().map_or(Action::Allow, |i| i.unix)),
         record_rate: 0,
+        // The operation budgets follow the network rules' in `budget_specs`.
+        exec_budget: exec_budget(policy).map_or(0, |_| {
+            u32::try_from(budget_specs(policy).len()).unwrap_or(u32::MAX)
+        }),
+        exec_budget_rule: exec_budget(policy).map_or(RULE_DEFAULT, |b| b.rule),
     })
 }
 

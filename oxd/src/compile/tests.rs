@@ -637,6 +637,8 @@ fn config_fields() {
             namespaces_rule: 0,
             ipc_unix_default: action::DENY,
             record_rate: 0,
+            exec_budget: 0,
+            exec_budget_rule: RULE_DEFAULT,
         },
         "ungoverned categories default to allow (never consulted)"
     );
@@ -684,6 +686,8 @@ cidr = "198.51.100.0/24"
             namespaces_rule: 2,
             ipc_unix_default: action::DENY,
             record_rate: 0,
+            exec_budget: 0,
+            exec_budget_rule: RULE_DEFAULT,
         }
     );
 }
@@ -1114,6 +1118,33 @@ fn connection_limits_share_the_budget_table_and_keep_their_id_whatever_the_limit
     let mut expected = vec![budget.id, limit.id, narrow_limit.id];
     expected.sort_unstable();
     assert_eq!(ids, expected);
+}
+
+#[test]
+fn the_exec_budget_follows_the_network_budgets_and_keeps_its_id() {
+    let p = policy(
+        "[exec]\ndefault = \"allow\"\nbudget = { count = 7, per = \"1m\" }\n[network]\n\
+         [[network.allow]]\ncidr = \"10.0.0.0/8\"\nbudget = { count = 5, per = \"1m\" }\n",
+    );
+    let image = compile_ok(&p, 2, 1);
+    let config = image.config();
+    assert_eq!(config.exec_budget, 2, "after the network rule's budget");
+    let spec = image.budgets()[1];
+    assert_eq!((spec.count, spec.per_ms), (7, 60_000));
+    let rule = p.exec.as_ref().unwrap().budget.unwrap().rule;
+    assert_eq!(config.exec_budget_rule, rule);
+    assert_ne!(spec.id, image.budgets()[0].id);
+    let alone = policy("[exec]\nbudget = { count = 7, per = \"1m\" }\n");
+    let image_alone = compile_ok(&alone, 3, 2);
+    assert_eq!(image_alone.config().exec_budget, 1);
+    assert_eq!(
+        image_alone.budgets()[0].id,
+        spec.id,
+        "same budget, same counter"
+    );
+    assert!(budget_ids(&alone).contains(&spec.id));
+    let none = compile_ok(&policy("[exec]\n"), 4, 3);
+    assert_eq!(none.config().exec_budget, 0);
 }
 
 #[test]

@@ -108,6 +108,16 @@ pub struct ExecPolicy {
     pub default: Action,
     /// At most one rule per pattern (deny kept where allow and deny name the same pattern).
     pub rules: Vec<PathRule>,
+    /// `[exec] budget`: at most so many of the execs the rules allow per window.
+    pub budget: Option<OperationBudget>,
+}
+
+/// A budget on every action of one kind (`[exec] budget`), named like a rule in records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperationBudget {
+    pub budget: Budget,
+    /// Index into [`Policy::rules`] (`exec.budget`).
+    pub rule: u32,
 }
 
 /// A file rule as written: a pattern and the accesses it governs.

@@ -48,6 +48,8 @@ pub(super) struct RawPathSection {
     pub(super) allow: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) deny: Vec<Spanned<String>>,
+    /// `{ count = N, per = "1m" }`: at most N execs allowed per window.
+    pub(super) budget: Option<Spanned<RawBudget>>,
 }
 
 #[derive(Debug, Deserialize)]

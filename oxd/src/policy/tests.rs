@@ -316,6 +316,40 @@ fn budgets_validate_with_locations() {
 }
 
 #[test]
+fn an_exec_budget_is_a_rule_of_its_own_and_counts_with_the_others() {
+    let policy =
+        parse("[exec]\ndefault = \"allow\"\nbudget = { count = 20, per = \"10s\" }\n").unwrap();
+    let budget = policy.exec.as_ref().unwrap().budget.unwrap();
+    assert_eq!((budget.budget.count, budget.budget.per_ms), (20, 10_000));
+    let rule = &policy.rules[budget.rule as usize];
+    assert_eq!(
+        (rule.id.as_str(), rule.text.as_str()),
+        ("exec.budget", "budget 20 per 10s")
+    );
+    let err = parse("[exec]\nbudget = { count = 0, per = \"1s\" }\n").unwrap_err();
+    assert!(err.starts_with("test.toml:2:20: "), "{err}");
+    let many = (0..oxd_common::MAX_BUDGETS)
+        .map(|i| {
+            format!(
+                "[[network.allow]]\ncidr = \"10.0.{}.{}\"\nmax_connections = 1\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect::<Vec<_>>()
+        .concat();
+    parse(&format!("[network]\n{many}")).unwrap();
+    let err = parse(&format!(
+        "[exec]\nbudget = {{ count = 1, per = \"1s\" }}\n[network]\n{many}"
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("too many budgets and connection limits"),
+        "{err}"
+    );
+}
+
+#[test]
 fn connection_limits_validate_with_locations() {
     let policy = parse(
         "[network]\n[[network.allow]]\ncidr = \"127.0.0.1\"\nports = 443\nprotocol = \"tcp\"\n\

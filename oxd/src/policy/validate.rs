@@ -15,7 +15,7 @@ use super::{
     },
     unix::parse_unix_pattern,
     Action, Budget, ExecPolicy, FilePolicy, IpcPolicy, NamespacePolicy, NetworkPolicy, NetworkRule,
-    PathRule, Policy, Protocol, RuleInfo, SocketSwitch, UnixRule, MAX_PROCESSES,
+    OperationBudget, PathRule, Policy, Protocol, RuleInfo, SocketSwitch, UnixRule, MAX_PROCESSES,
 };
 
 /// An error at a byte range of the policy text.
@@ -25,6 +25,8 @@ pub(super) type ValidateResult<T> = Result<T, (Range<usize>, String)>;
 #[derive(Default)]
 pub(super) struct Validator {
     rules: Vec<RuleInfo>,
+    /// Budgets and connection limits so far (the kernel holds at most `MAX_BUDGETS`).
+    budgets: u32,
 }
 
 impl Validator {
@@ -183,9 +185,21 @@ impl Validator {
                 });
             }
         }
+        let budget = match section.budget {
+            None => None,
+            Some(raw) => {
+                let budget =
+                    rule_budget(Some(&raw), Action::Allow, &raw.span(), &mut self.budgets)?
+                        .expect("a budget was written");
+                let text = format!("budget {}", budget.text());
+                let rule = self.add_rule("exec.budget".to_owned(), text, Action::Deny);
+                Some(OperationBudget { budget, rule })
+            }
+        };
         Ok(ExecPolicy {
             default: section.default.unwrap_or(Action::Deny),
             rules,
+            budget,
         })
     }
 
@@ -238,7 +252,6 @@ impl Validator {
     fn network(&mut self, section: RawNetSection) -> ValidateResult<NetworkPolicy> {
         let total = section.allow.len() + section.deny.len();
         let mut rules = Vec::new();
-        let mut budgets = 0;
         for (list, action) in [(section.allow, Action::Allow), (section.deny, Action::Deny)] {
             for (index, entry) in list.into_iter().enumerate() {
                 let span = entry.span();
@@ -255,11 +268,11 @@ impl Validator {
                         parse_ports(ports.get_ref()).map_err(|m| (span, m))?
                     }
                 };
-                let budget = rule_budget(raw.budget.as_ref(), action, &span, &mut budgets)?;
+                let budget = rule_budget(raw.budget.as_ref(), action, &span, &mut self.budgets)?;
                 let requires_grant =
                     rule_requires_grant(raw.requires_grant.as_ref(), action, budget.is_some())?;
                 let max_connections =
-                    rule_max_connections(raw.max_connections.as_ref(), action, &mut budgets)?;
+                    rule_max_connections(raw.max_connections.as_ref(), action, &mut self.budgets)?;
                 let mut text = format!(
                     "{} ports {}-{} {}",
                     raw.cidr.get_ref().trim(),
