@@ -207,3 +207,75 @@ fn connection_limit_is_listed_and_survives_a_replacement() {
     assert_audit_log_verifies(&daemon.audit_log);
     drop(listener);
 }
+
+/// The routes to the same destination an agent has: an IPv6 socket with the IPv4-mapped
+/// address, the unspecified address, TCP Fast Open's `sendto`. Each reaches the same rule, so
+/// each needs a slot of its limit: with the only slot held, all are denied (as uid 65534); once
+/// it is free, the same connect goes through.
+#[test]
+fn connection_limit_holds_for_every_route_to_the_rules_destination() {
+    let scratch = Scratch::new("connections-routes");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen on loopback");
+    let port = listener.local_addr().expect("local addr").port();
+    let policy = scratch.policy(&limit_policy("connections-routes", port, "tcp", 1));
+    let log = scratch.path("audit.jsonl");
+    let sync = scratch.path("sync");
+    std::fs::create_dir(&sync).expect("make the sync directory");
+    let sync = sync.to_str().expect("utf-8 path");
+    let probe = probe_bin();
+    let probe = probe.to_str().expect("utf-8 path");
+    let attack = attack_bin();
+    let attack = attack.to_str().expect("utf-8 path");
+    let token = format!("oxd-connections-{}", std::process::id());
+    let attacks = [
+        format!("tcp '[::ffff:127.0.0.1]:{port}' {token}"),
+        format!("tcp '0.0.0.0:{port}' {token}"),
+        format!("tcp-fastopen '127.0.0.1:{port}' {token}"),
+    ];
+    let mut script = format!(
+        "set -e\n{probe} keep:1:{sync}:connect:127.0.0.1:{port} &\n{probe} wait:{sync}/held\n"
+    );
+    for args in &attacks {
+        script.push_str(&format!(
+            "echo '--- attack'\n{attack} --as 65534:65534 {args}\n"
+        ));
+    }
+    script.push_str(&format!(
+        "touch {sync}/release\nwait\necho '--- attack'\n{attack} --as 65534:65534 {}\n",
+        attacks[0]
+    ));
+    let output = oxd_run(&policy, &log, &["/bin/sh", "-c", &script]);
+    assert!(output.status.success(), "oxd run failed: {output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut steps: Vec<Vec<serde_json::Value>> = Vec::new();
+    for line in stdout.lines() {
+        if line == "--- attack" {
+            steps.push(Vec::new());
+        } else if let Some(last) = steps.last_mut().filter(|_| line.starts_with('{')) {
+            last.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")));
+        }
+    }
+    assert_eq!(steps.len(), 4, "{stdout}");
+    let first = |steps: &[serde_json::Value]| steps.first().cloned().unwrap_or_default();
+    for (args, s) in attacks.iter().zip(&steps) {
+        let s = first(s);
+        assert!(
+            s["ok"] == false && s["errno"] == 1,
+            "{args}: the only slot is taken, so EPERM: {s}"
+        );
+    }
+    assert_eq!(
+        first(&steps[3])["ok"],
+        true,
+        "with the slot free, the same connect goes through: {:?}",
+        steps[3]
+    );
+    let records = audit_records(&log);
+    let denied: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["op"] == "connect" && r["decision"] == "deny")
+        .collect();
+    assert_eq!(limit_denials(&denied, 1), 3, "{denied:#?}");
+    assert!(denied.iter().all(|r| r["uid"] == 65534), "{denied:#?}");
+    drop(listener);
+}
