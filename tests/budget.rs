@@ -182,6 +182,20 @@ fn budget_survives_a_replacement_that_keeps_its_rule_and_is_per_target() {
     // The neighbour's budget is its own.
     let results = probe_in(&neighbour, &[&times(4)]);
     assert_eq!(counts(&results[0]), (3, 1, 0), "a target's own budget");
+    // `oxd explain` on each target says what is left, and whether that stops a connect now.
+    let connect = format!("127.0.0.1:{port}");
+    let (code, stdout) = daemon.explain(&cgroup, &["--connect", &connect]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("now:     budget of network.allow[0]: 2 of 3 per 1h used, refills in"),
+        "{stdout}"
+    );
+    let (code, stdout) = daemon.explain(&neighbour, &["--connect", &connect]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("3 of 3 per 1h used") && stdout.contains(": spent"),
+        "{stdout}"
+    );
 
     // Same rule and budget, one more rule: the count goes on (1 left).
     let mut rules = tcp_rule(port, r#"{ count = 3, per = "1h" }"#);

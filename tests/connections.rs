@@ -193,12 +193,24 @@ fn connection_limit_is_listed_and_survives_a_replacement() {
     assert_eq!(open(&daemon), (Some(2), Some(2)));
     let results = probe_in(&cgroup, &[&format!("hold:1:connect:{addr}")]);
     assert_eq!(counts(&results[0]), (0, 1, 0), "{results:#?}");
+    // `oxd explain` on the target says why, from the live count.
+    let explain = |daemon: &Daemon| daemon.explain(&cgroup, &["--connect", &addr]);
+    let (code, stdout) = explain(&daemon);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("now:     connections of network.allow[0]: 2 of 2 open")
+            && stdout.contains("so now:  deny"),
+        "{stdout}"
+    );
 
     std::fs::write(sync.join("release"), b"").expect("release the keeping probe");
     assert!(keeper.wait().expect("wait for the probe").success());
     wait_for("the closed sockets' slots to come back", WAIT, || {
         (open(&daemon) == (Some(0), Some(2))).then_some(())
     });
+    let (code, stdout) = explain(&daemon);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("0 of 2 open"), "{stdout}");
     let results = probe_in(&cgroup, &[&format!("hold:3:connect:{addr}")]);
     assert_eq!(counts(&results[0]), (2, 1, 0), "{results:#?}");
 

@@ -73,8 +73,24 @@ fn a_grant_allows_exactly_the_granted_action_as_often_as_granted() {
             .then_some(())
     });
 
+    // `oxd explain` on the target: allowed by the rule, but no grant now.
+    let (code, stdout) = daemon.explain(&cgroup, &["--connect", &target]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("no usable grant for connect {target}/tcp")),
+        "{stdout}"
+    );
+
     // One grant: one connect, then the repeat (a replay) is denied.
     let first = grant(&daemon, &cgroup, &["--connect", &target]);
+    let (code, stdout) = daemon.explain(&cgroup, &["--connect", &target]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "grant #{first} for connect {target}/tcp: 1 use(s) left"
+        )),
+        "{stdout}"
+    );
     let results = probe_in(&cgroup, &[&times(3)]);
     assert_eq!(
         counts(&results[0]),

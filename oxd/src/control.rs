@@ -103,6 +103,9 @@ pub enum Request {
     List,
     /// The daemon's state and counters.
     Status,
+    /// The policy a confined target is under now, with its live state (`list`'s entry): what
+    /// `oxd explain --cgroup` judges an action by.
+    Show { target: Target },
 }
 
 fn one_use() -> u64 {
@@ -308,6 +311,18 @@ pub struct Response {
     /// The grant a `grant` request made.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub grant: Option<GrantInfo>,
+    /// What `show` answers.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shown: Option<Shown>,
+}
+
+/// A confined target's policy as loaded (its file and text) and the target as `list` reports
+/// it (generation, budgets, connections, grants).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Shown {
+    pub path: PathBuf,
+    pub text: String,
+    pub target: TargetInfo,
 }
 
 impl Response {
@@ -319,6 +334,7 @@ impl Response {
             targets: None,
             status: None,
             grant: None,
+            shown: None,
         }
     }
 
@@ -330,6 +346,7 @@ impl Response {
             targets: None,
             status: None,
             grant: None,
+            shown: None,
         }
     }
 

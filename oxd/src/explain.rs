@@ -466,3 +466,117 @@ fn describe(op: &str, given: &Path, real: &Path) -> String {
         format!("{op} {} (resolves to {})", given.display(), real.display())
     }
 }
+
+/// One line of what a confined target's live state adds to an explanation: the budget,
+/// connections or grant the decision depends on now, and whether it stops the action now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Live {
+    pub text: String,
+    /// The action would be denied now because of it (unless the policy is in audit mode).
+    pub blocks: bool,
+}
+
+/// What `target`'s live state (as the daemon reports it) says about `probe`, which `policy`
+/// (the target's) decides as `explanation` says: the kill switch, the budgets and connection
+/// limits of the deciding rule (and the `[exec] budget` for an exec), and the grant a rule that
+/// requires one would use.
+pub fn live_state(
+    policy: &Policy,
+    probe: &Probe,
+    explanation: &Explanation,
+    target: &crate::control::TargetInfo,
+) -> Vec<Live> {
+    let mut out = Vec::new();
+    if let Some(how) = target.halted {
+        out.push(Live {
+            text: format!(
+                "halted by the kill switch ({}): every action is denied until `oxd ctl resume`",
+                how.name()
+            ),
+            blocks: true,
+        });
+    }
+    if explanation.decision.action != Action::Allow {
+        return out;
+    }
+    let label = explanation.decision.rule_label(policy);
+    let exec = matches!(probe, Probe::Exec(_));
+    for b in &target.budgets {
+        if b.rule != label && !(exec && b.rule == "exec.budget") {
+            continue;
+        }
+        let spent = b.used >= b.count && b.refills_in_ms.is_some();
+        let window = b.refills_in_ms.map_or_else(
+            || "no window running".to_owned(),
+            |ms| format!("refills in {}.{} s", ms / 1000, ms % 1000 / 100),
+        );
+        out.push(Live {
+            text: format!(
+                "budget of {}: {} of {} per {} used, {window}{}",
+                b.rule,
+                b.used,
+                b.count,
+                b.per,
+                if spent { ": spent" } else { "" }
+            ),
+            blocks: spent,
+        });
+    }
+    for c in target.connections.iter().filter(|c| c.rule == label) {
+        let full = c.open >= c.max;
+        out.push(Live {
+            text: format!(
+                "connections of {}: {} of {} open{}",
+                c.rule,
+                c.open,
+                c.max,
+                if full {
+                    ": a new socket is denied until one is closed"
+                } else {
+                    ""
+                }
+            ),
+            blocks: full,
+        });
+    }
+    let requires_grant = match explanation.decision.reason {
+        Reason::Rule(id) => policy
+            .network
+            .as_ref()
+            .and_then(|n| n.rules.iter().find(|r| r.rule == id))
+            .is_some_and(|r| r.requires_grant),
+        _ => false,
+    };
+    if let (true, Probe::Connect { addr, udp }) = (requires_grant, probe) {
+        let reached = reached_address(*addr);
+        let reached = match reached.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(reached, |v4| SocketAddr::new(v4.into(), reached.port())),
+            std::net::IpAddr::V4(_) => reached,
+        };
+        let action = format!("connect {reached}/{}", if *udp { "udp" } else { "tcp" });
+        let usable = target
+            .grants
+            .iter()
+            .find(|g| g.action == action && g.uses > 0 && g.expires_in_ms > 0);
+        out.push(match usable {
+            Some(g) => Live {
+                text: format!(
+                    "grant #{} for {action}: {} use(s) left, expires in {} s",
+                    g.id,
+                    g.uses,
+                    g.expires_in_ms / 1000
+                ),
+                blocks: false,
+            },
+            None => Live {
+                text: format!(
+                    "no usable grant for {action} (`oxd ctl grant`, or `oxd approve`): denied"
+                ),
+                blocks: true,
+            },
+        });
+    }
+    out
+}

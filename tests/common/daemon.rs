@@ -159,6 +159,27 @@ impl Daemon {
         ]);
     }
 
+    /// `oxd explain --cgroup CGROUP --daemon-socket SOCKET ACTION...`: its exit code (0 if the
+    /// action would happen now) and stdout.
+    pub(crate) fn explain(&self, cgroup: &TestCgroup, action: &[&str]) -> (Option<i32>, String) {
+        let output = output_within(
+            Command::new(oxd_bin())
+                .args(["explain", "--cgroup", cgroup.path_str(), "--daemon-socket"])
+                .arg(&self.socket)
+                .args(action),
+            WAIT,
+        )
+        .expect("oxd explain finishes");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        eprintln!(
+            "oxd explain --cgroup {} {action:?}: {}\n{stdout}{}",
+            cgroup.path_str(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), stdout)
+    }
+
     /// `oxd ctl list --json`.
     pub(crate) fn list(&self) -> Vec<Value> {
         let stdout = self.ctl(&["list", "--json"]);

@@ -2,16 +2,18 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use oxd::{
+    control::{call, Request, Target, DEFAULT_SOCKET},
     evaluate::{NamespaceOp, SocketKind},
-    explain::{explain, Probe},
-    policy::Policy,
+    explain::{explain, live_state, Probe},
+    policy::{Mode, Policy},
 };
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("action").required(true).args(["exec", "map", "open", "connect", "socket", "namespace", "ptrace", "signal", "tty_inject", "unix", "signal_owner", "change"])))]
 #[command(group(clap::ArgGroup::new("access").multiple(true).args(["read", "write"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["policy", "cgroup", "pid"])))]
 #[expect(
     clippy::struct_excessive_bools,
     reason = "clap flags: one per kind of action, and each action's options"
@@ -19,7 +21,17 @@ use oxd::{
 pub(crate) struct ExplainArgs {
     /// Policy file (TOML).
     #[arg(long, value_name = "FILE")]
-    policy: PathBuf,
+    policy: Option<PathBuf>,
+    /// Instead of a policy file: the policy a daemon confines this cgroup (or one it is below)
+    /// under now, with its live state (budgets used, connections open, grants, the kill switch).
+    #[arg(long, value_name = "DIR")]
+    cgroup: Option<PathBuf>,
+    /// As --cgroup, for the cgroup this process is in.
+    #[arg(long, value_name = "PID")]
+    pid: Option<i32>,
+    /// The daemon's control socket (with --cgroup or --pid).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    daemon_socket: PathBuf,
     /// Executing this file.
     #[arg(long, value_name = "PATH")]
     exec: Option<PathBuf>,
@@ -152,10 +164,33 @@ impl ExplainArgs {
     }
 }
 
-/// Prints the decision; returns the exit code: 0 if the action would happen, 1 if not.
+/// Prints the decision; returns the exit code: 0 if the action would happen (now, for a
+/// confined target), 1 if not.
 pub(crate) fn run(args: &ExplainArgs) -> Result<i32> {
-    let policy = Policy::load(&args.policy)?;
-    let explanation = explain(&policy, &args.probe()?)?;
+    let (policy, live) = match (&args.policy, &args.cgroup, args.pid) {
+        (Some(path), _, _) => (Policy::load(path)?, None),
+        (None, cgroup, pid) => {
+            let target = match (cgroup, pid) {
+                (Some(cgroup), _) => Target::Cgroup(cgroup.clone()),
+                (None, Some(pid)) => Target::Pid(pid),
+                (None, None) => {
+                    bail!("name a policy (--policy FILE) or a target (--cgroup, --pid)")
+                }
+            };
+            let response = call(&args.daemon_socket, &Request::Show { target })?;
+            if !response.ok {
+                bail!("the daemon refused: {}", response.error.unwrap_or_default());
+            }
+            let shown = response
+                .shown
+                .context("the daemon's answer has no policy (an older daemon?)")?;
+            let policy = Policy::parse(&shown.path, &shown.text)
+                .with_context(|| format!("the target's policy {}", shown.path.display()))?;
+            (policy, Some(shown.target))
+        }
+    };
+    let probe = args.probe()?;
+    let explanation = explain(&policy, &probe)?;
     println!("{}: {}", explanation.what, explanation.verdict);
     println!("  because: {}", explanation.why);
     println!(
@@ -164,5 +199,22 @@ pub(crate) fn run(args: &ExplainArgs) -> Result<i32> {
         &policy.sha256[..16],
         policy.mode.as_str()
     );
-    Ok(i32::from(!explanation.happens))
+    let mut happens = explanation.happens;
+    if let Some(target) = live {
+        println!(
+            "  target:  {} (generation {})",
+            target.cgroup.display(),
+            target.generation
+        );
+        let lines = live_state(&policy, &probe, &explanation, &target);
+        let blocked = lines.iter().any(|l| l.blocks);
+        for line in &lines {
+            println!("  now:     {}", line.text);
+        }
+        if blocked && policy.mode == Mode::Enforce {
+            happens = false;
+            println!("  so now:  deny (fails with EPERM)");
+        }
+    }
+    Ok(i32::from(!happens))
 }

@@ -23,8 +23,8 @@ use crate::{
     cgroup::pids,
     compile::{compile, file_identity},
     control::{
-        BudgetInfo, ConnectionInfo, Halt, PolicyInfo, PolicySource, Request, Response, Status,
-        Target, TargetInfo,
+        BudgetInfo, ConnectionInfo, Halt, PolicyInfo, PolicySource, Request, Response, Shown,
+        Status, Target, TargetInfo,
     },
     enforcer::{self, BudgetCounter},
     host::cgroup2_mount,
@@ -157,6 +157,16 @@ impl Daemon {
             // The socket serves subscriptions itself; one never reaches here.
             Request::Subscribe { .. } => Err(anyhow!("a subscription cannot be answered here")),
             Request::List => return Response::targets(self.targets()),
+            Request::Show { target } => {
+                return match self.show(&target) {
+                    Ok(shown) => Response {
+                        shown: Some(shown),
+                        message: None,
+                        ..Response::done("")
+                    },
+                    Err(e) => Response::error(format!("{e:#}")),
+                }
+            }
             Request::Status => {
                 return self
                     .status()
@@ -536,6 +546,28 @@ impl Daemon {
                 }
             })
             .collect()
+    }
+
+    /// The policy target `target` is under now, with the target's entry of `list`.
+    fn show(&self, target: &Target) -> Result<Shown> {
+        let id = self.known_target(target)?;
+        let info = self
+            .targets()
+            .into_iter()
+            .find(|t| t.cgroup_id == id)
+            .context("the target was released")?;
+        let state = self
+            .state
+            .targets
+            .iter()
+            .find(|t| t.cgroup_id == id)
+            .and_then(|t| self.state.current_gen(&t.policy))
+            .context("the target's policy is not loaded")?;
+        Ok(Shown {
+            path: state.path.clone(),
+            text: state.text.clone(),
+            target: info,
+        })
     }
 
     /// The budgets and connection limits of generation `generation`'s policy, as counted for
