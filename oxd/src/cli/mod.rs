@@ -62,6 +62,9 @@ enum Command {
         /// Policy file (TOML).
         policy: PathBuf,
     },
+    /// Print the JSON Schema of policy files (for editors: `#:schema` in a TOML file, or the
+    /// schema settings of taplo and Even Better TOML). policies/oxd-policy.schema.json is it.
+    Schema,
 }
 
 /// Parses the command line, runs the subcommand and turns its outcome into an exit status.
@@ -87,6 +90,12 @@ pub(crate) fn main() -> ExitCode {
             command: ctl::CtlCommand::Grant(grant),
         }),
         Command::Audit(command) => audit::run(&command),
+        Command::Schema => serde_json::to_string_pretty(&oxd::policy::schema())
+            .map(|text| {
+                println!("{text}");
+                0
+            })
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

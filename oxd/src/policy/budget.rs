@@ -8,11 +8,16 @@ use toml::Spanned;
 
 use super::validate::ValidateResult;
 
-/// A budget as written.
-#[derive(Debug, Deserialize)]
+/// A budget: at most `count` actions per window of `per`, counted in the kernel per confined
+/// target.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBudget {
+    /// Actions per window.
+    #[schemars(with = "i64", range(min = 1, max = 16_777_215))]
     pub(super) count: Spanned<i64>,
+    /// The window: `"500ms"`, `"10s"`, `"1m"`, `"1h 30m"` (1 ms to 30 days).
+    #[schemars(with = "String")]
     pub(super) per: Spanned<String>,
 }
 

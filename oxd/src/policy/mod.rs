@@ -29,8 +29,57 @@ pub use self::{
     unix::{parse_unix_pattern, UnixPattern, UnixSpecificity},
 };
 
+/// The JSON Schema (draft 2020-12) of policy files, derived from the types serde reads them
+/// into: it accepts what the parser reads. What it cannot say (paths normalised, networks
+/// valid, at most so many rules) the parser checks, with the line and column of the error.
+pub fn schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(raw::RawPolicy).to_value();
+    drop_null(&mut schema);
+    if let Some(object) = schema.as_object_mut() {
+        object.insert(
+            "$id".to_owned(),
+            "https://github.com/oxd/oxd/policies/oxd-policy.schema.json".into(),
+        );
+    }
+    schema
+}
+
+/// Removes what the schema says about `null` (how serde sees an absent `Option`): TOML has no
+/// null, an absent key is how a policy leaves something out. `"type": [T, "null"]` becomes
+/// `"type": T`, and `"anyOf": [S, {"type": "null"}]` becomes S.
+fn drop_null(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(object) => {
+            if let Some(Value::Array(types)) = object.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let only = types.remove(0);
+                    object.insert("type".to_owned(), only);
+                }
+            }
+            let null = serde_json::json!({ "type": "null" });
+            if let Some(Value::Array(any)) = object.get_mut("anyOf") {
+                any.retain(|s| *s != null);
+                if let [Value::Object(only)] = any.as_slice() {
+                    let only = only.clone();
+                    object.remove("anyOf");
+                    for (key, v) in only {
+                        object.entry(key).or_insert(v);
+                    }
+                }
+            }
+            object.values_mut().for_each(drop_null);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_null),
+        _ => {}
+    }
+}
+
 /// Allow or deny.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Allow,
@@ -46,8 +95,8 @@ impl Action {
     }
 }
 
-/// Enforce or only record.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+/// `enforce` (the default) denies what the policy denies; `audit` only records it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]

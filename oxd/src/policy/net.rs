@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use super::raw::RawPorts;
 
-/// Transport protocols a network rule applies to.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+/// Transport protocols a network rule applies to (default `any`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,

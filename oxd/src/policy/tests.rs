@@ -441,3 +441,82 @@ fn requires_grant_is_for_allow_rules_without_a_budget() {
             .unwrap_err();
     assert!(err.starts_with("test.toml:4:18: "), "{err}");
 }
+
+fn policies_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// Whether `text` (TOML) is valid under the policy schema.
+fn schema_accepts(text: &str) -> bool {
+    let schema = schema();
+    let validator = jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema");
+    let instance: serde_json::Value = toml::from_str(text).expect("the test's TOML parses");
+    validator.is_valid(&instance)
+}
+
+#[test]
+fn the_committed_schema_is_the_generated_one() {
+    let path = policies_dir().join("oxd-policy.schema.json");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = format!("{}\n", serde_json::to_string_pretty(&schema()).unwrap());
+    assert!(
+        committed == generated,
+        "{} is not what `oxd schema` prints: regenerate it with `cargo run --release -p oxd -- \
+         schema > policies/oxd-policy.schema.json`",
+        path.display()
+    );
+}
+
+#[test]
+fn every_example_policy_is_valid_under_the_schema_and_parses() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(policies_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        seen += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(schema_accepts(&text), "{} fails the schema", path.display());
+        Policy::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    assert!(
+        seen >= 4,
+        "the example policies are in {}",
+        policies_dir().display()
+    );
+    let full = "name = \"full\"\nmode = \"audit\"\n\
+        [exec]\ndefault = \"deny\"\nallow = [\"/usr/bin/**\"]\ndeny = [\"/usr/bin/su\"]\n\
+        budget = { count = 10, per = \"1s\" }\n\
+        [file]\ndefault = { read = \"allow\", write = \"deny\" }\n\
+        allow = [\"/tmp/**\", { path = \"/work/**\", access = [\"write\"] }]\n\
+        [network]\ndefault = \"deny\"\nicmp = \"allow\"\nraw = \"deny\"\n\
+        [[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = \"8000-8999\"\nprotocol = \"tcp\"\n\
+        budget = { count = 5, per = \"1m\" }\nmax_connections = 4\n\
+        [[network.allow]]\ncidr = \"::1\"\nports = 443\nrequires_grant = true\n\
+        [ipc]\nunix = \"deny\"\nunix_allow = [\"@dbus*\"]\n\
+        [process]\nnamespaces = \"deny\"\nmax_processes = 64\n";
+    assert!(schema_accepts(full));
+    parse(full).unwrap();
+}
+
+#[test]
+fn the_schema_refuses_what_the_parser_refuses() {
+    for text in [
+        "[exec]\nalow = [\"/usr/bin/git\"]\n",
+        "mode = \"learn\"\n",
+        "[exec]\nbudget = { count = 1 }\n",
+        "[exec]\nbudget = { count = 0, per = \"1s\" }\n",
+        "[file]\nallow = [{ path = \"/tmp/**\", acess = [\"read\"] }]\n",
+        "[file]\nallow = [{ path = \"/tmp/**\", access = [\"exec\"] }]\n",
+        "[file]\ndefault = { read = \"allow\", exec = \"deny\" }\n",
+        "[[network.allow]]\ncidr = \"10.0.0.0/8\"\nprotocol = \"sctp\"\n",
+        "[[network.allow]]\ncidr = \"10.0.0.0/8\"\nmax_connections = 0\n",
+        "[[network.allow]]\ncidr = \"10.0.0.0/8\"\nports = 70000\n",
+        "[[network.allow]]\nports = 443\n",
+        "[process]\nmax_processes = 0\n",
+    ] {
+        assert!(!schema_accepts(text), "the schema accepts {text:?}");
+        assert!(parse(text).is_err(), "the parser accepts {text:?}");
+    }
+}
