@@ -169,13 +169,14 @@ fn cgroup_hooks_check() -> Check {
     match result {
         Ok(()) => Check::ok(
             "cgroup hooks",
-            "connect4, connect6, sendmsg4, sendmsg6, sock_create load (network rules can be \
-             enforced)",
+            "connect4, connect6, sendmsg4, sendmsg6, sock_create, sock_release load (network \
+             rules can be enforced)",
         ),
         Err(e) => Check::missing(
             "cgroup hooks",
             format!("{e:#}"),
-            "use a kernel with CONFIG_CGROUP_BPF=y and BPF ring buffers (Linux 5.8 or later)",
+            "use a kernel with CONFIG_CGROUP_BPF=y, BPF ring buffers and the sock_release hook \
+             (Linux 5.9 or later)",
         ),
     }
 }
