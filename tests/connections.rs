@@ -220,6 +220,50 @@ fn connection_limit_is_listed_and_survives_a_replacement() {
     drop(listener);
 }
 
+/// A socket that holds a slot of one limit is denied what another limited rule would allow
+/// it, and keeps its slot: a connected UDP socket whose connect to a second destination is
+/// denied stays connected to the first, so giving its slot back would let another socket
+/// take it while the first still talks there.
+#[test]
+fn a_socket_keeps_its_slot_when_another_limited_rule_is_denied_it() {
+    let scratch = Scratch::new("connections-switch");
+    let free_port = || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("find a free port");
+        socket.local_addr().expect("local addr").port()
+    };
+    let (a, b) = (free_port(), free_port());
+    let policy = scratch.policy(&format!(
+        "{}[[network.allow]]\ncidr = \"127.0.0.1\"\nports = {b}\nprotocol = \"udp\"\n\
+         max_connections = 1\n",
+        limit_policy("connections-switch", a, "udp", 1)
+    ));
+    let log = scratch.path("audit.jsonl");
+    let probe = probe_bin();
+    let action = format!("udp-switch:127.0.0.1:{a},127.0.0.1:{b}");
+    let output = oxd_run(
+        &policy,
+        &log,
+        &[probe.to_str().expect("utf-8 path"), &action],
+    );
+    assert!(output.status.success(), "oxd run failed: {output:?}");
+    let results = probe_results(&output);
+    let r = result_of(&results, &action);
+    assert_eq!(r["s0_send"], serde_json::Value::Null, "B's only slot: {r}");
+    assert_eq!(
+        r["s1_connect_a"],
+        serde_json::Value::Null,
+        "A's only slot: {r}"
+    );
+    assert_eq!(
+        r["s1_connect_b"], 1,
+        "B is full, and S1 holds A's slot: {r}"
+    );
+    assert_eq!(
+        r["s2_connect_a"], 1,
+        "S1 still holds A's slot (and is still connected there): {r}"
+    );
+}
+
 /// The routes to the same destination an agent has: an IPv6 socket with the IPv4-mapped
 /// address, the unspecified address, TCP Fast Open's `sendto`. Each reaches the same rule, so
 /// each needs a slot of its limit: with the only slot held, all are denied (as uid 65534); once

@@ -22,6 +22,9 @@
 //!   `allowed`, `eperm` and `other` counts of the N;
 //! - `keep:N:DIR:connect:IP:PORT` (or `udp:`) opens N sockets as `hold` does, reports the counts,
 //!   creates `DIR/held` and keeps them open until `DIR/release` exists (at most 120 s);
+//! - `udp-switch:A,B` (two `IP:PORT`s): socket S0 sends to B; socket S1 connects to A, then to
+//!   B; socket S2 connects to A. Reports `s0_send`, `s1_connect_a`, `s1_connect_b`,
+//!   `s2_connect_a`, each `null` on success or the errno;
 //! - `socket:KIND` creates (and closes) an inet socket of KIND: `icmp4`/`icmp6` (ping sockets),
 //!   `raw4`/`raw6` (raw ICMP sockets), `udplite4`/`udplite6` (a protocol other than TCP/UDP);
 //! - `subcgroup:NAME` creates cgroup NAME below the probe's own cgroup and moves the probe into
@@ -509,18 +512,14 @@ fn perform(action: &str) -> Result<(), ExitCode> {
         .and_then(|rest| rest.split_once(':'))
     {
         times(action, count, rest)?;
+    } else if let Some(pair) = action.strip_prefix("udp-switch:") {
+        udp_switch(action, pair)?;
     } else if let Some(ms) = action.strip_prefix("sleep:") {
         sleep(action, ms)?;
-    } else if let Some((count, rest)) = action
-        .strip_prefix("hold:")
-        .and_then(|rest| rest.split_once(':'))
-    {
-        hold(action, count, rest)?;
-    } else if let Some((count, rest)) = action
-        .strip_prefix("keep:")
-        .and_then(|rest| rest.split_once(':'))
-    {
-        keep(action, count, rest)?;
+    } else if let Some(rest) = action.strip_prefix("hold:") {
+        hold(action, rest)?;
+    } else if let Some(rest) = action.strip_prefix("keep:") {
+        keep(action, rest)?;
     } else if let Some((kind, addr)) = action
         .split_once(':')
         .filter(|(k, _)| matches!(*k, "connect" | "udp"))
@@ -665,6 +664,40 @@ fn open_many(kind: &str, addr: SocketAddr, count: u32) -> (Vec<Held>, u32, u32) 
     (held, eperm, other)
 }
 
+/// `udp-switch:A,B` (see the module documentation).
+fn udp_switch(action: &str, pair: &str) -> Result<(), ExitCode> {
+    let Some((a, b)) = pair.split_once(',') else {
+        eprintln!("oxd-probe: bad udp-switch {action}");
+        return Err(ExitCode::from(2));
+    };
+    let (a, b) = (parse_addr(a)?, parse_addr(b)?);
+    let errno = |r: std::io::Result<()>| r.err().map(|e| e.raw_os_error().unwrap_or(-1));
+    let socket = || UdpSocket::bind(if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" });
+    let s0 = socket().and_then(|s| s.send_to(b"oxd", b).map(|_| s));
+    let s1 = socket();
+    let s1_a = s1
+        .as_ref()
+        .map_err(|e| std::io::Error::from(e.kind()))
+        .and_then(|s| s.connect(a));
+    let s1_b = s1
+        .as_ref()
+        .map_err(|e| std::io::Error::from(e.kind()))
+        .and_then(|s| s.connect(b));
+    let s2 = socket();
+    let s2_a = s2
+        .as_ref()
+        .map_err(|e| std::io::Error::from(e.kind()))
+        .and_then(|s| s.connect(a));
+    let line = serde_json::json!({
+        "action": action, "ok": true,
+        "s0_send": s0.as_ref().err().map(|e| e.raw_os_error().unwrap_or(-1)),
+        "s1_connect_a": errno(s1_a), "s1_connect_b": errno(s1_b), "s2_connect_a": errno(s2_a),
+    });
+    drop((s0, s1, s2));
+    println!("{line}");
+    Ok(())
+}
+
 /// `sleep:MS` (see the module documentation).
 fn sleep(action: &str, ms: &str) -> Result<(), ExitCode> {
     let Ok(ms) = ms.parse::<u64>() else {
@@ -676,7 +709,8 @@ fn sleep(action: &str, ms: &str) -> Result<(), ExitCode> {
 }
 
 /// `hold:N:KIND:ADDR` (see the module documentation).
-fn hold(action: &str, count: &str, rest: &str) -> Result<(), ExitCode> {
+fn hold(action: &str, rest: &str) -> Result<(), ExitCode> {
+    let (count, rest) = rest.split_once(':').unwrap_or((rest, ""));
     let (Ok(count), Some((kind, addr))) = (count.parse::<u32>(), rest.split_once(':')) else {
         eprintln!("oxd-probe: bad hold {action}");
         return Err(ExitCode::from(2));
@@ -703,7 +737,8 @@ fn hold(action: &str, count: &str, rest: &str) -> Result<(), ExitCode> {
 }
 
 /// `keep:N:DIR:KIND:ADDR` (see the module documentation).
-fn keep(action: &str, count: &str, rest: &str) -> Result<(), ExitCode> {
+fn keep(action: &str, rest: &str) -> Result<(), ExitCode> {
+    let (count, rest) = rest.split_once(':').unwrap_or((rest, ""));
     let parts = rest.split_once(':').and_then(|(dir, rest)| {
         let (kind, addr) = rest.split_once(':')?;
         Some((dir, kind, addr))

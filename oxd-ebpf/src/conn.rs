@@ -7,8 +7,11 @@
 //! gives the slot back. Which slot a socket holds is kept by its cookie in `SOCKET_HOLDS`, so a
 //! socket counts once however often it connects or sends, and a socket shared between
 //! processes (inherited, passed over a Unix socket) counts once until its last descriptor is
-//! closed. A socket holds one slot at a time: one that reaches another limited rule gives its
-//! slot back and takes one of that rule's.
+//! closed. A socket holds one slot, never given back while it is open: one that holds a slot
+//! of one limit is denied what another limited rule (or another target's) would allow it.
+//! Giving the first slot back instead would let a connected UDP socket keep talking to the
+//! first destination (a denied `connect` leaves its association as it was) while another
+//! socket takes the slot.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_get_socket_cookie, macros::cgroup_sock,
@@ -27,7 +30,8 @@ use crate::{
 const ATTEMPTS: u32 = 8;
 
 /// What taking a slot did: the socket already held this limit's slot (nothing taken), took a
-/// new one (given back by [`undo`] if the action is denied after all), or found none.
+/// new one (given back by [`undo`] if the action is denied after all), or found none (or holds
+/// another limit's).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Slot {
     Held,
@@ -63,15 +67,11 @@ pub(crate) fn take(gate: &Gate, limit: u16, cookie: u64) -> Slot {
     let max = u64::from(spec.count);
     // SAFETY: a map element read while the program runs (valid until it ends).
     if let Some(held) = unsafe { SOCKET_HOLDS.get(cookie) } {
-        if *held == key {
-            return Slot::Held;
-        }
-        // Another limit's slot (another rule, or another target's): given back, by whoever
-        // removes the hold (so never twice).
-        let old = *held;
-        if SOCKET_HOLDS.remove(cookie).is_ok() {
-            give_back(old);
-        }
+        return if *held == key {
+            Slot::Held
+        } else {
+            Slot::Refused
+        };
     }
     if !increment(key, max) {
         return Slot::Refused;
