@@ -243,6 +243,10 @@ fn match_net_rules(
     };
     let count = list.count as usize;
     let port = u32::from(port);
+    // The loop only finds the first entry that matches; what it asks beyond its action is
+    // handled once, after it: inside the loop, the verifier would walk the compare-and-exchange
+    // loops of the checks once per entry (four times the instructions to verify).
+    let mut found = None;
     let mut i = 0;
     while i < NET_LIST_LEN && i < count {
         let entry = &list.entries[i];
@@ -250,78 +254,52 @@ fn match_net_rules(
             && port >= u32::from(entry.port_lo)
             && port <= u32::from(entry.port_hi)
         {
-            let decision = u32::from(entry.action);
-            if decision != action::ALLOW || (entry.check == 0 && entry.limit == 0) {
-                return (
-                    Verdict {
-                        decision,
-                        reason: reason::RULE,
-                        rule_id: entry.rule_id,
-                    },
-                    0,
-                );
-            }
-            // The connection slot first: unlike a grant's use or a budget's unit, it can be
-            // given back when what follows denies.
-            let (slot, cookie) = if entry.limit == 0 {
-                (Slot::Held, 0)
-            } else {
-                let cookie = conn::cookie_of(ctx);
-                (conn::take(gate, entry.limit, cookie), cookie)
-            };
-            if slot == Slot::Refused {
-                return (
-                    Verdict {
-                        decision: action::DENY,
-                        reason: reason::CONNECTIONS,
-                        rule_id: entry.rule_id,
-                    },
-                    0,
-                );
-            }
-            if entry.check == 0 {
-                return (
-                    Verdict {
-                        decision,
-                        reason: reason::RULE,
-                        rule_id: entry.rule_id,
-                    },
-                    0,
-                );
-            }
-            if entry.check == NET_CHECK_GRANT {
-                let taken = grant::take_network(gate, addr, port as u16, proto_bit);
-                let decision = if taken.reason == reason::GRANTED {
-                    action::ALLOW
-                } else {
-                    conn::undo(slot, cookie);
-                    action::DENY
-                };
-                return (
-                    Verdict {
-                        decision,
-                        reason: taken.reason,
-                        rule_id: entry.rule_id,
-                    },
-                    taken.id,
-                );
-            }
-            let (decision, reason) = if budget::take(gate, entry.check) {
-                (action::ALLOW, reason::RULE)
-            } else {
-                conn::undo(slot, cookie);
-                (action::DENY, reason::BUDGET)
-            };
-            return (
-                Verdict {
-                    decision,
-                    reason,
-                    rule_id: entry.rule_id,
-                },
-                0,
-            );
+            found = Some((
+                u32::from(entry.action),
+                entry.check,
+                entry.limit,
+                entry.rule_id,
+            ));
+            break;
         }
         i += 1;
     }
-    (default, 0)
+    let Some((decision, check, limit, rule_id)) = found else {
+        return (default, 0);
+    };
+    let verdict = |decision, reason| Verdict {
+        decision,
+        reason,
+        rule_id,
+    };
+    if decision != action::ALLOW || (check == 0 && limit == 0) {
+        return (verdict(decision, reason::RULE), 0);
+    }
+    // The connection slot first: unlike a grant's use or a budget's unit, it can be given back
+    // when what follows denies.
+    let (slot, cookie) = if limit == 0 {
+        (Slot::Held, 0)
+    } else {
+        let cookie = conn::cookie_of(ctx);
+        (conn::take(gate, limit, cookie), cookie)
+    };
+    if slot == Slot::Refused {
+        return (verdict(action::DENY, reason::CONNECTIONS), 0);
+    }
+    if check == 0 {
+        return (verdict(decision, reason::RULE), 0);
+    }
+    if check == NET_CHECK_GRANT {
+        let taken = grant::take_network(gate, addr, port as u16, proto_bit);
+        if taken.reason == reason::GRANTED {
+            return (verdict(action::ALLOW, taken.reason), taken.id);
+        }
+        conn::undo(slot, cookie);
+        return (verdict(action::DENY, taken.reason), taken.id);
+    }
+    if budget::take(gate, check) {
+        return (verdict(action::ALLOW, reason::RULE), 0);
+    }
+    conn::undo(slot, cookie);
+    (verdict(action::DENY, reason::BUDGET), 0)
 }
